@@ -1,0 +1,30 @@
+# Two commands on a fresh clone: `make demo` and `make test`. Both install first (idempotent).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo bench lint clean
+
+install: $(STAMP)
+
+# Reinstall only when the declared dependencies or their pins change.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+
+test: install lint
+	WANDB_MODE=disabled $(BIN)/python -m pytest
+
+demo: install
+	WANDB_MODE=offline $(BIN)/lit_attr demo
+
+bench: install
+	set -e; for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script; done
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

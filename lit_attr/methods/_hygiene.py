@@ -1,0 +1,94 @@
+"""Context managers that keep a user's model and global state exactly as they were.
+
+Every attribution method runs inside :func:`preserved_model_state` and :func:`preserved_rng_state`, so that
+explaining a model can never leak into training: modes, parameter gradients, ``requires_grad`` flags, buffers
+(BatchNorm running statistics) and the global random number generators are restored on exit, even when the
+method raises.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@contextmanager
+def preserved_model_state(model: nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode and restore every piece of its state afterwards.
+
+    Parameters stop requiring gradients for the duration, so a backward pass through the model computes
+    gradients with respect to the inputs only (and is cheaper). Buffers are snapshotted and copied back, which
+    also undoes any statistics update a method might trigger.
+
+    Args:
+        model: the module to protect.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)).train()
+        >>> with preserved_model_state(net):
+        ...     assert not net.training
+        >>> net.training
+        True
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    params = list(model.parameters())
+    requires_grad = [p.requires_grad for p in params]
+    grads = [p.grad for p in params]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        model.eval()
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
+        for p, flag, grad in zip(params, requires_grad, grads, strict=True):
+            p.requires_grad_(flag)
+            p.grad = grad
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                if buffer.shape == saved.shape:
+                    buffer.copy_(saved)
+
+
+@contextmanager
+def preserved_rng_state() -> Iterator[None]:
+    """Restore the global torch (CPU and initialised CUDA devices), NumPy and Python RNG states on exit.
+
+    Third-party code (Captum draws noise and baselines from the global generators) may consume random numbers;
+    the user's training must not see the difference.
+
+    Example:
+        >>> before = torch.get_rng_state()
+        >>> with preserved_rng_state():
+        ...     _ = torch.rand(3)
+        >>> torch.equal(before, torch.get_rng_state())
+        True
+    """
+    torch_state = torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+def seed_everything_locally(seed: int) -> None:
+    """Seed the global torch, NumPy and Python generators (only ever call inside :func:`preserved_rng_state`)."""
+    torch.default_generator.manual_seed(seed)
+    if torch.cuda.is_initialized():
+        torch.cuda.manual_seed_all(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)

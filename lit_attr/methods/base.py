@@ -1,0 +1,204 @@
+"""The contract every attribution method in lit-attr fulfils.
+
+:class:`AttributionMethod` validates the inputs, resolves targets, protects the user's model and the global
+random state, and runs the method in chunks bounded by ``internal_batch_size``. Subclasses implement only
+:meth:`AttributionMethod._attribute`, which sees a fresh, non-inference, gradient-enabled copy of the inputs and
+a model in eval mode whose parameters do not require gradients.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lit_attr.methods._hygiene import preserved_model_state, preserved_rng_state
+
+TargetType = int | Sequence[int] | Tensor | None
+BoundsType = tuple[float | Tensor, float | Tensor] | None
+
+
+class AttributionMethod(abc.ABC):
+    """Base class of all attribution methods.
+
+    Args:
+        model: the classifier; it is put in eval mode during attribution and restored afterwards.
+        forward_fn: callable mapping an input batch to logits ``(N, K)``; defaults to ``model``. Use it when the
+            model returns something else (a dict, a tuple, probabilities before a final layer you want to skip).
+        input_bounds: ``(low, high)`` valid input range, as scalars or per-channel tensors broadcastable to one
+            sample (e.g. shape ``(C, 1, 1)``); path methods clip to it. ``None`` means unbounded.
+        internal_batch_size: upper bound on the rows (samples x steps x references) one forward pass sees;
+            ``None`` lets the method choose (whole batch).
+
+    Example:
+        >>> from lit_attr.methods import get_method
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+        >>> method = get_method("saliency", net)
+        >>> method.attribute(torch.rand(2, 3, 2, 2), target=1).shape
+        torch.Size([2, 3, 2, 2])
+    """
+
+    #: Registry name, set by :func:`lit_attr.methods.register_method`.
+    name: str = ""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        forward_fn: Callable[[Tensor], Tensor] | None = None,
+        input_bounds: BoundsType = None,
+        internal_batch_size: int | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+        if forward_fn is not None and not callable(forward_fn):
+            raise TypeError(f"`forward_fn` must be callable or None, got {type(forward_fn).__name__}.")
+        if internal_batch_size is not None and (
+            not isinstance(internal_batch_size, int) or isinstance(internal_batch_size, bool) or internal_batch_size < 1
+        ):
+            raise ValueError(f"`internal_batch_size` must be a positive int or None, got {internal_batch_size!r}.")
+        self.model = model
+        self.forward_fn = forward_fn if forward_fn is not None else model
+        self.input_bounds = _check_bounds(input_bounds)
+        self.internal_batch_size = internal_batch_size
+
+    # ------------------------------------------------------------------ public API
+    def attribute(self, x: Tensor, target: TargetType = None, **kwargs: Any) -> Tensor:
+        """Attribute the target logit of every sample in ``x`` to its input features.
+
+        Args:
+            x: input batch ``(N, ...)`` of floating dtype, on the model's device. Inference tensors (from
+                Lightning's ``validate``/``test``) and calls inside ``torch.no_grad()`` are fine.
+            target: class to explain: ``None`` (the model's top-1 prediction), an ``int`` for all samples, or a
+                sequence/tensor of ``N`` ints.
+            **kwargs: per-call options of the concrete method.
+
+        Returns:
+            Signed attributions, detached, with the shape, dtype and device of ``x`` (positive = supports the
+            target).
+        """
+        self._check_input(x)
+        with preserved_model_state(self.model), preserved_rng_state():
+            with torch.inference_mode(False), torch.enable_grad():
+                x = x.detach().clone()
+                target = self.resolve_target(x, target)
+                chunk = self._samples_per_chunk(**kwargs)
+                parts = [
+                    self._attribute(x[i : i + chunk], target[i : i + chunk], **kwargs)
+                    for i in range(0, x.shape[0], chunk)
+                ]
+        attributions = torch.cat(parts) if len(parts) > 1 else parts[0]
+        return attributions.detach().to(dtype=x.dtype, device=x.device).reshape(x.shape)
+
+    def __call__(self, x: Tensor, target: TargetType = None, **kwargs: Any) -> Tensor:
+        """Alias of :meth:`attribute`."""
+        return self.attribute(x, target, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, model={type(self.model).__name__})"
+
+    # ------------------------------------------------------------------ for subclasses
+    @abc.abstractmethod
+    def _attribute(self, x: Tensor, target: Tensor, **kwargs: Any) -> Tensor:
+        """Compute attributions for one chunk; ``x`` is a grad-enabled copy, ``target`` an ``(n,)`` long tensor."""
+
+    def rows_per_sample(self, **kwargs: Any) -> int:
+        """How many forward rows one sample costs at once; the base class chunks samples by it."""
+        return 1
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Run ``forward_fn`` and check that it returned ``(N, K)`` logits."""
+        out = self.forward_fn(x)
+        if not isinstance(out, Tensor):
+            raise TypeError(
+                f"The model returned {type(out).__name__}, but attribution needs a tensor of logits (N, K). "
+                "Pass `forward_fn=lambda x: model(x)[...]` to select the logits."
+            )
+        if out.ndim != 2 or out.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"The model output must be logits of shape (N, K) = ({x.shape[0]}, K), got {tuple(out.shape)}. "
+                "Pass `forward_fn=` mapping inputs to (N, K) logits."
+            )
+        return out
+
+    def clip(self, x: Tensor) -> Tensor:
+        """Project ``x`` onto ``input_bounds`` (identity when unbounded)."""
+        if self.input_bounds is None:
+            return x
+        low, high = (b.to(x) if isinstance(b, Tensor) else b for b in self.input_bounds)
+        return torch.clamp(x, low, high)
+
+    def resolve_target(self, x: Tensor, target: TargetType) -> Tensor:
+        """Turn ``target`` into an ``(N,)`` long tensor on ``x``'s device, validating it against the logits."""
+        n = x.shape[0]
+        chunk = self.internal_batch_size or n
+        with torch.no_grad(), preserved_model_state(self.model):
+            logits = torch.cat([self.logits(x[i : i + chunk]) for i in range(0, n, chunk)])
+        num_classes = logits.shape[1]
+        if target is None:
+            return logits.argmax(dim=1)
+        if isinstance(target, bool) or isinstance(target, float) or (
+            isinstance(target, Tensor) and target.is_floating_point()
+        ):
+            raise TypeError(f"`target` must be None, an int, or N integer class indices, got {target!r}.")
+        if isinstance(target, int):
+            target = torch.full((n,), target, dtype=torch.long, device=x.device)
+        else:
+            target = torch.as_tensor(target, device=x.device).long()
+            target = target.expand(n) if target.ndim == 0 else target.reshape(-1)
+            if target.numel() != n:
+                raise ValueError(
+                    f"`target` must have one entry per sample (N={n}), got {target.numel()} entries."
+                )
+        if target.numel() and (target.min() < 0 or target.max() >= num_classes):
+            raise ValueError(
+                f"`target` values must be in [0, {num_classes - 1}] for a model with {num_classes} classes, "
+                f"got values in [{int(target.min())}, {int(target.max())}]."
+            )
+        return target
+
+    # ------------------------------------------------------------------ internals
+    def _samples_per_chunk(self, **kwargs: Any) -> int:
+        if self.internal_batch_size is None:
+            return 2**62
+        return max(1, self.internal_batch_size // max(1, self.rows_per_sample(**kwargs)))
+
+    def _check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"`x` must be a torch.Tensor, got {type(x).__name__}.")
+        if not x.is_floating_point():
+            raise TypeError(f"`x` must be a floating-point tensor, got dtype {x.dtype}. Convert with `x.float()`.")
+        if x.ndim < 2 or x.shape[0] == 0:
+            raise ValueError(f"`x` must be a non-empty batch (N, ...) with N >= 1, got shape {tuple(x.shape)}.")
+        device = next((p.device for p in self.model.parameters()), None)
+        if device is not None and device != x.device:
+            raise ValueError(
+                f"`x` is on {x.device} but the model is on {device}; move them to the same device, "
+                f"e.g. `x.to({str(device)!r})`."
+            )
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("`x` contains NaN or infinite values; attribution needs finite inputs.")
+        if self.input_bounds is not None:
+            low, high = (b.to(x) if isinstance(b, Tensor) else b for b in self.input_bounds)
+            tol = 1e-6
+            if bool((x < torch.as_tensor(low, dtype=x.dtype, device=x.device) - tol).any()) or bool(
+                (x > torch.as_tensor(high, dtype=x.dtype, device=x.device) + tol).any()
+            ):
+                raise ValueError(
+                    f"`x` has values in [{float(x.min()):.4g}, {float(x.max()):.4g}], outside `input_bounds`; "
+                    "pass the bounds of the space the model sees (e.g. (0, 1) when normalisation is inside it)."
+                )
+
+
+def _check_bounds(bounds: BoundsType) -> BoundsType:
+    if bounds is None:
+        return None
+    if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
+        raise ValueError(f"`input_bounds` must be None or a pair (low, high), got {bounds!r}.")
+    low, high = (b.detach() if isinstance(b, Tensor) else float(b) for b in bounds)
+    if bool(torch.as_tensor(low >= high).any()):
+        raise ValueError(f"`input_bounds` must satisfy low < high everywhere, got {bounds!r}.")
+    return low, high

@@ -1,0 +1,141 @@
+"""The AttributionMethod contract (DESIGN.md) for every registered method."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lit_attr.methods import available_methods, get_method
+
+
+def small_cnn(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 6, 3, padding=1, stride=2),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 4 * 4, 4),
+    )
+    with torch.no_grad():  # non-trivial running statistics
+        for _ in range(3):
+            model(torch.rand(8, 3, 8, 8) * 2)
+    return model
+
+
+def fast_kwargs(name):
+    fast = {"integrated_gradients": {"n_steps": 8}, "smoothgrad": {"nt_samples": 4}, "gradient_shap": {"n_samples": 4}}
+    return fast.get(name, {})
+
+
+def inputs(n=8, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, 8, 8, generator=g)
+
+
+@pytest.mark.parametrize("name", available_methods())
+def test_model_and_global_state_untouched(name):
+    model = small_cnn().train()
+    model[0].eval()  # a mixed-mode model: every module's own flag must come back
+    params = list(model.parameters())
+    params[1].requires_grad_(False)
+    for p in params:
+        if p.requires_grad:
+            p.grad = torch.full_like(p, 0.5)
+    grads = [p.grad for p in params]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = [m.training for m in model.modules()]
+    torch_rng, np_rng, py_rng = torch.get_rng_state(), np.random.get_state(), random.getstate()
+
+    a = get_method(name, model, input_bounds=(0.0, 1.0), **fast_kwargs(name)).attribute(inputs())
+
+    assert [m.training for m in model.modules()] == modes
+    assert [p.requires_grad for p in params] == [i != 1 for i in range(len(params))]
+    assert all(p.grad is g for p, g in zip(params, grads, strict=True))
+    assert all(torch.equal(g, torch.full_like(g, 0.5)) for g in grads if g is not None)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert torch.equal(torch.get_rng_state(), torch_rng)
+    assert np.random.get_state()[1].tolist() == np_rng[1].tolist()
+    assert random.getstate() == py_rng
+    assert not a.requires_grad
+
+
+@pytest.mark.parametrize("name", available_methods())
+def test_eval_mode_used_output_contract_and_no_grad_contexts(name):
+    model = small_cnn()
+    method = get_method(name, model, input_bounds=(0.0, 1.0), **fast_kwargs(name))
+    x = inputs()
+    reference = method.attribute(x.double().float())  # plain call, model in train mode
+    model.eval()
+    torch.testing.assert_close(method.attribute(x), reference)  # BatchNorm ran on running statistics
+    model.train()
+    assert reference.shape == x.shape and reference.dtype == x.dtype and reference.device == x.device
+    with torch.no_grad():
+        torch.testing.assert_close(method.attribute(x), reference)
+    with torch.inference_mode():
+        x_inf = x.clone()
+        torch.testing.assert_close(method.attribute(x_inf), reference)
+
+
+@pytest.mark.parametrize("name", available_methods())
+def test_batch_independence(name):
+    method = get_method(name, small_cnn(), input_bounds=(0.0, 1.0), **fast_kwargs(name))
+    x = inputs()
+    batch = method.attribute(x)
+    predicted = method.resolve_target(x, None)
+    for i in (0, 5):
+        alone = method.attribute(x[i : i + 1], target=int(predicted[i]))
+        torch.testing.assert_close(alone[0], batch[i], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", available_methods())
+def test_internal_batch_size_does_not_change_results(name):
+    model = small_cnn()
+    x = inputs()
+    full = get_method(name, model, input_bounds=(0.0, 1.0), **fast_kwargs(name)).attribute(x, target=2)
+    chunked = get_method(name, model, input_bounds=(0.0, 1.0), internal_batch_size=3, **fast_kwargs(name))
+    torch.testing.assert_close(chunked.attribute(x, target=2), full, rtol=1e-5, atol=1e-6)
+
+
+def test_internal_batch_size_bounds_forward_rows():
+    model = small_cnn()
+    seen = []
+    model.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
+    get_method("integrated_gradients", model, n_steps=8, internal_batch_size=5).attribute(inputs(), target=0)
+    assert seen and max(seen) <= 5
+
+
+@pytest.mark.parametrize("name", ["smoothgrad", "gradient_shap"])
+def test_stochastic_methods_are_seeded(name):
+    model = small_cnn()
+    x = inputs(3)
+    a = get_method(name, model, seed=1, **fast_kwargs(name)).attribute(x, target=0)
+    b = get_method(name, model, seed=1, **fast_kwargs(name)).attribute(x, target=0)
+    c = get_method(name, model, seed=2, **fast_kwargs(name)).attribute(x, target=0)
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_tabular_and_sequence_inputs():
+    torch.manual_seed(0)
+    tabular = nn.Sequential(nn.Linear(5, 3))
+    seq = nn.Sequential(nn.Flatten(), nn.Linear(4 * 6, 3))
+    for name in available_methods():
+        a = get_method(name, tabular, **fast_kwargs(name)).attribute(torch.randn(2, 5))
+        assert a.shape == (2, 5)
+        b = get_method(name, seq, **fast_kwargs(name)).attribute(torch.randn(2, 4, 6))
+        assert b.shape == (2, 4, 6)
+
+
+def test_input_x_gradient_closed_form_on_linear_model():
+    model = nn.Linear(4, 2)
+    x = torch.randn(3, 4)
+    a = get_method("input_x_gradient", model).attribute(x, target=torch.tensor([0, 1, 1]))
+    expected = x * model.weight.detach()[torch.tensor([0, 1, 1])]
+    torch.testing.assert_close(a, expected)
