@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from lit_attr.methods._hygiene import preserved_model_state, preserved_rng_state
 
 TargetType = int | Sequence[int] | Tensor | None
+ResultType = Tensor | tuple[Tensor, dict[str, Tensor]]
 BoundsType = tuple[float | Tensor, float | Tensor] | None
 
 
@@ -66,7 +67,7 @@ class AttributionMethod(abc.ABC):
         self.internal_batch_size = internal_batch_size
 
     # ------------------------------------------------------------------ public API
-    def attribute(self, x: Tensor, target: TargetType = None, **kwargs: Any) -> Tensor:
+    def attribute(self, x: Tensor, target: TargetType = None, **kwargs: Any) -> ResultType:
         """Attribute the target logit of every sample in ``x`` to its input features.
 
         Args:
@@ -78,7 +79,8 @@ class AttributionMethod(abc.ABC):
 
         Returns:
             Signed attributions, detached, with the shape, dtype and device of ``x`` (positive = supports the
-            target).
+            target). Methods that report per-sample diagnostics (e.g. MFABA's ``return_info=True``) return
+            ``(attributions, info)`` with ``info`` a dict of ``(N, ...)`` tensors.
         """
         self._check_input(x)
         with preserved_model_state(self.model), preserved_rng_state():
@@ -90,10 +92,16 @@ class AttributionMethod(abc.ABC):
                     self._attribute(x[i : i + chunk], target[i : i + chunk], **kwargs)
                     for i in range(0, x.shape[0], chunk)
                 ]
-        attributions = torch.cat(parts) if len(parts) > 1 else parts[0]
+        if isinstance(parts[0], tuple):
+            info = {key: torch.cat([part[1][key] for part in parts]).detach() for key in parts[0][1]}
+            return self._finish(torch.cat([part[0] for part in parts]), x), info
+        return self._finish(torch.cat(parts), x)
+
+    @staticmethod
+    def _finish(attributions: Tensor, x: Tensor) -> Tensor:
         return attributions.detach().to(dtype=x.dtype, device=x.device).reshape(x.shape)
 
-    def __call__(self, x: Tensor, target: TargetType = None, **kwargs: Any) -> Tensor:
+    def __call__(self, x: Tensor, target: TargetType = None, **kwargs: Any) -> ResultType:
         """Alias of :meth:`attribute`."""
         return self.attribute(x, target, **kwargs)
 
@@ -102,8 +110,11 @@ class AttributionMethod(abc.ABC):
 
     # ------------------------------------------------------------------ for subclasses
     @abc.abstractmethod
-    def _attribute(self, x: Tensor, target: Tensor, **kwargs: Any) -> Tensor:
-        """Compute attributions for one chunk; ``x`` is a grad-enabled copy, ``target`` an ``(n,)`` long tensor."""
+    def _attribute(self, x: Tensor, target: Tensor, **kwargs: Any) -> ResultType:
+        """Compute attributions for one chunk; ``x`` is a fresh copy, ``target`` an ``(n,)`` long tensor.
+
+        May return ``(attributions, info)`` where every value of ``info`` has the chunk's samples first.
+        """
 
     def rows_per_sample(self, **kwargs: Any) -> int:
         """How many forward rows one sample costs at once; the base class chunks samples by it."""

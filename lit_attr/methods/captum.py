@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import inspect
 import warnings
-import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +15,7 @@ import captum.attr as ca
 import torch
 from torch import Tensor, nn
 
+from lit_attr.methods._common import row_seed
 from lit_attr.methods._hygiene import seed_everything_locally
 from lit_attr.methods.base import AttributionMethod, BoundsType
 from lit_attr.methods.registry import register_method
@@ -118,7 +118,7 @@ class CaptumMethod(AttributionMethod):
                 return self.captum.attribute(x, target=target, **options)
             parts = []
             for row, label in zip(x.split(1), target.split(1), strict=True):
-                seed_everything_locally(self.seed + _content_hash(row))
+                seed_everything_locally(row_seed(self.seed, row))
                 parts.append(self.captum.attribute(row, target=label, **options))
         return torch.cat(parts)
 
@@ -126,10 +126,6 @@ class CaptumMethod(AttributionMethod):
     def _shape_options(self, x: Tensor, options: dict[str, Any]) -> dict[str, Any]:
         """Fill in Captum keywords that depend on the input's shape; the default adds nothing."""
         return options
-
-
-def _content_hash(row: Tensor) -> int:
-    return zlib.crc32(row.detach().cpu().contiguous().numpy().tobytes())
 
 
 def _low_bound(method_kwargs: dict[str, Any]) -> Any:
@@ -227,7 +223,9 @@ def occlusion(
 @register_method("deeplift")
 def deeplift(model: nn.Module, *, baselines: Any = None, **kwargs: Any) -> CaptumMethod:
     """DeepLIFT rescale rule (Shrikumar et al. 2017); needs ReLUs as modules (Captum hooks them)."""
-    return CaptumMethod(model, ca.DeepLift, baselines=_low_bound(kwargs) if baselines is None else baselines, **kwargs)
+    baselines = _low_bound(kwargs) if baselines is None else baselines
+    # Captum runs each input together with its baseline: two rows per sample.
+    return CaptumMethod(model, ca.DeepLift, rows_per_sample=2, baselines=baselines, **kwargs)
 
 
 class GradientShapMethod(CaptumMethod):
@@ -256,7 +254,15 @@ def gradient_shap(
 
     ``baselines`` is a tensor ``(B, ...)`` of reference inputs; the default is the lower and upper input bounds
     when given (a black and a white image), else a single zero input.
+    Captum draws all ``n_samples`` points of a sample in one forward, so ``internal_batch_size`` must be at least
+    ``n_samples``.
     """
+    ibs = kwargs.get("internal_batch_size")
+    if ibs is not None and ibs < n_samples:
+        raise ValueError(
+            f"`internal_batch_size` ({ibs}) must be >= `n_samples` ({n_samples}) for gradient_shap: Captum "
+            "evaluates all of a sample's random points in one forward."
+        )
     return GradientShapMethod(
         model,
         ca.GradientShap,

@@ -29,7 +29,14 @@ def small_cnn(seed=0):
 
 
 def fast_kwargs(name):
-    fast = {"integrated_gradients": {"n_steps": 8}, "smoothgrad": {"nt_samples": 4}, "gradient_shap": {"n_samples": 4}}
+    fast = {
+        "integrated_gradients": {"n_steps": 8},
+        "smoothgrad": {"nt_samples": 4},
+        "gradient_shap": {"n_samples": 3},
+        "mfaba": {"max_steps": 10},
+        "big": {"attack_steps": 5, "ig_steps": 8},
+        "agi": {"max_iter": 5, "n_classes": 2},
+    }
     return fast.get(name, {})
 
 
@@ -103,11 +110,12 @@ def test_internal_batch_size_does_not_change_results(name):
     torch.testing.assert_close(chunked.attribute(x, target=2), full, rtol=1e-5, atol=1e-6)
 
 
-def test_internal_batch_size_bounds_forward_rows():
+@pytest.mark.parametrize("name", available_methods())
+def test_internal_batch_size_bounds_forward_rows(name):
     model = small_cnn()
     seen = []
     model.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
-    get_method("integrated_gradients", model, n_steps=8, internal_batch_size=5).attribute(inputs(), target=0)
+    get_method(name, model, internal_batch_size=5, **fast_kwargs(name)).attribute(inputs(), target=0)
     assert seen and max(seen) <= 5
 
 

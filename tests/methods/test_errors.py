@@ -105,3 +105,8 @@ def test_constructor_arguments(model, kwargs, message):
 def test_model_not_a_module():
     with pytest.raises(TypeError, match=r"`model` must be a torch.nn.Module, got function"):
         get_method("saliency", lambda t: t)
+
+
+def test_gradient_shap_internal_batch_size_below_n_samples(model):
+    with pytest.raises(ValueError, match=r"`internal_batch_size` \(4\) must be >= `n_samples` \(20\)"):
+        get_method("gradient_shap", model, internal_batch_size=4)
