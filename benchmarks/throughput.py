@@ -1,6 +1,9 @@
 """Throughput of every registered attribution method: images/s, passes per image, peak memory.
 
 Run ``python benchmarks/throughput.py --help`` for options; ``make bench`` runs the defaults (demo CNN at 32x32).
+``--report mfaba`` prints the MFABA comparison instead (issue #4): MFABA sharp/smooth against IG-50, BIG at the
+paper's cost and AGI on the same images, MFABA's steps to flip, its efficiency against the limit of
+(mean steps + 1) forward+backward passes, and images/s at batch 1, 8 and 64.
 
 Forward and backward passes are counted with hooks on the model: a forward hook adds the rows it sees, and a
 tensor hook on the output adds the rows whenever a gradient flows back through it. Peak memory is
@@ -24,11 +27,22 @@ from lit_attr.methods import available_methods, get_method
 FAST = {"integrated_gradients": {"n_steps": 50}}
 
 
-def build_model(name: str, device: torch.device) -> tuple[torch.nn.Module, tuple[int, ...]]:
+def build_model(name: str, device: torch.device, train: bool = False) -> tuple[torch.nn.Module, tuple[int, ...]]:
     if name == "demo":
         from lit_attr.models import DemoClassifier
 
-        return DemoClassifier().to(device).eval(), (3, 32, 32)
+        model = DemoClassifier()
+        if train:
+            import lightning as L
+
+            from lit_attr.data import ShapesDataModule
+            from lit_attr.models import DEMO_EPOCHS
+
+            L.seed_everything(0, verbose=False)
+            trainer = L.Trainer(max_epochs=DEMO_EPOCHS, accelerator="cpu", logger=False, enable_checkpointing=False,
+                                enable_progress_bar=False, enable_model_summary=False)
+            trainer.fit(model, datamodule=ShapesDataModule())
+        return model.to(device).eval(), (3, 32, 32)
     if name == "resnet50":
         from torchvision.models import resnet50
 
@@ -112,6 +126,78 @@ def time_method(method, x, repeats: int, warmup: int, device: torch.device) -> l
     return times
 
 
+def pass_time(model: torch.nn.Module, x: torch.Tensor, repeats: int, device: torch.device) -> float:
+    """Median seconds of one forward+backward (input gradient of the summed top logit) at x's batch size."""
+    times = []
+    for i in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        z = x.clone().requires_grad_(True)
+        torch.autograd.grad(model(z).softmax(1).amax(1).sum(), z)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def mfaba_report(args: argparse.Namespace, device: torch.device) -> None:
+    model, shape = build_model(args.model, device, train=args.model == "demo")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    generator = torch.Generator().manual_seed(0)
+    if args.model == "demo":
+        from lit_attr.data import ShapesDataset
+
+        pool = ShapesDataset(max(64, args.batch_size), seed=123).images
+    else:
+        pool = torch.rand(max(64, args.batch_size), *shape, generator=generator)
+    x = pool[: args.batch_size].to(device)
+    console = Console(width=140)
+    contenders = [
+        ("mfaba (sharp)", "mfaba", {"variant": "sharp"}),
+        ("mfaba (smooth)", "mfaba", {"variant": "smooth"}),
+        ("integrated_gradients (50)", "integrated_gradients", {"n_steps": 50}),
+        ("big (paper cost, dedupe off)", "big", {"dedupe_attacks": False}),
+        ("agi (1 false class)", "agi", {}),
+    ]
+    table = Table(title=f"MFABA vs baselines: {args.model} {shape}, batch {args.batch_size}, {device}")
+    for col in ("method", "images/s", "s/image", "x mfaba sharp time", "mean steps to flip", "flipped"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    sharp_time, sharp_steps = None, None
+    for label, name, kwargs in contenders:
+        method = get_method(name, model, input_bounds=(0.0, 1.0), **kwargs)
+        median = statistics.median(time_method(method, x, args.repeats, args.warmup, device))
+        steps = flipped = ""
+        if name == "mfaba":
+            _, info = method.attribute(x, return_info=True)
+            steps, flipped = f"{info['steps'].float().mean():.1f}", f"{info['flipped'].float().mean():.0%}"
+            if sharp_time is None:
+                sharp_time, sharp_steps = median, float(info["steps"].float().mean())
+        table.add_row(label, f"{len(x) / median:.1f}", f"{median / len(x):.4f}", f"{median / sharp_time:.1f}", steps,
+                      flipped)
+    console.print(table)
+
+    limit = (sharp_steps + 1) * pass_time(model, x, args.repeats, device)
+    console.print(
+        f"MFABA sharp efficiency: measured {sharp_time:.3f} s / limit {limit:.3f} s "
+        f"((mean steps + 1) = {sharp_steps + 1:.1f} forward+backward passes at batch {len(x)}) "
+        f"= {sharp_time / limit:.2f}"
+    )
+
+    scaling = Table(title="MFABA (sharp) images/s by batch size")
+    for col in ("batch", "images/s", "mean steps"):
+        scaling.add_column(col, justify="right")
+    for batch in args.scaling_batches:
+        xb = pool[:batch].to(device)
+        method = get_method("mfaba", model, input_bounds=(0.0, 1.0))
+        median = statistics.median(time_method(method, xb, args.repeats, args.warmup, device))
+        _, info = method.attribute(xb, return_info=True)
+        scaling.add_row(str(batch), f"{batch / median:.1f}", f"{info['steps'].float().mean():.1f}")
+    console.print(scaling)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="demo", choices=["demo", "resnet50"])
@@ -120,10 +206,15 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=None, help="default: every registered method")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--report", choices=["all", "mfaba"], default="all", help="which table to print")
+    parser.add_argument("--scaling-batches", type=int, nargs="*", default=[1, 8, 64], help="for --report mfaba")
     args = parser.parse_args()
 
     device = torch.device(args.device)
     torch.manual_seed(0)
+    if args.report == "mfaba":
+        mfaba_report(args, device)
+        return
     model, shape = build_model(args.model, device)
     x = torch.rand(args.batch_size, *shape, device=device)
     counter = PassCounter(model)
@@ -131,9 +222,16 @@ def main() -> None:
     for col in ("method", "images/s", "median s/batch", "fwd/image", "bwd/image", "peak MiB"):
         table.add_column(col, justify="right" if col != "method" else "left")
     for name in args.methods or available_methods():
-        method = get_method(name, model, input_bounds=(0.0, 1.0), **FAST.get(name, {}))
-        with PeakMemory(device) as memory:
-            times = time_method(method, x, args.repeats, args.warmup, device)
+        kwargs = FAST.get(name, {})
+        if name == "ig2":  # a random pool of references with random labels
+            kwargs = {"reference_pool": (torch.rand(64, *shape, device=device), torch.arange(64) % 3)}
+        method = get_method(name, model, input_bounds=(0.0, 1.0), **kwargs)
+        try:
+            with PeakMemory(device) as memory:
+                times = time_method(method, x, args.repeats, args.warmup, device)
+        except RuntimeError as err:  # e.g. Captum's DeepLift on torchvision ResNets (ReLU modules reused)
+            table.add_row(name, "n/a", str(err).split(".")[0][:60], "", "", "")
+            continue
         counter.reset()
         method.attribute(x)
         # attribute() runs one extra forward (no grad) to resolve and check targets.

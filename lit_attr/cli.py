@@ -116,7 +116,10 @@ def run_demo(epochs: int | None = None, num_images: int = 32, methods: Sequence[
         task = progress.add_task("attributing", total=len(names))
         for name in names:
             progress.update(task, description=f"attributing with {name}")
-            method = get_method(name, model, input_bounds=(0.0, 1.0), **DEMO_METHOD_KWARGS.get(name, {}))
+            kwargs = DEMO_METHOD_KWARGS.get(name, {})
+            if name == "ig2":
+                kwargs = {**kwargs, "reference_pool": (data.train_set.images[:256], data.train_set.labels[:256])}
+            method = get_method(name, model, input_bounds=(0.0, 1.0), **kwargs)
             start = time.perf_counter()
             attributions = method.attribute(images, target=labels)
             elapsed = time.perf_counter() - start

@@ -50,7 +50,8 @@ def test_dummy_feature_gets_exactly_zero(name):
     # Feature 3 never reaches the output.
     model = nn.Sequential(Lambda(lambda x: x[:, :3]), inner)
     x = torch.randn(4, 4, dtype=torch.float64)
-    a = get_method(name, model).attribute(x, target=1)
+    extra = {"reference_pool": (torch.randn(8, 4, dtype=torch.float64), torch.arange(8) % 2)} if name == "ig2" else {}
+    a = get_method(name, model, **extra).attribute(x, target=1)
     assert torch.all(a[:, 3] == 0)
     assert a[:, :3].abs().sum() > 0
 

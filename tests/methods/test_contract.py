@@ -28,8 +28,10 @@ def small_cnn(seed=0):
     return model
 
 
-def fast_kwargs(name):
+def fast_kwargs(name, shape=(3, 8, 8)):
+    pool = (torch.rand(16, *shape, generator=torch.Generator().manual_seed(9)), torch.arange(16) % 3)
     fast = {
+        "ig2": {"steps": 5, "n_references": 2, "reference_pool": pool},
         "integrated_gradients": {"n_steps": 8},
         "smoothgrad": {"nt_samples": 4},
         "gradient_shap": {"n_samples": 3},
@@ -135,9 +137,9 @@ def test_tabular_and_sequence_inputs():
     tabular = nn.Sequential(nn.Linear(5, 3))
     seq = nn.Sequential(nn.Flatten(), nn.Linear(4 * 6, 3))
     for name in available_methods():
-        a = get_method(name, tabular, **fast_kwargs(name)).attribute(torch.randn(2, 5))
+        a = get_method(name, tabular, **fast_kwargs(name, (5,))).attribute(torch.randn(2, 5))
         assert a.shape == (2, 5)
-        b = get_method(name, seq, **fast_kwargs(name)).attribute(torch.randn(2, 4, 6))
+        b = get_method(name, seq, **fast_kwargs(name, (4, 6))).attribute(torch.randn(2, 4, 6))
         assert b.shape == (2, 4, 6)
 
 

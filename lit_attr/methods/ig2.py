@@ -1,0 +1,262 @@
+"""IG2: integrated gradients on the iterative counterfactual path (Zhuo & Ge, TPAMI 2024, arXiv 2406.10852).
+
+The path starts at the explicand ``x`` and follows normalised gradient descent on the distance between the
+hidden representation of the current point and that of a counterfactual reference of another class; its end
+point is GradCF (the baseline), the path itself GradPath. The explicand's target logit gradient is integrated
+along it. Here both gradients come from one forward per path point ("fused"), which halves the authors' forwards
+(they search the path and integrate over it in two passes) with the same result.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lit_attr.methods._common import SCORES, check_choice, check_positive, expand_rows, row_norm, row_seed
+from lit_attr.methods.base import AttributionMethod, BoundsType
+from lit_attr.methods.registry import register_method
+
+SAMPLERS = ("random_other_class", "confusers")
+#: eta of the authors (256 in [0, 255] at 299x299 RGB), converted to [0, 1] at 224x224 RGB.
+ETA_224 = 256 / 255 * 224 / 299
+
+
+def default_eta(x: Tensor, input_bounds: BoundsType = None) -> float:
+    """Per-step L2 length that matches the authors' setting, scaled to ``x``'s size and value range.
+
+    The authors use 256 in [0, 255] units for 299x299 RGB images, about 0.75 in [0, 1] units at 224x224. An L2
+    step of the same per-element size grows with the square root of the number of elements and linearly with
+    the value range: ``eta = 0.75 * sqrt(numel / (3 * 224 * 224)) * (high - low)``.
+
+    Example:
+        >>> round(default_eta(torch.zeros(1, 3, 224, 224), (0.0, 1.0)), 3)
+        0.752
+    """
+    span = 1.0
+    if input_bounds is not None:
+        low, high = input_bounds
+        span = float(torch.as_tensor(high - low).float().mean())
+    return ETA_224 * math.sqrt(x[0].numel() / (3 * 224 * 224)) * span
+
+
+class IG2(AttributionMethod):
+    """IG2 attribution.
+
+    For each of ``B`` references ``x_r`` and ``j = 0 .. steps - 1`` (``z_0 = x``)::
+
+        u_j = d ||rep(z_j) - rep(x_r)||^2 / d z_j
+        z_{j+1} = clip(z_j - eta * u_j / ||u_j||_2)
+        A_b += d logit_c(z_j) / d z_j * (z_j - z_{j+1})
+
+    and ``A = mean_b A_b``; ``sum(A)`` approximates ``logit_c(x) - mean_b logit_c(GradCF_b)``.
+
+    Args:
+        model: classifier returning logits.
+        steps: path steps ``k`` (201 in the paper).
+        eta: L2 length of one step; ``None`` scales the authors' value to the input (see :func:`default_eta`).
+        layer: name of the module whose representation is matched (``dict(model.named_modules())`` key);
+            ``None`` uses the input of the last ``nn.Linear`` (the penultimate features).
+        layer_io: take the module's ``"input"`` or ``"output"``.
+        n_references: references per sample ``B`` (used by the samplers).
+        references: ``"random_other_class"`` (pool samples of another class than the target),
+            ``"confusers"`` (pool samples whose label is among the model's top-2 .. top-(B+1) classes for ``x``),
+            or a tensor ``(N, B, ...)`` passed per call as ``attribute(x, references=...)``.
+        reference_pool: ``(inputs, labels)`` the samplers draw from (e.g. a validation batch or a probe set).
+        seed: seed of the samplers; draws are per sample, so they do not depend on the batch.
+        fused: ``False`` runs the authors' two passes (path search, then integration): the same result at twice
+            the forwards, kept for benchmarks.
+        forward_fn: see :class:`~lit_attr.methods.base.AttributionMethod`.
+        input_bounds: path points are clipped to it.
+        internal_batch_size: bounds rows (samples x references) per forward.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+        >>> pool = (torch.rand(30, 4), torch.arange(30) % 3)
+        >>> IG2(net, steps=20, eta=0.05, reference_pool=pool, n_references=2).attribute(torch.rand(2, 4)).shape
+        torch.Size([2, 4])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        steps: int = 201,
+        eta: float | None = None,
+        layer: str | None = None,
+        layer_io: str = "input",
+        n_references: int = 8,
+        references: str = "random_other_class",
+        reference_pool: tuple[Tensor, Tensor] | None = None,
+        seed: int = 0,
+        fused: bool = True,
+        forward_fn: Callable[[Tensor], Tensor] | None = None,
+        input_bounds: BoundsType = None,
+        internal_batch_size: int | None = None,
+    ) -> None:
+        super().__init__(
+            model, forward_fn=forward_fn, input_bounds=input_bounds, internal_batch_size=internal_batch_size
+        )
+        self.steps = check_positive("steps", steps, int)
+        self.eta = None if eta is None else check_positive("eta", eta)
+        self.layer_io = check_choice("layer_io", layer_io, ("input", "output"))
+        self.module = self._find_layer(layer)
+        self.n_references = check_positive("n_references", n_references, int)
+        self.references = check_choice("references", references, SAMPLERS)
+        self.reference_pool = _check_pool(reference_pool)
+        if not isinstance(seed, int):
+            raise TypeError(f"`seed` must be an int, got {type(seed).__name__}.")
+        self.seed = seed
+        self.fused = bool(fused)
+
+    def _find_layer(self, layer: str | None) -> nn.Module:
+        modules = dict(self.model.named_modules())
+        if layer is None:
+            linears = [m for m in modules.values() if isinstance(m, nn.Linear)]
+            if not linears:
+                raise ValueError("The model has no nn.Linear; pass `layer=` naming the module whose features to match.")
+            return linears[-1]
+        if layer not in modules:
+            close = difflib.get_close_matches(layer, [n for n in modules if n], n=5)
+            hint = f" Close names: {', '.join(close)}." if close else ""
+            raise ValueError(f"`layer` {layer!r} is not a module of the model.{hint}")
+        return modules[layer]
+
+    def rows_per_sample(self, references: Tensor | None = None, **kwargs: Any) -> int:
+        """One row per (sample, reference); rows are also chunked inside a sample."""
+        return 1
+
+    # ------------------------------------------------------------------ references
+    def sample_references(self, x: Tensor, target: Tensor) -> Tensor:
+        """Draw ``(N, B, ...)`` references from ``reference_pool`` with the configured sampler."""
+        if self.reference_pool is None:
+            raise ValueError(
+                f"`references={self.references!r}` draws from `reference_pool`; pass reference_pool=(inputs, labels) "
+                "or a tensor attribute(x, references=...) of shape (N, B, ...)."
+            )
+        pool_x, pool_y = (t.to(x.device) for t in self.reference_pool)
+        if pool_x.shape[1:] != x.shape[1:]:
+            raise ValueError(f"`reference_pool` inputs must be (M, {tuple(x.shape[1:])}), got {tuple(pool_x.shape)}.")
+        if self.references == "confusers":
+            with torch.no_grad():
+                ranked = self.logits(x).argsort(dim=1, descending=True)[:, 1 : self.n_references + 1]
+        chosen = []
+        for i, (row, c) in enumerate(zip(x, target.tolist(), strict=True)):
+            if self.references == "random_other_class":
+                candidates = (pool_y != c).nonzero()[:, 0]
+                what = f"a class other than {c}"
+            else:
+                candidates = torch.isin(pool_y, ranked[i]).nonzero()[:, 0]
+                what = f"the confuser classes {ranked[i].tolist()}"
+            if candidates.numel() == 0:
+                raise ValueError(f"`reference_pool` has no sample of {what} (sample {i}); give it more classes.")
+            generator = torch.Generator().manual_seed(row_seed(self.seed, row))
+            draw = torch.randint(candidates.numel(), (self.n_references,), generator=generator)
+            if candidates.numel() >= self.n_references:  # distinct references when the pool allows
+                draw = torch.randperm(candidates.numel(), generator=generator)[: self.n_references]
+            chosen.append(pool_x[candidates[draw.to(candidates.device)]])
+        return torch.stack(chosen)
+
+    # ------------------------------------------------------------------ path
+    def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        captured: list[Tensor] = []
+
+        def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+            captured.append((args[0] if self.layer_io == "input" else output).flatten(1))
+
+        handle = self.module.register_forward_hook(hook)
+        try:
+            logits = self.logits(z)
+        finally:
+            handle.remove()
+        if not captured:
+            raise ValueError("The representation layer did not run in the forward pass; choose another `layer`.")
+        return logits, captured[-1]
+
+    def _path_rows(self, x0: Tensor, c: Tensor, ref_rep: Tensor, eta: float) -> tuple[Tensor, Tensor]:
+        """Attribution and end point for rows (sample x reference), fused or in the authors' two passes."""
+        if not self.fused:
+            return self._two_pass_rows(x0, c, ref_rep, eta)
+        z, acc = x0, torch.zeros_like(x0)
+        for _ in range(self.steps):
+            z = z.detach().requires_grad_(True)
+            logits, rep = self._forward(z)
+            (g_logit,) = torch.autograd.grad(SCORES["logit"](logits, c).sum(), z, retain_graph=True)
+            (u,) = torch.autograd.grad(((rep - ref_rep) ** 2).sum(), z)
+            nxt = self._descend(z.detach(), u, eta)
+            acc = acc + g_logit * (z.detach() - nxt)
+            z = nxt
+        return acc, z.detach()
+
+    def _descend(self, z: Tensor, u: Tensor, eta: float) -> Tensor:
+        # A vanishing distance gradient gives a zero step: the row stays frozen instead of turning NaN.
+        norm = expand_rows(row_norm(u), u).clamp_min(torch.finfo(u.dtype).tiny)
+        return self.clip(z - eta * u / norm)
+
+    def _two_pass_rows(self, x0: Tensor, c: Tensor, ref_rep: Tensor, eta: float) -> tuple[Tensor, Tensor]:
+        points = [x0]
+        for _ in range(self.steps):
+            z = points[-1].detach().requires_grad_(True)
+            (u,) = torch.autograd.grad(((self._forward(z)[1] - ref_rep) ** 2).sum(), z)
+            points.append(self._descend(z.detach(), u, eta))
+        acc = torch.zeros_like(x0)
+        for z, nxt in zip(points[:-1], points[1:], strict=True):
+            z = z.detach().requires_grad_(True)
+            (g_logit,) = torch.autograd.grad(SCORES["logit"](self.logits(z), c).sum(), z)
+            acc = acc + g_logit * (z.detach() - nxt)
+        return acc, points[-1]
+
+    def _attribute(
+        self, x: Tensor, target: Tensor, references: Tensor | None = None, return_baseline: bool = False
+    ) -> Any:
+        n = x.shape[0]
+        if references is None:
+            references = self.sample_references(x, target)
+        elif not isinstance(references, Tensor) or references.ndim != x.ndim + 1 or references.shape[0] != n or (
+            references.shape[2:] != x.shape[1:]
+        ):
+            shape = tuple(references.shape) if isinstance(references, Tensor) else type(references).__name__
+            raise ValueError(f"`references` must be a tensor (N, B, {', '.join(map(str, x.shape[1:]))}), got {shape}.")
+        references = references.to(x)
+        b = references.shape[1]
+        eta = self.eta if self.eta is not None else default_eta(x, self.input_bounds)
+        rows_x = x.detach().repeat_interleave(b, dim=0)
+        rows_c = target.repeat_interleave(b)
+        rows_ref = references.reshape(n * b, *x.shape[1:])
+        chunk = self.internal_batch_size or n * b
+        attributions, ends = [], []
+        for start in range(0, n * b, chunk):
+            part = slice(start, start + chunk)
+            with torch.no_grad():
+                ref_rep = self._forward(rows_ref[part])[1]
+            acc, end = self._path_rows(rows_x[part], rows_c[part], ref_rep, eta)
+            attributions.append(acc)
+            ends.append(end)
+        attributions = torch.cat(attributions).view(n, b, *x.shape[1:]).mean(dim=1)
+        if not return_baseline:
+            return attributions
+        return attributions, {"baseline": torch.cat(ends).view(n, b, *x.shape[1:])}
+
+
+def _check_pool(pool: Any) -> tuple[Tensor, Tensor] | None:
+    if pool is None:
+        return None
+    if (
+        not isinstance(pool, (tuple, list))
+        or len(pool) != 2
+        or not all(isinstance(t, Tensor) for t in pool)
+        or pool[0].shape[0] != pool[1].shape[0]
+        or pool[1].ndim != 1
+    ):
+        raise ValueError("`reference_pool` must be a pair (inputs (M, ...), labels (M,)) of tensors.")
+    return pool[0].detach(), pool[1].detach().long()
+
+
+@register_method("ig2")
+def ig2(model: nn.Module, **kwargs: Any) -> IG2:
+    """IG2 with the paper's defaults (201 steps, 8 references of another class, penultimate features)."""
+    return IG2(model, **kwargs)
