@@ -1,9 +1,10 @@
 """Throughput of every registered attribution method: images/s, passes per image, peak memory.
 
 Run ``python benchmarks/throughput.py --help`` for options; ``make bench`` runs the defaults (demo CNN at 32x32).
-``--report mfaba`` prints the MFABA comparison instead (issue #4): MFABA sharp/smooth against IG-50, BIG at the
-paper's cost and AGI on the same images, MFABA's steps to flip, its efficiency against the limit of
-(mean steps + 1) forward+backward passes, and images/s at batch 1, 8 and 64.
+``--report mfaba`` prints the MFABA comparison instead: MFABA sharp/smooth against IG-50, BIG at the paper's
+cost and AGI on the same images, MFABA's steps to flip, its efficiency against the limit of (mean steps + 1)
+forward+backward passes, and images/s at batch 1, 8 and 64. ``--report ig2`` compares IG2's fused loop with the
+authors' two passes (same output, images/s, peak memory at two ``internal_batch_size`` values).
 
 Forward and backward passes are counted with hooks on the model: a forward hook adds the rows it sees, and a
 tensor hook on the output adds the rows whenever a gradient flows back through it. Peak memory is
@@ -198,6 +199,39 @@ def mfaba_report(args: argparse.Namespace, device: torch.device) -> None:
     console.print(scaling)
 
 
+def ig2_report(args: argparse.Namespace, device: torch.device) -> None:
+    model, shape = build_model(args.model, device)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(args.batch_size, *shape, generator=generator).to(device)
+    refs = torch.rand(args.batch_size, args.references, *shape, generator=generator).to(device)
+    rows = args.batch_size * args.references
+    table = Table(title=f"IG2 fused vs two-pass: {args.model} {shape}, batch {args.batch_size} x {args.references} "
+                        f"references, {args.ig2_steps} steps, {device}")
+    for col in ("implementation", "internal_batch_size", "images/s", "peak MiB", "max |diff| vs fused"):
+        table.add_column(col, justify="left" if col == "implementation" else "right")
+    for ibs in (rows, max(1, rows // 4)):
+        results = {}
+        for fused in (True, False):
+            method = get_method("ig2", model, steps=args.ig2_steps, fused=fused, internal_batch_size=ibs,
+                                input_bounds=(0.0, 1.0))
+            with PeakMemory(device) as memory:
+                times = []
+                for i in range(args.warmup + args.repeats):
+                    start = time.perf_counter()
+                    results[fused] = method.attribute(x, target=0, references=refs)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    if i >= args.warmup:
+                        times.append(time.perf_counter() - start)
+            median = statistics.median(times)
+            results[(fused, "ips")] = len(x) / median
+            diff = (results[False] - results[True]).abs().max().item() if not fused else 0.0
+            table.add_row("fused" if fused else "two-pass (authors)", str(ibs), f"{len(x) / median:.2f}",
+                          f"{memory.peak:.0f}", f"{diff:.2e}")
+        table.add_row("", "", f"speed-up {results[(True, 'ips')] / results[(False, 'ips')]:.2f}x", "", "")
+    Console(width=140).print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="demo", choices=["demo", "resnet50"])
@@ -206,14 +240,16 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=None, help="default: every registered method")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--report", choices=["all", "mfaba"], default="all", help="which table to print")
+    parser.add_argument("--report", choices=["all", "mfaba", "ig2"], default="all", help="which table to print")
+    parser.add_argument("--references", type=int, default=4, help="for --report ig2: references per sample")
+    parser.add_argument("--ig2-steps", type=int, default=201, help="for --report ig2: path steps")
     parser.add_argument("--scaling-batches", type=int, nargs="*", default=[1, 8, 64], help="for --report mfaba")
     args = parser.parse_args()
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    if args.report == "mfaba":
-        mfaba_report(args, device)
+    if args.report != "all":
+        {"mfaba": mfaba_report, "ig2": ig2_report}[args.report](args, device)
         return
     model, shape = build_model(args.model, device)
     x = torch.rand(args.batch_size, *shape, device=device)

@@ -5,6 +5,7 @@ from lit_attr.methods.agi import AGI
 from lit_attr.methods.base import AttributionMethod
 from lit_attr.methods.big import BIG
 from lit_attr.methods.captum import CaptumMethod
+from lit_attr.methods.fei import FEI
 from lit_attr.methods.ig2 import IG2
 from lit_attr.methods.mfaba import MFABA
 from lit_attr.methods.registry import available_methods, get_method, register_method
@@ -12,6 +13,7 @@ from lit_attr.methods.registry import available_methods, get_method, register_me
 __all__ = [
     "AGI",
     "BIG",
+    "FEI",
     "IG2",
     "MFABA",
     "AttributionMethod",

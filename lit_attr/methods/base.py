@@ -99,7 +99,7 @@ class AttributionMethod(abc.ABC):
 
     @staticmethod
     def _finish(attributions: Tensor, x: Tensor) -> Tensor:
-        return attributions.detach().to(dtype=x.dtype, device=x.device).reshape(x.shape)
+        return attributions.detach().to(dtype=x.dtype, device=x.device)
 
     def __call__(self, x: Tensor, target: TargetType = None, **kwargs: Any) -> ResultType:
         """Alias of :meth:`attribute`."""

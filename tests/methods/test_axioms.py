@@ -43,7 +43,8 @@ def test_saturation_gradient_zero_ig_one():
     assert ig.item() == pytest.approx(1.0, abs=1e-6)  # 25 of 50 midpoints lie below the kink, each 2 / 50
 
 
-@pytest.mark.parametrize("name", available_methods())
+# FEI's masks answer a different question (which area preserves the logit): its area term touches every feature.
+@pytest.mark.parametrize("name", [m for m in available_methods() if m != "fei"])
 def test_dummy_feature_gets_exactly_zero(name):
     torch.manual_seed(1)
     inner = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2)).double()

@@ -38,6 +38,7 @@ def fast_kwargs(name, shape=(3, 8, 8)):
         "mfaba": {"max_steps": 10},
         "big": {"attack_steps": 5, "ig_steps": 8},
         "agi": {"max_iter": 5, "n_classes": 2},
+        "fei": {"iterations": 3, "levels": (0.3, 0.6)},
     }
     return fast.get(name, {})
 
@@ -137,9 +138,10 @@ def test_tabular_and_sequence_inputs():
     tabular = nn.Sequential(nn.Linear(5, 3))
     seq = nn.Sequential(nn.Flatten(), nn.Linear(4 * 6, 3))
     for name in available_methods():
-        a = get_method(name, tabular, **fast_kwargs(name, (5,))).attribute(torch.randn(2, 5))
+        no_relu = {"gate": "none"} if name == "fei" else {}  # purely linear models: nothing to gate
+        a = get_method(name, tabular, **fast_kwargs(name, (5,)), **no_relu).attribute(torch.randn(2, 5))
         assert a.shape == (2, 5)
-        b = get_method(name, seq, **fast_kwargs(name, (4, 6))).attribute(torch.randn(2, 4, 6))
+        b = get_method(name, seq, **fast_kwargs(name, (4, 6)), **no_relu).attribute(torch.randn(2, 4, 6))
         assert b.shape == (2, 4, 6)
 
 
