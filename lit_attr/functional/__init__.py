@@ -1,5 +1,51 @@
 """Pure tensor functions behind every lit-attr metric (no state)."""
 
-from lit_attr.functional.localization import relevance_mass
+from lit_attr.functional.completeness import completeness_error
+from lit_attr.functional.insertion_deletion import (
+    PRESETS,
+    InsertionDeletionResult,
+    auc,
+    blur,
+    insertion_deletion,
+    iter_perturbed_batches,
+    make_substrate,
+    perturbation_schedule,
+    rank_map,
+    resolve_protocol,
+    rise_blur_kernel,
+)
+from lit_attr.functional.localization import localization_auroc, pointing_game, relevance_mass, relevance_rank
+from lit_attr.functional.randomization import (
+    iter_randomized,
+    randomizable_layers,
+    randomization_stages,
+    randomize_,
+    sort_in_forward_order,
+)
+from lit_attr.functional.similarity import spearman, ssim_maps
 
-__all__ = ["relevance_mass"]
+__all__ = [
+    "PRESETS",
+    "InsertionDeletionResult",
+    "auc",
+    "blur",
+    "completeness_error",
+    "insertion_deletion",
+    "iter_perturbed_batches",
+    "iter_randomized",
+    "localization_auroc",
+    "make_substrate",
+    "perturbation_schedule",
+    "pointing_game",
+    "randomizable_layers",
+    "randomization_stages",
+    "randomize_",
+    "rank_map",
+    "relevance_mass",
+    "relevance_rank",
+    "resolve_protocol",
+    "rise_blur_kernel",
+    "sort_in_forward_order",
+    "spearman",
+    "ssim_maps",
+]

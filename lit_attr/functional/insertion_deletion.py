@@ -1,0 +1,624 @@
+"""Insertion and deletion games (Petsiuk et al. 2018, RISE), batched (specs/metrics.md, "Insertion / deletion").
+
+The attribution map ranks the input units (pixels after a channel reduction, or single elements). The deletion
+game replaces the most important units first by a *substrate* and tracks the score of the target class; the
+insertion game starts from the substrate and puts the most important units back first. A faithful map makes the
+deletion curve fall fast (low AUC) and the insertion curve rise fast (high AUC).
+
+Every perturbed input is built at once with ``torch.where(rank < n_t, ...)`` on a per-unit rank map, and the
+(sample x step) rows of a batch go through the model together, in chunks of at most ``internal_batch_size``
+rows. The building blocks (:func:`blur`, :func:`make_substrate`, :func:`rank_map`,
+:func:`perturbation_schedule`, :func:`iter_perturbed_batches`, :func:`resolve_protocol`) are public so that
+other metrics walking the same schedules (activation deviation) reuse them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from lit_attr.methods._hygiene import preserved_model_state
+
+__all__ = [
+    "DEFAULT_N_STEPS",
+    "GAMES",
+    "OUTPUTS",
+    "PRESETS",
+    "REDUCTIONS",
+    "SUBSTRATES",
+    "InsertionDeletionResult",
+    "Protocol",
+    "auc",
+    "blur",
+    "insertion_deletion",
+    "iter_perturbed_batches",
+    "make_substrate",
+    "perturbation_schedule",
+    "rank_map",
+    "resolve_protocol",
+    "rise_blur_kernel",
+]
+
+SubstrateType = str | Callable[[Tensor], Tensor]
+TargetType = int | Sequence[int] | Tensor | None
+
+#: Number of steps when neither ``pixels_per_step`` nor ``n_steps`` is given (1792 px per step at 224x224).
+DEFAULT_N_STEPS = 28
+
+#: Protocol defaults of the published evaluations. A preset only fills the options left as ``None``.
+PRESETS: dict[str, dict[str, Any]] = {
+    "rise": {"insertion_substrate": "blur", "deletion_substrate": "zero", "n_steps": DEFAULT_N_STEPS},
+    "mfaba": {"insertion_substrate": "zero", "deletion_substrate": "zero", "n_steps": DEFAULT_N_STEPS},
+    "fei": {"insertion_substrate": "blur", "deletion_substrate": "zero", "n_steps": DEFAULT_N_STEPS},
+}
+
+#: Substrate names understood by :func:`make_substrate` (a callable is accepted too).
+SUBSTRATES = ("zero", "blur", "mean", "noise", "constant")
+#: Scores a curve can track.
+OUTPUTS = ("prob", "logit", "prob_ratio")
+#: Channel reductions that turn a map into units.
+REDUCTIONS = ("sum", "abs_sum", "none")
+#: The two games, in the order they are played.
+GAMES = ("insertion", "deletion")
+
+# RISE's blur: scipy's gaussian_filter(sigma=5, mode="reflect") of an 11x11 delta. The reflection folds the
+# truncated Gaussian back into the window, so these taps are flatter than a sampled Gaussian and cannot be
+# reproduced with torchvision's gaussian_blur; the 2-D kernel is exactly their outer product.
+_RISE_HALF_TAPS = (
+    0.08795814577727815,
+    0.08889611977709484,
+    0.09047419654910865,
+    0.09219111781938806,
+    0.09348938844291409,
+    0.09398206326843249,
+)
+_RISE_TAPS = _RISE_HALF_TAPS + _RISE_HALF_TAPS[-2::-1]
+
+
+class Protocol(NamedTuple):
+    """Resolved options of an insertion/deletion evaluation (see :func:`resolve_protocol`)."""
+
+    insertion_substrate: SubstrateType
+    deletion_substrate: SubstrateType
+    pixels_per_step: int | None
+    n_steps: int | None
+
+
+class InsertionDeletionResult(NamedTuple):
+    """Per-sample output of :func:`insertion_deletion`.
+
+    Attributes:
+        insertion_curve: ``(N, T + 1)`` scores while inserting units, from the substrate (t = 0) to ``x`` (t = T).
+        deletion_curve: ``(N, T + 1)`` scores while deleting units, from ``x`` (t = 0) to the substrate (t = T).
+        insertion_auc: ``(N,)`` normalised area under the insertion curve (higher is better).
+        deletion_auc: ``(N,)`` normalised area under the deletion curve (lower is better).
+        target: ``(N,)`` class whose score was tracked.
+    """
+
+    insertion_curve: Tensor
+    deletion_curve: Tensor
+    insertion_auc: Tensor
+    deletion_auc: Tensor
+    target: Tensor
+
+
+# ---------------------------------------------------------------------------------------------- building blocks
+def resolve_protocol(
+    preset: str | None = None,
+    *,
+    insertion_substrate: SubstrateType | None = None,
+    deletion_substrate: SubstrateType | None = None,
+    pixels_per_step: int | None = None,
+    n_steps: int | None = None,
+) -> Protocol:
+    """Combine a preset with explicitly given options; explicit (non-``None``) options win.
+
+    Without a preset the defaults are RISE's: insertion ``"blur"``, deletion ``"zero"``, ``n_steps=28``. An
+    explicit ``pixels_per_step`` replaces the preset's ``n_steps``; giving both ``pixels_per_step`` and
+    ``n_steps`` explicitly is an error.
+
+    Args:
+        preset: ``"rise"``, ``"mfaba"`` (zeros for both games), ``"fei"`` (RISE protocol) or ``None``.
+        insertion_substrate: substrate the insertion game starts from (see :func:`make_substrate`).
+        deletion_substrate: substrate the deletion game replaces units with.
+        pixels_per_step: units changed per step.
+        n_steps: number of steps, turned into ``pixels_per_step = ceil(units / n_steps)``.
+
+    Returns:
+        The resolved :class:`Protocol`; exactly one of ``pixels_per_step`` and ``n_steps`` is set.
+
+    Raises:
+        ValueError: for an unknown preset or substrate name, or both step options given.
+
+    Example:
+        >>> resolve_protocol("mfaba", pixels_per_step=16)
+        Protocol(insertion_substrate='zero', deletion_substrate='zero', pixels_per_step=16, n_steps=None)
+    """
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"`preset` must be one of {tuple(PRESETS)} or None, got {preset!r}.")
+    if pixels_per_step is not None and n_steps is not None:
+        raise ValueError(
+            f"Give at most one of `pixels_per_step` and `n_steps`, got pixels_per_step={pixels_per_step!r} and "
+            f"n_steps={n_steps!r}."
+        )
+    _check_positive_int("pixels_per_step", pixels_per_step)
+    _check_positive_int("n_steps", n_steps)
+    defaults = PRESETS[preset or "rise"]
+    insertion_substrate = defaults["insertion_substrate"] if insertion_substrate is None else insertion_substrate
+    deletion_substrate = defaults["deletion_substrate"] if deletion_substrate is None else deletion_substrate
+    _check_substrate("insertion_substrate", insertion_substrate)
+    _check_substrate("deletion_substrate", deletion_substrate)
+    if pixels_per_step is None and n_steps is None:
+        n_steps = defaults["n_steps"]
+    return Protocol(insertion_substrate, deletion_substrate, pixels_per_step, n_steps)
+
+
+def rise_blur_kernel(dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Tensor:
+    """The 11 one-dimensional taps of RISE's blur; the 2-D kernel is ``torch.outer(taps, taps)``.
+
+    Args:
+        dtype: floating dtype of the result (the taps are exact in float64).
+        device: device of the result.
+
+    Returns:
+        ``(11,)`` symmetric taps that sum to 1.
+
+    Example:
+        >>> taps = rise_blur_kernel()
+        >>> taps.shape, round(float(taps.sum()), 12)
+        (torch.Size([11]), 1.0)
+    """
+    return torch.tensor(_RISE_TAPS, dtype=torch.float64, device=device).to(dtype)
+
+
+def blur(x: Tensor) -> Tensor:
+    """RISE's blur substrate: the separable 11x11 kernel per channel, with zero padding 5 (same size output).
+
+    Zero padding darkens a 5-pixel border, as in RISE's ``conv2d(..., padding=5)``; it is kept for fidelity.
+
+    Args:
+        x: ``(N, C, H, W)`` floating-point images.
+
+    Returns:
+        Blurred images with the shape, dtype and device of ``x``.
+
+    Example:
+        >>> x = torch.ones(1, 3, 32, 32, dtype=torch.float64)
+        >>> round(float(blur(x)[0, 0, 16, 16]), 12)  # a constant stays constant away from the border
+        1.0
+    """
+    _check_images("x", x)
+    channels = x.shape[1]
+    taps = rise_blur_kernel(x.dtype, x.device)
+    # Two 1-D depthwise passes instead of one 11x11 pass: 22 instead of 121 multiply-adds per value, and zero
+    # padding commutes with separability, so the result equals the 2-D convolution.
+    out = F.conv2d(x, taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1), padding=(5, 0), groups=channels)
+    return F.conv2d(out, taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1), padding=(0, 5), groups=channels)
+
+
+def make_substrate(
+    substrate: SubstrateType,
+    x: Tensor,
+    *,
+    substrate_value: float | Sequence[float] | Tensor | None = None,
+    seed: int = 0,
+) -> Tensor:
+    """The image that perturbed units are taken from, one per sample.
+
+    Args:
+        substrate: ``"zero"`` (zeros in the model's input space: the dataset mean colour when the model expects
+            normalised inputs), ``"blur"`` (:func:`blur`), ``"mean"`` (per-image channel mean), ``"noise"``
+            (N(0, 1) from a ``torch.Generator`` seeded with ``seed``; one draw shared by all samples, so a
+            sample's result does not depend on its batch), ``"constant"`` (``substrate_value``), or a callable
+            mapping ``x`` to a tensor broadcastable to ``x``.
+        x: ``(N, C, H, W)`` floating-point images.
+        substrate_value: for ``"constant"``: a scalar, ``C`` per-channel values, or a tensor broadcastable to
+            ``(C, H, W)``.
+        seed: seed of the ``"noise"`` substrate; the global random state is never used.
+
+    Returns:
+        A tensor with the shape, dtype and device of ``x`` (possibly an expanded view).
+
+    Raises:
+        ValueError: for an unknown name, a missing ``substrate_value``, or a callable returning the wrong shape.
+        TypeError: for a substrate that is neither a name nor a callable.
+
+    Example:
+        >>> x = torch.arange(4.0).view(1, 1, 2, 2)
+        >>> make_substrate("mean", x).flatten().tolist()
+        [1.5, 1.5, 1.5, 1.5]
+    """
+    _check_images("x", x)
+    _check_substrate("substrate", substrate)
+    if callable(substrate):
+        out = substrate(x)
+        if not isinstance(out, Tensor):
+            raise TypeError(f"A callable `substrate` must return a tensor, got {type(out).__name__}.")
+        try:
+            return torch.broadcast_to(out.to(dtype=x.dtype, device=x.device), x.shape)
+        except RuntimeError as err:
+            raise ValueError(
+                f"A callable `substrate` must return a tensor broadcastable to x's shape {tuple(x.shape)}, "
+                f"got {tuple(out.shape)}."
+            ) from err
+    if substrate == "zero":
+        return torch.zeros_like(x)
+    if substrate == "blur":
+        return blur(x)
+    if substrate == "mean":
+        return x.mean(dim=(2, 3), keepdim=True).expand_as(x)
+    if substrate == "noise":
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise TypeError(f"`seed` must be an int, got {seed!r}.")
+        # Drawn on the CPU so that a seed gives the same substrate on every device.
+        generator = torch.Generator().manual_seed(seed)
+        noise = torch.randn((1, *x.shape[1:]), generator=generator, dtype=x.dtype)
+        return noise.to(x.device).expand_as(x)
+    # "constant"
+    if substrate_value is None:
+        raise ValueError('`substrate_value` must be given when a substrate is "constant", got None.')
+    fill = torch.as_tensor(substrate_value, dtype=x.dtype, device=x.device)
+    if fill.ndim == 1 and fill.numel() == x.shape[1]:
+        fill = fill.view(-1, 1, 1)
+    try:
+        return torch.broadcast_to(fill, x.shape)
+    except RuntimeError as err:
+        raise ValueError(
+            f"`substrate_value` must be a scalar, {x.shape[1]} per-channel values or broadcastable to "
+            f"{tuple(x.shape[1:])}, got shape {tuple(fill.shape)}."
+        ) from err
+
+
+def rank_map(attributions: Tensor, reduce: str = "sum") -> Tensor:
+    """Rank of every unit by descending attribution: 0 is the most important unit.
+
+    The sort is stable, so tied units (plateaus, common in FEI maps; an all-zero map) are ranked in raster
+    order: row by row, left to right (channel-major for ``reduce="none"``).
+
+    Args:
+        attributions: ``(N, C, H, W)`` or ``(N, H, W)``.
+        reduce: how channels become units: ``"sum"`` (signed channel sum), ``"abs_sum"`` (sum of absolute
+            values) or ``"none"`` (every element is a unit). A 3-D map already has one value per pixel.
+
+    Returns:
+        ``(N, H, W)`` long ranks, or ``(N, C, H, W)`` for ``reduce="none"`` on a 4-D map.
+
+    Raises:
+        ValueError: for an unknown ``reduce``, a map that is not 3-D/4-D, or non-finite values.
+
+    Example:
+        >>> rank_map(torch.tensor([[[0.5, 2.0], [0.5, -1.0]]]))
+        tensor([[[1, 0],
+                 [2, 3]]])
+    """
+    if not isinstance(attributions, Tensor):
+        raise TypeError(f"`attributions` must be a torch.Tensor, got {type(attributions).__name__}.")
+    _check_choice("reduce", reduce, REDUCTIONS)
+    if attributions.ndim not in (3, 4) or attributions.shape[0] == 0:
+        raise ValueError(
+            f"`attributions` must be a non-empty (N, C, H, W) or (N, H, W) tensor, got shape "
+            f"{tuple(attributions.shape)}."
+        )
+    if attributions.is_floating_point() and not bool(torch.isfinite(attributions).all()):
+        raise ValueError("`attributions` contains NaN or infinite values; ranking needs finite values.")
+    scores = attributions.abs() if reduce == "abs_sum" else attributions
+    if attributions.ndim == 4 and reduce != "none":
+        scores = scores.sum(dim=1)
+    flat = scores.reshape(scores.shape[0], -1)
+    order = torch.sort(flat, dim=1, descending=True, stable=True).indices
+    positions = torch.arange(flat.shape[1], device=flat.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, positions).view(scores.shape)
+
+
+def perturbation_schedule(
+    num_units: int,
+    pixels_per_step: int | None = None,
+    n_steps: int | None = None,
+    *,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Number of perturbed units after each step: ``n_t = min(t * pixels_per_step, num_units)``, t = 0..T.
+
+    ``T = ceil(num_units / pixels_per_step)``. With ``n_steps``, ``pixels_per_step = ceil(num_units / n_steps)``,
+    so T can be smaller than ``n_steps`` on small inputs (28 steps at 224x224 or 32x32, 26 at 16x16, 22 at
+    8x8); T never exceeds ``n_steps``. With neither, ``n_steps=28``.
+
+    Args:
+        num_units: units in one sample (H*W pixels, or C*H*W elements for ``reduce="none"``).
+        pixels_per_step: units changed per step.
+        n_steps: number of steps instead of ``pixels_per_step``.
+        device: device of the result.
+
+    Returns:
+        ``(T + 1,)`` long tensor from 0 to ``num_units``.
+
+    Raises:
+        ValueError: for non-positive values or both step options given.
+
+    Example:
+        >>> perturbation_schedule(10, pixels_per_step=4)
+        tensor([ 0,  4,  8, 10])
+    """
+    _check_positive_int("num_units", num_units)
+    _check_positive_int("pixels_per_step", pixels_per_step)
+    _check_positive_int("n_steps", n_steps)
+    if pixels_per_step is not None and n_steps is not None:
+        raise ValueError(
+            f"Give at most one of `pixels_per_step` and `n_steps`, got pixels_per_step={pixels_per_step!r} and "
+            f"n_steps={n_steps!r}."
+        )
+    if pixels_per_step is None:
+        pixels_per_step = math.ceil(num_units / (n_steps or DEFAULT_N_STEPS))
+    num_steps = math.ceil(num_units / pixels_per_step)
+    return (torch.arange(num_steps + 1, device=device) * pixels_per_step).clamp(max=num_units)
+
+
+def iter_perturbed_batches(
+    x: Tensor,
+    substrate: Tensor,
+    ranks: Tensor,
+    schedule: Tensor,
+    game: str,
+    chunk_size: int | None = None,
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Yield the perturbed inputs of one game for all (sample, step) rows, ``chunk_size`` rows at a time.
+
+    Rows are ordered sample-major (all steps of sample 0, then sample 1, ...). A row (i, t) is
+    ``where(ranks[i] < schedule[t], substrate[i], x[i])`` for deletion and
+    ``where(ranks[i] < schedule[t], x[i], substrate[i])`` for insertion.
+
+    Args:
+        x: ``(N, C, H, W)`` clean inputs.
+        substrate: tensor broadcastable to ``x`` (see :func:`make_substrate`).
+        ranks: ``(N, H, W)`` or ``(N, C, H, W)`` unit ranks from :func:`rank_map`.
+        schedule: ``(T + 1,)`` units perturbed per step from :func:`perturbation_schedule`.
+        game: ``"insertion"`` or ``"deletion"``.
+        chunk_size: most rows per yielded batch; ``None`` yields all ``N * (T + 1)`` rows at once.
+
+    Yields:
+        ``(samples, steps, inputs)``: the sample and step index of every row (long ``(R,)``) and the
+        ``(R, C, H, W)`` perturbed inputs.
+
+    Example:
+        >>> x = torch.ones(1, 1, 2, 2)
+        >>> ranks = rank_map(torch.tensor([[[4.0, 3.0], [2.0, 1.0]]]))
+        >>> _, steps, rows = next(iter_perturbed_batches(x, torch.zeros_like(x), ranks, torch.tensor([0, 2, 4]),
+        ...                                              "deletion"))
+        >>> rows.flatten(1).tolist()
+        [[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]]
+    """
+    _check_choice("game", game, GAMES)
+    substrate = torch.broadcast_to(substrate, x.shape)
+    if ranks.ndim == 3:
+        ranks = ranks.unsqueeze(1)
+    n, points = x.shape[0], schedule.numel()
+    total = n * points
+    chunk_size = total if chunk_size is None else chunk_size
+    head, tail = (x, substrate) if game == "insertion" else (substrate, x)
+    schedule = schedule.to(x.device)
+    for start in range(0, total, chunk_size):
+        rows = torch.arange(start, min(start + chunk_size, total), device=x.device)
+        samples, steps = rows // points, rows % points
+        keep_head = ranks[samples] < schedule[steps].view(-1, 1, 1, 1)
+        yield samples, steps, torch.where(keep_head, head[samples], tail[samples])
+
+
+def auc(curve: Tensor) -> Tensor:
+    """Normalised trapezoidal area under curves sampled at T + 1 equally spaced points.
+
+    ``auc = (sum_t s_t - s_0 / 2 - s_T / 2) / T``, i.e. the trapezoid rule on [0, 1].
+
+    Args:
+        curve: ``(..., T + 1)`` with T >= 1.
+
+    Returns:
+        ``(...)`` areas.
+
+    Raises:
+        ValueError: for curves with fewer than two points.
+
+    Example:
+        >>> auc(torch.tensor([1.0, 0.5, 0.0]))
+        tensor(0.5000)
+    """
+    if not isinstance(curve, Tensor) or curve.ndim == 0 or curve.shape[-1] < 2:
+        shape = tuple(curve.shape) if isinstance(curve, Tensor) else type(curve).__name__
+        raise ValueError(f"`curve` must be a tensor (..., T + 1) with at least 2 points, got {shape}.")
+    steps = curve.shape[-1] - 1
+    return (curve.sum(dim=-1) - (curve[..., 0] + curve[..., -1]) / 2) / steps
+
+
+# ------------------------------------------------------------------------------------------------------ metric
+def insertion_deletion(
+    model: nn.Module,
+    x: Tensor,
+    attributions: Tensor,
+    target: TargetType = None,
+    *,
+    pixels_per_step: int | None = None,
+    n_steps: int | None = None,
+    insertion_substrate: SubstrateType | None = None,
+    deletion_substrate: SubstrateType | None = None,
+    output: str = "prob",
+    reduce: str = "sum",
+    internal_batch_size: int | None = None,
+    preset: str | None = None,
+    substrate_value: float | Sequence[float] | Tensor | None = None,
+    seed: int = 0,
+) -> InsertionDeletionResult:
+    """Insertion and deletion curves and AUCs of attribution maps (RISE's causal metrics, batched).
+
+    Units are ranked by :func:`rank_map` (stable descending sort: ties in raster order). At step t the first
+    ``n_t`` units (:func:`perturbation_schedule`) are deleted (replaced by the deletion substrate) or inserted
+    (taken from ``x`` into the insertion substrate), and the target score of the result is recorded. The model
+    runs in eval mode under ``torch.no_grad()``; its modes, flags and buffers are restored afterwards.
+
+    Options left as ``None`` come from ``preset`` (default ``"rise"``: insertion ``"blur"``, deletion ``"zero"``,
+    ``n_steps=28``); explicit options override the preset.
+
+    Args:
+        model: classifier returning logits ``(N, K)``.
+        x: ``(N, C, H, W)`` inputs in the model's input space, on the model's device.
+        attributions: ``(N, C, H, W)`` (same shape as ``x``) or ``(N, H, W)`` maps.
+        target: tracked class: ``None`` (clean top-1 prediction), an int, or ``N`` ints.
+        pixels_per_step: units changed per step.
+        n_steps: number of steps (``pixels_per_step = ceil(units / n_steps)``); not together with
+            ``pixels_per_step``.
+        insertion_substrate: what the insertion game starts from (see :func:`make_substrate`).
+        deletion_substrate: what deleted units are replaced by.
+        output: score per point: ``"prob"`` (softmax probability), ``"logit"``, or ``"prob_ratio"``
+            (``p(x_t) / p(x)``).
+        reduce: channel reduction of the map: ``"sum"``, ``"abs_sum"`` or ``"none"`` (per-element units; then
+            ``pixels_per_step`` counts elements).
+        internal_batch_size: most rows (samples x steps) per forward pass; ``None`` runs all ``N * (T + 1)``
+            rows of a game in one pass.
+        preset: ``"rise"``, ``"mfaba"``, ``"fei"`` or ``None`` (see :data:`PRESETS`).
+        substrate_value: the fill of a ``"constant"`` substrate.
+        seed: seed of a ``"noise"`` substrate.
+
+    Returns:
+        :class:`InsertionDeletionResult` with ``(N, T + 1)`` curves, ``(N,)`` AUCs and the tracked targets, in
+        the dtype of the model's output.
+
+    Raises:
+        TypeError: for a model that is not a module, non-tensor or integer inputs, or non-integer targets.
+        ValueError: for mismatched shapes or devices, unknown option names, both step options, bad targets, or
+            model outputs that are not ``(N, K)`` logits.
+
+    Example:
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 5))
+        >>> x = torch.rand(2, 3, 8, 8)
+        >>> result = insertion_deletion(net, x, torch.randn(2, 8, 8), n_steps=4)
+        >>> result.insertion_curve.shape, result.deletion_auc.shape
+        (torch.Size([2, 5]), torch.Size([2]))
+    """
+    protocol = resolve_protocol(
+        preset,
+        insertion_substrate=insertion_substrate,
+        deletion_substrate=deletion_substrate,
+        pixels_per_step=pixels_per_step,
+        n_steps=n_steps,
+    )
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+    _check_images("x", x)
+    _check_attributions(attributions, x)
+    _check_choice("output", output, OUTPUTS)
+    _check_choice("reduce", reduce, REDUCTIONS)
+    _check_positive_int("internal_batch_size", internal_batch_size)
+    _check_model_device(model, x)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("`x` contains NaN or infinite values; the games need finite inputs.")
+
+    ranks = rank_map(attributions.to(x.device), reduce)
+    schedule = perturbation_schedule(ranks[0].numel(), protocol.pixels_per_step, protocol.n_steps, device=x.device)
+    n, points = x.shape[0], schedule.numel()
+    chunk = internal_batch_size or n * points
+
+    with torch.no_grad(), preserved_model_state(model):
+        clean = torch.cat([_logits(model, x[i : i + chunk]) for i in range(0, n, chunk)])
+        target = _resolve_target(target, clean)
+        clean_prob = clean.softmax(dim=1).gather(1, target[:, None]).squeeze(1)
+        curves = {}
+        for game in GAMES:
+            name = getattr(protocol, f"{game}_substrate")
+            substrate = make_substrate(name, x, substrate_value=substrate_value, seed=seed)
+            curve = clean.new_empty(n, points)
+            for samples, steps, inputs in iter_perturbed_batches(x, substrate, ranks, schedule, game, chunk):
+                logits = _logits(model, inputs)
+                if output != "logit":
+                    logits = logits.softmax(dim=1)
+                score = logits.gather(1, target[samples, None]).squeeze(1)
+                if output == "prob_ratio":
+                    score = score / clean_prob[samples]
+                curve[samples, steps] = score.to(curve.dtype)
+            curves[game] = curve
+    return InsertionDeletionResult(
+        curves["insertion"], curves["deletion"], auc(curves["insertion"]), auc(curves["deletion"]), target
+    )
+
+
+# ------------------------------------------------------------------------------------------------- validation
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
+
+
+def _check_substrate(name: str, value: object) -> None:
+    if callable(value):
+        return
+    if not isinstance(value, str):
+        raise TypeError(f"`{name}` must be one of {SUBSTRATES} or a callable, got {type(value).__name__}.")
+    if value not in SUBSTRATES:
+        raise ValueError(f"`{name}` must be one of {SUBSTRATES} or a callable, got {value!r}.")
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"`{name}` must be a positive int or None, got {value!r}.")
+
+
+def _check_images(name: str, x: object) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}.")
+    if not x.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating-point tensor, got dtype {x.dtype}.")
+    if x.ndim != 4 or x.shape[0] == 0:
+        raise ValueError(f"`{name}` must be a non-empty image batch (N, C, H, W), got shape {tuple(x.shape)}.")
+
+
+def _check_attributions(attributions: object, x: Tensor) -> None:
+    if not isinstance(attributions, Tensor):
+        raise TypeError(f"`attributions` must be a torch.Tensor, got {type(attributions).__name__}.")
+    per_pixel = (x.shape[0], *x.shape[2:])
+    if attributions.shape != x.shape and attributions.shape != per_pixel:
+        raise ValueError(
+            f"`attributions` must have the shape of x {tuple(x.shape)} or (N, H, W) = {per_pixel}, got "
+            f"{tuple(attributions.shape)}."
+        )
+
+
+def _check_model_device(model: nn.Module, x: Tensor) -> None:
+    device = next((p.device for p in model.parameters()), None)
+    if device is not None and device != x.device:
+        raise ValueError(f"`x` is on {x.device} but the model is on {device}; move them to the same device.")
+
+
+def _logits(model: nn.Module, x: Tensor) -> Tensor:
+    out = model(x)
+    if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"`model` must return logits of shape (N, K) = ({x.shape[0]}, K), got {shape}.")
+    return out
+
+
+def _resolve_target(target: TargetType, logits: Tensor) -> Tensor:
+    n, num_classes = logits.shape
+    if target is None:
+        return logits.argmax(dim=1)
+    if isinstance(target, (bool, float)) or (isinstance(target, Tensor) and not _is_integer(target)):
+        raise TypeError(f"`target` must be None, an int, or N integer class indices, got {target!r}.")
+    if isinstance(target, int):
+        target = torch.full((n,), target, dtype=torch.long, device=logits.device)
+    else:
+        target = torch.as_tensor(target, device=logits.device)
+        if not _is_integer(target):
+            raise TypeError(f"`target` must be None, an int, or N integer class indices, got {target!r}.")
+        target = target.long().expand(n) if target.ndim == 0 else target.long().reshape(-1)
+        if target.numel() != n:
+            raise ValueError(f"`target` must have one entry per sample (N={n}), got {target.numel()} entries.")
+    if bool((target < 0).any()) or bool((target >= num_classes).any()):
+        raise ValueError(
+            f"`target` values must be in [0, {num_classes - 1}] for a model with {num_classes} classes, "
+            f"got values in [{int(target.min())}, {int(target.max())}]."
+        )
+    return target
+
+
+def _is_integer(t: Tensor) -> bool:
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)

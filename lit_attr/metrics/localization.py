@@ -1,0 +1,116 @@
+"""Localisation against ground-truth masks as a torchmetrics ``Metric`` (math in ``functional.localization``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from lit_attr.functional.localization import (
+    _saliency_map,
+    localization_auroc,
+    pointing_game,
+    relevance_mass,
+    relevance_rank,
+)
+
+__all__ = ["LOCALIZATION_METRICS", "Localization"]
+
+LOCALIZATION_METRICS: tuple[str, ...] = ("pointing_game", "relevance_mass", "relevance_rank", "auroc")
+"""Names accepted by :class:`Localization`'s ``metrics``."""
+
+
+class Localization(Metric):
+    """Mean localisation scores of attribution maps against ground-truth object masks.
+
+    Each :meth:`update` scores every sample with the selected functions of :mod:`lit_attr.functional.localization`
+    on the channel sum of the attributions and adds the scores to ``sum``-reduced states, so the result under DDP
+    equals the single-process result:
+
+    * ``"pointing_game"``: the argmax pixel lies in the mask (within ``tolerance`` pixels);
+    * ``"relevance_mass"``: share of the positive relevance inside the mask;
+    * ``"relevance_rank"``: share of the top-K pixels inside the mask, K = mask size;
+    * ``"auroc"``: AUROC of the map as a mask-pixel score (undefined for masks covering the whole image).
+
+    All lie in [0, 1]; higher is better. :meth:`compute` returns ``{name: mean over samples}``.
+
+    Args:
+        metrics: a subset of :data:`LOCALIZATION_METRICS` (a single name is accepted).
+        tolerance: pointing-game tolerance in pixels (chessboard distance).
+        **kwargs: options of :class:`torchmetrics.Metric`.
+
+    Raises:
+        ValueError: for an empty, repeated or unknown metric name, or a negative ``tolerance``.
+        TypeError: if ``tolerance`` is not an int.
+
+    Example:
+        >>> metric = Localization()
+        >>> a = torch.tensor([[[0.0, 2.0], [1.0, 0.0]]])
+        >>> metric.update(a, torch.tensor([[[False, True], [False, False]]]))
+        >>> {name: round(float(value), 3) for name, value in metric.compute().items()}
+        {'pointing_game': 1.0, 'relevance_mass': 0.667, 'relevance_rank': 1.0, 'auroc': 1.0}
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+    plot_lower_bound = 0.0
+    plot_upper_bound = 1.0
+
+    score_sum: Tensor
+    total: Tensor
+
+    def __init__(
+        self,
+        metrics: str | Sequence[str] = LOCALIZATION_METRICS,
+        tolerance: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        names = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+        if not names:
+            raise ValueError(f"`metrics` must name at least one of {LOCALIZATION_METRICS}.")
+        unknown = [name for name in names if name not in LOCALIZATION_METRICS]
+        if unknown:
+            raise ValueError(f"`metrics` must be drawn from {LOCALIZATION_METRICS}, got unknown {unknown}.")
+        if len(set(names)) != len(names):
+            raise ValueError(f"`metrics` must not repeat a name, got {list(names)}.")
+        if not isinstance(tolerance, int) or isinstance(tolerance, bool):
+            raise TypeError(f"`tolerance` must be an int (pixels), got {type(tolerance).__name__}.")
+        if tolerance < 0:
+            raise ValueError(f"`tolerance` must be >= 0 pixels, got {tolerance}.")
+        self.metrics = names
+        self.tolerance = tolerance
+        self.add_state("score_sum", torch.zeros(len(names)), dist_reduce_fx="sum")
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, attributions: Tensor, masks: Tensor) -> None:
+        """Score a batch.
+
+        Args:
+            attributions: ``(N, C, H, W)`` (summed over channels) or ``(N, H, W)``.
+            masks: ``(N, H, W)`` boolean (or 0/1) masks, none empty.
+
+        Raises:
+            TypeError: if an input is not a tensor.
+            ValueError: if the shapes do not match, or a mask is not boolean/0-1, empty, or (with ``"auroc"``)
+                covers the whole image.
+        """
+        heatmap = _saliency_map(attributions, masks)  # validates once; the functions below get (N, H, W)
+        functions: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+            "pointing_game": lambda a, s: pointing_game(a, s, tolerance=self.tolerance),
+            "relevance_mass": relevance_mass,
+            "relevance_rank": relevance_rank,
+            "auroc": localization_auroc,
+        }
+        scores = torch.stack([functions[name](heatmap, masks).to(self.score_sum).sum() for name in self.metrics])
+        self.score_sum += scores
+        self.total += heatmap.shape[0]
+
+    def compute(self) -> dict[str, Tensor]:
+        """Mean of every selected score over all samples seen (on all ranks)."""
+        means = self.score_sum / self.total
+        return {name: means[index] for index, name in enumerate(self.metrics)}

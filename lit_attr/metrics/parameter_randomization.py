@@ -1,0 +1,413 @@
+"""The parameter-randomisation sanity check (Adebayo et al. 2018) as a torchmetrics ``Metric``.
+
+The layer selection, re-initialisation and stage walk live in :mod:`lit_attr.functional.randomization`, the
+similarities in :mod:`lit_attr.functional.similarity`; this module adds the private model copy, the bookkeeping
+and the DDP-safe states.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Sequence
+from contextlib import closing
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from lit_attr.functional.randomization import (
+    GRANULARITIES,
+    ORDERS,
+    STAGE_MODES,
+    Layer,
+    iter_randomized,
+    randomizable_layers,
+    randomization_stages,
+    sort_in_forward_order,
+)
+from lit_attr.functional.similarity import spearman, ssim_maps
+from lit_attr.methods._hygiene import preserved_model_state
+from lit_attr.methods.base import AttributionMethod, TargetType
+from lit_attr.methods.registry import get_method
+
+__all__ = ["SIMILARITIES", "ParameterRandomization"]
+
+SIMILARITIES: tuple[str, ...] = ("spearman_abs", "spearman", "ssim")
+"""Similarity measures between original and randomised-model attributions."""
+
+
+class _ModelRef:
+    """Holds the user's model without registering it as a submodule (not in ``state_dict``, not moved by ``.to``).
+
+    ``deepcopy`` (``Metric.clone``, metric collections) keeps the reference: a clone checks the same model.
+    """
+
+    __slots__ = ("module",)
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _ModelRef:
+        return self
+
+
+class ParameterRandomization(Metric):
+    """Similarity of a method's attributions before and after randomising the model's layers, per stage.
+
+    A method that explains the model (rather than the input alone) must produce different maps for a network
+    whose weights are random: the similarity between original and randomised-model maps should fall towards 0
+    as more layers are randomised (Adebayo et al. 2018, "Sanity checks for saliency maps").
+
+    **The user's model is never modified.** The metric holds a private deep copy (the working copy) and, at every
+    :meth:`update`, first loads the user's current weights and buffers into it (``load_state_dict``), so a metric
+    built before training checks the weights as they are when it is updated; it then follows the model's device
+    and floating dtype. Every forward, attribution and randomisation runs on the working copy.
+
+    The attribution method is bound to the working copy in one of two ways:
+
+    * ``method`` is a registered name: the method is built with :func:`~lit_attr.methods.get_method` on the working
+      copy, with ``method_kwargs``; ``model`` is required.
+    * ``method`` is an :class:`~lit_attr.methods.AttributionMethod` instance: the instance is deep-copied together
+      with its model, so every reference it holds to the model (``model``, ``forward_fn`` when it is the model or
+      one of its bound methods, Captum wrappers) points to the working copy.
+
+    A ``forward_fn`` that is a closure over the user's model (``lambda x: model(x)["logits"]``) cannot be
+    re-bound: the first :meth:`update` detects that the working copy is never called and raises. Wrap such a model
+    in an ``nn.Module`` whose ``forward`` returns logits instead.
+
+    Layers are resolved at construction (``layers="auto"``: every convolution, linear and normalisation leaf, or
+    top-level blocks with ``granularity="block"``; or explicit names; see
+    :func:`~lit_attr.functional.randomization.randomizable_layers`), so the number of stages, and with it the
+    shape of the states, is fixed before any data is seen (DDP-safe). Their forward order, which names and orders
+    the stages, is found with hooks on the first :meth:`update` (one forward pass on one sample); it is the same on
+    every rank.
+
+    Stages (:func:`~lit_attr.functional.randomization.randomization_stages`): ``"original"`` (nothing randomised:
+    the attributions are recomputed on the intact copy and compared with the originals, a determinism check that
+    gives 1 for deterministic methods), then, for ``order="top_down"``, the last layer, the last two, ... up to all
+    layers; ``"bottom_up"`` cascades from the input; ``"independent"`` randomises one layer at a time.
+    ``stages="last"`` keeps only the fully randomised network (3 attribution passes per batch instead of
+    L + 2). Layer ``i`` (forward order) is re-initialised with its own ``reset_parameters()`` seeded with
+    ``seed + i``, identically on every update and rank; normalisation layers become identity transforms and, with
+    ``reset_running_stats=True``, lose their running statistics.
+
+    Similarities (per sample, averaged over the dataset):
+
+    * ``"spearman_abs"``: Spearman rank correlation of ``|A|`` summed over channels (the default criterion);
+    * ``"spearman"``: Spearman rank correlation of the signed channel sum;
+    * ``"ssim"``: SSIM of the min-max normalised ``|A|`` channel sums (image attributions only).
+
+    Spearman correlations use average ranks for ties and are 0 where a map is constant
+    (:func:`~lit_attr.functional.similarity.spearman`). Attributions of shape ``(N, C, H, W)`` are summed over
+    channels; other shapes (``(N, D)``, ``(N, L, E)``) are compared element-wise.
+
+    :meth:`compute` returns, for every selected similarity, ``{"stages": names, "curve": (S,) mean per stage,
+    "final": last stage, "passed": final < threshold}``, plus ``"threshold"``. A method passes the check when the
+    final ``spearman_abs`` is below the threshold (default 0.5).
+
+    Args:
+        method: a registered method name or an :class:`~lit_attr.methods.AttributionMethod` instance.
+        model: the classifier (logits); required with a name, optional (must be ``method.model``) with an instance.
+        layers: ``"auto"`` or a sequence of module names.
+        order: ``"top_down"`` (default), ``"bottom_up"`` or ``"independent"``.
+        stages: ``"all"`` or ``"last"``.
+        similarity: a subset of :data:`SIMILARITIES` (a single name is accepted).
+        seed: base seed of the re-initialisation.
+        threshold: pass threshold on the final similarity.
+        granularity: ``"leaf"`` or ``"block"`` (auto mode).
+        method_kwargs: options for :func:`~lit_attr.methods.get_method` (name only).
+        reset_running_stats: reset BatchNorm running statistics of randomised layers (PyTorch's
+            ``reset_parameters`` behaviour); ``False`` keeps the trained statistics.
+        **kwargs: options of :class:`torchmetrics.Metric` (``sync_on_compute``, ``dist_sync_fn``, ...).
+
+    Raises:
+        TypeError: for a ``method``/``model`` of the wrong type.
+        ValueError: for an unknown option, a missing or conflicting ``model``, ``method_kwargs`` with an instance,
+            or layers that cannot be resolved.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+        >>> check = ParameterRandomization("saliency", net)
+        >>> check.update(torch.rand(2, 3, 8, 8))
+        >>> result = check.compute()
+        >>> result["spearman_abs"]["stages"], float(result["spearman_abs"]["curve"][0])
+        (['original', '3', '0'], 1.0)
+    """
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+    plot_lower_bound = -1.0
+    plot_upper_bound = 1.0
+
+    similarity_sum: Tensor
+    total: Tensor
+
+    def __init__(
+        self,
+        method: str | AttributionMethod,
+        model: nn.Module | None = None,
+        layers: Literal["auto"] | Sequence[str] = "auto",
+        order: Literal["top_down", "bottom_up", "independent"] = "top_down",
+        stages: Literal["all", "last"] = "all",
+        similarity: str | Sequence[str] = ("spearman_abs", "spearman", "ssim"),
+        seed: int = 0,
+        threshold: float = 0.5,
+        granularity: Literal["leaf", "block"] = "leaf",
+        method_kwargs: dict[str, Any] | None = None,
+        reset_running_stats: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        for arg, value, choices in (("order", order, ORDERS), ("stages", stages, STAGE_MODES)):
+            if value not in choices:
+                raise ValueError(f"`{arg}` must be one of {choices}, got {value!r}.")
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"`granularity` must be one of {GRANULARITIES}, got {granularity!r}.")
+        if stages == "last" and order == "independent":
+            raise ValueError("`stages='last'` (the fully randomised network) needs `order` 'top_down' or 'bottom_up'.")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise TypeError(f"`seed` must be an int, got {type(seed).__name__}.")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+            raise TypeError(f"`threshold` must be a number, got {type(threshold).__name__}.")
+        self.similarity = _check_similarity(similarity)
+        self.order = order
+        self.stages = stages
+        self.seed = seed
+        self.threshold = float(threshold)
+        self.reset_running_stats = bool(reset_running_stats)
+
+        source, bound = _bind_to_copy(method, model, method_kwargs)
+        self._source = _ModelRef(source)
+        self._method = bound
+        self._layers: list[Layer] = randomizable_layers(bound.model, layers, granularity)
+        # Filled on the first update, from a forward pass; until then the registration order stands in.
+        self._forward_layers: list[Layer] | None = None
+        num_stages = len(self._layers) + 1 if stages == "all" else 2
+        self.add_state("similarity_sum", torch.zeros(len(self.similarity), num_stages), dist_reduce_fx="sum")
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    @property
+    def method(self) -> AttributionMethod:
+        """The attribution method bound to the working copy."""
+        return self._method
+
+    @property
+    def stage_names(self) -> list[str]:
+        """Stage names, ``"original"`` first (in registration order of the layers until the first update)."""
+        layers = self._forward_layers if self._forward_layers is not None else self._layers
+        return [name for name, _ in randomization_stages([n for n, _ in layers], self.order, self.stages)]
+
+    def update(self, x: Tensor, target: TargetType = None, attributions: Tensor | None = None) -> None:
+        """Attribute ``x`` with the original and every randomised network and accumulate the similarities.
+
+        Args:
+            x: input batch ``(N, ...)`` on the model's device (inference tensors are fine).
+            target: class to explain: ``None`` (the original model's top-1 prediction), an int, or ``N`` indices.
+                Every stage explains the same, original target.
+            attributions: the original attributions for ``x`` and ``target`` if already computed (same shape as
+                ``x``); computed on the intact working copy otherwise.
+
+        Raises:
+            TypeError: if ``x`` or ``attributions`` is not a tensor.
+            ValueError: if ``attributions`` has the wrong shape, ``"ssim"`` is requested for non-image
+                attributions, or the method's ``forward_fn`` does not call the model it was bound to.
+        """
+        if not isinstance(x, Tensor):
+            raise TypeError(f"`x` must be a torch.Tensor, got {type(x).__name__}.")
+        if attributions is not None:
+            if not isinstance(attributions, Tensor):
+                raise TypeError(f"`attributions` must be a tensor or None, got {type(attributions).__name__}.")
+            if attributions.shape != x.shape:
+                raise ValueError(
+                    f"`attributions` must have the shape of `x`, {tuple(x.shape)}, got {tuple(attributions.shape)}."
+                )
+        if "ssim" in self.similarity and (x.ndim != 4 or min(x.shape[-2:]) < 6):
+            raise ValueError(
+                f"similarity 'ssim' needs image inputs (N, C, H, W) of at least 6x6 pixels (its window is 11x11), "
+                f"got shape {tuple(x.shape)}; drop it from `similarity`."
+            )
+        method = self._method
+        # Lightning validates under inference mode; weights of the working copy are loaded and randomised in
+        # place, which must happen on normal tensors.
+        with torch.inference_mode(False):
+            self._load_source_weights()
+            if self._forward_layers is None:
+                self._forward_layers = self._sort_layers(x)
+            target = method.resolve_target(x, target)
+            reference = method.attribute(x, target) if attributions is None else attributions.to(x)
+            ref_abs, ref_signed = _heatmaps(reference)
+            rows = []
+            walk = iter_randomized(
+                self._forward_layers,
+                self.order,
+                seed=self.seed,
+                stages=self.stages,
+                reset_running_stats=self.reset_running_stats,
+            )
+            # closing() restores the working copy at once, also when an attribution raises mid-walk.
+            with closing(walk):
+                for _ in walk:
+                    new_abs, new_signed = _heatmaps(method.attribute(x, target))
+                    rows.append(self._similarities(ref_abs, ref_signed, new_abs, new_signed))
+        values = torch.stack(rows, dim=1)  # (similarities, stages, N)
+        self.similarity_sum += values.sum(dim=-1).to(self.similarity_sum)
+        self.total += x.shape[0]
+
+    def compute(self) -> dict[str, Any]:
+        """Per similarity: stage names, mean curve ``(S,)``, final value and ``passed``; plus ``"threshold"``."""
+        curves = self.similarity_sum / self.total
+        names = self.stage_names
+        result: dict[str, Any] = {}
+        for row, name in enumerate(self.similarity):
+            final = curves[row, -1]
+            result[name] = {"stages": names, "curve": curves[row], "final": final, "passed": final < self.threshold}
+        result["threshold"] = self.threshold
+        return result
+
+    def plot(self, val: dict[str, Any] | None = None, ax: Any | None = None) -> tuple[Any, Any]:
+        """Draw the mean similarity per stage, one line per similarity measure, and the pass threshold.
+
+        Uses matplotlib's object-oriented API only (no pyplot state), so it is safe in training loops and threads.
+
+        Args:
+            val: a result of :meth:`compute`; ``None`` calls :meth:`compute`.
+            ax: axes to draw into; ``None`` creates a new figure.
+
+        Returns:
+            ``(figure, axes)``.
+
+        Example:
+            >>> net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
+            >>> check = ParameterRandomization("saliency", net, similarity="spearman_abs")
+            >>> check.update(torch.rand(2, 3, 8, 8))
+            >>> fig, ax = check.plot()
+        """
+        from matplotlib.figure import Figure
+
+        val = self.compute() if val is None else val
+        names = [name for name in SIMILARITIES if name in val]
+        stages = val[names[0]]["stages"]
+        if ax is None:
+            fig = Figure(figsize=(max(5.0, 0.4 * len(stages) + 2.0), 3.8), layout="constrained")
+            ax = fig.add_subplot()
+        else:
+            fig = ax.get_figure()
+        positions = list(range(len(stages)))
+        for name in names:
+            curve = val[name]["curve"].detach().float().cpu()
+            ax.plot(positions, curve, marker="o", label=f"{name} (final {float(val[name]['final']):.2f})")
+        ax.axhline(val["threshold"], color="grey", linestyle="--", linewidth=1, label=f"threshold {val['threshold']}")
+        ax.axhline(0.0, color="black", linewidth=0.5)
+        ax.set_xticks(positions, stages, rotation=60, ha="right", fontsize="small")
+        ax.set_ylim(self.plot_lower_bound - 0.05, self.plot_upper_bound + 0.05)
+        ax.set_xlabel(f"randomised up to ({self.order.replace('_', '-')})")
+        ax.set_ylabel("similarity to original")
+        ax.set_title(f"{type(self).__name__}: {self._method.name or type(self._method).__name__}")
+        ax.legend(loc="best", fontsize="small")
+        ax.grid(alpha=0.3)
+        return fig, ax
+
+    # ------------------------------------------------------------------ internals
+    def _load_source_weights(self) -> None:
+        """Copy the user's current parameters and buffers into the working copy (reading the user's model only)."""
+        source, work = self._source.module, self._method.model
+        reference = next(itertools.chain(source.parameters(), source.buffers()), None)
+        current = next(itertools.chain(work.parameters(), work.buffers()), None)
+        if reference is not None and current is not None and reference.device != current.device:
+            work.to(reference.device)
+        floating = next((p for p in source.parameters() if p.is_floating_point()), None)
+        mine = next((p for p in work.parameters() if p.is_floating_point()), None)
+        if floating is not None and mine is not None and floating.dtype != mine.dtype:
+            work.to(floating.dtype)
+        # Only the working copy's own keys: the user's model may since have gained entries the copy never had
+        # (e.g. this metric as an attribute, with persistent states).
+        state = source.state_dict()
+        missing = [key for key in work.state_dict() if key not in state]
+        if missing:
+            raise RuntimeError(
+                f"The model no longer has {missing[:5]} (of {len(missing)} missing entries); its structure changed "
+                "after the metric was built. Build a new ParameterRandomization for the new model."
+            )
+        with torch.no_grad():
+            work.load_state_dict({key: state[key] for key in work.state_dict()})
+
+    def _sort_layers(self, x: Tensor) -> list[Layer]:
+        method = self._method
+        sample = x[:1]
+        called: list[bool] = []
+        handles = [
+            module.register_forward_pre_hook(lambda module, args: called.append(True))
+            for module in method.model.modules()
+        ]
+        try:
+            with preserved_model_state(method.model), torch.no_grad():
+                method.forward_fn(sample)
+        finally:
+            for handle in handles:
+                handle.remove()
+        if not called:
+            raise ValueError(
+                "The attribution method's `forward_fn` never calls the model it is bound to, so randomising that "
+                "model would change nothing (typically a closure over the original model, e.g. "
+                "`lambda x: model(x)[...]`). Wrap the model in an nn.Module whose forward returns logits and pass "
+                "that module instead."
+            )
+        with preserved_model_state(method.model):
+            return sort_in_forward_order(self._layers, method.forward_fn, sample)
+
+    def _similarities(self, ref_abs: Tensor, ref_signed: Tensor, new_abs: Tensor, new_signed: Tensor) -> Tensor:
+        values = []
+        for name in self.similarity:
+            if name == "spearman_abs":
+                values.append(spearman(ref_abs, new_abs))
+            elif name == "spearman":
+                values.append(spearman(ref_signed, new_signed))
+            else:
+                values.append(ssim_maps(ref_abs, new_abs))
+        return torch.stack([v.to(self.similarity_sum.device, self.similarity_sum.dtype) for v in values])
+
+
+def _heatmaps(attributions: Tensor) -> tuple[Tensor, Tensor]:
+    """``|A|`` and ``A`` summed over channels for images ``(N, C, H, W)``; unchanged otherwise."""
+    if attributions.ndim == 4:
+        return attributions.abs().sum(dim=1), attributions.sum(dim=1)
+    return attributions.abs(), attributions
+
+
+def _check_similarity(similarity: str | Sequence[str]) -> tuple[str, ...]:
+    names = (similarity,) if isinstance(similarity, str) else tuple(similarity)
+    if not names:
+        raise ValueError(f"`similarity` must name at least one of {SIMILARITIES}.")
+    unknown = [name for name in names if name not in SIMILARITIES]
+    if unknown:
+        raise ValueError(f"`similarity` must be drawn from {SIMILARITIES}, got unknown {unknown}.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"`similarity` must not repeat a name, got {list(names)}.")
+    return names
+
+
+def _bind_to_copy(
+    method: str | AttributionMethod, model: nn.Module | None, method_kwargs: dict[str, Any] | None
+) -> tuple[nn.Module, AttributionMethod]:
+    """Return ``(the user's model, a method bound to a private deep copy of it)``."""
+    if isinstance(method, str):
+        if model is None:
+            raise ValueError(f"`model` is required when `method` is a name ({method!r}).")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+        if method_kwargs is not None and not isinstance(method_kwargs, dict):
+            raise TypeError(f"`method_kwargs` must be a dict or None, got {type(method_kwargs).__name__}.")
+        return model, get_method(method, copy.deepcopy(model), **(method_kwargs or {}))
+    if isinstance(method, AttributionMethod):
+        if method_kwargs:
+            raise ValueError("`method_kwargs` only apply when `method` is a name; configure the instance instead.")
+        if model is not None and model is not method.model:
+            raise ValueError("`model` must be omitted or be `method.model` when `method` is an instance.")
+        # One deepcopy of the instance copies its model with it; the memo maps every reference the instance holds
+        # to the model (its forward_fn when that is the model or a bound method of it, Captum's wrappers) onto
+        # the same copy.
+        return method.model, copy.deepcopy(method)
+    raise TypeError(f"`method` must be a registered method name or an AttributionMethod, got {type(method).__name__}.")

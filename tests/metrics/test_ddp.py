@@ -1,0 +1,56 @@
+"""Every metric gives the same result on 2 processes (each on half the data) as on 1 process on all of it."""
+
+import functools
+
+import pytest
+import torch
+from ddp_helpers import assert_nested_close, compute_many_on_shards, compute_on_all, run_ddp
+from torch import nn
+
+from lit_attr.methods import get_method
+from lit_attr.metrics.insertion_deletion import InsertionDeletion
+from lit_attr.metrics.localization import Localization
+from lit_attr.metrics.parameter_randomization import ParameterRandomization
+
+
+def _tiny_cnn() -> nn.Module:
+    # Built from torch modules only, so that it pickles into the spawned processes by reference.
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )
+    return model.eval()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_metrics_are_equal_on_two_processes_and_one():
+    model = _tiny_cnn()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(6, 3, 8, 8, generator=gen)
+    attributions = get_method("saliency", model).attribute(x)
+    masks = torch.rand(6, 8, 8, generator=gen) < 0.3
+    masks[:, 0, 0], masks[:, 7, 7] = True, False
+    # Shards of different sizes (4 and 2 samples): a mean of per-rank means would be wrong.
+    factories = {
+        "localization": functools.partial(Localization, tolerance=1),
+        "parameter_randomization": functools.partial(ParameterRandomization, "saliency", model),
+        "insertion_deletion": functools.partial(InsertionDeletion, model, n_steps=8),
+    }
+    batches = {
+        "localization": [(attributions[:4], masks[:4]), (attributions[4:], masks[4:])],
+        "parameter_randomization": [(x[:4],), {"x": x[4:], "target": None}],
+        "insertion_deletion": [(x[:4], attributions[:4]), {"x": x[4:], "attributions": attributions[4:]}],
+    }
+    # One spawn for every metric: starting the interpreters is the expensive part.
+    per_rank = run_ddp(compute_many_on_shards, 2, factories, batches)
+    for name, factory in factories.items():
+        expected = compute_on_all(factory, batches[name])
+        for rank, results in enumerate(per_rank):
+            assert_nested_close(results[name], expected, f"{name} on rank {rank}")

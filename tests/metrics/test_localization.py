@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from lit_attr.functional.localization import localization_auroc, pointing_game, relevance_mass, relevance_rank
+from lit_attr.metrics.localization import Localization
+
+
+def _batch(seed: int, n: int = 5):
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, 3, 8, 8, generator=gen)
+    masks = torch.rand(n, 8, 8, generator=gen) < 0.3
+    masks[:, 2, 2], masks[:, 7, 7] = True, False
+    return a, masks
+
+
+def test_localization_means_over_batches_equal_functional_means():
+    batches = [_batch(0), _batch(1, n=3)]
+    metric = Localization(tolerance=1)
+    for a, masks in batches:
+        metric.update(a, masks)
+    result = metric.compute()
+    a = torch.cat([b[0] for b in batches])
+    masks = torch.cat([b[1] for b in batches])
+    expected = {
+        "pointing_game": pointing_game(a, masks, tolerance=1).mean(),
+        "relevance_mass": relevance_mass(a, masks).mean(),
+        "relevance_rank": relevance_rank(a, masks).mean(),
+        "auroc": localization_auroc(a, masks).mean(),
+    }
+    assert list(result) == list(expected)
+    for name, value in expected.items():
+        torch.testing.assert_close(result[name], value, msg=name)
+
+
+def test_localization_subset_single_name_and_reset():
+    metric = Localization(metrics="auroc")
+    a, masks = _batch(2)
+    metric.update(a.sum(dim=1), masks)  # (N, H, W) maps are fine too
+    assert list(metric.compute()) == ["auroc"]
+    metric.reset()
+    metric.update(torch.ones(1, 4, 4), torch.eye(4, dtype=torch.bool).unsqueeze(0))
+    assert metric.compute()["auroc"].item() == 0.5
+    assert Localization.higher_is_better is True
+    assert Localization.full_state_update is False
+
+
+def test_localization_errors():
+    with pytest.raises(ValueError, match=r"drawn from .* got unknown \['iou'\]"):
+        Localization(metrics=("auroc", "iou"))
+    with pytest.raises(ValueError, match="at least one of"):
+        Localization(metrics=())
+    with pytest.raises(ValueError, match="must not repeat"):
+        Localization(metrics=("auroc", "auroc"))
+    with pytest.raises(ValueError, match="`tolerance` must be >= 0"):
+        Localization(tolerance=-2)
+    metric = Localization()
+    with pytest.raises(ValueError, match=r"`masks` must have shape \(N, H, W\) = \(2, 8, 8\), got \(2, 4, 4\)"):
+        metric.update(torch.ones(2, 3, 8, 8), torch.ones(2, 4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="boolean or contain only 0 and 1"):
+        metric.update(torch.ones(1, 4, 4), torch.full((1, 4, 4), 0.5))
+    with pytest.raises(ValueError, match="at least one pixel; got an empty mask"):
+        metric.update(torch.ones(1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="cover the whole image"):
+        metric.update(torch.ones(1, 4, 4), torch.ones(1, 4, 4, dtype=torch.bool))
+    with pytest.raises(TypeError, match="must be tensors"):
+        metric.update([[1.0]], torch.ones(1, 1, 1, dtype=torch.bool))
+    assert metric.total.item() == 0  # nothing was accumulated by the failed updates
