@@ -21,25 +21,9 @@ from lit_attr.functional.insertion_deletion import (
     perturbation_schedule,
     resolve_protocol,
 )
+from lit_attr.metrics._model_ref import ModelRef
 
 __all__ = ["InsertionDeletion"]
-
-
-class _ModelRef:
-    """Holds the evaluated model without registering it as a submodule.
-
-    A registered model would land in the metric's ``state_dict``, be moved and cast with the metric, and create a
-    module cycle when the metric is an attribute of the LightningModule it evaluates. ``deepcopy`` (used by
-    ``Metric.clone`` and metric collections) keeps the reference: a clone evaluates the same model.
-    """
-
-    __slots__ = ("module",)
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> _ModelRef:
-        return self
 
 
 class InsertionDeletion(Metric):
@@ -145,7 +129,7 @@ class InsertionDeletion(Metric):
                 f"of steps, and so the size of the curve states, depends on it. Got pixels_per_step="
                 f"{protocol.pixels_per_step} and num_units=None; alternatively pass `n_steps`."
             )
-        self._model_ref = _ModelRef(model)
+        self._model_ref = ModelRef(model)
         self.num_units = num_units
         self.output = output
         self._options: dict[str, Any] = {

@@ -31,26 +31,12 @@ from lit_attr.functional.similarity import spearman, ssim_maps
 from lit_attr.methods._hygiene import preserved_model_state
 from lit_attr.methods.base import AttributionMethod, TargetType
 from lit_attr.methods.registry import get_method
+from lit_attr.metrics._model_ref import ModelRef
 
 __all__ = ["SIMILARITIES", "ParameterRandomization"]
 
 SIMILARITIES: tuple[str, ...] = ("spearman_abs", "spearman", "ssim")
 """Similarity measures between original and randomised-model attributions."""
-
-
-class _ModelRef:
-    """Holds the user's model without registering it as a submodule (not in ``state_dict``, not moved by ``.to``).
-
-    ``deepcopy`` (``Metric.clone``, metric collections) keeps the reference: a clone checks the same model.
-    """
-
-    __slots__ = ("module",)
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> _ModelRef:
-        return self
 
 
 class ParameterRandomization(Metric):
@@ -180,7 +166,7 @@ class ParameterRandomization(Metric):
         self.reset_running_stats = bool(reset_running_stats)
 
         source, bound = _bind_to_copy(method, model, method_kwargs)
-        self._source = _ModelRef(source)
+        self._source = ModelRef(source)
         self._method = bound
         self._layers: list[Layer] = randomizable_layers(bound.model, layers, granularity)
         # Filled on the first update, from a forward pass; until then the registration order stands in.
