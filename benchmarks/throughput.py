@@ -240,6 +240,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=None, help="default: every registered method")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--report", choices=["all", "mfaba", "ig2"], default="all", help="which table to print")
     parser.add_argument("--references", type=int, default=4, help="for --report ig2: references per sample")
     parser.add_argument("--ig2-steps", type=int, default=201, help="for --report ig2: path steps")
@@ -247,6 +248,8 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.report != "all":
         {"mfaba": mfaba_report, "ig2": ig2_report}[args.report](args, device)

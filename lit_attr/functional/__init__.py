@@ -1,5 +1,10 @@
 """Pure tensor functions behind every lit-attr metric (no state)."""
 
+from lit_attr.functional.activation_deviation import (
+    ActivationDeviationResult,
+    activation_deviation,
+    resolve_probe_layers,
+)
 from lit_attr.functional.completeness import completeness_error
 from lit_attr.functional.insertion_deletion import (
     PRESETS,
@@ -26,6 +31,9 @@ from lit_attr.functional.similarity import spearman, ssim_maps
 
 __all__ = [
     "PRESETS",
+    "ActivationDeviationResult",
+    "activation_deviation",
+    "resolve_probe_layers",
     "InsertionDeletionResult",
     "auc",
     "blur",
