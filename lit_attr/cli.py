@@ -117,6 +117,13 @@ def run_demo(epochs: int | None = None, num_images: int = 32, methods: Sequence[
         for name in names:
             progress.update(task, description=f"attributing with {name}")
             kwargs = DEMO_METHOD_KWARGS.get(name, {})
+            if name == "fei":  # 500 optimisation steps: show them on the demo's own bar
+                kwargs = {
+                    **kwargs,
+                    "progress": lambda done, total, n=name: progress.update(
+                        task, description=f"attributing with {n} (iteration {done}/{total})"
+                    ),
+                }
             if name == "ig2":
                 kwargs = {**kwargs, "reference_pool": (data.train_set.images[:256], data.train_set.labels[:256])}
             method = get_method(name, model, input_bounds=(0.0, 1.0), **kwargs)

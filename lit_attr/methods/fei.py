@@ -133,7 +133,8 @@ class FEI(AttributionMethod):
             forward order.
         seed: base seed of the reference colours.
         reduce: ``True`` broadcasts the map to the input's shape; ``False`` returns ``(N, 1, H, W)``.
-        show_progress: show a progress bar over levels x iterations (rich).
+        progress: ``True`` shows a rich progress bar over levels x iterations; a callable ``progress(done, total)``
+            is called after every iteration instead (to drive a progress display of your own).
         forward_fn: see :class:`~lit_attr.methods.base.AttributionMethod`.
         input_bounds: the colour range of the references; ``None`` uses each sample's own channel range.
         internal_batch_size: samples per optimisation batch.
@@ -157,7 +158,7 @@ class FEI(AttributionMethod):
         gate_layers: Sequence[str] | tuple[int, int] | None = None,
         seed: int = 0,
         reduce: bool = True,
-        show_progress: bool = False,
+        progress: bool | Callable[[int, int], None] = False,
         forward_fn: Callable[[Tensor], Tensor] | None = None,
         input_bounds: BoundsType = None,
         internal_batch_size: int | None = None,
@@ -180,7 +181,9 @@ class FEI(AttributionMethod):
             raise TypeError(f"`seed` must be an int, got {type(seed).__name__}.")
         self.seed = seed
         self.reduce = bool(reduce)
-        self.show_progress = bool(show_progress)
+        if not (isinstance(progress, bool) or callable(progress)):
+            raise TypeError(f"`progress` must be a bool or a callable(done, total), got {type(progress).__name__}.")
+        self.progress = progress
 
     # ------------------------------------------------------------------ gated layers
     def relu_modules(self, x: Tensor) -> list[nn.Module]:
@@ -263,7 +266,7 @@ class FEI(AttributionMethod):
         colours = self._colours(x, len(self.levels) * self.iterations)
         score = SCORES["logit"]
         masks = []
-        with gates.active(), _progress(self.show_progress, len(self.levels) * self.iterations) as advance:
+        with gates.active(), _progress(self.progress, len(self.levels) * self.iterations) as advance:
             gates.new_forward(capture=True)
             with torch.no_grad():
                 self.logits(x)
@@ -296,15 +299,25 @@ class FEI(AttributionMethod):
 
 
 @contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Callable[[], None]]:
-    if not enabled:
-        yield lambda: None
-        return
-    from rich.progress import Progress
+def _progress(progress: bool | Callable[[int, int], None], total: int) -> Iterator[Callable[[], None]]:
+    """Yield an ``advance()`` callable feeding ``progress`` (a callback, a rich bar, or nothing)."""
+    if callable(progress):
+        done = 0
 
-    with Progress(transient=True) as progress:
-        task = progress.add_task("FEI masks (levels x iterations)", total=total)
-        yield lambda: progress.advance(task)
+        def advance() -> None:
+            nonlocal done
+            done += 1
+            progress(done, total)
+
+        yield advance
+    elif progress:
+        from rich.progress import Progress
+
+        with Progress(transient=True) as bar:
+            task = bar.add_task("FEI masks (levels x iterations)", total=total)
+            yield lambda: bar.advance(task)
+    else:
+        yield lambda: None
 
 
 @register_method("fei")

@@ -164,3 +164,13 @@ def test_errors():
         FEI(small_cnn(), gate_layers=["0"]).attribute(torch.rand(1, 3, 6, 6))
     with pytest.raises(ValueError, match=r"`objective` must be one of 'preservation', 'hybrid'"):
         get_method("fei", functional, objective="deletion")
+
+
+def test_progress_callback_counts_levels_times_iterations():
+    calls = []
+    FEI(small_cnn(), levels=(0.3, 0.6), iterations=4, progress=lambda done, total: calls.append((done, total)))(
+        torch.rand(1, 3, 6, 6), target=0
+    )
+    assert calls == [(i, 8) for i in range(1, 9)]
+    with pytest.raises(TypeError, match="`progress` must be a bool or a callable"):
+        FEI(small_cnn(), progress="yes")
