@@ -131,14 +131,15 @@ class IG2(AttributionMethod):
         return 1
 
     # ------------------------------------------------------------------ references
-    def sample_references(self, x: Tensor, target: Tensor) -> Tensor:
-        """Draw ``(N, B, ...)`` references from ``reference_pool`` with the configured sampler."""
-        if self.reference_pool is None:
+    def sample_references(self, x: Tensor, target: Tensor, pool: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Draw ``(N, B, ...)`` references from ``pool`` (default ``reference_pool``) with the configured sampler."""
+        pool = self.reference_pool if pool is None else _check_pool(pool)
+        if pool is None:
             raise ValueError(
                 f"`references={self.references!r}` draws from `reference_pool`; pass reference_pool=(inputs, labels) "
                 "or a tensor attribute(x, references=...) of shape (N, B, ...)."
             )
-        pool_x, pool_y = (t.to(x.device) for t in self.reference_pool)
+        pool_x, pool_y = (t.to(x.device) for t in pool)
         if pool_x.shape[1:] != x.shape[1:]:
             raise ValueError(f"`reference_pool` inputs must be (M, {tuple(x.shape[1:])}), got {tuple(pool_x.shape)}.")
         if self.references == "confusers":

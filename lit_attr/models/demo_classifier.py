@@ -9,12 +9,15 @@ logits.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from lightning import LightningModule
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from lit_attr.metrics import AttributionQuality
 
 __all__ = ["DEMO_EPOCHS", "DemoClassifier"]
 
@@ -73,6 +76,11 @@ class DemoClassifier(LightningModule):
         schedule: ``"onecycle"`` (default), ``"cosine"`` or ``"none"``.
         mean: per-channel mean used to normalise inputs.
         std: per-channel standard deviation used to normalise inputs.
+        attribution_quality: options of :class:`~lit_attr.metrics.AttributionQuality` (e.g.
+            ``{"method": "saliency", "metrics": ["insertion_deletion", "localization"]}``). When given, every
+            validation batch is also attributed and scored (masks from ``(x, y, mask)`` batches), and the scores
+            are logged as ``<method>/<value>`` at the end of each validation epoch. This is the pattern for users
+            who log from their own ``validation_step`` instead of attaching a callback.
 
     Raises:
         ValueError: if an argument is out of range.
@@ -92,6 +100,7 @@ class DemoClassifier(LightningModule):
         schedule: str = "onecycle",
         mean: Sequence[float] = _SHAPES_MEAN,
         std: Sequence[float] = _SHAPES_STD,
+        attribution_quality: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -123,6 +132,9 @@ class DemoClassifier(LightningModule):
         self.layer2 = _BasicBlock(2 * width, 4 * width, stride=2)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(4 * width, num_classes)
+        self.attribution_quality = None
+        if attribution_quality is not None:
+            self.attribution_quality = AttributionQuality(self, **attribution_quality)
 
     def forward(self, x: Tensor) -> Tensor:
         """Return logits of shape ``(N, num_classes)`` for images ``x`` of shape ``(N, 3, H, W)`` in [0, 1]."""
@@ -154,6 +166,14 @@ class DemoClassifier(LightningModule):
         loss, accuracy, batch_size = self._loss_and_accuracy(batch)
         self.log("val_loss", loss, on_epoch=True, batch_size=batch_size)
         self.log("val_acc", accuracy, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        if self.attribution_quality is not None:
+            self.attribution_quality.update(batch[0], masks=batch[2] if len(batch) == 3 else None)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log the attribution scores of the epoch (``compute`` has already synchronised them across ranks)."""
+        if self.attribution_quality is not None:
+            self.log_dict(self.attribution_quality.compute())
+            self.attribution_quality.reset()
 
     def test_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
         """Logs epoch-level ``test_loss`` and ``test_acc``."""
@@ -169,15 +189,17 @@ class DemoClassifier(LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         """AdamW, with a per-step OneCycle or cosine schedule spanning the trainer's total number of steps.
 
-        Without an attached trainer, or when the trainer has no finite step budget, only the optimizer is returned.
+        Without an attached trainer, or when the trainer has no finite step budget or fewer than 8 steps, only the
+        optimizer is returned.
         """
         hp = self.hparams
         optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         if hp.schedule == "none" or self._trainer is None:
             return optimizer
         total_steps = self.trainer.estimated_stepping_batches
-        # Unbounded training (max_epochs=-1 without max_steps) has no horizon for a schedule to span.
-        if not math.isfinite(total_steps):
+        # Unbounded training (max_epochs=-1 without max_steps) has no horizon for a schedule to span, and OneCycle
+        # divides by its warm-up length, which is zero for a handful of steps.
+        if not math.isfinite(total_steps) or total_steps < 8:
             return optimizer
         total_steps = int(total_steps)
         if hp.schedule == "onecycle":

@@ -8,6 +8,7 @@ from ddp_helpers import assert_nested_close, compute_many_on_shards, compute_on_
 from torch import nn
 
 from lit_attr.methods import get_method
+from lit_attr.metrics.attribution_quality import AttributionQuality
 from lit_attr.metrics.insertion_deletion import InsertionDeletion
 from lit_attr.metrics.localization import Localization
 from lit_attr.metrics.parameter_randomization import ParameterRandomization
@@ -42,11 +43,19 @@ def test_metrics_are_equal_on_two_processes_and_one():
         "localization": functools.partial(Localization, tolerance=1),
         "parameter_randomization": functools.partial(ParameterRandomization, "saliency", model),
         "insertion_deletion": functools.partial(InsertionDeletion, model, n_steps=8),
+        "attribution_quality": functools.partial(
+            AttributionQuality,
+            model,
+            "saliency",
+            metrics=("insertion_deletion", "localization"),
+            metric_kwargs={"insertion_deletion": {"n_steps": 8}},
+        ),
     }
     batches = {
         "localization": [(attributions[:4], masks[:4]), (attributions[4:], masks[4:])],
         "parameter_randomization": [(x[:4],), {"x": x[4:], "target": None}],
         "insertion_deletion": [(x[:4], attributions[:4]), {"x": x[4:], "attributions": attributions[4:]}],
+        "attribution_quality": [(x[:4], None, masks[:4]), {"x": x[4:], "masks": masks[4:]}],
     }
     # One spawn for every metric: starting the interpreters is the expensive part.
     per_rank = run_ddp(compute_many_on_shards, 2, factories, batches)

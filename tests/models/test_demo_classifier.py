@@ -215,3 +215,16 @@ def test_trained_demo_outputs_unnormalised_logits(trained_demo: tuple[DemoClassi
 def test_trained_demo_restores_global_torch_flags(trained_demo: tuple[DemoClassifier, ShapesDataModule]) -> None:
     # Trainer(deterministic=True) inside the fixture must not leak into the rest of the suite.
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_a_few_steps_of_training_run_without_a_schedule():
+    import lightning as L
+
+    from lit_attr.data import ShapesDataModule
+
+    model = DemoClassifier()
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        limit_val_batches=0)
+    trainer.fit(model, datamodule=ShapesDataModule(num_train=96, num_val=16, batch_size=32))
+    assert trainer.global_step == 3

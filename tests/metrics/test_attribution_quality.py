@@ -1,0 +1,104 @@
+"""AttributionQuality: one Metric that attributes and scores, used from a LightningModule."""
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from lit_attr.data import ShapesDataModule
+from lit_attr.methods import get_method
+from lit_attr.metrics import AttributionQuality, InsertionDeletion, Localization
+from lit_attr.models import DemoClassifier
+
+
+def test_values_logged_inside_fit_equal_method_and_metrics_by_hand():
+    L.seed_everything(0, verbose=False)
+    data = ShapesDataModule(num_train=128, num_val=48, batch_size=32)
+    options = {
+        "method": "saliency",
+        "metrics": ["insertion_deletion", "localization"],
+        "metric_kwargs": {"insertion_deletion": {"n_steps": 8}},
+    }
+    model = DemoClassifier(attribution_quality=options)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=data)
+    logged = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("saliency/")}
+
+    model.eval()
+    method = get_method("saliency", model)
+    faithfulness, localization = InsertionDeletion(model, n_steps=8), Localization()
+    for x, _, masks in data.val_dataloader():
+        attributions = method.attribute(x)
+        faithfulness.update(x, attributions)
+        localization.update(attributions, masks)
+    expected = {**faithfulness.compute(), **localization.compute()}
+    expected = {f"saliency/{k}": v for k, v in expected.items() if v.numel() == 1}
+    assert sorted(logged) == sorted(expected)
+    for key, value in expected.items():
+        torch.testing.assert_close(logged[key], value, msg=key)
+
+
+def tiny_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4 * 8 * 8, 3))
+
+
+def test_model_state_untouched_and_not_in_state_dict():
+    model = tiny_cnn().train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(5, 3, 8, 8)
+    rng = torch.get_rng_state()
+    quality = AttributionQuality(model, "integrated_gradients", method_kwargs={"n_steps": 4},
+                                 metrics=("insertion_deletion", "activation_deviation"),
+                                 metric_kwargs={"insertion_deletion": {"n_steps": 4}, "activation_deviation":
+                                                {"n_steps": 4}})
+    with torch.no_grad():
+        quality.update(x)
+    result = quality.compute()
+    assert set(result) == {"integrated_gradients/" + k for k in (
+        "insertion", "deletion", "difference", "activation_deviation", "insertion_overlap", "deletion_overlap")}
+    assert all(torch.isfinite(v) for v in result.values())
+    assert model.training
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert not any(key.startswith(("0.", "1.", "4.")) for key in quality.state_dict())
+    quality.reset()
+    assert int(quality.scores["insertion_deletion"].count) == 0
+
+
+def test_max_samples_per_update_is_a_seeded_subset():
+    model = tiny_cnn().eval()
+    x = torch.rand(10, 3, 8, 8)
+    kwargs = {"metric_kwargs": {"insertion_deletion": {"n_steps": 4}}, "max_samples_per_update": 3}
+    a, b = AttributionQuality(model, "saliency", **kwargs), AttributionQuality(model, "saliency", **kwargs)
+    a.update(x)
+    b.update(x)
+    assert int(a.scores["insertion_deletion"].count) == 3
+    torch.testing.assert_close(a.compute(), b.compute())
+    rows = torch.randperm(10, generator=torch.Generator().manual_seed(0))[:3].sort().values
+    reference = InsertionDeletion(model, n_steps=4)
+    reference.update(x[rows], get_method("saliency", model).attribute(x[rows]))
+    torch.testing.assert_close(a.compute()["saliency/insertion"], reference.compute()["insertion"])
+
+
+def test_ig2_uses_the_batch_as_reference_pool():
+    model = tiny_cnn().eval()
+    quality = AttributionQuality(model, "ig2", method_kwargs={"steps": 3, "n_references": 2},
+                                 metric_kwargs={"insertion_deletion": {"n_steps": 4}})
+    quality.update(torch.rand(6, 3, 8, 8), target=torch.arange(6) % 3)
+    assert torch.isfinite(quality.compute()["ig2/insertion"])
+
+
+def test_errors():
+    model = tiny_cnn()
+    with pytest.raises(ValueError, match=r"Unknown attribution method 'nope'"):
+        AttributionQuality(model, "nope")
+    with pytest.raises(ValueError, match=r"Unknown metric\(s\) \['auc'\]; available: insertion_deletion"):
+        AttributionQuality(model, "saliency", metrics=("auc",))
+    quality = AttributionQuality(model, "saliency", metrics=("localization",))
+    with pytest.raises(ValueError, match="`masks` are required: 'localization'"):
+        quality.update(torch.rand(2, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"`max_samples_per_update` must be a positive int"):
+        AttributionQuality(model, "saliency", max_samples_per_update=0)
