@@ -27,20 +27,12 @@ from torch import Tensor, nn
 
 from lit_attr.functional.insertion_deletion import (
     GAMES,
-    REDUCTIONS,
     SubstrateType,
     TargetType,
-    _check_attributions,
-    _check_choice,
-    _check_images,
-    _check_model_device,
-    _check_positive_int,
     _resolve_target,
     iter_perturbed_batches,
     make_substrate,
-    perturbation_schedule,
-    rank_map,
-    resolve_protocol,
+    prepare_games,
 )
 from lit_attr.methods._hygiene import preserved_model_state
 
@@ -302,26 +294,20 @@ def activation_deviation(
         >>> result.layers, result.insertion_mse.shape
         (('1',), torch.Size([2, 1]))
     """
-    protocol = resolve_protocol(
-        preset,
+    protocol, ranks, schedule, chunk = prepare_games(
+        model,
+        x,
+        attributions,
+        preset=preset,
         insertion_substrate=insertion_substrate,
         deletion_substrate=deletion_substrate,
         pixels_per_step=pixels_per_step,
         n_steps=n_steps,
+        reduce=reduce,
+        internal_batch_size=internal_batch_size,
     )
     names = resolve_probe_layers(model, layers)
-    _check_images("x", x)
-    _check_attributions(attributions, x)
-    _check_choice("reduce", reduce, REDUCTIONS)
-    _check_positive_int("internal_batch_size", internal_batch_size)
-    _check_model_device(model, x)
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("`x` contains NaN or infinite values; the games need finite inputs.")
-
-    ranks = rank_map(attributions.to(x.device), reduce)
-    schedule = perturbation_schedule(ranks[0].numel(), protocol.pixels_per_step, protocol.n_steps, device=x.device)
     n, points = x.shape[0], schedule.numel()
-    chunk = internal_batch_size or n * points
 
     with torch.no_grad(), preserved_model_state(model), _recorded_outputs(model, names) as store:
         outputs, per_chunk = [], []

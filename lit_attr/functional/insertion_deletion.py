@@ -434,6 +434,50 @@ def auc(curve: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------------------ metric
+def prepare_games(
+    model: nn.Module,
+    x: Tensor,
+    attributions: Tensor,
+    *,
+    preset: str | None,
+    insertion_substrate: SubstrateType | None,
+    deletion_substrate: SubstrateType | None,
+    pixels_per_step: int | None,
+    n_steps: int | None,
+    reduce: str,
+    internal_batch_size: int | None,
+) -> tuple[Protocol, Tensor, Tensor, int]:
+    """Validate the inputs of a perturbation game and resolve its protocol, unit ranks, schedule and chunk size.
+
+    Shared by every metric that plays the insertion/deletion games (insertion/deletion, activation deviation), so
+    they see the same perturbed inputs and reject the same bad input.
+
+    Returns:
+        ``(protocol, ranks, schedule, chunk)``: the resolved :class:`Protocol`, per-unit ranks from
+        :func:`rank_map`, units changed at each step from :func:`perturbation_schedule`, and the most rows per
+        forward pass.
+    """
+    protocol = resolve_protocol(
+        preset,
+        insertion_substrate=insertion_substrate,
+        deletion_substrate=deletion_substrate,
+        pixels_per_step=pixels_per_step,
+        n_steps=n_steps,
+    )
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+    _check_images("x", x)
+    _check_attributions(attributions, x)
+    _check_choice("reduce", reduce, REDUCTIONS)
+    _check_positive_int("internal_batch_size", internal_batch_size)
+    _check_model_device(model, x)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("`x` contains NaN or infinite values; the games need finite inputs.")
+    ranks = rank_map(attributions.to(x.device), reduce)
+    schedule = perturbation_schedule(ranks[0].numel(), protocol.pixels_per_step, protocol.n_steps, device=x.device)
+    return protocol, ranks, schedule, internal_batch_size or x.shape[0] * schedule.numel()
+
+
 def insertion_deletion(
     model: nn.Module,
     x: Tensor,
@@ -497,28 +541,20 @@ def insertion_deletion(
         >>> result.insertion_curve.shape, result.deletion_auc.shape
         (torch.Size([2, 5]), torch.Size([2]))
     """
-    protocol = resolve_protocol(
-        preset,
+    _check_choice("output", output, OUTPUTS)
+    protocol, ranks, schedule, chunk = prepare_games(
+        model,
+        x,
+        attributions,
+        preset=preset,
         insertion_substrate=insertion_substrate,
         deletion_substrate=deletion_substrate,
         pixels_per_step=pixels_per_step,
         n_steps=n_steps,
+        reduce=reduce,
+        internal_batch_size=internal_batch_size,
     )
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
-    _check_images("x", x)
-    _check_attributions(attributions, x)
-    _check_choice("output", output, OUTPUTS)
-    _check_choice("reduce", reduce, REDUCTIONS)
-    _check_positive_int("internal_batch_size", internal_batch_size)
-    _check_model_device(model, x)
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("`x` contains NaN or infinite values; the games need finite inputs.")
-
-    ranks = rank_map(attributions.to(x.device), reduce)
-    schedule = perturbation_schedule(ranks[0].numel(), protocol.pixels_per_step, protocol.n_steps, device=x.device)
     n, points = x.shape[0], schedule.numel()
-    chunk = internal_batch_size or n * points
 
     with torch.no_grad(), preserved_model_state(model):
         clean = torch.cat([_logits(model, x[i : i + chunk]) for i in range(0, n, chunk)])
