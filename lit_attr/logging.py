@@ -1,0 +1,243 @@
+"""Deliver scalars, images, figures and tables to whichever Lightning loggers a trainer has.
+
+* :class:`~lightning.pytorch.loggers.WandbLogger`: ``log_image`` / ``log_table`` (a ``wandb.Table``);
+* :class:`~lightning.pytorch.loggers.TensorBoardLogger`: ``add_image`` / ``add_figure`` / ``add_text``;
+* any other logger (CSVLogger, MLFlow, ...): PNG and CSV files under ``<logger dir>/media/<key>/``, the logger's
+  ``log_dir`` (or ``save_dir``), else ``trainer.default_root_dir``;
+* no logger: nothing (scalars logged through ``LightningModule.log`` still reach ``trainer.callback_metrics``).
+
+Media go out from global rank 0 only; every function is a no-op on other ranks, so callbacks may call them on all
+ranks. Steps are ``trainer.global_step`` unless given.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
+from matplotlib.figure import Figure
+
+from lit_attr.viz import figure_to_array
+
+__all__ = ["log_figure", "log_image", "log_metrics", "log_table", "media_dir"]
+
+log = logging.getLogger(__name__)
+
+ImageType = np.ndarray | Figure
+
+
+def log_metrics(trainer: Trainer, metrics: Mapping[str, float], step: int | None = None) -> None:
+    """Send scalars straight to every logger (for hooks where ``LightningModule.log`` is not allowed).
+
+    Args:
+        trainer: the trainer whose loggers receive the values.
+        metrics: key -> number.
+        step: defaults to ``trainer.global_step``.
+
+    Example:
+        >>> import lightning as L
+        >>> log_metrics(L.Trainer(logger=False), {"a": 1.0})  # no logger: nothing happens
+    """
+    if not trainer.is_global_zero or not trainer.loggers or not metrics:
+        return
+    step = trainer.global_step if step is None else step
+    values = {key: float(value) for key, value in metrics.items()}
+    for logger in trainer.loggers:
+        logger.log_metrics(values, step=step)
+
+
+def log_image(
+    trainer: Trainer, key: str, image: ImageType, step: int | None = None, caption: str | None = None
+) -> list[Path]:
+    """Log one image (an ``(H, W, 3)`` uint8/float array or a figure) under ``key``.
+
+    Args:
+        trainer: the trainer whose loggers receive the image.
+        key: e.g. ``"attr/mfaba/heatmaps"``; ``/`` separates sections (W&B panels, TensorBoard tags, folders).
+        image: the image; figures are rendered with the Agg backend.
+        step: defaults to ``trainer.global_step``.
+        caption: shown under the image by W&B; written next to the PNG as ``.txt`` for file-based loggers.
+
+    Returns:
+        The files written for file-based loggers (empty otherwise).
+
+    Example:
+        >>> import lightning as L
+        >>> log_image(L.Trainer(logger=False), "x", np.zeros((4, 4, 3), dtype=np.uint8))
+        []
+    """
+    if not trainer.is_global_zero or not trainer.loggers:
+        return []
+    step = trainer.global_step if step is None else step
+    array = _as_uint8(figure_to_array(image) if isinstance(image, Figure) else image)
+    written: list[Path] = []
+    for logger in _unique_file_loggers(trainer):
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[array], step=step, **({"caption": [caption]} if caption else {}))
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(key, array, global_step=step, dataformats="HWC")
+        else:
+            path = media_dir(trainer, logger, key) / f"step_{step:07d}.png"
+            _save_png(path, array)
+            if caption:
+                path.with_suffix(".txt").write_text(caption + "\n")
+            written.append(path)
+    return written
+
+
+def log_figure(trainer: Trainer, key: str, figure: Figure, step: int | None = None) -> list[Path]:
+    """Log a matplotlib figure: ``add_figure`` for TensorBoard, an image everywhere else.
+
+    Args:
+        trainer: the trainer whose loggers receive the figure.
+        key: see :func:`log_image`.
+        figure: a figure built with the object-oriented API (e.g. by :mod:`lit_attr.viz`).
+        step: defaults to ``trainer.global_step``.
+
+    Returns:
+        The files written for file-based loggers.
+    """
+    if not trainer.is_global_zero or not trainer.loggers:
+        return []
+    step = trainer.global_step if step is None else step
+    array: np.ndarray | None = None
+    written: list[Path] = []
+    for logger in _unique_file_loggers(trainer):
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_figure(key, figure, global_step=step, close=False)
+            continue
+        array = figure_to_array(figure) if array is None else array
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[array], step=step)
+        else:
+            path = media_dir(trainer, logger, key) / f"step_{step:07d}.png"
+            _save_png(path, array)
+            written.append(path)
+    return written
+
+
+def log_table(
+    trainer: Trainer,
+    key: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    step: int | None = None,
+) -> list[Path]:
+    """Log a table: a ``wandb.Table`` for W&B, a Markdown text for TensorBoard, a CSV file otherwise.
+
+    Args:
+        trainer: the trainer whose loggers receive the table.
+        key: see :func:`log_image`.
+        columns: column names.
+        rows: rows of plain values (str, int, float, bool), one entry per column.
+        step: defaults to ``trainer.global_step``.
+
+    Returns:
+        The files written for file-based loggers.
+
+    Raises:
+        ValueError: if a row does not have one value per column.
+    """
+    for row in rows:
+        if len(row) != len(columns):
+            raise ValueError(f"Every row of table {key!r} needs {len(columns)} values, got {len(row)}: {row!r}.")
+    if not trainer.is_global_zero or not trainer.loggers:
+        return []
+    step = trainer.global_step if step is None else step
+    data = [[_plain(value) for value in row] for row in rows]
+    written: list[Path] = []
+    for logger in _unique_file_loggers(trainer):
+        if isinstance(logger, WandbLogger):
+            logger.log_table(key=key, columns=list(columns), data=data, step=step)
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_text(key, _markdown(columns, data), global_step=step)
+        else:
+            path = media_dir(trainer, logger, key) / f"step_{step:07d}.csv"
+            with path.open("w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(columns)
+                writer.writerows(data)
+            written.append(path)
+    return written
+
+
+def media_dir(trainer: Trainer, logger: Logger | None, key: str) -> Path:
+    """``<logger dir>/media/<key>`` (created) for file-based delivery; see the module docstring for the dir.
+
+    Example:
+        >>> import lightning as L, tempfile
+        >>> root = tempfile.mkdtemp()
+        >>> media_dir(L.Trainer(logger=False, default_root_dir=root), None, "attr/m x/grid").name
+        'grid'
+    """
+    parts = [_safe_part(part) for part in key.split("/") if part.strip("./ ")]
+    path = _base_dir(trainer, logger).joinpath("media", *parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _base_dir(trainer: Trainer, logger: Logger | None) -> Path:
+    base = None
+    if logger is not None:
+        base = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
+    return Path(base or trainer.default_root_dir)
+
+
+def _unique_file_loggers(trainer: Trainer) -> list[Logger]:
+    """The trainer's loggers, minus file-based ones that would write the same directory twice."""
+    seen: set[str] = set()
+    result = []
+    for logger in trainer.loggers:
+        if not isinstance(logger, (WandbLogger, TensorBoardLogger)):
+            where = str(_base_dir(trainer, logger).resolve())
+            if where in seen:
+                continue
+            seen.add(where)
+        result.append(logger)
+    return result
+
+
+def _safe_part(part: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", part)
+
+
+def _as_uint8(image: np.ndarray) -> np.ndarray:
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] not in (3, 4):
+        raise ValueError(f"An image must be (H, W, 3) or (H, W, 4), got shape {array.shape}.")
+    if array.dtype != np.uint8:
+        array = (np.clip(array.astype(np.float64), 0.0, 1.0) * 255).round().astype(np.uint8)
+    return array[..., :3]
+
+
+def _save_png(path: Path, array: np.ndarray) -> None:
+    from matplotlib.image import imsave
+
+    imsave(path, array)
+    log.debug("wrote %s", path)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    return value
+
+
+def _markdown(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)

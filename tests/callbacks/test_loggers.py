@@ -1,0 +1,171 @@
+"""Delivery of the monitor's scalars, images, curves and tables to W&B, TensorBoard, CSV and no logger."""
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from callbacks._helpers import (
+    METHOD_KWARGS,
+    METRIC_KWARGS,
+    fit,
+    read_metrics_csv,
+    wait_for_wandb_exit,
+    wandb_history,
+)
+from lit_attr.callbacks import AttributionMonitor
+
+METHODS = ("saliency", "mfaba")
+SCALARS = ("insertion", "deletion", "difference", "pointing_game", "relevance_mass", "relevance_rank", "auroc")
+
+
+def _monitor(**kwargs: Any) -> AttributionMonitor:
+    options = {
+        "num_samples": 8,
+        "log_heatmaps": 3,
+        "method_kwargs": {"mfaba": METHOD_KWARGS["mfaba"]},
+        "metric_kwargs": METRIC_KWARGS,
+    }
+    return AttributionMonitor(list(METHODS), **{**options, **kwargs})
+
+
+def _expected_keys() -> set[str]:
+    return {f"attr/{method}/{name}" for method in METHODS for name in SCALARS}
+
+
+def test_wandb_offline_run_has_media_tables_and_history(tmp_path, monkeypatch):
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
+    # The suite disables W&B globally; this test wants real offline files (and never the network).
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="lit-attr-tests")
+    try:
+        fit(tmp_path, [_monitor()], logger=logger, max_epochs=2)
+    finally:
+        wandb.finish()
+
+    (run_dir,) = tmp_path.glob("wandb/offline-run-*")
+    images = run_dir / "files" / "media" / "images" / "attr"
+    for method in METHODS:
+        assert len(list((images / method).glob("heatmaps_*.png"))) == 2, f"one {method} grid per epoch"
+    assert len(list(images.glob("insertion_deletion_curves_*.png"))) == 2
+    tables = sorted((run_dir / "files" / "media" / "table" / "attr").glob("samples_*.table.json"))
+    assert len(tables) == 2
+    table = json.loads(tables[-1].read_text())
+    assert {"method", "target", "insertion", "deletion", "pointing_game"} <= set(table["columns"])
+    assert len(table["data"]) == 3 * len(METHODS)  # log_heatmaps samples x methods
+
+    (run_file,) = run_dir.glob("run-*.wandb")
+    history = wandb_history(wait_for_wandb_exit(run_file))
+    logged: dict[str, list[float]] = {}
+    for row in history:
+        for key, value in row.items():
+            if key.startswith("attr/") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                logged.setdefault(key, []).append(value)
+    assert _expected_keys() <= set(logged)
+    for key in _expected_keys():
+        assert len(logged[key]) == 2, f"{key} logged once per epoch"
+        assert all(math.isfinite(v) for v in logged[key]), key
+    # Images are logged with the trainer's step.
+    steps = {row["trainer/global_step"] for row in history if "attr/saliency/heatmaps/filenames" in row}
+    assert steps == {4, 8}
+
+
+def test_csv_logger_gets_scalars_and_pngs(tmp_path):
+    monitor = _monitor()
+    _, trainer, _ = fit(tmp_path, [monitor], max_epochs=2)
+    log_dir = Path(trainer.logger.log_dir)
+    rows = read_metrics_csv(log_dir / "metrics.csv")
+    for key in _expected_keys():
+        values = [float(row[key]) for row in rows if row.get(key)]
+        assert len(values) == 2 and all(math.isfinite(v) for v in values), key
+    media = log_dir / "media" / "attr"
+    for method in METHODS:
+        assert sorted(p.name for p in (media / method / "heatmaps").glob("*.png")) == [
+            "step_0000004.png",
+            "step_0000008.png",
+        ]
+    assert len(list((media / "insertion_deletion_curves").glob("*.png"))) == 2
+    assert len(list((media / "samples").glob("*.csv"))) == 2
+    # Scalars also reach callback_metrics, and the history keeps them per epoch.
+    assert _expected_keys() <= set(trainer.callback_metrics)
+    assert sorted(monitor.history) == [0, 1]
+    assert monitor.history[1]["attr/saliency/insertion"] == pytest.approx(float(rows[-1]["attr/saliency/insertion"]))
+
+
+def test_without_logger_only_scalars(tmp_path):
+    _, trainer, _ = fit(tmp_path, [_monitor()], logger=False, max_epochs=2)
+    assert _expected_keys() <= set(trainer.callback_metrics)
+    assert not list(tmp_path.rglob("*.png"))
+
+
+class _Writer:
+    """Stands in for tensorboard's SummaryWriter and records what it is given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, Any, int]] = []
+
+    def add_image(self, tag, image, global_step=None, dataformats="CHW"):
+        self.calls.append(("image", tag, (np.asarray(image).shape, dataformats), global_step))
+
+    def add_figure(self, tag, figure, global_step=None, close=True):
+        self.calls.append(("figure", tag, figure, global_step))
+
+    def add_text(self, tag, text, global_step=None):
+        self.calls.append(("text", tag, text, global_step))
+
+    def add_scalar(self, tag, value, global_step=None):
+        self.calls.append(("scalar", tag, value, global_step))
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class _RecordingTensorBoardLogger(TensorBoardLogger):
+    """A TensorBoardLogger whose writer records calls, so the path is tested without tensorboard installed."""
+
+    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        with monkeypatch.context() as patch:
+            patch.setattr("lightning.fabric.loggers.tensorboard._TENSORBOARD_AVAILABLE", True)
+            super().__init__(root, name="tb")
+        self._writer = _Writer()
+
+    @property
+    def experiment(self) -> _Writer:
+        return self._writer
+
+    def log_hyperparams(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def test_tensorboard_path_uses_add_image_add_figure_and_add_text(tmp_path, monkeypatch):
+    logger = _RecordingTensorBoardLogger(tmp_path, monkeypatch)
+    fit(tmp_path, [_monitor()], logger=logger, max_epochs=2)
+    calls = logger.experiment.calls
+    images = [(tag, shape, step) for kind, tag, shape, step in calls if kind == "image"]
+    assert sorted((tag, step) for tag, _, step in images) == sorted(
+        (f"attr/{method}/heatmaps", step) for method in METHODS for step in (4, 8)
+    )
+    assert all(shape[1] == "HWC" and shape[0][-1] == 3 for _, shape, _ in images)
+    figures = [(tag, step) for kind, tag, _, step in calls if kind == "figure"]
+    assert figures == [("attr/insertion_deletion_curves", 4), ("attr/insertion_deletion_curves", 8)]
+    texts = [text for kind, tag, text, _ in calls if kind == "text" and tag == "attr/samples"]
+    assert len(texts) == 2 and texts[0].startswith("| epoch |")
+    scalars = {tag for kind, tag, _, _ in calls if kind == "scalar"}
+    assert _expected_keys() <= scalars
+    assert not list(tmp_path.rglob("*.png")), "TensorBoard gets the images, no PNG fallback"
+
+
+def test_real_tensorboard_logger_writes_event_files(tmp_path):
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    fit(tmp_path, [_monitor()], logger=logger, max_epochs=2)
+    assert list(Path(logger.log_dir).glob("events.out.tfevents.*"))

@@ -1,0 +1,82 @@
+"""RandomizationCheck: when it runs, what it logs, and that it tells a weight-blind method from a real one."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor
+
+from callbacks._helpers import fit, read_metrics_csv
+from lit_attr.callbacks import RandomizationCheck
+from lit_attr.methods import AttributionMethod
+
+
+class _InputOnly(AttributionMethod):
+    """An 'explanation' that never looks at the model: the input itself (an edge-detector-like baseline)."""
+
+    def _attribute(self, x: Tensor, target: Tensor, **kwargs) -> Tensor:
+        return x.clone()
+
+
+def _stage_names(trainer) -> list[str]:
+    # Every conv/linear/norm leaf of the demo network, plus "original".
+    net = trainer.lightning_module
+    leaves = [
+        name
+        for name, m in net.named_modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.BatchNorm2d))
+    ]
+    return ["original", *leaves]
+
+
+def test_runs_at_fit_end_and_logs_everything(tmp_path):
+    check = RandomizationCheck({"saliency": "saliency", "input_only": _InputOnly}, num_samples=6, log_heatmaps=2)
+    _, trainer, _ = fit(tmp_path, [check], max_epochs=2)
+    assert sorted(check.history) == [1], "once, for the last epoch"
+
+    blind = check.results["input_only"]
+    # Randomising weights cannot change an input-only map: similarity 1 at every stage, the check fails.
+    for measure in ("spearman_abs", "ssim"):
+        torch.testing.assert_close(blind[measure]["curve"], torch.ones_like(blind[measure]["curve"]), atol=1e-4, rtol=0)
+    assert check.history[1]["input_only/passed"] is False
+    saliency = check.results["saliency"]["spearman_abs"]
+    assert sorted(saliency["stages"][1:]) == sorted(_stage_names(trainer)[1:])
+    assert saliency["stages"][0] == "original"
+    assert float(saliency["curve"][0]) == pytest.approx(1.0), "saliency is deterministic"
+    assert float(saliency["curve"][-1]) < 0.9, "a fully random network gives a different saliency map"
+
+    log_dir = Path(trainer.logger.log_dir)
+    last = read_metrics_csv(log_dir / "metrics.csv")
+    logged = {k: float(v) for row in last for k, v in row.items() if k.startswith("randomization/") and v}
+    assert logged["randomization/input_only/passed"] == 0.0
+    assert logged["randomization/input_only/spearman_abs"] == pytest.approx(1.0)
+    assert math.isfinite(logged["randomization/saliency/ssim"])
+    media = log_dir / "media" / "randomization"
+    summary = (media / "summary" / "step_0000008.csv").read_text().splitlines()
+    assert summary[0] == "epoch,method,similarity,final,threshold,passed"
+    assert "1,input_only,spearman_abs,1.0,0.5,False" in summary
+    curves = (media / "curves" / "step_0000008.csv").read_text().splitlines()
+    assert len(curves) == 1 + 2 * 2 * len(saliency["stages"])
+    assert len(list((media / "similarity_curves").glob("*.png"))) == 1
+    for name in ("saliency", "input_only"):
+        assert len(list((media / name / "stages").glob("*.png"))) == 1
+
+
+def test_every_n_epochs_and_last_stage_only(tmp_path):
+    check = RandomizationCheck(["saliency"], num_samples=4, every_n_epochs=2, stages="last", log_heatmaps=0)
+    fit(tmp_path, [check], logger=False, max_epochs=4)
+    assert sorted(check.history) == [1, 3]
+    assert check.results["saliency"]["spearman_abs"]["stages"][0] == "original"
+    assert len(check.results["saliency"]["spearman_abs"]["stages"]) == 2
+
+
+def test_on_error_warn(tmp_path):
+    class _Failing(_InputOnly):
+        def _attribute(self, x, target, **kwargs):
+            raise RuntimeError("boom")
+
+    check = RandomizationCheck({"failing": _Failing}, num_samples=2, log_heatmaps=0, on_error="warn")
+    with pytest.warns(UserWarning, match=r"RandomizationCheck: the randomisation check failed at epoch 1 \(Runtime"):
+        fit(tmp_path, [check], logger=False, max_epochs=2)
+    assert check.history == {}
