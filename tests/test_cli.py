@@ -1,29 +1,332 @@
-"""The `lit_attr` console script, as a user runs it."""
+"""The `lit_attr` console script, run as a user runs it (subprocesses)."""
 
+from __future__ import annotations
+
+import base64
+import io
+import json
 import math
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
+import lightning as L
 import pytest
+import yaml
+from matplotlib import image as mpimg
+from torch import Tensor
 
-from lit_attr.cli import main, run_demo
+from lit_attr.data import ShapesDataModule
+from lit_attr.models import DemoClassifier
 
-
-def test_help_lists_demo():
-    out = subprocess.run([sys.executable, "-m", "lit_attr.cli", "--help"], capture_output=True, text=True, check=True)
-    assert "demo" in out.stdout
-
-
-def test_unknown_method_is_a_usage_error(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["demo", "--methods", "nope"])
-    assert exc.value.code == 2
-    assert "unknown method(s) nope; available:" in capsys.readouterr().err
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
 
 
-def test_demo_does_real_work():
-    rows = run_demo(epochs=1, num_images=4, methods=["saliency", "input_x_gradient"])
-    assert [r["method"] for r in rows] == ["saliency", "input_x_gradient"]
-    for row in rows:
-        assert row["seconds_per_image"] > 0
-        assert 0.0 <= row["relevance_mass"] <= 1.0 and not math.isnan(row["relevance_mass"])
+class SoftmaxClassifier(DemoClassifier):
+    """Returns probabilities instead of logits: `evaluate` must refuse it."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x).softmax(dim=1)
+
+
+class ValOnlyShapes(ShapesDataModule):
+    """A data module without a test split."""
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup("validate" if stage in (None, "test") else stage)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    # One thread per process: 2 cores, and the DDP test runs two processes.
+    env.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONPATH=f"{TESTS}{os.pathsep}{REPO}")
+    env.update(extra)
+    return env
+
+
+def _run(*args: str, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lit_attr.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=_env(**env),
+        timeout=timeout,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- fixtures
+DATA_ARGS = {"num_train": 256, "num_val": 64, "num_test": 32, "seed": 0}
+MODEL_ARGS = {"num_classes": 4, "width": 8}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A demo classifier trained for one epoch, its checkpoint and a fast evaluation config."""
+    root = tmp_path_factory.mktemp("tiny")
+    L.seed_everything(0, verbose=False)
+    data = ShapesDataModule(**DATA_ARGS)
+    model = DemoClassifier(**MODEL_ARGS)
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=data)
+    ckpt = root / "tiny.ckpt"
+    trainer.save_checkpoint(ckpt)
+    config = {
+        "seed_everything": 0,
+        "model": {"class_path": "lit_attr.models.DemoClassifier", "init_args": MODEL_ARGS},
+        "data": {"class_path": "lit_attr.data.ShapesDataModule", "init_args": DATA_ARGS},
+        "trainer": {"accelerator": "cpu", "devices": 1, "logger": False},
+        "methods": ["saliency", "integrated_gradients", "mfaba"],
+        "method_kwargs": {"integrated_gradients": {"n_steps": 8}, "mfaba": {"max_steps": 5}},
+        "metrics": ["insertion_deletion", "localization", "activation_deviation", "randomization"],
+        "metric_kwargs": {"insertion_deletion": {"n_steps": 8}, "activation_deviation": {"n_steps": 8}},
+        "limit_samples": 7,  # odd: with 2 processes, padding would count a sample twice
+        "batch_size": 3,
+        "randomization_samples": 3,
+        "heatmap_samples": 4,
+    }
+    config_path = root / "evaluate.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    return {"root": root, "ckpt": ckpt, "config": config_path}
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return [p.name for p in parent.iterdir() if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name)]
+
+
+# ---------------------------------------------------------------------------------------------------- help
+def test_help_lists_every_command_with_examples():
+    out = _run("--help")
+    assert out.returncode == 0, out.stderr
+    for command in ("fit", "validate", "test", "evaluate", "demo", "examples:"):
+        assert command in out.stdout
+    for command in ("evaluate", "demo", "fit"):
+        sub = _run(command, "--help")
+        assert sub.returncode == 0, sub.stderr
+        assert "examples:" in sub.stdout, command
+    assert "--ckpt_path" in _run("evaluate", "--help").stdout
+
+
+def test_fit_config_parses_through_lightningcli():
+    out = _run("fit", "--config", "configs/demo.yaml", "--print_config")
+    assert out.returncode == 0, out.stderr
+    assert "lit_attr.models.DemoClassifier" in out.stdout
+
+
+# ---------------------------------------------------------------------------------------------------- demo
+def _check_result(result: dict, methods: list[str]) -> None:
+    assert list(result["methods"]) == methods
+    for method, scores in result["methods"].items():
+        ins_del = scores["insertion_deletion"]
+        for key in ("insertion", "deletion"):
+            assert 0.0 <= ins_del[key] <= 1.0, (method, key)
+        assert all(0.0 <= v <= 1.0 for v in ins_del["insertion_curve"] + ins_del["deletion_curve"])
+        for key, value in scores["localization"].items():
+            assert 0.0 <= value <= 1.0, (method, key)
+        assert math.isfinite(scores["activation_deviation"]["mean_mse"])
+        assert scores["activation_deviation"]["mean_mse"] >= 0.0
+        for similarity in ("spearman_abs", "ssim"):
+            curve = scores["randomization"][similarity]["curve"]
+            assert all(-1.0 - 1e-6 <= v <= 1.0 + 1e-6 for v in curve), (method, similarity)
+    assert set(result["versions"]) >= {"torch", "lightning", "lit-attr"}
+    assert result["config"]["methods"] == methods
+
+
+def _check_report(directory: Path, methods: list[str]) -> None:
+    pngs = sorted(directory.glob("*.png"))
+    assert {p.stem for p in pngs} >= {"insertion_deletion_curves", "randomization_curves"} | {
+        f"heatmaps_{m}" for m in methods
+    }
+    for png in pngs:
+        assert mpimg.imread(png).ndim == 3, png
+    page = (directory / "report.html").read_text(encoding="utf-8")
+    sources = re.findall(r'<img[^>]*src="([^"]+)"', page)
+    assert len(sources) == len(pngs)  # every figure is shown
+    for src in sources:
+        if src.startswith("data:image/png;base64,"):
+            data = base64.b64decode(src.split(",", 1)[1], validate=True)
+            assert mpimg.imread(io.BytesIO(data), format="png").ndim == 3
+        else:  # a relative reference must exist next to the report
+            assert (directory / src).is_file(), src
+    table = re.search(r'<table id="scores">.*?</table>', page, re.S)
+    assert table is not None
+    for method in methods:
+        assert f"<td>{method}</td>" in table.group(0)
+    assert "insertion AUC" in table.group(0)
+
+
+def test_demo_fast_end_to_end(tmp_path: Path):
+    out = _run("demo", "--fast", "--output_dir", str(tmp_path / "demo"), WANDB_MODE="offline", timeout=200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    evaluation = tmp_path / "demo" / "evaluation"
+    methods = ["mfaba", "ig2", "fei", "integrated_gradients"]
+    _check_result(json.loads((evaluation / "metrics.json").read_text()), methods)
+    _check_report(evaluation, methods)
+    assert (tmp_path / "demo" / "checkpoints" / "demo.ckpt").is_file()
+    assert list((tmp_path / "demo" / "wandb").glob("offline-run-*")), "no W&B offline run"
+    assert "wandb sync" in out.stdout and "report.html" in out.stdout
+    assert not _leftovers(tmp_path / "demo")
+
+
+# ---------------------------------------------------------------------------------------------------- evaluate + DDP
+def _scalars(result: dict) -> dict[str, float]:
+    flat = {}
+    for method, scores in result["methods"].items():
+        for metric, values in scores.items():
+            for key, value in values.items():
+                if isinstance(value, dict):
+                    for k, v in value.items():
+                        if k == "curve" or k == "final":
+                            flat.update({f"{method}/{metric}/{key}/{k}/{i}": x for i, x in enumerate(_list(v))})
+                elif isinstance(value, (float, int, list)) and key != "layers":
+                    flat.update({f"{method}/{metric}/{key}/{i}": x for i, x in enumerate(_list(value))})
+    return flat
+
+
+def _list(value) -> list[float]:
+    return [float(v) for v in value] if isinstance(value, list) else [float(value)]
+
+
+def test_evaluate_ddp_two_processes_equals_one(tiny: dict[str, Path], tmp_path: Path):
+    base = ["evaluate", "--config", str(tiny["config"]), "--ckpt_path", str(tiny["ckpt"])]
+    one = _run(*base, "--output_dir", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _run(
+        *base,
+        "--output_dir",
+        str(tmp_path / "two"),
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.accelerator",
+        "cpu",
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    single = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    double = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert (single["world_size"], double["world_size"]) == (1, 2)
+    assert single["num_samples"] == double["num_samples"] == 7
+    a, b = _scalars(single), _scalars(double)
+    assert a.keys() == b.keys() and len(a) > 50
+    mismatched = {k: (a[k], b[k]) for k in a if not math.isclose(a[k], b[k], rel_tol=1e-4, abs_tol=1e-5)}
+    assert not mismatched
+    _check_report(tmp_path / "two", ["saliency", "integrated_gradients", "mfaba"])
+
+
+def test_evaluate_matches_a_direct_metric_computation(tiny: dict[str, Path], tmp_path: Path):
+    """The CLI's numbers are those of the metric classes run by hand on the same samples (independent reference)."""
+    from lit_attr.evaluate import load_checkpoint
+    from lit_attr.methods import get_method
+    from lit_attr.metrics import InsertionDeletion, Localization
+
+    out = _run(
+        "evaluate",
+        "--config",
+        str(tiny["config"]),
+        "--ckpt_path",
+        str(tiny["ckpt"]),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--methods",
+        "[saliency]",
+        "--method_kwargs",
+        "{}",
+        "--metrics",
+        "[insertion_deletion, localization]",
+        "--split",
+        "test",
+        "--limit_samples",
+        "5",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    model = DemoClassifier(**MODEL_ARGS)
+    load_checkpoint(model, tiny["ckpt"])
+    data = ShapesDataModule(**DATA_ARGS)
+    data.setup("test")
+    x, y, mask = data.test_set.images[:5], data.test_set.labels[:5], data.test_set.masks[:5]
+    attributions = get_method("saliency", model, input_bounds=(0.0, 1.0)).attribute(x, target=y)
+    ins_del = InsertionDeletion(model, n_steps=8)
+    ins_del.update(x, attributions, y)
+    loc = Localization()
+    loc.update(attributions, mask)
+    expected = {**{k: float(v) for k, v in ins_del.compute().items() if v.ndim == 0}, **loc.compute()}
+    got = {**result["methods"]["saliency"]["insertion_deletion"], **result["methods"]["saliency"]["localization"]}
+    for key, value in expected.items():
+        assert math.isclose(got[key], float(value), rel_tol=1e-4, abs_tol=1e-6), key
+
+
+# ---------------------------------------------------------------------------------------------------- errors
+def _assert_clean_failure(out: subprocess.CompletedProcess, output_dir: Path, message: str) -> None:
+    assert out.returncode != 0
+    assert message in out.stderr, out.stderr[-2000:]
+    assert not output_dir.exists()
+    assert not _leftovers(output_dir.parent)
+
+
+def test_missing_checkpoint_is_a_one_line_error(tiny: dict[str, Path], tmp_path: Path):
+    out = _run(
+        "evaluate",
+        "--config",
+        str(tiny["config"]),
+        "--ckpt_path",
+        str(tmp_path / "nope.ckpt"),
+        "--output_dir",
+        str(tmp_path / "out"),
+    )
+    _assert_clean_failure(out, tmp_path / "out", "checkpoint not found")
+    assert out.stderr.strip().count("\n") == 0  # one line
+
+
+def test_unknown_config_key_is_rejected(tiny: dict[str, Path], tmp_path: Path):
+    config = yaml.safe_load(tiny["config"].read_text())
+    config["methodz"] = ["saliency"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    out = _run("evaluate", "--config", str(bad), "--ckpt_path", str(tiny["ckpt"]), "--output_dir", str(tmp_path / "o"))
+    _assert_clean_failure(out, tmp_path / "o", "methodz")
+
+
+def test_model_returning_probabilities_is_rejected(tiny: dict[str, Path], tmp_path: Path):
+    out = _run(
+        "evaluate",
+        "--config",
+        str(tiny["config"]),
+        "--ckpt_path",
+        str(tiny["ckpt"]),
+        "--model",
+        "test_cli.SoftmaxClassifier",
+        "--output_dir",
+        str(tmp_path / "out"),
+    )
+    _assert_clean_failure(out, tmp_path / "out", "logits")
+    assert out.stderr.strip().count("\n") == 0
+
+
+def test_missing_split_is_rejected(tiny: dict[str, Path], tmp_path: Path):
+    out = _run(
+        "evaluate",
+        "--config",
+        str(tiny["config"]),
+        "--ckpt_path",
+        str(tiny["ckpt"]),
+        "--data",
+        "test_cli.ValOnlyShapes",
+        "--split",
+        "test",
+        "--output_dir",
+        str(tmp_path / "out"),
+    )
+    _assert_clean_failure(out, tmp_path / "out", "has no 'test' split")
+    assert out.stderr.strip().count("\n") == 0

@@ -1,0 +1,563 @@
+"""Post-hoc evaluation of attribution methods on a trained model: the engine behind ``lit_attr evaluate``.
+
+:func:`evaluate` runs the configured methods over one split of a data module with gradients enabled (a Lightning
+``Trainer(inference_mode=False)`` drives a small wrapper module, so ``devices``/``strategy``/``num_nodes`` work as
+in training), feeds the attributions to ``sum``-reduced metrics, and on global rank 0 writes ``metrics.json``,
+PNG figures and a self-contained ``report.html`` into ``output_dir``.
+
+Under DDP every sample is counted exactly once: the (possibly limited) split is sharded by index without padding
+(rank ``r`` of ``W`` takes samples ``r, r + W, ...``; Lightning's distributed sampler, which pads, is switched off),
+and every metric state is a ``sum``, so the result equals the single-process result up to float summation order.
+
+Files appear atomically: everything is written into a hidden sibling directory that is renamed to ``output_dir``
+only once complete, so a crash never leaves a half-written result that looks finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from lightning import LightningDataModule, LightningModule, Trainer
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from lit_attr.methods import available_methods, get_method
+from lit_attr.metrics import ActivationDeviation, InsertionDeletion, Localization, ParameterRandomization
+
+__all__ = ["EVALUATION_METRICS", "EvaluationError", "check_logits", "evaluate", "load_checkpoint", "split_dataset"]
+
+log = logging.getLogger(__name__)
+
+EVALUATION_METRICS: tuple[str, ...] = ("insertion_deletion", "localization", "activation_deviation", "randomization")
+"""Metric names accepted by :func:`evaluate`."""
+
+_STAGES = {"val": "validate", "test": "test"}
+
+
+class EvaluationError(RuntimeError):
+    """A problem with the user's setup (checkpoint, model output, split) that the CLI reports in one line."""
+
+
+# ---------------------------------------------------------------------------------------------------- set-up checks
+def load_checkpoint(model: nn.Module, ckpt_path: str | os.PathLike) -> None:
+    """Load the weights of a Lightning checkpoint (or a plain state dict) into ``model``, strictly.
+
+    Checkpoints are loaded with ``weights_only=False`` because Lightning stores hyperparameters as Python objects:
+    only load files you trust.
+
+    Args:
+        model: the module built from the configuration.
+        ckpt_path: a ``.ckpt`` written by Lightning, or a ``torch.save``-d state dict of ``model``.
+
+    Raises:
+        EvaluationError: if the file does not exist or its weights do not match ``model``.
+
+    Example:
+        >>> net = nn.Linear(2, 2)
+        >>> import tempfile; path = tempfile.mktemp(suffix=".pt"); torch.save(net.state_dict(), path)
+        >>> load_checkpoint(net, path)
+    """
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise EvaluationError(f"checkpoint not found: {str(path)!r} is not a file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+        raise EvaluationError(f"cannot read checkpoint {str(path)!r}: {error}") from error
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else None
+    if not isinstance(state, Mapping):
+        raise EvaluationError(f"checkpoint {str(path)!r} holds no state dict")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()
+        raise EvaluationError(
+            f"checkpoint {str(path)!r} does not fit {type(model).__name__}: {' '.join(first[:2])}"
+        ) from error
+
+
+def split_dataset(datamodule: LightningDataModule, split: str) -> Dataset:
+    """The dataset behind ``split`` (``"val"`` or ``"test"``) of a data module, after ``setup``.
+
+    Looks for ``<split>_set``/``<split>_dataset`` attributes (``val_dataset``, ``test_set``, ...) and falls back to
+    the ``dataset`` of ``<split>_dataloader()``.
+
+    Raises:
+        EvaluationError: if the data module has no such split.
+
+    Example:
+        >>> from lit_attr.data import ShapesDataModule
+        >>> len(split_dataset(ShapesDataModule(num_train=8, num_val=8, num_test=4), "test"))
+        4
+    """
+    if split not in _STAGES:
+        raise EvaluationError(f"split must be one of {tuple(_STAGES)}, got {split!r}")
+    datamodule.setup(_STAGES[split])
+    names = (f"{split}_set", f"{split}_dataset", *(("validation_set", "valid_set") if split == "val" else ()))
+    for name in names:
+        dataset = getattr(datamodule, name, None)
+        if isinstance(dataset, Dataset):
+            return dataset
+    hook = getattr(type(datamodule), f"{split}_dataloader", None)
+    if hook is None or hook is getattr(LightningDataModule, f"{split}_dataloader", None):
+        raise EvaluationError(f"the data module {type(datamodule).__name__} has no {split!r} split")
+    try:
+        loader = getattr(datamodule, f"{split}_dataloader")()
+    except Exception as error:  # noqa: BLE001 - e.g. a RuntimeError("split not available") from the module
+        raise EvaluationError(f"the data module {type(datamodule).__name__} has no {split!r} split: {error}") from error
+    dataset = getattr(loader, "dataset", None)
+    if not isinstance(dataset, Dataset):
+        raise EvaluationError(f"the {split!r} dataloader of {type(datamodule).__name__} has no map-style dataset")
+    return dataset
+
+
+def _unpack(item: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``(x, y, mask)`` from a sample or batch: a tensor, a tuple ``(x[, y[, mask]])`` or a dict."""
+    if isinstance(item, Tensor):
+        return item, None, None
+    if isinstance(item, Mapping):
+        x = next((item[k] for k in ("image", "input", "x") if k in item), None)
+        y = next((item[k] for k in ("label", "target", "y") if k in item), None)
+        if x is None:
+            raise EvaluationError(f"cannot find the inputs in a dict sample with keys {sorted(item)}")
+        return x, y, item.get("mask")
+    if isinstance(item, (tuple, list)) and 1 <= len(item) <= 3:
+        x, y, mask = (*item, None, None)[:3]
+        return x, y, mask
+    raise EvaluationError(f"samples must be a tensor, (x, y[, mask]) or a dict, got {type(item).__name__}")
+
+
+def check_logits(model: nn.Module, x: Tensor) -> int:
+    """Check that ``model`` maps a batch ``x`` to raw logits ``(N, K)``; return ``K``.
+
+    Raises:
+        EvaluationError: for outputs that are not a 2-D float tensor with one row per sample and >= 2 columns, or
+            that look like probabilities (non-negative rows summing to 1).
+
+    Example:
+        >>> check_logits(nn.Linear(3, 4), torch.rand(2, 3))
+        4
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        model.train(was_training)
+    if not isinstance(out, Tensor):
+        raise EvaluationError(
+            f"the model must return a logits tensor (N, num_classes), got {type(out).__name__}; wrap it in a module "
+            "whose forward returns the logits"
+        )
+    if out.ndim != 2 or out.shape[0] != x.shape[0] or out.shape[1] < 2 or not out.is_floating_point():
+        raise EvaluationError(
+            f"the model must return logits of shape (N, num_classes >= 2) for inputs of shape {tuple(x.shape)}, "
+            f"got a {out.dtype} tensor of shape {tuple(out.shape)}"
+        )
+    if bool((out >= 0).all()) and torch.allclose(out.sum(dim=1), torch.ones(out.shape[0], dtype=out.dtype), atol=1e-4):
+        raise EvaluationError(
+            "the model's outputs look like probabilities (non-negative, rows sum to 1); attribution methods and "
+            "metrics expect raw logits: remove the final softmax"
+        )
+    return int(out.shape[1])
+
+
+# ---------------------------------------------------------------------------------------------------- the loop
+class _Indexed(Dataset):
+    """``(global index, sample)`` for the given indices of a dataset: one rank's shard."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
+        self.dataset = dataset
+        self.indices = list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> tuple[int, Any]:
+        index = self.indices[position]
+        return index, self.dataset[index]
+
+
+class _EvaluationModule(LightningModule):
+    """Runs the methods and updates the metrics in ``test_step``; ``compute()`` in ``on_test_epoch_end``."""
+
+    def __init__(self, net: nn.Module, dataset: Dataset, num_samples: int, settings: dict[str, Any]) -> None:
+        super().__init__()
+        self.net = net
+        self.dataset = dataset
+        self.num_samples = num_samples
+        self.settings = settings
+        self.results: dict[str, Any] = {}
+        self.samples: dict[int, dict[str, Any]] = {}
+        self.seconds: dict[str, float] = {}
+        self.progress: Callable[[str, int], None] | None = None
+        self._methods: dict[str, Any] = {}
+        self._metrics: dict[str, dict[str, Any]] = {}
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def test_dataloader(self) -> DataLoader:
+        # Shard by index, no padding: a padded DistributedSampler would count some samples twice.
+        shard = range(self.global_rank, self.num_samples, self.trainer.world_size)
+        return DataLoader(_Indexed(self.dataset, shard), batch_size=self.settings["batch_size"], shuffle=False)
+
+    def on_test_start(self) -> None:
+        s = self.settings
+        pool = self._reference_pool()
+        for name in s["methods"]:
+            kwargs = dict(s["method_kwargs"].get(name, {}))
+            if name == "ig2" and "reference_pool" not in kwargs:
+                kwargs["reference_pool"] = pool
+            if name == "fei" and self.progress is not None and "progress" not in kwargs:
+                kwargs["progress"] = lambda done, total, n=name: self.progress(f"{n}: iteration {done}/{total}", 0)
+            self._methods[name] = get_method(name, self.net, input_bounds=s["input_bounds"], **kwargs)
+            metrics: dict[str, Any] = {}
+            mk = s["metric_kwargs"]
+            if "insertion_deletion" in s["metrics"]:
+                metrics["insertion_deletion"] = InsertionDeletion(self.net, **mk.get("insertion_deletion", {}))
+            if "localization" in s["metrics"]:
+                metrics["localization"] = Localization(**mk.get("localization", {}))
+            if "activation_deviation" in s["metrics"]:
+                metrics["activation_deviation"] = ActivationDeviation(self.net, **mk.get("activation_deviation", {}))
+            if "randomization" in s["metrics"]:
+                options = {"stages": "last", **mk.get("randomization", {})}
+                options.pop("num_samples", None)
+                method_kwargs = {k: v for k, v in kwargs.items() if k != "progress"}
+                metrics["randomization"] = ParameterRandomization(
+                    name, self.net, method_kwargs={"input_bounds": s["input_bounds"], **method_kwargs}, **options
+                )
+            self._metrics[name] = {key: metric.to(self.device) for key, metric in metrics.items()}
+            self.seconds[name] = 0.0
+
+    def _reference_pool(self) -> tuple[Tensor, Tensor] | None:
+        """IG2's pool: the first samples of the split, identical on every rank (so results do not depend on W)."""
+        if "ig2" not in self.settings["methods"]:
+            return None
+        size = min(self.settings["reference_pool_size"], len(self.dataset))
+        items = [_unpack(self.dataset[i]) for i in range(size)]
+        if any(y is None for _, y, _ in items):
+            raise EvaluationError(
+                "ig2 needs labelled samples for its reference pool; pass method_kwargs.ig2.reference_pool"
+            )
+        x = torch.stack([torch.as_tensor(x) for x, _, _ in items]).to(self.device)
+        y = torch.as_tensor([int(y) for _, y, _ in items], device=self.device)
+        return x, y
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        indices, sample = batch
+        x, y, mask = _unpack(sample)
+        x = x.float()
+        if self.settings["target"] == "label" and y is not None:
+            target = y.long().reshape(-1)
+        else:
+            with torch.no_grad():
+                target = self.net(x).argmax(dim=1)
+        indices = [int(i) for i in indices]
+        show = [p for p, i in enumerate(indices) if i < self.settings["heatmap_samples"]]
+        check = [p for p, i in enumerate(indices) if i < self.settings["randomization_samples"]]
+        for name, method in self._methods.items():
+            if self.progress is not None:
+                self.progress(name, 0)
+            start = time.perf_counter()
+            attributions = method.attribute(x, target=target)
+            self.seconds[name] += time.perf_counter() - start
+            metrics = self._metrics[name]
+            if "insertion_deletion" in metrics:
+                metrics["insertion_deletion"].update(x, attributions, target)
+            if "localization" in metrics and mask is not None:
+                metrics["localization"].update(attributions, mask.reshape(x.shape[0], *mask.shape[-2:]).bool())
+            if "activation_deviation" in metrics:
+                metrics["activation_deviation"].update(x, attributions, target)
+            if "randomization" in metrics and check:
+                metrics["randomization"].update(x[check], target[check], attributions[check])
+            for p in show:
+                record = self.samples.setdefault(
+                    indices[p], {"x": x[p].cpu(), "target": int(target[p]), "label": None if y is None else int(y[p])}
+                )
+                record.setdefault("maps", {})[name] = attributions[p].detach().cpu()
+        if self.progress is not None:
+            self.progress("", len(indices))
+
+    def on_test_epoch_end(self) -> None:
+        # compute() on every rank: it all-reduces the sum states, so every rank must take part.
+        for name, metrics in self._metrics.items():
+            self.results[name] = {}
+            for key, metric in metrics.items():
+                # Every rank takes part in the reduction, even one whose shard had masks: a rank skipping it would hang.
+                if key == "localization" and int(_all_reduce(metric.total)) == 0:
+                    continue  # the data has no masks
+                self.results[name][key] = _to_plain(metric.compute())
+        samples, seconds = self.samples, self.seconds
+        if dist.is_available() and dist.is_initialized():
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, (samples, seconds))
+            samples = {k: v for part, _ in gathered for k, v in part.items()}
+            seconds = {name: sum(part[name] for _, part in gathered) for name in seconds}
+        self.samples = dict(sorted(samples.items()))
+        self.seconds = seconds
+
+
+def _all_reduce(value: Tensor) -> Tensor:
+    if dist.is_available() and dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value)
+    return value
+
+
+def _to_plain(value: Any) -> Any:
+    """Tensors and tuples to JSON-ready floats and lists."""
+    if isinstance(value, Tensor):
+        value = value.detach().cpu()
+        return float(value) if value.ndim == 0 else value.tolist()
+    if isinstance(value, Mapping):
+        return {str(k): _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------------- public API
+def evaluate(
+    model: nn.Module,
+    datamodule: LightningDataModule,
+    output_dir: str | os.PathLike = "lit_attr_evaluation",
+    methods: Sequence[str] = ("saliency", "integrated_gradients"),
+    method_kwargs: dict[str, dict[str, Any]] | None = None,
+    metrics: Sequence[str] = ("insertion_deletion", "localization", "activation_deviation"),
+    metric_kwargs: dict[str, dict[str, Any]] | None = None,
+    split: Literal["val", "test"] = "val",
+    limit_samples: int | None = None,
+    batch_size: int = 16,
+    input_bounds: tuple[float, float] | None = (0.0, 1.0),
+    target: Literal["label", "prediction"] = "label",
+    heatmap_samples: int = 8,
+    randomization_samples: int = 8,
+    reference_pool_size: int = 64,
+    trainer: Trainer | None = None,
+    config: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Attribute one split with every method, score the maps and write ``metrics.json``, PNGs and ``report.html``.
+
+    Args:
+        model: a classifier returning logits (typically a LightningModule loaded from a checkpoint).
+        datamodule: provides the split; samples are ``(x, y[, mask])``, a tensor or a dict.
+        output_dir: directory that receives the results (replaced atomically when it exists).
+        methods: registered method names (:func:`~lit_attr.methods.available_methods`).
+        method_kwargs: ``{method: {option: value}}``, e.g. ``{"fei": {"iterations": 20}}``.
+        metrics: names from :data:`EVALUATION_METRICS`; ``"localization"`` is skipped when there are no masks.
+        metric_kwargs: ``{metric: {option: value}}``, e.g. ``{"insertion_deletion": {"preset": "rise"}}``.
+        split: ``"val"`` or ``"test"``.
+        limit_samples: evaluate only the first N samples of the split.
+        batch_size: samples attributed at once (per process).
+        input_bounds: valid input range, passed to every method.
+        target: explain the ``"label"`` or the model's ``"prediction"``.
+        heatmap_samples: the first N samples are shown in the heatmap grids.
+        randomization_samples: the first N samples go through the parameter-randomisation check.
+        reference_pool_size: IG2's reference pool: the first N samples of the split.
+        trainer: runs the loop (devices, strategy, loggers); forced to ``inference_mode=False`` semantics by
+            construction. ``None`` builds a single-process CPU trainer.
+        config: the resolved configuration, stored in ``metrics.json``.
+        progress: show rich progress bars on rank 0.
+
+    Returns:
+        The content of ``metrics.json`` (on every rank; only rank 0 writes files).
+
+    Raises:
+        EvaluationError: for an unusable split, a model that does not return logits, or a trainer in inference mode.
+        ValueError: for unknown method or metric names.
+
+    Example:
+        >>> from lit_attr.data import ShapesDataModule
+        >>> from lit_attr.models import DemoClassifier
+        >>> result = evaluate(DemoClassifier(), ShapesDataModule(num_train=8, num_val=8), "/tmp/eval",
+        ...                   methods=["saliency"], limit_samples=4, progress=False)  # doctest: +SKIP
+        >>> sorted(result["methods"]["saliency"])  # doctest: +SKIP
+        ['activation_deviation', 'insertion_deletion', 'localization']
+    """
+    unknown = [name for name in methods if name not in available_methods()]
+    if not methods or unknown:
+        raise ValueError(f"`methods` must name registered methods {available_methods()}, got unknown {unknown}")
+    bad = [name for name in metrics if name not in EVALUATION_METRICS]
+    if bad:
+        raise ValueError(f"`metrics` must be drawn from {EVALUATION_METRICS}, got unknown {bad}")
+    # Options for registered methods that are not run are fine (a config narrowed with --methods); unknown names
+    # are typos.
+    stray = sorted(set(method_kwargs or {}) - set(available_methods()))
+    if stray:
+        raise ValueError(f"`method_kwargs` names unknown methods {stray}; registered: {available_methods()}")
+    dataset = split_dataset(datamodule, split)
+    total = len(dataset)  # type: ignore[arg-type]
+    num_samples = total if limit_samples is None else min(int(limit_samples), total)
+    if num_samples < 1:
+        raise EvaluationError(f"the {split!r} split has no samples to evaluate")
+    x0, _, _ = _unpack(dataset[0])
+    num_classes = check_logits(model, torch.as_tensor(x0).float().unsqueeze(0).repeat(2, *([1] * x0.ndim)))
+
+    if trainer is None:
+        trainer = Trainer(accelerator="cpu", devices=1, logger=False, **_QUIET_TRAINER)
+    if trainer.test_loop.inference_mode:
+        raise EvaluationError("attribution needs gradients: build the Trainer with inference_mode=False")
+    settings = {
+        "methods": list(methods),
+        "method_kwargs": {k: dict(v) for k, v in (method_kwargs or {}).items() if k in methods},
+        "metrics": list(metrics),
+        "metric_kwargs": {k: dict(v) for k, v in (metric_kwargs or {}).items()},
+        "batch_size": int(batch_size),
+        "input_bounds": None if input_bounds is None else tuple(input_bounds),
+        "target": target,
+        "heatmap_samples": int(heatmap_samples),
+        "randomization_samples": int(randomization_samples) if "randomization" in metrics else 0,
+        "reference_pool_size": int(reference_pool_size),
+    }
+    wrapper = _EvaluationModule(model, dataset, num_samples, settings)
+    # The bar follows rank 0's shard, which is representative of every rank's.
+    bar = _ProgressBar(enabled=progress and trainer.is_global_zero, total=math.ceil(num_samples / trainer.world_size))
+    wrapper.progress = bar.update if bar.enabled else None
+    with bar:
+        trainer.test(wrapper, verbose=False)
+
+    result: dict[str, Any] = {
+        "split": split,
+        "num_samples": num_samples,
+        "num_classes": num_classes,
+        "world_size": trainer.world_size,
+        "methods": wrapper.results,
+        "timing": {name: {"seconds_per_sample": s / num_samples} for name, s in wrapper.seconds.items()},
+        "config": _to_plain(dict(config)) if config is not None else None,
+        "versions": package_versions(),
+    }
+    if trainer.is_global_zero:
+        from lit_attr import report
+
+        figures = report.build_figures(result, wrapper.samples, class_names=getattr(datamodule, "class_names", None))
+        _log_to_loggers(trainer, result, figures)
+        _write_atomically(Path(output_dir), lambda tmp: report.write_outputs(tmp, result, figures))
+    return result
+
+
+_QUIET_TRAINER: dict[str, Any] = {
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "enable_checkpointing": False,
+    "inference_mode": False,
+    "use_distributed_sampler": False,
+}
+"""Trainer options every evaluation needs (gradients, our own sharding) or wants (our own progress output)."""
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide the numbers, for ``metrics.json``.
+
+    Example:
+        >>> "torch" in package_versions()
+        True
+    """
+    versions = {"python": platform.python_version()}
+    for name in ("lit-attr", "torch", "torchvision", "lightning", "torchmetrics", "captum", "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def flat_scalars(result: Mapping[str, Any]) -> dict[str, float]:
+    """``{"<method>/<metric>/<name>": value}`` for every finite scalar of a result (for loggers and tables).
+
+    Example:
+        >>> flat_scalars({"methods": {"saliency": {"localization": {"pointing_game": 0.5}}}})
+        {'saliency/localization/pointing_game': 0.5}
+    """
+    out: dict[str, float] = {}
+    for method, metrics in result["methods"].items():
+        for metric, values in metrics.items():
+            for key, value in values.items():
+                if isinstance(value, dict):  # randomisation: one entry per similarity
+                    if isinstance(value.get("final"), (int, float)):
+                        out[f"{method}/{metric}/{key}"] = float(value["final"])
+                elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    out[f"{method}/{metric}/{key}"] = float(value)
+    return out
+
+
+def _log_to_loggers(trainer: Trainer, result: Mapping[str, Any], figures: Mapping[str, Any]) -> None:
+    if not trainer.loggers:
+        return
+    from lit_attr.logging import log_figure, log_metrics, log_table
+
+    scalars = flat_scalars(result)
+    log_metrics(trainer, {f"evaluate/{k}": v for k, v in scalars.items()}, step=0)
+    for key, figure in figures.items():
+        log_figure(trainer, f"evaluate/{key}", figure, step=0)
+    log_table(trainer, "evaluate/scores", ["key", "value"], [[k, v] for k, v in scalars.items()], step=0)
+
+
+def _write_atomically(output_dir: Path, write: Callable[[Path], None]) -> None:
+    """Run ``write(tmp)`` on a hidden sibling of ``output_dir`` and swap it in only when it succeeded."""
+    output_dir = output_dir.resolve()
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}"
+    old = output_dir.parent / f".{output_dir.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write(tmp)
+        if output_dir.exists():
+            output_dir.rename(old)
+        tmp.rename(output_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class _ProgressBar:
+    """A rich progress bar over attributed samples, or nothing (other ranks, ``progress=False``)."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled = enabled
+        self.total = total
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _ProgressBar:
+        if self.enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]evaluating[/bold] {task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} samples"),
+                TimeElapsedColumn(),
+                transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("", total=self.total)
+        return self
+
+    def update(self, description: str, samples: int) -> None:
+        if self._progress is None:
+            return
+        if description:
+            self._progress.update(self._task, description=description)
+        if samples:
+            self._progress.advance(self._task, samples)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()

@@ -1,0 +1,189 @@
+"""Figures, ``metrics.json`` and a self-contained ``report.html`` for an evaluation (see :mod:`lit_attr.evaluate`).
+
+Figures come from :mod:`lit_attr.viz` (matplotlib's object-oriented API, no pyplot state). The HTML report embeds
+every image as a base64 ``data:`` URI, so the single file can be mailed or attached to an issue; the same images
+are also written as PNG files next to it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+
+from lit_attr import viz
+
+__all__ = ["build_figures", "render_html", "write_outputs"]
+
+# (metric, key, label, higher is better) of the score table, in column order.
+_COLUMNS: tuple[tuple[str, str, str, bool], ...] = (
+    ("insertion_deletion", "insertion", "insertion AUC", True),
+    ("insertion_deletion", "deletion", "deletion AUC", False),
+    ("insertion_deletion", "difference", "ins. - del.", True),
+    ("localization", "pointing_game", "pointing game", True),
+    ("localization", "relevance_mass", "relevance mass", True),
+    ("localization", "relevance_rank", "relevance rank", True),
+    ("localization", "auroc", "loc. AUROC", True),
+    ("activation_deviation", "mean_mse", "activation dev. MSE", False),
+)
+
+
+def build_figures(
+    result: Mapping[str, Any], samples: Mapping[int, Mapping[str, Any]], class_names: Sequence[str] | None = None
+) -> dict[str, Figure]:
+    """The figures of a report: insertion/deletion curves, one heatmap grid per method, randomisation curves.
+
+    Args:
+        result: the content of ``metrics.json`` (see :func:`lit_attr.evaluate.evaluate`).
+        samples: ``{index: {"x": (C, H, W), "target": int, "label": int | None, "maps": {method: tensor}}}``.
+        class_names: names for the captions.
+
+    Returns:
+        ``{file stem: figure}``, in display order.
+
+    Example:
+        >>> res = {"methods": {"saliency": {}}}
+        >>> build_figures(res, {})
+        {}
+    """
+    figures: dict[str, Figure] = {}
+    methods = result["methods"]
+    curves = {m: r["insertion_deletion"] for m, r in methods.items() if "insertion_deletion" in r}
+    if curves:
+        figures["insertion_deletion_curves"] = viz.insertion_deletion_figure(
+            curves, title=f"Mean insertion / deletion curves ({result.get('num_samples', '?')} samples)"
+        )
+    if samples:
+        order = sorted(samples)
+        images = torch.stack([samples[i]["x"] for i in order])
+
+        def name(k: int | None) -> str:
+            return "?" if k is None else (class_names[k] if class_names and 0 <= k < len(class_names) else str(k))
+
+        titles = [f"#{i} {name(samples[i]['label'])}" for i in order]
+        for method in methods:
+            if not all(method in samples[i].get("maps", {}) for i in order):
+                continue
+            maps = torch.stack([samples[i]["maps"][method] for i in order])
+            captions = [f"target {name(samples[i]['target'])}" for i in order]
+            figures[f"heatmaps_{method}"] = viz.attribution_grid(
+                images, maps, captions=captions, titles=titles, title=f"{method}: attributions of the target class"
+            )
+    checks = {m: r["randomization"] for m, r in methods.items() if "randomization" in r}
+    if checks:
+        figures["randomization_curves"] = viz.similarity_figure(
+            checks, title="Parameter randomisation: similarity to the trained model's maps (lower is better)"
+        )
+    return figures
+
+
+def _png(figure: Figure) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return "n/a" if not math.isfinite(value) else f"{value:.3f}"
+    return html.escape(str(value))
+
+
+def score_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows of the score table: one row per method, one column per available score.
+
+    Example:
+        >>> score_rows({"methods": {"m": {"localization": {"pointing_game": 1.0}}}})
+        (['method', 'pointing game ↑'], [['m', 1.0]])
+    """
+    methods = result["methods"]
+    present = [c for c in _COLUMNS if any(c[1] in r.get(c[0], {}) for r in methods.values())]
+    header = ["method"] + [f"{label} {'↑' if up else '↓'}" for _, _, label, up in present]
+    has_check = any("randomization" in r for r in methods.values())
+    if has_check:
+        header += ["randomisation (final spearman |A|) ↓", "sanity check"]
+    timing = result.get("timing", {})
+    if timing:
+        header.append("ms / sample")
+    rows = []
+    for method, scores in methods.items():
+        row: list[Any] = [method] + [scores.get(metric, {}).get(key, float("nan")) for metric, key, _, _ in present]
+        if has_check:
+            check = scores.get("randomization", {})
+            first = check.get("spearman_abs") or next((v for v in check.values() if isinstance(v, dict)), {})
+            row += [first.get("final", float("nan")), "passed" if first.get("passed") else "FAILED" if first else ""]
+        if timing:
+            row.append(1000 * timing.get(method, {}).get("seconds_per_sample", float("nan")))
+        rows.append(row)
+    return header, rows
+
+
+def render_html(result: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
+    """A self-contained HTML page: the score table, then every image embedded as a base64 PNG.
+
+    Args:
+        result: the content of ``metrics.json``.
+        images: ``{file stem: PNG bytes}`` in display order.
+
+    Returns:
+        The HTML text.
+
+    Example:
+        >>> "<table" in render_html({"methods": {"m": {}}}, {})
+        True
+    """
+    header, rows = score_rows(result)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in row) + "</tr>" for row in rows)
+    sections = []
+    for stem, data in images.items():
+        uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+        title = html.escape(stem.replace("_", " "))
+        sections.append(f'<section><h2>{title}</h2><img alt="{title}" src="{uri}"></section>')
+    meta = {k: result.get(k) for k in ("split", "num_samples", "world_size")}
+    versions = ", ".join(f"{k} {v}" for k, v in (result.get("versions") or {}).items())
+    config = json.dumps(result.get("config"), indent=2, default=str)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>lit-attr evaluation report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
+th {{ background: #f3f3f3; }} td:first-child {{ text-align: left; font-weight: bold; }}
+img {{ max-width: 100%; }} pre {{ background: #f7f7f7; padding: 1em; overflow-x: auto; }}
+</style></head><body>
+<h1>lit-attr evaluation report</h1>
+<p>{html.escape(", ".join(f"{k}: {v}" for k, v in meta.items()))}</p>
+<h2>Scores</h2>
+<table id="scores"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<p>↑ higher is better, ↓ lower is better. Localisation needs ground-truth masks; the sanity check passes when the
+maps of a fully randomised model are dissimilar to the trained model's.</p>
+{"".join(sections)}
+<h2>Configuration</h2><pre>{html.escape(config)}</pre>
+<p><small>{html.escape(versions)}</small></p>
+</body></html>
+"""
+
+
+def write_outputs(directory: str | Path, result: Mapping[str, Any], figures: Mapping[str, Figure]) -> None:
+    """Write ``metrics.json``, one PNG per figure and ``report.html`` into ``directory``.
+
+    Example:
+        >>> import tempfile
+        >>> write_outputs(tempfile.mkdtemp(), {"methods": {}}, {})
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    images = {stem: _png(figure) for stem, figure in figures.items()}
+    for stem, data in images.items():
+        (directory / f"{stem}.png").write_bytes(data)
+    (directory / "metrics.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (directory / "report.html").write_text(render_html(result, images), encoding="utf-8")

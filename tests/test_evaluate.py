@@ -1,0 +1,76 @@
+"""Unit tests of lit_attr.evaluate's building blocks (in process, fast)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from lit_attr.data import ShapesDataModule
+from lit_attr.evaluate import EvaluationError, _write_atomically, check_logits, flat_scalars, split_dataset
+from lit_attr.report import render_html, score_rows
+
+
+def test_check_logits_accepts_logits_and_rejects_probabilities_and_bad_shapes():
+    assert check_logits(nn.Linear(3, 5), torch.rand(2, 3)) == 5
+    with pytest.raises(EvaluationError, match="probabilities"):
+        check_logits(nn.Sequential(nn.Linear(3, 5), nn.Softmax(dim=1)), torch.rand(2, 3))
+    with pytest.raises(EvaluationError, match="shape"):
+        check_logits(nn.Linear(3, 1), torch.rand(2, 3))
+    with pytest.raises(EvaluationError, match="logits tensor"):
+        check_logits(_DictOut(), torch.rand(2, 3))
+
+
+class _DictOut(nn.Module):
+    def forward(self, x):
+        return {"logits": x}
+
+
+def test_split_dataset_finds_splits_and_names_missing_ones():
+    dm = ShapesDataModule(num_train=4, num_val=3, num_test=2)
+    assert len(split_dataset(dm, "val")) == 3
+    assert len(split_dataset(dm, "test")) == 2
+    with pytest.raises(EvaluationError, match="split must be one of"):
+        split_dataset(dm, "train")
+
+
+def test_failed_write_leaves_the_previous_result_untouched(tmp_path: Path):
+    target = tmp_path / "out"
+    _write_atomically(target, lambda d: (d / "metrics.json").write_text("old"))
+
+    def crash(directory: Path) -> None:
+        (directory / "metrics.json").write_text("half")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        _write_atomically(target, crash)
+    assert (target / "metrics.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary directory left behind
+    _write_atomically(target, lambda d: (d / "metrics.json").write_text("new"))
+    assert (target / "metrics.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_score_table_and_flat_scalars_agree():
+    result = {
+        "methods": {
+            "saliency": {
+                "insertion_deletion": {"insertion": 0.75, "deletion": 0.25, "difference": 0.5},
+                "randomization": {"spearman_abs": {"final": 0.1, "passed": 1.0, "curve": [1.0, 0.1]}},
+            }
+        },
+        "timing": {"saliency": {"seconds_per_sample": 0.002}},
+    }
+    header, rows = score_rows(result)
+    assert rows == [["saliency", 0.75, 0.25, 0.5, 0.1, "passed", 2.0]]
+    assert header[0] == "method" and len(header) == len(rows[0])
+    assert flat_scalars(result) == {
+        "saliency/insertion_deletion/insertion": 0.75,
+        "saliency/insertion_deletion/deletion": 0.25,
+        "saliency/insertion_deletion/difference": 0.5,
+        "saliency/randomization/spearman_abs": 0.1,
+    }
+    page = render_html(result, {"curves": b"\x89PNG"})
+    assert "<td>0.750</td>" in page and 'src="data:image/png;base64,iVBORw==' in page
