@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench lint clean browser
 
 install: $(STAMP)
 
@@ -14,12 +14,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
+# The report test renders report.html in headless Chromium (Debian's package; root installs it, as in CI).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } ; } || \
+		echo "warning: chromium is not installed; the report-rendering test will be skipped"
+
 lint: install
 	$(BIN)/ruff check .
 
 # One BLAS/OpenMP thread per process: the suite runs many tiny models and 2-process DDP tests on 2 cores, where
 # thread oversubscription costs far more than the parallelism gains.
-test: install lint
+test: install lint browser
 	WANDB_MODE=disabled OMP_NUM_THREADS=1 $(BIN)/python -m pytest
 
 demo: install

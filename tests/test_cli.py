@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -165,9 +166,16 @@ def _check_report(directory: Path, methods: list[str]) -> None:
     assert "insertion AUC" in table.group(0)
 
 
-def test_demo_fast_end_to_end(tmp_path: Path):
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    tmp_path = tmp_path_factory.mktemp("demo_run")
     out = _run("demo", "--fast", "--output_dir", str(tmp_path / "demo"), WANDB_MODE="offline", timeout=200)
     assert out.returncode == 0, out.stderr[-3000:]
+    return tmp_path, out
+
+
+def test_demo_fast_end_to_end(demo_run: tuple[Path, subprocess.CompletedProcess]):
+    tmp_path, out = demo_run
     evaluation = tmp_path / "demo" / "evaluation"
     methods = ["mfaba", "ig2", "fei", "integrated_gradients"]
     _check_result(json.loads((evaluation / "metrics.json").read_text()), methods)
@@ -176,6 +184,34 @@ def test_demo_fast_end_to_end(tmp_path: Path):
     assert list((tmp_path / "demo" / "wandb").glob("offline-run-*")), "no W&B offline run"
     assert "wandb sync" in out.stdout and "report.html" in out.stdout
     assert not _leftovers(tmp_path / "demo")
+
+
+# A browser decodes and lays out the page: the check a person's eyes would make. `make test` installs chromium.
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs chromium (make test installs it)")
+def test_report_renders_in_headless_chromium(demo_run: tuple[Path, subprocess.CompletedProcess], tmp_path: Path):
+    report = demo_run[0] / "demo" / "evaluation" / "report.html"
+    page = report.read_text(encoding="utf-8")
+    probe = (
+        "<script>window.addEventListener('load', () => { const all = [...document.images];"
+        " const ok = all.filter(i => i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().width > 0);"
+        " document.title = 'rendered ' + ok.length + '/' + all.length; });</script>"
+    )
+    probed = tmp_path / "report_probe.html"
+    probed.write_text(page.replace("</body>", probe + "</body>"), encoding="utf-8")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--disable-quic"]
+    flags.append(f"--user-data-dir={tmp_path / 'profile'}")
+    dom = subprocess.run(["chromium", *flags, "--virtual-time-budget=10000", "--dump-dom", probed.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    title = re.search(r"<title>rendered (\d+)/(\d+)</title>", dom.stdout)
+    assert title is not None, dom.stderr[-2000:]
+    rendered, total = map(int, title.groups())
+    assert total == len(re.findall(r"<img", page)) and total >= 6 and rendered == total
+    shot = tmp_path / "report.png"
+    subprocess.run(["chromium", *flags, "--window-size=1200,2000", f"--screenshot={shot}", report.as_uri()],
+                   capture_output=True, timeout=120)
+    pixels = mpimg.imread(shot)
+    assert pixels.shape[:2] == (2000, 1200) and pixels[..., :3].std() > 0.05  # not a blank page
 
 
 # ---------------------------------------------------------------------------------------------------- evaluate + DDP
