@@ -158,12 +158,13 @@ def render_html(result: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
 body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
 th {{ background: #f3f3f3; }} td:first-child {{ text-align: left; font-weight: bold; }}
-img {{ max-width: 100%; }} pre {{ background: #f7f7f7; padding: 1em; overflow-x: auto; }}
+img {{ max-width: 100%; }} .scroll {{ overflow-x: auto; }}
+pre {{ background: #f7f7f7; padding: 1em; overflow-x: auto; }}
 </style></head><body>
 <h1>lit-attr evaluation report</h1>
 <p>{html.escape(", ".join(f"{k}: {v}" for k, v in meta.items()))}</p>
 <h2>Scores</h2>
-<table id="scores"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<div class="scroll"><table id="scores"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>
 <p>↑ higher is better, ↓ lower is better. Localisation needs ground-truth masks; the sanity check passes when the
 maps of a fully randomised model are dissimilar to the trained model's.</p>
 {"".join(sections)}
