@@ -32,34 +32,20 @@ from lit_attr.data import ShapesDataModule
 from lit_attr.methods import get_method
 from lit_attr.metrics.activation_deviation import ActivationDeviation
 from lit_attr.metrics.insertion_deletion import InsertionDeletion
-from lit_attr.models import DEMO_EPOCHS, DemoClassifier
+from lit_attr.models import DemoClassifier, train_demo_classifier
 
 SEED = 0
 
 
 def trained_demo(checkpoint: Path | None) -> tuple[DemoClassifier, ShapesDataModule]:
-    """The demo classifier trained like ``tests/conftest.py`` does, or loaded from ``checkpoint``."""
-    import lightning as L
-
-    datamodule = ShapesDataModule(seed=SEED)
-    datamodule.setup()
-    torch.manual_seed(SEED)
-    model = DemoClassifier(num_classes=datamodule.num_classes)
+    """The demo classifier trained as the test suite trains it, or loaded from ``checkpoint``."""
     if checkpoint is not None and checkpoint.exists():
+        datamodule = ShapesDataModule(seed=SEED)
+        datamodule.setup()
+        model = DemoClassifier(num_classes=datamodule.num_classes)
         model.load_state_dict(torch.load(checkpoint, weights_only=True))
         return model.eval(), datamodule
-    trainer = L.Trainer(
-        max_epochs=DEMO_EPOCHS,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        deterministic=True,
-    )
-    trainer.fit(model, datamodule=datamodule)
+    model, datamodule = train_demo_classifier(seed=SEED)
     if checkpoint is not None:
         torch.save(model.state_dict(), checkpoint)
     return model.cpu().eval(), datamodule

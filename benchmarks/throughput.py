@@ -30,19 +30,9 @@ FAST = {"integrated_gradients": {"n_steps": 50}}
 
 def build_model(name: str, device: torch.device, train: bool = False) -> tuple[torch.nn.Module, tuple[int, ...]]:
     if name == "demo":
-        from lit_attr.models import DemoClassifier
+        from lit_attr.models import DemoClassifier, train_demo_classifier
 
-        model = DemoClassifier()
-        if train:
-            import lightning as L
-
-            from lit_attr.data import ShapesDataModule
-            from lit_attr.models import DEMO_EPOCHS
-
-            L.seed_everything(0, verbose=False)
-            trainer = L.Trainer(max_epochs=DEMO_EPOCHS, accelerator="cpu", logger=False, enable_checkpointing=False,
-                                enable_progress_bar=False, enable_model_summary=False)
-            trainer.fit(model, datamodule=ShapesDataModule())
+        model = train_demo_classifier()[0] if train else DemoClassifier()
         return model.to(device).eval(), (3, 32, 32)
     if name == "resnet50":
         from torchvision.models import resnet50

@@ -9,11 +9,13 @@ logits.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
-from lightning import LightningModule
+from lightning import LightningDataModule, LightningModule, Trainer
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -209,3 +211,62 @@ class DemoClassifier(LightningModule):
         else:
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def train_demo_classifier(
+    datamodule: LightningDataModule | None = None, *, seed: int = 0, epochs: int = DEMO_EPOCHS
+) -> tuple[DemoClassifier, LightningDataModule]:
+    """Train :class:`DemoClassifier` quietly on CPU and return it in eval mode with its (set-up) data module.
+
+    Initialisation and training are seeded by ``seed`` and deterministic, yet the caller's global RNG and the
+    process-wide determinism switches that ``Trainer(deterministic=True)`` flips are left as they were.
+
+    Args:
+        datamodule: the data (default: ``ShapesDataModule(seed=seed)``); ``setup()`` is called on it.
+        seed: seed of weight initialisation and training.
+        epochs: training epochs.
+
+    Example:
+        >>> from lit_attr.data import ShapesDataModule
+        >>> model, data = train_demo_classifier(ShapesDataModule(num_train=64, num_val=16), epochs=1)
+        >>> model.training
+        False
+    """
+    from lit_attr.data import ShapesDataModule
+
+    datamodule = datamodule if datamodule is not None else ShapesDataModule(seed=seed)
+    datamodule.setup()
+    with torch.random.fork_rng(devices=[]), _restored_determinism_flags():
+        torch.manual_seed(seed)
+        model = DemoClassifier(num_classes=datamodule.num_classes)
+        trainer = Trainer(
+            max_epochs=epochs,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            deterministic=True,
+        )
+        trainer.fit(model, datamodule=datamodule)
+    return model.cpu().eval(), datamodule
+
+
+@contextmanager
+def _restored_determinism_flags() -> Iterator[None]:
+    # Trainer(deterministic=True) flips process-wide switches and never flips them back.
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
+        if cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas

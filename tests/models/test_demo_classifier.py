@@ -228,3 +228,15 @@ def test_a_few_steps_of_training_run_without_a_schedule():
                         limit_val_batches=0)
     trainer.fit(model, datamodule=ShapesDataModule(num_train=96, num_val=16, batch_size=32))
     assert trainer.global_step == 3
+
+
+def test_train_demo_classifier_leaves_the_global_rng_alone() -> None:
+    from lit_attr.models import train_demo_classifier
+
+    state = torch.get_rng_state()
+    small = ShapesDataModule(num_train=64, num_val=16, batch_size=32)
+    first, _ = train_demo_classifier(small, seed=3, epochs=1)
+    assert torch.equal(torch.get_rng_state(), state)
+    second, _ = train_demo_classifier(ShapesDataModule(num_train=64, num_val=16, batch_size=32), seed=3, epochs=1)
+    pairs = zip(first.state_dict().values(), second.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
