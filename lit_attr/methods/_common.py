@@ -47,3 +47,10 @@ def check_positive(name: str, value: Any, kind: type = float) -> Any:
     if kind is int and value != int(value):
         raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
     return kind(value)
+
+
+def check_seed(seed: Any) -> int:
+    """Return ``seed`` if it is an int (bools excluded), else raise a TypeError naming the argument."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"`seed` must be an int, got {type(seed).__name__}.")
+    return seed

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lit_attr.methods._common import SCORES, check_positive, expand_rows, row_seed
+from lit_attr.methods._common import SCORES, check_positive, check_seed, expand_rows, row_seed
 from lit_attr.methods.base import AttributionMethod, BoundsType
 from lit_attr.methods.registry import register_method
 
@@ -58,9 +58,7 @@ class AGI(AttributionMethod):
         self.n_classes = check_positive("n_classes", n_classes, int)
         self.max_iter = check_positive("max_iter", max_iter, int)
         self.eps = check_positive("eps", eps)
-        if not isinstance(seed, int):
-            raise TypeError(f"`seed` must be an int, got {type(seed).__name__}.")
-        self.seed = seed
+        self.seed = check_seed(seed)
 
     def rows_per_sample(self, **kwargs: Any) -> int:
         """One row per false class."""

@@ -15,7 +15,7 @@ import captum.attr as ca
 import torch
 from torch import Tensor, nn
 
-from lit_attr.methods._common import row_seed
+from lit_attr.methods._common import check_seed, row_seed
 from lit_attr.methods._hygiene import seed_everything_locally
 from lit_attr.methods.base import AttributionMethod, BoundsType
 from lit_attr.methods.registry import register_method
@@ -82,12 +82,10 @@ class CaptumMethod(AttributionMethod):
         )
         if not callable(attribution):
             raise TypeError(f"`attribution` must be a Captum attribution class or factory, got {attribution!r}.")
-        if not isinstance(seed, int):
-            raise TypeError(f"`seed` must be an int, got {type(seed).__name__}.")
         self._rows_per_sample = rows_per_sample
         self._batch_kwargs = batch_kwargs
         self.stochastic = stochastic
-        self.seed = seed
+        self.seed = check_seed(seed)
         self.attribute_kwargs = attribute_kwargs
         self.captum = attribution(self._captum_forward_arg(attribution))
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lit_attr.methods._common import SCORES, check_choice, check_positive, row_seed
+from lit_attr.methods._common import SCORES, check_choice, check_positive, check_seed, row_seed
 from lit_attr.methods.base import AttributionMethod, BoundsType
 from lit_attr.methods.registry import register_method
 
@@ -177,9 +177,7 @@ class FEI(AttributionMethod):
             raise ValueError(f"`beta` must be >= 0, got {beta!r}.")
         self.objective = check_choice("objective", objective, OBJECTIVES)
         self.gate_layers = gate_layers
-        if not isinstance(seed, int):
-            raise TypeError(f"`seed` must be an int, got {type(seed).__name__}.")
-        self.seed = seed
+        self.seed = check_seed(seed)
         self.reduce = bool(reduce)
         if not (isinstance(progress, bool) or callable(progress)):
             raise TypeError(f"`progress` must be a bool or a callable(done, total), got {type(progress).__name__}.")

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lit_attr.methods._common import SCORES, check_choice, check_positive, expand_rows, row_norm, row_seed
+from lit_attr.methods._common import SCORES, check_choice, check_positive, check_seed, expand_rows, row_norm, row_seed
 from lit_attr.methods.base import AttributionMethod, BoundsType
 from lit_attr.methods.registry import register_method
 
@@ -108,9 +108,7 @@ class IG2(AttributionMethod):
         self.n_references = check_positive("n_references", n_references, int)
         self.references = check_choice("references", references, SAMPLERS)
         self.reference_pool = _check_pool(reference_pool)
-        if not isinstance(seed, int):
-            raise TypeError(f"`seed` must be an int, got {type(seed).__name__}.")
-        self.seed = seed
+        self.seed = check_seed(seed)
         self.fused = bool(fused)
 
     def _find_layer(self, layer: str | None) -> nn.Module:
