@@ -181,7 +181,11 @@ def test_demo_fast_end_to_end(demo_run: tuple[Path, subprocess.CompletedProcess]
     _check_result(json.loads((evaluation / "metrics.json").read_text()), methods)
     _check_report(evaluation, methods)
     assert (tmp_path / "demo" / "checkpoints" / "demo.ckpt").is_file()
-    assert list((tmp_path / "demo" / "wandb").glob("offline-run-*")), "no W&B offline run"
+    runs = list((tmp_path / "demo" / "wandb").glob("offline-run-*"))
+    assert runs, "no W&B offline run"
+    media = [png for run in runs for png in (run / "files" / "media" / "images").rglob("*.png")]
+    assert media, "the W&B offline runs hold no images"
+    assert all(mpimg.imread(png).ndim == 3 for png in media)
     assert "wandb sync" in out.stdout and "report.html" in out.stdout
     assert not _leftovers(tmp_path / "demo")
 

@@ -85,6 +85,19 @@ def test_reused_relu_in_torchvision_resnet_and_state_untouched():
     # BasicBlock calls its ReLU twice: the default gated set holds each module once, matched per call.
     relus = FEI(model).relu_modules(x)
     assert len(relus) == len({id(m) for m in relus}) == 9
+    gates = ReluGates(relus, "ibm")
+    with gates.active():
+        gates.new_forward(capture=True)
+        with torch.no_grad():
+            model(x)
+    block = model.layer1[0]
+    first, second = gates.clean[(id(block.relu), 0)], gates.clean[(id(block.relu), 1)]
+    with torch.no_grad():  # the block's two ReLU calls, recomputed by hand from its input
+        stem = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        inner = torch.relu(block.bn1(block.conv1(stem)))
+        torch.testing.assert_close(first, inner)
+        torch.testing.assert_close(second, torch.relu(block.bn2(block.conv2(inner)) + stem))
+    assert (id(model.relu), 1) not in gates.clean  # the stem's ReLU runs once
 
 
 def small_cnn(seed=0):
