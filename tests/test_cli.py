@@ -186,6 +186,8 @@ def test_demo_fast_end_to_end(demo_run: tuple[Path, subprocess.CompletedProcess]
     media = [png for run in runs for png in (run / "files" / "media" / "images").rglob("*.png")]
     assert media, "the W&B offline runs hold no images"
     assert all(mpimg.imread(png).ndim == 3 for png in media)
+    logged_by_evaluate = {png.name.rsplit("_", 2)[0] for png in media if png.parent.name == "evaluate"}
+    assert logged_by_evaluate >= {f"heatmaps_{m}" for m in methods} | {"insertion_deletion_curves"}
     assert "wandb sync" in out.stdout and "report.html" in out.stdout
     assert not _leftovers(tmp_path / "demo")
 
