@@ -65,10 +65,6 @@ _METRICS: dict[str, _MetricSpec] = {
 MONITOR_METRICS: tuple[str, ...] = tuple(_METRICS)
 """Metric names :class:`AttributionMonitor` accepts."""
 
-# Insertion/deletion sends (samples x steps) rows through the model; the metric's own default (all rows at once)
-# thrashes CPU caches for a probe set of 64 and runs ~3x slower than chunks of 128 rows (benchmarks/).
-_METRIC_DEFAULTS: dict[str, dict[str, Any]] = {"insertion_deletion": {"internal_batch_size": 128}}
-
 
 class AttributionMonitor(Callback):
     """Run attribution methods and their quality metrics on a fixed probe set at the end of validation epochs.
@@ -112,8 +108,7 @@ class AttributionMonitor(Callback):
         batch_adapter: maps a collated batch to ``(x, y, mask)`` (y and mask may be None).
         on_error: ``"raise"`` re-raises an exception in attribution; ``"warn"`` turns it into a warning and skips
             that epoch (training goes on).
-        metric_kwargs: ``{metric name: {option: value}}``, e.g. ``{"insertion_deletion": {"n_steps": 16}}``;
-            insertion/deletion defaults to ``internal_batch_size=128`` rows per forward pass.
+        metric_kwargs: ``{metric name: {option: value}}``, e.g. ``{"insertion_deletion": {"n_steps": 16}}``.
         seed: seed of the probe-set draw.
         target: explain the ``"label"`` (default; the prediction where there are no labels) or the
             ``"prediction"``.
@@ -180,9 +175,7 @@ class AttributionMonitor(Callback):
         stray = [name for name in metric_kwargs or {} if name not in self.metric_names]
         if stray:
             raise ValueError(f"`metric_kwargs` has options for {stray}, which are not among the metrics {metrics!r}.")
-        self._metric_kwargs = {name: dict(options) for name, options in _METRIC_DEFAULTS.items()}
-        for name, options in (metric_kwargs or {}).items():
-            self._metric_kwargs.setdefault(name, {}).update(options)
+        self._metric_kwargs = {name: dict(options) for name, options in (metric_kwargs or {}).items()}
         self.class_names = None if class_names is None else [str(name) for name in class_names]
 
         self._methods: dict[str, AttributionMethod] = {}

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_attr.functional.insertion_deletion import (
+    DEFAULT_INTERNAL_BATCH_SIZE,
     GAMES,
     SubstrateType,
     TargetType,
@@ -242,7 +243,7 @@ def activation_deviation(
     deletion_substrate: SubstrateType | None = None,
     reduce: str = "sum",
     preset: str | None = None,
-    internal_batch_size: int | None = None,
+    internal_batch_size: int | None = DEFAULT_INTERNAL_BATCH_SIZE,
     substrate_value: float | Sequence[float] | Tensor | None = None,
     seed: int = 0,
 ) -> ActivationDeviationResult:
@@ -273,8 +274,9 @@ def activation_deviation(
         deletion_substrate: what deleted units are replaced by.
         reduce: channel reduction of the map before ranking: ``"sum"``, ``"abs_sum"`` or ``"none"``.
         preset: ``"rise"``, ``"mfaba"``, ``"fei"`` or ``None``.
-        internal_batch_size: most rows (samples x steps) per forward pass; ``None`` runs all ``N * (T + 1)``
-            rows of a game at once.
+        internal_batch_size: most rows (samples x steps) per forward pass (default
+            :data:`~lit_attr.functional.insertion_deletion.DEFAULT_INTERNAL_BATCH_SIZE`); ``None`` runs all
+            ``N * (T + 1)`` rows of a game at once.
         substrate_value: the fill of a ``"constant"`` substrate.
         seed: seed of a ``"noise"`` substrate.
 

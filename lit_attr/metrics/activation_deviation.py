@@ -11,6 +11,7 @@ from torchmetrics import Metric
 
 from lit_attr.functional.activation_deviation import activation_deviation, resolve_probe_layers
 from lit_attr.functional.insertion_deletion import (
+    DEFAULT_INTERNAL_BATCH_SIZE,
     REDUCTIONS,
     SubstrateType,
     TargetType,
@@ -52,7 +53,7 @@ class ActivationDeviation(Metric):
         deletion_substrate: see :func:`~lit_attr.functional.insertion_deletion.make_substrate`.
         reduce: channel reduction of the maps before ranking: ``"sum"``, ``"abs_sum"`` or ``"none"``.
         preset: ``"rise"``, ``"mfaba"``, ``"fei"`` or ``None``; explicit options override it.
-        internal_batch_size: most rows (samples x steps) per forward pass.
+        internal_batch_size: most rows (samples x steps) per forward pass (default 128); ``None``: all at once.
         substrate_value: the fill of a ``"constant"`` substrate.
         seed: seed of a ``"noise"`` substrate.
         kwargs: options of :class:`torchmetrics.Metric` (``dist_sync_on_step``, ``sync_on_compute``, ...).
@@ -92,7 +93,7 @@ class ActivationDeviation(Metric):
         deletion_substrate: SubstrateType | None = None,
         reduce: str = "sum",
         preset: str | None = None,
-        internal_batch_size: int | None = None,
+        internal_batch_size: int | None = DEFAULT_INTERNAL_BATCH_SIZE,
         substrate_value: float | Sequence[float] | Tensor | None = None,
         seed: int = 0,
         **kwargs: Any,

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from lit_attr.functional.insertion_deletion import (
+    DEFAULT_INTERNAL_BATCH_SIZE,
     OUTPUTS,
     REDUCTIONS,
     SubstrateType,
@@ -56,7 +57,7 @@ class InsertionDeletion(Metric):
         deletion_substrate: see :func:`~lit_attr.functional.insertion_deletion.make_substrate`.
         output: ``"prob"``, ``"logit"`` or ``"prob_ratio"``.
         reduce: ``"sum"``, ``"abs_sum"`` or ``"none"``.
-        internal_batch_size: most rows (samples x steps) per forward pass.
+        internal_batch_size: most rows (samples x steps) per forward pass (default 128); ``None``: all at once.
         preset: ``"rise"``, ``"mfaba"``, ``"fei"`` or ``None``; explicit options override it.
         substrate_value: the fill of a ``"constant"`` substrate.
         seed: seed of a ``"noise"`` substrate.
@@ -99,7 +100,7 @@ class InsertionDeletion(Metric):
         deletion_substrate: SubstrateType | None = None,
         output: str = "prob",
         reduce: str = "sum",
-        internal_batch_size: int | None = None,
+        internal_batch_size: int | None = DEFAULT_INTERNAL_BATCH_SIZE,
         preset: str | None = None,
         substrate_value: float | Sequence[float] | Tensor | None = None,
         seed: int = 0,

@@ -115,6 +115,21 @@ def test_a_sample_does_not_depend_on_its_batch_or_the_chunking():
         torch.testing.assert_close(got, want[2:3], rtol=0, atol=1e-12)
 
 
+def test_default_chunks_of_128_rows_equal_one_pass_of_all_rows():
+    model = tiny_cnn()
+    x, attributions = data(12)
+    rows: list[int] = []
+    model.register_forward_hook(lambda module, inputs, output: rows.append(inputs[0].shape[0]))
+    default = activation_deviation(model, x, attributions, n_steps=15)
+    # 64 pixels, ceil(64 / 15) = 5 per step: 14 points per game and sample, after 12 clean rows.
+    assert max(rows) == 128 and sum(rows) == 12 + 2 * 12 * 14
+    rows.clear()
+    whole = activation_deviation(model, x, attributions, n_steps=15, internal_batch_size=None)
+    assert max(rows) == 12 * 14
+    for got, want in zip(default[:4], whole[:4], strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
 def test_default_probes_of_torchvision_resnet18_are_its_four_stages():
     torchvision = pytest.importorskip("torchvision")
     model = torchvision.models.resnet18(weights=None, num_classes=3).eval()

@@ -249,9 +249,25 @@ def test_abs_sum_ranks_by_magnitude():
 def test_chunking_gives_identical_results(batch, internal_batch_size):
     x, a = batch
     model = tiny_cnn()
-    whole = insertion_deletion(model, x, a, n_steps=15)
+    whole = insertion_deletion(model, x, a, n_steps=15, internal_batch_size=None)
     chunked = insertion_deletion(model, x, a, n_steps=15, internal_batch_size=internal_batch_size)
     for got, expected in zip(chunked, whole, strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+def test_default_runs_at_most_128_rows_per_forward(batch):
+    x, a = batch
+    x, a = x.repeat(4, 1, 1, 1), a.repeat(4, 1, 1, 1)  # 12 samples x 16 points = 192 rows per game
+    model = tiny_cnn()
+    rows: list[int] = []
+    model.register_forward_hook(lambda module, inputs, output: rows.append(inputs[0].shape[0]))
+    default = insertion_deletion(model, x, a, n_steps=15)
+    # 12 clean rows, then per game 192 rows as 128 + 64.
+    assert rows == [12, 128, 64, 128, 64]
+    rows.clear()
+    whole = insertion_deletion(model, x, a, n_steps=15, internal_batch_size=None)
+    assert rows == [12, 192, 192]
+    for got, expected in zip(default, whole, strict=True):
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
 
 
