@@ -195,6 +195,13 @@ def check_int(name: str, value: Any, minimum: int) -> int:
     return value
 
 
+def check_dataloader_idx(value: Any) -> int | str:
+    """Validate ``dataloader_idx``: a position (int >= 0) in a list of loaders, or a key of a dict of them."""
+    if isinstance(value, str):
+        return value
+    return check_int("dataloader_idx", value, 0)
+
+
 def check_on_error(on_error: Any) -> str:
     """Validate ``on_error``."""
     if on_error not in ON_ERROR:
@@ -203,11 +210,14 @@ def check_on_error(on_error: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- probe set
-def find_dataset(trainer: Trainer, stage: str) -> tuple[Dataset, Callable[[list], Any]] | None:
-    """The map-style dataset and collate function of the first validation (``"fit"``/``"validate"``) or test loader.
+def find_dataset(
+    trainer: Trainer, stage: str, dataloader_idx: int | str = 0
+) -> tuple[Dataset, Callable[[list], Any]] | None:
+    """The map-style dataset and collate function of a validation (``"fit"``/``"validate"``) or test loader.
 
-    Only constructs the dataloader (``*_dataloader()`` of the datamodule or module, or the loader given to the
-    trainer); it is never iterated. Returns None if no such loader is defined.
+    Only constructs the dataloaders (``*_dataloader()`` of the datamodule or module, or those given to the
+    trainer); they are never iterated. ``dataloader_idx`` picks one of several (see :func:`dataset_of`). Returns
+    None if no loader is defined.
     """
     split = "test" if stage == "test" else "val"
     loader: Any = None
@@ -222,17 +232,35 @@ def find_dataset(trainer: Trainer, stage: str) -> tuple[Dataset, Callable[[list]
         source = getattr(loop, "_data_source", None)
         if source is not None and getattr(source, "instance", None) is not None and source.is_defined():
             loader = source.dataloader()
-    return dataset_of(loader, split)
+    return dataset_of(loader, split, dataloader_idx)
 
 
-def dataset_of(loader: Any, split: str = "val") -> tuple[Dataset, Callable[[list], Any]] | None:
-    """``(dataset, collate_fn)`` of a loader, or of the first of a list/dict of loaders; None for no loader."""
-    while isinstance(loader, (list, tuple)) and loader:
-        loader = loader[0]
-    if isinstance(loader, Mapping) and loader:
-        loader = next(iter(loader.values()))
-    if loader is None or isinstance(loader, (list, tuple, Mapping)):
+def dataset_of(
+    loader: Any, split: str = "val", dataloader_idx: int | str = 0
+) -> tuple[Dataset, Callable[[list], Any]] | None:
+    """``(dataset, collate_fn)`` of a loader, or of one of a list/dict of loaders; None for no loader.
+
+    ``dataloader_idx`` is a position among the loaders, numbered as Lightning numbers them (nested lists and
+    dicts flattened in order), or a key of a dict of loaders.
+
+    Raises:
+        ValueError: if ``dataloader_idx`` names no loader.
+    """
+    if isinstance(dataloader_idx, str):
+        keys = list(loader) if isinstance(loader, Mapping) else None
+        if keys is None or dataloader_idx not in keys:
+            found = f"its keys are {keys}" if keys is not None else "they are not a dict"
+            raise ValueError(f"`dataloader_idx` is {dataloader_idx!r}, but no {split} loader has that key: {found}.")
+        loader, dataloader_idx = loader[dataloader_idx], 0
+    loaders = _flatten_loaders(loader)
+    if not loaders:
         return None
+    if dataloader_idx >= len(loaders):
+        raise ValueError(
+            f"`dataloader_idx` is {dataloader_idx}, but there {'is' if len(loaders) == 1 else 'are'} {len(loaders)} "
+            f"{split} loader(s), at positions 0 to {len(loaders) - 1}."
+        )
+    loader = loaders[dataloader_idx]
     dataset = loader.dataset if isinstance(loader, DataLoader) else loader
     collate = getattr(loader, "collate_fn", None) or default_collate
     if isinstance(dataset, IterableDataset) or not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
@@ -241,6 +269,14 @@ def dataset_of(loader: Any, split: str = "val") -> tuple[Dataset, Callable[[list
             f"can be read by index, got {type(dataset).__name__}."
         )
     return dataset, collate
+
+
+def _flatten_loaders(loaders: Any) -> list[Any]:
+    if isinstance(loaders, Mapping):
+        return [leaf for value in loaders.values() for leaf in _flatten_loaders(value)]
+    if isinstance(loaders, (list, tuple)):
+        return [leaf for value in loaders for leaf in _flatten_loaders(value)]
+    return [] if loaders is None else [loaders]
 
 
 def _overrides(datamodule: Any, name: str) -> bool:
@@ -295,6 +331,7 @@ class ProbeSet:
     seed: int
     owner: str
     split: str = "val"
+    dataloader_idx: int | str = 0
     dataset: Dataset | None = None
     collate_fn: Callable[[list], Any] = default_collate
     indices: list[int] | None = None
@@ -328,7 +365,7 @@ class ProbeSet:
         if self.dataset is None:
             # The loaders were handed straight to the trainer's entry point: they are known only now.
             loaders = trainer.test_dataloaders if self.split == "test" else trainer.val_dataloaders
-            self.attach(dataset_of(loaders, self.split))
+            self.attach(dataset_of(loaders, self.split, self.dataloader_idx))
         if self.dataset is None or self.indices is None:
             raise RuntimeError(f"{self.owner} could not find the {self.split} dataset to draw the probe set from.")
         self.batch = load_probe(self.dataset, self.indices, adapter, self.collate_fn)

@@ -22,6 +22,7 @@ from lit_attr.callbacks._common import (
     ProbeBatch,
     ProbeSet,
     build_method,
+    check_dataloader_idx,
     check_int,
     check_method_kwargs,
     check_on_error,
@@ -114,6 +115,8 @@ class AttributionMonitor(Callback):
             ``"prediction"``.
         batch_size: probe samples attributed at once.
         class_names: names for the captions; defaults to the datamodule's ``class_names`` if it has one.
+        dataloader_idx: which validation loader (of several) the probe set comes from, by position as Lightning
+            numbers them or by key of a dict of loaders; for ``trainer.test``, which test loader.
 
     Raises:
         TypeError/ValueError: for arguments of the wrong type or range (here), and in :meth:`setup` for an unknown
@@ -144,6 +147,7 @@ class AttributionMonitor(Callback):
         target: Literal["label", "prediction"] = "label",
         batch_size: int = 64,
         class_names: Sequence[str] | None = None,
+        dataloader_idx: int | str = 0,
     ) -> None:
         super().__init__()
         self._specs = normalize_methods(methods)
@@ -177,13 +181,15 @@ class AttributionMonitor(Callback):
             raise ValueError(f"`metric_kwargs` has options for {stray}, which are not among the metrics {metrics!r}.")
         self._metric_kwargs = {name: dict(options) for name, options in (metric_kwargs or {}).items()}
         self.class_names = None if class_names is None else [str(name) for name in class_names]
+        self.dataloader_idx = check_dataloader_idx(dataloader_idx)
 
         self._methods: dict[str, AttributionMethod] = {}
         self._metrics: dict[str, dict[str, Metric]] = {}
         self._model: nn.Module | None = None
         self._active_metrics: tuple[str, ...] = self.metric_names
         self._probes = {
-            split: ProbeSet(num_samples, seed, "AttributionMonitor", split=split) for split in ("val", "test")
+            split: ProbeSet(num_samples, seed, "AttributionMonitor", split=split, dataloader_idx=self.dataloader_idx)
+            for split in ("val", "test")
         }
         self._last_epoch: int | None = None
         self._history: dict[int, dict[str, float]] = {}
@@ -246,7 +252,7 @@ class AttributionMonitor(Callback):
             raise ValueError(f"AttributionMonitor: unknown metric(s) {unknown}; available: {list(MONITOR_METRICS)}.")
         if self._model is not pl_module or not self._methods:
             self._build(pl_module)
-        self._probes["test" if stage == "test" else "val"].attach(find_dataset(trainer, stage))
+        self._probes["test" if stage == "test" else "val"].attach(find_dataset(trainer, stage, self.dataloader_idx))
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Run on the probe set after the scheduled validation epochs of ``fit`` and after ``validate``."""

@@ -20,6 +20,7 @@ from lit_attr.callbacks._common import (
     ProbeBatch,
     ProbeSet,
     build_method,
+    check_dataloader_idx,
     check_int,
     check_method_kwargs,
     check_on_error,
@@ -78,6 +79,8 @@ class RandomizationCheck(Callback):
         on_error: ``"raise"`` or ``"warn"`` (skip this run with a warning; training goes on).
         target: explain the ``"label"`` or the ``"prediction"``.
         batch_size: probe samples checked at once.
+        dataloader_idx: which validation loader (of several) the probe set comes from, by position as Lightning
+            numbers them or by key of a dict of loaders.
 
     Example:
         >>> check = RandomizationCheck(["saliency", "integrated_gradients"], num_samples=8, stages="last")
@@ -104,6 +107,7 @@ class RandomizationCheck(Callback):
         on_error: Literal["raise", "warn"] = "raise",
         target: Literal["label", "prediction"] = "label",
         batch_size: int = 16,
+        dataloader_idx: int | str = 0,
     ) -> None:
         super().__init__()
         self._specs = normalize_methods(methods)
@@ -137,10 +141,11 @@ class RandomizationCheck(Callback):
             raise ValueError(f"`target` must be 'label' or 'prediction', got {target!r}.")
         self.target = target
         self.batch_size = check_int("batch_size", batch_size, 1)
+        self.dataloader_idx = check_dataloader_idx(dataloader_idx)
 
         self._checks: dict[str, ParameterRandomization] = {}
         self._model: nn.Module | None = None
-        self._probe_set = ProbeSet(num_samples, seed, "RandomizationCheck")
+        self._probe_set = ProbeSet(num_samples, seed, "RandomizationCheck", dataloader_idx=self.dataloader_idx)
         self._history: dict[int, dict[str, Any]] = {}
         self.results: dict[str, dict[str, Any]] = {}
 
@@ -183,7 +188,7 @@ class RandomizationCheck(Callback):
         if self._model is not pl_module or not self._checks:
             self._checks = {name: self._build(name, spec, pl_module) for name, spec in self._specs.items()}
             self._model = pl_module
-        self._probe_set.attach(find_dataset(trainer, stage))
+        self._probe_set.attach(find_dataset(trainer, stage, self.dataloader_idx))
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Run after every ``every_n_epochs``-th epoch (when set)."""
