@@ -8,7 +8,9 @@ Run ``python benchmarks/monitor_overhead.py --help`` for options. Two measuremen
    epoch excluded as warm-up), the monitor's own time per epoch (timed around its hook), and the overhead as a
    percentage of the plain epoch time. The target is <= 15 %.
 2. Scaling: on the trained model, one ``trainer.validate`` per ``--scaling`` probe-set size times the monitor's
-   hook alone; the per-sample cost should stay flat (the work is linear in num_samples).
+   hook alone; the per-sample cost should stay flat (the work is linear in num_samples). The hook's time is split
+   into attribution (the method's ``attribute``), metric updates (the insertion/deletion games) and delivery
+   (rendering the heatmap grid and curves, writing PNGs and the table through a CSVLogger).
 
 Timings depend on the machine's load; on a shared two-core box, ``--threads 1`` avoids OpenMP threads spinning
 against other jobs. Weights are checked to be bit-identical across the two training runs, as a side effect.
@@ -20,6 +22,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -46,6 +49,33 @@ class EpochTimer(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning runs the epoch's validation before on_train_epoch_end, so this spans both.
         self.times.append(time.perf_counter() - self._start)
+
+
+class PartTimer(L.Callback):
+    """Put after the monitor: once it has built its methods and metrics, time their calls and its delivery."""
+
+    def __init__(self, monitor: AttributionMonitor) -> None:
+        self.monitor = monitor
+        self.seconds = {"attribution": 0.0, "metric updates": 0.0, "delivery": 0.0}
+
+    def _timed(self, part: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[part] += time.perf_counter() - start
+
+        return run
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Private attributes: this script measures the monitor from the inside; nothing else should.
+        for method in self.monitor._methods.values():
+            method.attribute = self._timed("attribution", method.attribute)
+        for metrics in self.monitor._metrics.values():
+            for metric in metrics.values():
+                metric.update = self._timed("metric updates", metric.update)
+        self.monitor._deliver = self._timed("delivery", self.monitor._deliver)
 
 
 class HookTimer(L.Callback):
@@ -102,7 +132,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    console = Console()
+    console = Console(width=max(Console().width, 120))
     console.print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU")
 
     with tempfile.TemporaryDirectory() as root:
@@ -136,25 +166,33 @@ def main() -> None:
     )
     console.print(table)
 
-    scaling = Table(title="Monitor cost vs num_samples (one run on the trained model)")
+    scaling = Table(title="Monitor cost vs num_samples (one run on the trained model, after a warm-up run)")
+    parts = ("attribution", "metric updates", "delivery")
     for column in ("num_samples", "monitor hook [s]", "per sample [ms]", "% of a plain epoch"):
         scaling.add_column(column, justify="right")
+    for part in parts:
+        scaling.add_column(f"{part} [s]", justify="right", no_wrap=True)
     datamodule = plain["dm"]
-    for n in args.scaling:
-        shared: dict[str, Any] = {}
-        monitor = make_monitor(n)
-        trainer = L.Trainer(
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            inference_mode=False,
-            callbacks=[HookTimer("start", shared), monitor, HookTimer("stop", shared)],
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
-        trainer.validate(plain_model, datamodule=datamodule, verbose=False)
-        seconds = shared["times"][0]
-        scaling.add_row(str(n), f"{seconds:.2f}", f"{1000 * seconds / n:.1f}", f"{100 * seconds / plain_epoch:.1f} %")
+    with tempfile.TemporaryDirectory() as root:
+        for run, n in enumerate([args.scaling[0], *args.scaling]):
+            shared: dict[str, Any] = {}
+            monitor = make_monitor(n)
+            timer = PartTimer(monitor)
+            trainer = L.Trainer(
+                accelerator="cpu",
+                devices=1,
+                logger=CSVLogger(root),
+                inference_mode=False,
+                callbacks=[HookTimer("start", shared), monitor, HookTimer("stop", shared), timer],
+                enable_progress_bar=False,
+                enable_model_summary=False,
+            )
+            trainer.validate(plain_model, datamodule=datamodule, verbose=False)
+            if run == 0:  # warm-up: first-use costs (probe loading, allocator, matplotlib) are not timed
+                continue
+            seconds = shared["times"][0]
+            row = [str(n), f"{seconds:.2f}", f"{1000 * seconds / n:.1f}", f"{100 * seconds / plain_epoch:.1f} %"]
+            scaling.add_row(*row, *(f"{timer.seconds[part]:.2f}" for part in parts))
     console.print(scaling)
 
 
