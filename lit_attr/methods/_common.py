@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -28,6 +30,17 @@ def row_norm(t: Tensor) -> Tensor:
     return t.flatten(1).norm(dim=1)
 
 
+def unit_rows(t: Tensor) -> Tensor:
+    """Every row of ``t`` scaled to unit L2 norm; an all-zero row stays zero (a frozen path row, not NaN).
+
+    Rows are divided by their largest magnitude first: the squares of a tiny gradient (entries around 1e-25 in
+    float32) underflow, and dividing by the resulting zero norm would turn a small step into a huge one.
+    """
+    tiny = torch.finfo(t.dtype).tiny
+    scaled = t / expand_rows(t.flatten(1).abs().amax(dim=1), t).clamp_min(tiny)
+    return scaled / expand_rows(row_norm(scaled), t).clamp_min(tiny)
+
+
 def row_seed(seed: int, row: Tensor) -> int:
     """A seed derived from ``seed`` and a sample's values, so a sample's random draws do not depend on its batch."""
     return seed + zlib.crc32(row.detach().cpu().contiguous().numpy().tobytes())
@@ -41,8 +54,8 @@ def check_choice(name: str, value: Any, options: Any) -> Any:
 
 
 def check_positive(name: str, value: Any, kind: type = float) -> Any:
-    """Return ``value`` as ``kind`` if it is a positive number (an integer when ``kind`` is int)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    """Return ``value`` as ``kind`` if it is a finite positive number (an integer when ``kind`` is int)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
     if kind is int and value != int(value):
         raise ValueError(f"`{name}` must be a positive int, got {value!r}.")

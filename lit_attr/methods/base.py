@@ -44,6 +44,8 @@ class AttributionMethod(abc.ABC):
 
     #: Registry name, set by :func:`lit_attr.methods.register_method`.
     name: str = ""
+    #: Per-call keywords that may hold one entry per sample (a tensor with ``N`` rows); they are split with ``x``.
+    per_sample_kwargs: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -89,7 +91,7 @@ class AttributionMethod(abc.ABC):
                 target = self.resolve_target(x, target)
                 chunk = self._samples_per_chunk(**kwargs)
                 parts = [
-                    self._attribute(x[i : i + chunk], target[i : i + chunk], **kwargs)
+                    self._attribute(x[i : i + chunk], target[i : i + chunk], **self._chunk_kwargs(kwargs, x, i, chunk))
                     for i in range(0, x.shape[0], chunk)
                 ]
         if isinstance(parts[0], tuple):
@@ -176,6 +178,17 @@ class AttributionMethod(abc.ABC):
         if self.internal_batch_size is None:
             return 2**62
         return max(1, self.internal_batch_size // max(1, self.rows_per_sample(**kwargs)))
+
+    def _chunk_kwargs(self, kwargs: dict[str, Any], x: Tensor, start: int, size: int) -> dict[str, Any]:
+        n = x.shape[0]
+        if size >= n:
+            return kwargs
+        return {
+            key: value[start : start + size]
+            if key in self.per_sample_kwargs and isinstance(value, Tensor) and value.ndim and value.shape[0] == n
+            else value
+            for key, value in kwargs.items()
+        }
 
     def _check_input(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):

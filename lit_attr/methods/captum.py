@@ -54,7 +54,8 @@ class CaptumMethod(AttributionMethod):
         input_bounds: see :class:`AttributionMethod`.
         internal_batch_size: see :class:`AttributionMethod`.
         **attribute_kwargs: forwarded to the Captum ``attribute`` call (e.g. ``n_steps=50``); per-call keywords
-            given to :meth:`attribute` override them.
+            given to :meth:`attribute` override them. Per-call ``baselines`` with one row per sample are split
+            with ``x`` when ``internal_batch_size`` chunks the batch.
 
     Example:
         >>> from captum.attr import InputXGradient
@@ -62,6 +63,8 @@ class CaptumMethod(AttributionMethod):
         >>> CaptumMethod(net, InputXGradient).attribute(torch.ones(1, 4), target=0).shape
         torch.Size([1, 4])
     """
+
+    per_sample_kwargs = ("baselines",)
 
     def __init__(
         self,
@@ -228,6 +231,9 @@ def deeplift(model: nn.Module, *, baselines: Any = None, **kwargs: Any) -> Captu
 
 class GradientShapMethod(CaptumMethod):
     """Captum's GradientShap whose default baselines are constant inputs at the input bounds."""
+
+    # Its baselines are a distribution to draw from, not one per sample: never split them.
+    per_sample_kwargs = ()
 
     def _shape_options(self, x: Tensor, options: dict[str, Any]) -> dict[str, Any]:
         if options.get("baselines") is not None:

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lit_attr.methods._common import SCORES, check_choice, check_positive, check_seed, expand_rows, row_norm, row_seed
-from lit_attr.methods.base import AttributionMethod, BoundsType
+from lit_attr.methods._common import SCORES, check_choice, check_positive, check_seed, row_seed, unit_rows
+from lit_attr.methods.base import AttributionMethod, BoundsType, ResultType, TargetType
 from lit_attr.methods.registry import register_method
 
 SAMPLERS = ("random_other_class", "confusers")
@@ -31,7 +31,9 @@ def default_eta(x: Tensor, input_bounds: BoundsType = None) -> float:
 
     The authors use 256 in [0, 255] units for 299x299 RGB images, about 0.75 in [0, 1] units at 224x224. An L2
     step of the same per-element size grows with the square root of the number of elements and linearly with
-    the value range: ``eta = 0.75 * sqrt(numel / (3 * 224 * 224)) * (high - low)``.
+    the value range: ``eta = 0.75 * sqrt(numel / (3 * 224 * 224)) * (high - low)``. The authors later used 512,
+    twice this. For non-image inputs the rule gives very small steps; choose ``eta`` so that ``steps * eta`` is a
+    few times the L2 distance between samples of different classes.
 
     Example:
         >>> round(default_eta(torch.zeros(1, 3, 224, 224), (0.0, 1.0)), 3)
@@ -63,9 +65,10 @@ class IG2(AttributionMethod):
             ``None`` uses the input of the last ``nn.Linear`` (the penultimate features).
         layer_io: take the module's ``"input"`` or ``"output"``.
         n_references: references per sample ``B`` (used by the samplers).
-        references: ``"random_other_class"`` (pool samples of another class than the target),
-            ``"confusers"`` (pool samples whose label is among the model's top-2 .. top-(B+1) classes for ``x``),
-            or a tensor ``(N, B, ...)`` passed per call as ``attribute(x, references=...)``.
+        references: ``"random_other_class"`` (pool samples of another class than the target) or
+            ``"confusers"`` (pool samples whose label is among the model's ``B`` highest-scoring classes for ``x``
+            other than the target: top-2 .. top-(B+1) when the target is the prediction); a tensor ``(N, B, ...)``
+            of references is passed per call instead, as ``attribute(x, references=...)``.
         reference_pool: ``(inputs, labels)`` the samplers draw from (e.g. a validation batch or a probe set).
         seed: seed of the samplers; draws are per sample, so they do not depend on the batch.
         fused: ``False`` runs the authors' two passes (path search, then integration): the same result at twice
@@ -73,6 +76,8 @@ class IG2(AttributionMethod):
         forward_fn: see :class:`~lit_attr.methods.base.AttributionMethod`.
         input_bounds: path points are clipped to it.
         internal_batch_size: bounds rows (samples x references) per forward.
+        return_baseline: also return ``{"baseline": GradCF}``, the path end points ``(N, B, ...)``; a per-call
+            ``attribute(x, return_baseline=...)`` overrides it.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
@@ -97,6 +102,7 @@ class IG2(AttributionMethod):
         forward_fn: Callable[[Tensor], Tensor] | None = None,
         input_bounds: BoundsType = None,
         internal_batch_size: int | None = None,
+        return_baseline: bool = False,
     ) -> None:
         super().__init__(
             model, forward_fn=forward_fn, input_bounds=input_bounds, internal_batch_size=internal_batch_size
@@ -106,10 +112,25 @@ class IG2(AttributionMethod):
         self.layer_io = check_choice("layer_io", layer_io, ("input", "output"))
         self.module = self._find_layer(layer)
         self.n_references = check_positive("n_references", n_references, int)
+        if isinstance(references, Tensor):
+            raise TypeError(
+                "`references` of the constructor names a sampler (" + ", ".join(map(repr, SAMPLERS)) + "); pass a "
+                "tensor of references (N, B, ...) per call: `attribute(x, references=...)`."
+            )
         self.references = check_choice("references", references, SAMPLERS)
-        self.reference_pool = _check_pool(reference_pool)
+        self.reference_pool = reference_pool
         self.seed = check_seed(seed)
         self.fused = bool(fused)
+        self.return_baseline = bool(return_baseline)
+
+    @property
+    def reference_pool(self) -> tuple[Tensor, Tensor] | None:
+        """``(inputs (M, ...), labels (M,))`` the samplers draw from; checked, detached and long-cast when set."""
+        return self._reference_pool
+
+    @reference_pool.setter
+    def reference_pool(self, pool: tuple[Tensor, Tensor] | None) -> None:
+        self._reference_pool = _check_pool(pool)
 
     def _find_layer(self, layer: str | None) -> nn.Module:
         modules = dict(self.model.named_modules())
@@ -119,10 +140,17 @@ class IG2(AttributionMethod):
                 raise ValueError("The model has no nn.Linear; pass `layer=` naming the module whose features to match.")
             return linears[-1]
         if layer not in modules:
-            close = difflib.get_close_matches(layer, [n for n in modules if n], n=5)
-            hint = f" Close names: {', '.join(close)}." if close else ""
+            names = [n for n in modules if n]
+            close = difflib.get_close_matches(layer, names, n=5)
+            if close:
+                hint = f" Close names: {', '.join(close)}."
+            else:
+                more = f", ... ({len(names)} in all)" if len(names) > 12 else ""
+                hint = f" Its modules are: {', '.join(names[:12])}{more}."
             raise ValueError(f"`layer` {layer!r} is not a module of the model.{hint}")
         return modules[layer]
+
+    per_sample_kwargs = ("references",)
 
     def rows_per_sample(self, references: Tensor | None = None, **kwargs: Any) -> int:
         """One row per (sample, reference); rows are also chunked inside a sample."""
@@ -142,7 +170,9 @@ class IG2(AttributionMethod):
             raise ValueError(f"`reference_pool` inputs must be (M, {tuple(x.shape[1:])}), got {tuple(pool_x.shape)}.")
         if self.references == "confusers":
             with torch.no_grad():
-                ranked = self.logits(x).argsort(dim=1, descending=True)[:, 1 : self.n_references + 1]
+                ranked = self.logits(x).argsort(dim=1, descending=True)
+            # The target's own class is no counterfactual, even when the target is not the prediction.
+            ranked = torch.stack([row[row != c][: self.n_references] for row, c in zip(ranked, target, strict=True)])
         chosen = []
         for i, (row, c) in enumerate(zip(x, target.tolist(), strict=True)):
             if self.references == "random_other_class":
@@ -164,10 +194,17 @@ class IG2(AttributionMethod):
     def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         captured: list[Tensor] = []
 
-        def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
-            captured.append((args[0] if self.layer_io == "input" else output).flatten(1))
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            value = output
+            if self.layer_io == "input":
+                value = next((a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)), None)
+            if not isinstance(value, Tensor):
+                raise ValueError(
+                    f"The {self.layer_io} of the representation layer is not a tensor; choose another `layer`."
+                )
+            captured.append(value.flatten(1))
 
-        handle = self.module.register_forward_hook(hook)
+        handle = self.module.register_forward_hook(hook, with_kwargs=True)
         try:
             logits = self.logits(z)
         finally:
@@ -192,9 +229,8 @@ class IG2(AttributionMethod):
         return acc, z.detach()
 
     def _descend(self, z: Tensor, u: Tensor, eta: float) -> Tensor:
-        # A vanishing distance gradient gives a zero step: the row stays frozen instead of turning NaN.
-        norm = expand_rows(row_norm(u), u).clamp_min(torch.finfo(u.dtype).tiny)
-        return self.clip(z - eta * u / norm)
+        # unit_rows: a vanishing distance gradient gives a zero step, so the row stays frozen instead of NaN.
+        return self.clip(z - eta * unit_rows(u))
 
     def _two_pass_rows(self, x0: Tensor, c: Tensor, ref_rep: Tensor, eta: float) -> tuple[Tensor, Tensor]:
         points = [x0]
@@ -209,18 +245,31 @@ class IG2(AttributionMethod):
             acc = acc + g_logit * (z.detach() - nxt)
         return acc, points[-1]
 
+    def attribute(
+        self,
+        x: Tensor,
+        target: TargetType = None,
+        *,
+        references: Tensor | None = None,
+        return_baseline: bool | None = None,
+    ) -> ResultType:
+        """IG2 attributions of ``x`` (see the class); ``references`` ``(N, B, ...)`` replace the sampler.
+
+        Args:
+            x: input batch ``(N, ...)``.
+            target: class to explain (``None``: the prediction).
+            references: per-sample references, ``B >= 1`` of them per sample; default: drawn by the sampler.
+            return_baseline: override the constructor's ``return_baseline``.
+        """
+        if references is not None:
+            _check_references(references, x)
+        return super().attribute(x, target, references=references, return_baseline=return_baseline)
+
     def _attribute(
-        self, x: Tensor, target: Tensor, references: Tensor | None = None, return_baseline: bool = False
+        self, x: Tensor, target: Tensor, references: Tensor | None = None, return_baseline: bool | None = None
     ) -> Any:
         n = x.shape[0]
-        if references is None:
-            references = self.sample_references(x, target)
-        elif not isinstance(references, Tensor) or references.ndim != x.ndim + 1 or references.shape[0] != n or (
-            references.shape[2:] != x.shape[1:]
-        ):
-            shape = tuple(references.shape) if isinstance(references, Tensor) else type(references).__name__
-            raise ValueError(f"`references` must be a tensor (N, B, {', '.join(map(str, x.shape[1:]))}), got {shape}.")
-        references = references.to(x)
+        references = self.sample_references(x, target) if references is None else references.to(x)
         b = references.shape[1]
         eta = self.eta if self.eta is not None else default_eta(x, self.input_bounds)
         rows_x = x.detach().repeat_interleave(b, dim=0)
@@ -236,9 +285,20 @@ class IG2(AttributionMethod):
             attributions.append(acc)
             ends.append(end)
         attributions = torch.cat(attributions).view(n, b, *x.shape[1:]).mean(dim=1)
-        if not return_baseline:
+        if not (self.return_baseline if return_baseline is None else return_baseline):
             return attributions
         return attributions, {"baseline": torch.cat(ends).view(n, b, *x.shape[1:])}
+
+
+def _check_references(references: Any, x: Any) -> None:
+    if not isinstance(references, Tensor):
+        raise TypeError(f"`references` must be a tensor (N, B, ...) or None, got {type(references).__name__}.")
+    n, sample = x.shape[0], tuple(x.shape[1:])
+    if references.ndim != x.ndim + 1 or references.shape[0] != n or tuple(references.shape[2:]) != sample:
+        expected = ", ".join(map(str, (n, "B", *sample)))
+        raise ValueError(f"`references` must be a tensor ({expected}), got {tuple(references.shape)}.")
+    if references.shape[1] == 0:
+        raise ValueError(f"`references` must hold B >= 1 references per sample, got {tuple(references.shape)}.")
 
 
 def _check_pool(pool: Any) -> tuple[Tensor, Tensor] | None:

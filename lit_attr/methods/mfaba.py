@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lit_attr.methods._common import SCORES, check_choice, check_positive, expand_rows, row_norm
+from lit_attr.methods._common import SCORES, check_choice, check_positive, expand_rows, unit_rows
 from lit_attr.methods.base import AttributionMethod, BoundsType
 from lit_attr.methods.registry import register_method
 
@@ -97,9 +97,7 @@ class MFABA(AttributionMethod):
         """Next path point, lowering the score (the attack)."""
         if self.variant == "smooth":
             return self.clip(x0 + torch.clamp(x - self.alpha * g.sign() - x0, -self.eps, self.eps))
-        # A zero gradient gives a zero step (the row stays put) rather than NaN.
-        norm = expand_rows(row_norm(g), g).clamp_min(torch.finfo(g.dtype).tiny)
-        return self.clip(x - self.step_size * g / norm)
+        return self.clip(x - self.step_size * unit_rows(g))
 
     def _forward(self, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         x = x.detach().requires_grad_(True)

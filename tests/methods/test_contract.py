@@ -113,6 +113,19 @@ def test_internal_batch_size_does_not_change_results(name):
     torch.testing.assert_close(chunked.attribute(x, target=2), full, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["integrated_gradients", "deeplift", "occlusion", "gradient_shap"])
+def test_per_call_baselines_with_internal_batch_size(name):
+    # One baseline per sample is split with the batch (IG, DeepLift, occlusion); GradientShap's baselines are a
+    # distribution every sample draws from, and stay whole even when they happen to have N rows.
+    model, x = small_cnn(), inputs()
+    baselines = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    method = get_method(name, model, **fast_kwargs(name))
+    full = method.attribute(x, target=1, baselines=baselines)
+    rows = 3 * method.rows_per_sample(baselines=baselines)  # chunks of 3 samples
+    chunked = get_method(name, model, internal_batch_size=rows, **fast_kwargs(name))
+    torch.testing.assert_close(chunked.attribute(x, target=1, baselines=baselines), full, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", available_methods())
 def test_internal_batch_size_bounds_forward_rows(name):
     model = small_cnn()

@@ -106,9 +106,74 @@ def test_samplers_use_pool_labels():
         assert len({tuple(r.tolist()) for r in refs[i]}) == 5  # distinct when the pool allows
     confusers = IG2(model, references="confusers", reference_pool=(pool_x, pool_y), n_references=1)
     with torch.no_grad():
-        second = model(x).argsort(dim=1, descending=True)[:, 1]
+        ranked = model(x).argsort(dim=1, descending=True).tolist()
     refs = confusers.sample_references(x, target)
-    assert [lookup[tuple(r[0].tolist())] for r in refs] == second.tolist()
+    # The highest-scoring class other than the target (top-2 when the target is the prediction).
+    expected = [next(k for k in ranked[i] if k != target[i]) for i in range(6)]
+    assert [lookup[tuple(r[0].tolist())] for r in refs] == expected
+
+
+def test_confusers_never_take_the_target_class():
+    model, x = smooth_net(), data(6)
+    pool_x, pool_y = pool()
+    lookup = {tuple(row.tolist()): int(y) for row, y in zip(pool_x, pool_y, strict=True)}
+    with torch.no_grad():
+        ranked = model(x).argsort(dim=1, descending=True)
+    second = ranked[:, 1]  # explain the runner-up: the prediction is then the one confuser of 3 classes left
+    refs = IG2(model, references="confusers", reference_pool=(pool_x, pool_y), n_references=2).sample_references(
+        x, second
+    )
+    for i in range(6):
+        labels = {lookup[tuple(r.tolist())] for r in refs[i]}
+        assert int(second[i]) not in labels
+        assert labels <= {int(ranked[i, 0]), int(ranked[i, 2])}
+
+
+def test_given_references_are_split_with_the_batch():
+    model, x = smooth_net(), data(5)
+    refs = torch.stack([pool()[0][i * 4 : i * 4 + 2] for i in range(5)])  # (N=5, B=2, D)
+    whole = IG2(model, steps=12, eta=0.05).attribute(x, references=refs, return_baseline=True)
+    for size in (1, 3, 4):  # rows per chunk: 0, 1 and 2 samples with their references
+        chunked = IG2(model, steps=12, eta=0.05, internal_batch_size=size, return_baseline=True)
+        A, info = chunked.attribute(x, references=refs)
+        torch.testing.assert_close(A, whole[0], rtol=0, atol=1e-12)
+        torch.testing.assert_close(info["baseline"], whole[1]["baseline"], rtol=0, atol=1e-12)
+
+
+def test_tiny_distance_gradient_still_steps_eta():
+    # Weights of 1e-12 give a distance gradient of ~1e-24, whose squares underflow in float32; the step must
+    # keep length eta and its direction.
+    torch.manual_seed(0)
+    features = nn.Linear(6, 4, bias=False)  # a bias would swamp 1e-12 features in float32
+    with torch.no_grad():
+        features.weight.mul_(1e-12)
+    model = nn.Sequential(features, nn.Linear(4, 3))
+    x = torch.rand(3, 6)
+    refs = torch.rand(3, 1, 6)
+    _, info = IG2(model, steps=1, eta=0.05).attribute(x, target=0, references=refs, return_baseline=True)
+    step = info["baseline"][:, 0] - x
+    torch.testing.assert_close(step.norm(dim=1), torch.full((3,), 0.05), rtol=1e-5, atol=0)
+    # The direction is -W^T (W x - W r) up to scale, computed here in float64 with the weights scaled back up.
+    w = features.weight.double() * 1e12
+    u = (x.double() - refs[:, 0].double()) @ w.T @ w
+    torch.testing.assert_close(step.double(), -0.05 * u / u.norm(dim=1, keepdim=True), rtol=1e-4, atol=1e-7)
+
+
+def test_representation_of_a_module_called_with_keywords():
+    class KeywordHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = nn.Sequential(nn.Linear(6, 8), nn.Tanh()), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(input=self.body(x))
+
+    torch.manual_seed(0)
+    model, x = KeywordHead().double(), data(2)
+    refs = pool()[0][:4].view(2, 2, 6)
+    A = IG2(model, steps=8, eta=0.05).attribute(x, target=1, references=refs)
+    plain = nn.Sequential(model.body, model.head)
+    torch.testing.assert_close(A, IG2(plain, steps=8, eta=0.05).attribute(x, target=1, references=refs))
 
 
 def test_feature_outside_representation_gets_zero():
@@ -159,8 +224,24 @@ def test_errors():
         IG2(model, steps=-1)
     with pytest.raises(ValueError, match=r"no sample of a class other than 0"):
         IG2(model, reference_pool=(x, torch.zeros(2, dtype=torch.long))).attribute(x, target=0)
-    with pytest.raises(ValueError, match=r"`references` must be a tensor \(N, B, 6\), got \(2, 6\)"):
+    with pytest.raises(ValueError, match=r"`references` must be a tensor \(2, B, 6\), got \(2, 6\)"):
         IG2(model).attribute(x, references=x)
+    with pytest.raises(ValueError, match=r"`references` must be a tensor \(2, B, 6\), got \(4, 2, 6\)"):
+        IG2(model, internal_batch_size=2).attribute(x, references=torch.rand(4, 2, 6, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"B >= 1 references per sample, got \(2, 0, 6\)"):
+        IG2(model).attribute(x, references=x[:, :0, None].expand(2, 0, 6))
+    with pytest.raises(TypeError, match=r"pass a tensor of references \(N, B, \.\.\.\) per call"):
+        IG2(model, references=x[:, None])
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"`eta` must be a positive number, got (nan|inf)"):
+            IG2(model, eta=bad)
+    with pytest.raises(ValueError, match=r"`layer` 'zzz' is not a module of the model\. Its modules are: 0, 1, 2, 3"):
+        IG2(model, layer="zzz")
+    method = IG2(model)
+    with pytest.raises(ValueError, match=r"`reference_pool` must be a pair"):
+        method.reference_pool = (x, torch.zeros(3))
+    method.reference_pool = (x, torch.tensor([0.0, 1.0]))
+    assert method.reference_pool[1].dtype == torch.long
     with pytest.raises(ValueError, match=r"draws from `reference_pool`"):
         IG2(model).attribute(x)
     with pytest.raises(ValueError, match=r"`reference_pool` must be a pair"):
