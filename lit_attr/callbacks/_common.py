@@ -46,6 +46,11 @@ class ProbeBatch(NamedTuple):
         """Move every tensor to ``device``."""
         return ProbeBatch(*(None if t is None else t.to(device) for t in self))
 
+    def for_model(self, trainer: Trainer, device: torch.device) -> ProbeBatch:
+        """On ``device``, with inputs in the dtype the Trainer's precision feeds the model (bf16 for "bf16-true")."""
+        moved = self.to(device)
+        return moved._replace(x=trainer.precision_plugin.convert_input(moved.x))
+
 
 BatchAdapter = Callable[[Any], tuple]
 
@@ -189,8 +194,10 @@ def check_method_kwargs(method_kwargs: Any, names: Sequence[str]) -> dict[str, d
 
 
 def check_int(name: str, value: Any, minimum: int) -> int:
-    """Return ``value`` if it is an int >= ``minimum`` (bools rejected), else raise naming the argument."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    """Return ``value`` if it is an int >= ``minimum``: a TypeError for another type (bools too), else a ValueError."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"`{name}` must be an int >= {minimum}, got {type(value).__name__} {value!r}.")
+    if value < minimum:
         raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
     return value
 

@@ -70,9 +70,9 @@ MONITOR_METRICS: tuple[str, ...] = tuple(_METRICS)
 class AttributionMonitor(Callback):
     """Run attribution methods and their quality metrics on a fixed probe set at the end of validation epochs.
 
-    The probe set is ``num_samples`` validation samples drawn in :meth:`setup` by a generator seeded with ``seed``:
-    the same samples on every rank and at every epoch, read from the dataset by index (the validation loader is
-    never iterated). Each rank attributes its shard (every ``world_size``-th probe sample), the metrics are
+    The probe set is ``num_samples`` validation samples drawn when ``fit`` starts by a generator seeded with
+    ``seed``: the same samples on every rank and at every epoch, read from the dataset by index (the validation
+    loader is never iterated). Each rank attributes its shard (every ``world_size``-th probe sample), the metrics are
     ``sum``-reduced, so the logged values equal a single-process run on the same probe set.
 
     At the end of every ``every_n_epochs``-th validation epoch of ``fit`` (never during the sanity check), and at
@@ -119,8 +119,9 @@ class AttributionMonitor(Callback):
             numbers them or by key of a dict of loaders; for ``trainer.test``, which test loader.
 
     Raises:
-        TypeError/ValueError: for arguments of the wrong type or range (here), and in :meth:`setup` for an unknown
-            method or metric name, or ``validate``/``test`` under ``Trainer(inference_mode=True)``.
+        TypeError/ValueError: for arguments of the wrong type or range (here); in :meth:`setup` for an unknown
+            metric name or ``validate``/``test`` under ``Trainer(inference_mode=True)``; when ``fit`` (``validate``,
+            ``test``) starts, before any batch, for an unknown method name or a loader that does not exist.
 
     Example:
         >>> import lightning as L
@@ -187,6 +188,7 @@ class AttributionMonitor(Callback):
         self._metrics: dict[str, dict[str, Metric]] = {}
         self._model: nn.Module | None = None
         self._active_metrics: tuple[str, ...] = self.metric_names
+        self._skipped_metrics: dict[str, tuple[str, ...]] = {"val": (), "test": ()}
         self._probes = {
             split: ProbeSet(num_samples, seed, "AttributionMonitor", split=split, dataloader_idx=self.dataloader_idx)
             for split in ("val", "test")
@@ -202,7 +204,7 @@ class AttributionMonitor(Callback):
 
     @property
     def probe_indices(self) -> list[int] | None:
-        """Dataset indices of the validation probe set (None before :meth:`setup`)."""
+        """Dataset indices of the validation probe set (None before ``fit`` or ``validate`` starts)."""
         indices = self._probes["val"].indices
         return None if indices is None else list(indices)
 
@@ -237,7 +239,7 @@ class AttributionMonitor(Callback):
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Validate the configuration, build methods and metrics and choose the probe set."""
+        """Refuse, before anything runs, what cannot work: inference mode outside ``fit``, unknown metric names."""
         if stage == "predict":
             return
         if stage in ("validate", "test"):
@@ -250,9 +252,21 @@ class AttributionMonitor(Callback):
         unknown = [name for name in self.metric_names if name not in _METRICS]
         if unknown:
             raise ValueError(f"AttributionMonitor: unknown metric(s) {unknown}; available: {list(MONITOR_METRICS)}.")
-        if self._model is not pl_module or not self._methods:
-            self._build(pl_module)
-        self._probes["test" if stage == "test" else "val"].attach(find_dataset(trainer, stage, self.dataloader_idx))
+
+    # Methods, metrics and the probe set are prepared in the *_start hooks, not in setup: Lightning calls callback
+    # setup before LightningModule.setup and configure_model, where modules may create their data and layers.
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Build the methods and metrics and choose the validation probe set (restored ones are checked)."""
+        self._prepare(trainer, pl_module, "fit")
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Prepare for ``trainer.validate`` (``fit`` was prepared in :meth:`on_fit_start`)."""
+        if trainer.state.fn == TrainerFn.VALIDATING:
+            self._prepare(trainer, pl_module, "validate")
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Prepare for ``trainer.test``: the probe set comes from the test data."""
+        self._prepare(trainer, pl_module, "test")
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Run on the probe set after the scheduled validation epochs of ``fit`` and after ``validate``."""
@@ -271,6 +285,11 @@ class AttributionMonitor(Callback):
         self._run(trainer, pl_module, "test", None)
 
     # ------------------------------------------------------------------ internals
+    def _prepare(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self._model is not pl_module or not self._methods:
+            self._build(pl_module)
+        self._probes["test" if stage == "test" else "val"].attach(find_dataset(trainer, stage, self.dataloader_idx))
+
     def _build(self, pl_module: LightningModule) -> None:
         methods = {}
         for name, spec in self._specs.items():
@@ -287,16 +306,20 @@ class AttributionMonitor(Callback):
             for method in methods
         }
         self._model = pl_module
-        self._active_metrics = self.metric_names
 
     def _probe(self, trainer: Trainer, split: str) -> ProbeBatch:
         probe = self._probes[split]
         fresh = probe.batch is None
         batch = probe.load(trainer, self.batch_adapter)
-        needs_mask = [name for name in self._active_metrics if _METRICS[name].needs_mask]
+        skipped = self._skipped_metrics[split]
+        needs_mask = [name for name in self.metric_names if _METRICS[name].needs_mask and name not in skipped]
         if batch.mask is None and needs_mask:
-            rank_zero_warn(f"AttributionMonitor: the probe batches have no ground-truth masks; skipping {needs_mask}.")
-            self._active_metrics = tuple(name for name in self._active_metrics if name not in needs_mask)
+            rank_zero_warn(
+                f"AttributionMonitor: the {split} probe batches have no ground-truth masks; skipping {needs_mask}."
+            )
+            self._skipped_metrics[split] = skipped = (*skipped, *needs_mask)
+        # Masks are a property of the split: a test set with masks is scored on them even if validation had none.
+        self._active_metrics = tuple(name for name in self.metric_names if name not in skipped)
         if fresh and batch.y is None and self.target == "label":
             rank_zero_warn("AttributionMonitor: the probe batches have no labels; explaining the predictions instead.")
         for method in self._methods.values():
@@ -313,7 +336,7 @@ class AttributionMonitor(Callback):
             probe = self._probe(trainer, split)
             positions = shard(probe.x.shape[0], trainer.global_rank, trainer.world_size)
             indices = self._probes[split].indices or []
-            records = self._attribute_shard(pl_module, probe, indices, positions)
+            records = self._attribute_shard(trainer, pl_module, probe, indices, positions)
         except Exception as exc:  # noqa: BLE001  (handled per `on_error` once every rank knows)
             error = exc
         # A rank that skipped alone would leave the others waiting in compute(); all skip together.
@@ -346,7 +369,7 @@ class AttributionMonitor(Callback):
                 self._fail(exc, epoch, what="logging the attribution images")
 
     def _attribute_shard(
-        self, pl_module: LightningModule, probe: ProbeBatch, indices: list[int], positions: list[int]
+        self, trainer: Trainer, pl_module: LightningModule, probe: ProbeBatch, indices: list[int], positions: list[int]
     ) -> list[dict[str, Any]]:
         if not positions:
             return []
@@ -355,7 +378,7 @@ class AttributionMonitor(Callback):
             for metric in metrics.values():
                 metric.to(device)
         with preserved_rng_state(), preserved_model_state(pl_module), torch.inference_mode(False):
-            local = probe.select(positions).to(device)
+            local = probe.select(positions).for_model(trainer, device)
             with torch.no_grad():
                 logits = torch.cat([pl_module(local.x[c]) for c in _slices(len(positions), self.batch_size)])
             probabilities = logits.float().softmax(dim=1)

@@ -157,7 +157,7 @@ class RandomizationCheck(Callback):
 
     @property
     def probe_indices(self) -> list[int] | None:
-        """Dataset indices of the probe set (None before :meth:`setup`)."""
+        """Dataset indices of the probe set (None before ``fit`` starts)."""
         indices = self._probe_set.indices
         return None if indices is None else list(indices)
 
@@ -181,14 +181,16 @@ class RandomizationCheck(Callback):
         self._history = {int(epoch): dict(values) for epoch, values in state_dict.get("history", {}).items()}
 
     # ------------------------------------------------------------------ hooks
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Build one ``ParameterRandomization`` per method and choose the probe set (``fit`` only)."""
-        if stage != "fit":
-            return
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Build one ``ParameterRandomization`` per method and choose the probe set.
+
+        Not in ``setup``: Lightning calls callback setup before ``LightningModule.setup`` and ``configure_model``,
+        where modules may create their data and layers, and the checks copy the layers.
+        """
         if self._model is not pl_module or not self._checks:
             self._checks = {name: self._build(name, spec, pl_module) for name, spec in self._specs.items()}
             self._model = pl_module
-        self._probe_set.attach(find_dataset(trainer, stage, self.dataloader_idx))
+        self._probe_set.attach(find_dataset(trainer, "fit", self.dataloader_idx))
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Run after every ``every_n_epochs``-th epoch (when set)."""
@@ -242,7 +244,8 @@ class RandomizationCheck(Callback):
             with preserved_rng_state(), torch.inference_mode(False):
                 probe = self._probe(trainer)
                 device = pl_module.device
-                local = probe.select(shard(probe.x.shape[0], trainer.global_rank, trainer.world_size)).to(device)
+                positions = shard(probe.x.shape[0], trainer.global_rank, trainer.world_size)
+                local = probe.select(positions).for_model(trainer, device)
                 targets = self._targets(local)
                 for check in self._checks.values():
                     check.to(device)
@@ -250,7 +253,7 @@ class RandomizationCheck(Callback):
                         index = torch.as_tensor(rows, device=device)
                         check.update(local.x[index], None if targets is None else targets[index])
                 if trainer.is_global_zero and self.log_heatmaps and probe.x.ndim == 4:
-                    shown = probe.select(range(min(self.log_heatmaps, probe.x.shape[0]))).to(device)
+                    shown = probe.select(range(min(self.log_heatmaps, probe.x.shape[0]))).for_model(trainer, device)
                     stage_maps = {
                         name: self._stage_maps(check, pl_module, shown.x, self._targets(shown))
                         for name, check in self._checks.items()

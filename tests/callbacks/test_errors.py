@@ -62,6 +62,8 @@ def test_evaluation_without_inference_mode_runs_on_its_split(tmp_path, stage):
     ("kwargs", "error", "match"),
     [
         ({"num_samples": 0}, ValueError, r"`num_samples` must be an int >= 1, got 0"),
+        ({"num_samples": "8"}, TypeError, r"`num_samples` must be an int >= 1, got str '8'"),
+        ({"log_heatmaps": True}, TypeError, r"`log_heatmaps` must be an int >= 0, got bool True"),
         ({"every_n_epochs": 0}, ValueError, r"`every_n_epochs` must be an int >= 1"),
         ({"on_error": "ignore"}, ValueError, r"`on_error` must be one of \('raise', 'warn'\), got 'ignore'"),
         ({"target": "logit"}, ValueError, r"`target` must be 'label' or 'prediction'"),
