@@ -2,8 +2,9 @@
 
 * :class:`~lightning.pytorch.loggers.WandbLogger`: ``log_image`` / ``log_table`` (a ``wandb.Table``);
 * :class:`~lightning.pytorch.loggers.TensorBoardLogger`: ``add_image`` / ``add_figure`` / ``add_text``;
-* any other logger (CSVLogger, MLFlow, ...): PNG and CSV files under ``<logger dir>/media/<key>/``, the logger's
-  ``log_dir`` (or ``save_dir``), else ``trainer.default_root_dir``;
+* any other logger (CSVLogger, MLFlow, ...): PNG and CSV files ``<logger dir>/media/<key>/step_<step>.png``, the
+  logger's ``log_dir`` (or ``save_dir``), else ``trainer.default_root_dir``; files written during
+  ``trainer.validate``/``test`` end in ``_validate``/``_test``, so they never overwrite those of ``fit``;
 * no logger: nothing (scalars logged through ``LightningModule.log`` still reach ``trainer.callback_metrics``).
 
 Media go out from global rank 0 only; every function is a no-op on other ranks, so callbacks may call them on all
@@ -84,7 +85,7 @@ def log_image(
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_image(key, array, global_step=step, dataformats="HWC")
         else:
-            path = media_dir(trainer, logger, key) / f"step_{step:07d}.png"
+            path = media_dir(trainer, logger, key) / _file_name(trainer, step, "png")
             _save_png(path, array)
             if caption:
                 path.with_suffix(".txt").write_text(caption + "\n")
@@ -117,7 +118,7 @@ def log_figure(trainer: Trainer, key: str, figure: Figure, step: int | None = No
         if isinstance(logger, WandbLogger):
             logger.log_image(key=key, images=[array], step=step)
         else:
-            path = media_dir(trainer, logger, key) / f"step_{step:07d}.png"
+            path = media_dir(trainer, logger, key) / _file_name(trainer, step, "png")
             _save_png(path, array)
             written.append(path)
     return written
@@ -159,7 +160,7 @@ def log_table(
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_text(key, _markdown(columns, data), global_step=step)
         else:
-            path = media_dir(trainer, logger, key) / f"step_{step:07d}.csv"
+            path = media_dir(trainer, logger, key) / _file_name(trainer, step, "csv")
             with path.open("w", newline="") as handle:
                 writer = csv.writer(handle)
                 writer.writerow(columns)
@@ -181,6 +182,13 @@ def media_dir(trainer: Trainer, logger: Logger | None, key: str) -> Path:
     path = _base_dir(trainer, logger).joinpath("media", *parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _file_name(trainer: Trainer, step: int, extension: str) -> str:
+    # validate/test after fit log at fit's last global step: a stage suffix keeps them from overwriting its files.
+    fn = getattr(getattr(trainer, "state", None), "fn", None)
+    stage = "fit" if fn is None else fn.value
+    return f"step_{step:07d}{'' if stage == 'fit' else '_' + stage}.{extension}"
 
 
 def _base_dir(trainer: Trainer, logger: Logger | None) -> Path:

@@ -99,6 +99,22 @@ def test_csv_logger_gets_scalars_and_pngs(tmp_path):
     assert monitor.history[1]["attr/saliency/insertion"] == pytest.approx(float(rows[-1]["attr/saliency/insertion"]))
 
 
+def test_validate_and_test_after_fit_keep_fit_files(tmp_path):
+    monitor = _monitor(metrics=("insertion_deletion",))
+    net, trainer, _ = fit(tmp_path, [monitor], max_epochs=1, inference_mode=False)
+    heatmaps = Path(trainer.logger.log_dir) / "media" / "attr" / "saliency" / "heatmaps"
+    fitted = (heatmaps / "step_0000004.png").read_bytes()
+    trainer.validate(net, datamodule=trainer.datamodule, verbose=False)
+    trainer.test(net, datamodule=trainer.datamodule, verbose=False)
+    # Both run at fit's last global step; each writes its own file and fit's stays as it was.
+    assert sorted(p.name for p in heatmaps.glob("*.png")) == [
+        "step_0000004.png",
+        "step_0000004_test.png",
+        "step_0000004_validate.png",
+    ]
+    assert (heatmaps / "step_0000004.png").read_bytes() == fitted
+
+
 def test_without_logger_only_scalars(tmp_path):
     _, trainer, _ = fit(tmp_path, [_monitor()], logger=False, max_epochs=2)
     assert _expected_keys() <= set(trainer.callback_metrics)
