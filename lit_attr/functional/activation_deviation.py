@@ -31,6 +31,7 @@ from lit_attr.functional.insertion_deletion import (
     SubstrateType,
     TargetType,
     _resolve_target,
+    check_substrate_value,
     iter_perturbed_batches,
     make_substrate,
     prepare_games,
@@ -308,6 +309,7 @@ def activation_deviation(
         reduce=reduce,
         internal_batch_size=internal_batch_size,
     )
+    check_substrate_value(protocol, substrate_value)
     names = resolve_probe_layers(model, layers)
     n, points = x.shape[0], schedule.numel()
 
@@ -328,8 +330,9 @@ def activation_deviation(
         results: dict[str, Tensor] = {}
         for game in GAMES:
             substrate = make_substrate(
-                getattr(protocol, f"{game}_substrate"), x, substrate_value=substrate_value, seed=seed
-            )
+                getattr(protocol, f"{game}_substrate"), x, substrate_value=substrate_value, seed=seed,
+                name=f"{game}_substrate",
+            )  # fmt: skip
             # (statistic, sample, step, layer) filled row by row: the mean over steps is then taken in one fixed
             # order, so a sample's result does not depend on the chunking or on the other samples of its batch.
             stats = torch.empty(2, n, points, len(names), dtype=dtype, device=x.device)

@@ -36,6 +36,7 @@ __all__ = [
     "Protocol",
     "auc",
     "blur",
+    "check_substrate_value",
     "insertion_deletion",
     "iter_perturbed_batches",
     "make_substrate",
@@ -212,6 +213,7 @@ def make_substrate(
     *,
     substrate_value: float | Sequence[float] | Tensor | None = None,
     seed: int = 0,
+    name: str = "substrate",
 ) -> Tensor:
     """The image that perturbed units are taken from, one per sample.
 
@@ -225,6 +227,7 @@ def make_substrate(
         substrate_value: for ``"constant"``: a scalar, ``C`` per-channel values, or a tensor broadcastable to
             ``(C, H, W)``.
         seed: seed of the ``"noise"`` substrate; the global random state is never used.
+        name: the argument named in error messages (e.g. ``"deletion_substrate"``).
 
     Returns:
         A tensor with the shape, dtype and device of ``x`` (possibly an expanded view).
@@ -239,16 +242,16 @@ def make_substrate(
         [1.5, 1.5, 1.5, 1.5]
     """
     _check_images("x", x)
-    _check_substrate("substrate", substrate)
+    _check_substrate(name, substrate)
     if callable(substrate):
         out = substrate(x)
         if not isinstance(out, Tensor):
-            raise TypeError(f"A callable `substrate` must return a tensor, got {type(out).__name__}.")
+            raise TypeError(f"A callable `{name}` must return a tensor, got {type(out).__name__}.")
         try:
             return torch.broadcast_to(out.to(dtype=x.dtype, device=x.device), x.shape)
         except RuntimeError as err:
             raise ValueError(
-                f"A callable `substrate` must return a tensor broadcastable to x's shape {tuple(x.shape)}, "
+                f"A callable `{name}` must return a tensor broadcastable to x's shape {tuple(x.shape)}, "
                 f"got {tuple(out.shape)}."
             ) from err
     if substrate == "zero":
@@ -266,7 +269,7 @@ def make_substrate(
         return noise.to(x.device).expand_as(x)
     # "constant"
     if substrate_value is None:
-        raise ValueError('`substrate_value` must be given when a substrate is "constant", got None.')
+        raise ValueError(f'`substrate_value` must be given when `{name}` is "constant", got None.')
     fill = torch.as_tensor(substrate_value, dtype=x.dtype, device=x.device)
     if fill.ndim == 1 and fill.numel() == x.shape[1]:
         fill = fill.view(-1, 1, 1)
@@ -559,6 +562,7 @@ def insertion_deletion(
         reduce=reduce,
         internal_batch_size=internal_batch_size,
     )
+    check_substrate_value(protocol, substrate_value)
     n, points = x.shape[0], schedule.numel()
 
     with torch.no_grad(), preserved_model_state(model):
@@ -567,8 +571,10 @@ def insertion_deletion(
         clean_prob = clean.softmax(dim=1).gather(1, target[:, None]).squeeze(1)
         curves = {}
         for game in GAMES:
-            name = getattr(protocol, f"{game}_substrate")
-            substrate = make_substrate(name, x, substrate_value=substrate_value, seed=seed)
+            substrate = make_substrate(
+                getattr(protocol, f"{game}_substrate"), x, substrate_value=substrate_value, seed=seed,
+                name=f"{game}_substrate",
+            )  # fmt: skip
             curve = clean.new_empty(n, points)
             for samples, steps, inputs in iter_perturbed_batches(x, substrate, ranks, schedule, game, chunk):
                 logits = _logits(model, inputs)
@@ -588,6 +594,15 @@ def insertion_deletion(
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
+
+
+def check_substrate_value(protocol: Protocol, substrate_value: object) -> None:
+    """Refuse a ``"constant"`` substrate without ``substrate_value`` (at construction, not at the first update)."""
+    games = [g for g in GAMES if getattr(protocol, f"{g}_substrate") == "constant"]
+    if games and substrate_value is None:
+        raise ValueError(
+            f'`substrate_value` must be given when a substrate is "constant" ({", ".join(games)}), got None.'
+        )
 
 
 def _check_substrate(name: str, value: object) -> None:
@@ -650,7 +665,9 @@ def _resolve_target(target: TargetType, logits: Tensor) -> Tensor:
         target = torch.as_tensor(target, device=logits.device)
         if not _is_integer(target):
             raise TypeError(f"`target` must be None, an int, or N integer class indices, got {target!r}.")
-        target = target.long().expand(n) if target.ndim == 0 else target.long().reshape(-1)
+        if target.ndim > 1:
+            raise ValueError(f"`target` must be an int or N={n} class indices (1-d), got shape {tuple(target.shape)}.")
+        target = target.long().expand(n) if target.ndim == 0 else target.long()
         if target.numel() != n:
             raise ValueError(f"`target` must have one entry per sample (N={n}), got {target.numel()} entries.")
     if bool((target < 0).any()) or bool((target >= num_classes).any()):

@@ -15,8 +15,9 @@ from lit_attr.functional.similarity import _double_ranks
 
 def _saliency_map(attributions: Tensor, masks: Tensor) -> Tensor:
     """Channel-sum ``(N, C, H, W)`` attributions to ``(N, H, W)`` after checking them against ``masks``."""
-    if not isinstance(attributions, Tensor) or not isinstance(masks, Tensor):
-        raise TypeError("`attributions` and `masks` must be tensors.")
+    for name, value in (("attributions", attributions), ("masks", masks)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"`{name}` must be a torch.Tensor, got {type(value).__name__}.")
     if attributions.ndim == 4:
         attributions = attributions.sum(dim=1)
     if attributions.ndim != 3:
@@ -27,8 +28,11 @@ def _saliency_map(attributions: Tensor, masks: Tensor) -> Tensor:
         )
     if masks.dtype != torch.bool and not bool(((masks == 0) | (masks == 1)).all()):
         raise ValueError("`masks` must be boolean or contain only 0 and 1.")
-    if not bool(masks.flatten(1).any(dim=1).all()):
-        raise ValueError("Every mask must contain at least one pixel; got an empty mask.")
+    empty = (~masks.flatten(1).bool().any(dim=1)).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"Every mask in `masks` must contain at least one pixel; empty for samples {empty}.")
+    if not bool(torch.isfinite(attributions).all()):
+        raise ValueError("`attributions` contain NaN or infinite values.")
     return attributions
 
 

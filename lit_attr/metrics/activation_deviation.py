@@ -17,6 +17,7 @@ from lit_attr.functional.insertion_deletion import (
     TargetType,
     _check_choice,
     _check_positive_int,
+    check_substrate_value,
     resolve_protocol,
 )
 from lit_attr.metrics._model_ref import ModelRef
@@ -109,6 +110,7 @@ class ActivationDeviation(Metric):
         )
         _check_choice("reduce", reduce, REDUCTIONS)
         _check_positive_int("internal_batch_size", internal_batch_size)
+        check_substrate_value(protocol, substrate_value)
         self._model_ref = ModelRef(model)
         self._options: dict[str, Any] = {
             "layers": self.layers,

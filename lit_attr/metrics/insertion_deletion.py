@@ -18,6 +18,7 @@ from lit_attr.functional.insertion_deletion import (
     TargetType,
     _check_choice,
     _check_positive_int,
+    check_substrate_value,
     insertion_deletion,
     perturbation_schedule,
     resolve_protocol,
@@ -120,6 +121,7 @@ class InsertionDeletion(Metric):
         _check_choice("reduce", reduce, REDUCTIONS)
         _check_positive_int("internal_batch_size", internal_batch_size)
         _check_positive_int("num_units", num_units)
+        check_substrate_value(protocol, substrate_value)
         if num_units is not None:
             max_steps = perturbation_schedule(num_units, protocol.pixels_per_step, protocol.n_steps).numel() - 1
         elif protocol.n_steps is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from collections.abc import Sequence
 from contextlib import closing
 from typing import Any, Literal
@@ -158,6 +159,8 @@ class ParameterRandomization(Metric):
             raise TypeError(f"`seed` must be an int, got {type(seed).__name__}.")
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
             raise TypeError(f"`threshold` must be a number, got {type(threshold).__name__}.")
+        if not math.isfinite(threshold):
+            raise ValueError(f"`threshold` must be a finite number, got {threshold!r}.")
         self.similarity = _check_similarity(similarity)
         self.order = order
         self.stages = stages
@@ -203,6 +206,8 @@ class ParameterRandomization(Metric):
         """
         if not isinstance(x, Tensor):
             raise TypeError(f"`x` must be a torch.Tensor, got {type(x).__name__}.")
+        if x.ndim < 2 or x.shape[0] == 0:
+            raise ValueError(f"`x` must be a non-empty batch (N, ...) with N >= 1, got shape {tuple(x.shape)}.")
         if attributions is not None:
             if not isinstance(attributions, Tensor):
                 raise TypeError(f"`attributions` must be a tensor or None, got {type(attributions).__name__}.")
@@ -364,6 +369,8 @@ def _heatmaps(attributions: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _check_similarity(similarity: str | Sequence[str]) -> tuple[str, ...]:
+    if not isinstance(similarity, (str, Sequence)):
+        raise TypeError(f"`similarity` must be a name or a sequence of names from {SIMILARITIES}, got {similarity!r}.")
     names = (similarity,) if isinstance(similarity, str) else tuple(similarity)
     if not names:
         raise ValueError(f"`similarity` must name at least one of {SIMILARITIES}.")

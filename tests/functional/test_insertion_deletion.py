@@ -430,8 +430,12 @@ def test_errors(batch):
         insertion_deletion(model, x, a, target=[0, 4, 1])
     with pytest.raises(TypeError, match="`target` must be None, an int, or N integer class indices"):
         insertion_deletion(model, x, a, target=torch.tensor([0.0, 1.0, 2.0]))
-    with pytest.raises(ValueError, match="`substrate_value` must be given"):
-        insertion_deletion(model, x, a, deletion_substrate="constant")
+    with pytest.raises(ValueError, match=r'`substrate_value` must be given .* "constant" \(insertion, deletion\)'):
+        insertion_deletion(model, x, a, insertion_substrate="constant", deletion_substrate="constant")
+    with pytest.raises(ValueError, match=r"`target` must be an int or N=3 class indices \(1-d\), got shape \(3, 1\)"):
+        insertion_deletion(model, x, a, target=torch.zeros(3, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"A callable `deletion_substrate` must return a tensor broadcastable"):
+        insertion_deletion(model, x, a, deletion_substrate=lambda t: t[:, :1, :2])
     with pytest.raises(ValueError, match=r"`x` must be a non-empty image batch \(N, C, H, W\)"):
         insertion_deletion(model, x[0], a[0])
     with pytest.raises(TypeError, match="`x` must be a floating-point tensor"):

@@ -167,6 +167,8 @@ def test_init_errors():
         InsertionDeletion(model, output="probability")
     with pytest.raises(ValueError, match="at most one of `pixels_per_step` and `n_steps`"):
         InsertionDeletion(model, pixels_per_step=3, n_steps=3, num_units=64)
+    with pytest.raises(ValueError, match=r'`substrate_value` must be given when .* "constant" \(deletion\)'):
+        InsertionDeletion(model, deletion_substrate="constant")
 
 
 def test_plot_returns_a_figure():

@@ -58,10 +58,17 @@ def test_localization_errors():
         metric.update(torch.ones(2, 3, 8, 8), torch.ones(2, 4, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="boolean or contain only 0 and 1"):
         metric.update(torch.ones(1, 4, 4), torch.full((1, 4, 4), 0.5))
-    with pytest.raises(ValueError, match="at least one pixel; got an empty mask"):
-        metric.update(torch.ones(1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.bool))
+    empty_second = torch.ones(3, 4, 4, dtype=torch.bool)
+    empty_second[1] = False
+    empty_second[:, 0, 0] = empty_second[1, 0, 0] = False
+    with pytest.raises(ValueError, match=r"`masks` must contain at least one pixel; empty for samples \[1\]"):
+        metric.update(torch.rand(3, 4, 4), empty_second)
+    with pytest.raises(ValueError, match="`attributions` contain NaN or infinite values"):
+        metric.update(torch.full((1, 4, 4), float("nan")), torch.eye(4, dtype=torch.bool).unsqueeze(0))
     with pytest.raises(ValueError, match="cover the whole image"):
         metric.update(torch.ones(1, 4, 4), torch.ones(1, 4, 4, dtype=torch.bool))
-    with pytest.raises(TypeError, match="must be tensors"):
+    with pytest.raises(TypeError, match="`attributions` must be a torch.Tensor, got list"):
         metric.update([[1.0]], torch.ones(1, 1, 1, dtype=torch.bool))
+    with pytest.raises(TypeError, match="`masks` must be a torch.Tensor, got list"):
+        metric.update(torch.ones(1, 1, 1), [[True]])
     assert metric.total.item() == 0  # nothing was accumulated by the failed updates

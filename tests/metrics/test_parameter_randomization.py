@@ -231,7 +231,14 @@ def test_errors(tiny):
         ParameterRandomization("saliency", model, layers=["nope"])
     with pytest.raises(TypeError, match="`threshold` must be a number"):
         ParameterRandomization("saliency", model, threshold="0.5")
+    with pytest.raises(ValueError, match="`threshold` must be a finite number, got nan"):
+        ParameterRandomization("saliency", model, threshold=float("nan"))
+    with pytest.raises(TypeError, match="`similarity` must be a name or a sequence of names"):
+        ParameterRandomization("saliency", model, similarity=None)
     metric = ParameterRandomization("saliency", model)
+    assert ParameterRandomization.higher_is_better is False and ParameterRandomization.full_state_update is False
+    with pytest.raises(ValueError, match=r"`x` must be a non-empty batch \(N, \.\.\.\) .* got shape \(0, 3, 8, 8\)"):
+        metric.update(x[:0])
     with pytest.raises(ValueError, match=r"`attributions` must have the shape of `x`, \(4, 3, 8, 8\), got \(4, 8, 8\)"):
         metric.update(x, attributions=torch.ones(4, 8, 8))
     with pytest.raises(ValueError, match=r"`target` values must be in \[0, 2\]"):
