@@ -82,9 +82,12 @@ def test_resume_onto_a_smaller_validation_set_draws_a_new_probe_set(tmp_path):
     assert max(first.probe_indices) >= 5  # some saved index lies outside a 5-sample set
 
     resumed = _monitor()
-    with pytest.warns(UserWarning, match=r"the saved probe indices do not fit 5 samples; drawing a new probe set"):
+    with pytest.warns(UserWarning) as caught:
         fit(tmp_path / "b", [resumed], logger=False, max_epochs=2, ckpt_path=tmp_path / "ckpt" / "epoch=0.ckpt",
             dm=datamodule(num_val=5))  # fmt: skip
+    messages = [str(w.message) for w in caught]
+    assert any("the saved probe indices do not fit 5 samples; drawing a new probe set" in m for m in messages)
+    assert any("the validation set has 5 samples, fewer than `num_samples=6`; using all 5" in m for m in messages)
     assert sorted(resumed.probe_indices) == list(range(5))
     assert math.isfinite(resumed.history[1]["attr/saliency/insertion"])
 
