@@ -85,7 +85,8 @@ class AttributionMonitor(Callback):
       checkpointing or early stopping);
     * rank 0 logs, through :mod:`lit_attr.logging`, a heatmap grid per method (``attr/<method>/heatmaps``: the
       first ``log_heatmaps`` probe samples, always the same ones), the mean insertion/deletion curves
-      (``attr/insertion_deletion_curves``) and a table of those samples' scores (``attr/samples``).
+      (``attr/insertion_deletion_curves``) and a table of every probe sample's scores per method
+      (``attr/samples``; its per-method means are the logged scalars).
 
     Attaching the monitor does not change training: it draws no global random numbers (it restores the global
     generators), leaves the model's modes, buffers, ``requires_grad`` flags and gradients as they were, and never
@@ -102,7 +103,7 @@ class AttributionMonitor(Callback):
         metrics: names from :data:`MONITOR_METRICS`.
         num_samples: probe-set size (all of the validation set if it is smaller, with a warning).
         every_n_epochs: run after the validation of every N-th training epoch.
-        log_heatmaps: probe samples shown in the grids and the table; 0 logs no images or table.
+        log_heatmaps: probe samples shown in the heatmap grids; 0 logs no images (the table is still logged).
         input_bounds: ``(low, high)`` valid input range passed to every method (path methods clip to it).
         method_kwargs: ``{method name: {option: value}}`` for the methods (e.g. ``{"mfaba": {"max_steps": 20}}``).
             ``ig2`` gets ``reference_pool=`` the probe set unless given one.
@@ -385,12 +386,12 @@ class AttributionMonitor(Callback):
             confidence, prediction = probabilities.max(dim=1)
             use_label = self.target == "label" and local.y is not None
             target = local.y if use_label else prediction
-            shown = [row for row, position in enumerate(positions) if position < self.log_heatmaps]
+            # Every probe sample gets a record (its row of the table); the shown ones also carry image and maps.
             records = [
                 {
-                    "position": positions[row],
-                    "index": indices[positions[row]],
-                    "x": local.x[row].detach().cpu(),
+                    "position": position,
+                    "index": indices[position],
+                    "x": local.x[row].detach().float().cpu() if position < self.log_heatmaps else None,
                     "label": None if local.y is None else int(local.y[row]),
                     "target": int(target[row]),
                     "prediction": int(prediction[row]),
@@ -399,9 +400,8 @@ class AttributionMonitor(Callback):
                     "attributions": {},
                     "scores": {},
                 }
-                for row in shown
+                for row, position in enumerate(positions)
             ]
-            by_row = dict(zip(shown, records, strict=True))
             # No enable_grad here: the methods switch gradients on themselves, the metrics are better off without.
             for name, method in self._methods.items():
                 for rows in chunks(range(len(positions)), self.batch_size):
@@ -410,7 +410,7 @@ class AttributionMonitor(Callback):
                     attributions = method.attribute(x, t)
                     if isinstance(attributions, tuple):
                         attributions = attributions[0]
-                    self._update(name, x, attributions, t, _take(local.mask, index), rows, by_row)
+                    self._update(name, x, attributions, t, _take(local.mask, index), [records[r] for r in rows])
         return records
 
     def _update(
@@ -420,25 +420,17 @@ class AttributionMonitor(Callback):
         attributions: Tensor,
         target: Tensor,
         mask: Tensor | None,
-        rows: list[int],
-        by_row: dict[int, dict[str, Any]],
+        records: list[dict[str, Any]],
     ) -> None:
-        shown = [i for i, row in enumerate(rows) if row in by_row]
-        rest = [i for i, row in enumerate(rows) if row not in by_row]
         for metric_name in self._active_metrics:
             metric, spec = self._metrics[method][metric_name], _METRICS[metric_name]
-            if rest:
-                keep = torch.as_tensor(rest, device=x.device)
-                metric.update(*spec.arguments(x[keep], attributions[keep], target[keep], _take(mask, keep)))
-            for i in shown:
-                one = slice(i, i + 1)
-                # forward() returns this sample's scores and adds it to the epoch's state in one pass.
-                values = metric(*spec.arguments(x[one], attributions[one], target[one], _take(mask, one)))
-                by_row[rows[i]]["scores"].setdefault(method, {}).update(
-                    {key: to_float(value) for key, value in values.items() if value.ndim == 0}
-                )
-        for i in shown:
-            by_row[rows[i]]["attributions"][method] = attributions[i].detach().cpu()
+            metric.update(*spec.arguments(x, attributions, target, mask))
+            for key, values in metric.last_sample_scores.items():
+                for record, value in zip(records, values.tolist(), strict=True):
+                    record["scores"].setdefault(method, {})[key] = value
+        for record, attribution in zip(records, attributions, strict=True):
+            if record["x"] is not None:
+                record["attributions"][method] = attribution.detach().float().cpu()
 
     def _compute(self, method: str) -> dict[str, Tensor]:
         result: dict[str, Tensor] = {}
@@ -483,15 +475,15 @@ class AttributionMonitor(Callback):
                 return "?"
             return str(names[value]) if names is not None and 0 <= value < len(names) else str(value)
 
-        images = records and records[0]["x"].ndim == 3
-        if images:
-            x = torch.stack([record["x"] for record in records])
-            titles = [f"#{record['index']} {label(record['label'])}" for record in records]
+        shown = [record for record in records if record["x"] is not None]
+        if shown and shown[0]["x"].ndim == 3:
+            x = torch.stack([record["x"] for record in shown])
+            titles = [f"#{record['index']} {label(record['label'])}" for record in shown]
             for method in self._methods:
-                captions = [_caption(record, method, label) for record in records]
+                captions = [_caption(record, method, label) for record in shown]
                 figure = viz.attribution_grid(
                     x,
-                    torch.stack([record["attributions"][method] for record in records]),
+                    torch.stack([record["attributions"][method] for record in shown]),
                     captions=captions,
                     titles=titles,
                     title=f"{method}, {when}",

@@ -45,6 +45,9 @@ class InsertionDeletion(Metric):
     * with ``pixels_per_step``, T depends on the input size, so ``num_units`` (H*W, or C*H*W for
       ``reduce="none"``) is required.
 
+    After every update, :attr:`last_sample_scores` holds that batch's per-sample ``"insertion"``, ``"deletion"``
+    and ``"difference"`` AUCs (``(N,)`` tensors): a view of one batch, not a state (never synced or reset).
+
     All updates must therefore use inputs of one size (checked). The model is held by reference, outside the
     metric's submodules: it is not in ``state_dict()``, ``metric.to(...)`` does not move it, and the metric can be
     an attribute of the LightningModule it evaluates. Its modes and buffers are restored after every update.
@@ -153,6 +156,7 @@ class InsertionDeletion(Metric):
         self.add_state("deletion_curve_sum", torch.zeros(max_steps + 1), dist_reduce_fx="sum")
         # How many samples reached each step: reveals T after a DDP sum and catches updates of different sizes.
         self.add_state("curve_count", torch.zeros(max_steps + 1, dtype=torch.long), dist_reduce_fx="sum")
+        self.last_sample_scores: dict[str, Tensor] = {}
 
     @property
     def model(self) -> nn.Module:
@@ -195,6 +199,11 @@ class InsertionDeletion(Metric):
         self.insertion_curve_sum[:points] += result.insertion_curve.sum(dim=0).to(dtype=dtype, device=device)
         self.deletion_curve_sum[:points] += result.deletion_curve.sum(dim=0).to(dtype=dtype, device=device)
         self.curve_count[:points] += n
+        self.last_sample_scores = {
+            "insertion": result.insertion_auc,
+            "deletion": result.deletion_auc,
+            "difference": result.insertion_auc - result.deletion_auc,
+        }
 
     def compute(self) -> dict[str, Tensor]:
         """Mean AUCs, their difference, and the mean curves over every sample seen (on all processes).

@@ -35,7 +35,9 @@ class Localization(Metric):
     * ``"relevance_rank"``: share of the top-K pixels inside the mask, K = mask size;
     * ``"auroc"``: AUROC of the map as a mask-pixel score (undefined for masks covering the whole image).
 
-    All lie in [0, 1]; higher is better. :meth:`compute` returns ``{name: mean over samples}``.
+    All lie in [0, 1]; higher is better. :meth:`compute` returns ``{name: mean over samples}``. After every
+    update, :attr:`last_sample_scores` holds that batch's ``{name: (N,) scores}``: a view of one batch, not a
+    state (never synced or reset).
 
     Args:
         metrics: a subset of :data:`LOCALIZATION_METRICS` (a single name is accepted).
@@ -86,6 +88,7 @@ class Localization(Metric):
         self.tolerance = tolerance
         self.add_state("score_sum", torch.zeros(len(names)), dist_reduce_fx="sum")
         self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.last_sample_scores: dict[str, Tensor] = {}
 
     def update(self, attributions: Tensor, masks: Tensor) -> None:
         """Score a batch.
@@ -106,9 +109,10 @@ class Localization(Metric):
             "relevance_rank": relevance_rank,
             "auroc": localization_auroc,
         }
-        scores = torch.stack([functions[name](heatmap, masks).to(self.score_sum).sum() for name in self.metrics])
-        self.score_sum += scores
+        per_sample = {name: functions[name](heatmap, masks).to(self.score_sum) for name in self.metrics}
+        self.score_sum += torch.stack([values.sum() for values in per_sample.values()])
         self.total += heatmap.shape[0]
+        self.last_sample_scores = per_sample
 
     def compute(self) -> dict[str, Tensor]:
         """Mean of every selected score over all samples seen (on all ranks)."""

@@ -44,8 +44,8 @@ def test_ddp_matches_single_process_and_logs_images_once(tmp_path):
     assert len(list((media / "insertion_deletion_curves").glob("*.png"))) == 2
     tables = sorted((media / "samples").glob("*.csv"))
     assert len(tables) == 2
-    # The table holds the 3 shown samples (2 from rank 0's shard, 1 from rank 1's) for each method.
-    assert len(tables[-1].read_text().strip().splitlines()) == 1 + 3 * len(METHODS)
+    # The table holds all 13 probe samples (7 from rank 0's shard, 6 from rank 1's) for each method.
+    assert len(tables[-1].read_text().strip().splitlines()) == 1 + 13 * len(METHODS)
     # The randomisation check ran once at fit end, its results reduced over both shards and logged by rank 0.
     randomization = logged / "rank0" / "media" / "randomization"
     assert len(list((randomization / "saliency" / "stages").glob("*.png"))) == 1

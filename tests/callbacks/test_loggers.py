@@ -59,7 +59,7 @@ def test_wandb_offline_run_has_media_tables_and_history(tmp_path, monkeypatch):
     assert len(tables) == 2
     table = json.loads(tables[-1].read_text())
     assert {"method", "target", "insertion", "deletion", "pointing_game"} <= set(table["columns"])
-    assert len(table["data"]) == 3 * len(METHODS)  # log_heatmaps samples x methods
+    assert len(table["data"]) == 8 * len(METHODS)  # every probe sample x methods (3 of them in the grids)
 
     (run_file,) = run_dir.glob("run-*.wandb")
     history = wandb_history(wait_for_wandb_exit(run_file))
@@ -93,6 +93,15 @@ def test_csv_logger_gets_scalars_and_pngs(tmp_path):
         ]
     assert len(list((media / "insertion_deletion_curves").glob("*.png"))) == 2
     assert len(list((media / "samples").glob("*.csv"))) == 2
+    # The table has a row per probe sample and method; its means are the logged scalars.
+    (last_table, *_) = sorted((media / "samples").glob("*.csv"), reverse=True)
+    table = read_metrics_csv(last_table)
+    for method in METHODS:
+        method_rows = [row for row in table if row["method"] == method]
+        assert sorted(int(row["dataset_index"]) for row in method_rows) == sorted(monitor.probe_indices)
+        for name in SCALARS:
+            mean = sum(float(row[name]) for row in method_rows) / len(method_rows)
+            assert mean == pytest.approx(monitor.history[1][f"attr/{method}/{name}"], rel=1e-5, abs=1e-6), name
     # Scalars also reach callback_metrics, and the history keeps them per epoch.
     assert _expected_keys() <= set(trainer.callback_metrics)
     assert sorted(monitor.history) == [0, 1]

@@ -186,3 +186,16 @@ def test_metric_class_attributes():
     assert InsertionDeletion.higher_is_better is True
     assert InsertionDeletion.full_state_update is False
     assert InsertionDeletion.is_differentiable is False
+
+
+def test_last_sample_scores_are_the_batch_per_sample_aucs():
+    model = tiny_cnn()
+    metric = InsertionDeletion(model, n_steps=6)
+    first, second = data(3, seed=1), data(2, seed=2)
+    metric.update(*first)
+    metric.update(*second)
+    expected = insertion_deletion(model, *second, n_steps=6)
+    scores = metric.last_sample_scores
+    torch.testing.assert_close(scores["insertion"], expected.insertion_auc)
+    torch.testing.assert_close(scores["deletion"], expected.deletion_auc)
+    torch.testing.assert_close(scores["difference"], expected.insertion_auc - expected.deletion_auc)

@@ -72,3 +72,23 @@ def test_localization_errors():
     with pytest.raises(TypeError, match="`masks` must be a torch.Tensor, got list"):
         metric.update(torch.ones(1, 1, 1), [[True]])
     assert metric.total.item() == 0  # nothing was accumulated by the failed updates
+
+
+def test_last_sample_scores_are_the_batch_per_sample_values():
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 2, 6, 6, generator=generator)
+    masks = torch.zeros(3, 6, 6, dtype=torch.bool)
+    masks[:, 1:4, 2:5] = True
+    metric = Localization()
+    metric.update(torch.randn(2, 6, 6, generator=generator), masks[:2])
+    metric.update(a, masks)
+    heatmap = a.sum(dim=1)
+    expected = {
+        "pointing_game": pointing_game(heatmap, masks),
+        "relevance_mass": relevance_mass(heatmap, masks),
+        "relevance_rank": relevance_rank(heatmap, masks),
+        "auroc": localization_auroc(heatmap, masks),
+    }
+    assert list(metric.last_sample_scores) == list(expected)
+    for name, values in expected.items():
+        torch.testing.assert_close(metric.last_sample_scores[name], values.to(torch.float32), msg=name)
