@@ -68,8 +68,9 @@ class PartTimer(L.Callback):
 
         return run
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        # Private attributes: this script measures the monitor from the inside; nothing else should.
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After the monitor's own on_validation_start built them. Private attributes: this script measures the
+        # monitor from the inside; nothing else should.
         for method in self.monitor._methods.values():
             method.attribute = self._timed("attribution", method.attribute)
         for metrics in self.monitor._metrics.values():
