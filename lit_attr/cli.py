@@ -210,8 +210,9 @@ def run_evaluate(argv: Sequence[str], progress: bool = True) -> tuple[dict[str, 
     Raises:
         CLIError: for a missing checkpoint, a model that does not return logits, a missing split, ...
 
-    Example:
-        >>> run_evaluate(["--config", "configs/evaluate_demo.yaml", "--ckpt_path", "m.ckpt"])  # doctest: +SKIP
+    Example::
+
+        run_evaluate(["--config", "configs/evaluate_demo.yaml", "--ckpt_path", "m.ckpt"])
     """
     import lightning as L
     import yaml
@@ -352,8 +353,9 @@ def run_demo(output_dir: str | os.PathLike = "lit_attr_demo", fast: bool = False
     Returns:
         The evaluation result (the content of ``evaluation/metrics.json``).
 
-    Example:
-        >>> run_demo("/tmp/demo", fast=True)  # doctest: +SKIP
+    Example::
+
+        run_demo("/tmp/demo", fast=True)
     """
     import lightning as L
     import yaml
@@ -525,8 +527,9 @@ def _demo_command(argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code.
 
-    Example:
-        >>> main(["--help"])  # doctest: +SKIP
+    Example::
+
+        main(["evaluate", "--config", "configs/evaluate_demo.yaml", "--ckpt_path", "m.ckpt"])
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):

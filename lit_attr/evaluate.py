@@ -385,9 +385,10 @@ def evaluate(
     Example:
         >>> from lit_attr.data import ShapesDataModule
         >>> from lit_attr.models import DemoClassifier
-        >>> result = evaluate(DemoClassifier(), ShapesDataModule(num_train=8, num_val=8), "/tmp/eval",
-        ...                   methods=["saliency"], limit_samples=4, progress=False)  # doctest: +SKIP
-        >>> sorted(result["methods"]["saliency"])  # doctest: +SKIP
+        >>> import tempfile
+        >>> result = evaluate(DemoClassifier(), ShapesDataModule(num_train=8, num_val=8), tempfile.mkdtemp(),
+        ...                   methods=["saliency"], limit_samples=4, progress=False)
+        >>> sorted(result["methods"]["saliency"])
         ['activation_deviation', 'insertion_deletion', 'localization']
     """
     unknown = [name for name in methods if name not in available_methods()]

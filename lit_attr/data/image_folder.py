@@ -30,10 +30,11 @@ class ImageFolderDataModule(LightningDataModule):
     Raises:
         ValueError: if ``root`` is not a directory.
 
-    Example:
-        >>> dm = ImageFolderDataModule("/data/imagenet")  # doctest: +SKIP
-        >>> dm.setup("validate"); dm.val_set.classes[:2]  # doctest: +SKIP
-        ['n01440764', 'n01443537']
+    Example::
+
+        dm = ImageFolderDataModule("/data/imagenet")
+        dm.setup("validate")
+        dm.val_set.classes[:2]  # ['n01440764', 'n01443537']
     """
 
     def __init__(

@@ -118,3 +118,37 @@ class Localization(Metric):
         """Mean of every selected score over all samples seen (on all ranks)."""
         means = self.score_sum / self.total
         return {name: means[index] for index, name in enumerate(self.metrics)}
+
+    def plot(self, val: dict[str, Tensor] | None = None, ax: Any | None = None) -> tuple[Any, Any]:
+        """Bar chart of the mean scores, all in [0, 1].
+
+        Uses matplotlib's object-oriented API only (no pyplot state), so it is safe in training loops and threads.
+
+        Args:
+            val: a result of :meth:`compute`; ``None`` calls :meth:`compute`.
+            ax: axes to draw into; ``None`` creates a new figure.
+
+        Returns:
+            ``(figure, axes)``.
+
+        Example:
+            >>> metric = Localization(metrics=("pointing_game", "relevance_mass"))
+            >>> metric.update(torch.tensor([[[0.0, 2.0], [1.0, 0.0]]]), torch.tensor([[[False, True], [False, False]]]))
+            >>> fig, ax = metric.plot()
+            >>> [round(float(bar.get_height()), 3) for bar in ax.patches]
+            [1.0, 0.667]
+        """
+        from matplotlib.figure import Figure
+
+        val = self.compute() if val is None else val
+        if ax is None:
+            fig = Figure(figsize=(4.5, 3))
+            ax = fig.add_subplot()
+        else:
+            fig = ax.get_figure()
+        bars = ax.bar(list(val), [float(value) for value in val.values()], color="tab:blue")
+        ax.bar_label(bars, fmt="%.2f")
+        ax.set_ylim(0.0, 1.1)
+        ax.set_ylabel("mean over samples")
+        ax.set_title("localisation")
+        return fig, ax

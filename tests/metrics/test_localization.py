@@ -92,3 +92,20 @@ def test_last_sample_scores_are_the_batch_per_sample_values():
     assert list(metric.last_sample_scores) == list(expected)
     for name, values in expected.items():
         torch.testing.assert_close(metric.last_sample_scores[name], values.to(torch.float32), msg=name)
+
+
+def test_plot_draws_the_computed_means_without_pyplot():
+    import matplotlib.pyplot as plt
+
+    figures = plt.get_fignums()
+    metric = Localization(metrics=("relevance_mass", "auroc"))
+    a = torch.tensor([[[0.0, 3.0], [1.0, 0.0]], [[2.0, 0.0], [0.0, 1.0]]])
+    masks = torch.tensor([[[False, True], [False, False]], [[False, True], [True, False]]])
+    metric.update(a, masks)
+    fig, ax = metric.plot()
+    # relevance mass: 3/4 and 0/3; AUROC: 1 and (0 + 0.5 for the tie... computed by the metric) -> compare to compute()
+    expected = metric.compute()
+    assert [bar.get_height() for bar in ax.patches] == pytest.approx([float(v) for v in expected.values()])
+    assert float(expected["relevance_mass"]) == pytest.approx((0.75 + 0.0) / 2)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["relevance_mass", "auroc"]
+    assert fig is ax.get_figure() and plt.get_fignums() == figures
