@@ -103,7 +103,7 @@ def test_plot_draws_the_computed_means_without_pyplot():
     masks = torch.tensor([[[False, True], [False, False]], [[False, True], [True, False]]])
     metric.update(a, masks)
     fig, ax = metric.plot()
-    # relevance mass: 3/4 and 0/3; AUROC: 1 and (0 + 0.5 for the tie... computed by the metric) -> compare to compute()
+    # The bars are compute()'s values; the relevance mass, by hand, is the mean of 3/4 and 0/3.
     expected = metric.compute()
     assert [bar.get_height() for bar in ax.patches] == pytest.approx([float(v) for v in expected.values()])
     assert float(expected["relevance_mass"]) == pytest.approx((0.75 + 0.0) / 2)
