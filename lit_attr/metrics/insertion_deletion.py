@@ -24,6 +24,7 @@ from lit_attr.functional.insertion_deletion import (
     resolve_protocol,
 )
 from lit_attr.metrics._model_ref import ModelRef
+from lit_attr.metrics._plotting import figure_and_axes
 
 __all__ = ["InsertionDeletion"]
 
@@ -251,14 +252,8 @@ class InsertionDeletion(Metric):
             >>> metric.update(torch.rand(2, 3, 8, 8), torch.randn(2, 8, 8))
             >>> fig, ax = metric.plot()
         """
-        from matplotlib.figure import Figure
-
         val = self.compute() if val is None else val
-        if ax is None:
-            fig = Figure(figsize=(5, 3.5))
-            ax = fig.add_subplot()
-        else:
-            fig = ax.get_figure()
+        fig, ax = figure_and_axes(ax, (5.0, 3.5))
         for game, color in (("insertion", "tab:green"), ("deletion", "tab:red")):
             curve = val[f"{game}_curve"].detach().float().cpu()
             fraction = torch.linspace(0.0, 1.0, curve.numel())

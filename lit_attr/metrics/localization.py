@@ -16,6 +16,7 @@ from lit_attr.functional.localization import (
     relevance_mass,
     relevance_rank,
 )
+from lit_attr.metrics._plotting import figure_and_axes
 
 __all__ = ["LOCALIZATION_METRICS", "Localization"]
 
@@ -138,14 +139,8 @@ class Localization(Metric):
             >>> [round(float(bar.get_height()), 3) for bar in ax.patches]
             [1.0, 0.667]
         """
-        from matplotlib.figure import Figure
-
         val = self.compute() if val is None else val
-        if ax is None:
-            fig = Figure(figsize=(4.5, 3))
-            ax = fig.add_subplot()
-        else:
-            fig = ax.get_figure()
+        fig, ax = figure_and_axes(ax, (4.5, 3.0))
         bars = ax.bar(list(val), [float(value) for value in val.values()], color="tab:blue")
         ax.bar_label(bars, fmt="%.2f")
         ax.set_ylim(0.0, 1.1)

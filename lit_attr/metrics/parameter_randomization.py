@@ -33,6 +33,7 @@ from lit_attr.methods._hygiene import preserved_model_state
 from lit_attr.methods.base import AttributionMethod, TargetType
 from lit_attr.methods.registry import get_method
 from lit_attr.metrics._model_ref import ModelRef
+from lit_attr.metrics._plotting import figure_and_axes
 
 __all__ = ["SIMILARITIES", "ParameterRandomization"]
 
@@ -276,16 +277,10 @@ class ParameterRandomization(Metric):
             >>> check.update(torch.rand(2, 3, 8, 8))
             >>> fig, ax = check.plot()
         """
-        from matplotlib.figure import Figure
-
         val = self.compute() if val is None else val
         names = [name for name in SIMILARITIES if name in val]
         stages = val[names[0]]["stages"]
-        if ax is None:
-            fig = Figure(figsize=(max(5.0, 0.4 * len(stages) + 2.0), 3.8), layout="constrained")
-            ax = fig.add_subplot()
-        else:
-            fig = ax.get_figure()
+        fig, ax = figure_and_axes(ax, (max(5.0, 0.4 * len(stages) + 2.0), 3.8), layout="constrained")
         positions = list(range(len(stages)))
         for name in names:
             curve = val[name]["curve"].detach().float().cpu()
