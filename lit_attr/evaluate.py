@@ -386,8 +386,9 @@ def evaluate(
         >>> from lit_attr.data import ShapesDataModule
         >>> from lit_attr.models import DemoClassifier
         >>> import tempfile
-        >>> result = evaluate(DemoClassifier(), ShapesDataModule(num_train=8, num_val=8), tempfile.mkdtemp(),
-        ...                   methods=["saliency"], limit_samples=4, progress=False)
+        >>> with tempfile.TemporaryDirectory() as out:
+        ...     result = evaluate(DemoClassifier(), ShapesDataModule(num_train=8, num_val=8), out,
+        ...                       methods=["saliency"], limit_samples=4, progress=False)
         >>> sorted(result["methods"]["saliency"])
         ['activation_deviation', 'insertion_deletion', 'localization']
     """

@@ -3,8 +3,9 @@
 * :class:`~lightning.pytorch.loggers.WandbLogger`: ``log_image`` / ``log_table`` (a ``wandb.Table``);
 * :class:`~lightning.pytorch.loggers.TensorBoardLogger`: ``add_image`` / ``add_figure`` / ``add_text``;
 * any other logger (CSVLogger, MLFlow, ...): PNG and CSV files ``<logger dir>/media/<key>/step_<step>.png``, the
-  logger's ``log_dir`` (or ``save_dir``), else ``trainer.default_root_dir``; files written during
-  ``trainer.validate``/``test`` end in ``_validate``/``_test``, so they never overwrite those of ``fit``;
+  logger's ``log_dir`` (or ``save_dir``), else ``trainer.default_root_dir``; files written during or after
+  ``trainer.validate``/``test`` (by ``trainer.state.fn``) end in ``_validate``/``_test``, so they never overwrite
+  those of ``fit``;
 * no logger: nothing (scalars logged through ``LightningModule.log`` still reach ``trainer.callback_metrics``).
 
 Media go out from global rank 0 only; every function is a no-op on other ranks, so callbacks may call them on all

@@ -253,6 +253,8 @@ def dataset_of(
     Raises:
         ValueError: if ``dataloader_idx`` names no loader.
     """
+    if loader is None:
+        return None
     if isinstance(dataloader_idx, str):
         keys = list(loader) if isinstance(loader, Mapping) else None
         if keys is None or dataloader_idx not in keys:
@@ -364,6 +366,8 @@ class ProbeSet:
         if indices is not None and list(indices) != self.indices:
             self.indices = [int(i) for i in indices]
             self.batch = None
+            if self.dataset is not None:  # restored after the dataset was attached: check them against it now
+                self.attach((self.dataset, self.collate_fn))
 
     def load(self, trainer: Trainer, adapter: BatchAdapter | None) -> ProbeBatch:
         """The probe samples, read on first use (and after the indices changed)."""

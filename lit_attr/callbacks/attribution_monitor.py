@@ -117,7 +117,7 @@ class AttributionMonitor(Callback):
         batch_size: probe samples attributed at once.
         class_names: names for the captions; defaults to the datamodule's ``class_names`` if it has one.
         dataloader_idx: which validation loader (of several) the probe set comes from, by position as Lightning
-            numbers them or by key of a dict of loaders; for ``trainer.test``, which test loader.
+            numbers them or by key of a dict of loaders. ``trainer.test`` always draws from the first test loader.
 
     Raises:
         TypeError/ValueError: for arguments of the wrong type or range (here); in :meth:`setup` for an unknown
@@ -191,8 +191,8 @@ class AttributionMonitor(Callback):
         self._active_metrics: tuple[str, ...] = self.metric_names
         self._skipped_metrics: dict[str, tuple[str, ...]] = {"val": (), "test": ()}
         self._probes = {
-            split: ProbeSet(num_samples, seed, "AttributionMonitor", split=split, dataloader_idx=self.dataloader_idx)
-            for split in ("val", "test")
+            "val": ProbeSet(num_samples, seed, "AttributionMonitor", split="val", dataloader_idx=self.dataloader_idx),
+            "test": ProbeSet(num_samples, seed, "AttributionMonitor", split="test"),
         }
         self._last_epoch: int | None = None
         self._history: dict[int, dict[str, float]] = {}
@@ -289,7 +289,11 @@ class AttributionMonitor(Callback):
     def _prepare(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self._model is not pl_module or not self._methods:
             self._build(pl_module)
-        self._probes["test" if stage == "test" else "val"].attach(find_dataset(trainer, stage, self.dataloader_idx))
+        split = "test" if stage == "test" else "val"
+        probes = self._probes[split]
+        probes.attach(find_dataset(trainer, stage, probes.dataloader_idx))
+        # Each run may bring other data: whether it has masks is found out again.
+        self._skipped_metrics[split] = ()
 
     def _build(self, pl_module: LightningModule) -> None:
         methods = {}
@@ -372,12 +376,13 @@ class AttributionMonitor(Callback):
     def _attribute_shard(
         self, trainer: Trainer, pl_module: LightningModule, probe: ProbeBatch, indices: list[int], positions: list[int]
     ) -> list[dict[str, Any]]:
-        if not positions:
-            return []
         device = pl_module.device
+        # Also on a rank without probes: its (empty) states take part in the device-side sync of compute().
         for metrics in self._metrics.values():
             for metric in metrics.values():
                 metric.to(device)
+        if not positions:
+            return []
         with preserved_rng_state(), preserved_model_state(pl_module), torch.inference_mode(False):
             local = probe.select(positions).for_model(trainer, device)
             with torch.no_grad():

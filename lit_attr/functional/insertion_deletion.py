@@ -535,7 +535,7 @@ def insertion_deletion(
 
     Returns:
         :class:`InsertionDeletionResult` with ``(N, T + 1)`` curves, ``(N,)`` AUCs and the tracked targets, in
-        the dtype of the model's output.
+        the dtype of the model's output, at least float32 (a bf16 model gets float32 scores).
 
     Raises:
         TypeError: for a model that is not a module, non-tensor or integer inputs, or non-integer targets.
@@ -566,7 +566,9 @@ def insertion_deletion(
     n, points = x.shape[0], schedule.numel()
 
     with torch.no_grad(), preserved_model_state(model):
+        # Scores in at least float32: a bf16/fp16 model's curves and AUCs would otherwise be rounded to 3 digits.
         clean = torch.cat([_logits(model, x[i : i + chunk]) for i in range(0, n, chunk)])
+        clean = clean.to(torch.promote_types(clean.dtype, torch.float32))
         target = _resolve_target(target, clean)
         clean_prob = clean.softmax(dim=1).gather(1, target[:, None]).squeeze(1)
         curves = {}
@@ -577,7 +579,7 @@ def insertion_deletion(
             )  # fmt: skip
             curve = clean.new_empty(n, points)
             for samples, steps, inputs in iter_perturbed_batches(x, substrate, ranks, schedule, game, chunk):
-                logits = _logits(model, inputs)
+                logits = _logits(model, inputs).to(clean.dtype)
                 if output != "logit":
                     logits = logits.softmax(dim=1)
                 score = logits.gather(1, target[samples, None]).squeeze(1)
@@ -665,9 +667,11 @@ def _resolve_target(target: TargetType, logits: Tensor) -> Tensor:
         target = torch.as_tensor(target, device=logits.device)
         if not _is_integer(target):
             raise TypeError(f"`target` must be None, an int, or N integer class indices, got {target!r}.")
-        if target.ndim > 1:
-            raise ValueError(f"`target` must be an int or N={n} class indices (1-d), got shape {tuple(target.shape)}.")
-        target = target.long().expand(n) if target.ndim == 0 else target.long()
+        if target.ndim > 2 or (target.ndim == 2 and target.shape[1] != 1):
+            raise ValueError(
+                f"`target` must be an int or N={n} class indices, (N,) or (N, 1), got {tuple(target.shape)}."
+            )
+        target = target.long().expand(n) if target.ndim == 0 else target.long().reshape(-1)
         if target.numel() != n:
             raise ValueError(f"`target` must have one entry per sample (N={n}), got {target.numel()} entries.")
     if bool((target < 0).any()) or bool((target >= num_classes).any()):

@@ -64,7 +64,7 @@ def test_monitor_draws_from_the_chosen_loader_and_scores_it(as_dict, dataloader_
         (False, "a", r"`dataloader_idx` is 'a', but no val loader has that key: they are not a dict"),
     ],
 )
-def test_a_loader_that_does_not_exist_is_named_in_setup(as_dict, dataloader_idx, match):
+def test_a_loader_that_does_not_exist_is_named_when_validation_starts(as_dict, dataloader_idx, match):
     first, second = _two_val_sets()
     loaders = [first.val_dataloader(), second.val_dataloader()]
     if as_dict:
@@ -86,3 +86,21 @@ def test_negative_position_is_refused(callback):
     with pytest.raises(ValueError, match=r"`dataloader_idx` must be an int >= 0, got -1"):
         callback(["saliency"], dataloader_idx=-1)
 
+
+
+class _ManyLoadersForTest(_ManyLoaders):
+    def test_step(self, batch, batch_idx, dataloader_idx=0):
+        return super().test_step(batch, batch_idx)
+
+
+def test_dataloader_idx_picks_a_validation_loader_and_test_uses_the_first_test_loader():
+    first, second = _two_val_sets()
+    second.setup("test")
+    monitor = AttributionMonitor(["saliency"], metrics="insertion_deletion", num_samples=4, log_heatmaps=0,
+                                 metric_kwargs=METRIC_KWARGS, dataloader_idx=1)  # fmt: skip
+    trainer = L.Trainer(logger=False, callbacks=[monitor], inference_mode=False, **TRAINER_DEFAULTS)
+    net = _ManyLoadersForTest(width=4)
+    trainer.validate(net, dataloaders=[first.val_dataloader(), second.val_dataloader()], verbose=False)
+    trainer.test(net, dataloaders=second.test_dataloader(), verbose=False)  # one test loader: position 0
+    test_probes = monitor._probes["test"]
+    torch.testing.assert_close(test_probes.batch.x, second.test_set.images[test_probes.indices])

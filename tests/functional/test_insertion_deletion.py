@@ -432,8 +432,8 @@ def test_errors(batch):
         insertion_deletion(model, x, a, target=torch.tensor([0.0, 1.0, 2.0]))
     with pytest.raises(ValueError, match=r'`substrate_value` must be given .* "constant" \(insertion, deletion\)'):
         insertion_deletion(model, x, a, insertion_substrate="constant", deletion_substrate="constant")
-    with pytest.raises(ValueError, match=r"`target` must be an int or N=3 class indices \(1-d\), got shape \(3, 1\)"):
-        insertion_deletion(model, x, a, target=torch.zeros(3, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"`target` must be an int or N=3 class indices, .* got \(1, 3\)"):
+        insertion_deletion(model, x, a, target=torch.zeros(1, 3, dtype=torch.long))
     with pytest.raises(ValueError, match=r"A callable `deletion_substrate` must return a tensor broadcastable"):
         insertion_deletion(model, x, a, deletion_substrate=lambda t: t[:, :1, :2])
     with pytest.raises(ValueError, match=r"`x` must be a non-empty image batch \(N, C, H, W\)"):
@@ -448,3 +448,15 @@ def test_errors(batch):
         insertion_deletion(model, x, torch.full_like(a, float("nan")))
     with pytest.raises(ValueError, match="callable `substrate` must return a tensor broadcastable"):
         make_substrate(lambda t: t[:, :1, :2], x)
+
+
+def test_bf16_model_scores_in_float32_and_column_targets(batch):
+    x, a = batch
+    model = tiny_cnn().float()
+    reference = insertion_deletion(model, x.float(), a.float(), n_steps=6, target=[0, 1, 2])
+    column = torch.tensor([[0], [1], [2]])
+    half = insertion_deletion(model.bfloat16(), x.bfloat16(), a.float(), n_steps=6, target=column)
+    assert half.insertion_curve.dtype == half.insertion_auc.dtype == torch.float32
+    assert torch.equal(half.target, torch.tensor([0, 1, 2]))
+    # bf16 activations keep ~3 significant digits; the AUCs stay within that of the float32 model.
+    torch.testing.assert_close(half.insertion_auc, reference.insertion_auc, rtol=0, atol=3e-2)

@@ -133,7 +133,7 @@ def test_given_references_are_split_with_the_batch():
     model, x = smooth_net(), data(5)
     refs = torch.stack([pool()[0][i * 4 : i * 4 + 2] for i in range(5)])  # (N=5, B=2, D)
     whole = IG2(model, steps=12, eta=0.05).attribute(x, references=refs, return_baseline=True)
-    for size in (1, 3, 4):  # rows per chunk: 0, 1 and 2 samples with their references
+    for size in (1, 3, 4):  # samples per chunk (rows_per_sample is 1): the references must follow them
         chunked = IG2(model, steps=12, eta=0.05, internal_batch_size=size, return_baseline=True)
         A, info = chunked.attribute(x, references=refs)
         torch.testing.assert_close(A, whole[0], rtol=0, atol=1e-12)
