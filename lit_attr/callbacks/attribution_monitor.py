@@ -535,5 +535,5 @@ def _slices(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def _take(tensor: Tensor | None, index: Tensor | slice) -> Tensor | None:
+def _take(tensor: Tensor | None, index: Tensor) -> Tensor | None:
     return None if tensor is None else tensor[index]
