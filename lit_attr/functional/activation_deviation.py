@@ -31,7 +31,6 @@ from lit_attr.functional.insertion_deletion import (
     SubstrateType,
     TargetType,
     _resolve_target,
-    check_substrate_value,
     iter_perturbed_batches,
     make_substrate,
     prepare_games,
@@ -308,8 +307,8 @@ def activation_deviation(
         n_steps=n_steps,
         reduce=reduce,
         internal_batch_size=internal_batch_size,
+        substrate_value=substrate_value,
     )
-    check_substrate_value(protocol, substrate_value)
     names = resolve_probe_layers(model, layers)
     n, points = x.shape[0], schedule.numel()
 

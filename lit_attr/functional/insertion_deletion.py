@@ -454,6 +454,7 @@ def prepare_games(
     n_steps: int | None,
     reduce: str,
     internal_batch_size: int | None,
+    substrate_value: object = None,
 ) -> tuple[Protocol, Tensor, Tensor, int]:
     """Validate the inputs of a perturbation game and resolve its protocol, unit ranks, schedule and chunk size.
 
@@ -472,6 +473,7 @@ def prepare_games(
         pixels_per_step=pixels_per_step,
         n_steps=n_steps,
     )
+    check_substrate_value(protocol, substrate_value)
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
     _check_images("x", x)
@@ -561,8 +563,8 @@ def insertion_deletion(
         n_steps=n_steps,
         reduce=reduce,
         internal_batch_size=internal_batch_size,
+        substrate_value=substrate_value,
     )
-    check_substrate_value(protocol, substrate_value)
     n, points = x.shape[0], schedule.numel()
 
     with torch.no_grad(), preserved_model_state(model):

@@ -291,6 +291,8 @@ class IG2(AttributionMethod):
 
 
 def _check_references(references: Any, x: Any) -> None:
+    if not isinstance(x, Tensor):
+        return  # AttributionMethod.attribute names the problem with x
     if not isinstance(references, Tensor):
         raise TypeError(f"`references` must be a tensor (N, B, ...) or None, got {type(references).__name__}.")
     n, sample = x.shape[0], tuple(x.shape[1:])
