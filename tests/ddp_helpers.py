@@ -81,28 +81,40 @@ def _update(metric: Any, batch: Batch) -> None:
         metric.update(*batch)
 
 
-def compute_on_shards(rank: int, world_size: int, factory: Callable[[], Any], batches: Sequence[Batch]) -> Any:
+def compute_on_shards(
+    rank: int, world_size: int, factory: Callable[[], Any], batches: Sequence[Batch], result: str = "compute"
+) -> Any:
     """For :func:`run_ddp`: build a metric, update it with this rank's batches (``batches[rank::world_size]``) and
-    return ``compute()``, which torchmetrics syncs across the process group."""
+    return ``compute()`` (or another synchronising method named by ``result``, e.g. ``"report"``), which
+    torchmetrics syncs across the process group."""
     metric = factory()
     for batch in batches[rank::world_size]:
         _update(metric, batch)
-    return metric.compute()
+    return getattr(metric, result)()
 
 
 def compute_many_on_shards(
-    rank: int, world_size: int, factories: Mapping[str, Callable[[], Any]], batches: Mapping[str, Sequence[Batch]]
+    rank: int,
+    world_size: int,
+    factories: Mapping[str, Callable[[], Any]],
+    batches: Mapping[str, Sequence[Batch]],
+    results: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """:func:`compute_on_shards` for several metrics in one spawn (starting the interpreters dominates the cost)."""
-    return {name: compute_on_shards(rank, world_size, factory, batches[name]) for name, factory in factories.items()}
+    """:func:`compute_on_shards` for several metrics in one spawn (starting the interpreters dominates the cost);
+    ``results`` maps a name to the method to call instead of ``compute``."""
+    results = results or {}
+    return {
+        name: compute_on_shards(rank, world_size, factory, batches[name], results.get(name, "compute"))
+        for name, factory in factories.items()
+    }
 
 
-def compute_on_all(factory: Callable[[], Any], batches: Sequence[Batch]) -> Any:
+def compute_on_all(factory: Callable[[], Any], batches: Sequence[Batch], result: str = "compute") -> Any:
     """The single-process reference: one metric updated with every batch."""
     metric = factory()
     for batch in batches:
         _update(metric, batch)
-    return metric.compute()
+    return getattr(metric, result)()
 
 
 def assert_nested_close(actual: Any, expected: Any, path: str = "result", **tolerances: Any) -> None:

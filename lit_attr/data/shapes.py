@@ -19,6 +19,8 @@ from torch import Tensor
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from lit_attr._checks import check_int
+
 __all__ = ["CLASS_NAMES", "ShapesDataModule", "ShapesDataset"]
 
 CLASS_NAMES: tuple[str, ...] = ("square", "disc", "triangle", "cross")
@@ -35,15 +37,6 @@ _BAR_HALF_THICKNESS = 0.6 / 32
 # object visibly distinct from the background without making colour alone informative of the class.
 _BACKGROUND_BASE_MAX = 0.3
 _BACKGROUND_NOISE_AMPLITUDE = 0.2
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    # bool is an int subclass, but ``num_samples=True`` is always a mistake.
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r} of type {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return value
 
 
 def _uniform(n: int, low: float | Tensor, high: float | Tensor, generator: torch.Generator) -> Tensor:
@@ -193,10 +186,10 @@ class ShapesDataset(Dataset[tuple[Tensor, Tensor, Tensor]]):
     """
 
     def __init__(self, num_samples: int, image_size: int = 32, seed: int = 0, num_distractors: int = 2) -> None:
-        self.num_samples = _check_int("num_samples", num_samples, 1)
-        self.image_size = _check_int("image_size", image_size, _MIN_IMAGE_SIZE)
-        self.seed = _check_int("seed", seed, 0)
-        self.num_distractors = _check_int("num_distractors", num_distractors, 0)
+        self.num_samples = check_int("num_samples", num_samples, 1)
+        self.image_size = check_int("image_size", image_size, _MIN_IMAGE_SIZE)
+        self.seed = check_int("seed", seed, 0)
+        self.num_distractors = check_int("num_distractors", num_distractors, 0)
         generator = torch.Generator().manual_seed(seed)
         self.images, self.labels, self.masks = generate_shapes(num_samples, image_size, num_distractors, generator)
 
@@ -257,7 +250,7 @@ class ShapesDataModule(LightningDataModule):
             ("seed", seed, 0),
             ("num_workers", num_workers, 0),
         ):
-            _check_int(name, value, minimum)
+            check_int(name, value, minimum)
         self.save_hyperparameters()
         # One seed per split plus one for shuffling, all drawn from the base seed so that neighbouring base
         # seeds do not share splits.

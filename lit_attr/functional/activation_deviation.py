@@ -25,12 +25,12 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from lit_attr._checks import resolve_target
 from lit_attr.functional.insertion_deletion import (
     DEFAULT_INTERNAL_BATCH_SIZE,
     GAMES,
     SubstrateType,
     TargetType,
-    _resolve_target,
     iter_perturbed_batches,
     make_substrate,
     prepare_games,
@@ -322,7 +322,7 @@ def activation_deviation(
         if target is not None:
             if not all(isinstance(out, Tensor) and out.ndim == 2 for out in outputs):
                 raise ValueError("`target` needs a model that returns logits (N, K); pass target=None.")
-            _resolve_target(target, torch.cat(outputs))
+            resolve_target(target, torch.cat(outputs))
         dtype = torch.promote_types(clean[0].dtype, torch.float32)
         for activation in clean[1:]:
             dtype = torch.promote_types(dtype, activation.dtype)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from lit_attr._checks import TargetType, check_choice, check_optional_int, resolve_target
 from lit_attr.methods._hygiene import preserved_model_state
 
 __all__ = [
@@ -47,7 +48,6 @@ __all__ = [
 ]
 
 SubstrateType = str | Callable[[Tensor], Tensor]
-TargetType = int | Sequence[int] | Tensor | None
 
 #: Number of steps when neither ``pixels_per_step`` nor ``n_steps`` is given (1792 px per step at 224x224).
 DEFAULT_N_STEPS = 28
@@ -152,8 +152,8 @@ def resolve_protocol(
             f"Give at most one of `pixels_per_step` and `n_steps`, got pixels_per_step={pixels_per_step!r} and "
             f"n_steps={n_steps!r}."
         )
-    _check_positive_int("pixels_per_step", pixels_per_step)
-    _check_positive_int("n_steps", n_steps)
+    check_optional_int("pixels_per_step", pixels_per_step)
+    check_optional_int("n_steps", n_steps)
     defaults = PRESETS[preset or "rise"]
     insertion_substrate = defaults["insertion_substrate"] if insertion_substrate is None else insertion_substrate
     deletion_substrate = defaults["deletion_substrate"] if deletion_substrate is None else deletion_substrate
@@ -306,7 +306,7 @@ def rank_map(attributions: Tensor, reduce: str = "sum") -> Tensor:
     """
     if not isinstance(attributions, Tensor):
         raise TypeError(f"`attributions` must be a torch.Tensor, got {type(attributions).__name__}.")
-    _check_choice("reduce", reduce, REDUCTIONS)
+    check_choice("reduce", reduce, REDUCTIONS)
     if attributions.ndim not in (3, 4) or attributions.shape[0] == 0:
         raise ValueError(
             f"`attributions` must be a non-empty (N, C, H, W) or (N, H, W) tensor, got shape "
@@ -352,9 +352,9 @@ def perturbation_schedule(
         >>> perturbation_schedule(10, pixels_per_step=4)
         tensor([ 0,  4,  8, 10])
     """
-    _check_positive_int("num_units", num_units)
-    _check_positive_int("pixels_per_step", pixels_per_step)
-    _check_positive_int("n_steps", n_steps)
+    check_optional_int("num_units", num_units)
+    check_optional_int("pixels_per_step", pixels_per_step)
+    check_optional_int("n_steps", n_steps)
     if pixels_per_step is not None and n_steps is not None:
         raise ValueError(
             f"Give at most one of `pixels_per_step` and `n_steps`, got pixels_per_step={pixels_per_step!r} and "
@@ -400,7 +400,7 @@ def iter_perturbed_batches(
         >>> rows.flatten(1).tolist()
         [[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]]
     """
-    _check_choice("game", game, GAMES)
+    check_choice("game", game, GAMES)
     substrate = torch.broadcast_to(substrate, x.shape)
     if ranks.ndim == 3:
         ranks = ranks.unsqueeze(1)
@@ -478,8 +478,8 @@ def prepare_games(
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
     _check_images("x", x)
     _check_attributions(attributions, x)
-    _check_choice("reduce", reduce, REDUCTIONS)
-    _check_positive_int("internal_batch_size", internal_batch_size)
+    check_choice("reduce", reduce, REDUCTIONS)
+    check_optional_int("internal_batch_size", internal_batch_size)
     _check_model_device(model, x)
     if not bool(torch.isfinite(x).all()):
         raise ValueError("`x` contains NaN or infinite values; the games need finite inputs.")
@@ -504,6 +504,7 @@ def insertion_deletion(
     preset: str | None = None,
     substrate_value: float | Sequence[float] | Tensor | None = None,
     seed: int = 0,
+    logits: Tensor | None = None,
 ) -> InsertionDeletionResult:
     """Insertion and deletion curves and AUCs of attribution maps (RISE's causal metrics, batched).
 
@@ -534,6 +535,8 @@ def insertion_deletion(
         preset: ``"rise"``, ``"mfaba"``, ``"fei"`` or ``None`` (see :data:`PRESETS`).
         substrate_value: the fill of a ``"constant"`` substrate.
         seed: seed of a ``"noise"`` substrate.
+        logits: the model's logits ``(N, K)`` for ``x`` if the caller already has them (the runner computes them
+            once per batch); they resolve the target and the clean probability instead of a forward pass.
 
     Returns:
         :class:`InsertionDeletionResult` with ``(N, T + 1)`` curves, ``(N,)`` AUCs and the tracked targets, in
@@ -551,7 +554,7 @@ def insertion_deletion(
         >>> result.insertion_curve.shape, result.deletion_auc.shape
         (torch.Size([2, 5]), torch.Size([2]))
     """
-    _check_choice("output", output, OUTPUTS)
+    check_choice("output", output, OUTPUTS)
     protocol, ranks, schedule, chunk = prepare_games(
         model,
         x,
@@ -569,9 +572,13 @@ def insertion_deletion(
 
     with torch.no_grad(), preserved_model_state(model):
         # Scores in at least float32: a bf16/fp16 model's curves and AUCs would otherwise be rounded to 3 digits.
-        clean = torch.cat([_logits(model, x[i : i + chunk]) for i in range(0, n, chunk)])
+        if logits is None:
+            clean = torch.cat([_logits(model, x[i : i + chunk]) for i in range(0, n, chunk)])
+        else:
+            _check_clean_logits(logits, x)
+            clean = logits.detach()
         clean = clean.to(torch.promote_types(clean.dtype, torch.float32))
-        target = _resolve_target(target, clean)
+        target = resolve_target(target, clean)
         clean_prob = clean.softmax(dim=1).gather(1, target[:, None]).squeeze(1)
         curves = {}
         for game in GAMES:
@@ -595,9 +602,6 @@ def insertion_deletion(
 
 
 # ------------------------------------------------------------------------------------------------- validation
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
 
 
 def check_substrate_value(protocol: Protocol, substrate_value: object) -> None:
@@ -618,9 +622,6 @@ def _check_substrate(name: str, value: object) -> None:
         raise ValueError(f"`{name}` must be one of {SUBSTRATES} or a callable, got {value!r}.")
 
 
-def _check_positive_int(name: str, value: object) -> None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise ValueError(f"`{name}` must be a positive int or None, got {value!r}.")
 
 
 def _check_images(name: str, x: object) -> None:
@@ -649,40 +650,15 @@ def _check_model_device(model: nn.Module, x: Tensor) -> None:
         raise ValueError(f"`x` is on {x.device} but the model is on {device}; move them to the same device.")
 
 
+def _check_clean_logits(logits: object, x: Tensor) -> None:
+    if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != x.shape[0]:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"`logits` must be the model's logits (N, K) = ({x.shape[0]}, K) for `x`, got {shape}.")
+
+
 def _logits(model: nn.Module, x: Tensor) -> Tensor:
     out = model(x)
     if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(f"`model` must return logits of shape (N, K) = ({x.shape[0]}, K), got {shape}.")
     return out
-
-
-def _resolve_target(target: TargetType, logits: Tensor) -> Tensor:
-    n, num_classes = logits.shape
-    if target is None:
-        return logits.argmax(dim=1)
-    if isinstance(target, (bool, float)) or (isinstance(target, Tensor) and not _is_integer(target)):
-        raise TypeError(f"`target` must be None, an int, or N integer class indices, got {target!r}.")
-    if isinstance(target, int):
-        target = torch.full((n,), target, dtype=torch.long, device=logits.device)
-    else:
-        target = torch.as_tensor(target, device=logits.device)
-        if not _is_integer(target):
-            raise TypeError(f"`target` must be None, an int, or N integer class indices, got {target!r}.")
-        if target.ndim > 2 or (target.ndim == 2 and target.shape[1] != 1):
-            raise ValueError(
-                f"`target` must be an int or N={n} class indices, (N,) or (N, 1), got {tuple(target.shape)}."
-            )
-        target = target.long().expand(n) if target.ndim == 0 else target.long().reshape(-1)
-        if target.numel() != n:
-            raise ValueError(f"`target` must have one entry per sample (N={n}), got {target.numel()} entries.")
-    if bool((target < 0).any()) or bool((target >= num_classes).any()):
-        raise ValueError(
-            f"`target` values must be in [0, {num_classes - 1}] for a model with {num_classes} classes, "
-            f"got values in [{int(target.min())}, {int(target.max())}]."
-        )
-    return target
-
-
-def _is_integer(t: Tensor) -> bool:
-    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)

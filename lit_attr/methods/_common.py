@@ -1,11 +1,9 @@
-"""Small helpers shared by the path methods (MFABA, BIG, AGI, IG2, FEI): scores, validation, per-row seeds."""
+"""Small helpers shared by the path methods (MFABA, BIG, AGI, IG2, FEI): scores, row norms, per-row seeds."""
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -44,26 +42,3 @@ def unit_rows(t: Tensor) -> Tensor:
 def row_seed(seed: int, row: Tensor) -> int:
     """A seed derived from ``seed`` and a sample's values, so a sample's random draws do not depend on its batch."""
     return seed + zlib.crc32(row.detach().cpu().contiguous().numpy().tobytes())
-
-
-def check_choice(name: str, value: Any, options: Any) -> Any:
-    """Return ``value`` if it is one of ``options``, else raise a ValueError naming the argument."""
-    if value not in options:
-        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, options))}, got {value!r}.")
-    return value
-
-
-def check_positive(name: str, value: Any, kind: type = float) -> Any:
-    """Return ``value`` as ``kind`` if it is a finite positive number (an integer when ``kind`` is int)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
-    if kind is int and value != int(value):
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-    return kind(value)
-
-
-def check_seed(seed: Any) -> int:
-    """Return ``seed`` if it is an int (bools excluded), else raise a TypeError naming the argument."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"`seed` must be an int, got {type(seed).__name__}.")
-    return seed

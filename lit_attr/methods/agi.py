@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lit_attr.methods._common import SCORES, check_positive, check_seed, expand_rows, row_seed
+from lit_attr._checks import check_positive, check_seed
+from lit_attr.methods._common import SCORES, expand_rows, row_seed
 from lit_attr.methods.base import AttributionMethod, BoundsType
 from lit_attr.methods.registry import register_method
 

@@ -9,15 +9,22 @@ a model in eval mode whose parameters do not require gradients.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
+from lit_attr._checks import TargetType, resolve_target
 from lit_attr.methods._hygiene import preserved_model_state, preserved_rng_state
 
-TargetType = int | Sequence[int] | Tensor | None
+if TYPE_CHECKING:
+    from lit_attr.batch import Batch
+
+__all__ = ["AttributionMethod", "BoundsType", "ResultType", "TargetType", "attributions_of"]
+
+#: What :meth:`AttributionMethod.attribute` returns: the attributions, or ``(attributions, info)`` when a method
+#: is asked for per-sample diagnostics (MFABA's ``return_info``, IG2's ``return_baseline``, FEI's ``return_masks``).
 ResultType = Tensor | tuple[Tensor, dict[str, Tensor]]
 BoundsType = tuple[float | Tensor, float | Tensor] | None
 
@@ -69,14 +76,18 @@ class AttributionMethod(abc.ABC):
         self.internal_batch_size = internal_batch_size
 
     # ------------------------------------------------------------------ public API
-    def attribute(self, x: Tensor, target: TargetType = None, **kwargs: Any) -> ResultType:
+    def attribute(
+        self, x: Tensor, target: TargetType = None, *, logits: Tensor | None = None, **kwargs: Any
+    ) -> ResultType:
         """Attribute the target logit of every sample in ``x`` to its input features.
 
         Args:
             x: input batch ``(N, ...)`` of floating dtype, on the model's device. Inference tensors (from
                 Lightning's ``validate``/``test``) and calls inside ``torch.no_grad()`` are fine.
-            target: class to explain: ``None`` (the model's top-1 prediction), an ``int`` for all samples, or a
-                sequence/tensor of ``N`` ints.
+            target: class to explain, in any form :mod:`lit_attr._checks` lists: ``None`` (the model's top-1
+                prediction), an ``int`` for all samples, or ``N`` class indices.
+            logits: the model's logits ``(N, K)`` for ``x`` if the caller already has them; the target is then
+                resolved and checked against them instead of running the model once more.
             **kwargs: per-call options of the concrete method.
 
         Returns:
@@ -88,7 +99,7 @@ class AttributionMethod(abc.ABC):
         with preserved_model_state(self.model), preserved_rng_state():
             with torch.inference_mode(False), torch.enable_grad():
                 x = x.detach().clone()
-                target = self.resolve_target(x, target)
+                target = self.resolve_target(x, target, logits=logits)
                 chunk = self._samples_per_chunk(**kwargs)
                 parts = [
                     self._attribute(x[i : i + chunk], target[i : i + chunk], **self._chunk_kwargs(kwargs, x, i, chunk))
@@ -106,6 +117,18 @@ class AttributionMethod(abc.ABC):
     def __call__(self, x: Tensor, target: TargetType = None, **kwargs: Any) -> ResultType:
         """Alias of :meth:`attribute`."""
         return self.attribute(x, target, **kwargs)
+
+    def prepare(self, data: Batch) -> None:  # noqa: B027 (an optional hook, deliberately empty by default)
+        """Receive data beyond the batch being explained; the default ignores it.
+
+        Orchestrators (the callbacks, ``evaluate``, ``AttributionQuality``, the runner) call it once with the
+        data they have at hand (a probe set, the first samples of a split, the current batch) before attributing.
+        It is the one way a method receives such data: IG2 draws its references from it. Methods that need nothing
+        beyond the batch keep this default.
+
+        Args:
+            data: labelled samples as a :class:`~lit_attr.batch.Batch`.
+        """
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, model={type(self.model).__name__})"
@@ -144,34 +167,23 @@ class AttributionMethod(abc.ABC):
         low, high = (b.to(x) if isinstance(b, Tensor) else b for b in self.input_bounds)
         return torch.clamp(x, low, high)
 
-    def resolve_target(self, x: Tensor, target: TargetType) -> Tensor:
-        """Turn ``target`` into an ``(N,)`` long tensor on ``x``'s device, validating it against the logits."""
+    def resolve_target(self, x: Tensor, target: TargetType, logits: Tensor | None = None) -> Tensor:
+        """Turn ``target`` into an ``(N,)`` long tensor on ``x``'s device, validated against the model's logits.
+
+        Args:
+            x: the batch.
+            target: any form :func:`lit_attr._checks.resolve_target` accepts.
+            logits: the logits of ``x`` if already computed (checked for shape); else the model runs once.
+        """
         n = x.shape[0]
-        chunk = self.internal_batch_size or n
-        with torch.no_grad(), preserved_model_state(self.model):
-            logits = torch.cat([self.logits(x[i : i + chunk]) for i in range(0, n, chunk)])
-        num_classes = logits.shape[1]
-        if target is None:
-            return logits.argmax(dim=1)
-        if isinstance(target, bool) or isinstance(target, float) or (
-            isinstance(target, Tensor) and target.is_floating_point()
-        ):
-            raise TypeError(f"`target` must be None, an int, or N integer class indices, got {target!r}.")
-        if isinstance(target, int):
-            target = torch.full((n,), target, dtype=torch.long, device=x.device)
-        else:
-            target = torch.as_tensor(target, device=x.device).long()
-            target = target.expand(n) if target.ndim == 0 else target.reshape(-1)
-            if target.numel() != n:
-                raise ValueError(
-                    f"`target` must have one entry per sample (N={n}), got {target.numel()} entries."
-                )
-        if target.numel() and (target.min() < 0 or target.max() >= num_classes):
-            raise ValueError(
-                f"`target` values must be in [0, {num_classes - 1}] for a model with {num_classes} classes, "
-                f"got values in [{int(target.min())}, {int(target.max())}]."
-            )
-        return target
+        if logits is None:
+            chunk = self.internal_batch_size or n
+            with torch.no_grad(), preserved_model_state(self.model):
+                logits = torch.cat([self.logits(x[i : i + chunk]) for i in range(0, n, chunk)])
+        elif not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != n:
+            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+            raise ValueError(f"`logits` must be the model's logits (N, K) = ({n}, K) for `x`, got {shape}.")
+        return resolve_target(target, logits.detach()).to(x.device)
 
     # ------------------------------------------------------------------ internals
     def _samples_per_chunk(self, **kwargs: Any) -> int:
@@ -226,3 +238,14 @@ def _check_bounds(bounds: BoundsType) -> BoundsType:
     if bool(torch.as_tensor(low >= high).any()):
         raise ValueError(f"`input_bounds` must satisfy low < high everywhere, got {bounds!r}.")
     return low, high
+
+
+def attributions_of(result: ResultType) -> Tensor:
+    """The attributions of an :meth:`AttributionMethod.attribute` result, with or without its ``info`` dict.
+
+    Example:
+        >>> a = torch.ones(2, 3)
+        >>> attributions_of((a, {"steps": torch.tensor([1, 2])})) is attributions_of(a)
+        True
+    """
+    return result[0] if isinstance(result, tuple) else result

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_attr.methods._common import SCORES, check_choice, check_positive, expand_rows
+from lit_attr._checks import check_choice, check_positive
+from lit_attr.methods._common import SCORES, expand_rows
 from lit_attr.methods.base import AttributionMethod, BoundsType
 from lit_attr.methods.registry import register_method
 

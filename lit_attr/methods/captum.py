@@ -15,7 +15,8 @@ import captum.attr as ca
 import torch
 from torch import Tensor, nn
 
-from lit_attr.methods._common import check_seed, row_seed
+from lit_attr._checks import check_seed
+from lit_attr.methods._common import row_seed
 from lit_attr.methods._hygiene import seed_everything_locally
 from lit_attr.methods.base import AttributionMethod, BoundsType
 from lit_attr.methods.registry import register_method

@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor, nn
 
-from lit_attr.methods._common import SCORES, check_choice, check_positive, check_seed, row_seed
-from lit_attr.methods.base import AttributionMethod, BoundsType
+from lit_attr._checks import check_choice, check_positive, check_seed
+from lit_attr.methods._common import SCORES, row_seed
+from lit_attr.methods.base import AttributionMethod, BoundsType, TargetType
 from lit_attr.methods.registry import register_method
 
 #: Which incoming gradients ``g`` a gated ReLU lets through, given its clean (``a0``) and current (``a``) output.
@@ -182,6 +183,34 @@ class FEI(AttributionMethod):
         if not (isinstance(progress, bool) or callable(progress)):
             raise TypeError(f"`progress` must be a bool or a callable(done, total), got {type(progress).__name__}.")
         self.progress = progress
+
+    @overload
+    def attribute(
+        self,
+        x: Tensor,
+        target: TargetType = None,
+        *,
+        logits: Tensor | None = None,
+        return_masks: Literal[False] = False,
+    ) -> Tensor: ...
+
+    @overload
+    def attribute(
+        self, x: Tensor, target: TargetType = None, *, logits: Tensor | None = None, return_masks: Literal[True]
+    ) -> tuple[Tensor, dict[str, Tensor]]: ...
+
+    def attribute(
+        self, x: Tensor, target: TargetType = None, *, logits: Tensor | None = None, return_masks: bool = False
+    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        """FEI attributions of ``x`` (see the class).
+
+        Args:
+            x: input batch ``(N, ...)``.
+            target: class to explain (``None``: the prediction).
+            logits: the model's logits for ``x`` if already computed (see the base class).
+            return_masks: also return ``{"masks": (N, len(levels), ...)}``, the nested masks.
+        """
+        return super().attribute(x, target, logits=logits, return_masks=return_masks)
 
     # ------------------------------------------------------------------ gated layers
     def relu_modules(self, x: Tensor) -> list[nn.Module]:

@@ -12,14 +12,18 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 from torch import Tensor, nn
 
-from lit_attr.methods._common import SCORES, check_choice, check_positive, check_seed, row_seed, unit_rows
+from lit_attr._checks import check_choice, check_positive, check_seed
+from lit_attr.methods._common import SCORES, row_seed, unit_rows
 from lit_attr.methods.base import AttributionMethod, BoundsType, ResultType, TargetType
 from lit_attr.methods.registry import register_method
+
+if TYPE_CHECKING:
+    from lit_attr.batch import Batch
 
 SAMPLERS = ("random_other_class", "confusers")
 #: eta of the authors (256 in [0, 255] at 299x299 RGB), converted to [0, 1] at 224x224 RGB.
@@ -69,7 +73,9 @@ class IG2(AttributionMethod):
             ``"confusers"`` (pool samples whose label is among the model's ``B`` highest-scoring classes for ``x``
             other than the target: top-2 .. top-(B+1) when the target is the prediction); a tensor ``(N, B, ...)``
             of references is passed per call instead, as ``attribute(x, references=...)``.
-        reference_pool: ``(inputs, labels)`` the samplers draw from (e.g. a validation batch or a probe set).
+        reference_pool: ``(inputs, labels)`` the samplers draw from. Without it, the samplers draw from the data
+            given to :meth:`prepare` (the callbacks and ``evaluate`` pass their probe set or the first samples of
+            the split).
         seed: seed of the samplers; draws are per sample, so they do not depend on the batch.
         fused: ``False`` runs the authors' two passes (path search, then integration): the same result at twice
             the forwards, kept for benchmarks.
@@ -119,6 +125,7 @@ class IG2(AttributionMethod):
             )
         self.references = check_choice("references", references, SAMPLERS)
         self.reference_pool = reference_pool
+        self._prepared_pool: tuple[Tensor, Tensor] | None = None
         self.seed = check_seed(seed)
         self.fused = bool(fused)
         self.return_baseline = bool(return_baseline)
@@ -131,6 +138,21 @@ class IG2(AttributionMethod):
     @reference_pool.setter
     def reference_pool(self, pool: tuple[Tensor, Tensor] | None) -> None:
         self._reference_pool = _check_pool(pool)
+
+    def prepare(self, data: Batch) -> None:
+        """Draw references from ``data``'s labelled samples, unless ``reference_pool`` was given.
+
+        Raises:
+            ValueError: if ``data`` has no labels (and no ``reference_pool`` was given).
+        """
+        if self.reference_pool is not None:
+            return
+        if data.y is None:
+            raise ValueError(
+                "ig2 draws its references from labelled samples, but the data it was prepared with has no labels; "
+                "pass reference_pool=(inputs, labels) to the method."
+            )
+        self._prepared_pool = _check_pool((data.x, data.y))
 
     def _find_layer(self, layer: str | None) -> nn.Module:
         modules = dict(self.model.named_modules())
@@ -158,8 +180,11 @@ class IG2(AttributionMethod):
 
     # ------------------------------------------------------------------ references
     def sample_references(self, x: Tensor, target: Tensor, pool: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """Draw ``(N, B, ...)`` references from ``pool`` (default ``reference_pool``) with the configured sampler."""
-        pool = self.reference_pool if pool is None else _check_pool(pool)
+        """Draw ``(N, B, ...)`` references with the configured sampler.
+
+        From ``pool`` if given, else from ``reference_pool``, else from the data given to :meth:`prepare`.
+        """
+        pool = _check_pool(pool) if pool is not None else self.reference_pool or self._prepared_pool
         if pool is None:
             raise ValueError(
                 f"`references={self.references!r}` draws from `reference_pool`; pass reference_pool=(inputs, labels) "
@@ -245,11 +270,45 @@ class IG2(AttributionMethod):
             acc = acc + g_logit * (z.detach() - nxt)
         return acc, points[-1]
 
+    @overload
     def attribute(
         self,
         x: Tensor,
         target: TargetType = None,
         *,
+        logits: Tensor | None = None,
+        references: Tensor | None = None,
+        return_baseline: Literal[False],
+    ) -> Tensor: ...
+
+    @overload
+    def attribute(
+        self,
+        x: Tensor,
+        target: TargetType = None,
+        *,
+        logits: Tensor | None = None,
+        references: Tensor | None = None,
+        return_baseline: Literal[True],
+    ) -> tuple[Tensor, dict[str, Tensor]]: ...
+
+    @overload
+    def attribute(
+        self,
+        x: Tensor,
+        target: TargetType = None,
+        *,
+        logits: Tensor | None = None,
+        references: Tensor | None = None,
+        return_baseline: None = None,
+    ) -> ResultType: ...
+
+    def attribute(
+        self,
+        x: Tensor,
+        target: TargetType = None,
+        *,
+        logits: Tensor | None = None,
         references: Tensor | None = None,
         return_baseline: bool | None = None,
     ) -> ResultType:
@@ -258,12 +317,14 @@ class IG2(AttributionMethod):
         Args:
             x: input batch ``(N, ...)``.
             target: class to explain (``None``: the prediction).
+            logits: the model's logits for ``x`` if already computed (see the base class).
             references: per-sample references, ``B >= 1`` of them per sample; default: drawn by the sampler.
-            return_baseline: override the constructor's ``return_baseline``.
+            return_baseline: also return ``{"baseline": GradCF}``; ``None`` follows the constructor's
+                ``return_baseline``.
         """
         if references is not None:
             _check_references(references, x)
-        return super().attribute(x, target, references=references, return_baseline=return_baseline)
+        return super().attribute(x, target, logits=logits, references=references, return_baseline=return_baseline)
 
     def _attribute(
         self, x: Tensor, target: Tensor, references: Tensor | None = None, return_baseline: bool | None = None

@@ -9,13 +9,14 @@ See specs/methods.md for the variants and the bugs of the released code that thi
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor, nn
 
-from lit_attr.methods._common import SCORES, check_choice, check_positive, expand_rows, unit_rows
-from lit_attr.methods.base import AttributionMethod, BoundsType
+from lit_attr._checks import check_choice, check_positive
+from lit_attr.methods._common import SCORES, expand_rows, unit_rows
+from lit_attr.methods.base import AttributionMethod, BoundsType, TargetType
 from lit_attr.methods.registry import register_method
 
 VARIANTS = ("sharp", "smooth", "norm", "cos")
@@ -91,6 +92,34 @@ class MFABA(AttributionMethod):
         if not 0.0 <= compact_below <= 1.0:
             raise ValueError(f"`compact_below` must be in [0, 1], got {compact_below!r}.")
         self.compact_below = compact_below
+
+    @overload
+    def attribute(
+        self,
+        x: Tensor,
+        target: TargetType = None,
+        *,
+        logits: Tensor | None = None,
+        return_info: Literal[False] = False,
+    ) -> Tensor: ...
+
+    @overload
+    def attribute(
+        self, x: Tensor, target: TargetType = None, *, logits: Tensor | None = None, return_info: Literal[True]
+    ) -> tuple[Tensor, dict[str, Tensor]]: ...
+
+    def attribute(
+        self, x: Tensor, target: TargetType = None, *, logits: Tensor | None = None, return_info: bool = False
+    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        """MFABA attributions of ``x`` (see the class).
+
+        Args:
+            x: input batch ``(N, ...)``.
+            target: class to explain (``None``: the prediction).
+            logits: the model's logits for ``x`` if already computed (see the base class).
+            return_info: also return per-sample diagnostics ``{"steps", "flipped", "score_drop"}``.
+        """
+        return super().attribute(x, target, logits=logits, return_info=return_info)
 
     # ------------------------------------------------------------------ path step
     def _step(self, x: Tensor, x0: Tensor, g: Tensor) -> Tensor:

@@ -9,20 +9,21 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from lit_attr._checks import check_choice, check_optional_int
 from lit_attr.functional.activation_deviation import activation_deviation, resolve_probe_layers
 from lit_attr.functional.insertion_deletion import (
     DEFAULT_INTERNAL_BATCH_SIZE,
     REDUCTIONS,
     SubstrateType,
     TargetType,
-    _check_choice,
-    _check_positive_int,
     check_substrate_value,
     resolve_protocol,
 )
 from lit_attr.metrics._model_ref import ModelRef
 
 __all__ = ["ActivationDeviation"]
+
+_PER_LAYER = ("insertion_mse", "deletion_mse", "insertion_overlap", "deletion_overlap")
 
 
 class ActivationDeviation(Metric):
@@ -108,8 +109,8 @@ class ActivationDeviation(Metric):
             pixels_per_step=pixels_per_step,
             n_steps=n_steps,
         )
-        _check_choice("reduce", reduce, REDUCTIONS)
-        _check_positive_int("internal_batch_size", internal_batch_size)
+        check_choice("reduce", reduce, REDUCTIONS)
+        check_optional_int("internal_batch_size", internal_batch_size)
         check_substrate_value(protocol, substrate_value)
         self._model_ref = ModelRef(model)
         self._options: dict[str, Any] = {
@@ -124,8 +125,8 @@ class ActivationDeviation(Metric):
             "seed": seed,
         }
         num_layers = len(self.layers)
-        for name in ("insertion_mse_sum", "deletion_mse_sum", "insertion_overlap_sum", "deletion_overlap_sum"):
-            self.add_state(name, torch.zeros(num_layers), dist_reduce_fx="sum")
+        for name in _PER_LAYER:
+            self.add_state(f"{name}_sum", torch.zeros(num_layers), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
 
     @property
@@ -133,20 +134,47 @@ class ActivationDeviation(Metric):
         """The evaluated model (held by reference, not a submodule)."""
         return self._model_ref.module
 
-    def update(self, x: Tensor, attributions: Tensor, target: TargetType = None) -> None:
-        """Play both games on a batch and add its per-layer deviations to the states.
+    def score(self, x: Tensor, attributions: Tensor, target: TargetType = None) -> dict[str, Tensor]:
+        """Play both games on a batch and return its per-sample deviations; the states are left as they are.
 
         Args:
             x: ``(N, C, H, W)`` inputs on the model's device.
             attributions: ``(N, C, H, W)`` or ``(N, H, W)`` maps.
             target: accepted for the common metric signature; checked, but the result does not depend on it.
+
+        Returns:
+            ``"mean_mse"`` ``(N,)`` (each sample's mean over layers and both games) and ``{"insertion_mse",
+            "deletion_mse", "insertion_overlap", "deletion_overlap"}`` ``(N, L)``.
         """
         result = activation_deviation(self.model, x, attributions, target, **self._options)
+        return {
+            "mean_mse": torch.cat([result.insertion_mse, result.deletion_mse], dim=1).mean(dim=1),
+            **{name: getattr(result, name) for name in _PER_LAYER},
+        }
+
+    def update(
+        self,
+        x: Tensor,
+        attributions: Tensor,
+        target: TargetType = None,
+        *,
+        scores: dict[str, Tensor] | None = None,
+    ) -> None:
+        """Add a batch's per-layer deviations to the states.
+
+        Args:
+            x: ``(N, C, H, W)`` inputs on the model's device.
+            attributions: ``(N, C, H, W)`` or ``(N, H, W)`` maps.
+            target: accepted for the common metric signature; checked, but the result does not depend on it.
+            scores: this batch's :meth:`score`, if the caller already has it (the games are not played again).
+        """
+        if scores is None:
+            scores = self.score(x, attributions, target)
         dtype, device = self.insertion_mse_sum.dtype, self.insertion_mse_sum.device
-        for name in ("insertion_mse", "deletion_mse", "insertion_overlap", "deletion_overlap"):
+        for name in _PER_LAYER:
             state = getattr(self, f"{name}_sum")
-            state += getattr(result, name).sum(dim=0).to(dtype=dtype, device=device)
-        self.count += result.insertion_mse.shape[0]
+            state += scores[name].sum(dim=0).to(dtype=dtype, device=device)
+        self.count += scores["insertion_mse"].shape[0]
 
     def compute(self) -> dict[str, Any]:
         """Per-layer means over every sample seen (on all processes), and the mean MSE over layers and games.

@@ -10,14 +10,13 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from lit_attr._checks import check_choice, check_optional_int
 from lit_attr.functional.insertion_deletion import (
     DEFAULT_INTERNAL_BATCH_SIZE,
     OUTPUTS,
     REDUCTIONS,
     SubstrateType,
     TargetType,
-    _check_choice,
-    _check_positive_int,
     check_substrate_value,
     insertion_deletion,
     perturbation_schedule,
@@ -46,8 +45,9 @@ class InsertionDeletion(Metric):
     * with ``pixels_per_step``, T depends on the input size, so ``num_units`` (H*W, or C*H*W for
       ``reduce="none"``) is required.
 
-    After every update, :attr:`last_sample_scores` holds that batch's per-sample ``"insertion"``, ``"deletion"``
-    and ``"difference"`` AUCs (``(N,)`` tensors): a view of one batch, not a state (never synced or reset).
+    :meth:`score` returns one batch's per-sample values under the same names (the functional layer's result;
+    no state changes), and ``update(..., scores=...)`` adds values computed that way, so a caller that wants both
+    the per-sample values and the running means (the runner) plays the games once.
 
     All updates must therefore use inputs of one size (checked). The model is held by reference, outside the
     metric's submodules: it is not in ``state_dict()``, ``metric.to(...)`` does not move it, and the metric can be
@@ -121,10 +121,10 @@ class InsertionDeletion(Metric):
             pixels_per_step=pixels_per_step,
             n_steps=n_steps,
         )
-        _check_choice("output", output, OUTPUTS)
-        _check_choice("reduce", reduce, REDUCTIONS)
-        _check_positive_int("internal_batch_size", internal_batch_size)
-        _check_positive_int("num_units", num_units)
+        check_choice("output", output, OUTPUTS)
+        check_choice("reduce", reduce, REDUCTIONS)
+        check_optional_int("internal_batch_size", internal_batch_size)
+        check_optional_int("num_units", num_units)
         check_substrate_value(protocol, substrate_value)
         if num_units is not None:
             max_steps = perturbation_schedule(num_units, protocol.pixels_per_step, protocol.n_steps).numel() - 1
@@ -157,22 +157,28 @@ class InsertionDeletion(Metric):
         self.add_state("deletion_curve_sum", torch.zeros(max_steps + 1), dist_reduce_fx="sum")
         # How many samples reached each step: reveals T after a DDP sum and catches updates of different sizes.
         self.add_state("curve_count", torch.zeros(max_steps + 1, dtype=torch.long), dist_reduce_fx="sum")
-        self.last_sample_scores: dict[str, Tensor] = {}
 
     @property
     def model(self) -> nn.Module:
         """The evaluated model (held by reference, not a submodule)."""
         return self._model_ref.module
 
-    def update(self, x: Tensor, attributions: Tensor, target: TargetType = None) -> None:
-        """Play both games on a batch and add its AUCs and curves to the states.
+    def score(
+        self, x: Tensor, attributions: Tensor, target: TargetType = None, *, logits: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Play both games on a batch and return its per-sample values; the states are left as they are.
 
         Args:
             x: ``(N, C, H, W)`` inputs on the model's device.
             attributions: ``(N, C, H, W)`` or ``(N, H, W)`` maps.
             target: ``None`` (clean top-1 prediction), an int, or ``N`` class indices.
+            logits: the model's logits for ``x`` if already computed (saves one forward pass).
+
+        Returns:
+            ``{"insertion", "deletion", "difference"}`` AUCs ``(N,)`` and ``{"insertion_curve",
+            "deletion_curve"}`` ``(N, T + 1)``.
         """
-        result = insertion_deletion(self.model, x, attributions, target, **self._options)
+        result = insertion_deletion(self.model, x, attributions, target, logits=logits, **self._options)
         if self.num_units is not None:
             units = _num_units(x, attributions, self._options["reduce"])
             if units != self.num_units:
@@ -180,7 +186,35 @@ class InsertionDeletion(Metric):
                     f"The metric was built with `num_units={self.num_units}`, but this batch has {units} units per "
                     f"sample (x of shape {tuple(x.shape)}, attributions of shape {tuple(attributions.shape)})."
                 )
-        points = result.insertion_curve.shape[1]
+        return {
+            "insertion": result.insertion_auc,
+            "deletion": result.deletion_auc,
+            "difference": result.insertion_auc - result.deletion_auc,
+            "insertion_curve": result.insertion_curve,
+            "deletion_curve": result.deletion_curve,
+        }
+
+    def update(
+        self,
+        x: Tensor,
+        attributions: Tensor,
+        target: TargetType = None,
+        *,
+        logits: Tensor | None = None,
+        scores: dict[str, Tensor] | None = None,
+    ) -> None:
+        """Add a batch's AUCs and curves to the states.
+
+        Args:
+            x: ``(N, C, H, W)`` inputs on the model's device.
+            attributions: ``(N, C, H, W)`` or ``(N, H, W)`` maps.
+            target: ``None`` (clean top-1 prediction), an int, or ``N`` class indices.
+            logits: the model's logits for ``x`` if already computed (saves one forward pass).
+            scores: this batch's :meth:`score`, if the caller already has it (the games are not played again).
+        """
+        if scores is None:
+            scores = self.score(x, attributions, target, logits=logits)
+        points = scores["insertion_curve"].shape[1]
         seen = self.curve_count.nonzero()
         if seen.numel() and int(seen.max()) + 1 != points:
             raise ValueError(
@@ -193,18 +227,13 @@ class InsertionDeletion(Metric):
                 "pass the right `num_units`."
             )
         dtype, device = self.insertion_auc_sum.dtype, self.insertion_auc_sum.device
-        n = result.insertion_auc.shape[0]
-        self.insertion_auc_sum += result.insertion_auc.sum().to(dtype=dtype, device=device)
-        self.deletion_auc_sum += result.deletion_auc.sum().to(dtype=dtype, device=device)
+        n = scores["insertion"].shape[0]
+        self.insertion_auc_sum += scores["insertion"].sum().to(dtype=dtype, device=device)
+        self.deletion_auc_sum += scores["deletion"].sum().to(dtype=dtype, device=device)
         self.count += n
-        self.insertion_curve_sum[:points] += result.insertion_curve.sum(dim=0).to(dtype=dtype, device=device)
-        self.deletion_curve_sum[:points] += result.deletion_curve.sum(dim=0).to(dtype=dtype, device=device)
+        self.insertion_curve_sum[:points] += scores["insertion_curve"].sum(dim=0).to(dtype=dtype, device=device)
+        self.deletion_curve_sum[:points] += scores["deletion_curve"].sum(dim=0).to(dtype=dtype, device=device)
         self.curve_count[:points] += n
-        self.last_sample_scores = {
-            "insertion": result.insertion_auc,
-            "deletion": result.deletion_auc,
-            "difference": result.insertion_auc - result.deletion_auc,
-        }
 
     def compute(self) -> dict[str, Tensor]:
         """Mean AUCs, their difference, and the mean curves over every sample seen (on all processes).

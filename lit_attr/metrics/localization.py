@@ -36,9 +36,9 @@ class Localization(Metric):
     * ``"relevance_rank"``: share of the top-K pixels inside the mask, K = mask size;
     * ``"auroc"``: AUROC of the map as a mask-pixel score (undefined for masks covering the whole image).
 
-    All lie in [0, 1]; higher is better. :meth:`compute` returns ``{name: mean over samples}``. After every
-    update, :attr:`last_sample_scores` holds that batch's ``{name: (N,) scores}``: a view of one batch, not a
-    state (never synced or reset).
+    All lie in [0, 1]; higher is better. :meth:`compute` returns ``{name: mean over samples}``; :meth:`score`
+    returns one batch's ``{name: (N,) scores}`` without changing the states, and ``update(..., scores=...)`` adds
+    values computed that way.
 
     Args:
         metrics: a subset of :data:`LOCALIZATION_METRICS` (a single name is accepted).
@@ -89,10 +89,9 @@ class Localization(Metric):
         self.tolerance = tolerance
         self.add_state("score_sum", torch.zeros(len(names)), dist_reduce_fx="sum")
         self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
-        self.last_sample_scores: dict[str, Tensor] = {}
 
-    def update(self, attributions: Tensor, masks: Tensor) -> None:
-        """Score a batch.
+    def score(self, attributions: Tensor, masks: Tensor) -> dict[str, Tensor]:
+        """Score a batch and return ``{name: (N,) scores}``; the states are left as they are.
 
         Args:
             attributions: ``(N, C, H, W)`` (summed over channels) or ``(N, H, W)``.
@@ -110,10 +109,26 @@ class Localization(Metric):
             "relevance_rank": relevance_rank,
             "auroc": localization_auroc,
         }
-        per_sample = {name: functions[name](heatmap, masks).to(self.score_sum) for name in self.metrics}
-        self.score_sum += torch.stack([values.sum() for values in per_sample.values()])
-        self.total += heatmap.shape[0]
-        self.last_sample_scores = per_sample
+        return {name: functions[name](heatmap, masks) for name in self.metrics}
+
+    def update(self, attributions: Tensor, masks: Tensor, *, scores: dict[str, Tensor] | None = None) -> None:
+        """Add a batch's scores to the states.
+
+        Args:
+            attributions: ``(N, C, H, W)`` (summed over channels) or ``(N, H, W)``.
+            masks: ``(N, H, W)`` boolean (or 0/1) masks, none empty.
+            scores: this batch's :meth:`score`, if the caller already has it.
+
+        Raises:
+            TypeError: if an input is not a tensor.
+            ValueError: if the shapes do not match, or a mask is not boolean/0-1, empty, or (with ``"auroc"``)
+                covers the whole image.
+        """
+        if scores is None:
+            scores = self.score(attributions, masks)
+        values = torch.stack([scores[name].to(self.score_sum) for name in self.metrics])
+        self.score_sum += values.sum(dim=1)
+        self.total += values.shape[1]
 
     def compute(self) -> dict[str, Tensor]:
         """Mean of every selected score over all samples seen (on all ranks)."""

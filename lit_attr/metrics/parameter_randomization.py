@@ -10,9 +10,9 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import closing
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -30,10 +30,13 @@ from lit_attr.functional.randomization import (
 )
 from lit_attr.functional.similarity import spearman, ssim_maps
 from lit_attr.methods._hygiene import preserved_model_state
-from lit_attr.methods.base import AttributionMethod, TargetType
+from lit_attr.methods.base import AttributionMethod, TargetType, attributions_of
 from lit_attr.methods.registry import get_method
 from lit_attr.metrics._model_ref import ModelRef
 from lit_attr.metrics._plotting import figure_and_axes
+
+if TYPE_CHECKING:
+    from lit_attr.batch import Batch
 
 __all__ = ["SIMILARITIES", "ParameterRandomization"]
 
@@ -91,9 +94,12 @@ class ParameterRandomization(Metric):
     (:func:`~lit_attr.functional.similarity.spearman`). Attributions of shape ``(N, C, H, W)`` are summed over
     channels; other shapes (``(N, D)``, ``(N, L, E)``) are compared element-wise.
 
-    :meth:`compute` returns, for every selected similarity, ``{"stages": names, "curve": (S,) mean per stage,
-    "final": last stage, "passed": final < threshold}``, plus ``"threshold"``. A method passes the check when the
-    final ``spearman_abs`` is below the threshold (default 0.5).
+    :meth:`compute` returns the final-stage mean of every selected similarity as 0-d tensors (``{"spearman_abs":
+    ...}``), so it works with ``LightningModule.log_dict`` and ``MetricCollection``. :meth:`report` adds what is not
+    a scalar: for every similarity ``{"stages": names, "curve": (S,) mean per stage, "final": last stage,
+    "passed": final < threshold}``, plus ``"threshold"`` and the overall verdict ``"passed"``. A method passes the
+    check when its final ``spearman_abs`` (or, without it, every selected similarity) is below the threshold
+    (default 0.5). :meth:`stage_attributions` yields the very maps that :meth:`update` scores, stage by stage.
 
     Args:
         method: a registered method name or an :class:`~lit_attr.methods.AttributionMethod` instance.
@@ -119,8 +125,10 @@ class ParameterRandomization(Metric):
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
         >>> check = ParameterRandomization("saliency", net)
         >>> check.update(torch.rand(2, 3, 8, 8))
-        >>> result = check.compute()
-        >>> result["spearman_abs"]["stages"], float(result["spearman_abs"]["curve"][0])
+        >>> sorted(check.compute())
+        ['spearman', 'spearman_abs', 'ssim']
+        >>> report = check.report()
+        >>> report["spearman_abs"]["stages"], float(report["spearman_abs"]["curve"][0])
         (['original', '3', '0'], 1.0)
     """
 
@@ -190,8 +198,59 @@ class ParameterRandomization(Metric):
         layers = self._forward_layers if self._forward_layers is not None else self._layers
         return [name for name, _ in randomization_stages([n for n, _ in layers], self.order, self.stages)]
 
-    def update(self, x: Tensor, target: TargetType = None, attributions: Tensor | None = None) -> None:
-        """Attribute ``x`` with the original and every randomised network and accumulate the similarities.
+    def prepare(self, data: Batch) -> None:
+        """Pass data beyond the batch on to the method bound to the working copy (see ``AttributionMethod.prepare``)."""
+        self._method.prepare(data)
+
+    def stage_attributions(self, x: Tensor, target: TargetType = None) -> Iterator[tuple[str, Tensor]]:
+        """Yield ``(stage name, attributions)`` for every stage, exactly as :meth:`update` computes them.
+
+        The working copy is loaded with the user's current weights, the target is resolved on the intact copy
+        (every stage explains the same, original target), and the stages are walked in order, ``"original"``
+        first. The copy is restored when the generator ends, is closed, or its consumer raises.
+
+        Args:
+            x: input batch ``(N, ...)`` on the model's device (inference tensors are fine).
+            target: class to explain: ``None`` (the original model's top-1 prediction), an int, or ``N`` indices.
+
+        Example:
+            >>> net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
+            >>> check = ParameterRandomization("saliency", net, similarity="spearman_abs")
+            >>> [(stage, a.shape) for stage, a in check.stage_attributions(torch.rand(1, 3, 4, 4))]
+            [('original', torch.Size([1, 3, 4, 4])), ('1', torch.Size([1, 3, 4, 4]))]
+        """
+        _check_batch(x)
+        for stage, maps in self._walk(x, target, reference=False):
+            yield str(stage), maps
+
+    def _walk(self, x: Tensor, target: TargetType, reference: bool) -> Iterator[tuple[str | None, Tensor]]:
+        """Load the user's weights, then yield ``(None, A)`` on the intact copy (if asked) and every stage's maps."""
+        method = self._method
+        # Lightning validates under inference mode; weights of the working copy are loaded and randomised in
+        # place, which must happen on normal tensors.
+        with torch.inference_mode(False):
+            self._load_source_weights()
+            if self._forward_layers is None:
+                self._forward_layers = self._sort_layers(x)
+            target = method.resolve_target(x, target)
+            if reference:
+                yield None, attributions_of(method.attribute(x, target))
+            walk = iter_randomized(
+                self._forward_layers,
+                self.order,
+                seed=self.seed,
+                stages=self.stages,
+                reset_running_stats=self.reset_running_stats,
+            )
+            # closing() restores the working copy at once, also when an attribution raises mid-walk.
+            with closing(walk):
+                for stage in walk:
+                    yield stage, attributions_of(method.attribute(x, target))
+
+    def score(self, x: Tensor, target: TargetType = None, attributions: Tensor | None = None) -> dict[str, Tensor]:
+        """Attribute ``x`` with the original and every randomised network; return per-sample similarities.
+
+        The states are left as they are.
 
         Args:
             x: input batch ``(N, ...)`` on the model's device (inference tensors are fine).
@@ -200,15 +259,16 @@ class ParameterRandomization(Metric):
             attributions: the original attributions for ``x`` and ``target`` if already computed (same shape as
                 ``x``); computed on the intact working copy otherwise.
 
+        Returns:
+            For every similarity ``name``: ``name`` ``(N,)`` (the final stage) and ``name + "_curve"`` ``(N, S)``
+            (every stage, ``"original"`` first).
+
         Raises:
             TypeError: if ``x`` or ``attributions`` is not a tensor.
             ValueError: if ``attributions`` has the wrong shape, ``"ssim"`` is requested for non-image
                 attributions, or the method's ``forward_fn`` does not call the model it was bound to.
         """
-        if not isinstance(x, Tensor):
-            raise TypeError(f"`x` must be a torch.Tensor, got {type(x).__name__}.")
-        if x.ndim < 2 or x.shape[0] == 0:
-            raise ValueError(f"`x` must be a non-empty batch (N, ...) with N >= 1, got shape {tuple(x.shape)}.")
+        _check_batch(x)
         if attributions is not None:
             if not isinstance(attributions, Tensor):
                 raise TypeError(f"`attributions` must be a tensor or None, got {type(attributions).__name__}.")
@@ -221,42 +281,64 @@ class ParameterRandomization(Metric):
                 f"similarity 'ssim' needs image inputs (N, C, H, W) of at least 6x6 pixels (its window is 11x11), "
                 f"got shape {tuple(x.shape)}; drop it from `similarity`."
             )
-        method = self._method
-        # Lightning validates under inference mode; weights of the working copy are loaded and randomised in
-        # place, which must happen on normal tensors.
-        with torch.inference_mode(False):
-            self._load_source_weights()
-            if self._forward_layers is None:
-                self._forward_layers = self._sort_layers(x)
-            target = method.resolve_target(x, target)
-            reference = method.attribute(x, target) if attributions is None else attributions.to(x)
-            ref_abs, ref_signed = _heatmaps(reference)
-            rows = []
-            walk = iter_randomized(
-                self._forward_layers,
-                self.order,
-                seed=self.seed,
-                stages=self.stages,
-                reset_running_stats=self.reset_running_stats,
-            )
-            # closing() restores the working copy at once, also when an attribution raises mid-walk.
-            with closing(walk):
-                for _ in walk:
-                    new_abs, new_signed = _heatmaps(method.attribute(x, target))
-                    rows.append(self._similarities(ref_abs, ref_signed, new_abs, new_signed))
-        values = torch.stack(rows, dim=1)  # (similarities, stages, N)
-        self.similarity_sum += values.sum(dim=-1).to(self.similarity_sum)
-        self.total += x.shape[0]
+        rows = []
+        ref_abs = ref_signed = None
+        if attributions is not None:
+            ref_abs, ref_signed = _heatmaps(attributions.to(x))
+        for stage, maps in self._walk(x, target, reference=attributions is None):
+            if stage is None:
+                ref_abs, ref_signed = _heatmaps(maps)
+            else:
+                rows.append(self._similarities(ref_abs, ref_signed, *_heatmaps(maps)))
+        values = torch.stack(rows, dim=2)  # (similarities, N, stages)
+        scores: dict[str, Tensor] = {}
+        for row, name in enumerate(self.similarity):
+            scores[name] = values[row, :, -1]
+            scores[f"{name}_curve"] = values[row]
+        return scores
 
-    def compute(self) -> dict[str, Any]:
-        """Per similarity: stage names, mean curve ``(S,)``, final value and ``passed``; plus ``"threshold"``."""
+    def update(
+        self,
+        x: Tensor,
+        target: TargetType = None,
+        attributions: Tensor | None = None,
+        *,
+        scores: dict[str, Tensor] | None = None,
+    ) -> None:
+        """Accumulate the per-stage similarities of a batch (see :meth:`score` for the arguments).
+
+        Args:
+            x: input batch ``(N, ...)`` on the model's device (inference tensors are fine).
+            target: class to explain (see :meth:`score`).
+            attributions: the original attributions, if already computed.
+            scores: this batch's :meth:`score`, if the caller already has it (nothing is attributed again).
+        """
+        if scores is None:
+            scores = self.score(x, target, attributions)
+        curves = torch.stack([scores[f"{name}_curve"] for name in self.similarity])  # (similarities, N, stages)
+        self.similarity_sum += curves.sum(dim=1).to(self.similarity_sum)
+        self.total += curves.shape[1]
+
+    def compute(self) -> dict[str, Tensor]:
+        """The final-stage mean of every similarity, as 0-d tensors keyed by similarity name."""
         curves = self.similarity_sum / self.total
+        return {name: curves[row, -1] for row, name in enumerate(self.similarity)}
+
+    def report(self) -> dict[str, Any]:
+        """Per similarity ``{"stages", "curve", "final", "passed"}``, plus ``"threshold"`` and the verdict ``"passed"``.
+
+        Synchronised across processes like :meth:`compute` (every process must call it).
+        """
+        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self.sync_on_compute):
+            curves = (self.similarity_sum / self.total).clone()
         names = self.stage_names
         result: dict[str, Any] = {}
         for row, name in enumerate(self.similarity):
             final = curves[row, -1]
             result[name] = {"stages": names, "curve": curves[row], "final": final, "passed": final < self.threshold}
         result["threshold"] = self.threshold
+        deciding = ["spearman_abs"] if "spearman_abs" in self.similarity else list(self.similarity)
+        result["passed"] = all(bool(result[name]["passed"]) for name in deciding)
         return result
 
     def plot(self, val: dict[str, Any] | None = None, ax: Any | None = None) -> tuple[Any, Any]:
@@ -265,7 +347,7 @@ class ParameterRandomization(Metric):
         Uses matplotlib's object-oriented API only (no pyplot state), so it is safe in training loops and threads.
 
         Args:
-            val: a result of :meth:`compute`; ``None`` calls :meth:`compute`.
+            val: a result of :meth:`report`; ``None`` calls :meth:`report`.
             ax: axes to draw into; ``None`` creates a new figure.
 
         Returns:
@@ -277,7 +359,7 @@ class ParameterRandomization(Metric):
             >>> check.update(torch.rand(2, 3, 8, 8))
             >>> fig, ax = check.plot()
         """
-        val = self.compute() if val is None else val
+        val = self.report() if val is None else val
         names = [name for name in SIMILARITIES if name in val]
         stages = val[names[0]]["stages"]
         fig, ax = figure_and_axes(ax, (max(5.0, 0.4 * len(stages) + 2.0), 3.8), layout="constrained")
@@ -354,6 +436,13 @@ class ParameterRandomization(Metric):
             else:
                 values.append(ssim_maps(ref_abs, new_abs))
         return torch.stack([v.to(self.similarity_sum.device, self.similarity_sum.dtype) for v in values])
+
+
+def _check_batch(x: Any) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"`x` must be a torch.Tensor, got {type(x).__name__}.")
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ValueError(f"`x` must be a non-empty batch (N, ...) with N >= 1, got shape {tuple(x.shape)}.")
 
 
 def _heatmaps(attributions: Tensor) -> tuple[Tensor, Tensor]:

@@ -122,18 +122,18 @@ def test_distractors_present_only_when_requested() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "error", "message"),
     [
-        ({"num_samples": 0}, "num_samples must be an int >= 1, got 0"),
-        ({"num_samples": 2.5}, "num_samples must be an int >= 1, got 2.5 of type float"),
-        ({"num_samples": True}, "num_samples must be an int >= 1, got True of type bool"),
-        ({"num_samples": 4, "image_size": 8}, "image_size must be an int >= 16, got 8"),
-        ({"num_samples": 4, "seed": -1}, "seed must be an int >= 0, got -1"),
-        ({"num_samples": 4, "num_distractors": -2}, "num_distractors must be an int >= 0, got -2"),
+        ({"num_samples": 0}, ValueError, "`num_samples` must be an int >= 1, got 0"),
+        ({"num_samples": 2.5}, TypeError, "`num_samples` must be an int >= 1, got float 2.5"),
+        ({"num_samples": True}, TypeError, "`num_samples` must be an int >= 1, got bool True"),
+        ({"num_samples": 4, "image_size": 8}, ValueError, "`image_size` must be an int >= 16, got 8"),
+        ({"num_samples": 4, "seed": -1}, ValueError, "`seed` must be an int >= 0, got -1"),
+        ({"num_samples": 4, "num_distractors": -2}, ValueError, "`num_distractors` must be an int >= 0, got -2"),
     ],
 )
-def test_invalid_arguments(kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=re.escape(message)):
+def test_invalid_arguments(kwargs: dict, error: type, message: str) -> None:
+    with pytest.raises(error, match=re.escape(message)):
         ShapesDataset(**kwargs)
 
 
@@ -242,10 +242,10 @@ def test_setup_per_stage_and_missing_split() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"batch_size": 0}, "batch_size must be an int >= 1, got 0"),
-        ({"num_val": 0}, "num_val must be an int >= 1, got 0"),
-        ({"image_size": 12}, "image_size must be an int >= 16, got 12"),
-        ({"num_workers": -1}, "num_workers must be an int >= 0, got -1"),
+        ({"batch_size": 0}, "`batch_size` must be an int >= 1, got 0"),
+        ({"num_val": 0}, "`num_val` must be an int >= 1, got 0"),
+        ({"image_size": 12}, "`image_size` must be an int >= 16, got 12"),
+        ({"num_workers": -1}, "`num_workers` must be an int >= 0, got -1"),
     ],
 )
 def test_datamodule_invalid_arguments(kwargs: dict, message: str) -> None:

@@ -167,9 +167,9 @@ def test_images_per_channel_bounds_and_registry():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"variant": "fast"}, r"`variant` must be one of 'sharp', 'smooth', 'norm', 'cos', got 'fast'"),
-        ({"rule": "mid"}, r"`rule` must be one of 'left', 'trapezoid'"),
-        ({"score": "p"}, r"`score` must be one of 'prob', 'logit', 'logprob'"),
+        ({"variant": "fast"}, r"`variant` must be one of \('sharp', 'smooth', 'norm', 'cos'\), got 'fast'"),
+        ({"rule": "mid"}, r"`rule` must be one of \('left', 'trapezoid'\)"),
+        ({"score": "p"}, r"`score` must be one of \('prob', 'logit', 'logprob'\)"),
         ({"step_size": 0}, r"`step_size` must be a positive number, got 0"),
         ({"alpha": -1.0}, r"`alpha` must be a positive number"),
         ({"max_steps": 2.5}, r"`max_steps` must be a positive int"),

@@ -42,6 +42,7 @@ def test_metrics_are_equal_on_two_processes_and_one():
     factories = {
         "localization": functools.partial(Localization, tolerance=1),
         "parameter_randomization": functools.partial(ParameterRandomization, "saliency", model),
+        "parameter_randomization_report": functools.partial(ParameterRandomization, "saliency", model),
         "insertion_deletion": functools.partial(InsertionDeletion, model, n_steps=8),
         "attribution_quality": functools.partial(
             AttributionQuality,
@@ -54,12 +55,14 @@ def test_metrics_are_equal_on_two_processes_and_one():
     batches = {
         "localization": [(attributions[:4], masks[:4]), (attributions[4:], masks[4:])],
         "parameter_randomization": [(x[:4],), {"x": x[4:], "target": None}],
+        "parameter_randomization_report": [(x[:4],), {"x": x[4:], "target": None}],
         "insertion_deletion": [(x[:4], attributions[:4]), {"x": x[4:], "attributions": attributions[4:]}],
         "attribution_quality": [(x[:4], None, masks[:4]), {"x": x[4:], "masks": masks[4:]}],
     }
     # One spawn for every metric: starting the interpreters is the expensive part.
-    per_rank = run_ddp(compute_many_on_shards, 2, factories, batches)
+    calls = {"parameter_randomization_report": "report"}  # the curves and verdict, synced like compute()
+    per_rank = run_ddp(compute_many_on_shards, 2, factories, batches, calls)
     for name, factory in factories.items():
-        expected = compute_on_all(factory, batches[name])
+        expected = compute_on_all(factory, batches[name], calls.get(name, "compute"))
         for rank, results in enumerate(per_rank):
             assert_nested_close(results[name], expected, f"{name} on rank {rank}")

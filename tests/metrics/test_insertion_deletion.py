@@ -188,14 +188,43 @@ def test_metric_class_attributes():
     assert InsertionDeletion.is_differentiable is False
 
 
-def test_last_sample_scores_are_the_batch_per_sample_aucs():
+def test_score_returns_the_batch_per_sample_aucs_and_update_accepts_them():
     model = tiny_cnn()
     metric = InsertionDeletion(model, n_steps=6)
     first, second = data(3, seed=1), data(2, seed=2)
     metric.update(*first)
-    metric.update(*second)
+    scores = metric.score(*second)
     expected = insertion_deletion(model, *second, n_steps=6)
-    scores = metric.last_sample_scores
     torch.testing.assert_close(scores["insertion"], expected.insertion_auc)
     torch.testing.assert_close(scores["deletion"], expected.deletion_auc)
     torch.testing.assert_close(scores["difference"], expected.insertion_auc - expected.deletion_auc)
+    torch.testing.assert_close(scores["insertion_curve"], expected.insertion_curve)
+    assert int(metric.count) == 3  # score() leaves the states alone
+    metric.update(*second, scores=scores)
+    reference = InsertionDeletion(model, n_steps=6)
+    reference.update(*first)
+    reference.update(*second)
+    for key, value in reference.compute().items():
+        torch.testing.assert_close(metric.compute()[key], value, msg=key)
+
+
+def test_precomputed_logits_replace_the_clean_forward():
+    model = tiny_cnn()
+    x, a = data(3, seed=4)
+    calls = []
+    handle = model.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    try:
+        with torch.no_grad():
+            logits = model(x)
+        calls.clear()
+        with_logits = insertion_deletion(model, x, a, n_steps=4, logits=logits, internal_batch_size=None)
+        games_only = list(calls)
+        calls.clear()
+        plain = insertion_deletion(model, x, a, n_steps=4, internal_batch_size=None)
+    finally:
+        handle.remove()
+    assert calls == [3, *games_only]  # the plain call runs one extra clean forward of the 3 samples
+    for got, want in zip(with_logits, plain, strict=True):
+        torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match=r"`logits` must be the model's logits \(N, K\) = \(3, K\)"):
+        insertion_deletion(model, x, a, n_steps=4, logits=logits[:2])

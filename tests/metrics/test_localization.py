@@ -74,14 +74,15 @@ def test_localization_errors():
     assert metric.total.item() == 0  # nothing was accumulated by the failed updates
 
 
-def test_last_sample_scores_are_the_batch_per_sample_values():
+def test_score_returns_the_batch_per_sample_values_and_update_accepts_them():
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(3, 2, 6, 6, generator=generator)
     masks = torch.zeros(3, 6, 6, dtype=torch.bool)
     masks[:, 1:4, 2:5] = True
+    first = torch.randn(2, 6, 6, generator=generator)
     metric = Localization()
-    metric.update(torch.randn(2, 6, 6, generator=generator), masks[:2])
-    metric.update(a, masks)
+    metric.update(first, masks[:2])
+    scores = metric.score(a, masks)
     heatmap = a.sum(dim=1)
     expected = {
         "pointing_game": pointing_game(heatmap, masks),
@@ -89,9 +90,16 @@ def test_last_sample_scores_are_the_batch_per_sample_values():
         "relevance_rank": relevance_rank(heatmap, masks),
         "auroc": localization_auroc(heatmap, masks),
     }
-    assert list(metric.last_sample_scores) == list(expected)
+    assert list(scores) == list(expected)
     for name, values in expected.items():
-        torch.testing.assert_close(metric.last_sample_scores[name], values.to(torch.float32), msg=name)
+        torch.testing.assert_close(scores[name], values, msg=name)
+    assert metric.total.item() == 2  # score() leaves the states alone
+    metric.update(a, masks, scores=scores)
+    reference = Localization()
+    reference.update(first, masks[:2])
+    reference.update(a, masks)
+    for name, value in reference.compute().items():
+        torch.testing.assert_close(metric.compute()[name], value, msg=name)
 
 
 def test_plot_draws_the_computed_means_without_pyplot():

@@ -1,0 +1,207 @@
+"""The one home of lit-attr's argument checks and of target resolution.
+
+Every public entry point (methods, functional metrics, Metrics, callbacks, ``evaluate``) validates its arguments
+with these helpers, so the same bad input gets the same error everywhere: a ``TypeError`` for a value of the wrong
+type, a ``ValueError`` for one of the right type but out of range, both naming the argument, the expected form
+and what was given.
+
+Targets
+-------
+Wherever lit-attr takes a ``target`` (the class to explain or to track), it accepts exactly these forms:
+
+* ``None``: the model's top-1 prediction on the clean input;
+* an ``int`` (or a 0-d integer tensor): the same class for every sample;
+* ``N`` integer class indices: a sequence, or an integer tensor of shape ``(N,)`` or ``(N, 1)``.
+
+Floats, booleans and other shapes are refused, and every index must lie in ``[0, K - 1]`` for a model with ``K``
+classes. :func:`resolve_target` implements this once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+TargetType = int | Sequence[int] | Tensor | None
+
+__all__ = [
+    "TargetType",
+    "check_callable",
+    "check_choice",
+    "check_int",
+    "check_names",
+    "check_optional_int",
+    "check_positive",
+    "check_seed",
+    "resolve_target",
+]
+
+
+def check_int(name: str, value: Any, minimum: int = 0) -> int:
+    """Return ``value`` if it is an int >= ``minimum``.
+
+    Raises:
+        TypeError: for another type (bools included).
+        ValueError: below ``minimum``.
+
+    Example:
+        >>> check_int("num_samples", 8, 1)
+        8
+    """
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"`{name}` must be an int >= {minimum}, got {type(value).__name__} {value!r}.")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+    return value
+
+
+def check_optional_int(name: str, value: Any, minimum: int = 1) -> int | None:
+    """Return ``value`` if it is None or an int >= ``minimum`` (a ValueError names the argument otherwise).
+
+    Example:
+        >>> check_optional_int("internal_batch_size", None) is None
+        True
+    """
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < minimum):
+        kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"`{name}` must be {kind} or None, got {value!r}.")
+    return value
+
+
+def check_positive(name: str, value: Any, kind: type = float) -> Any:
+    """Return ``value`` as ``kind`` if it is a finite positive number (an integer when ``kind`` is int).
+
+    Example:
+        >>> check_positive("eta", 2, float)
+        2.0
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
+    if kind is int and value != int(value):
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+    return kind(value)
+
+
+def check_seed(seed: Any) -> int:
+    """Return ``seed`` if it is an int (bools excluded), else raise a TypeError naming the argument.
+
+    Example:
+        >>> check_seed(3)
+        3
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"`seed` must be an int, got {type(seed).__name__}.")
+    return seed
+
+
+def check_choice(name: str, value: Any, options: Iterable[Any]) -> Any:
+    """Return ``value`` if it is one of ``options``, else raise a ValueError naming the argument.
+
+    Example:
+        >>> check_choice("order", "top_down", ("top_down", "bottom_up"))
+        'top_down'
+    """
+    options = tuple(options)
+    if not isinstance(value, type(options[0])) or value not in options:
+        raise ValueError(f"`{name}` must be one of {options}, got {value!r}.")
+    return value
+
+
+def check_callable(name: str, value: Any) -> Any:
+    """Return ``value`` if it is None or callable, else raise a TypeError naming the argument.
+
+    Example:
+        >>> check_callable("batch_adapter", None) is None
+        True
+    """
+    if value is not None and not callable(value):
+        raise TypeError(f"`{name}` must be callable or None, got {type(value).__name__}.")
+    return value
+
+
+def check_names(
+    name: str, values: Any, known: Iterable[str] | None = None, *, what: str = "name"
+) -> tuple[str, ...]:
+    """Names as a tuple: a single string or a sequence of strings, non-empty, without repeats, all ``known``.
+
+    Args:
+        name: the argument's name, for the messages.
+        values: what the user passed.
+        known: the accepted names (None: any string).
+        what: what a name stands for, for the messages (``"metric"``, ``"similarity"``...).
+
+    Raises:
+        TypeError: for something that is not a string or a sequence of strings.
+        ValueError: for an empty sequence, a repeated name or an unknown one (the message lists the known names).
+
+    Example:
+        >>> check_names("metrics", "localization", ("insertion_deletion", "localization"))
+        ('localization',)
+    """
+    names = (values,) if isinstance(values, str) else values
+    if not isinstance(names, Sequence) or not all(isinstance(v, str) for v in names):
+        raise TypeError(f"`{name}` must be a {what} or a sequence of {what}s, got {values!r}.")
+    names = tuple(names)
+    if not names:
+        raise ValueError(f"`{name}` must name at least one {what}.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"`{name}` must not repeat a {what}, got {list(names)}.")
+    if known is not None:
+        known = tuple(known)
+        unknown = [v for v in names if v not in known]
+        if unknown:
+            raise ValueError(f"`{name}` must be drawn from {known}, got unknown {unknown}.")
+    return names
+
+
+def resolve_target(target: TargetType, logits: Tensor) -> Tensor:
+    """The targets of a batch as an ``(N,)`` long tensor on the logits' device, checked against ``logits (N, K)``.
+
+    Accepts the forms listed in this module's docstring: ``None`` (argmax of the logits), an int, or ``N``
+    integer class indices of shape ``(N,)`` or ``(N, 1)``.
+
+    Raises:
+        TypeError: for floats, bools or non-integer tensors.
+        ValueError: for a wrong number or shape of indices, or indices outside ``[0, K - 1]``.
+
+    Example:
+        >>> resolve_target(None, torch.tensor([[0.0, 2.0], [3.0, 1.0]]))
+        tensor([1, 0])
+        >>> resolve_target(1, torch.zeros(3, 2))
+        tensor([1, 1, 1])
+    """
+    n, num_classes = logits.shape
+    if target is None:
+        return logits.argmax(dim=1)
+    if isinstance(target, (bool, float)) or (isinstance(target, Tensor) and not _is_integer(target)):
+        raise TypeError(f"`target` must be None, an int, or N integer class indices, got {target!r}.")
+    if isinstance(target, int):
+        target = torch.full((n,), target, dtype=torch.long, device=logits.device)
+    else:
+        try:
+            target = torch.as_tensor(target, device=logits.device)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(f"`target` must be None, an int, or N integer class indices, got {target!r}.") from error
+        if not _is_integer(target):
+            raise TypeError(f"`target` must be None, an int, or N integer class indices, got {target!r}.")
+        if target.ndim > 2 or (target.ndim == 2 and target.shape[1] != 1):
+            raise ValueError(
+                f"`target` must be an int or N={n} class indices, (N,) or (N, 1), got {tuple(target.shape)}."
+            )
+        target = target.long().expand(n) if target.ndim == 0 else target.long().reshape(-1)
+        if target.numel() != n:
+            raise ValueError(f"`target` must have one entry per sample (N={n}), got {target.numel()} entries.")
+    if target.numel() and (bool((target < 0).any()) or bool((target >= num_classes).any())):
+        raise ValueError(
+            f"`target` values must be in [0, {num_classes - 1}] for a model with {num_classes} classes, "
+            f"got values in [{int(target.min())}, {int(target.max())}]."
+        )
+    return target
+
+
+def _is_integer(t: Tensor) -> bool:
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)

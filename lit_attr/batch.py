@@ -1,0 +1,142 @@
+"""Batches as lit-attr reads them: one adapter for the callbacks, ``evaluate`` and the runner.
+
+A user's dataloader may yield a tensor, a tuple or a dict; :func:`default_batch_adapter` turns each of the
+common forms into a :class:`Batch` of inputs, labels and ground-truth masks, and a ``batch_adapter`` callable
+handles anything else. Every orchestrator (``AttributionMonitor``, ``RandomizationCheck``, ``evaluate``,
+``AttributionRunner``) reads batches through :func:`adapt_batch`, so they all accept the same forms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["INPUT_KEYS", "LABEL_KEYS", "MASK_KEYS", "Batch", "BatchAdapter", "adapt_batch", "default_batch_adapter"]
+
+#: Dict keys that hold the inputs, labels and ground-truth masks, in the order they are looked up.
+INPUT_KEYS: tuple[str, ...] = ("image", "images", "input", "inputs", "x", "pixel_values")
+LABEL_KEYS: tuple[str, ...] = ("label", "labels", "target", "targets", "y")
+MASK_KEYS: tuple[str, ...] = ("mask", "masks")
+
+BatchAdapter = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Inputs, labels (or None) and ground-truth masks (or None) of some samples, first dimension N.
+
+    Example:
+        >>> batch = Batch(torch.zeros(3, 1, 2, 2), torch.tensor([0, 1, 2]))
+        >>> batch.select([2]).y
+        tensor([2])
+    """
+
+    x: Tensor
+    y: Tensor | None = None
+    mask: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def select(self, rows: Sequence[int] | Tensor) -> Batch:
+        """The samples at ``rows`` (positions in this batch)."""
+        index = torch.as_tensor(rows, dtype=torch.long) if not isinstance(rows, Tensor) else rows.long()
+        return Batch(*(None if t is None else t[index.to(t.device)] for t in self._tensors()))
+
+    def to(self, device: torch.device | str) -> Batch:
+        """Every tensor moved to ``device``."""
+        return Batch(*(None if t is None else t.to(device) for t in self._tensors()))
+
+    def with_inputs(self, x: Tensor) -> Batch:
+        """The same samples with other inputs (e.g. converted to the Trainer's precision)."""
+        return replace(self, x=x)
+
+    def _tensors(self) -> list[Tensor | None]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+
+def default_batch_adapter(batch: Any) -> Batch:
+    """Read a collated batch: a tensor ``x``; a tuple/list ``(x,)``, ``(x, y)`` or ``(x, y, mask)``; or a dict.
+
+    A dict holds the inputs under one of :data:`INPUT_KEYS`, labels under one of :data:`LABEL_KEYS` and masks under
+    one of :data:`MASK_KEYS` (all but the inputs optional).
+
+    Args:
+        batch: a batch as the dataloader yields it.
+
+    Returns:
+        The batch as a :class:`Batch`.
+
+    Raises:
+        TypeError: for any other form (pass ``batch_adapter=`` then).
+
+    Example:
+        >>> default_batch_adapter({"image": torch.zeros(2, 3), "label": torch.tensor([0, 1])}).y
+        tensor([0, 1])
+    """
+    if isinstance(batch, Tensor):
+        return Batch(batch)
+    if isinstance(batch, Mapping):
+        x = _first_key(batch, INPUT_KEYS)
+        if x is None:
+            raise TypeError(
+                f"A dict batch needs its inputs under one of {list(INPUT_KEYS)}, got keys {sorted(map(str, batch))}; "
+                "pass `batch_adapter=lambda batch: (x, y, mask)`."
+            )
+        return Batch(x, _first_key(batch, LABEL_KEYS), _first_key(batch, MASK_KEYS))
+    if isinstance(batch, (tuple, list)) and 1 <= len(batch) <= 3 and all(isinstance(t, Tensor) for t in batch):
+        x, y, mask = (*batch, None, None)[:3]
+        return Batch(x, y, mask)
+    raise TypeError(
+        f"Cannot read a batch of type {type(batch).__name__} (expected a tensor, (x, y), (x, y, mask) or a dict with "
+        "'image'/'label'/'mask' keys); pass `batch_adapter=lambda batch: (x, y, mask)`."
+    )
+
+
+def adapt_batch(batch: Any, adapter: BatchAdapter | None = None) -> Batch:
+    """Run ``adapter`` (or :func:`default_batch_adapter`) on ``batch`` and check and normalise what it returned.
+
+    Labels become an ``(N,)`` long tensor and masks an ``(N, H, W)`` bool tensor, both detached, like the inputs.
+
+    Args:
+        batch: a collated batch.
+        adapter: a callable returning ``x``, ``(x, y)`` or ``(x, y, mask)`` (y and mask may be None), or None.
+
+    Raises:
+        TypeError: if the adapter returns anything else.
+
+    Example:
+        >>> adapt_batch((torch.zeros(2, 1, 3, 3), torch.tensor([[1], [0]]))).y
+        tensor([1, 0])
+    """
+    if adapter is None:
+        read = default_batch_adapter(batch)
+    else:
+        out = adapter(batch)
+        if isinstance(out, Batch):
+            read = out
+        else:
+            if isinstance(out, Tensor):
+                out = (out,)
+            if not isinstance(out, (tuple, list)) or not 1 <= len(out) <= 3:
+                raise TypeError(
+                    f"`batch_adapter` must return x, (x, y) or (x, y, mask) with tensors (y and mask may be None), "
+                    f"got {type(out).__name__}."
+                )
+            read = Batch(*(*out, None, None)[:3])
+    if not isinstance(read.x, Tensor) or any(t is not None and not isinstance(t, Tensor) for t in (read.y, read.mask)):
+        raise TypeError("`batch_adapter` must return tensors (or None for the labels and masks).")
+    n = read.x.shape[0]
+    return Batch(
+        read.x.detach(),
+        None if read.y is None else read.y.detach().long().reshape(-1),
+        None if read.mask is None else read.mask.detach().reshape(n, *read.mask.shape[-2:]).bool(),
+    )
+
+
+def _first_key(batch: Mapping[str, Any], keys: Sequence[str]) -> Any:
+    return next((batch[key] for key in keys if key in batch), None)
