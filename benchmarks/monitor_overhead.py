@@ -69,12 +69,13 @@ class PartTimer(L.Callback):
         return run
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # After the monitor's own on_validation_start built them. Private attributes: this script measures the
-        # monitor from the inside; nothing else should.
-        for method in self.monitor._methods.values():
+        # After the monitor's own on_validation_start built its runner. The private _deliver: this script measures
+        # the monitor from the inside; nothing else should.
+        for method in self.monitor.runner.methods.values():
             method.attribute = self._timed("attribution", method.attribute)
-        for metrics in self.monitor._metrics.values():
+        for metrics in self.monitor.runner.metrics.values():
             for metric in metrics.values():
+                metric.score = self._timed("metric updates", metric.score)
                 metric.update = self._timed("metric updates", metric.update)
         self.monitor._deliver = self._timed("delivery", self.monitor._deliver)
 

@@ -74,7 +74,7 @@ def main() -> None:
                 metric.update(x)
                 times.append(time.perf_counter() - start)
             median = statistics.median(times)
-            result = metric.compute()["spearman_abs"]
+            result = metric.report()["spearman_abs"]
             table.add_row(
                 f"{name} {kwargs or ''}".strip(),
                 stages,

@@ -20,7 +20,7 @@ classes. :func:`resolve_target` implements this once.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -34,6 +34,7 @@ __all__ = [
     "check_choice",
     "check_int",
     "check_names",
+    "check_option_dicts",
     "check_optional_int",
     "check_positive",
     "check_seed",
@@ -123,9 +124,7 @@ def check_callable(name: str, value: Any) -> Any:
     return value
 
 
-def check_names(
-    name: str, values: Any, known: Iterable[str] | None = None, *, what: str = "name"
-) -> tuple[str, ...]:
+def check_names(name: str, values: Any, known: Iterable[str] | None = None, *, what: str = "name") -> tuple[str, ...]:
     """Names as a tuple: a single string or a sequence of strings, non-empty, without repeats, all ``known``.
 
     Args:
@@ -156,6 +155,35 @@ def check_names(
         if unknown:
             raise ValueError(f"`{name}` must be drawn from {known}, got unknown {unknown}.")
     return names
+
+
+def check_option_dicts(
+    argument: str, options: Any, names: Sequence[str], *, what: str = "method"
+) -> dict[str, dict[str, Any]]:
+    """``{name: {option: value}}`` for every one of ``names`` (empty dicts where ``options`` has none).
+
+    Args:
+        argument: the argument's name (``"method_kwargs"``, ``"metric_kwargs"``), for the messages.
+        options: what the user passed: None or a mapping from names to option mappings.
+        names: the names options may be given for.
+        what: what a name stands for, for the messages.
+
+    Raises:
+        TypeError: if ``options`` is not a mapping of mappings.
+        ValueError: if it has options for a name not among ``names``.
+
+    Example:
+        >>> check_option_dicts("method_kwargs", {"mfaba": {"max_steps": 9}}, ["mfaba", "saliency"])
+        {'mfaba': {'max_steps': 9}, 'saliency': {}}
+    """
+    if options is None:
+        return {name: {} for name in names}
+    if not isinstance(options, Mapping) or not all(isinstance(v, Mapping) for v in options.values()):
+        raise TypeError(f"`{argument}` must map {what} names to option dicts, got {options!r}.")
+    unknown = [key for key in options if key not in names]
+    if unknown:
+        raise ValueError(f"`{argument}` has options for {unknown}, which are not among the {what}s {list(names)}.")
+    return {name: dict(options.get(name, {})) for name in names}
 
 
 def resolve_target(target: TargetType, logits: Tensor) -> Tensor:

@@ -20,27 +20,24 @@ import math
 import os
 import platform
 import shutil
-import time
 from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.distributed as dist
 from lightning import LightningDataModule, LightningModule, Trainer
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
-from lit_attr.methods import available_methods, get_method
-from lit_attr.metrics import ActivationDeviation, InsertionDeletion, Localization, ParameterRandomization
+from lit_attr.batch import Batch, BatchAdapter, adapt_batch
+from lit_attr.methods import available_methods
+from lit_attr.metrics import available_metrics
+from lit_attr.runner import AttributionRunner, SampleRecord, gather_records
 
-__all__ = ["EVALUATION_METRICS", "EvaluationError", "check_logits", "evaluate", "load_checkpoint", "split_dataset"]
+__all__ = ["EvaluationError", "check_logits", "evaluate", "load_checkpoint", "split_dataset"]
 
 log = logging.getLogger(__name__)
-
-EVALUATION_METRICS: tuple[str, ...] = ("insertion_deletion", "localization", "activation_deviation", "randomization")
-"""Metric names accepted by :func:`evaluate`."""
 
 _STAGES = {"val": "validate", "test": "test"}
 
@@ -122,20 +119,15 @@ def split_dataset(datamodule: LightningDataModule, split: str) -> Dataset:
     return dataset
 
 
-def _unpack(item: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """``(x, y, mask)`` from a sample or batch: a tensor, a tuple ``(x[, y[, mask]])`` or a dict."""
-    if isinstance(item, Tensor):
-        return item, None, None
-    if isinstance(item, Mapping):
-        x = next((item[k] for k in ("image", "input", "x") if k in item), None)
-        y = next((item[k] for k in ("label", "target", "y") if k in item), None)
-        if x is None:
-            raise EvaluationError(f"cannot find the inputs in a dict sample with keys {sorted(item)}")
-        return x, y, item.get("mask")
-    if isinstance(item, (tuple, list)) and 1 <= len(item) <= 3:
-        x, y, mask = (*item, None, None)[:3]
-        return x, y, mask
-    raise EvaluationError(f"samples must be a tensor, (x, y[, mask]) or a dict, got {type(item).__name__}")
+def read_samples(dataset: Dataset, indices: Sequence[int], adapter: BatchAdapter | None = None) -> Batch:
+    """``dataset[i]`` for every index, collated and read like a batch (:func:`~lit_attr.batch.adapt_batch`).
+
+    Example:
+        >>> from lit_attr.data import ShapesDataset
+        >>> read_samples(ShapesDataset(4), [0, 2]).y.shape
+        torch.Size([2])
+    """
+    return adapt_batch(default_collate([dataset[i] for i in indices]), adapter)
 
 
 def check_logits(model: nn.Module, x: Tensor) -> int:
@@ -191,7 +183,7 @@ class _Indexed(Dataset):
 
 
 class _EvaluationModule(LightningModule):
-    """Runs the methods and updates the metrics in ``test_step``; ``compute()`` in ``on_test_epoch_end``."""
+    """Runs the runner in ``test_step``; ``compute()`` and the gathering of records in ``on_test_epoch_end``."""
 
     def __init__(self, net: nn.Module, dataset: Dataset, num_samples: int, settings: dict[str, Any]) -> None:
         super().__init__()
@@ -200,11 +192,9 @@ class _EvaluationModule(LightningModule):
         self.num_samples = num_samples
         self.settings = settings
         self.results: dict[str, Any] = {}
-        self.samples: dict[int, dict[str, Any]] = {}
-        self.seconds: dict[str, float] = {}
+        self.records: list[SampleRecord] = []
         self.progress: Callable[[str, int], None] | None = None
-        self._methods: dict[str, Any] = {}
-        self._metrics: dict[str, dict[str, Any]] = {}
+        self._runner: AttributionRunner | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -216,105 +206,37 @@ class _EvaluationModule(LightningModule):
 
     def on_test_start(self) -> None:
         s = self.settings
-        pool = self._reference_pool()
-        for name in s["methods"]:
-            kwargs = dict(s["method_kwargs"].get(name, {}))
-            if name == "ig2" and "reference_pool" not in kwargs:
-                kwargs["reference_pool"] = pool
-            if name == "fei" and self.progress is not None and "progress" not in kwargs:
-                kwargs["progress"] = lambda done, total, n=name: self.progress(f"{n}: iteration {done}/{total}", 0)
-            self._methods[name] = get_method(name, self.net, input_bounds=s["input_bounds"], **kwargs)
-            metrics: dict[str, Any] = {}
-            mk = s["metric_kwargs"]
-            if "insertion_deletion" in s["metrics"]:
-                metrics["insertion_deletion"] = InsertionDeletion(self.net, **mk.get("insertion_deletion", {}))
-            if "localization" in s["metrics"]:
-                metrics["localization"] = Localization(**mk.get("localization", {}))
-            if "activation_deviation" in s["metrics"]:
-                metrics["activation_deviation"] = ActivationDeviation(self.net, **mk.get("activation_deviation", {}))
-            if "randomization" in s["metrics"]:
-                options = {"stages": "last", **mk.get("randomization", {})}
-                options.pop("num_samples", None)
-                method_kwargs = {k: v for k, v in kwargs.items() if k != "progress"}
-                metrics["randomization"] = ParameterRandomization(
-                    name, self.net, method_kwargs={"input_bounds": s["input_bounds"], **method_kwargs}, **options
-                )
-            self._metrics[name] = {key: metric.to(self.device) for key, metric in metrics.items()}
-            self.seconds[name] = 0.0
-
-    def _reference_pool(self) -> tuple[Tensor, Tensor] | None:
-        """IG2's pool: the first samples of the split, identical on every rank (so results do not depend on W)."""
-        if "ig2" not in self.settings["methods"]:
-            return None
-        size = min(self.settings["reference_pool_size"], len(self.dataset))
-        items = [_unpack(self.dataset[i]) for i in range(size)]
-        if any(y is None for _, y, _ in items):
-            raise EvaluationError(
-                "ig2 needs labelled samples for its reference pool; pass method_kwargs.ig2.reference_pool"
-            )
-        x = torch.stack([torch.as_tensor(x) for x, _, _ in items]).to(self.device)
-        y = torch.as_tensor([int(y) for _, y, _ in items], device=self.device)
-        return x, y
+        metric_samples = {name: s["randomization_samples"] for name in s["metrics"] if name == "randomization"}
+        self._runner = AttributionRunner(
+            self.net,
+            s["methods"],
+            s["metrics"],
+            method_kwargs=s["method_kwargs"],
+            metric_kwargs=s["metric_kwargs"],
+            input_bounds=s["input_bounds"],
+            target=s["target"],
+            keep_attributions=s["heatmap_samples"],
+            metric_samples=metric_samples,
+            progress=self.progress,
+        )
+        # Data beyond the batch (IG2's reference pool): the first samples of the split, the same on every rank, so
+        # the results do not depend on the number of processes.
+        pool = read_samples(self.dataset, range(min(s["reference_pool_size"], len(self.dataset))))
+        try:
+            self._runner.prepare(pool.to(self.device))
+        except ValueError as error:
+            raise EvaluationError(f"{error} (the pool is the split's first {len(pool)} samples)") from error
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         indices, sample = batch
-        x, y, mask = _unpack(sample)
-        x = x.float()
-        if self.settings["target"] == "label" and y is not None:
-            target = y.long().reshape(-1)
-        else:
-            with torch.no_grad():
-                target = self.net(x).argmax(dim=1)
-        indices = [int(i) for i in indices]
-        show = [p for p, i in enumerate(indices) if i < self.settings["heatmap_samples"]]
-        check = [p for p, i in enumerate(indices) if i < self.settings["randomization_samples"]]
-        for name, method in self._methods.items():
-            if self.progress is not None:
-                self.progress(name, 0)
-            start = time.perf_counter()
-            attributions = method.attribute(x, target=target)
-            self.seconds[name] += time.perf_counter() - start
-            metrics = self._metrics[name]
-            if "insertion_deletion" in metrics:
-                metrics["insertion_deletion"].update(x, attributions, target)
-            if "localization" in metrics and mask is not None:
-                metrics["localization"].update(attributions, mask.reshape(x.shape[0], *mask.shape[-2:]).bool())
-            if "activation_deviation" in metrics:
-                metrics["activation_deviation"].update(x, attributions, target)
-            if "randomization" in metrics and check:
-                metrics["randomization"].update(x[check], target[check], attributions[check])
-            for p in show:
-                record = self.samples.setdefault(
-                    indices[p], {"x": x[p].cpu(), "target": int(target[p]), "label": None if y is None else int(y[p])}
-                )
-                record.setdefault("maps", {})[name] = attributions[p].detach().cpu()
-        if self.progress is not None:
-            self.progress("", len(indices))
+        data = adapt_batch(sample)
+        data = data.with_inputs(data.x.float())
+        self.records += self._runner.run(data, indices=[int(i) for i in indices])
 
     def on_test_epoch_end(self) -> None:
         # compute() on every rank: it all-reduces the sum states, so every rank must take part.
-        for name, metrics in self._metrics.items():
-            self.results[name] = {}
-            for key, metric in metrics.items():
-                # Every rank takes part in the reduction, even one whose shard had masks: a rank skipping it would hang.
-                if key == "localization" and int(_all_reduce(metric.total)) == 0:
-                    continue  # the data has no masks
-                self.results[name][key] = _to_plain(metric.compute())
-        samples, seconds = self.samples, self.seconds
-        if dist.is_available() and dist.is_initialized():
-            gathered: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, (samples, seconds))
-            samples = {k: v for part, _ in gathered for k, v in part.items()}
-            seconds = {name: sum(part[name] for _, part in gathered) for name in seconds}
-        self.samples = dict(sorted(samples.items()))
-        self.seconds = seconds
-
-
-def _all_reduce(value: Tensor) -> Tensor:
-    if dist.is_available() and dist.is_initialized():
-        value = value.clone()
-        dist.all_reduce(value)
-    return value
+        self.results = _to_plain(self._runner.compute())
+        self.records = gather_records(self.records)
 
 
 def _to_plain(value: Any) -> Any:
@@ -360,7 +282,8 @@ def evaluate(
         output_dir: directory that receives the results (replaced atomically when it exists).
         methods: registered method names (:func:`~lit_attr.methods.available_methods`).
         method_kwargs: ``{method: {option: value}}``, e.g. ``{"fei": {"iterations": 20}}``.
-        metrics: names from :data:`EVALUATION_METRICS`; ``"localization"`` is skipped when there are no masks.
+        metrics: names from :func:`~lit_attr.metrics.available_metrics` (every registered metric); those that
+            need masks (``"localization"``) are skipped when the data has none.
         metric_kwargs: ``{metric: {option: value}}``, e.g. ``{"insertion_deletion": {"preset": "rise"}}``.
         split: ``"val"`` or ``"test"``.
         limit_samples: evaluate only the first N samples of the split.
@@ -395,21 +318,24 @@ def evaluate(
     unknown = [name for name in methods if name not in available_methods()]
     if not methods or unknown:
         raise ValueError(f"`methods` must name registered methods {available_methods()}, got unknown {unknown}")
-    bad = [name for name in metrics if name not in EVALUATION_METRICS]
+    bad = [name for name in metrics if name not in available_metrics()]
     if bad:
-        raise ValueError(f"`metrics` must be drawn from {EVALUATION_METRICS}, got unknown {bad}")
+        raise ValueError(f"`metrics` must be drawn from {available_metrics()}, got unknown {bad}")
     # Options for registered methods that are not run are fine (a config narrowed with --methods); unknown names
     # are typos.
     stray = sorted(set(method_kwargs or {}) - set(available_methods()))
     if stray:
         raise ValueError(f"`method_kwargs` names unknown methods {stray}; registered: {available_methods()}")
+    stray = sorted(set(metric_kwargs or {}) - set(available_metrics()))
+    if stray:
+        raise ValueError(f"`metric_kwargs` names unknown metrics {stray}; registered: {available_metrics()}")
     dataset = split_dataset(datamodule, split)
     total = len(dataset)  # type: ignore[arg-type]
     num_samples = total if limit_samples is None else min(int(limit_samples), total)
     if num_samples < 1:
         raise EvaluationError(f"the {split!r} split has no samples to evaluate")
-    x0, _, _ = _unpack(dataset[0])
-    num_classes = check_logits(model, torch.as_tensor(x0).float().unsqueeze(0).repeat(2, *([1] * x0.ndim)))
+    first = read_samples(dataset, [0, 0]).x.float()
+    num_classes = check_logits(model, first)
 
     if trainer is None:
         trainer = Trainer(accelerator="cpu", devices=1, logger=False, **_QUIET_TRAINER)
@@ -419,7 +345,7 @@ def evaluate(
         "methods": list(methods),
         "method_kwargs": {k: dict(v) for k, v in (method_kwargs or {}).items() if k in methods},
         "metrics": list(metrics),
-        "metric_kwargs": {k: dict(v) for k, v in (metric_kwargs or {}).items()},
+        "metric_kwargs": {k: dict(v) for k, v in (metric_kwargs or {}).items() if k in metrics},
         "batch_size": int(batch_size),
         "input_bounds": None if input_bounds is None else tuple(input_bounds),
         "target": target,
@@ -440,14 +366,22 @@ def evaluate(
         "num_classes": num_classes,
         "world_size": trainer.world_size,
         "methods": wrapper.results,
-        "timing": {name: {"seconds_per_sample": s / num_samples} for name, s in wrapper.seconds.items()},
+        "timing": {
+            name: {"seconds_per_sample": sum(record.seconds[name] for record in wrapper.records) / num_samples}
+            for name in wrapper.results
+        },
         "config": _to_plain(dict(config)) if config is not None else None,
         "versions": package_versions(),
     }
     if trainer.is_global_zero:
         from lit_attr import report
 
-        figures = report.build_figures(result, wrapper.samples, class_names=getattr(datamodule, "class_names", None))
+        samples = {
+            record.index: {"x": record.x, "target": record.target, "label": record.label, "maps": record.attributions}
+            for record in wrapper.records
+            if record.x is not None
+        }
+        figures = report.build_figures(result, samples, class_names=getattr(datamodule, "class_names", None))
         _log_to_loggers(trainer, result, figures)
         _write_atomically(Path(output_dir), lambda tmp: report.write_outputs(tmp, result, figures))
     return result
@@ -501,7 +435,7 @@ def flat_scalars(result: Mapping[str, Any]) -> dict[str, float]:
 def _log_to_loggers(trainer: Trainer, result: Mapping[str, Any], figures: Mapping[str, Any]) -> None:
     if not trainer.loggers:
         return
-    from lit_attr.logging import log_figure, log_metrics, log_table
+    from lit_attr.delivery import log_figure, log_metrics, log_table
 
     scalars = flat_scalars(result)
     log_metrics(trainer, {f"evaluate/{k}": v for k, v in scalars.items()}, step=0)

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from lit_attr import viz
 
-__all__ = ["build_figures", "render_html", "write_outputs"]
+__all__ = ["build_figures", "render_html", "summary_table", "write_outputs"]
 
 # (metric, key, label, higher is better) of the score table, in column order.
 _COLUMNS: tuple[tuple[str, str, str, bool], ...] = (
@@ -188,3 +188,44 @@ def write_outputs(directory: str | Path, result: Mapping[str, Any], figures: Map
         (directory / f"{stem}.png").write_bytes(data)
     (directory / "metrics.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     (directory / "report.html").write_text(render_html(result, images), encoding="utf-8")
+
+
+# (metric, key, header) of the console table: the headline numbers only, so it fits an 80-column terminal.
+_CONSOLE_COLUMNS = (
+    ("insertion_deletion", "insertion", "ins.↑"),
+    ("insertion_deletion", "deletion", "del.↓"),
+    ("localization", "pointing_game", "point↑"),
+    ("localization", "relevance_mass", "mass↑"),
+    ("activation_deviation", "mean_mse", "act.dev↓"),
+)
+
+
+def summary_table(result: Mapping[str, Any], title: str) -> Any:
+    """A rich table of an evaluation's headline numbers per method, narrow enough for an 80-column terminal.
+
+    Example:
+        >>> res = {"methods": {"m": {"localization": {"pointing_game": 1.0}}},
+        ...        "timing": {"m": {"seconds_per_sample": 0.01}}}
+        >>> summary_table(res, "demo").row_count
+        1
+    """
+    from rich.table import Table
+
+    methods = result["methods"]
+    columns = [c for c in _CONSOLE_COLUMNS if any(c[1] in r.get(c[0], {}) for r in methods.values())]
+    table = Table(title=title)
+    table.add_column("method")
+    for *_, header in columns:
+        table.add_column(header, justify="right")
+    has_check = any("randomization" in r for r in methods.values())
+    if has_check:
+        table.add_column("sanity", justify="right")
+    table.add_column("ms/img", justify="right")
+    for method, scores in methods.items():
+        row = [method] + [f"{scores.get(metric, {}).get(key, float('nan')):.3f}" for metric, key, _ in columns]
+        if has_check:
+            check = scores.get("randomization", {}).get("spearman_abs", {})
+            row.append("" if not check else ("pass" if check.get("passed") else "FAIL"))
+        row.append(f"{1000 * result['timing'][method]['seconds_per_sample']:.0f}")
+        table.add_row(*row)
+    return table

@@ -1,6 +1,6 @@
 """Lightning callbacks that track attribution quality during training."""
 
-from lit_attr.callbacks.attribution_monitor import MONITOR_METRICS, AttributionMonitor
+from lit_attr.callbacks.attribution_monitor import AttributionMonitor
 from lit_attr.callbacks.randomization_check import RandomizationCheck
 
-__all__ = ["MONITOR_METRICS", "AttributionMonitor", "RandomizationCheck"]
+__all__ = ["AttributionMonitor", "RandomizationCheck"]

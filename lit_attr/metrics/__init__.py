@@ -1,18 +1,33 @@
-"""torchmetrics ``Metric`` classes for attribution quality (thin wrappers over :mod:`lit_attr.functional`)."""
+"""torchmetrics ``Metric`` classes for attribution quality (thin wrappers over :mod:`lit_attr.functional`).
+
+Every metric is registered (:func:`register_metric`, :func:`available_metrics`) with what it consumes, so it works
+by name in ``AttributionMonitor(metrics=...)``, ``lit_attr evaluate --metrics`` and ``AttributionQuality``.
+"""
 
 from lit_attr.metrics.activation_deviation import ActivationDeviation
-from lit_attr.metrics.attribution_quality import QUALITY_METRICS, AttributionQuality
+from lit_attr.metrics.attribution_quality import AttributionQuality
 from lit_attr.metrics.insertion_deletion import InsertionDeletion
 from lit_attr.metrics.localization import LOCALIZATION_METRICS, Localization
 from lit_attr.metrics.parameter_randomization import SIMILARITIES, ParameterRandomization
+from lit_attr.metrics.registry import (
+    MetricSpec,
+    available_metrics,
+    get_metric_spec,
+    register_metric,
+    unregister_metric,
+)
 
 __all__ = [
     "LOCALIZATION_METRICS",
-    "QUALITY_METRICS",
     "SIMILARITIES",
     "ActivationDeviation",
     "AttributionQuality",
     "InsertionDeletion",
     "Localization",
+    "MetricSpec",
     "ParameterRandomization",
+    "available_metrics",
+    "get_metric_spec",
+    "register_metric",
+    "unregister_metric",
 ]

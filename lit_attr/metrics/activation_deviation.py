@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -20,6 +20,7 @@ from lit_attr.functional.insertion_deletion import (
     resolve_protocol,
 )
 from lit_attr.metrics._model_ref import ModelRef
+from lit_attr.metrics.registry import register_metric
 
 __all__ = ["ActivationDeviation"]
 
@@ -195,3 +196,20 @@ class ActivationDeviation(Metric):
             "deletion_overlap": self.deletion_overlap_sum / count,
             "layers": self.layers,
         }
+
+
+def _summary(values: Mapping[str, Any], per_sample: bool) -> dict[str, Tensor]:
+    # The headline is the mean MSE; the overlaps are averaged over layers (one number per sample, or in all).
+    return {
+        "activation_deviation": values["mean_mse"],
+        "insertion_overlap": values["insertion_overlap"].mean(dim=-1),
+        "deletion_overlap": values["deletion_overlap"].mean(dim=-1),
+    }
+
+
+register_metric(
+    "activation_deviation",
+    ActivationDeviation,
+    consumes=("model", "x", "attributions", "target"),
+    summary=_summary,
+)

@@ -24,6 +24,7 @@ from lit_attr.functional.insertion_deletion import (
 )
 from lit_attr.metrics._model_ref import ModelRef
 from lit_attr.metrics._plotting import figure_and_axes
+from lit_attr.metrics.registry import register_metric
 
 __all__ = ["InsertionDeletion"]
 
@@ -300,3 +301,6 @@ def _num_units(x: Tensor, attributions: Tensor, reduce: str) -> int:
     if attributions.ndim == 4 and reduce == "none":
         return math.prod(x.shape[1:])
     return math.prod(x.shape[2:])
+
+
+register_metric("insertion_deletion", InsertionDeletion, consumes=("model", "x", "attributions", "target", "logits"))

@@ -17,6 +17,7 @@ from lit_attr.functional.localization import (
     relevance_rank,
 )
 from lit_attr.metrics._plotting import figure_and_axes
+from lit_attr.metrics.registry import register_metric
 
 __all__ = ["LOCALIZATION_METRICS", "Localization"]
 
@@ -162,3 +163,6 @@ class Localization(Metric):
         ax.set_ylabel("mean over samples")
         ax.set_title("localisation")
         return fig, ax
+
+
+register_metric("localization", Localization, consumes=("attributions", "masks"))

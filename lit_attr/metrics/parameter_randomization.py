@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -34,6 +34,7 @@ from lit_attr.methods.base import AttributionMethod, TargetType, attributions_of
 from lit_attr.methods.registry import get_method
 from lit_attr.metrics._model_ref import ModelRef
 from lit_attr.metrics._plotting import figure_and_axes
+from lit_attr.metrics.registry import register_metric, scalar_entries
 
 if TYPE_CHECKING:
     from lit_attr.batch import Batch
@@ -488,3 +489,25 @@ def _bind_to_copy(
         # the same copy.
         return method.model, copy.deepcopy(method)
     raise TypeError(f"`method` must be a registered method name or an AttributionMethod, got {type(method).__name__}.")
+
+
+def _randomization(method: AttributionMethod, stages: str = "last", **options: Any) -> ParameterRandomization:
+    # By name (monitor, evaluate, AttributionQuality) the check defaults to its cheap per-epoch form: only the fully
+    # randomised network. ``stages="all"`` asks for the whole cascade.
+    return ParameterRandomization(method, stages=stages, **options)  # type: ignore[arg-type]
+
+
+def _summary(values: Mapping[str, Any], per_sample: bool) -> dict[str, Tensor]:
+    # Per sample: each similarity at the final stage; in all: the report's final means.
+    if per_sample:
+        return scalar_entries(values, per_sample)
+    return {name: entry["final"] for name, entry in values.items() if isinstance(entry, Mapping)}
+
+
+register_metric(
+    "randomization",
+    _randomization,
+    consumes=("method", "x", "target", "attributions"),
+    summary=_summary,
+    details=ParameterRandomization.report,
+)

@@ -66,12 +66,13 @@ def test_evaluation_without_inference_mode_runs_on_its_split(tmp_path, stage):
         ({"log_heatmaps": True}, TypeError, r"`log_heatmaps` must be an int >= 0, got bool True"),
         ({"every_n_epochs": 0}, ValueError, r"`every_n_epochs` must be an int >= 1"),
         ({"on_error": "ignore"}, ValueError, r"`on_error` must be one of \('raise', 'warn'\), got 'ignore'"),
-        ({"target": "logit"}, ValueError, r"`target` must be 'label' or 'prediction'"),
+        ({"target": "logit"}, ValueError, r"`target` must be one of \('label', 'prediction'\), got 'logit'"),
         ({"method_kwargs": {"mfaba": {}}}, ValueError, r"options for \['mfaba'\], which are not among the methods"),
         ({"method_kwargs": {"saliency": 3}}, TypeError, r"`method_kwargs` must map method names to option dicts"),
         ({"batch_adapter": 3}, TypeError, r"`batch_adapter` must be callable"),
         ({"metric_kwargs": {"insertion": {}}}, ValueError, r"options for \['insertion'\], which are not among the"),
-        ({"metrics": ()}, TypeError, r"`metrics` must be a metric name or a sequence of names"),
+        ({"metrics": ()}, ValueError, r"`metrics` must name at least one metric"),
+        ({"metrics": 3}, TypeError, r"`metrics` must be a metric or a sequence of metrics"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):
@@ -115,7 +116,7 @@ def test_on_error_warn_skips_the_epoch_and_training_goes_on(tmp_path):
     assert len(recorder.losses) == 12, "all three epochs trained"
     assert sorted(monitor.history) == [0, 2], "epoch 1 skipped, epoch 2 ran again"
     # Fresh metric states after the failure: a later successful run would not mix in the failed batch.
-    assert all(int(metric._update_count) == 0 for metrics in monitor._metrics.values() for metric in metrics.values())
+    assert all(int(metric._update_count) == 0 for metrics in monitor.runner.metrics.values() for metric in metrics.values())
 
 
 def test_on_error_raise_reraises(tmp_path):

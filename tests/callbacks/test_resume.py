@@ -7,7 +7,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from callbacks._helpers import METRIC_KWARGS, fit
 from lit_attr.callbacks import AttributionMonitor, RandomizationCheck
-from lit_attr.callbacks._common import select_probe
+from lit_attr.callbacks._probe import select_probe
 
 
 def _monitor(methods=("saliency",), seed=0) -> AttributionMonitor:

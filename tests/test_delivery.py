@@ -1,4 +1,4 @@
-"""lit_attr.logging on its own: dispatch by logger type, rank-0 only, file fallback, table checks."""
+"""lit_attr.delivery on its own: dispatch by logger type, rank-0 only, file fallback, table checks."""
 
 from pathlib import Path
 from types import SimpleNamespace
@@ -8,7 +8,7 @@ import pytest
 from lightning.pytorch.loggers import CSVLogger, Logger
 from matplotlib.figure import Figure
 
-from lit_attr import logging as attr_logging
+from lit_attr import delivery
 
 
 class _BareLogger(Logger):
@@ -47,7 +47,7 @@ def test_file_fallback_under_logger_dir_or_default_root(tmp_path):
     csv = CSVLogger(tmp_path / "csv")
     bare = _BareLogger()
     trainer = _trainer(tmp_path / "root", [csv, bare])
-    written = attr_logging.log_image(trainer, "attr/my method/heatmaps", _image(), caption="hello")
+    written = delivery.log_image(trainer, "attr/my method/heatmaps", _image(), caption="hello")
     assert written == [
         Path(csv.log_dir) / "media" / "attr" / "my_method" / "heatmaps" / "step_0000007.png",
         tmp_path / "root" / "media" / "attr" / "my_method" / "heatmaps" / "step_0000007.png",
@@ -61,34 +61,34 @@ def test_file_fallback_under_logger_dir_or_default_root(tmp_path):
 
 def test_same_directory_is_written_once(tmp_path):
     trainer = _trainer(tmp_path, [_BareLogger(), _BareLogger()])
-    assert len(attr_logging.log_figure(trainer, "curves", Figure(figsize=(1, 1)))) == 1
+    assert len(delivery.log_figure(trainer, "curves", Figure(figsize=(1, 1)))) == 1
 
 
 def test_tables_as_csv_and_row_checks(tmp_path):
     trainer = _trainer(tmp_path, [_BareLogger()], step=3)
-    (path,) = attr_logging.log_table(trainer, "attr/samples", ["a", "b"], [[1, 0.5], ["x", np.float32(2.0)]])
+    (path,) = delivery.log_table(trainer, "attr/samples", ["a", "b"], [[1, 0.5], ["x", np.float32(2.0)]])
     assert path.read_text().splitlines() == ["a,b", "1,0.5", "x,2.0"]
     with pytest.raises(ValueError, match=r"needs 2 values, got 1"):
-        attr_logging.log_table(trainer, "t", ["a", "b"], [[1]])
+        delivery.log_table(trainer, "t", ["a", "b"], [[1]])
 
 
 def test_other_ranks_and_no_logger_do_nothing(tmp_path):
     bare = _BareLogger()
     other_rank = _trainer(tmp_path, [bare], rank_zero=False)
-    assert attr_logging.log_image(other_rank, "k", _image()) == []
-    assert attr_logging.log_table(other_rank, "k", ["a"], [[1]]) == []
-    attr_logging.log_metrics(other_rank, {"a": 1.0})
+    assert delivery.log_image(other_rank, "k", _image()) == []
+    assert delivery.log_table(other_rank, "k", ["a"], [[1]]) == []
+    delivery.log_metrics(other_rank, {"a": 1.0})
     assert bare.metrics == []
-    assert attr_logging.log_image(_trainer(tmp_path, []), "k", _image()) == []
+    assert delivery.log_image(_trainer(tmp_path, []), "k", _image()) == []
     assert not list(tmp_path.rglob("*.png"))
 
 
 def test_log_metrics_goes_to_every_logger_with_the_step(tmp_path):
     a, b = _BareLogger(), _BareLogger()
-    attr_logging.log_metrics(_trainer(tmp_path, [a, b], step=11), {"x": np.float64(0.25)})
+    delivery.log_metrics(_trainer(tmp_path, [a, b], step=11), {"x": np.float64(0.25)})
     assert a.metrics == b.metrics == [({"x": 0.25}, 11)]
 
 
 def test_bad_images_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"\(H, W, 3\) or \(H, W, 4\)"):
-        attr_logging.log_image(_trainer(tmp_path, [_BareLogger()]), "k", np.zeros((2, 3, 5)))
+        delivery.log_image(_trainer(tmp_path, [_BareLogger()]), "k", np.zeros((2, 3, 5)))

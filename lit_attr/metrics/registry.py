@@ -1,0 +1,177 @@
+"""Name -> metric registry behind :func:`available_metrics`: how each metric is built and what it consumes.
+
+The runner (:mod:`lit_attr.runner`) builds and feeds every metric through its entry here, so a registered metric
+works by name in ``AttributionMonitor(metrics=...)``, ``lit_attr evaluate --metrics`` and
+``AttributionQuality(metrics=...)`` without any of them knowing it.
+
+An entry declares what its metric consumes, by the keyword names of its constructor and ``update``:
+
+* built from ``model`` (the classifier) and/or ``method`` (the attribution method being scored);
+* fed ``x`` (inputs), ``attributions``, ``target`` (resolved classes), ``masks`` (ground-truth masks; the metric
+  is skipped for data without them) and ``logits`` (the clean logits the runner already computed).
+
+Metrics that also implement ``score(**inputs) -> {name: per-sample tensor}`` and ``update(**inputs,
+scores=...)`` (every built-in one does) give the runner per-sample scores without computing anything twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+from torchmetrics import Metric
+
+__all__ = [
+    "BUILD_INPUTS",
+    "UPDATE_INPUTS",
+    "MetricSpec",
+    "available_metrics",
+    "get_metric_spec",
+    "register_metric",
+    "unregister_metric",
+]
+
+#: What a metric may be built from.
+BUILD_INPUTS: tuple[str, ...] = ("model", "method")
+#: What a metric may be fed per batch.
+UPDATE_INPUTS: tuple[str, ...] = ("x", "attributions", "target", "masks", "logits")
+
+Summary = Callable[[Mapping[str, Any], bool], dict[str, Tensor]]
+_REGISTRY: dict[str, MetricSpec] = {}
+
+
+def scalar_entries(values: Mapping[str, Any], per_sample: bool) -> dict[str, Tensor]:
+    """The default summary: the entries with one number per sample (per-sample scores) or in all (``compute()``).
+
+    Example:
+        >>> import torch
+        >>> sorted(scalar_entries({"auc": torch.tensor(0.5), "curve": torch.ones(3)}, per_sample=False))
+        ['auc']
+    """
+    rank = 1 if per_sample else 0
+    return {key: value for key, value in values.items() if isinstance(value, Tensor) and value.ndim == rank}
+
+
+def computed(metric: Metric) -> Mapping[str, Any]:
+    """The default details: ``metric.compute()`` (synchronised across processes)."""
+    return metric.compute()
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A registered metric: its factory, what it consumes, and how to read its results.
+
+    Attributes:
+        name: the registered name (also the key of its results).
+        factory: a class or callable building the metric from keyword arguments: the consumed ``model``/``method``
+            plus the user's options.
+        consumes: names from :data:`BUILD_INPUTS` and :data:`UPDATE_INPUTS`.
+        summary: ``summary(values, per_sample)``: the headline numbers, from ``details``'s result
+            (``per_sample=False``, 0-d tensors) or from ``score()``'s (``per_sample=True``, ``(N,)`` tensors),
+            under the same keys so that per-sample means equal the scalars. Default :func:`scalar_entries`.
+        details: everything worth keeping in a report (``metrics.json``), default ``metric.compute()``.
+    """
+
+    name: str
+    factory: Callable[..., Metric]
+    consumes: tuple[str, ...]
+    summary: Summary = scalar_entries
+    details: Callable[[Metric], Mapping[str, Any]] = computed
+
+    @property
+    def needs_masks(self) -> bool:
+        """Whether the metric needs ground-truth masks (and is skipped for data without them)."""
+        return "masks" in self.consumes
+
+    @property
+    def update_inputs(self) -> tuple[str, ...]:
+        """The per-batch inputs, in declaration order."""
+        return tuple(name for name in self.consumes if name in UPDATE_INPUTS)
+
+    def build(self, options: Mapping[str, Any], **available: Any) -> Metric:
+        """Build the metric from the consumed ``model``/``method`` in ``available`` and the user's ``options``."""
+        given = {name: available[name] for name in self.consumes if name in BUILD_INPUTS}
+        clash = sorted(set(given) & set(options))
+        if clash:
+            raise ValueError(f"The options of metric {self.name!r} must not set {clash}; the runner passes them.")
+        return self.factory(**given, **options)
+
+
+def register_metric(
+    name: str,
+    factory: Callable[..., Metric],
+    *,
+    consumes: Sequence[str],
+    summary: Summary | None = None,
+    details: Callable[[Metric], Mapping[str, Any]] | None = None,
+) -> MetricSpec:
+    """Register a metric under ``name``; it then works by name in the monitor, ``evaluate`` and ``AttributionQuality``.
+
+    Args:
+        name: the name users pass (letters, digits and ``_``).
+        factory: the Metric class (or a callable) called as ``factory(model=..., method=..., **options)`` with
+            only the build inputs listed in ``consumes``.
+        consumes: build inputs (:data:`BUILD_INPUTS`) and per-batch inputs (:data:`UPDATE_INPUTS`), named as the
+            factory's and ``update``'s keyword arguments.
+        summary: see :class:`MetricSpec` (default: the 0-d entries of ``compute()``).
+        details: see :class:`MetricSpec` (default: ``compute()``).
+
+    Returns:
+        The registered :class:`MetricSpec`.
+
+    Raises:
+        ValueError: for a name already registered or not an identifier, or an unknown or missing input.
+
+    Example:
+        >>> from lit_attr.metrics import Localization
+        >>> spec = register_metric("my_localization", Localization, consumes=("attributions", "masks"))
+        >>> "my_localization" in available_metrics(), spec.needs_masks
+        (True, True)
+        >>> unregister_metric("my_localization")
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"A metric name must be an identifier (letters, digits, '_'), got {name!r}.")
+    if name in _REGISTRY:
+        raise ValueError(f"A metric named {name!r} is already registered.")
+    if not callable(factory):
+        raise TypeError(f"`factory` must be a Metric class or a callable, got {type(factory).__name__}.")
+    consumes = tuple(consumes)
+    unknown = [item for item in consumes if item not in BUILD_INPUTS + UPDATE_INPUTS]
+    if unknown or not any(item in UPDATE_INPUTS for item in consumes):
+        raise ValueError(
+            f"`consumes` must name per-batch inputs from {UPDATE_INPUTS} (and optionally {BUILD_INPUTS}), got "
+            f"{list(consumes)}."
+        )
+    spec = MetricSpec(name, factory, consumes, summary or scalar_entries, details or computed)
+    _REGISTRY[name] = spec
+    return spec
+
+
+def unregister_metric(name: str) -> None:
+    """Remove a registered metric (for tests and plugins that register temporarily)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"No metric named {name!r} is registered; registered: {available_metrics()}.")
+    del _REGISTRY[name]
+
+
+def available_metrics() -> list[str]:
+    """Sorted names accepted wherever lit-attr takes metric names.
+
+    Example:
+        >>> available_metrics()[:2]
+        ['activation_deviation', 'insertion_deletion']
+    """
+    return sorted(_REGISTRY)
+
+
+def get_metric_spec(name: str) -> MetricSpec:
+    """The registry entry of ``name``.
+
+    Raises:
+        ValueError: for a name that is not registered (the message lists the registered ones).
+    """
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"Unknown metric {name!r}; available: {', '.join(available_metrics())}.")
+    return _REGISTRY[name]

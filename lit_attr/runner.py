@@ -1,0 +1,433 @@
+"""The one attribution loop behind the monitor, ``evaluate``, ``AttributionQuality`` and ``RandomizationCheck``.
+
+Data flow, with the file that holds each step::
+
+    batch (lit_attr/batch.py: Batch, adapt_batch)
+      -> AttributionRunner.run (this file): one clean forward -> predictions and resolved targets
+      -> every method's attribute(x, target, logits=...) (lit_attr/methods/)
+      -> every registered metric's score() and update(scores=...) (lit_attr/metrics/, lit_attr/functional/)
+      -> SampleRecord per sample, and AttributionRunner.compute() on every rank (DDP-synced sums)
+      -> delivery to the loggers (lit_attr/delivery.py) or files (lit_attr/report.py)
+
+The runner knows no method or metric by name: methods come from the method registry (or are factories or
+instances), metrics from the metric registry (:mod:`lit_attr.metrics.registry`), which says what each consumes.
+Data a method needs beyond the batch (IG2's reference pool) reaches it through :meth:`AttributionRunner.prepare`.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from lit_attr._checks import TargetType, check_choice, check_names, check_option_dicts, resolve_target
+from lit_attr.batch import Batch
+from lit_attr.methods._hygiene import preserved_model_state, preserved_rng_state
+from lit_attr.methods.base import AttributionMethod, attributions_of
+from lit_attr.methods.registry import get_method
+from lit_attr.metrics.registry import MetricSpec, available_metrics, get_metric_spec
+
+__all__ = [
+    "AttributionRunner",
+    "MethodSpec",
+    "MethodsArg",
+    "SampleRecord",
+    "gather_records",
+    "normalize_methods",
+]
+
+MethodSpec = str | Callable[..., AttributionMethod] | AttributionMethod
+MethodsArg = MethodSpec | Sequence[MethodSpec] | Mapping[str, MethodSpec]
+TARGETS = ("label", "prediction")
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+@dataclass
+class SampleRecord:
+    """What the runner learnt about one sample.
+
+    Attributes:
+        index: the caller's identifier of the sample (a dataset index or a probe position).
+        label: its label, if the batch had labels.
+        target: the class explained and scored.
+        prediction: the model's top-1 class on the clean input.
+        confidence: the top-1 probability.
+        target_probability: the probability of ``target``.
+        scores: ``{method: {score name: value}}``: each metric's per-sample headline numbers (the same keys as
+            :meth:`AttributionRunner.scalars`, whose values are their means).
+        seconds: ``{method: seconds}``: the method's time on the sample's batch, divided by the batch size.
+        x: the input (CPU, float32) for samples the runner was asked to keep, else None.
+        attributions: ``{method: map}`` (CPU, float32) for kept samples, else empty.
+    """
+
+    index: int
+    label: int | None
+    target: int
+    prediction: int
+    confidence: float
+    target_probability: float
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    x: Tensor | None = None
+    attributions: dict[str, Tensor] = field(default_factory=dict)
+
+
+def normalize_methods(methods: MethodsArg) -> dict[str, MethodSpec]:
+    """Map every method to the name used in results and logged keys (``attr/<name>/...``).
+
+    Registered names stand for themselves; an :class:`~lit_attr.methods.AttributionMethod` instance is named by its
+    ``name`` (or class name); a factory by its mapping key, or else by its (or its ``partial``'s) ``__name__``.
+
+    Raises:
+        TypeError: for something that is not a name, factory, instance, or a sequence/dict of them.
+        ValueError: for an empty set, a repeated name, or a name unusable in logged keys.
+
+    Example:
+        >>> list(normalize_methods(["saliency", "mfaba"]))
+        ['saliency', 'mfaba']
+    """
+    if isinstance(methods, (str, AttributionMethod)) or callable(methods) and not isinstance(methods, Mapping):
+        methods = [methods]
+    if isinstance(methods, Mapping):
+        items = list(methods.items())
+    elif isinstance(methods, Sequence):
+        items = [(_spec_name(spec), spec) for spec in methods]
+    else:
+        raise TypeError(
+            f"`methods` must be a method name, a factory, an AttributionMethod, a list of them or a dict name -> "
+            f"method, got {type(methods).__name__}."
+        )
+    if not items:
+        raise ValueError("`methods` must name at least one attribution method.")
+    result: dict[str, MethodSpec] = {}
+    for name, spec in items:
+        if not isinstance(spec, (str, AttributionMethod)) and not callable(spec):
+            raise TypeError(
+                f"Every method must be a registered name or a factory (or an AttributionMethod instance), got "
+                f"{type(spec).__name__}."
+            )
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ValueError(
+                f"Method name {name!r} cannot be used in logged keys; give the method a name with a dict, e.g. "
+                "`methods={'my_method': factory}` (letters, digits, '_', '.', '-')."
+            )
+        if name in result:
+            raise ValueError(f"`methods` lists {name!r} twice; give distinct names with a dict.")
+        result[name] = spec
+    return result
+
+
+def _spec_name(spec: Any) -> Any:
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, AttributionMethod):
+        return spec.name or type(spec).__name__.lower()
+    if isinstance(spec, functools.partial):
+        spec = spec.func
+    return getattr(spec, "__name__", repr(spec)).lower()
+
+
+def gather_records(records: list[SampleRecord]) -> list[SampleRecord]:
+    """Every rank's records, sorted by index (all of them on every rank; the given list in a single process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        parts: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, records)
+        records = [record for part in parts for record in part]
+    return sorted(records, key=lambda record: record.index)
+
+
+class AttributionRunner:
+    """Attribute batches with several methods and score them with several registered metrics.
+
+    For each :meth:`run` the model makes one clean forward pass; its logits give the predictions, the resolved
+    targets (the labels, or the predictions), and are handed to the methods and to the metrics that consume them,
+    so no one runs the clean forward again. Each method attributes the batch; each metric of each method gets what
+    its registry entry declares. The per-sample results come back as :class:`SampleRecord` objects; the metric
+    states are fixed-size ``sum``-reduced torchmetrics states, and :meth:`compute` (on every rank) synchronises
+    them, so results under DDP equal a single-process run on the same data.
+
+    The model's modes, buffers, gradients and ``requires_grad`` flags and the global random state are as before
+    after every call.
+
+    Args:
+        model: the classifier (logits ``(N, K)``); a LightningModule, or any module.
+        methods: registered method names, factories ``factory(model, **kwargs)``, AttributionMethod instances, a
+            list of them, or a dict ``{name: method}`` naming them in the results.
+        metrics: names from :func:`~lit_attr.metrics.available_metrics` (none: attribution only).
+        method_kwargs: ``{method name: {option: value}}`` for methods given by name or factory.
+        metric_kwargs: ``{metric name: {option: value}}``.
+        input_bounds: ``(low, high)`` passed to every method built here (unless its options set it).
+        target: explain the ``"label"`` (the prediction where a batch has no labels) or the ``"prediction"``.
+        keep_attributions: samples whose index is below this keep their input and maps in their record.
+        metric_samples: ``{metric name: n}``: that metric only sees the samples whose index is below ``n`` (an
+            expensive check on a few samples).
+        progress: ``progress(description, samples_done)``, called when a method starts on a batch (0 samples)
+            and when a batch is done; methods built here that report their own progress (a ``progress``
+            attribute, e.g. FEI's iterations) report through it too.
+
+    Example:
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
+        >>> runner = AttributionRunner(net, ["saliency"], ["insertion_deletion"],
+        ...                            metric_kwargs={"insertion_deletion": {"n_steps": 4}})
+        >>> records = runner.run(Batch(torch.rand(2, 3, 8, 8)), indices=[10, 11])
+        >>> sorted(records[0].scores["saliency"])
+        ['deletion', 'difference', 'insertion']
+        >>> sorted(runner.scalars())
+        ['saliency/deletion', 'saliency/difference', 'saliency/insertion']
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        methods: MethodsArg,
+        metrics: str | Sequence[str] = (),
+        *,
+        method_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+        metric_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+        input_bounds: Any = None,
+        target: Literal["label", "prediction"] = "label",
+        keep_attributions: int = 0,
+        metric_samples: Mapping[str, int] | None = None,
+        progress: Callable[[str, int], None] | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+        specs = normalize_methods(methods)
+        self.metric_names: tuple[str, ...] = check_names("metrics", metrics, what="metric") if metrics else ()
+        unknown = [name for name in self.metric_names if name not in available_metrics()]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; available: {', '.join(available_metrics())}.")
+        options = check_option_dicts("method_kwargs", method_kwargs, list(specs), what="method")
+        self._metric_options = check_option_dicts("metric_kwargs", metric_kwargs, self.metric_names, what="metric")
+        self.target = check_choice("target", target, TARGETS)
+        self.keep_attributions = int(keep_attributions)
+        self.metric_samples = dict(_check_options_ints(metric_samples, self.metric_names))
+        self.progress = progress
+        self.model = model
+        self.specs: dict[str, MetricSpec] = {name: get_metric_spec(name) for name in self.metric_names}
+        self.methods: dict[str, AttributionMethod] = {
+            name: self._build_method(name, spec, options[name], input_bounds) for name, spec in specs.items()
+        }
+        self.metrics: dict[str, dict[str, Metric]] = {
+            method_name: {metric: self._build_metric(metric, method_name, method) for metric in self.metric_names}
+            for method_name, method in self.methods.items()
+        }
+        self._updates = {(m, k): 0 for m in self.methods for k in self.metric_names}
+        self.skipped: set[str] = set()
+
+    # ------------------------------------------------------------------ building
+    def _build_method(
+        self, name: str, spec: MethodSpec, options: dict[str, Any], input_bounds: Any
+    ) -> AttributionMethod:
+        if isinstance(spec, AttributionMethod):
+            if options:
+                raise ValueError(
+                    f"`method_kwargs` for {name!r} apply to methods given by name or factory, not to an "
+                    "AttributionMethod instance; configure the instance instead."
+                )
+            if spec.model is not self.model:
+                raise ValueError(f"The AttributionMethod {name!r} is bound to another model than the runner's.")
+            return spec
+        options = dict(options)
+        if input_bounds is not None:
+            options.setdefault("input_bounds", input_bounds)
+        try:
+            method = get_method(spec, self.model, **options) if isinstance(spec, str) else spec(self.model, **options)
+        except ValueError as error:
+            raise ValueError(f"method {name!r}: {error}") from error
+        if not isinstance(method, AttributionMethod):
+            raise TypeError(
+                f"The factory of method {name!r} returned {type(method).__name__}, not an AttributionMethod."
+            )
+        method.name = method.name or name
+        # A method that reports its own progress (FEI's iterations) reports through ours, unless the user chose.
+        if self.progress is not None and getattr(method, "progress", None) is False and "progress" not in options:
+            progress = self.progress
+            method.progress = lambda done, total, n=name: progress(f"{n}: iteration {done}/{total}", 0)
+        return method
+
+    def _build_metric(self, metric: str, method_name: str, method: AttributionMethod) -> Metric:
+        try:
+            return self.specs[metric].build(self._metric_options[metric], model=self.model, method=method)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"metric {metric!r} of method {method_name!r}: {error}") from error
+
+    # ------------------------------------------------------------------ running
+    def prepare(self, data: Batch) -> None:
+        """Give every method (and every metric holding its own copy of one) data beyond the batch.
+
+        Args:
+            data: labelled samples, e.g. a probe set or the first samples of a split (IG2's reference pool).
+        """
+        for name, method in self.methods.items():
+            try:
+                method.prepare(data)
+            except ValueError as error:
+                raise ValueError(f"method {name!r}: {error}") from error
+            for metric in self.metrics[name].values():
+                prepare = getattr(metric, "prepare", None)
+                if callable(prepare):
+                    prepare(data)
+
+    def to(self, device: torch.device | str) -> AttributionRunner:
+        """Move every metric's states to ``device`` (the model stays where it is)."""
+        for metrics in self.metrics.values():
+            for metric in metrics.values():
+                metric.to(device)
+        return self
+
+    def reset(self) -> None:
+        """Reset every metric (and forget which were skipped)."""
+        for metrics in self.metrics.values():
+            for metric in metrics.values():
+                metric.reset()
+        self._updates = dict.fromkeys(self._updates, 0)
+        self.skipped = set()
+
+    def run(self, batch: Batch, indices: Sequence[int] | None = None, target: TargetType = None) -> list[SampleRecord]:
+        """Attribute one batch with every method, feed every metric, and return one record per sample.
+
+        Args:
+            batch: the samples (inputs on the model's device, in the dtype it expects).
+            indices: the caller's identifier of every sample (default ``0 .. N-1``); they decide which samples
+                are kept (``keep_attributions``) and which go to a metric limited by ``metric_samples``.
+            target: explicit classes to explain (any form :mod:`lit_attr._checks` accepts); ``None`` follows
+                the runner's ``target`` policy.
+
+        Returns:
+            One :class:`SampleRecord` per sample, in batch order.
+        """
+        n = len(batch)
+        indices = list(range(n)) if indices is None else [int(i) for i in indices]
+        if len(indices) != n:
+            raise ValueError(f"`indices` must have one entry per sample (N={n}), got {len(indices)}.")
+        device = batch.x.device
+        self.to(device)
+        with preserved_rng_state(), torch.inference_mode(False):
+            with torch.no_grad(), preserved_model_state(self.model):
+                logits = self.model(batch.x)
+            if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != n:
+                shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+                raise ValueError(f"The model must return logits of shape (N, K) = ({n}, K), got {shape}.")
+            probabilities = logits.float().softmax(dim=1)
+            confidence, prediction = probabilities.max(dim=1)
+            if target is None and self.target == "label" and batch.y is not None:
+                target = batch.y
+            target = resolve_target(target, logits).to(device)
+            records = [
+                SampleRecord(
+                    index=index,
+                    label=None if batch.y is None else int(batch.y[row]),
+                    target=int(target[row]),
+                    prediction=int(prediction[row]),
+                    confidence=float(confidence[row]),
+                    target_probability=float(probabilities[row, target[row]]),
+                    x=batch.x[row].detach().float().cpu() if index < self.keep_attributions else None,
+                )
+                for row, index in enumerate(indices)
+            ]
+            for name, method in self.methods.items():
+                if self.progress is not None:
+                    self.progress(name, 0)
+                start = time.perf_counter()
+                attributions = attributions_of(method.attribute(batch.x, target, logits=logits))
+                seconds = (time.perf_counter() - start) / n
+                for row, record in enumerate(records):
+                    record.seconds[name] = seconds
+                    record.scores[name] = {}
+                    if record.x is not None:
+                        record.attributions[name] = attributions[row].detach().float().cpu()
+                inputs = {
+                    "x": batch.x,
+                    "attributions": attributions,
+                    "target": target,
+                    "masks": batch.mask,
+                    "logits": logits,
+                }
+                for metric in self.metric_names:
+                    self._feed(name, metric, inputs, indices, records)
+        if self.progress is not None:
+            self.progress("", n)
+        return records
+
+    def _feed(
+        self, method: str, metric: str, inputs: dict[str, Any], indices: list[int], records: list[SampleRecord]
+    ) -> None:
+        spec = self.specs[metric]
+        if spec.needs_masks and inputs["masks"] is None:
+            self.skipped.add(metric)
+            return
+        rows = list(range(len(indices)))
+        if metric in self.metric_samples:
+            rows = [row for row, index in enumerate(indices) if index < self.metric_samples[metric]]
+            if not rows:
+                return
+            index = torch.as_tensor(rows, device=inputs["x"].device)
+            inputs = {key: None if value is None else value[index] for key, value in inputs.items()}
+        kwargs = {name: inputs[name] for name in spec.update_inputs}
+        instance = self.metrics[method][metric]
+        if callable(getattr(instance, "score", None)):
+            scores = instance.score(**kwargs)
+            instance.update(**kwargs, scores=scores)
+            for key, values in spec.summary(scores, True).items():
+                for row, value in zip(rows, values.tolist(), strict=True):
+                    records[row].scores[method][key] = value
+        else:
+            instance.update(**kwargs)
+        self._updates[method, metric] += 1
+
+    # ------------------------------------------------------------------ results
+    def compute(self) -> dict[str, dict[str, Mapping[str, Any]]]:
+        """``{method: {metric: details}}``, synchronised over processes; every rank must call it.
+
+        Metrics that received no data on any rank (localisation without masks, say) are left out.
+        """
+        keys = list(self._updates)
+        if not keys:
+            return {name: {} for name in self.methods}
+        first = self.metrics[keys[0][0]][keys[0][1]]
+        device = next((state.device for state in first.metric_state.values() if isinstance(state, Tensor)), "cpu")
+        counts = torch.tensor([self._updates[key] for key in keys], dtype=torch.long, device=device)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(counts)
+        results: dict[str, dict[str, Mapping[str, Any]]] = {name: {} for name in self.methods}
+        for (method, metric), count in zip(keys, counts.tolist(), strict=True):
+            if count:
+                results[method][metric] = self.specs[metric].details(self.metrics[method][metric])
+        return results
+
+    def summary(self, results: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None) -> dict[str, dict]:
+        """``{method: {score name: 0-d tensor}}``: every metric's headline numbers (from :meth:`compute`)."""
+        results = self.compute() if results is None else results
+        out: dict[str, dict[str, Tensor]] = {}
+        for method, metrics in results.items():
+            out[method] = {}
+            for metric, values in metrics.items():
+                out[method].update(self.specs[metric].summary(values, False))
+        return out
+
+    def scalars(self, results: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None) -> dict[str, Tensor]:
+        """``{"<method>/<score name>": 0-d tensor}``: the headline numbers, flat (for loggers and ``log_dict``)."""
+        summary = self.summary(results)
+        return {f"{method}/{key}": value for method, values in summary.items() for key, value in values.items()}
+
+
+def _check_options_ints(limits: Mapping[str, int] | None, names: Sequence[str]) -> Mapping[str, int]:
+    if limits is None:
+        return {}
+    if not isinstance(limits, Mapping) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in limits.values()
+    ):
+        raise TypeError(f"`metric_samples` must map metric names to ints >= 0, got {limits!r}.")
+    unknown = [key for key in limits if key not in names]
+    if unknown:
+        raise ValueError(f"`metric_samples` has limits for {unknown}, which are not among the metrics {list(names)}.")
+    return limits
