@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from lit_attr._checks import TargetType, check_choice, check_names, check_option_dicts, resolve_target
+from lit_attr._checks import TargetType, check_choice, check_int, check_names, check_option_dicts, resolve_target
 from lit_attr.batch import Batch
 from lit_attr.methods._hygiene import preserved_model_state, preserved_rng_state
 from lit_attr.methods.base import AttributionMethod, attributions_of
@@ -208,7 +208,7 @@ class AttributionRunner:
         options = check_option_dicts("method_kwargs", method_kwargs, list(specs), what="method")
         self._metric_options = check_option_dicts("metric_kwargs", metric_kwargs, self.metric_names, what="metric")
         self.target = check_choice("target", target, TARGETS)
-        self.keep_attributions = int(keep_attributions)
+        self.keep_attributions = check_int("keep_attributions", keep_attributions, 0)
         self.metric_samples = dict(_check_options_ints(metric_samples, self.metric_names))
         self.progress = progress
         self.model = model

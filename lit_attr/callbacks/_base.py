@@ -104,6 +104,11 @@ class AttributionCallback(Callback):
             self._model = pl_module
         return self._runner
 
+    def _prepare_runner(self, runner: AttributionRunner, split: str, probe: Batch) -> None:
+        """Hand the methods the probe set in dataset order (IG2's reference pool), the same however it was drawn."""
+        indices = self._probes[split].indices or []
+        runner.prepare(probe.select(sorted(range(len(indices)), key=indices.__getitem__)))
+
     def _run_on_probe(
         self, trainer: Trainer, pl_module: LightningModule, runner: AttributionRunner, probe: Batch
     ) -> list[SampleRecord]:

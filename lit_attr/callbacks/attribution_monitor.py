@@ -247,7 +247,7 @@ class AttributionMonitor(AttributionCallback):
             if not self._checked_data[split]:
                 self._warn_about_missing(split, probe.mask is None, probe.y is None)
                 self._checked_data[split] = True
-            runner.prepare(probe)
+            self._prepare_runner(runner, split, probe)
             records = self._run_on_probe(trainer, pl_module, runner, probe)
         except Exception as exc:  # noqa: BLE001  (handled per `on_error` once every rank knows)
             error = exc

@@ -191,7 +191,7 @@ class RandomizationCheck(AttributionCallback):
         stage_maps: dict[str, dict[str, Tensor]] = {}
         try:
             probe = self._probes["val"].load(trainer, self.batch_adapter)
-            runner.prepare(probe)
+            self._prepare_runner(runner, "val", probe)
             self._run_on_probe(trainer, pl_module, runner, probe)
             if trainer.is_global_zero and self.log_heatmaps and probe.x.ndim == 4:
                 stage_maps = self._stage_maps(trainer, pl_module, runner, probe)

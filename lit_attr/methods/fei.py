@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from lit_attr._checks import check_choice, check_positive, check_seed
 from lit_attr.methods._common import SCORES, row_seed
-from lit_attr.methods.base import AttributionMethod, BoundsType, TargetType
+from lit_attr.methods.base import AttributionMethod, BoundsType, ResultType, TargetType
 from lit_attr.methods.registry import register_method
 
 #: Which incoming gradients ``g`` a gated ReLU lets through, given its clean (``a0``) and current (``a``) output.
@@ -139,6 +139,8 @@ class FEI(AttributionMethod):
         forward_fn: see :class:`~lit_attr.methods.base.AttributionMethod`.
         input_bounds: the colour range of the references; ``None`` uses each sample's own channel range.
         internal_batch_size: samples per optimisation batch.
+        return_masks: also return ``{"masks": (N, len(levels), ...)}``, the nested masks; a per-call
+            ``attribute(x, return_masks=...)`` overrides it.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 2))
@@ -163,6 +165,7 @@ class FEI(AttributionMethod):
         forward_fn: Callable[[Tensor], Tensor] | None = None,
         input_bounds: BoundsType = None,
         internal_batch_size: int | None = None,
+        return_masks: bool = False,
     ) -> None:
         super().__init__(
             model, forward_fn=forward_fn, input_bounds=input_bounds, internal_batch_size=internal_batch_size
@@ -183,15 +186,11 @@ class FEI(AttributionMethod):
         if not (isinstance(progress, bool) or callable(progress)):
             raise TypeError(f"`progress` must be a bool or a callable(done, total), got {type(progress).__name__}.")
         self.progress = progress
+        self.return_masks = bool(return_masks)
 
     @overload
     def attribute(
-        self,
-        x: Tensor,
-        target: TargetType = None,
-        *,
-        logits: Tensor | None = None,
-        return_masks: Literal[False] = False,
+        self, x: Tensor, target: TargetType = None, *, logits: Tensor | None = None, return_masks: Literal[False]
     ) -> Tensor: ...
 
     @overload
@@ -199,18 +198,25 @@ class FEI(AttributionMethod):
         self, x: Tensor, target: TargetType = None, *, logits: Tensor | None = None, return_masks: Literal[True]
     ) -> tuple[Tensor, dict[str, Tensor]]: ...
 
+    @overload
     def attribute(
-        self, x: Tensor, target: TargetType = None, *, logits: Tensor | None = None, return_masks: bool = False
-    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        self, x: Tensor, target: TargetType = None, *, logits: Tensor | None = None, return_masks: None = None
+    ) -> ResultType: ...
+
+    def attribute(
+        self, x: Tensor, target: TargetType = None, *, logits: Tensor | None = None, return_masks: bool | None = None
+    ) -> ResultType:
         """FEI attributions of ``x`` (see the class).
 
         Args:
             x: input batch ``(N, ...)``.
             target: class to explain (``None``: the prediction).
             logits: the model's logits for ``x`` if already computed (see the base class).
-            return_masks: also return ``{"masks": (N, len(levels), ...)}``, the nested masks.
+            return_masks: also return ``{"masks": (N, len(levels), ...)}``, the nested masks; ``None`` follows the
+                constructor's ``return_masks``.
         """
-        return super().attribute(x, target, logits=logits, return_masks=return_masks)
+        masks = self.return_masks if return_masks is None else bool(return_masks)
+        return super().attribute(x, target, logits=logits, return_masks=masks)
 
     # ------------------------------------------------------------------ gated layers
     def relu_modules(self, x: Tensor) -> list[nn.Module]:

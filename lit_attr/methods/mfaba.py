@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from lit_attr._checks import check_choice, check_positive
 from lit_attr.methods._common import SCORES, expand_rows, unit_rows
-from lit_attr.methods.base import AttributionMethod, BoundsType, TargetType
+from lit_attr.methods.base import AttributionMethod, BoundsType, ResultType, TargetType
 from lit_attr.methods.registry import register_method
 
 VARIANTS = ("sharp", "smooth", "norm", "cos")
@@ -53,6 +53,8 @@ class MFABA(AttributionMethod):
         forward_fn: see :class:`~lit_attr.methods.base.AttributionMethod`.
         input_bounds: path points are clipped to it.
         internal_batch_size: samples per chunk (one row per sample per path point).
+        return_info: also return per-sample diagnostics ``{"steps", "flipped", "score_drop"}``; a per-call
+            ``attribute(x, return_info=...)`` overrides it.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 3))
@@ -76,6 +78,7 @@ class MFABA(AttributionMethod):
         forward_fn: Callable[[Tensor], Tensor] | None = None,
         input_bounds: BoundsType = None,
         internal_batch_size: int | None = None,
+        return_info: bool = False,
     ) -> None:
         super().__init__(
             model, forward_fn=forward_fn, input_bounds=input_bounds, internal_batch_size=internal_batch_size
@@ -92,15 +95,11 @@ class MFABA(AttributionMethod):
         if not 0.0 <= compact_below <= 1.0:
             raise ValueError(f"`compact_below` must be in [0, 1], got {compact_below!r}.")
         self.compact_below = compact_below
+        self.return_info = bool(return_info)
 
     @overload
     def attribute(
-        self,
-        x: Tensor,
-        target: TargetType = None,
-        *,
-        logits: Tensor | None = None,
-        return_info: Literal[False] = False,
+        self, x: Tensor, target: TargetType = None, *, logits: Tensor | None = None, return_info: Literal[False]
     ) -> Tensor: ...
 
     @overload
@@ -108,18 +107,25 @@ class MFABA(AttributionMethod):
         self, x: Tensor, target: TargetType = None, *, logits: Tensor | None = None, return_info: Literal[True]
     ) -> tuple[Tensor, dict[str, Tensor]]: ...
 
+    @overload
     def attribute(
-        self, x: Tensor, target: TargetType = None, *, logits: Tensor | None = None, return_info: bool = False
-    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        self, x: Tensor, target: TargetType = None, *, logits: Tensor | None = None, return_info: None = None
+    ) -> ResultType: ...
+
+    def attribute(
+        self, x: Tensor, target: TargetType = None, *, logits: Tensor | None = None, return_info: bool | None = None
+    ) -> ResultType:
         """MFABA attributions of ``x`` (see the class).
 
         Args:
             x: input batch ``(N, ...)``.
             target: class to explain (``None``: the prediction).
             logits: the model's logits for ``x`` if already computed (see the base class).
-            return_info: also return per-sample diagnostics ``{"steps", "flipped", "score_drop"}``.
+            return_info: also return per-sample diagnostics ``{"steps", "flipped", "score_drop"}``; ``None``
+                follows the constructor's ``return_info``.
         """
-        return super().attribute(x, target, logits=logits, return_info=return_info)
+        info = self.return_info if return_info is None else bool(return_info)
+        return super().attribute(x, target, logits=logits, return_info=info)
 
     # ------------------------------------------------------------------ path step
     def _step(self, x: Tensor, x0: Tensor, g: Tensor) -> Tensor:

@@ -116,7 +116,8 @@ def test_on_error_warn_skips_the_epoch_and_training_goes_on(tmp_path):
     assert len(recorder.losses) == 12, "all three epochs trained"
     assert sorted(monitor.history) == [0, 2], "epoch 1 skipped, epoch 2 ran again"
     # Fresh metric states after the failure: a later successful run would not mix in the failed batch.
-    assert all(int(metric._update_count) == 0 for metrics in monitor.runner.metrics.values() for metric in metrics.values())
+    metrics = [metric for per_method in monitor.runner.metrics.values() for metric in per_method.values()]
+    assert all(int(metric._update_count) == 0 for metric in metrics)
 
 
 def test_on_error_raise_reraises(tmp_path):

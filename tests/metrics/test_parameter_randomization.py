@@ -277,3 +277,39 @@ def test_metric_can_live_inside_the_model_it_checks_and_forward_works(tiny):
     assert report["spearman_abs"]["curve"][0].item() == 1.0
     torch.testing.assert_close(report["spearman_abs"]["final"], batch_value["spearman_abs"])
     assert "check.similarity_sum" in model.state_dict()
+
+
+def test_compute_returns_scalars_for_log_dict_and_metric_collection(tiny):
+    import lightning as L
+    from torchmetrics import MetricCollection
+
+    model, x = tiny
+    collection = MetricCollection({"check": ParameterRandomization("saliency", model, similarity=("spearman_abs",
+                                                                                                  "spearman"))})
+    collection.update(x)
+    values = collection.compute()
+    assert all(isinstance(v, torch.Tensor) and v.ndim == 0 for v in values.values()), values
+    report = collection["check"].report()
+    assert set(values) == {"spearman_abs", "spearman"}  # MetricCollection flattens a dict result
+    torch.testing.assert_close(values["spearman_abs"], report["spearman_abs"]["final"])
+
+    class Logged(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+            self.check = ParameterRandomization("saliency", model, similarity="spearman_abs")
+
+        def forward(self, inputs):
+            return self.net(inputs)
+
+        def validation_step(self, batch, batch_idx):
+            self.check.update(batch[0])
+
+        def on_validation_epoch_end(self):
+            self.log_dict(self.check.compute())
+
+    module = Logged()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=len(x))
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, inference_mode=False)
+    trainer.validate(module, loader, verbose=False)
+    torch.testing.assert_close(trainer.callback_metrics["spearman_abs"], module.check.report()["spearman_abs"]["final"])
