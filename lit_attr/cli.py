@@ -58,6 +58,9 @@ examples:
 The config uses LightningCLI's layout (model: {class_path, init_args}, data: {...}, trainer: {...}); a fit config
 can be combined with an evaluation config: --config fit.yaml --config evaluate.yaml.
 Results are written to a temporary directory and moved to --output_dir when complete.
+Checkpoints are loaded with torch.load(weights_only=True): tensors and plain values only. A checkpoint that needs
+other Python objects, or a URL, is refused unless you pass --trust_checkpoint true (only for files you trust: it
+unpickles with weights_only=False, which can run code).
 """
 
 _LIGHTNING_EPILOG = """\
@@ -123,6 +126,12 @@ def build_evaluate_parser() -> Any:
     )
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML config (LightningCLI layout)")
     parser.add_argument("--ckpt_path", type=str, required=True, help="the checkpoint to evaluate (Lightning .ckpt)")
+    parser.add_argument(
+        "--trust_checkpoint",
+        type=bool,
+        default=False,
+        help="unpickle the checkpoint with weights_only=False and allow URLs: only for files you trust",
+    )
     parser.add_argument("--seed_everything", type=int | bool, default=0, help="seed for everything (False: none)")
     parser.add_subclass_arguments(LightningModule, "model", required=True, help="the model class (logits out)")
     parser.add_subclass_arguments(LightningDataModule, "data", required=True, help="the data module")
@@ -160,7 +169,7 @@ def run_evaluate(argv: Sequence[str], progress: bool = True) -> tuple[dict[str, 
     parser = build_evaluate_parser()
     cfg = parser.parse_args(list(argv))
     # Check the cheap things before building anything: nothing is written when they fail.
-    if not Path(cfg.ckpt_path).is_file():
+    if "://" not in cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():  # load_checkpoint judges URLs
         raise CLIError(f"checkpoint not found: {cfg.ckpt_path!r} is not a file")
     resolved = yaml.safe_load(parser.dump(cfg, skip_validation=True))
     if cfg.seed_everything is not False:
@@ -189,7 +198,7 @@ def run_evaluate(argv: Sequence[str], progress: bool = True) -> tuple[dict[str, 
         )
     }
     try:
-        load_checkpoint(init.model, cfg.ckpt_path)
+        load_checkpoint(init.model, cfg.ckpt_path, trust_checkpoint=cfg.trust_checkpoint)
         result = evaluate(init.model, init.data, trainer=init.trainer, config=resolved, progress=progress, **options)
     except (EvaluationError, ValueError, TypeError) as error:
         raise CLIError(str(error).splitlines()[0] if str(error) else type(error).__name__) from error

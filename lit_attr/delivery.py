@@ -44,8 +44,15 @@ def log_metrics(trainer: Trainer, metrics: Mapping[str, float], step: int | None
         step: defaults to ``trainer.global_step``.
 
     Example:
-        >>> import lightning as L
+        >>> import lightning as L, tempfile
+        >>> from lightning.pytorch.loggers import CSVLogger
         >>> log_metrics(L.Trainer(logger=False), {"a": 1.0})  # no logger: nothing happens
+        >>> logger = CSVLogger(tempfile.mkdtemp())
+        >>> log_metrics(L.Trainer(logger=logger), {"attr/score": 0.5}, step=3)
+        >>> logger.save()
+        >>> print(Path(logger.experiment.metrics_file_path).read_text().strip())
+        attr/score,step
+        0.5,3
     """
     if not trainer.is_global_zero or not trainer.loggers or not metrics:
         return

@@ -179,7 +179,14 @@ def write_outputs(directory: str | Path, result: Mapping[str, Any], figures: Map
 
     Example:
         >>> import tempfile
-        >>> write_outputs(tempfile.mkdtemp(), {"methods": {}}, {})
+        >>> out = Path(tempfile.mkdtemp())
+        >>> write_outputs(out, {"methods": {}}, {"blank": Figure(figsize=(1, 1))})
+        >>> sorted(path.name for path in out.iterdir())
+        ['blank.png', 'metrics.json', 'report.html']
+        >>> json.loads((out / "metrics.json").read_text())
+        {'methods': {}}
+        >>> (out / "blank.png").read_bytes()[1:4], (out / "report.html").read_text().count("data:image/png;base64,")
+        (b'PNG', 1)
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -118,16 +118,29 @@ def compute_on_all(factory: Callable[[], Any], batches: Sequence[Batch], result:
 
 
 def assert_nested_close(actual: Any, expected: Any, path: str = "result", **tolerances: Any) -> None:
-    """``torch.testing.assert_close`` through nested dicts/lists/tuples; other leaves must be equal."""
+    """``torch.testing.assert_close`` through nested dicts/lists/tuples; other leaves must be equal.
+
+    Results that hold no tensor at all (two empty dicts, ``None`` for a rank that returned nothing) and ``None``
+    leaves fail: an empty comparison would pass whatever the processes computed.
+    """
+    compared = _compare(actual, expected, path, tolerances)
+    assert compared > 0, f"{path}: no tensor to compare (empty or missing results: {actual!r} vs {expected!r})"
+
+
+def _compare(actual: Any, expected: Any, path: str, tolerances: dict[str, Any]) -> int:
+    """Compare recursively; return how many tensors were compared."""
+    assert expected is not None and actual is not None, f"{path}: missing value ({actual!r} vs {expected!r})"
     if isinstance(expected, Mapping):
         assert isinstance(actual, Mapping) and set(actual) == set(expected), f"{path}: keys differ"
-        for key in expected:
-            assert_nested_close(actual[key], expected[key], f"{path}[{key!r}]", **tolerances)
-    elif isinstance(expected, (list, tuple)) and not isinstance(expected, str):
+        return sum(_compare(actual[key], expected[key], f"{path}[{key!r}]", tolerances) for key in expected)
+    if isinstance(expected, (list, tuple)) and not isinstance(expected, str):
         assert isinstance(actual, (list, tuple)) and len(actual) == len(expected), f"{path}: lengths differ"
-        for index, (a, e) in enumerate(zip(actual, expected, strict=True)):
-            assert_nested_close(a, e, f"{path}[{index}]", **tolerances)
-    elif isinstance(expected, torch.Tensor):
+        return sum(
+            _compare(a, e, f"{path}[{index}]", tolerances)
+            for index, (a, e) in enumerate(zip(actual, expected, strict=True))
+        )
+    if isinstance(expected, torch.Tensor):
         torch.testing.assert_close(actual, expected, msg=lambda m: f"{path}: {m}", **tolerances)
-    else:
-        assert actual == expected, f"{path}: {actual!r} != {expected!r}"
+        return 1
+    assert actual == expected, f"{path}: {actual!r} != {expected!r}"
+    return 0

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 import yaml
 from matplotlib import image as mpimg
 from torch import Tensor
@@ -329,6 +330,34 @@ def test_missing_checkpoint_is_a_one_line_error(tiny: dict[str, Path], tmp_path:
     )
     _assert_clean_failure(out, tmp_path / "out", "checkpoint not found")
     assert out.stderr.strip().count("\n") == 0  # one line
+
+
+class CheckpointNote:
+    """An object a checkpoint may carry that safe loading (weights_only=True) does not rebuild."""
+
+
+def test_checkpoint_needing_other_globals_is_refused_unless_trusted(tiny: dict[str, Path], tmp_path: Path):
+    checkpoint = torch.load(tiny["ckpt"], weights_only=True)  # the demo's Lightning checkpoint loads safely
+    checkpoint["note"] = CheckpointNote()
+    noted = tmp_path / "noted.ckpt"
+    torch.save(checkpoint, noted)
+    base = ["evaluate", "--config", str(tiny["config"]), "--ckpt_path", str(noted)]
+    out = _run(*base, "--output_dir", str(tmp_path / "refused"))
+    _assert_clean_failure(out, tmp_path / "refused", "test_cli.CheckpointNote")
+    assert out.stderr.strip().count("\n") == 0  # one line
+    assert "--trust_checkpoint true" in out.stderr
+    fast = ["--methods", "[saliency]", "--metrics", "[insertion_deletion]", "--limit_samples", "2"]
+    trusted = _run(*base, *fast, "--trust_checkpoint", "true", "--output_dir", str(tmp_path / "trusted"))
+    assert trusted.returncode == 0, trusted.stderr[-3000:]
+    assert json.loads((tmp_path / "trusted" / "metrics.json").read_text())["num_samples"] == 2
+
+
+def test_checkpoint_url_is_refused_unless_trusted(tiny: dict[str, Path], tmp_path: Path):
+    url = "https://example.com/model.ckpt"
+    out = _run("evaluate", "--config", str(tiny["config"]), "--ckpt_path", url, "--output_dir", str(tmp_path / "out"))
+    _assert_clean_failure(out, tmp_path / "out", url)
+    assert out.stderr.strip().count("\n") == 0
+    assert "URL" in out.stderr and "--trust_checkpoint true" in out.stderr
 
 
 def test_unknown_config_key_is_rejected(tiny: dict[str, Path], tmp_path: Path):

@@ -23,7 +23,9 @@ def preserved_model_state(model: nn.Module) -> Iterator[None]:
 
     Parameters stop requiring gradients for the duration, so a backward pass through the model computes
     gradients with respect to the inputs only (and is cheaper). Buffers are snapshotted and copied back, which
-    also undoes any statistics update a method might trigger.
+    also undoes any statistics update a method might trigger. Hooks and attributes that appear on a module
+    during the block are removed, so a method interrupted between registering and removing them (Captum's
+    DeepLift stores ``input``/``output`` on every ReLU until its backward pass) leaves nothing behind.
 
     Args:
         model: the module to protect.
@@ -40,6 +42,8 @@ def preserved_model_state(model: nn.Module) -> Iterator[None]:
     requires_grad = [p.requires_grad for p in params]
     grads = [p.grad for p in params]
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    attributes = [(module, set(vars(module))) for module in model.modules()]
+    hooks = [(table, set(table)) for module in model.modules() for table in _hook_tables(module)]
     try:
         model.eval()
         for p in params:
@@ -55,6 +59,17 @@ def preserved_model_state(model: nn.Module) -> Iterator[None]:
             for buffer, saved in buffers:
                 if buffer.shape == saved.shape:
                     buffer.copy_(saved)
+        for table, keys in hooks:
+            for key in set(table) - keys:
+                del table[key]
+        for module, names in attributes:
+            for name in set(vars(module)) - names:
+                delattr(module, name)
+
+
+def _hook_tables(module: nn.Module) -> list[dict]:
+    """The module's hook registries (``_forward_hooks``, ``_forward_hooks_with_kwargs``, ...), keyed by handle id."""
+    return [value for name, value in vars(module).items() if "hooks" in name and isinstance(value, dict)]
 
 
 @contextmanager

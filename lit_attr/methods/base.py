@@ -101,10 +101,15 @@ class AttributionMethod(abc.ABC):
                 x = x.detach().clone()
                 target = self.resolve_target(x, target, logits=logits)
                 chunk = self._samples_per_chunk(**kwargs)
-                parts = [
-                    self._attribute(x[i : i + chunk], target[i : i + chunk], **self._chunk_kwargs(kwargs, x, i, chunk))
-                    for i in range(0, x.shape[0], chunk)
-                ]
+                parts = []
+                for i in range(0, x.shape[0], chunk):
+                    options = self._chunk_kwargs(kwargs, x, i, chunk)
+                    try:
+                        parts.append(self._attribute(x[i : i + chunk], target[i : i + chunk], **options))
+                    except _NonFiniteLogitsError as error:
+                        culprits = self._culprits(x, target, kwargs, i, chunk)
+                        which = f"sample {culprits[0]}" if len(culprits) == 1 else f"one of samples {culprits}"
+                        raise self._non_finite_error(f"along the path of {which}") from error
         if isinstance(parts[0], tuple):
             info = {key: torch.cat([part[1][key] for part in parts]).detach() for key in parts[0][1]}
             return self._finish(torch.cat([part[0] for part in parts]), x), info
@@ -146,7 +151,10 @@ class AttributionMethod(abc.ABC):
         return 1
 
     def logits(self, x: Tensor) -> Tensor:
-        """Run ``forward_fn`` and check that it returned ``(N, K)`` logits."""
+        """Run ``forward_fn`` and check that it returned ``(N, K)`` finite logits.
+
+        Non-finite logits raise a ``ValueError`` from :meth:`attribute` that names the method and the sample.
+        """
         out = self.forward_fn(x)
         if not isinstance(out, Tensor):
             raise TypeError(
@@ -158,6 +166,9 @@ class AttributionMethod(abc.ABC):
                 f"The model output must be logits of shape (N, K) = ({x.shape[0]}, K), got {tuple(out.shape)}. "
                 "Pass `forward_fn=` mapping inputs to (N, K) logits."
             )
+        bad = ~torch.isfinite(out.detach()).all(dim=1)
+        if bool(bad.any()):
+            raise _NonFiniteLogitsError(bad.nonzero()[:, 0].tolist())
         return out
 
     def clip(self, x: Tensor) -> Tensor:
@@ -179,13 +190,48 @@ class AttributionMethod(abc.ABC):
         if logits is None:
             chunk = self.internal_batch_size or n
             with torch.no_grad(), preserved_model_state(self.model):
-                logits = torch.cat([self.logits(x[i : i + chunk]) for i in range(0, n, chunk)])
+                parts = []
+                for i in range(0, n, chunk):
+                    try:
+                        parts.append(self.logits(x[i : i + chunk]))
+                    except _NonFiniteLogitsError as error:  # here rows are samples
+                        raise self._non_finite_error(_which([i + row for row in error.rows])) from error
+                logits = torch.cat(parts)
         elif not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != n:
             shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
             raise ValueError(f"`logits` must be the model's logits (N, K) = ({n}, K) for `x`, got {shape}.")
+        else:
+            bad = (~torch.isfinite(logits.detach()).all(dim=1)).nonzero()[:, 0].tolist()
+            if bad:
+                raise self._non_finite_error(_which(bad))
         return resolve_target(target, logits.detach()).to(x.device)
 
     # ------------------------------------------------------------------ internals
+    def _culprits(self, x: Tensor, target: Tensor, kwargs: dict[str, Any], start: int, size: int) -> list[int]:
+        """Samples of a chunk whose path meets non-finite logits, found by attributing them one at a time.
+
+        Path rows do not map back to samples in a way common to all methods, but methods are batch-independent.
+        Returns every sample of the chunk when a lone sample cannot be attributed (e.g. references drawn from
+        the batch).
+        """
+        chunk = range(start, min(start + size, x.shape[0]))
+        if len(chunk) == 1:
+            return list(chunk)
+        for i in chunk:
+            try:
+                self._attribute(x[i : i + 1], target[i : i + 1], **self._chunk_kwargs(kwargs, x, i, 1))
+            except _NonFiniteLogitsError:
+                return [i]
+            except Exception:  # noqa: BLE001 - cannot run alone: name the whole chunk
+                break
+        return list(chunk)
+
+    def _non_finite_error(self, where: str) -> ValueError:
+        return ValueError(
+            f"{self.name or type(self).__name__}: the model returned NaN or infinite logits {where} (position in "
+            "the batch passed to attribute()); check the model's numerics on inputs near it."
+        )
+
     def _samples_per_chunk(self, **kwargs: Any) -> int:
         if self.internal_batch_size is None:
             return 2**62
@@ -227,6 +273,19 @@ class AttributionMethod(abc.ABC):
                     f"`x` has values in [{float(x.min()):.4g}, {float(x.max()):.4g}], outside `input_bounds`; "
                     "pass the bounds of the space the model sees (e.g. (0, 1) when normalisation is inside it)."
                 )
+
+
+def _which(rows: list[int]) -> str:
+    """The clean inputs of these samples, in a non-finite-logits message."""
+    return f"for the input of sample {rows[0]}" if len(rows) == 1 else f"for the input of samples {rows}"
+
+
+class _NonFiniteLogitsError(ValueError):
+    """Raised by :meth:`AttributionMethod.logits`; :meth:`~AttributionMethod.attribute` names the sample."""
+
+    def __init__(self, rows: list[int]) -> None:
+        super().__init__(f"the model returned NaN or infinite logits in rows {rows}")
+        self.rows = rows
 
 
 def _check_bounds(bounds: BoundsType) -> BoundsType:

@@ -25,7 +25,7 @@ BatchKwargs = Callable[[int, int], dict[str, int]]
 
 
 class _ForwardModule(nn.Module):
-    """Presents ``forward_fn`` as a module for Captum methods that hook layers (DeepLift); ``model`` is a child."""
+    """Presents a forward function as a module for Captum methods that hook layers (DeepLift); ``model`` is a child."""
 
     def __init__(self, model: nn.Module, forward_fn: Callable[[Tensor], Tensor]) -> None:
         super().__init__()
@@ -98,9 +98,8 @@ class CaptumMethod(AttributionMethod):
         if inspect.isclass(attribution):
             params = list(inspect.signature(attribution.__init__).parameters)
             wants_module = len(params) > 1 and params[1] == "model"
-        if not wants_module:
-            return self.logits
-        return self.model if self.forward_fn is self.model else _ForwardModule(self.model, self.forward_fn)
+        # Either way Captum's forward goes through self.logits, which checks the output (shape, finite values).
+        return _ForwardModule(self.model, self.logits) if wants_module else self.logits
 
     def rows_per_sample(self, **kwargs: Any) -> int:
         """Rows per sample implied by ``rows_per_sample`` and the merged keywords."""

@@ -281,6 +281,10 @@ class InsertionDeletion(Metric):
             >>> metric = InsertionDeletion(net, n_steps=8)
             >>> metric.update(torch.rand(2, 3, 8, 8), torch.randn(2, 8, 8))
             >>> fig, ax = metric.plot()
+            >>> [line.get_label().split(" (")[0] for line in ax.get_lines()], ax.get_ylabel()
+            (['insertion', 'deletion'], 'probability')
+            >>> torch.allclose(torch.as_tensor(ax.get_lines()[0].get_ydata()), metric.compute()["insertion_curve"])
+            True
         """
         val = self.compute() if val is None else val
         fig, ax = figure_and_axes(ax, (5.0, 3.5))

@@ -359,6 +359,11 @@ class ParameterRandomization(Metric):
             >>> check = ParameterRandomization("saliency", net, similarity="spearman_abs")
             >>> check.update(torch.rand(2, 3, 8, 8))
             >>> fig, ax = check.plot()
+            >>> [label.get_text() for label in ax.get_xticklabels()]  # the stages: one randomised layer
+            ['original', '1']
+            >>> curve = torch.as_tensor(ax.get_lines()[0].get_ydata())  # 1 before any layer is randomised
+            >>> round(float(curve[0]), 4), torch.allclose(curve, check.compute()["spearman_abs"]["curve"])
+            (1.0, True)
         """
         val = self.report() if val is None else val
         names = [name for name in SIMILARITIES if name in val]

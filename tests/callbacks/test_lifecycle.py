@@ -92,10 +92,30 @@ def test_resume_onto_a_smaller_validation_set_draws_a_new_probe_set(tmp_path):
     assert math.isfinite(resumed.history[1]["attr/saliency/insertion"])
 
 
+class _AttributionInputs(L.Callback):
+    """The inputs of every forward the callbacks make: in eval mode, outside inference mode."""
+
+    def __init__(self) -> None:
+        self.inputs: list[torch.Tensor] = []
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.register_forward_pre_hook(self._record)
+
+    def _record(self, module: nn.Module, args: tuple) -> None:
+        # Lightning's own forwards are training (train mode) or validation (inference mode): neither counts.
+        if not module.training and not torch.is_inference_mode_enabled():
+            self.inputs.append(args[0].detach())
+
+
 def test_bf16_true_precision_feeds_the_model_bf16_inputs(tmp_path):
     monitor = _monitor()
     check = RandomizationCheck(["saliency"], num_samples=4, stages="last", log_heatmaps=2)
-    _, trainer, _ = fit(tmp_path, [monitor, check], max_epochs=1, precision="bf16-true")
+    seen = _AttributionInputs()
+    net, trainer, _ = fit(tmp_path, [seen, monitor, check], max_epochs=1, precision="bf16-true")
+    assert all(p.dtype == torch.bfloat16 for p in net.parameters())
+    # The probes (float32 in the dataset) reach the model as bf16, for every forward the attribution makes.
+    assert len(seen.inputs) >= 3  # at least the monitor's prediction, saliency's target and gradient forwards
+    assert {x.dtype for x in seen.inputs} == {torch.bfloat16}
     assert math.isfinite(monitor.history[0]["attr/saliency/insertion"])
     assert math.isfinite(check.results["saliency"]["spearman_abs"]["final"])
 

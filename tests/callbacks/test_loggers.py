@@ -1,5 +1,6 @@
 """Delivery of the monitor's scalars, images, curves and tables to W&B, TensorBoard, CSV and no logger."""
 
+import io
 import json
 import math
 from pathlib import Path
@@ -191,6 +192,30 @@ def test_tensorboard_path_uses_add_image_add_figure_and_add_text(tmp_path, monke
 
 
 def test_real_tensorboard_logger_writes_event_files(tmp_path):
+    from matplotlib import image as mpimg
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     logger = TensorBoardLogger(tmp_path, name="tb")
-    fit(tmp_path, [_monitor()], logger=logger, max_epochs=2)
+    monitor = _monitor()
+    fit(tmp_path, [monitor], logger=logger, max_epochs=2)
     assert list(Path(logger.log_dir).glob("events.out.tfevents.*"))
+    # Read the event files back as TensorBoard does.
+    events = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert _expected_keys() <= set(tags["scalars"])
+    for key in _expected_keys():  # one value per epoch: the monitor's own record of that epoch
+        values = [event.value for event in events.Scalars(key)]
+        assert values == pytest.approx([monitor.history[epoch][key] for epoch in (0, 1)], rel=1e-6), key
+    images = {f"attr/{method}/heatmaps" for method in METHODS} | {"attr/insertion_deletion_curves"}
+    assert set(tags["images"]) == images
+    for tag in images:
+        logged = events.Images(tag)
+        assert [event.step for event in logged] == [4, 8], tag  # once per epoch, at the trainer's step
+        for event in logged:
+            pixels = mpimg.imread(io.BytesIO(event.encoded_image_string), format="png")
+            assert pixels.shape[:2] == (event.height, event.width) and pixels.shape[2] in (3, 4), tag
+            assert pixels[..., :3].std() > 0.05, f"{tag} is blank"
+    (text_tag,) = [tag for tag in tags["tensors"] if tag.startswith("attr/samples")]
+    texts = [event.tensor_proto.string_val[0].decode() for event in events.Tensors(text_tag)]
+    assert len(texts) == 2 and all(text.startswith("| epoch |") for text in texts)

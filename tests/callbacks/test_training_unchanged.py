@@ -1,13 +1,17 @@
 """Attaching a callback never changes training: bit-identical weights and losses with and without it."""
 
+import random
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from callbacks._helpers import METHOD_KWARGS, METRIC_KWARGS, fit, read_metrics_csv, state_equal
 from lit_attr.callbacks import AttributionMonitor, RandomizationCheck
+from lit_attr.methods import AttributionMethod
 
 
 def _monitor() -> AttributionMonitor:
@@ -41,6 +45,51 @@ def test_weights_and_losses_are_bit_identical(tmp_path, reference, make_callback
     callback = make_callback()
     net, trainer, recorder = fit(tmp_path, [callback], max_epochs=3)
     assert sorted(callback.history) == [0, 1, 2], "the callback must actually have run at every epoch"
+    state, losses, logged = reference
+    assert state_equal(net.state_dict(), state)
+    assert recorder.losses == losses
+    rows = read_metrics_csv(Path(trainer.logger.log_dir) / "metrics.csv")
+    assert [row["train_loss"] for row in rows if row["train_loss"]] == logged
+
+
+class _FailsAtItsSecondCall(AttributionMethod):
+    """Input x gradient, except that its second call (epoch 1) vandalises what it can reach, then raises.
+
+    Before raising it draws from every global generator, switches the model to train mode and lets parameters
+    require gradients, overwrites their ``.grad``, and runs a train-mode forward (BatchNorm statistics move).
+    """
+
+    def __init__(self, model: nn.Module, **kwargs) -> None:
+        super().__init__(model, **kwargs)
+        self.calls = 0
+
+    def _attribute(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        x.requires_grad_(True)
+        (g,) = torch.autograd.grad(self.logits(x).gather(1, target[:, None]).sum(), x)
+        if self.calls == 2:
+            torch.rand(3), np.random.rand(3), random.random()
+            self.model.train()
+            for p in self.model.parameters():
+                p.requires_grad_(True)
+                p.grad = torch.ones_like(p)
+            self.logits(x.detach() * 0.5)
+            raise RuntimeError("attribution failed half-way")
+        return (g * x).detach()
+
+
+def test_a_method_failing_in_one_epoch_with_on_error_warn_leaves_training_bit_identical(tmp_path, reference):
+    monitor = AttributionMonitor(
+        {"flaky": _FailsAtItsSecondCall, "saliency": "saliency"},
+        num_samples=8,
+        log_heatmaps=2,
+        input_bounds=(0.0, 1.0),
+        metric_kwargs=METRIC_KWARGS,
+        on_error="warn",
+    )
+    with pytest.warns(UserWarning, match=r"attribution failed at epoch 1 \(RuntimeError: attribution failed half"):
+        net, trainer, recorder = fit(tmp_path, [monitor], max_epochs=3)
+    assert sorted(monitor.history) == [0, 2], "epoch 1 failed and was skipped; the others ran"
     state, losses, logged = reference
     assert state_equal(net.state_dict(), state)
     assert recorder.losses == losses

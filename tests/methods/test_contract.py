@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from lit_attr.methods import available_methods, get_method
 
@@ -146,16 +147,99 @@ def test_stochastic_methods_are_seeded(name):
     assert not torch.allclose(a, c)
 
 
+def _grad(fn, z):
+    z = z.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(fn(z), z)
+    return g
+
+
+def _linear_case(name, model, x):
+    """``(options, attributions expected on the linear model f(x) = W x + b, target c = its prediction)``.
+
+    Closed forms where the method has one; plain one-sample loops for the adversarial paths (BIG, AGI).
+    """
+    f = lambda z: model(z[None])[0]  # noqa: E731 - one sample in, its logits out
+    c = [int(f(row).argmax()) for row in x]
+    w = torch.stack([model[-1].weight.detach()[k].reshape(x.shape[1:]) for k in c])  # d logit_c / dx, per sample
+    if name in ("saliency", "smoothgrad"):  # (averaged) gradients of a linear function: the weights
+        return fast_kwargs(name), w
+    if name in ("input_x_gradient", "integrated_gradients", "deeplift", "occlusion"):  # baseline 0: x * w
+        return fast_kwargs(name), x * w
+    if name == "gradient_shap":  # without noise, every random point between 0 and x has gradient w
+        return {**fast_kwargs(name), "stdevs": 0.0}, x * w
+    if name == "mfaba":  # logit score: straight steps along -w/|w| until the prediction flips (or max_steps)
+        step, top = 0.1, 10
+        expected = []
+        for row, k, wk in zip(x, c, w, strict=True):
+            u = wk / wk.norm()
+            t = next((t for t in range(1, top + 1) if int(f(row - t * step * u).argmax()) != k), top)
+            expected.append(t * step * u * wk)
+        return {"score": "logit", "step_size": step, "max_steps": top}, torch.stack(expected)
+    if name == "ig2":  # per-call references; steps of eta straight towards each, in the input space (fc's input)
+        refs = torch.randn(x.shape[0], 2, *x.shape[1:], generator=torch.Generator().manual_seed(7), dtype=x.dtype)
+        eta, steps = 0.5, 5
+        ends = []
+        for row, row_refs in zip(x, refs, strict=True):
+            for ref in row_refs:
+                distance, walked = float((ref - row).norm()), 0.0
+                for _ in range(steps):
+                    walked += eta * (1.0 if distance > walked else -1.0)
+                ends.append(row + walked * (ref - row) / distance)
+        ends = torch.stack(ends).view_as(refs)
+        return {"eta": eta, "steps": steps, "references": refs}, w * (x - ends.mean(dim=1))
+    if name == "big":  # one radius (alpha * attack_steps caps them all), then exact IG on the logit
+        alpha, attack_steps = 0.001, 5
+        expected = []
+        for row, k, wk in zip(x, c, w, strict=True):
+            adv = row.clone()
+            for _ in range(attack_steps):
+                adv = adv + alpha * _grad(lambda z, k=k: F.cross_entropy(f(z)[None], torch.tensor([k])), adv).sign()
+            expected.append((row - adv) * wk)
+        return {"attack_steps": attack_steps, "alpha": alpha, "ig_steps": 4, "score": "logit"}, torch.stack(expected)
+    if name == "agi":
+        eps, max_iter = 0.05, 5
+        method = get_method("agi", model, n_classes=2, max_iter=max_iter, eps=eps)
+        false = method.false_classes(x, torch.tensor(c), model[-1].out_features)
+        expected = []
+        for row, k, classes in zip(x, c, false.tolist(), strict=True):
+            total = torch.zeros_like(row)
+            for j in classes:
+                point = row
+                for _ in range(max_iter):
+                    if int(f(point).argmax()) == j:
+                        break
+                    step = eps * _grad(lambda z, j=j: f(z).softmax(0)[j], point).sign()
+                    total = total - _grad(lambda z, k=k: f(z).softmax(0)[k], point) * step
+                    point = row + step
+            expected.append(total / len(classes))
+        return {"n_classes": 2, "max_iter": max_iter, "eps": eps}, torch.stack(expected)
+    if name == "fei":
+        # One Adam step from the empty mask, no area term: the loss gradient for m_i is -w_i (x_i - r_i), so with
+        # x in {0, 1} and a reference colour r in (0, 1) the mask opens (to lr) exactly where w_i (2 x_i - 1) > 0.
+        lr = 0.1
+        options = {"gate": "none", "levels": (0.5,), "iterations": 1, "beta": 0.0, "lr": lr, "input_bounds": (0, 1)}
+        return options, lr * (w * (2 * x - 1) > 0).to(x.dtype)
+    raise AssertionError(f"no closed form for {name}")
+
+
 def test_tabular_and_sequence_inputs():
     torch.manual_seed(0)
-    tabular = nn.Sequential(nn.Linear(5, 3))
-    seq = nn.Sequential(nn.Flatten(), nn.Linear(4 * 6, 3))
+    tabular = nn.Sequential(nn.Linear(5, 3)).double()
+    seq = nn.Sequential(nn.Flatten(), nn.Linear(4 * 6, 3)).double()
+    g = torch.Generator().manual_seed(1)
     for name in available_methods():
-        no_relu = {"gate": "none"} if name == "fei" else {}  # purely linear models: nothing to gate
-        a = get_method(name, tabular, **fast_kwargs(name, (5,)), **no_relu).attribute(torch.randn(2, 5))
-        assert a.shape == (2, 5)
-        b = get_method(name, seq, **fast_kwargs(name, (4, 6)), **no_relu).attribute(torch.randn(2, 4, 6))
-        assert b.shape == (2, 4, 6)
+        for model, shape in ((tabular, (5,)), (seq, (4, 6))):
+            x = torch.randn(2, *shape, generator=g, dtype=torch.float64)
+            if name == "fei":
+                x = (x > 0).double()  # inside its input bounds (0, 1), at either end
+            options, expected = _linear_case(name, model, x)
+            per_call = {"references": options.pop("references")} if "references" in options else {}
+            a = get_method(name, model, **options).attribute(x, **per_call)
+            assert a.shape == (2, *shape)
+            assert expected.abs().sum() > 0
+            rtol = 1e-5 if name == "fei" else 1e-6  # Adam's step is lr * |g| / (|g| + 1e-8)
+            label = f"{name} {shape}"
+            torch.testing.assert_close(a, expected, rtol=rtol, atol=1e-9, msg=lambda m, label=label: f"{label}: {m}")
 
 
 def test_input_x_gradient_closed_form_on_linear_model():

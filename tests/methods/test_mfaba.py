@@ -157,11 +157,35 @@ def test_norm_and_cos_against_reference_loop(variant):
 
 def test_images_per_channel_bounds_and_registry():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
-    low, high = torch.zeros(3, 1, 1), torch.tensor([1.0, 0.5, 1.0]).view(3, 1, 1)
-    x = torch.rand(2, 3, 6, 6) * high
-    A, info = get_method("mfaba", model, input_bounds=(low, high), max_steps=20).attribute(x, return_info=True)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).double()
+    low = torch.zeros(3, 1, 1, dtype=torch.float64)
+    high = torch.tensor([1.0, 0.5, 1.0], dtype=torch.float64).view(3, 1, 1)
+    x = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * high
+    x[:, 1] = 0.45 + x[:, 1] / 10  # just under its bound 0.5: the path runs into it
+    with torch.no_grad():
+        model[3].bias[0] += 0.3  # a margin for class 0: paths of several steps before the flip
+    seen = []
+
+    def forward(z):
+        seen.append(z.detach().clone())
+        return model(z)
+
+    method = get_method("mfaba", model, input_bounds=(low, high), max_steps=20, step_size=0.2, forward_fn=forward)
+    A, info = method.attribute(x, return_info=True)
     assert A.shape == x.shape and info["steps"].shape == (2,)
+    assert int(info["steps"].min()) > 3 and bool(info["flipped"].all())
+    path = torch.cat(seen[1:])  # seen[0] resolves the target
+    # Every point lies inside its own channel's bounds, and the bounds bind: channel 1 is held at 0.5 where the
+    # step pushes it up, while channels 0 and 2 go above 0.5 (a common bound min(high) would forbid that).
+    assert bool((path >= low).all()) and bool((path <= high).all())
+    assert int((path[:, 1] == 0.5).sum()) > int((x[:, 1] == 0.5).sum())
+    assert bool((path[:, [0, 2]] > 0.5).any())
+    # The attributions are those of a plain loop that clips each channel to its own bounds.
+    target = method.resolve_target(x, None)
+    for i in range(2):
+        pts, gs = reference_path(model, x[i], int(target[i]), "sharp", 0.2, max_steps=20, bounds=(low, high))
+        torch.testing.assert_close(A[i], -sum((pts[t + 1] - pts[t]) * gs[t] for t in range(len(pts) - 1)))
+        assert int(info["steps"][i]) == len(pts) - 1
 
 
 @pytest.mark.parametrize(

@@ -1,3 +1,4 @@
+import math
 import re
 from collections import Counter
 
@@ -126,12 +127,48 @@ def test_configure_optimizers_without_trainer() -> None:
     assert optimizer.param_groups[0]["lr"] == 1e-2
 
 
+class _LearningRates(L.Callback):
+    """The learning rate each optimiser step uses."""
+
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+        self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def _expected_rates(schedule: str, peak: float, total: int) -> list[float]:
+    """Closed forms: cosine from ``peak`` to 0 over ``total`` steps; OneCycle (torch's defaults, pct_start=0.25):
+    cosine warm-up from ``peak / 25`` to ``peak`` over steps 0 .. 0.25 * total - 1, then cosine decay to
+    ``peak / 25 / 1e4`` at step ``total - 1``."""
+
+    def cosine(start: float, end: float, fraction: float) -> float:
+        return end + (start - end) * (1 + math.cos(math.pi * fraction)) / 2
+
+    if schedule == "none":
+        return [peak] * total
+    if schedule == "cosine":
+        return [cosine(peak, 0.0, t / total) for t in range(total)]
+    warmup_end, initial = 0.25 * total - 1, peak / 25
+    return [
+        cosine(initial, peak, t / warmup_end)
+        if t <= warmup_end
+        else cosine(peak, initial / 1e4, (t - warmup_end) / (total - 1 - warmup_end))
+        for t in range(total)
+    ]
+
+
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine", "none"])
 def test_trains_on_triplets_and_logs_metrics(schedule: str) -> None:
-    dm = ShapesDataModule(num_train=64, num_val=32, num_test=32, batch_size=16)
-    model = _fresh_model(schedule=schedule)
-    trainer = _quick_trainer()
+    # 8 steps: the smallest run that gets a schedule (configure_optimizers skips it below 8).
+    dm = ShapesDataModule(num_train=64, num_val=32, num_test=32, batch_size=8)
+    model = _fresh_model(schedule=schedule, lr=1e-2)
+    rates = _LearningRates()
+    trainer = _quick_trainer(limit_train_batches=8, callbacks=[rates])
     trainer.fit(model, datamodule=dm)
+    assert trainer.global_step == 8
+    assert len(trainer.lr_scheduler_configs) == (0 if schedule == "none" else 1)
+    assert rates.rates == pytest.approx(_expected_rates(schedule, 1e-2, 8), rel=1e-9, abs=1e-15)
     assert {"train_loss", "val_loss", "val_acc"} <= set(trainer.callback_metrics)
     trainer.test(model, datamodule=dm, verbose=False)
     assert "test_acc" in trainer.callback_metrics
