@@ -362,7 +362,7 @@ class ParameterRandomization(Metric):
             >>> [label.get_text() for label in ax.get_xticklabels()]  # the stages: one randomised layer
             ['original', '1']
             >>> curve = torch.as_tensor(ax.get_lines()[0].get_ydata())  # 1 before any layer is randomised
-            >>> round(float(curve[0]), 4), torch.allclose(curve, check.compute()["spearman_abs"]["curve"])
+            >>> round(float(curve[0]), 4), torch.allclose(curve, check.report()["spearman_abs"]["curve"])
             (1.0, True)
         """
         val = self.report() if val is None else val
