@@ -31,6 +31,7 @@ import torch
 from lightning import LightningDataModule, LightningModule, Trainer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, default_collate
+from typing_extensions import override
 
 from lit_attr.batch import Batch, BatchAdapter, adapt_batch
 from lit_attr.methods import available_methods
@@ -244,11 +245,13 @@ class _EvaluationModule(LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
+    @override
     def test_dataloader(self) -> DataLoader:
         # Shard by index, no padding: a padded DistributedSampler would count some samples twice.
         shard = range(self.global_rank, self.num_samples, self.trainer.world_size)
         return DataLoader(_Indexed(self.dataset, shard), batch_size=self.settings["batch_size"], shuffle=False)
 
+    @override
     def on_test_start(self) -> None:
         s = self.settings
         metric_samples = {name: s["randomization_samples"] for name in s["metrics"] if name == "randomization"}
@@ -272,12 +275,14 @@ class _EvaluationModule(LightningModule):
         except ValueError as error:
             raise EvaluationError(f"{error} (the pool is the split's first {len(pool)} samples)") from error
 
+    @override
     def test_step(self, batch: Any, batch_idx: int) -> None:
         indices, sample = batch
         data = adapt_batch(sample)
         data = data.with_inputs(data.x.float())
         self.records += self._runner.run(data, indices=[int(i) for i in indices])
 
+    @override
     def on_test_epoch_end(self) -> None:
         # compute() on every rank: it all-reduces the sum states, so every rank must take part.
         self.results = _to_plain(self._runner.compute())

@@ -334,33 +334,34 @@ class AttributionRunner:
                 )
                 for row, index in enumerate(indices)
             ]
+            attributions: dict[str, Tensor] = {}
             for name, method in self.methods.items():
                 if self.progress is not None:
                     self.progress(name, 0)
                 start = time.perf_counter()
-                attributions = attributions_of(method.attribute(batch.x, target, logits=logits))
+                attributions[name] = attributions_of(method.attribute(batch.x, target, logits=logits))
                 seconds = (time.perf_counter() - start) / n
                 for row, record in enumerate(records):
                     record.seconds[name] = seconds
                     record.scores[name] = {}
                     if record.x is not None:
-                        record.attributions[name] = attributions[row].detach().float().cpu()
-                inputs = {
-                    "x": batch.x,
-                    "attributions": attributions,
-                    "target": target,
-                    "masks": batch.mask,
-                    "logits": logits,
-                }
-                for metric in self.metric_names:
-                    self._feed(name, metric, inputs, indices, records)
+                        record.attributions[name] = attributions[name][row].detach().float().cpu()
+            inputs = {"x": batch.x, "target": target, "masks": batch.mask, "logits": logits}
+            for metric in self.metric_names:
+                self._feed(metric, inputs, attributions, indices, records)
         if self.progress is not None:
             self.progress("", n)
         return records
 
     def _feed(
-        self, method: str, metric: str, inputs: dict[str, Any], indices: list[int], records: list[SampleRecord]
+        self,
+        metric: str,
+        inputs: dict[str, Any],
+        attributions: dict[str, Tensor],
+        indices: list[int],
+        records: list[SampleRecord],
     ) -> None:
+        """Score every method's attributions with one metric and add the per-sample scores to the records."""
         spec = self.specs[metric]
         if spec.needs_masks and inputs["masks"] is None:
             self.skipped.add(metric)
@@ -372,17 +373,34 @@ class AttributionRunner:
                 return
             index = torch.as_tensor(rows, device=inputs["x"].device)
             inputs = {key: None if value is None else value[index] for key, value in inputs.items()}
-        kwargs = {name: inputs[name] for name in spec.update_inputs}
-        instance = self.metrics[method][metric]
-        if callable(getattr(instance, "score", None)):
-            scores = instance.score(**kwargs)
-            instance.update(**kwargs, scores=scores)
-            for key, values in spec.summary(scores, True).items():
-                for row, value in zip(rows, values.tolist(), strict=True):
-                    records[row].scores[method][key] = value
+            attributions = {name: maps[index] for name, maps in attributions.items()}
+        instances = {name: self.metrics[name][metric] for name in self.methods}
+        if not all(callable(getattr(instance, "score", None)) for instance in instances.values()):
+            for name, instance in instances.items():
+                instance.update(**self._inputs(spec, inputs, attributions[name]))
+                self._updates[name, metric] += 1
+            return
+        if spec.per_sample and len(instances) > 1:
+            # The methods' batches as one stream: the games of all methods share the model's chunks (one call).
+            stacked = self._inputs(spec, _repeat(inputs, len(instances)), torch.cat(list(attributions.values())))
+            everything = next(iter(instances.values())).score(**stacked)
+            parts = {key: value.split(len(rows)) for key, value in everything.items()}
+            scores = {name: {key: part[k] for key, part in parts.items()} for k, name in enumerate(instances)}
         else:
-            instance.update(**kwargs)
-        self._updates[method, metric] += 1
+            scores = {
+                name: instance.score(**self._inputs(spec, inputs, attributions[name]))
+                for name, instance in instances.items()
+            }
+        for name, instance in instances.items():
+            instance.update(**self._inputs(spec, inputs, attributions[name]), scores=scores[name])
+            self._updates[name, metric] += 1
+            for key, values in spec.summary(scores[name], True).items():
+                for row, value in zip(rows, values.tolist(), strict=True):
+                    records[row].scores[name][key] = value
+
+    @staticmethod
+    def _inputs(spec: MetricSpec, inputs: dict[str, Any], attributions: Tensor) -> dict[str, Any]:
+        return {name: attributions if name == "attributions" else inputs[name] for name in spec.update_inputs}
 
     # ------------------------------------------------------------------ results
     def compute(self) -> dict[str, dict[str, Mapping[str, Any]]]:
@@ -418,6 +436,13 @@ class AttributionRunner:
         """``{"<method>/<score name>": 0-d tensor}``: the headline numbers, flat (for loggers and ``log_dict``)."""
         summary = self.summary(results)
         return {f"{method}/{key}": value for method, values in summary.items() for key, value in values.items()}
+
+
+def _repeat(inputs: dict[str, Any], times: int) -> dict[str, Any]:
+    """Every per-sample input repeated ``times`` over the batch dimension (in blocks, as the methods are stacked)."""
+    return {
+        key: None if value is None else value.repeat(times, *([1] * (value.ndim - 1))) for key, value in inputs.items()
+    }
 
 
 def _check_options_ints(limits: Mapping[str, int] | None, names: Sequence[str]) -> Mapping[str, int]:

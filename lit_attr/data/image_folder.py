@@ -13,6 +13,7 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 __all__ = ["ImageFolderDataModule"]
+from typing_extensions import override
 
 
 class ImageFolderDataModule(LightningDataModule):
@@ -82,6 +83,7 @@ class ImageFolderDataModule(LightningDataModule):
         self.class_names = self.class_names or list(dataset.classes)
         return dataset
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         """Index the split directories needed for ``stage`` (those that exist)."""
         if stage in (None, "fit") and self.train_set is None:
@@ -98,14 +100,17 @@ class ImageFolderDataModule(LightningDataModule):
             dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers, pin_memory=True
         )
 
+    @override
     def train_dataloader(self) -> DataLoader:
         """Shuffled, augmented training images."""
         return self._loader(self.train_set, "train", shuffle=True)
 
+    @override
     def val_dataloader(self) -> DataLoader:
         """Validation images in directory order."""
         return self._loader(self.val_set, "val", shuffle=False)
 
+    @override
     def test_dataloader(self) -> DataLoader:
         """Test images in directory order."""
         return self._loader(self.test_set, "test", shuffle=False)

@@ -18,6 +18,7 @@ from lightning import LightningDataModule
 from torch import Tensor
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
+from typing_extensions import override
 
 from lit_attr._checks import check_int
 
@@ -279,6 +280,7 @@ class ShapesDataModule(LightningDataModule):
             num_distractors=self.hparams.num_distractors,
         )
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         """Generate the splits needed for ``stage`` (all of them when ``stage`` is None); idempotent.
 
@@ -306,18 +308,22 @@ class ShapesDataModule(LightningDataModule):
             persistent_workers=self.hparams.num_workers > 0,
         )
 
+    @override
     def train_dataloader(self) -> DataLoader:
         """Shuffled training loader; every call restarts the same shuffling sequence."""
         return self._loader(self.train_set, "train", shuffle=True)
 
+    @override
     def val_dataloader(self) -> DataLoader:
         """Validation loader in dataset order."""
         return self._loader(self.val_set, "val", shuffle=False)
 
+    @override
     def test_dataloader(self) -> DataLoader:
         """Test loader in dataset order."""
         return self._loader(self.test_set, "test", shuffle=False)
 
+    @override
     def predict_dataloader(self) -> DataLoader:
         """Loader over the test split in dataset order."""
         return self._loader(self.test_set, "test", shuffle=False)

@@ -212,4 +212,5 @@ register_metric(
     ActivationDeviation,
     consumes=("model", "x", "attributions", "target"),
     summary=_summary,
+    per_sample=True,
 )

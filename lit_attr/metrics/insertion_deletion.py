@@ -307,4 +307,9 @@ def _num_units(x: Tensor, attributions: Tensor, reduce: str) -> int:
     return math.prod(x.shape[2:])
 
 
-register_metric("insertion_deletion", InsertionDeletion, consumes=("model", "x", "attributions", "target", "logits"))
+register_metric(
+    "insertion_deletion",
+    InsertionDeletion,
+    consumes=("model", "x", "attributions", "target", "logits"),
+    per_sample=True,
+)

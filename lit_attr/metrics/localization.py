@@ -165,4 +165,4 @@ class Localization(Metric):
         return fig, ax
 
 
-register_metric("localization", Localization, consumes=("attributions", "masks"))
+register_metric("localization", Localization, consumes=("attributions", "masks"), per_sample=True)

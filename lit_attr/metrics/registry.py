@@ -72,6 +72,8 @@ class MetricSpec:
             (``per_sample=False``, 0-d tensors) or from ``score()``'s (``per_sample=True``, ``(N,)`` tensors),
             under the same keys so that per-sample means equal the scalars. Default :func:`scalar_entries`.
         details: everything worth keeping in a report (``metrics.json``), default ``metric.compute()``.
+        per_sample: ``score()`` of a sample depends on that sample alone (not on the rest of its batch), so the
+            runner may score all methods' maps in one call, one stream of model chunks instead of one per method.
     """
 
     name: str
@@ -79,6 +81,7 @@ class MetricSpec:
     consumes: tuple[str, ...]
     summary: Summary = scalar_entries
     details: Callable[[Metric], Mapping[str, Any]] = computed
+    per_sample: bool = False
 
     @property
     def needs_masks(self) -> bool:
@@ -106,6 +109,7 @@ def register_metric(
     consumes: Sequence[str],
     summary: Summary | None = None,
     details: Callable[[Metric], Mapping[str, Any]] | None = None,
+    per_sample: bool = False,
 ) -> MetricSpec:
     """Register a metric under ``name``; it then works by name in the monitor, ``evaluate`` and ``AttributionQuality``.
 
@@ -117,6 +121,7 @@ def register_metric(
             factory's and ``update``'s keyword arguments.
         summary: see :class:`MetricSpec` (default: the 0-d entries of ``compute()``).
         details: see :class:`MetricSpec` (default: ``compute()``).
+        per_sample: see :class:`MetricSpec`; leave it False unless every sample's score is independent of its batch.
 
     Returns:
         The registered :class:`MetricSpec`.
@@ -144,7 +149,9 @@ def register_metric(
             f"`consumes` must name per-batch inputs from {UPDATE_INPUTS} (and optionally {BUILD_INPUTS}), got "
             f"{list(consumes)}."
         )
-    spec = MetricSpec(name, factory, consumes, summary or scalar_entries, details or computed)
+    if per_sample and "method" in consumes:
+        raise ValueError(f"Metric {name!r} consumes the method, so the methods' maps cannot share one `score()` call.")
+    spec = MetricSpec(name, factory, consumes, summary or scalar_entries, details or computed, bool(per_sample))
     _REGISTRY[name] = spec
     return spec
 

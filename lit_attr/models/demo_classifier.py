@@ -18,6 +18,7 @@ import torch
 from lightning import LightningDataModule, LightningModule, Trainer
 from torch import Tensor, nn
 from torch.nn import functional as F
+from typing_extensions import override
 
 from lit_attr.metrics import AttributionQuality
 
@@ -157,12 +158,14 @@ class DemoClassifier(LightningModule):
         accuracy = (logits.argmax(dim=1) == y).float().mean()
         return loss, accuracy, y.shape[0]
 
+    @override
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
         """Cross-entropy on one batch; logs ``train_loss``."""
         loss, _, batch_size = self._loss_and_accuracy(batch)
         self.log("train_loss", loss, prog_bar=True, batch_size=batch_size)
         return loss
 
+    @override
     def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
         """Logs epoch-level ``val_loss`` and ``val_acc``."""
         loss, accuracy, batch_size = self._loss_and_accuracy(batch)
@@ -171,23 +174,27 @@ class DemoClassifier(LightningModule):
         if self.attribution_quality is not None:
             self.attribution_quality.update(batch[0], masks=batch[2] if len(batch) == 3 else None)
 
+    @override
     def on_validation_epoch_end(self) -> None:
         """Log the attribution scores of the epoch (``compute`` has already synchronised them across ranks)."""
         if self.attribution_quality is not None:
             self.log_dict(self.attribution_quality.compute())
             self.attribution_quality.reset()
 
+    @override
     def test_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
         """Logs epoch-level ``test_loss`` and ``test_acc``."""
         loss, accuracy, batch_size = self._loss_and_accuracy(batch)
         self.log("test_loss", loss, on_epoch=True, batch_size=batch_size)
         self.log("test_acc", accuracy, on_epoch=True, batch_size=batch_size)
 
+    @override
     def predict_step(self, batch: Sequence[Tensor] | Tensor, batch_idx: int) -> Tensor:
         """Logits for a batch (a bare tensor or a tuple whose first element is the images)."""
         x = batch if isinstance(batch, Tensor) else batch[0]
         return self(x)
 
+    @override
     def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         """AdamW, with a per-step OneCycle or cosine schedule spanning the trainer's total number of steps.
 

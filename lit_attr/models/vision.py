@@ -8,6 +8,7 @@ import torch
 from lightning import LightningModule
 from torch import Tensor
 from torch.nn import functional as F
+from typing_extensions import override
 
 __all__ = ["TorchvisionClassifier"]
 
@@ -60,22 +61,26 @@ class TorchvisionClassifier(LightningModule):
         """Logits ``(N, num_classes)`` of images ``(N, 3, H, W)`` in [0, 1]."""
         return self.net((x - self.mean) / self.std)
 
+    @override
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
         """Cross-entropy on ``(x, y)``."""
         loss = F.cross_entropy(self(batch[0]), batch[1])
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
+    @override
     def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
         """Logs ``val_loss`` and ``val_acc``."""
         logits = self(batch[0])
         self.log("val_loss", F.cross_entropy(logits, batch[1]), sync_dist=True)
         self.log("val_acc", (logits.argmax(1) == batch[1]).float().mean(), sync_dist=True)
 
+    @override
     def test_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
         """Logs ``test_acc``."""
         self.log("test_acc", (self(batch[0]).argmax(1) == batch[1]).float().mean(), sync_dist=True)
 
+    @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """SGD with momentum."""
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9, weight_decay=1e-4)
