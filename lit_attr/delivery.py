@@ -10,15 +10,23 @@
 
 Media go out from global rank 0 only; every function is a no-op on other ranks, so callbacks may call them on all
 ranks. Steps are ``trainer.global_step`` unless given.
+
+:class:`DeliveryWorker` takes rendering and delivery off the training path: jobs run one at a time on a background
+thread, against a :func:`destination` snapshot of the trainer (loggers, step, stage) taken when they were submitted,
+so the media and their steps are those a synchronous delivery would have written.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import queue
 import re
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -28,14 +36,23 @@ from matplotlib.figure import Figure
 
 from lit_attr.viz import figure_to_array
 
-__all__ = ["log_figure", "log_image", "log_metrics", "log_table", "media_dir"]
+__all__ = [
+    "DeliveryWorker",
+    "Destination",
+    "destination",
+    "log_figure",
+    "log_image",
+    "log_metrics",
+    "log_table",
+    "media_dir",
+]
 
 log = logging.getLogger(__name__)
 
 ImageType = np.ndarray | Figure
 
 
-def log_metrics(trainer: Trainer, metrics: Mapping[str, float], step: int | None = None) -> None:
+def log_metrics(trainer: Trainer | Destination, metrics: Mapping[str, float], step: int | None = None) -> None:
     """Send scalars straight to every logger (for hooks where ``LightningModule.log`` is not allowed).
 
     Args:
@@ -63,7 +80,7 @@ def log_metrics(trainer: Trainer, metrics: Mapping[str, float], step: int | None
 
 
 def log_image(
-    trainer: Trainer, key: str, image: ImageType, step: int | None = None, caption: str | None = None
+    trainer: Trainer | Destination, key: str, image: ImageType, step: int | None = None, caption: str | None = None
 ) -> list[Path]:
     """Log one image (an ``(H, W, 3)`` uint8/float array or a figure) under ``key``.
 
@@ -101,7 +118,7 @@ def log_image(
     return written
 
 
-def log_figure(trainer: Trainer, key: str, figure: Figure, step: int | None = None) -> list[Path]:
+def log_figure(trainer: Trainer | Destination, key: str, figure: Figure, step: int | None = None) -> list[Path]:
     """Log a matplotlib figure: ``add_figure`` for TensorBoard, an image everywhere else.
 
     Args:
@@ -133,7 +150,7 @@ def log_figure(trainer: Trainer, key: str, figure: Figure, step: int | None = No
 
 
 def log_table(
-    trainer: Trainer,
+    trainer: Trainer | Destination,
     key: str,
     columns: Sequence[str],
     rows: Sequence[Sequence[Any]],
@@ -177,7 +194,7 @@ def log_table(
     return written
 
 
-def media_dir(trainer: Trainer, logger: Logger | None, key: str) -> Path:
+def media_dir(trainer: Trainer | Destination, logger: Logger | None, key: str) -> Path:
     """``<logger dir>/media/<key>`` (created) for file-based delivery; see the module docstring for the dir.
 
     Example:
@@ -192,21 +209,21 @@ def media_dir(trainer: Trainer, logger: Logger | None, key: str) -> Path:
     return path
 
 
-def _file_name(trainer: Trainer, step: int, extension: str) -> str:
+def _file_name(trainer: Trainer | Destination, step: int, extension: str) -> str:
     # validate/test after fit log at fit's last global step: a stage suffix keeps them from overwriting its files.
     fn = getattr(getattr(trainer, "state", None), "fn", None)
     stage = "fit" if fn is None else fn.value
     return f"step_{step:07d}{'' if stage == 'fit' else '_' + stage}.{extension}"
 
 
-def _base_dir(trainer: Trainer, logger: Logger | None) -> Path:
+def _base_dir(trainer: Trainer | Destination, logger: Logger | None) -> Path:
     base = None
     if logger is not None:
         base = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
     return Path(base or trainer.default_root_dir)
 
 
-def _unique_file_loggers(trainer: Trainer) -> list[Logger]:
+def _unique_file_loggers(trainer: Trainer | Destination) -> list[Logger]:
     """The trainer's loggers, minus file-based ones that would write the same directory twice."""
     seen: set[str] = set()
     result = []
@@ -257,3 +274,93 @@ def _markdown(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Destination:
+    """What delivery reads from a trainer, frozen at one moment (see :func:`destination`).
+
+    The functions of this module accept it wherever they take a trainer.
+    """
+
+    loggers: tuple[Logger, ...]
+    global_step: int
+    is_global_zero: bool
+    default_root_dir: str
+    state: Any
+
+
+def destination(trainer: Trainer) -> Destination:
+    """A snapshot of the trainer's loggers, step, rank, root directory and stage, for delivery done later.
+
+    Example:
+        >>> import lightning as L
+        >>> destination(L.Trainer(logger=False)).global_step
+        0
+    """
+    return Destination(
+        loggers=tuple(trainer.loggers),
+        global_step=trainer.global_step,
+        is_global_zero=trainer.is_global_zero,
+        default_root_dir=trainer.default_root_dir,
+        state=SimpleNamespace(fn=trainer.state.fn),
+    )
+
+
+class DeliveryWorker:
+    """Runs delivery jobs one at a time on a background thread, with a bounded queue.
+
+    :meth:`submit` waits while ``max_pending`` jobs are queued (so rendering never piles up unbounded work or
+    memory); a job that raises does not stop the worker: its exception is kept and handed back by :meth:`errors`
+    (and by :meth:`flush`). :meth:`flush` waits until every submitted job has run, at most ``timeout`` seconds, so
+    the end of a fit never hangs on a stuck job. The thread is a daemon: it never keeps the process alive.
+
+    Args:
+        max_pending: jobs that may wait in the queue.
+        name: the thread's name.
+
+    Example:
+        >>> worker = DeliveryWorker()
+        >>> done = []
+        >>> worker.submit(lambda: done.append(1))
+        >>> worker.flush(), done
+        ([], [1])
+    """
+
+    def __init__(self, max_pending: int = 2, name: str = "lit_attr-delivery") -> None:
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=max_pending)
+        self._errors: list[BaseException] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Queue ``job`` (waits while the queue is full)."""
+        self._queue.put(job)
+
+    def errors(self) -> list[BaseException]:
+        """The exceptions raised by jobs since the last call (each is reported once)."""
+        with self._lock:
+            errors, self._errors = self._errors, []
+        return errors
+
+    def flush(self, timeout: float = 600.0) -> list[BaseException]:
+        """Wait until every submitted job has run (at most ``timeout`` seconds); return :meth:`errors`.
+
+        Raises:
+            TimeoutError: if the jobs did not finish within ``timeout``.
+        """
+        done = threading.Event()
+        self._queue.put(done.set)
+        if not done.wait(timeout):
+            raise TimeoutError(f"Delivery did not finish within {timeout:.0f} s; its remaining jobs are dropped.")
+        return self.errors()
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            try:
+                job()
+            except Exception as error:  # noqa: BLE001  (reported to the owner through errors())
+                with self._lock:
+                    self._errors.append(error)

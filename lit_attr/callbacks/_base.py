@@ -12,7 +12,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_attr._checks import check_callable, check_choice, check_int, check_option_dicts, check_seed
 from lit_attr.batch import Batch, BatchAdapter
-from lit_attr.callbacks._probe import ProbeSet, chunks, shard
+from lit_attr.callbacks._probe import ProbeSet, chunks
+from lit_attr.callbacks._probe import shard as shard_of
 from lit_attr.runner import AttributionRunner, MethodsArg, SampleRecord, normalize_methods
 
 ON_ERROR = ("raise", "warn")
@@ -110,9 +111,11 @@ class AttributionCallback(Callback):
         runner.prepare(probe.select(sorted(range(len(indices)), key=indices.__getitem__)))
 
     def _run_on_probe(
-        self, trainer: Trainer, pl_module: LightningModule, runner: AttributionRunner, probe: Batch
+        self, trainer: Trainer, pl_module: LightningModule, runner: AttributionRunner, probe: Batch, shard: bool = True
     ) -> list[SampleRecord]:
-        """This rank's shard of ``probe`` through ``runner`` in batches; its records, indexed by probe position.
+        """This rank's shard of ``probe`` (all of it with ``shard=False``) through ``runner`` in batches.
+
+        Returns its records, indexed by probe position.
 
         Gather them (:func:`~lit_attr.runner.gather_records`) only once every rank knows that none failed: a rank
         that raised here never reaches a collective call.
@@ -120,7 +123,7 @@ class AttributionCallback(Callback):
         device = pl_module.device
         # Also on a rank without probes: its (empty) states take part in the device-side sync of compute().
         runner.to(device)
-        positions = shard(len(probe), trainer.global_rank, trainer.world_size)
+        positions = shard_of(len(probe), trainer.global_rank, trainer.world_size) if shard else list(range(len(probe)))
         records: list[SampleRecord] = []
         if positions:
             local = probe.select(positions).to(device)

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import functools
+import statistics
+import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning_utilities.core.apply_func import apply_to_collection
+from torch import Tensor
 from typing_extensions import override
 
 from lit_attr import delivery, viz
-from lit_attr._checks import check_int, check_names, check_option_dicts
+from lit_attr._checks import check_callable, check_int, check_names, check_option_dicts
 from lit_attr.batch import BatchAdapter
 from lit_attr.callbacks._base import AttributionCallback
 from lit_attr.callbacks._probe import find_dataset
+from lit_attr.delivery import DeliveryWorker
 from lit_attr.methods._hygiene import preserved_rng_state
 from lit_attr.metrics.registry import available_metrics, get_metric_spec
 from lit_attr.runner import MethodsArg, SampleRecord, gather_records
@@ -43,6 +50,21 @@ class AttributionMonitor(AttributionCallback):
       first ``log_heatmaps`` probe samples, always the same ones), the mean insertion/deletion curves
       (``attr/insertion_deletion_curves``) and a table of every probe sample's scores per method
       (``attr/samples``; its per-method means are the logged scalars).
+
+    **Time budget.** With ``max_overhead=0.1`` the monitor keeps its own time within 10 % of the fit's: it times
+    itself and the fit's training and validation, and runs at an eligible epoch (``every_n_epochs``) only if the
+    cumulative overhead then stays within the budget, keeping room for one more run when ``max_epochs`` tells how
+    long the fit will be. Its cost is estimated from its earlier runs (before the first, from a calibration on a few
+    probe samples). It always scores the model after the last training epoch, also when ``max_steps``,
+    ``max_time`` or early stopping ends the fit (then in ``on_train_end``, logged straight to the loggers). Under
+    DDP rank 0 decides and broadcasts, so all ranks run together. Every run logs ``attr/overhead``, the cumulative
+    fraction. Rendering and delivery run on a background thread (``background_delivery=True``), off the
+    training path: the media and their steps are the same, and they are flushed at the end of the fit, of
+    ``validate``/``test``, and before an exception propagates.
+
+    **Checkpoints on explanation quality.** ``AttributionCheckpoint`` and ``AttributionEarlyStopping``
+    (:mod:`lit_attr.callbacks.selection`) are Lightning's ``ModelCheckpoint`` and ``EarlyStopping`` that consider
+    an ``attr/...`` key only at epochs the monitor ran.
 
     Attaching the monitor does not change training: it draws no global random numbers (it restores the global
     generators), leaves the model's modes, buffers, ``requires_grad`` flags and gradients as they were, and never
@@ -76,6 +98,10 @@ class AttributionMonitor(AttributionCallback):
         class_names: names for the captions; defaults to the datamodule's ``class_names`` if it has one.
         dataloader_idx: which validation loader (of several) the probe set comes from, by position as Lightning
             numbers them or by key of a dict of loaders. ``trainer.test`` always draws from the first test loader.
+        max_overhead: the monitor's time budget during ``fit``, a fraction of the fit's own time (e.g. 0.1), or
+            ``None`` to run at every eligible epoch.
+        background_delivery: render and deliver heatmaps, curves and tables on a background thread.
+        clock: the clock the budget is measured with (seconds; default ``time.perf_counter``); tests inject one.
 
     Raises:
         TypeError/ValueError: for arguments of the wrong type or range (here); in :meth:`setup` for an unknown
@@ -109,6 +135,9 @@ class AttributionMonitor(AttributionCallback):
         batch_size: int = 64,
         class_names: Sequence[str] | None = None,
         dataloader_idx: int | str = 0,
+        max_overhead: float | None = None,
+        background_delivery: bool = True,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         super().__init__(
             methods,
@@ -128,6 +157,15 @@ class AttributionMonitor(AttributionCallback):
         self._metric_kwargs = check_option_dicts("metric_kwargs", metric_kwargs, self.metric_names, what="metric")
         self.class_names = None if class_names is None else [str(name) for name in class_names]
         self._checked_data: dict[str, bool] = {"val": False, "test": False}
+        if max_overhead is not None and (
+            isinstance(max_overhead, bool) or not isinstance(max_overhead, (int, float)) or not 0 < max_overhead < 1
+        ):
+            raise ValueError(f"`max_overhead` must be a fraction in (0, 1) or None, got {max_overhead!r}.")
+        self.max_overhead = None if max_overhead is None else float(max_overhead)
+        self.background_delivery = bool(background_delivery)
+        self._clock = check_callable("clock", clock) or time.perf_counter
+        self._budget = _Budget()
+        self._worker: DeliveryWorker | None = None
         self._last_epoch: int | None = None
         self._history: dict[int, dict[str, float]] = {}
 
@@ -203,15 +241,32 @@ class AttributionMonitor(AttributionCallback):
         self._prepare(trainer, pl_module, "test")
 
     @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start the budget's clocks: the fit's own time is counted from here."""
+        self._budget = _Budget(started=self._clock())
+
+    @override
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Note the epoch being trained (the one to score if the fit ends after it)."""
+        self._budget.training_epoch = trainer.current_epoch
+
+    @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Run on the probe set after the scheduled validation epochs of ``fit`` and after ``validate``."""
         if trainer.sanity_checking:
             return
         if trainer.state.fn == TrainerFn.FITTING:
             epoch = trainer.current_epoch
-            if (epoch + 1) % self.every_n_epochs or self._last_epoch == epoch:
+            if self._last_epoch == epoch:
                 return
-            self._run(trainer, pl_module, "val", epoch)
+            eligible = (epoch + 1) % self.every_n_epochs == 0
+            if self.max_overhead is None:
+                if eligible:
+                    self._run(trainer, pl_module, "val", epoch)
+                return
+            last = trainer.max_epochs is not None and epoch == trainer.max_epochs - 1
+            if (eligible or last) and trainer.strategy.broadcast(self._decide(trainer, pl_module, last), src=0):
+                self._timed_run(trainer, pl_module, epoch)
         elif trainer.state.fn == TrainerFn.VALIDATING:
             self._run(trainer, pl_module, "val", None)
 
@@ -219,6 +274,40 @@ class AttributionMonitor(AttributionCallback):
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Run on the test probe set after ``trainer.test``."""
         self._run(trainer, pl_module, "test", None)
+
+    @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """With a budget, score the final model if the last trained epoch was not scored yet."""
+        epoch = self._budget.training_epoch
+        if self.max_overhead is not None and epoch is not None and self._last_epoch != epoch:
+            self._timed_run(trainer, pl_module, epoch, in_loop=False)
+
+    @override
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Wait for the background delivery of this fit."""
+        self._flush()
+
+    @override
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """After ``trainer.validate``, wait for the background delivery."""
+        if trainer.state.fn == TrainerFn.VALIDATING:
+            self._flush()
+
+    @override
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """After ``trainer.test``, wait for the background delivery."""
+        self._flush()
+
+    @override
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """Deliver what was queued before the exception propagates (its own errors can only warn now)."""
+        if self._worker is not None:
+            try:
+                errors = self._worker.flush()
+            except TimeoutError as error:
+                errors = [error]
+            for error in errors:
+                rank_zero_warn(f"AttributionMonitor: logging the attribution images failed ({error}).")
 
     # ------------------------------------------------------------------ internals
     @override
@@ -237,7 +326,60 @@ class AttributionMonitor(AttributionCallback):
         # Each run may bring other data: whether it has masks and labels is found out again.
         self._checked_data[split] = False
 
-    def _run(self, trainer: Trainer, pl_module: LightningModule, split: str, epoch: int | None) -> None:
+    def _decide(self, trainer: Trainer, pl_module: LightningModule, last: bool) -> bool:
+        """Rank 0's decision: run now if the budget allows it (the last epoch always runs)."""
+        if last or not trainer.is_global_zero:
+            return last
+        if not self._budget.runs:
+            self._calibrate(trainer, pl_module)
+        budget = self._budget
+        now = self._clock()
+        fit_time = now - budget.started - budget.spent
+        estimate = statistics.mean(budget.runs) if budget.runs else budget.calibrated
+        if budget.spent + estimate > self.max_overhead * fit_time:
+            return False
+        epochs_left = None if trainer.max_epochs in (None, -1) else trainer.max_epochs - trainer.current_epoch - 1
+        if not epochs_left:
+            return True
+        # Keep room for the run after the last epoch: the fit will last about (epochs done + left) epochs.
+        projected = fit_time * (trainer.current_epoch + 1 + epochs_left) / (trainer.current_epoch + 1)
+        return budget.spent + 2 * estimate <= self.max_overhead * projected
+
+    def _calibrate(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Estimate a run's time from a few probe samples (the metrics are reset afterwards)."""
+        start = self._clock()
+        probe = self._probes["val"].load(trainer, self.batch_adapter)
+        runner = self._runner_for(pl_module)
+        self._prepare_runner(runner, "val", probe)
+        local = len(range(trainer.global_rank, len(probe), trainer.world_size))
+        sample = probe.select(range(min(4, len(probe))))
+        with preserved_rng_state():
+            self._run_on_probe(trainer, pl_module, runner, sample, shard=False)
+        runner.reset()
+        seconds = self._clock() - start
+        self._budget.spent += seconds
+        # A few samples in one batch cost more per sample than a full batch: an estimate on the safe side.
+        self._budget.calibrated = seconds * local / len(sample)
+
+    def _timed_run(self, trainer: Trainer, pl_module: LightningModule, epoch: int, in_loop: bool = True) -> None:
+        start = self._clock()
+        self._run(trainer, pl_module, "val", epoch, in_loop=in_loop)
+        seconds = self._clock() - start
+        budget = self._budget
+        budget.spent += seconds
+        budget.runs.append(seconds)
+        fit_time = self._clock() - budget.started - budget.spent
+        overhead = budget.spent / fit_time if fit_time > 0 else float("inf")
+        if self._last_epoch == epoch:
+            self._history[epoch]["attr/overhead"] = overhead
+        if in_loop:
+            pl_module.log("attr/overhead", overhead, sync_dist=False, rank_zero_only=True)
+        else:
+            delivery.log_metrics(trainer, {"attr/overhead": overhead})
+
+    def _run(
+        self, trainer: Trainer, pl_module: LightningModule, split: str, epoch: int | None, in_loop: bool = True
+    ) -> None:
         when = f"epoch {epoch}" if epoch is not None else "this run"
         runner = self._runner_for(pl_module)
         error: BaseException | None = None
@@ -260,20 +402,48 @@ class AttributionMonitor(AttributionCallback):
         results = runner.compute()
         scalars = {f"attr/{key}": value for key, value in runner.scalars(results).items()}
         runner.reset()
-        for key, value in scalars.items():
-            # The values are already reduced over ranks; "max" of identical values keeps them exact and quiet.
-            pl_module.log(key, value, sync_dist=True, reduce_fx="max")
+        if in_loop:
+            for key, value in scalars.items():
+                # The values are already reduced over ranks; "max" of identical values keeps them exact and quiet.
+                pl_module.log(key, value, sync_dist=True, reduce_fx="max")
+        else:  # after training, where LightningModule.log is not allowed
+            delivery.log_metrics(trainer, scalars)
         records = gather_records(records)
         if epoch is not None:
             self._history[epoch] = {key: float(value) for key, value in scalars.items()}
             self._last_epoch = epoch
         # Rendering is the costly part of delivery; without a logger nothing would receive it.
         if trainer.is_global_zero and trainer.loggers:
+            names = self.class_names or getattr(trainer.datamodule, "class_names", None)
+            target = delivery.destination(trainer)
+            # The worker renders from copies: nothing it reads can change under it.
+            results = apply_to_collection(results, Tensor, lambda t: t.detach().cpu().clone())
+            self._submit(functools.partial(self._deliver, target, split, results, records, epoch, names), when)
+
+    def _submit(self, job: Callable[[], None], when: str) -> None:
+        """Deliver now, or on the background thread; report a failure of an earlier background job first."""
+        if not self.background_delivery:
             try:
                 with preserved_rng_state():
-                    self._deliver(trainer, split, results, records, epoch)
+                    job()
             except Exception as exc:  # noqa: BLE001
                 self._fail(exc, when, "logging the attribution images")
+            return
+        if self._worker is None:
+            self._worker = DeliveryWorker()
+        for error in self._worker.errors():
+            self._fail(error, "an earlier run", "logging the attribution images")
+        self._worker.submit(job)
+
+    def _flush(self) -> None:
+        if self._worker is None:
+            return
+        try:
+            errors = self._worker.flush()
+        except TimeoutError as error:
+            errors = [error]
+        for error in errors:
+            self._fail(error, "an earlier run", "logging the attribution images")
 
     def _warn_about_missing(self, split: str, no_masks: bool, no_labels: bool) -> None:
         needs_masks = [name for name in self.metric_names if get_metric_spec(name).needs_masks]
@@ -287,14 +457,14 @@ class AttributionMonitor(AttributionCallback):
     # ------------------------------------------------------------------ delivery (rank 0)
     def _deliver(
         self,
-        trainer: Trainer,
+        trainer: delivery.Destination,
         split: str,
         results: Mapping[str, Mapping[str, Mapping[str, Any]]],
         records: list[SampleRecord],
         epoch: int | None,
+        names: Sequence[str] | None,
     ) -> None:
         when = f"epoch {epoch}" if epoch is not None else str(trainer.state.fn.value)
-        names = self.class_names or getattr(trainer.datamodule, "class_names", None)
         indices = self._probes[split].indices or []
 
         def label(value: int | None) -> str:
@@ -356,3 +526,14 @@ def _caption(record: SampleRecord, method: str, label: Callable[[int | None], st
     if "relevance_mass" in scores:
         parts.append(f"mass {scores['relevance_mass']:.2f}")
     return "\n".join([head, " ".join(parts)]) if parts else head
+
+
+@dataclass
+class _Budget:
+    """The monitor's time accounts during one fit (seconds of its clock)."""
+
+    started: float = 0.0
+    spent: float = 0.0
+    runs: list[float] = field(default_factory=list)
+    calibrated: float = 0.0
+    training_epoch: int | None = None
