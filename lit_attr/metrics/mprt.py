@@ -228,6 +228,9 @@ class EfficientMPRT(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         """Means over every sample seen (on all processes), as 0-d tensors; NaN before any update."""
+        return self._means()
+
+    def _means(self) -> dict[str, Tensor]:
         return {
             "emprt": self.score_sum / self.count,
             "entropy_original": self.entropy_original_sum / self.count,
@@ -240,7 +243,7 @@ class EfficientMPRT(Metric):
         Synchronised across processes like :meth:`compute` (every process must call it).
         """
         with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self.sync_on_compute):
-            result: dict[str, Any] = {key: value.clone() for key, value in self.compute().items()}
+            result: dict[str, Any] = {key: value.clone() for key, value in self._means().items()}
         result["threshold"] = self.threshold
         result["passed"] = bool(result["emprt"] > self.threshold)
         return result
