@@ -21,7 +21,6 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from lit_attr._checks import TargetType, check_choice, check_optional_int, check_seed, resolve_target
 from lit_attr.functional.insertion_deletion import (
@@ -50,10 +49,11 @@ __all__ = [
 #: Percentages of pixels removed, as in the ROAD paper and pytorch-grad-cam's ``ROADCombined``.
 DEFAULT_PERCENTILES: tuple[int, ...] = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 
-#: Relative residual at which the conjugate-gradient solve stops: ``||b - A u|| <= rtol * ||b||`` per image and
-#: channel, in float64. Against SciPy's direct sparse solve this gives a largest absolute difference of about
-#: ``1e-7`` on [0, 1] images from 32x32 to 224x224 with up to 90 % of the pixels removed in one blob (the hardest
-#: case: the error bound grows with the hole's diameter), three orders of magnitude inside the 1e-4 the tests require.
+#: Relative residual at which the conjugate-gradient solve stops, per image and channel, in float64: the
+#: preconditioned residual norm ``sqrt(r . D^-1 r)`` must fall to ``rtol`` times its initial value. Against SciPy's
+#: direct sparse solve this gives a largest absolute difference of about 1e-6 on [0, 1] images from 32x32 to 224x224,
+#: also with 90 % of the pixels removed in one disc (the hardest case: the error bound grows with the hole's
+#: diameter), two orders of magnitude inside the 1e-4 the tests require.
 DEFAULT_RTOL = 1e-7
 
 #: Channel reductions that turn a map into per-pixel relevance (a pixel is removed with all its channels).
@@ -87,10 +87,14 @@ class ROADResult(NamedTuple):
 # ------------------------------------------------------------------------------------------------- imputation
 def _neighbour_sum(u: Tensor) -> Tensor:
     """``sum_j w_j u[neighbour j]`` at every pixel of ``(..., H, W)``, neighbours outside the image counting 0."""
-    padded = F.pad(u, (1, 1))
-    rows = padded[..., :-2] + 2 * padded[..., 1:-1] + padded[..., 2:]
-    padded = F.pad(rows, (0, 0, 1, 1))
-    return (padded[..., :-2, :] + 2 * padded[..., 1:-1, :] + padded[..., 2:, :]) / 12 - u / 3
+    # In-place shifted adds: about 2.5x faster on a CPU than padding and slicing.
+    rows = u * 2
+    rows[..., 1:] += u[..., :-1]
+    rows[..., :-1] += u[..., 1:]
+    out = rows * 2
+    out[..., 1:, :] += rows[..., :-1, :]
+    out[..., :-1, :] += rows[..., 1:, :]
+    return out.mul_(1 / 12).sub_(u, alpha=1 / 3)
 
 
 def _solve_imputation(x: Tensor, removed: Tensor, rtol: float, max_iter: int | None) -> Tensor:
@@ -100,56 +104,70 @@ def _solve_imputation(x: Tensor, removed: Tensor, rtol: float, max_iter: int | N
     sum of the weights of its in-image neighbours: the weighted mean of its valid neighbours. The matrix is
     symmetric, and positive definite as long as every 8-connected group of removed pixels touches a kept pixel (true
     whenever one pixel is kept), so conjugate gradients with the Jacobi preconditioner ``d`` solve it. Each
-    (image, channel) system stops on its own once its relative residual is below ``rtol``; a stopped system is
-    frozen, so its result does not depend on the other systems in the batch.
+    (image, channel) system stops on its own once its relative (preconditioned) residual is below ``rtol``; a stopped
+    system is frozen, so its result does not depend on the other systems in the batch.
     """
     work = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
-    values = x.to(work)
-    mask = removed.unsqueeze(1).to(work)  # (R, 1, H, W), 1 = unknown
+    rows, channels, height, width = x.shape
+    values = x.to(work).reshape(rows * channels, height, width)  # one system per (image, channel)
+    mask = removed.repeat_interleave(channels, dim=0).to(work)  # 1 = unknown
     # In-image weight sums, 1 away from the border; the floor only matters for a 1x1 image (no neighbours, and
     # nothing to impute since one pixel must be kept).
-    degree = _neighbour_sum(torch.ones_like(mask)).clamp_min(_DIAGONAL)
+    degree = _neighbour_sum(torch.ones_like(values[:1])).clamp_min(_DIAGONAL)
+    inverse_degree = degree.reciprocal()
     rhs = mask * _neighbour_sum((1 - mask) * values)
 
-    def apply(u: Tensor) -> Tensor:
-        return mask * (degree * u - _neighbour_sum(u))
-
     def dot(a: Tensor, b: Tensor) -> Tensor:
-        return (a * b).sum(dim=(2, 3), keepdim=True)
+        return (a * b).sum(dim=(1, 2), keepdim=True)
 
+    solution = torch.zeros_like(values)
+    index = torch.arange(values.shape[0], device=x.device)  # the systems still iterating
     u = torch.zeros_like(rhs)
-    residual = rhs.clone()
-    z = residual / degree
-    direction = z.clone()
+    residual = rhs
+    z = residual * mask * inverse_degree
+    direction = z
     rz = dot(residual, z)
-    threshold = rtol * rhs.flatten(2).norm(dim=2)[..., None, None]
-    active = residual.flatten(2).norm(dim=2)[..., None, None] > threshold
-    limit = max_iter if max_iter is not None else 20 * max(x.shape[-2:]) + 100
+    # The stopping test uses the preconditioned norm sqrt(r . D^-1 r), which the iteration computes anyway; it bounds
+    # the plain norm from above (D <= 1) and is within a factor 1.6 of it (D >= 5/12 at a corner).
+    threshold = rtol**2 * rz
+    active = rz > threshold
+    limit = max_iter if max_iter is not None else 20 * max(height, width) + 100
     for iteration in range(limit):
-        # Checking for convergence synchronises with the device; every 8 iterations keeps that cost negligible.
-        if iteration % 8 == 0 and not bool(active.any()):
-            break
-        a_direction = apply(direction)
+        # Every 8 iterations (each check synchronises with the device), converged systems are written out and
+        # dropped, so the remaining iterations only cost what the slowest systems need.
+        if iteration % 8 == 0:
+            done = ~active.view(-1)
+            if bool(done.any()):
+                solution[index[done]] = u[done]
+                going = ~done
+                if not bool(going.any()):
+                    break
+                index, u, residual, direction, rz, threshold, active, mask = (
+                    t[going] for t in (index, u, residual, direction, rz, threshold, active, mask)
+                )
+        a_direction = mask * (degree * direction - _neighbour_sum(direction))
         curvature = dot(direction, a_direction)
+        # A system that converged since the last check gets alpha = 0: its solution and residual stay frozen.
         alpha = torch.where(active, rz / torch.where(active, curvature, 1.0), 0.0)
         u = u + alpha * direction
         residual = residual - alpha * a_direction
-        z = mask * residual / degree
+        z = residual * mask * inverse_degree
         rz_next = dot(residual, z)
         beta = torch.where(active, rz_next / torch.where(active, rz, 1.0), 0.0)
-        direction = torch.where(active, z + beta * direction, direction)
+        direction = z.addcmul_(beta, direction)
         rz = torch.where(active, rz_next, rz)
-        active = active & (residual.flatten(2).norm(dim=2)[..., None, None] > threshold)
+        active = active & (rz_next > threshold)
     else:
+        solution[index] = u
         if bool(active.any()):
-            worst = float((residual.flatten(2).norm(dim=2) / threshold.flatten(2).squeeze(2).clamp_min(1e-300)).max())
+            worst = float((rz / threshold.clamp_min(1e-300)).sqrt().max())
             warnings.warn(
-                f"The imputation's conjugate-gradient solve stopped after {limit} iterations with a residual "
-                f"{worst * rtol:.2e} (relative) > rtol={rtol}; pass a larger `max_iter`.",
+                f"The imputation's conjugate-gradient solve stopped after {limit} iterations with a relative "
+                f"residual {worst * rtol:.2e} > rtol={rtol}; pass a larger `max_iter`.",
                 RuntimeWarning,
                 stacklevel=3,
             )
-    return torch.where(mask.bool(), u, values)
+    return torch.where(removed.unsqueeze(1), solution.view(rows, channels, height, width), x.to(work))
 
 
 def _check_keep(keep: object, x: Tensor) -> Tensor:
@@ -203,8 +221,10 @@ def noisy_linear_imputation(
     noise^2)`` noise is added to the removed pixels; kept pixels are returned unchanged.
 
     The linear system is solved for the whole batch at once by Jacobi-preconditioned conjugate gradients on the
-    3x3 stencil, in float64 on ``x``'s device, until ``||b - A u|| <= rtol * ||b||`` for every image and channel
-    (see :data:`DEFAULT_RTOL`: the default reproduces SciPy's direct ``spsolve`` to about 1e-7 on [0, 1] images).
+    3x3 stencil, in float64 on ``x``'s device, until the relative residual is below ``rtol`` for every image and
+    channel (see :data:`DEFAULT_RTOL`: the default reproduces SciPy's direct ``spsolve`` to about 1e-6 on [0, 1]
+    images). Converged systems leave the batch, so the cost follows the slowest ones (large holes converge slowest:
+    about ``3 * max(H, W)`` iterations for a 90 % hole).
     The noise of image ``i`` is drawn on the CPU from a ``torch.Generator`` seeded with ``seed`` and a checksum of
     ``x[i]``, so an image gets the same noise in any batch and on any device; the global random state is not used.
 

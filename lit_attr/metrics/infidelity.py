@@ -207,8 +207,9 @@ class Sensitivity(_MeanOfScores):
             raise TypeError(
                 f"`method` must be a registered method name or an AttributionMethod, got {type(method).__name__}."
             )
-        # Not a submodule: the method holds the user's model, which must stay out of this metric's state.
-        self.__dict__["_method"] = method
+        # Held by reference like the model of the other metrics: the method holds the user's model, which must stay
+        # out of this metric's modules and state, and a clone must explain with the same model.
+        self._method_ref = ModelRef(method)
         self._options: dict[str, Any] = {
             "n_perturb_samples": check_int("n_perturb_samples", n_perturb_samples, 1),
             "perturb_radius": check_noise_std(perturb_radius, "perturb_radius"),
@@ -218,12 +219,12 @@ class Sensitivity(_MeanOfScores):
 
     @property
     def method(self) -> AttributionMethod:
-        """The attribution method whose stability is measured."""
-        return self._method
+        """The attribution method whose stability is measured (held by reference)."""
+        return self._method_ref.module
 
     def prepare(self, data: Batch) -> None:
         """Pass data beyond the batch on to the method (see ``AttributionMethod.prepare``)."""
-        self._method.prepare(data)
+        self.method.prepare(data)
 
     def score(
         self, x: Tensor, target: TargetType = None, attributions: Tensor | None = None
@@ -235,7 +236,7 @@ class Sensitivity(_MeanOfScores):
             target: ``None`` (clean top-1 prediction), an int, or ``N`` class indices.
             attributions: the method's maps of ``x`` for ``target`` if already computed (saves one attribution).
         """
-        return {"sensitivity": sensitivity(self._method, x, target, attributions=attributions, **self._options)}
+        return {"sensitivity": sensitivity(self.method, x, target, attributions=attributions, **self._options)}
 
     def update(
         self,
