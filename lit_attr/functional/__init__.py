@@ -20,6 +20,7 @@ from lit_attr.functional.insertion_deletion import (
     rise_blur_kernel,
 )
 from lit_attr.functional.localization import localization_auroc, pointing_game, relevance_mass, relevance_rank
+from lit_attr.functional.mprt import discrete_entropy, entropy_rise, noisy_copies
 from lit_attr.functional.randomization import (
     iter_randomized,
     randomizable_layers,
@@ -27,10 +28,12 @@ from lit_attr.functional.randomization import (
     randomize_,
     sort_in_forward_order,
 )
+from lit_attr.functional.road import ROADResult, noisy_linear_imputation, road
 from lit_attr.functional.similarity import spearman, ssim_maps
 
 __all__ = [
     "PRESETS",
+    "ROADResult",
     "ActivationDeviationResult",
     "activation_deviation",
     "resolve_probe_layers",
@@ -38,11 +41,15 @@ __all__ = [
     "auc",
     "blur",
     "completeness_error",
+    "discrete_entropy",
+    "entropy_rise",
     "insertion_deletion",
     "iter_perturbed_batches",
     "iter_randomized",
     "localization_auroc",
     "make_substrate",
+    "noisy_copies",
+    "noisy_linear_imputation",
     "perturbation_schedule",
     "pointing_game",
     "randomizable_layers",
@@ -52,6 +59,7 @@ __all__ = [
     "relevance_mass",
     "relevance_rank",
     "resolve_protocol",
+    "road",
     "rise_blur_kernel",
     "sort_in_forward_order",
     "spearman",

@@ -7,7 +7,12 @@ deletion curve fall fast (low AUC) and the insertion curve rise fast (high AUC).
 
 Every perturbed input is built at once with ``torch.where(rank < n_t, ...)`` on a per-unit rank map, and the
 (sample x step) rows of a batch go through the model together, in chunks of at most ``internal_batch_size``
-rows. The building blocks (:func:`blur`, :func:`make_substrate`, :func:`rank_map`,
+rows.
+
+Tabular inputs ``(N, D)`` play the same games with the D features as units (substrates ``"zero"``, ``"constant"``,
+e.g. a training mean per feature, ``"noise"`` or a callable), and ``games=`` plays one game alone.
+
+The building blocks (:func:`blur`, :func:`make_substrate`, :func:`rank_map`,
 :func:`perturbation_schedule`, :func:`iter_perturbed_batches`, :func:`resolve_protocol`) are public so that
 other metrics walking the same schedules (activation deviation) reuse them.
 """
@@ -22,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from lit_attr._checks import TargetType, check_choice, check_optional_int, resolve_target
+from lit_attr._checks import TargetType, check_choice, check_names, check_optional_int, resolve_target
 from lit_attr.methods._hygiene import preserved_model_state
 
 __all__ = [
@@ -37,6 +42,7 @@ __all__ = [
     "Protocol",
     "auc",
     "blur",
+    "check_games",
     "check_substrate_value",
     "insertion_deletion",
     "iter_perturbed_batches",
@@ -65,6 +71,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 #: Substrate names understood by :func:`make_substrate` (a callable is accepted too).
 SUBSTRATES = ("zero", "blur", "mean", "noise", "constant")
+#: Substrates that need images (N, C, H, W); tabular inputs (N, D) accept the others.
+IMAGE_SUBSTRATES = ("blur", "mean")
 #: Scores a curve can track.
 OUTPUTS = ("prob", "logit", "prob_ratio")
 #: Channel reductions that turn a map into units.
@@ -98,6 +106,8 @@ class Protocol(NamedTuple):
 class InsertionDeletionResult(NamedTuple):
     """Per-sample output of :func:`insertion_deletion`.
 
+    A game that was not played (``games=``) has ``None`` for its curve and AUC.
+
     Attributes:
         insertion_curve: ``(N, T + 1)`` scores while inserting units, from the substrate (t = 0) to ``x`` (t = T).
         deletion_curve: ``(N, T + 1)`` scores while deleting units, from ``x`` (t = 0) to the substrate (t = T).
@@ -106,10 +116,10 @@ class InsertionDeletionResult(NamedTuple):
         target: ``(N,)`` class whose score was tracked.
     """
 
-    insertion_curve: Tensor
-    deletion_curve: Tensor
-    insertion_auc: Tensor
-    deletion_auc: Tensor
+    insertion_curve: Tensor | None
+    deletion_curve: Tensor | None
+    insertion_auc: Tensor | None
+    deletion_auc: Tensor | None
     target: Tensor
 
 
@@ -215,7 +225,10 @@ def make_substrate(
     seed: int = 0,
     name: str = "substrate",
 ) -> Tensor:
-    """The image that perturbed units are taken from, one per sample.
+    """The image (or feature vector) that perturbed units are taken from, one per sample.
+
+    Tabular inputs ``(N, D)`` accept ``"zero"``, ``"noise"``, ``"constant"`` (a scalar or ``D`` per-feature values,
+    e.g. the training mean) and callables; ``"blur"`` and ``"mean"`` need images.
 
     Args:
         substrate: ``"zero"`` (zeros in the model's input space: the dataset mean colour when the model expects
@@ -223,9 +236,9 @@ def make_substrate(
             (N(0, 1) from a ``torch.Generator`` seeded with ``seed``; one draw shared by all samples, so a
             sample's result does not depend on its batch), ``"constant"`` (``substrate_value``), or a callable
             mapping ``x`` to a tensor broadcastable to ``x``.
-        x: ``(N, C, H, W)`` floating-point images.
+        x: ``(N, C, H, W)`` floating-point images or ``(N, D)`` features.
         substrate_value: for ``"constant"``: a scalar, ``C`` per-channel values, or a tensor broadcastable to
-            ``(C, H, W)``.
+            ``(C, H, W)``; for features, a scalar or ``D`` values.
         seed: seed of the ``"noise"`` substrate; the global random state is never used.
         name: the argument named in error messages (e.g. ``"deletion_substrate"``).
 
@@ -241,8 +254,13 @@ def make_substrate(
         >>> make_substrate("mean", x).flatten().tolist()
         [1.5, 1.5, 1.5, 1.5]
     """
-    _check_images("x", x)
+    _check_inputs("x", x)
     _check_substrate(name, substrate)
+    if x.ndim == 2 and not callable(substrate) and substrate in IMAGE_SUBSTRATES:
+        raise ValueError(
+            f"`{name}` {substrate!r} needs images (N, C, H, W); for features (N, D) use 'zero', 'constant' (e.g. "
+            "the training mean per feature), 'noise' or a callable."
+        )
     if callable(substrate):
         out = substrate(x)
         if not isinstance(out, Tensor):
@@ -271,13 +289,14 @@ def make_substrate(
     if substrate_value is None:
         raise ValueError(f'`substrate_value` must be given when `{name}` is "constant", got None.')
     fill = torch.as_tensor(substrate_value, dtype=x.dtype, device=x.device)
-    if fill.ndim == 1 and fill.numel() == x.shape[1]:
+    if x.ndim == 4 and fill.ndim == 1 and fill.numel() == x.shape[1]:
         fill = fill.view(-1, 1, 1)
     try:
         return torch.broadcast_to(fill, x.shape)
     except RuntimeError as err:
+        per = "per-channel values" if x.ndim == 4 else "per-feature values"
         raise ValueError(
-            f"`substrate_value` must be a scalar, {x.shape[1]} per-channel values or broadcastable to "
+            f"`substrate_value` must be a scalar, {x.shape[1]} {per} or broadcastable to "
             f"{tuple(x.shape[1:])}, got shape {tuple(fill.shape)}."
         ) from err
 
@@ -286,18 +305,18 @@ def rank_map(attributions: Tensor, reduce: str = "sum") -> Tensor:
     """Rank of every unit by descending attribution: 0 is the most important unit.
 
     The sort is stable, so tied units (plateaus, common in FEI maps; an all-zero map) are ranked in raster
-    order: row by row, left to right (channel-major for ``reduce="none"``).
+    order: row by row, left to right (channel-major for ``reduce="none"``); features of a 2-D map in index order.
 
     Args:
-        attributions: ``(N, C, H, W)`` or ``(N, H, W)``.
+        attributions: ``(N, C, H, W)`` or ``(N, H, W)``, or ``(N, D)`` for features (each feature is a unit).
         reduce: how channels become units: ``"sum"`` (signed channel sum), ``"abs_sum"`` (sum of absolute
             values) or ``"none"`` (every element is a unit). A 3-D map already has one value per pixel.
 
     Returns:
-        ``(N, H, W)`` long ranks, or ``(N, C, H, W)`` for ``reduce="none"`` on a 4-D map.
+        ``(N, H, W)`` long ranks, ``(N, C, H, W)`` for ``reduce="none"`` on a 4-D map, ``(N, D)`` for a 2-D map.
 
     Raises:
-        ValueError: for an unknown ``reduce``, a map that is not 3-D/4-D, or non-finite values.
+        ValueError: for an unknown ``reduce``, a map that is not 2-D/3-D/4-D, or non-finite values.
 
     Example:
         >>> rank_map(torch.tensor([[[0.5, 2.0], [0.5, -1.0]]]))
@@ -307,9 +326,9 @@ def rank_map(attributions: Tensor, reduce: str = "sum") -> Tensor:
     if not isinstance(attributions, Tensor):
         raise TypeError(f"`attributions` must be a torch.Tensor, got {type(attributions).__name__}.")
     check_choice("reduce", reduce, REDUCTIONS)
-    if attributions.ndim not in (3, 4) or attributions.shape[0] == 0:
+    if attributions.ndim not in (2, 3, 4) or attributions.shape[0] == 0:
         raise ValueError(
-            f"`attributions` must be a non-empty (N, C, H, W) or (N, H, W) tensor, got shape "
+            f"`attributions` must be a non-empty (N, C, H, W), (N, H, W) or (N, D) tensor, got shape "
             f"{tuple(attributions.shape)}."
         )
     if attributions.is_floating_point() and not bool(torch.isfinite(attributions).all()):
@@ -381,16 +400,16 @@ def iter_perturbed_batches(
     ``where(ranks[i] < schedule[t], x[i], substrate[i])`` for insertion.
 
     Args:
-        x: ``(N, C, H, W)`` clean inputs.
+        x: ``(N, C, H, W)`` clean inputs, or ``(N, D)`` features.
         substrate: tensor broadcastable to ``x`` (see :func:`make_substrate`).
-        ranks: ``(N, H, W)`` or ``(N, C, H, W)`` unit ranks from :func:`rank_map`.
+        ranks: ``(N, H, W)`` or ``(N, C, H, W)`` unit ranks from :func:`rank_map` (``(N, D)`` for features).
         schedule: ``(T + 1,)`` units perturbed per step from :func:`perturbation_schedule`.
         game: ``"insertion"`` or ``"deletion"``.
         chunk_size: most rows per yielded batch; ``None`` yields all ``N * (T + 1)`` rows at once.
 
     Yields:
         ``(samples, steps, inputs)``: the sample and step index of every row (long ``(R,)``) and the
-        ``(R, C, H, W)`` perturbed inputs.
+        ``(R, ...)`` perturbed inputs.
 
     Example:
         >>> x = torch.ones(1, 1, 2, 2)
@@ -402,7 +421,7 @@ def iter_perturbed_batches(
     """
     check_choice("game", game, GAMES)
     substrate = torch.broadcast_to(substrate, x.shape)
-    if ranks.ndim == 3:
+    if ranks.ndim == 3 and x.ndim == 4:
         ranks = ranks.unsqueeze(1)
     n, points = x.shape[0], schedule.numel()
     total = n * points
@@ -412,7 +431,7 @@ def iter_perturbed_batches(
     for start in range(0, total, chunk_size):
         rows = torch.arange(start, min(start + chunk_size, total), device=x.device)
         samples, steps = rows // points, rows % points
-        keep_head = ranks[samples] < schedule[steps].view(-1, 1, 1, 1)
+        keep_head = ranks[samples] < schedule[steps].view(-1, *([1] * (x.ndim - 1)))
         yield samples, steps, torch.where(keep_head, head[samples], tail[samples])
 
 
@@ -455,11 +474,13 @@ def prepare_games(
     reduce: str,
     internal_batch_size: int | None,
     substrate_value: object = None,
+    tabular: bool = False,
 ) -> tuple[Protocol, Tensor, Tensor, int]:
     """Validate the inputs of a perturbation game and resolve its protocol, unit ranks, schedule and chunk size.
 
     Shared by every metric that plays the insertion/deletion games (insertion/deletion, activation deviation), so
-    they see the same perturbed inputs and reject the same bad input.
+    they see the same perturbed inputs and reject the same bad input. ``tabular=True`` also accepts ``(N, D)``
+    features with ``(N, D)`` attributions.
 
     Returns:
         ``(protocol, ranks, schedule, chunk)``: the resolved :class:`Protocol`, per-unit ranks from
@@ -476,7 +497,10 @@ def prepare_games(
     check_substrate_value(protocol, substrate_value)
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
-    _check_images("x", x)
+    if tabular:
+        _check_inputs("x", x)
+    else:
+        _check_images("x", x)
     _check_attributions(attributions, x)
     check_choice("reduce", reduce, REDUCTIONS)
     check_optional_int("internal_batch_size", internal_batch_size)
@@ -505,6 +529,7 @@ def insertion_deletion(
     substrate_value: float | Sequence[float] | Tensor | None = None,
     seed: int = 0,
     logits: Tensor | None = None,
+    games: str | Sequence[str] = GAMES,
 ) -> InsertionDeletionResult:
     """Insertion and deletion curves and AUCs of attribution maps (RISE's causal metrics, batched).
 
@@ -516,10 +541,19 @@ def insertion_deletion(
     Options left as ``None`` come from ``preset`` (default ``"rise"``: insertion ``"blur"``, deletion ``"zero"``,
     ``n_steps=28``); explicit options override the preset.
 
+    **Single games.** ``games="deletion"`` (or ``"insertion"``) plays that game alone: the other game's substrate
+    is not built and its ``N * (T + 1)`` forward rows are not run; its fields of the result are ``None``.
+
+    **Tabular inputs.** ``x`` may be ``(N, D)`` features with ``(N, D)`` attributions: the units are the features
+    (ranked by ``|A|`` with ``reduce="abs_sum"``, by the signed values otherwise) and ``pixels_per_step`` counts
+    features. Substrates: ``"zero"``, ``"constant"``
+    with a scalar or ``D`` per-feature values (e.g. the training mean), ``"noise"`` or a callable; a substrate left
+    ``None`` is ``"zero"`` for features, whatever the preset (RISE's blur needs images).
+
     Args:
         model: classifier returning logits ``(N, K)``.
-        x: ``(N, C, H, W)`` inputs in the model's input space, on the model's device.
-        attributions: ``(N, C, H, W)`` (same shape as ``x``) or ``(N, H, W)`` maps.
+        x: ``(N, C, H, W)`` inputs in the model's input space, on the model's device, or ``(N, D)`` features.
+        attributions: ``(N, C, H, W)`` (same shape as ``x``) or ``(N, H, W)`` maps; ``(N, D)`` for features.
         target: tracked class: ``None`` (clean top-1 prediction), an int, or ``N`` ints.
         pixels_per_step: units changed per step.
         n_steps: number of steps (``pixels_per_step = ceil(units / n_steps)``); not together with
@@ -537,15 +571,17 @@ def insertion_deletion(
         seed: seed of a ``"noise"`` substrate.
         logits: the model's logits ``(N, K)`` for ``x`` if the caller already has them (the runner computes them
             once per batch); they resolve the target and the clean probability instead of a forward pass.
+        games: the games to play: ``("insertion", "deletion")`` (default), or one of them.
 
     Returns:
         :class:`InsertionDeletionResult` with ``(N, T + 1)`` curves, ``(N,)`` AUCs and the tracked targets, in
-        the dtype of the model's output, at least float32 (a bf16 model gets float32 scores).
+        the dtype of the model's output, at least float32 (a bf16 model gets float32 scores); ``None`` for a game
+        not played.
 
     Raises:
         TypeError: for a model that is not a module, non-tensor or integer inputs, or non-integer targets.
-        ValueError: for mismatched shapes or devices, unknown option names, both step options, bad targets, or
-            model outputs that are not ``(N, K)`` logits.
+        ValueError: for mismatched shapes or devices, unknown option or game names, both step options, bad
+            targets, image substrates for features, or model outputs that are not ``(N, K)`` logits.
 
     Example:
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 5))
@@ -553,8 +589,18 @@ def insertion_deletion(
         >>> result = insertion_deletion(net, x, torch.randn(2, 8, 8), n_steps=4)
         >>> result.insertion_curve.shape, result.deletion_auc.shape
         (torch.Size([2, 5]), torch.Size([2]))
+        >>> deletion_only = insertion_deletion(net, x, torch.randn(2, 8, 8), n_steps=4, games="deletion")
+        >>> deletion_only.insertion_auc is None, deletion_only.deletion_auc.shape
+        (True, torch.Size([2]))
+        >>> features = insertion_deletion(nn.Linear(6, 3), torch.rand(4, 6), torch.randn(4, 6), n_steps=3)
+        >>> features.deletion_curve.shape
+        torch.Size([4, 4])
     """
     check_choice("output", output, OUTPUTS)
+    played = check_games(games)
+    if isinstance(x, Tensor) and x.ndim == 2:
+        insertion_substrate = "zero" if insertion_substrate is None else insertion_substrate
+        deletion_substrate = "zero" if deletion_substrate is None else deletion_substrate
     protocol, ranks, schedule, chunk = prepare_games(
         model,
         x,
@@ -567,6 +613,7 @@ def insertion_deletion(
         reduce=reduce,
         internal_batch_size=internal_batch_size,
         substrate_value=substrate_value,
+        tabular=True,
     )
     n, points = x.shape[0], schedule.numel()
 
@@ -580,8 +627,8 @@ def insertion_deletion(
         clean = clean.to(torch.promote_types(clean.dtype, torch.float32))
         target = resolve_target(target, clean)
         clean_prob = clean.softmax(dim=1).gather(1, target[:, None]).squeeze(1)
-        curves = {}
-        for game in GAMES:
+        curves: dict[str, Tensor | None] = {game: None for game in GAMES}
+        for game in played:
             substrate = make_substrate(
                 getattr(protocol, f"{game}_substrate"), x, substrate_value=substrate_value, seed=seed,
                 name=f"{game}_substrate",
@@ -596,12 +643,23 @@ def insertion_deletion(
                     score = score / clean_prob[samples]
                 curve[samples, steps] = score.to(curve.dtype)
             curves[game] = curve
+    aucs = {game: None if curve is None else auc(curve) for game, curve in curves.items()}
     return InsertionDeletionResult(
-        curves["insertion"], curves["deletion"], auc(curves["insertion"]), auc(curves["deletion"]), target
+        curves["insertion"], curves["deletion"], aucs["insertion"], aucs["deletion"], target
     )
 
 
 # ------------------------------------------------------------------------------------------------- validation
+def check_games(games: object) -> tuple[str, ...]:
+    """The games to play, in the order of :data:`GAMES`: ``"insertion"``, ``"deletion"`` or both.
+
+    Example:
+        >>> check_games(["deletion", "insertion"])
+        ('insertion', 'deletion')
+    """
+    names = check_names("games", games, GAMES, what="game")
+    return tuple(game for game in GAMES if game in names)
+
 
 
 def check_substrate_value(protocol: Protocol, substrate_value: object) -> None:
@@ -633,9 +691,30 @@ def _check_images(name: str, x: object) -> None:
         raise ValueError(f"`{name}` must be a non-empty image batch (N, C, H, W), got shape {tuple(x.shape)}.")
 
 
+def _check_inputs(name: str, x: object) -> None:
+    """Images ``(N, C, H, W)`` or features ``(N, D)``."""
+    if isinstance(x, Tensor) and x.ndim == 2:
+        if not x.is_floating_point():
+            raise TypeError(f"`{name}` must be a floating-point tensor, got dtype {x.dtype}.")
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            raise ValueError(f"`{name}` must be a non-empty feature batch (N, D), got shape {tuple(x.shape)}.")
+        return
+    try:
+        _check_images(name, x)
+    except ValueError as err:
+        raise ValueError(f"{err} Features (N, D) are accepted too.") from None
+
+
 def _check_attributions(attributions: object, x: Tensor) -> None:
     if not isinstance(attributions, Tensor):
         raise TypeError(f"`attributions` must be a torch.Tensor, got {type(attributions).__name__}.")
+    if x.ndim == 2:
+        if attributions.shape != x.shape:
+            raise ValueError(
+                f"`attributions` of features must have the shape of x {tuple(x.shape)}, got "
+                f"{tuple(attributions.shape)}."
+            )
+        return
     per_pixel = (x.shape[0], *x.shape[2:])
     if attributions.shape != x.shape and attributions.shape != per_pixel:
         raise ValueError(

@@ -62,12 +62,16 @@ def _result_dtype(a: Tensor) -> torch.dtype:
 
 
 def pointing_game(attributions: Tensor, masks: Tensor, tolerance: int = 0) -> Tensor:
-    """Pointing game (Zhang et al. 2018): does the most relevant pixel fall on the object?, per sample.
+    """Pointing game (Zhang et al. 2018): does the most relevant pixel fall on the object?, per sample, tie-aware.
 
-    The pointed location is the argmax of the channel-summed map; when several pixels share the maximum, the first
-    one in raster order (row by row) counts, as :func:`torch.argmax` returns it. With ``tolerance`` t > 0 a point
-    also hits when it lies within t pixels of the mask in chessboard distance, i.e. inside the mask dilated by a
-    ``(2t + 1) x (2t + 1)`` square (a max-pool with stride 1).
+    The pointed location is the maximum of the channel-summed map. When several pixels share the maximum (exact
+    equality; FEI's maps have plateaus), the score is the expected hit of a pointer that picks one of them uniformly
+    at random: the fraction of the maximal pixels that hit. A map with a single maximum scores 1.0 or 0.0 as usual;
+    a constant map scores the fraction of the image that hits.
+
+    A pixel hits when it lies in the mask or, with ``tolerance`` t > 0, within t pixels of it in chessboard distance,
+    i.e. inside the mask dilated by a ``(2t + 1) x (2t + 1)`` square (a max-pool with stride 1). Ties and tolerance
+    combine pixel by pixel: each maximal pixel counts as a hit if it is within ``tolerance`` of the mask.
 
     Args:
         attributions: ``(N, C, H, W)`` (summed over channels) or ``(N, H, W)``.
@@ -75,7 +79,8 @@ def pointing_game(attributions: Tensor, masks: Tensor, tolerance: int = 0) -> Te
         tolerance: non-negative int, in pixels.
 
     Returns:
-        ``(N,)`` hits: 1.0 or 0.0, in the floating dtype of ``attributions`` (float32 for integer inputs).
+        ``(N,)`` values in [0, 1] (1.0 or 0.0 without ties), in the floating dtype of ``attributions`` (float32 for
+        integer inputs).
 
     Raises:
         TypeError: if an input is not a tensor or ``tolerance`` is not an int.
@@ -86,6 +91,9 @@ def pointing_game(attributions: Tensor, masks: Tensor, tolerance: int = 0) -> Te
         >>> mask = torch.tensor([[[True, False, False], [False, False, False], [False, False, False]]])
         >>> pointing_game(a, mask), pointing_game(a, mask, tolerance=1), pointing_game(a, mask, tolerance=2)
         (tensor([0.]), tensor([0.]), tensor([1.]))
+        >>> plateau = torch.tensor([[[5.0, 5.0, 0.0], [5.0, 5.0, 0.0], [0.0, 0.0, 0.0]]])  # 4 maxima, 1 in the mask
+        >>> pointing_game(plateau, mask)
+        tensor([0.2500])
     """
     if not isinstance(tolerance, int) or isinstance(tolerance, bool):
         raise TypeError(f"`tolerance` must be an int (pixels), got {type(tolerance).__name__}.")
@@ -97,8 +105,11 @@ def pointing_game(attributions: Tensor, masks: Tensor, tolerance: int = 0) -> Te
         size = 2 * tolerance + 1
         dilated = F.max_pool2d(target.unsqueeze(1).float(), size, stride=1, padding=tolerance)
         target = dilated.squeeze(1) > 0
-    pointed = a.flatten(1).argmax(dim=1, keepdim=True)
-    return target.flatten(1).gather(1, pointed).squeeze(1).to(_result_dtype(a))
+    flat = a.flatten(1)
+    maximal = flat == flat.amax(dim=1, keepdim=True)
+    hits = (maximal & target.flatten(1)).sum(dim=1)
+    dtype = _result_dtype(a)
+    return hits.to(dtype) / maximal.sum(dim=1).to(dtype)
 
 
 def relevance_rank(attributions: Tensor, masks: Tensor) -> Tensor:

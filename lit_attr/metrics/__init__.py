@@ -6,8 +6,10 @@ by name in ``AttributionMonitor(metrics=...)``, ``lit_attr evaluate --metrics`` 
 
 from lit_attr.metrics.activation_deviation import ActivationDeviation
 from lit_attr.metrics.attribution_quality import AttributionQuality
+from lit_attr.metrics.infidelity import Infidelity, Sensitivity
 from lit_attr.metrics.insertion_deletion import InsertionDeletion
 from lit_attr.metrics.localization import LOCALIZATION_METRICS, Localization
+from lit_attr.metrics.mprt import EfficientMPRT, SmoothMPRT
 from lit_attr.metrics.parameter_randomization import SIMILARITIES, ParameterRandomization
 from lit_attr.metrics.registry import (
     MetricSpec,
@@ -16,16 +18,22 @@ from lit_attr.metrics.registry import (
     register_metric,
     unregister_metric,
 )
+from lit_attr.metrics.road import ROAD
 
 __all__ = [
     "LOCALIZATION_METRICS",
+    "ROAD",
     "SIMILARITIES",
     "ActivationDeviation",
     "AttributionQuality",
+    "EfficientMPRT",
+    "Infidelity",
     "InsertionDeletion",
     "Localization",
     "MetricSpec",
     "ParameterRandomization",
+    "Sensitivity",
+    "SmoothMPRT",
     "available_metrics",
     "get_metric_spec",
     "register_metric",

@@ -13,10 +13,12 @@ from torchmetrics import Metric
 from lit_attr._checks import check_choice, check_optional_int
 from lit_attr.functional.insertion_deletion import (
     DEFAULT_INTERNAL_BATCH_SIZE,
+    GAMES,
     OUTPUTS,
     REDUCTIONS,
     SubstrateType,
     TargetType,
+    check_games,
     check_substrate_value,
     insertion_deletion,
     perturbation_schedule,
@@ -38,6 +40,13 @@ class InsertionDeletion(Metric):
     ``"deletion"`` (lower is better), ``"difference"`` (insertion - deletion, higher is better) and the mean
     curves ``"insertion_curve"`` and ``"deletion_curve"`` of length T + 1.
 
+    ``games="deletion"`` (or ``"insertion"``) plays one game only: the other game's forward passes are not run, and
+    :meth:`score` and :meth:`compute` omit its keys and ``"difference"`` (which needs both).
+
+    Tabular inputs ``(N, D)`` with ``(N, D)`` attributions play the games over the D features (see
+    :func:`~lit_attr.functional.insertion_deletion.insertion_deletion`); their substrates default to zeros, and
+    ``substrate_value`` with ``"constant"`` takes one value per feature (e.g. the training mean).
+
     Curve states need a fixed size when the metric is built, before any data is seen:
 
     * with ``n_steps`` (default 28), T <= ``n_steps`` at any input size, so the states hold ``n_steps + 1``
@@ -58,7 +67,8 @@ class InsertionDeletion(Metric):
         model: classifier returning logits ``(N, K)``.
         pixels_per_step: units changed per step (requires ``num_units``).
         n_steps: number of steps; with neither option, the preset's (28).
-        num_units: units per sample; required with ``pixels_per_step``, optional otherwise (then checked).
+        num_units: units per sample (pixels, elements with ``reduce="none"``, or features); required with
+            ``pixels_per_step``, optional otherwise (then checked).
         insertion_substrate: see :func:`~lit_attr.functional.insertion_deletion.make_substrate`.
         deletion_substrate: see :func:`~lit_attr.functional.insertion_deletion.make_substrate`.
         output: ``"prob"``, ``"logit"`` or ``"prob_ratio"``.
@@ -67,11 +77,13 @@ class InsertionDeletion(Metric):
         preset: ``"rise"``, ``"mfaba"``, ``"fei"`` or ``None``; explicit options override it.
         substrate_value: the fill of a ``"constant"`` substrate.
         seed: seed of a ``"noise"`` substrate.
+        games: ``("insertion", "deletion")`` (default) or one of them.
         kwargs: options of :class:`torchmetrics.Metric` (``dist_sync_on_step``, ``sync_on_compute``, ...).
 
     Raises:
         TypeError: if ``model`` is not a module.
-        ValueError: for unknown option names, both step options, or ``pixels_per_step`` without ``num_units``.
+        ValueError: for unknown option or game names, both step options, or ``pixels_per_step`` without
+            ``num_units``.
 
     Example:
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
@@ -80,6 +92,10 @@ class InsertionDeletion(Metric):
         >>> scores = metric.compute()
         >>> sorted(scores), scores["insertion_curve"].shape
         (['deletion', 'deletion_curve', 'difference', 'insertion', 'insertion_curve'], torch.Size([9]))
+        >>> deletion = InsertionDeletion(net, n_steps=8, games="deletion")
+        >>> deletion.update(torch.rand(2, 3, 8, 8), torch.randn(2, 8, 8))
+        >>> sorted(deletion.compute())
+        ['deletion', 'deletion_curve']
     """
 
     is_differentiable = False
@@ -110,11 +126,13 @@ class InsertionDeletion(Metric):
         preset: str | None = None,
         substrate_value: float | Sequence[float] | Tensor | None = None,
         seed: int = 0,
+        games: str | Sequence[str] = GAMES,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+        self.games = check_games(games)
         protocol = resolve_protocol(
             preset,
             insertion_substrate=insertion_substrate,
@@ -140,16 +158,20 @@ class InsertionDeletion(Metric):
         self._model_ref = ModelRef(model)
         self.num_units = num_units
         self.output = output
+        # The substrates as given (None: the preset's): the functional layer resolves them per input kind, since
+        # features default to zeros where images default to the preset's substrates.
         self._options: dict[str, Any] = {
             "pixels_per_step": protocol.pixels_per_step,
             "n_steps": protocol.n_steps,
-            "insertion_substrate": protocol.insertion_substrate,
-            "deletion_substrate": protocol.deletion_substrate,
+            "preset": preset,
+            "insertion_substrate": insertion_substrate,
+            "deletion_substrate": deletion_substrate,
             "output": output,
             "reduce": reduce,
             "internal_batch_size": internal_batch_size,
             "substrate_value": substrate_value,
             "seed": seed,
+            "games": self.games,
         }
         self.add_state("insertion_auc_sum", torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("deletion_auc_sum", torch.tensor(0.0), dist_reduce_fx="sum")
@@ -167,17 +189,17 @@ class InsertionDeletion(Metric):
     def score(
         self, x: Tensor, attributions: Tensor, target: TargetType = None, *, logits: Tensor | None = None
     ) -> dict[str, Tensor]:
-        """Play both games on a batch and return its per-sample values; the states are left as they are.
+        """Play the games on a batch and return its per-sample values; the states are left as they are.
 
         Args:
-            x: ``(N, C, H, W)`` inputs on the model's device.
-            attributions: ``(N, C, H, W)`` or ``(N, H, W)`` maps.
+            x: ``(N, C, H, W)`` inputs on the model's device, or ``(N, D)`` features.
+            attributions: ``(N, C, H, W)`` or ``(N, H, W)`` maps (``(N, D)`` for features).
             target: ``None`` (clean top-1 prediction), an int, or ``N`` class indices.
             logits: the model's logits for ``x`` if already computed (saves one forward pass).
 
         Returns:
             ``{"insertion", "deletion", "difference"}`` AUCs ``(N,)`` and ``{"insertion_curve",
-            "deletion_curve"}`` ``(N, T + 1)``.
+            "deletion_curve"}`` ``(N, T + 1)``; with a single game, only that game's AUC and curve.
         """
         result = insertion_deletion(self.model, x, attributions, target, logits=logits, **self._options)
         if self.num_units is not None:
@@ -187,13 +209,13 @@ class InsertionDeletion(Metric):
                     f"The metric was built with `num_units={self.num_units}`, but this batch has {units} units per "
                     f"sample (x of shape {tuple(x.shape)}, attributions of shape {tuple(attributions.shape)})."
                 )
-        return {
-            "insertion": result.insertion_auc,
-            "deletion": result.deletion_auc,
-            "difference": result.insertion_auc - result.deletion_auc,
-            "insertion_curve": result.insertion_curve,
-            "deletion_curve": result.deletion_curve,
-        }
+        scores: dict[str, Tensor] = {}
+        for game in self.games:
+            scores[game] = getattr(result, f"{game}_auc")
+            scores[f"{game}_curve"] = getattr(result, f"{game}_curve")
+        if len(self.games) == len(GAMES):
+            scores["difference"] = result.insertion_auc - result.deletion_auc
+        return scores
 
     def update(
         self,
@@ -207,15 +229,15 @@ class InsertionDeletion(Metric):
         """Add a batch's AUCs and curves to the states.
 
         Args:
-            x: ``(N, C, H, W)`` inputs on the model's device.
-            attributions: ``(N, C, H, W)`` or ``(N, H, W)`` maps.
+            x: ``(N, C, H, W)`` inputs on the model's device, or ``(N, D)`` features.
+            attributions: ``(N, C, H, W)`` or ``(N, H, W)`` maps (``(N, D)`` for features).
             target: ``None`` (clean top-1 prediction), an int, or ``N`` class indices.
             logits: the model's logits for ``x`` if already computed (saves one forward pass).
             scores: this batch's :meth:`score`, if the caller already has it (the games are not played again).
         """
         if scores is None:
             scores = self.score(x, attributions, target, logits=logits)
-        points = scores["insertion_curve"].shape[1]
+        points = scores[f"{self.games[0]}_curve"].shape[1]
         seen = self.curve_count.nonzero()
         if seen.numel() and int(seen.max()) + 1 != points:
             raise ValueError(
@@ -228,12 +250,12 @@ class InsertionDeletion(Metric):
                 "pass the right `num_units`."
             )
         dtype, device = self.insertion_auc_sum.dtype, self.insertion_auc_sum.device
-        n = scores["insertion"].shape[0]
-        self.insertion_auc_sum += scores["insertion"].sum().to(dtype=dtype, device=device)
-        self.deletion_auc_sum += scores["deletion"].sum().to(dtype=dtype, device=device)
+        n = scores[self.games[0]].shape[0]
+        for game in self.games:
+            getattr(self, f"{game}_auc_sum").add_(scores[game].sum().to(dtype=dtype, device=device))
+            curve_sum = getattr(self, f"{game}_curve_sum")
+            curve_sum[:points] += scores[f"{game}_curve"].sum(dim=0).to(dtype=dtype, device=device)
         self.count += n
-        self.insertion_curve_sum[:points] += scores["insertion_curve"].sum(dim=0).to(dtype=dtype, device=device)
-        self.deletion_curve_sum[:points] += scores["deletion_curve"].sum(dim=0).to(dtype=dtype, device=device)
         self.curve_count[:points] += n
 
     def compute(self) -> dict[str, Tensor]:
@@ -241,7 +263,7 @@ class InsertionDeletion(Metric):
 
         Returns:
             ``{"insertion", "deletion", "difference"}`` scalars and ``{"insertion_curve", "deletion_curve"}`` of
-            shape ``(T + 1,)``; NaN before any update.
+            shape ``(T + 1,)``; NaN before any update. A game not played, and ``"difference"`` then, are omitted.
 
         Raises:
             ValueError: if processes saw inputs with different numbers of steps.
@@ -254,15 +276,13 @@ class InsertionDeletion(Metric):
                 "The updates used different numbers of steps (inputs of different sizes, possibly on different "
                 "processes); the mean curves are undefined."
             )
-        insertion = self.insertion_auc_sum / count
-        deletion = self.deletion_auc_sum / count
-        return {
-            "insertion": insertion,
-            "deletion": deletion,
-            "difference": insertion - deletion,
-            "insertion_curve": self.insertion_curve_sum[:points] / count,
-            "deletion_curve": self.deletion_curve_sum[:points] / count,
-        }
+        result: dict[str, Tensor] = {}
+        for game in self.games:
+            result[game] = getattr(self, f"{game}_auc_sum") / count
+            result[f"{game}_curve"] = getattr(self, f"{game}_curve_sum")[:points] / count
+        if len(self.games) == len(GAMES):
+            result["difference"] = result["insertion"] - result["deletion"]
+        return result
 
     def plot(self, val: dict[str, Tensor] | None = None, ax: Any | None = None) -> tuple[Any, Any]:
         """Draw the mean insertion and deletion curves with their AUCs.
@@ -289,19 +309,24 @@ class InsertionDeletion(Metric):
         val = self.compute() if val is None else val
         fig, ax = figure_and_axes(ax, (5.0, 3.5))
         for game, color in (("insertion", "tab:green"), ("deletion", "tab:red")):
+            if f"{game}_curve" not in val:
+                continue
             curve = val[f"{game}_curve"].detach().float().cpu()
             fraction = torch.linspace(0.0, 1.0, curve.numel())
             ax.plot(fraction, curve, color=color, label=f"{game} (AUC {float(val[game]):.3f})")
             ax.fill_between(fraction, curve, alpha=0.15, color=color)
         ax.set_xlabel("fraction of units changed")
         ax.set_ylabel({"prob": "probability", "logit": "logit", "prob_ratio": "p(x_t) / p(x)"}[self.output])
-        ax.set_title(f"{type(self).__name__} (difference {float(val['difference']):.3f})")
+        difference = f" (difference {float(val['difference']):.3f})" if "difference" in val else ""
+        ax.set_title(f"{type(self).__name__}{difference}")
         ax.legend(loc="best")
         ax.grid(alpha=0.3)
         return fig, ax
 
 
 def _num_units(x: Tensor, attributions: Tensor, reduce: str) -> int:
+    if x.ndim == 2:
+        return x.shape[1]
     if attributions.ndim == 4 and reduce == "none":
         return math.prod(x.shape[1:])
     return math.prod(x.shape[2:])

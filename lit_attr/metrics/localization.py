@@ -32,7 +32,8 @@ class Localization(Metric):
     on the channel sum of the attributions and adds the scores to ``sum``-reduced states, so the result under DDP
     equals the single-process result:
 
-    * ``"pointing_game"``: the argmax pixel lies in the mask (within ``tolerance`` pixels);
+    * ``"pointing_game"``: the maximal pixel lies in the mask (within ``tolerance`` pixels); tied maxima score the
+      fraction of them that hit;
     * ``"relevance_mass"``: share of the positive relevance inside the mask;
     * ``"relevance_rank"``: share of the top-K pixels inside the mask, K = mask size;
     * ``"auroc"``: AUROC of the map as a mask-pixel score (undefined for masks covering the whole image).

@@ -34,8 +34,8 @@ def test_pointing_game_hand_made_maps_and_channel_sum():
     a = torch.zeros(3, 4, 4)
     a[0, 2, 2] = 1.0  # inside
     a[1, 0, 3] = 1.0  # outside, chessboard distance 1 from the mask
-    a[2, 1, 1] = a[2, 0, 0] = 5.0  # tie: the first maximum in raster order, (0, 0), is outside
-    torch.testing.assert_close(pointing_game(a, masks), torch.tensor([1.0, 0.0, 0.0]))
+    a[2, 1, 1] = a[2, 0, 0] = 5.0  # tie: (1, 1) is inside, (0, 0) outside, so half a hit
+    torch.testing.assert_close(pointing_game(a, masks), torch.tensor([1.0, 0.0, 0.5]))
     torch.testing.assert_close(pointing_game(a, masks, tolerance=1), torch.tensor([1.0, 1.0, 1.0]))
     # channels are summed before the argmax: channel 0 alone points outside, the sum points inside
     image = torch.zeros(1, 2, 4, 4)
@@ -111,3 +111,19 @@ def test_new_localization_errors():
             function(torch.ones(1, 2, 2), torch.zeros(1, 2, 2, dtype=torch.bool))
         with pytest.raises(ValueError, match="boolean or contain only 0 and 1"):
             function(torch.ones(1, 2, 2), torch.full((1, 2, 2), 2))
+
+
+def test_pointing_game_counts_a_plateau_as_the_expected_hit_of_a_random_maximal_pixel():
+    masks = torch.zeros(4, 5, 5, dtype=torch.bool)
+    masks[:, 1:3, 1:3] = True  # a 2x2 object
+    a = torch.zeros(4, 5, 5)
+    a[0, 0:2, 0:3] = 2.0  # 6 maximal pixels, 2 of them ((1, 1), (1, 2)) in the mask
+    a[1] = 1.0  # a constant map: all 25 pixels are maximal, 4 in the mask
+    a[2, 4, :] = 3.0  # a plateau on the bottom row, 2 rows away from the mask
+    a[2, 2, 2] = 2.9  # a near tie does not count
+    a[3, 1:3, 1:3] = 7.0  # the plateau is the mask
+    torch.testing.assert_close(pointing_game(a, masks), torch.tensor([2 / 6, 4 / 25, 0.0, 1.0]))
+    # Tolerance applies pixel by pixel: within 1 pixel of the mask are rows and columns 0..3.
+    torch.testing.assert_close(pointing_game(a, masks, tolerance=1), torch.tensor([1.0, 16 / 25, 0.0, 1.0]))
+    # ...and within 2 pixels, the whole 5x5 image.
+    torch.testing.assert_close(pointing_game(a, masks, tolerance=2), torch.ones(4))
