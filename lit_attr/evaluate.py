@@ -35,7 +35,7 @@ from typing_extensions import override
 
 from lit_attr.batch import Batch, BatchAdapter, adapt_batch
 from lit_attr.methods import available_methods
-from lit_attr.metrics import available_metrics
+from lit_attr.metrics import available_metrics, get_metric_spec
 from lit_attr.runner import AttributionRunner, SampleRecord, gather_records
 
 __all__ = ["EvaluationError", "check_logits", "evaluate", "load_checkpoint", "split_dataset"]
@@ -254,7 +254,10 @@ class _EvaluationModule(LightningModule):
     @override
     def on_test_start(self) -> None:
         s = self.settings
-        metric_samples = {name: s["randomization_samples"] for name in s["metrics"] if name == "randomization"}
+        # Checks that re-run the method (randomisation, eMPRT, sMPRT, sensitivity) see only the first samples.
+        metric_samples = {
+            name: s["randomization_samples"] for name in s["metrics"] if "method" in get_metric_spec(name).consumes
+        }
         self._runner = AttributionRunner(
             self.net,
             s["methods"],
@@ -341,7 +344,8 @@ def evaluate(
         input_bounds: valid input range, passed to every method.
         target: explain the ``"label"`` or the model's ``"prediction"``.
         heatmap_samples: the first N samples are shown in the heatmap grids.
-        randomization_samples: the first N samples go through the parameter-randomisation check.
+        randomization_samples: the first N samples go through the metrics that re-run the method on other
+            weights or inputs (``randomization``, ``emprt``, ``smprt``, ``sensitivity``): they cost many passes.
         reference_pool_size: IG2's reference pool: the first N samples of the split.
         trainer: runs the loop (devices, strategy, loggers); forced to ``inference_mode=False`` semantics by
             construction. ``None`` builds a single-process CPU trainer.
@@ -400,7 +404,7 @@ def evaluate(
         "input_bounds": None if input_bounds is None else tuple(input_bounds),
         "target": target,
         "heatmap_samples": int(heatmap_samples),
-        "randomization_samples": int(randomization_samples) if "randomization" in metrics else 0,
+        "randomization_samples": int(randomization_samples),
         "reference_pool_size": int(reference_pool_size),
     }
     wrapper = _EvaluationModule(model, dataset, num_samples, settings)

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from lit_attr import viz
 
-__all__ = ["build_figures", "render_html", "summary_table", "write_outputs"]
+__all__ = ["build_figures", "curve_figures", "render_html", "summary_table", "write_outputs"]
 
 # (metric, key, label, higher is better) of the score table, in column order.
 _COLUMNS: tuple[tuple[str, str, str, bool], ...] = (
@@ -32,7 +32,13 @@ _COLUMNS: tuple[tuple[str, str, str, bool], ...] = (
     ("localization", "relevance_rank", "relevance rank", True),
     ("localization", "auroc", "loc. AUROC", True),
     ("activation_deviation", "mean_mse", "activation dev. MSE", False),
+    ("road", "road", "ROAD", True),
+    ("infidelity", "infidelity", "infidelity", False),
+    ("sensitivity", "sensitivity", "max-sensitivity", False),
+    ("emprt", "emprt", "eMPRT", True),
 )
+#: Metrics whose results the table shows in their own columns (the sanity checks) or not at all.
+_OWN_COLUMNS = ("randomization", "smprt")
 
 
 def build_figures(
@@ -55,11 +61,9 @@ def build_figures(
     """
     figures: dict[str, Figure] = {}
     methods = result["methods"]
-    curves = {m: r["insertion_deletion"] for m, r in methods.items() if "insertion_deletion" in r}
-    if curves:
-        figures["insertion_deletion_curves"] = viz.insertion_deletion_figure(
-            curves, title=f"Mean insertion / deletion curves ({result.get('num_samples', '?')} samples)"
-        )
+    curves = curve_figures(methods, f"{result.get('num_samples', '?')} samples")
+    if "insertion_deletion_curves" in curves:
+        figures["insertion_deletion_curves"] = curves.pop("insertion_deletion_curves")
     if samples:
         order = sorted(samples)
         images = torch.stack([samples[i]["x"] for i in order])
@@ -76,11 +80,51 @@ def build_figures(
             figures[f"heatmaps_{method}"] = viz.attribution_grid(
                 images, maps, captions=captions, titles=titles, title=f"{method}: attributions of the target class"
             )
-    checks = {m: r["randomization"] for m, r in methods.items() if "randomization" in r}
-    if checks:
-        figures["randomization_curves"] = viz.similarity_figure(
-            checks, title="Parameter randomisation: similarity to the trained model's maps (lower is better)"
+    figures.update(curves)
+    return figures
+
+
+def curve_figures(methods: Mapping[str, Mapping[str, Mapping[str, Any]]], when: str) -> dict[str, Figure]:
+    """The curve figures of a set of results: insertion/deletion, ROAD, and the sanity checks' stage curves.
+
+    Shared by ``report.html`` and the monitor's delivery, so both draw the same figures from the same results.
+
+    Args:
+        methods: ``{method: {metric: details}}``, as in ``metrics.json`` or ``AttributionRunner.compute()``.
+        when: what the figures are of, for their titles (``"32 samples"``, ``"epoch 3"``).
+
+    Returns:
+        ``{name: figure}`` for the metrics present: ``insertion_deletion_curves``, ``road_curves``,
+        ``randomization_curves``, ``smprt_curves``.
+
+    Example:
+        >>> curve_figures({"saliency": {}}, "epoch 0")
+        {}
+    """
+    figures: dict[str, Figure] = {}
+    curves = {
+        m: r["insertion_deletion"] for m, r in methods.items() if "insertion_curve" in r.get("insertion_deletion", {})
+    }
+    if curves:
+        figures["insertion_deletion_curves"] = viz.insertion_deletion_figure(
+            curves, title=f"Mean insertion / deletion curves ({when})"
         )
+    road = {m: r["road"] for m, r in methods.items() if "road" in r}
+    if road:
+        figures["road_curves"] = viz.insertion_deletion_figure(
+            road,
+            title=f"ROAD: target probability after noisy linear imputation, most / least relevant first ({when})",
+            games=("morf", "lerf"),
+            x_values=[p / 100 for p in next(iter(road.values()))["percentiles"]],
+            x_label="fraction of pixels removed",
+        )
+    for metric, title in (
+        ("randomization", "Parameter randomisation: similarity to the trained model's maps, lower is better"),
+        ("smprt", "Smooth MPRT (bottom-up, noise-averaged maps): similarity to the trained model's"),
+    ):
+        checks = {m: r[metric] for m, r in methods.items() if metric in r}
+        if checks:
+            figures[f"{metric}_curves"] = viz.similarity_figure(checks, title=f"{title} ({when})")
     return figures
 
 
@@ -107,7 +151,20 @@ def score_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
     """
     methods = result["methods"]
     present = [c for c in _COLUMNS if any(c[1] in r.get(c[0], {}) for r in methods.values())]
+    known = {(metric, key) for metric, key, _, _ in _COLUMNS}
+    # Metrics the table does not know (registered by the user, say): their scalar results, as they are named.
+    others = sorted(
+        {
+            (metric, key)
+            for r in methods.values()
+            for metric, values in r.items()
+            if metric not in _OWN_COLUMNS and metric not in {c[0] for c in _COLUMNS}
+            for key, value in values.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and (metric, key) not in known
+        }
+    )
     header = ["method"] + [f"{label} {'↑' if up else '↓'}" for _, _, label, up in present]
+    header += [f"{metric}: {key}" for metric, key in others]
     has_check = any("randomization" in r for r in methods.values())
     if has_check:
         header += ["randomisation (final spearman |A|) ↓", "sanity check"]
@@ -117,6 +174,7 @@ def score_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
     rows = []
     for method, scores in methods.items():
         row: list[Any] = [method] + [scores.get(metric, {}).get(key, float("nan")) for metric, key, _, _ in present]
+        row += [scores.get(metric, {}).get(key, float("nan")) for metric, key in others]
         if has_check:
             check = scores.get("randomization", {})
             first = check.get("spearman_abs") or next((v for v in check.values() if isinstance(v, dict)), {})

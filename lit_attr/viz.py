@@ -240,13 +240,24 @@ def randomization_grid(
     return fig
 
 
-def insertion_deletion_figure(results: Mapping[str, Mapping[str, Any]], title: str | None = None) -> Figure:
-    """Mean insertion and deletion curves, one panel per method, with their AUCs in the legends.
+def insertion_deletion_figure(
+    results: Mapping[str, Mapping[str, Any]],
+    title: str | None = None,
+    *,
+    games: Sequence[str] = ("insertion", "deletion"),
+    x_values: Sequence[float] | None = None,
+    x_label: str = "fraction of pixels changed",
+) -> Figure:
+    """Mean curves of perturbation games, one panel per method, with each game's summary value in the legend.
 
     Args:
         results: method name -> a result of :class:`~lit_attr.metrics.insertion_deletion.InsertionDeletion`'s
-            ``compute()`` (keys ``insertion_curve``, ``deletion_curve``, ``insertion``, ``deletion``).
+            ``compute()`` (keys ``insertion_curve``, ``deletion_curve``, ``insertion``, ``deletion``), or of any
+            metric with ``<game>_curve`` and ``<game>`` entries for every game (ROAD: ``morf``, ``lerf``).
         title: the figure's title.
+        games: the games to draw (the first in green, the second in red, then matplotlib's cycle).
+        x_values: the curves' x positions (default: evenly from 0 to 1).
+        x_label: the x axis' label.
 
     Returns:
         The figure.
@@ -262,15 +273,17 @@ def insertion_deletion_figure(results: Mapping[str, Mapping[str, Any]], title: s
     n = len(results)
     fig = Figure(figsize=(3.4 * n + 0.4, 3.2), dpi=100, layout="constrained")
     axes = fig.subplots(1, n, squeeze=False)[0]
+    colors = ("tab:green", "tab:red", "tab:blue", "tab:orange")
     for ax, (method, result) in zip(axes, results.items(), strict=True):
-        for game, color in (("insertion", "tab:green"), ("deletion", "tab:red")):
+        for game, color in zip(games, colors, strict=False):
             curve = torch.as_tensor(result[f"{game}_curve"]).detach().float().cpu()
-            fraction = torch.linspace(0.0, 1.0, curve.numel())
+            positions = torch.linspace(0.0, 1.0, curve.numel()) if x_values is None else torch.as_tensor(x_values)
             value = float(torch.as_tensor(result[game]))
-            ax.plot(fraction.numpy(), curve.numpy(), color=color, label=f"{game} AUC {value:.3f}")
-            ax.fill_between(fraction.numpy(), curve.numpy(), alpha=0.15, color=color)
+            summary = "AUC " if game in ("insertion", "deletion") else "mean "
+            ax.plot(positions.numpy(), curve.numpy(), color=color, label=f"{game} {summary}{value:.3f}")
+            ax.fill_between(positions.numpy(), curve.numpy(), alpha=0.15, color=color)
         ax.set_title(method, fontsize=9)
-        ax.set_xlabel("fraction of pixels changed", fontsize=8)
+        ax.set_xlabel(x_label, fontsize=8)
         ax.set_ylim(bottom=0.0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")

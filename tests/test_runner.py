@@ -260,3 +260,44 @@ def test_randomization_check_draws_the_maps_its_metric_scores(tmp_path):
     assert list(drawn["saliency"]) == stages
     for k, stage in enumerate(stages):
         torch.testing.assert_close(drawn["saliency"][stage], scored[k][:3].abs().cpu(), rtol=1e-6, atol=1e-7)
+
+
+NEW_METRICS = {  # issue #15's metrics, with tiny budgets
+    "road": {"percentiles": (30, 70)},
+    "infidelity": {"n_perturb_samples": 2},
+    "sensitivity": {"n_perturb_samples": 2},
+    "emprt": {},
+    "smprt": {"n_noise": 2, "similarity": ("spearman_abs",)},
+}
+
+
+def test_every_registered_metric_works_in_the_monitor_evaluate_quality_and_the_report(data, tmp_path):
+    assert set(NEW_METRICS) < set(available_metrics())
+    net = model().eval()
+    metrics, n = tuple(NEW_METRICS), 4
+    dm = datamodule(num_val=n)
+    monitor = AttributionMonitor(["saliency"], metrics=metrics, num_samples=n, log_heatmaps=0,
+                                 metric_kwargs=NEW_METRICS, background_delivery=False)  # fmt: skip
+    trainer = L.Trainer(logger=False, callbacks=[monitor], inference_mode=False, **TRAINER_DEFAULTS)
+    trainer.validate(net, datamodule=dm, verbose=False)
+    monitored = {k[len("attr/saliency/") :]: v for k, v in trainer.callback_metrics.items() if k.startswith("attr/")}
+    result = evaluate(net, dm, tmp_path / "out", methods=["saliency"], metrics=list(metrics), metric_kwargs=NEW_METRICS,
+                      limit_samples=n, randomization_samples=n, input_bounds=None, progress=False)  # fmt: skip
+    quality = AttributionQuality(net, "saliency", metrics=metrics, metric_kwargs=NEW_METRICS)
+    dm.setup("validate")
+    quality.update(dm.val_set.images, target=dm.val_set.labels)
+    scores = {k[len("saliency/") :]: v for k, v in quality.compute().items()}
+
+    expected = {"road", "morf", "lerf", "infidelity", "sensitivity", "emprt", "entropy_original", "entropy_randomized",
+                "spearman_abs"}  # fmt: skip
+    assert set(monitored) == set(scores) == expected
+    evaluated = result["methods"]["saliency"]
+    assert set(evaluated) == set(metrics)
+    for key in expected:
+        metric = next(m for m in metrics if key in evaluated[m])
+        value = evaluated[metric][key]["final"] if metric == "smprt" else evaluated[metric][key]
+        torch.testing.assert_close(monitored[key].float(), torch.tensor(value).float(), rtol=1e-5, atol=1e-6, msg=key)
+        torch.testing.assert_close(scores[key].float(), torch.tensor(value).float(), rtol=1e-5, atol=1e-6, msg=key)
+    page = (tmp_path / "out" / "report.html").read_text()
+    for label in ("ROAD", "infidelity", "max-sensitivity", "eMPRT", "road curves", "smprt curves"):
+        assert label in page, label

@@ -17,7 +17,7 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 from typing_extensions import override
 
-from lit_attr import delivery, viz
+from lit_attr import delivery, report, viz
 from lit_attr._checks import check_callable, check_int, check_names, check_option_dicts
 from lit_attr.batch import BatchAdapter
 from lit_attr.callbacks._base import AttributionCallback
@@ -485,15 +485,8 @@ class AttributionMonitor(AttributionCallback):
                     title=f"{method}, {when}",
                 )
                 delivery.log_image(trainer, f"attr/{method}/heatmaps", figure, caption=f"{method}, {when}")
-        curves = {
-            method: values
-            for method, metrics in results.items()
-            for values in metrics.values()
-            if "insertion_curve" in values
-        }
-        if curves:
-            figure = viz.insertion_deletion_figure(curves, title=f"insertion / deletion, {when}")
-            delivery.log_figure(trainer, "attr/insertion_deletion_curves", figure)
+        for key, figure in report.curve_figures(results, when).items():
+            delivery.log_figure(trainer, f"attr/{key}", figure)
         if records:
             score_names = list(dict.fromkeys(k for r in records for s in r.scores.values() for k in s))
             columns = ["epoch", "dataset_index", "label", "prediction", "confidence", "method", "target", "p_target"]

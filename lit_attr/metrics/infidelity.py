@@ -24,6 +24,7 @@ from lit_attr.functional.infidelity import (
 from lit_attr.methods.base import AttributionMethod, TargetType
 from lit_attr.methods.registry import get_method
 from lit_attr.metrics._model_ref import ModelRef
+from lit_attr.metrics.registry import register_metric
 
 if TYPE_CHECKING:
     from lit_attr.batch import Batch
@@ -248,3 +249,9 @@ class Sensitivity(_MeanOfScores):
     ) -> None:
         """Add a batch's max-sensitivities (see :meth:`score`; ``scores``: this batch's :meth:`score`, if at hand)."""
         self._add(self.score(x, target, attributions) if scores is None else scores)
+
+
+register_metric(
+    "infidelity", Infidelity, consumes=("model", "x", "attributions", "target", "logits"), per_sample=True
+)
+register_metric("sensitivity", Sensitivity, consumes=("method", "x", "target", "attributions"))

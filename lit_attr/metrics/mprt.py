@@ -23,7 +23,8 @@ from lit_attr.functional.randomization import iter_randomized
 from lit_attr.methods.base import AttributionMethod, TargetType, attributions_of
 from lit_attr.methods.registry import get_method
 from lit_attr.metrics._plotting import figure_and_axes
-from lit_attr.metrics.parameter_randomization import ParameterRandomization, _check_batch
+from lit_attr.metrics.parameter_randomization import ParameterRandomization, _check_batch, similarity_summary
+from lit_attr.metrics.registry import register_metric
 
 if TYPE_CHECKING:
     from lit_attr.batch import Batch
@@ -417,3 +418,15 @@ class SmoothMPRT(ParameterRandomization):
         )
         self.n_noise = smoothed.n_noise
         self.noise_level = smoothed.noise_level
+
+
+register_metric(
+    "emprt", EfficientMPRT, consumes=("method", "x", "target", "attributions"), details=EfficientMPRT.report
+)
+register_metric(
+    "smprt",
+    SmoothMPRT,
+    consumes=("method", "x", "target", "attributions"),
+    summary=similarity_summary,
+    details=SmoothMPRT.report,
+)

@@ -502,8 +502,8 @@ def _randomization(method: AttributionMethod, stages: str = "last", **options: A
     return ParameterRandomization(method, stages=stages, **options)  # type: ignore[arg-type]
 
 
-def _summary(values: Mapping[str, Any], per_sample: bool) -> dict[str, Tensor]:
-    # Per sample: each similarity at the final stage; in all: the report's final means.
+def similarity_summary(values: Mapping[str, Any], per_sample: bool) -> dict[str, Tensor]:
+    """The registry summary of a stage-wise check: each similarity at the final stage (per sample, or the mean)."""
     if per_sample:
         return scalar_entries(values, per_sample)
     return {name: entry["final"] for name, entry in values.items() if isinstance(entry, Mapping)}
@@ -513,6 +513,6 @@ register_metric(
     "randomization",
     _randomization,
     consumes=("method", "x", "target", "attributions"),
-    summary=_summary,
+    summary=similarity_summary,
     details=ParameterRandomization.report,
 )

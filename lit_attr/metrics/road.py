@@ -23,6 +23,7 @@ from lit_attr.functional.road import (
 from lit_attr.methods.base import TargetType
 from lit_attr.metrics._model_ref import ModelRef
 from lit_attr.metrics._plotting import figure_and_axes
+from lit_attr.metrics.registry import register_metric
 
 __all__ = ["ROAD"]
 
@@ -213,3 +214,13 @@ class ROAD(Metric):
         ax.legend(loc="best")
         ax.grid(alpha=0.3)
         return fig, ax
+
+
+def _details(metric: ROAD) -> dict[str, Any]:
+    # The report draws the curves against the percentiles they were measured at.
+    return {**metric.compute(), "percentiles": [float(p) for p in metric.percentiles]}
+
+
+register_metric(
+    "road", ROAD, consumes=("model", "x", "attributions", "target", "logits"), details=_details, per_sample=True
+)
