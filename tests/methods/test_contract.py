@@ -9,6 +9,9 @@ from torch import nn
 
 from lit_attr.methods import available_methods, get_method
 
+# The methods that apply to any model (attention maps need a transformer).
+GENERIC_METHODS = available_methods(nn.Identity())
+
 
 def small_cnn(seed=0):
     torch.manual_seed(seed)
@@ -48,7 +51,7 @@ def inputs(n=8, seed=3):
     return torch.rand(n, 3, 8, 8, generator=g)
 
 
-@pytest.mark.parametrize("name", available_methods())
+@pytest.mark.parametrize("name", GENERIC_METHODS)
 def test_model_and_global_state_untouched(name):
     model = small_cnn().train()
     model[0].eval()  # a mixed-mode model: every module's own flag must come back
@@ -76,7 +79,7 @@ def test_model_and_global_state_untouched(name):
     assert not a.requires_grad
 
 
-@pytest.mark.parametrize("name", available_methods())
+@pytest.mark.parametrize("name", GENERIC_METHODS)
 def test_eval_mode_used_output_contract_and_no_grad_contexts(name):
     model = small_cnn()
     method = get_method(name, model, input_bounds=(0.0, 1.0), **fast_kwargs(name))
@@ -93,7 +96,7 @@ def test_eval_mode_used_output_contract_and_no_grad_contexts(name):
         torch.testing.assert_close(method.attribute(x_inf), reference)
 
 
-@pytest.mark.parametrize("name", available_methods())
+@pytest.mark.parametrize("name", GENERIC_METHODS)
 def test_batch_independence(name):
     method = get_method(name, small_cnn(), input_bounds=(0.0, 1.0), **fast_kwargs(name))
     x = inputs()
@@ -104,7 +107,7 @@ def test_batch_independence(name):
         torch.testing.assert_close(alone[0], batch[i], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", available_methods())
+@pytest.mark.parametrize("name", GENERIC_METHODS)
 def test_internal_batch_size_does_not_change_results(name):
     model = small_cnn()
     x = inputs()
@@ -126,7 +129,7 @@ def test_per_call_baselines_with_internal_batch_size(name):
     torch.testing.assert_close(chunked.attribute(x, target=1, baselines=baselines), full, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", available_methods())
+@pytest.mark.parametrize("name", GENERIC_METHODS)
 def test_internal_batch_size_bounds_forward_rows(name):
     model = small_cnn()
     seen = []
@@ -150,7 +153,7 @@ def test_tabular_and_sequence_inputs():
     torch.manual_seed(0)
     tabular = nn.Sequential(nn.Linear(5, 3))
     seq = nn.Sequential(nn.Flatten(), nn.Linear(4 * 6, 3))
-    for name in available_methods():
+    for name in GENERIC_METHODS:
         no_relu = {"gate": "none"} if name == "fei" else {}  # purely linear models: nothing to gate
         a = get_method(name, tabular, **fast_kwargs(name, (5,)), **no_relu).attribute(torch.randn(2, 5))
         assert a.shape == (2, 5)
