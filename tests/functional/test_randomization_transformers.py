@@ -125,3 +125,16 @@ def test_attention_and_free_parameters_are_reset_seeded():
     again = nn.Parameter(torch.zeros(1, 1, 4096))
     randomize_(FreeParameter(again), seed=2)
     assert torch.equal(token, again)
+
+
+def test_parameter_randomization_metric_on_a_vit():
+    from lit_attr.metrics import ParameterRandomization
+
+    model = trained("torchvision")
+    metric = ParameterRandomization("saliency", model, similarity="spearman_abs", stages="last")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metric.update(torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4)), target=1)
+    result = metric.compute()["spearman_abs"]
+    assert result["stages"] == ["original", "conv_proj"]  # the fully randomised network, named bottom-most
+    assert result["curve"][0] == 1 and result["curve"][1] < 0.5
