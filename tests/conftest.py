@@ -1,7 +1,8 @@
 """Suite-wide fixtures.
 
 ``trained_demo`` trains the demo classifier once per test session; tests that need a realistic trained model
-(attribution methods, metrics, callbacks) share it instead of training their own.
+(attribution methods, metrics, callbacks) share it instead of training their own. ``trained_demo_vit`` does the
+same for the demo vision transformer, on a small budget.
 """
 
 import os
@@ -12,9 +13,12 @@ os.environ["WANDB_MODE"] = "disabled"
 import pytest  # noqa: E402
 
 from lit_attr.data import ShapesDataModule  # noqa: E402
-from lit_attr.models import DemoClassifier, train_demo_classifier  # noqa: E402
+from lit_attr.models import DemoClassifier, DemoViT, train_demo_classifier, train_demo_vit  # noqa: E402
 
 DEMO_SEED = 0
+#: A few seconds of training: enough for attention and gradients to carry signal, far from DemoViT's full accuracy.
+DEMO_VIT_BUDGET = {"epochs": 6, "num_layers": 2}
+DEMO_VIT_DATA = {"num_train": 1024, "num_val": 256, "num_test": 64}
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +28,12 @@ def trained_demo() -> tuple[DemoClassifier, ShapesDataModule]:
     The datamodule is set up for every stage. Treat both as read-only: they are shared by the whole session.
     """
     return train_demo_classifier(seed=DEMO_SEED)
+
+
+@pytest.fixture(scope="session")
+def trained_demo_vit() -> tuple[DemoViT, ShapesDataModule]:
+    """``(model, datamodule)``: a two-block DemoViT trained on DEMO_VIT_DATA for DEMO_VIT_BUDGET, eval mode, CPU.
+
+    Treat both as read-only: they are shared by the whole session.
+    """
+    return train_demo_vit(ShapesDataModule(seed=DEMO_SEED, **DEMO_VIT_DATA), seed=DEMO_SEED, **DEMO_VIT_BUDGET)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_attr._checks import resolve_target
+from lit_attr.functional._transformer import transformer_blocks
 from lit_attr.functional.insertion_deletion import (
     DEFAULT_INTERNAL_BATCH_SIZE,
     GAMES,
@@ -68,12 +69,16 @@ def resolve_probe_layers(model: nn.Module, layers: str | Sequence[str] | None = 
     With ``layers=None`` the probes are the outputs of the model's top-level stages:
 
     1. a model with children ``layer1`` .. ``layer4`` (torchvision ResNets) probes those four;
-    2. otherwise every top-level child that contains an ``nn.ReLU`` contributes its last ReLU module, i.e. the
+    2. a transformer probes the output of each encoder block (a child of an ``nn.Sequential``/``nn.ModuleList``
+       whose every child holds one attention module, found anywhere in the model): torchvision ViT's
+       ``encoder.layers.encoder_layer_i``, timm's ``blocks.i``, ``nn.TransformerEncoder``'s ``layers.i``, Hugging
+       Face BERT's ``encoder.layer.i``. A block that returns a tuple (BERT) is probed at its first tensor;
+    3. otherwise every top-level child that contains an ``nn.ReLU`` contributes its last ReLU module, i.e. the
        stage's output activation (demo classifier: ``stem.2``, ``layer1.relu2``, ``layer2.relu2``). A child that
        is an ``nn.Sequential`` with pooling layers among its direct children is split into blocks at the pools
        and contributes the last ReLU of each block (VGG's ``features``). A child that is itself a ReLU is its own
        probe, so a flat ``nn.Sequential`` probes every ReLU;
-    3. when exactly one top-level child contains ReLUs and it is not a ReLU itself (a wrapper, such as a
+    4. when exactly one top-level child contains ReLUs and it is not a ReLU itself (a wrapper, such as a
        LightningModule holding the network as ``self.net``), the rules are applied inside it instead.
 
     "Last" is taken in registration order (the order of assignment in ``__init__``), which is the forward order
@@ -91,7 +96,7 @@ def resolve_probe_layers(model: nn.Module, layers: str | Sequence[str] | None = 
     Raises:
         TypeError: if ``model`` is not a module or ``layers`` is not a string or a sequence of strings.
         ValueError: for unknown names (the message lists close matches), duplicates, an empty list, or a model
-            without default probes (no ReLU modules and no ``layer1`` .. ``layer4``).
+            without default probes (no ReLU modules, no transformer blocks and no ``layer1`` .. ``layer4``).
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten())
@@ -101,6 +106,10 @@ def resolve_probe_layers(model: nn.Module, layers: str | Sequence[str] | None = 
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
     if layers is None:
+        children = dict(model.named_children())
+        blocks = transformer_blocks(model)
+        if blocks and not all(stage in children for stage in _RESNET_STAGES):
+            return tuple(blocks)
         return _default_probe_layers(model, prefix="")
     if isinstance(layers, str):
         layers = (layers,)
@@ -146,8 +155,9 @@ def _default_probe_layers(module: nn.Module, prefix: str) -> tuple[str, ...]:
                 probes.append(f"{prefix}{name}.{relus[-1]}")
     if not probes:
         raise ValueError(
-            f"Cannot choose default probe layers for {type(module).__name__}: it has no children layer1..layer4 "
-            "and no nn.ReLU modules (ReLU applied functionally?). Pass `layers` with module names."
+            f"Cannot choose default probe layers for {type(module).__name__}: it has no children layer1..layer4, "
+            "no transformer blocks and no nn.ReLU modules (ReLU applied functionally?). Pass `layers` with module "
+            "names."
         )
     return tuple(probes)
 
@@ -183,6 +193,8 @@ def _recorded_outputs(model: nn.Module, names: Sequence[str]) -> Iterator[dict[s
 
     def hook_for(name: str) -> Any:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if isinstance(output, (tuple, list)):  # transformer layers that also return attention or caches
+                output = next((item for item in output if isinstance(item, Tensor)), output)
             if not isinstance(output, Tensor):
                 raise TypeError(f"Probe layer {name!r} must output a tensor, got {type(output).__name__}.")
             # A clone, because the model may overwrite the tensor later in the same forward (an inplace ReLU

@@ -5,17 +5,25 @@ re-initialise one (:func:`randomize_`), and which layers are randomised at each 
 (:func:`randomization_stages`, applied in place and undone by :func:`iter_randomized`). Nothing here copies a
 model: callers (:class:`~lit_attr.metrics.parameter_randomization.ParameterRandomization`) work on a copy of their
 own.
+
+Transformers need two things CNNs do not: ``nn.MultiheadAttention`` re-initialises its projections only with a
+private ``_reset_parameters()``, and position embeddings and class tokens are bare parameters of container modules
+that no ``reset_parameters()`` covers. The first is called like any ``reset_parameters()``; the second become units
+of their own (:class:`FreeParameter`), redrawn from ``N(0, FREE_PARAMETER_STD^2)``.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
+from lit_attr.functional._transformer import transformer_blocks
 from lit_attr.methods._hygiene import preserved_model_state
 
 Layer = tuple[str, nn.Module]
@@ -24,6 +32,10 @@ Layer = tuple[str, nn.Module]
 ORDERS: tuple[str, ...] = ("top_down", "bottom_up", "independent")
 GRANULARITIES: tuple[str, ...] = ("leaf", "block")
 STAGE_MODES: tuple[str, ...] = ("all", "last")
+
+#: Standard deviation of the normal distribution a :class:`FreeParameter` is redrawn from: the initialisation of the
+#: position embeddings of ViT and BERT (torchvision and timm draw their position embeddings with it too).
+FREE_PARAMETER_STD: float = 0.02
 
 # Layers the automatic mode randomises: the weight-bearing building blocks of CNNs, MLPs and transformers. Torch's
 # private base classes cover every convolution (incl. transposed) and every batch/instance norm in one check.
@@ -35,7 +47,30 @@ _AUTO_TYPES: tuple[type, ...] = (
     nn.LayerNorm,
     nn.GroupNorm,
     *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+    nn.MultiheadAttention,
+    nn.Embedding,
 )
+
+
+class FreeParameter(nn.Module):
+    """A parameter that no module re-initialises (a position embedding, a class token), as a unit of its own.
+
+    It holds the model's parameter itself, not a copy: re-initialising or loading this unit changes the model.
+    ``reset_parameters()`` redraws it from ``N(0, FREE_PARAMETER_STD^2)``.
+
+    Example:
+        >>> token = nn.Parameter(torch.zeros(1, 1, 4))
+        >>> FreeParameter(token).value is token
+        True
+    """
+
+    def __init__(self, parameter: nn.Parameter) -> None:
+        super().__init__()
+        self.value = parameter
+
+    def reset_parameters(self) -> None:
+        """Redraw the parameter in place."""
+        nn.init.normal_(self.value, mean=0.0, std=FREE_PARAMETER_STD)
 
 
 def _has_direct_state(module: nn.Module) -> bool:
@@ -45,9 +80,39 @@ def _has_direct_state(module: nn.Module) -> bool:
     )
 
 
+def _has_direct_parameters(module: nn.Module) -> bool:
+    return next(module.parameters(recurse=False), None) is not None
+
+
+def _reset_fn(module: nn.Module) -> Callable[[], None] | None:
+    """The module's own re-initialiser, if it has one."""
+    if isinstance(module, nn.MultiheadAttention):
+        return module._reset_parameters  # its only re-initialiser is private
+    reset = getattr(module, "reset_parameters", None)
+    return reset if callable(reset) else None
+
+
+def _reset(module: nn.Module) -> None:
+    """Re-initialise the module's own parameters: with its re-initialiser, else as free parameters."""
+    reset = _reset_fn(module)
+    if reset is not None:
+        reset()
+        return
+    for parameter in module.parameters(recurse=False):
+        nn.init.normal_(parameter, mean=0.0, std=FREE_PARAMETER_STD)
+
+
 def _resettable(root: nn.Module) -> list[nn.Module]:
-    """Submodules of ``root`` (itself included) that own parameters or buffers and define ``reset_parameters``."""
-    return [m for m in root.modules() if callable(getattr(m, "reset_parameters", None)) and _has_direct_state(m)]
+    """Submodules of ``root`` (itself included) that :func:`randomize_` re-initialises.
+
+    Those that own parameters or buffers and have a re-initialiser, and those that own parameters without one (their
+    parameters are free, redrawn like a :class:`FreeParameter`).
+    """
+    return [
+        m
+        for m in root.modules()
+        if (_reset_fn(m) is not None and _has_direct_state(m)) or _has_direct_parameters(m)
+    ]
 
 
 def _display_name(name: str) -> str:
@@ -55,19 +120,36 @@ def _display_name(name: str) -> str:
 
 
 def _auto_layers(model: nn.Module, granularity: str) -> list[Layer]:
-    leaves = [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, _AUTO_TYPES) and next(module.parameters(recurse=False), None) is not None
-    ]
+    leaves: list[Layer] = []
+    covered: set[int] = set()
+    for name, module in model.named_modules():
+        if id(module) in covered or not _has_direct_parameters(module):
+            continue
+        if isinstance(module, _AUTO_TYPES) or _reset_fn(module) is not None:
+            leaves.append((name, module))
+            # A unit is re-initialised as a whole: nn.MultiheadAttention's out_proj is never called on its own.
+            covered.update(id(sub) for sub in module.modules())
+        else:
+            prefix = f"{name}." if name else ""
+            leaves.extend((prefix + key, FreeParameter(p)) for key, p in module.named_parameters(recurse=False))
     if granularity == "leaf":
         return [(_display_name(name), module) for name, module in leaves]
     children = dict(model.named_children())
+    modules = dict(model.named_modules())
+    stacked = transformer_blocks(model)
+    holders = {name.split(".", 1)[0] for name in stacked}
     blocks: dict[str, nn.Module] = {}
     for name, module in leaves:
         top = name.split(".", 1)[0]
-        # A leaf that is the model itself (a bare nn.Linear) or a direct child is its own block.
-        blocks.setdefault(_display_name(top), children.get(top, module) if top else module)
+        block = next((b for b in stacked if name == b or name.startswith(f"{b}.")), None)
+        if block is not None:
+            blocks.setdefault(block, modules[block])
+        elif top in holders or top not in children:
+            # The rest of a transformer's encoder (position embedding, final norm) and free parameters of the
+            # root are units of their own; a leaf that is the model itself (a bare nn.Linear) too.
+            blocks.setdefault(_display_name(name), module)
+        else:
+            blocks.setdefault(top, children[top])
     return list(blocks.items())
 
 
@@ -107,7 +189,8 @@ def sort_in_forward_order(
     A layer counts as entered when it or any of its submodules is called. Layers the pass never calls keep their
     relative order and go last, with a warning: their parameters may still be used (e.g. ``out_proj`` of
     ``nn.MultiheadAttention``), but they are not on the call path. A layer called several times (shared weights)
-    is placed at its first call.
+    is placed at its first call. A :class:`FreeParameter` is never called; it counts as entered when an operation
+    first reads its parameter (seen through a ``TorchFunctionMode`` during the pass).
 
     The pass runs under ``torch.no_grad()`` and in whatever mode the model is in; the caller chooses the mode (see
     :func:`randomizable_layers`).
@@ -139,8 +222,9 @@ def sort_in_forward_order(
         for index, (_, layer) in enumerate(layers)
         for module in layer.modules()
     ]
+    free = {id(layer.value): index for index, (_, layer) in enumerate(layers) if isinstance(layer, FreeParameter)}
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _FirstRead(free, first_call) if free else nullcontext():
             forward_fn(example_input)
     finally:
         for handle in handles:
@@ -157,6 +241,24 @@ def sort_in_forward_order(
     return [layers[index] for index in called + uncalled]
 
 
+class _FirstRead(TorchFunctionMode):
+    """Enters ``index`` into ``first_call`` (the hooks' shared order) when an operation first reads a watched tensor."""
+
+    def __init__(self, watched: dict[int, int], first_call: dict[int, int]) -> None:
+        super().__init__()
+        self.watched = watched
+        self.first_call = first_call
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        for value in (*args, *kwargs.values()):
+            for item in value if isinstance(value, (list, tuple)) else (value,):
+                index = self.watched.get(id(item))
+                if index is not None:
+                    self.first_call.setdefault(index, len(self.first_call))
+        return func(*args, **kwargs)
+
+
 def randomizable_layers(
     model: nn.Module,
     layers: Literal["auto"] | Sequence[str] = "auto",
@@ -166,11 +268,18 @@ def randomizable_layers(
 ) -> list[Layer]:
     """The units the randomisation check re-initialises, in forward order when an input is given.
 
-    ``layers="auto"`` takes every convolution, linear and normalisation layer that has parameters (leaves of the
-    model). With ``granularity="block"`` they are grouped by the model's top-level child that contains them (a
-    ResNet's ``layer1`` ... ``layer4``); a block is then re-initialised as a whole, i.e. every submodule of it
-    that has a ``reset_parameters()``. Alternatively ``layers`` lists module names (as in ``named_modules()``);
-    each is one unit, a container being re-initialised as a whole (``granularity`` must stay ``"leaf"``).
+    ``layers="auto"`` takes every convolution, linear, normalisation, attention (``nn.MultiheadAttention``, its
+    ``out_proj`` included) and embedding layer that has parameters, and any other module with parameters of its
+    own and a ``reset_parameters()`` (leaves of the model); parameters that no module re-initialises (torchvision's
+    ``class_token`` and ``encoder.pos_embedding``, timm's ``cls_token`` and ``pos_embed``) are units of their own,
+    :class:`FreeParameter`, named after the parameter. So every parameter of the model belongs to one unit. With
+    ``granularity="block"`` the units are grouped by the model's top-level child that contains them (a ResNet's
+    ``layer1`` ... ``layer4``), except in a transformer: the child holding its encoder blocks (see
+    ``transformer_blocks``: torchvision's ``encoder.layers.encoder_layer_i``, timm's ``blocks.i``) is split into one
+    unit per block plus its remaining leaves (position embedding, final norm). A block is re-initialised as a whole,
+    i.e. every submodule of it that has a re-initialiser, and its free parameters. Alternatively ``layers`` lists
+    module names (as in ``named_modules()``); each is one unit, a container being re-initialised as a whole
+    (``granularity`` must stay ``"leaf"``).
 
     The order of the result is the order in which a forward pass on ``example_input`` first enters each unit (see
     :func:`sort_in_forward_order`; the model runs in eval mode and its modes and state are restored). Without
@@ -198,6 +307,11 @@ def randomizable_layers(
         ['0', '1', '4']
         >>> [name for name, _ in randomizable_layers(net, ["4", "0"])]  # the given order without an input
         ['4', '0']
+        >>> from torchvision.models import VisionTransformer
+        >>> vit = VisionTransformer(8, 4, num_layers=2, num_heads=1, hidden_dim=4, mlp_dim=4, num_classes=2)
+        >>> [name for name, _ in randomizable_layers(vit, granularity="block", example_input=torch.zeros(1, 3, 8, 8))]
+        ['conv_proj', 'class_token', 'encoder.pos_embedding', 'encoder.layers.encoder_layer_0', \
+'encoder.layers.encoder_layer_1', 'encoder.ln', 'heads']
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
@@ -208,7 +322,10 @@ def randomizable_layers(
             raise ValueError(f"`layers` must be 'auto' or a sequence of module names, got {layers!r}.")
         units = _auto_layers(model, granularity)
         if not units:
-            raise ValueError("`layers='auto'` found no convolution, linear or normalisation layer with parameters.")
+            raise ValueError(
+                "`layers='auto'` found no convolution, linear or normalisation layer with parameters (the model has "
+                "no parameters at all)."
+            )
     else:
         if granularity != "leaf":
             raise ValueError("`granularity` applies to `layers='auto'` only; explicit names are units as given.")
@@ -246,8 +363,10 @@ def randomize_(module: nn.Module | Sequence[nn.Module], seed: int, *, reset_runn
     """Re-initialise ``module`` in place with its own ``reset_parameters()``, reproducibly from ``seed``.
 
     Every submodule (the module itself included) that owns parameters or buffers and defines
-    ``reset_parameters()`` is reset, in ``modules()`` order, from one generator stream seeded with ``seed``.
-    Parameters held by a submodule without ``reset_parameters()`` keep their values. The global random state is
+    ``reset_parameters()`` is reset, in ``modules()`` order, from one generator stream seeded with ``seed``;
+    ``nn.MultiheadAttention`` by its private ``_reset_parameters()``. Parameters held by a submodule without a
+    re-initialiser (position embeddings, class tokens) are redrawn from ``N(0, FREE_PARAMETER_STD^2)``, like a
+    :class:`FreeParameter`. The global random state is
     untouched: the CPU generator (and the accelerator's, for modules on one) is forked, seeded and restored. The
     same seed gives the same weights on the same kind of device; CPU and CUDA draw different numbers.
 
@@ -285,7 +404,7 @@ def randomize_(module: nn.Module | Sequence[nn.Module], seed: int, *, reset_runn
     with _forked_rng(tensors), torch.no_grad():
         _seed_forked(seed, tensors)
         for target in targets:
-            target.reset_parameters()
+            _reset(target)
         for buffer, saved in kept:
             buffer.copy_(saved)
 

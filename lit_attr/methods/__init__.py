@@ -2,6 +2,7 @@
 
 from lit_attr.methods import captum as _captum  # noqa: F401  (registers the Captum baselines)
 from lit_attr.methods.agi import AGI
+from lit_attr.methods.attention import AttentionRollout, GenericAttention
 from lit_attr.methods.base import AttributionMethod
 from lit_attr.methods.big import BIG
 from lit_attr.methods.captum import CaptumMethod
@@ -16,8 +17,10 @@ __all__ = [
     "FEI",
     "IG2",
     "MFABA",
+    "AttentionRollout",
     "AttributionMethod",
     "CaptumMethod",
+    "GenericAttention",
     "available_methods",
     "get_method",
     "register_method",

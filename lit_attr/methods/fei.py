@@ -1,8 +1,16 @@
 """FEI: faithfulness-guided ensemble interpretation (Zhang & McMillan, arXiv 2509.04588).
 
 A mask that preserves the target logit is optimised at nested area budgets (ensemble quantile optimisation) while
-ReLU gradients are gated so that the mask cannot win by switching on units the clean image never used (selective
-gradient clipping, for internal faithfulness). The attribution is the mean of the nested masks.
+ReLU (or GELU) gradients are gated so that the mask cannot win by switching on units the clean image never used
+(selective gradient clipping, for internal faithfulness). The attribution is the mean of the nested masks.
+
+GELU networks (vision transformers) are gated at the GELU's *input*, the pre-activation ``z``: a unit is active on
+the clean image when ``z0 > 0``, and every rule of :data:`GATES` reads ``a, a0`` as ``z, z0`` and ``g`` as the
+gradient with respect to ``z``. GELU is not monotonic (its minimum is near ``z = -0.75``), so its output does not
+order a unit's states the way a ReLU's does; its input does, and ``z > 0`` is where GELU passes its input almost
+unchanged, the counterpart of an open ReLU. So, per rule: ``ibm`` lets no gradient raise ``z`` of a unit whose
+clean ``z0 <= 0``; ``vm`` passes only gradients that move ``z`` back towards ``z0``; ``ivm`` lets no gradient raise
+``z`` above ``z0``; ``avm`` lets no gradient lower ``z`` below ``z0``; ``none`` passes everything.
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ from lit_attr.methods.base import AttributionMethod, BoundsType, ResultType, Tar
 from lit_attr.methods.registry import register_method
 
 #: Which incoming gradients ``g`` a gated ReLU lets through, given its clean (``a0``) and current (``a``) output.
-#: Gradient descent moves ``a`` against ``g``: ``g > 0`` pushes the unit down.
+#: Gradient descent moves ``a`` against ``g``: ``g > 0`` pushes the unit down. At a GELU, ``a``, ``a0`` and ``g`` are
+#: its current and clean input (pre-activation) and the gradient with respect to that input (see the module text).
 GATES: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
     "none": lambda a, a0, g: torch.ones_like(g, dtype=torch.bool),
     "ibm": lambda a, a0, g: (g > 0) | (a0 > 0),
@@ -60,12 +69,18 @@ def gate_gradient(a: Tensor, a0: Tensor, gate: str) -> Tensor:
     return _GatedIdentity.apply(a, a0, gate)
 
 
-class ReluGates:
-    """Forward hooks that gate chosen ReLU modules, keyed by module and call order within one forward.
+GATED_TYPES: tuple[type, ...] = (nn.ReLU, nn.GELU)
+"""Activation modules FEI can gate: ReLUs at their output, GELUs at their input (pre-activation)."""
 
-    ``capture(x)`` records clean activations; inside ``active()`` every forward must be preceded by
-    ``new_forward()`` so that a ReLU module called several times per forward (torchvision's Bottleneck) is matched
-    call by call. ``inplace`` flags are switched off while hooked and restored on exit, even on errors.
+
+class ActivationGates:
+    """Hooks that gate chosen ReLU and GELU modules, keyed by module and call order within one forward.
+
+    A ReLU is gated at its output (a forward hook), a GELU at its input (a forward pre-hook), so ``clean`` holds
+    ReLU outputs and GELU inputs. ``capture(x)`` records clean activations; inside ``active()`` every forward must
+    be preceded by ``new_forward()`` so that a module called several times per forward (torchvision's Bottleneck
+    ReLU) is matched call by call. ``inplace`` flags are switched off while hooked and restored on exit, even on
+    errors.
     """
 
     def __init__(self, modules: Sequence[nn.Module], gate: str) -> None:
@@ -76,14 +91,18 @@ class ReluGates:
         self._capturing = False
 
     @contextmanager
-    def active(self) -> Iterator[ReluGates]:
+    def active(self) -> Iterator[ActivationGates]:
         """Install the hooks (and no-inplace) for the duration of the block."""
         flags = [(m, m.inplace) for m in self.modules if hasattr(m, "inplace")]
         handles = []
         try:
             for m, _ in flags:
                 m.inplace = False
-            handles = [m.register_forward_hook(self._hook) for m in self.modules]
+            for m in self.modules:
+                if isinstance(m, nn.GELU):
+                    handles.append(m.register_forward_pre_hook(self._pre_hook))
+                else:
+                    handles.append(m.register_forward_hook(self._hook))
             yield self
         finally:
             for h in handles:
@@ -96,15 +115,27 @@ class ReluGates:
         self.calls.clear()
         self._capturing = capture
 
-    def _hook(self, module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
+    def _gated(self, module: nn.Module, value: Tensor) -> Tensor | None:
+        """``value`` with its gradient gated against the clean value of this call (``None``: leave it)."""
         key = (id(module), self.calls[id(module)])
         self.calls[id(module)] += 1
         if self._capturing:
-            self.clean[key] = output.detach()
+            self.clean[key] = value.detach()
             return None
         if self.gate == "none":
             return None
-        return _GatedIdentity.apply(output, self.clean[key], self.gate)
+        return _GatedIdentity.apply(value, self.clean[key], self.gate)
+
+    def _hook(self, module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
+        return self._gated(module, output)
+
+    def _pre_hook(self, module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...] | None:
+        gated = self._gated(module, args[0])
+        return None if gated is None else (gated, *args[1:])
+
+
+#: The former name, from when only ReLUs were gated.
+ReluGates = ActivationGates
 
 
 class FEI(AttributionMethod):
@@ -122,16 +153,19 @@ class FEI(AttributionMethod):
     ``attribute(x, return_masks=True)`` also returns ``{"masks": (N, len(levels), ...)}``, the nested masks.
 
     Args:
-        model: classifier returning logits, with ReLUs as ``nn.ReLU`` modules when a gate is used.
+        model: classifier returning logits, with ReLUs as ``nn.ReLU`` (or GELUs as ``nn.GELU``) modules when a gate
+            is used.
         gate: ``"ibm"`` (default), ``"vm"``, ``"none"``, or the ablations ``"ivm"``, ``"avm"`` (see ``GATES``).
         levels: increasing area fractions in (0, 1].
         iterations: Adam steps per level.
         lr: Adam learning rate (cosine-decayed to 0 within each level).
         beta: weight of the area term.
         objective: ``"preservation"`` (the released code) or ``"hybrid"``.
-        gate_layers: ReLU modules to gate: ``None`` = every ReLU module the forward calls before the first
-            ``nn.Linear``; a list of module names; or ``(start, stop)``, a window over the ReLU modules in
-            forward order.
+        gate_layers: activation modules to gate: ``None`` = every ReLU module the forward calls before the first
+            ``nn.Linear`` or, when there is none, every GELU module it calls before the last ``nn.Linear`` (the
+            head), which on a vision transformer are the GELUs of the encoder blocks' MLPs; a list of ``nn.ReLU``
+            or ``nn.GELU`` module names; or ``(start, stop)``, a window over the ReLU and GELU modules in forward
+            order.
         seed: base seed of the reference colours.
         reduce: ``True`` broadcasts the map to the input's shape; ``False`` returns ``(N, 1, H, W)``.
         progress: ``True`` shows a rich progress bar over levels x iterations; a callable ``progress(done, total)``
@@ -219,15 +253,15 @@ class FEI(AttributionMethod):
         return super().attribute(x, target, logits=logits, return_masks=masks)
 
     # ------------------------------------------------------------------ gated layers
-    def relu_modules(self, x: Tensor) -> list[nn.Module]:
-        """The ReLU modules to gate, resolved on a forward pass of ``x[:1]`` (forward order)."""
+    def gated_modules(self, x: Tensor) -> list[nn.Module]:
+        """The ReLU/GELU modules to gate, resolved on a forward pass of ``x[:1]`` (forward order)."""
         order: list[tuple[str, nn.Module]] = []
         names = {m: n for n, m in self.model.named_modules()}
 
         def record(module: nn.Module, args: Any, output: Any) -> None:
             order.append((names[module], module))
 
-        watched = [m for m in self.model.modules() if isinstance(m, (nn.ReLU, nn.Linear))]
+        watched = [m for m in self.model.modules() if isinstance(m, (*GATED_TYPES, nn.Linear))]
         handles = [m.register_forward_hook(record) for m in watched]
         try:
             with torch.no_grad():
@@ -235,38 +269,47 @@ class FEI(AttributionMethod):
         finally:
             for h in handles:
                 h.remove()
-        relus: list[tuple[str, nn.Module]] = []
+        activations: list[tuple[str, nn.Module]] = []
         for name, module in order:
-            if isinstance(module, nn.ReLU) and all(module is not m for _, m in relus):
-                relus.append((name, module))
+            if isinstance(module, GATED_TYPES) and all(module is not m for _, m in activations):
+                activations.append((name, module))
         if isinstance(self.gate_layers, (list, tuple)) and all(isinstance(v, str) for v in self.gate_layers):
             modules = dict(self.model.named_modules())
-            missing = [n for n in self.gate_layers if n not in modules or not isinstance(modules[n], nn.ReLU)]
+            missing = [n for n in self.gate_layers if n not in modules or not isinstance(modules[n], GATED_TYPES)]
             if missing:
-                raise ValueError(f"`gate_layers` must name nn.ReLU modules of the model; not ReLU modules: {missing}.")
+                raise ValueError(
+                    f"`gate_layers` must name nn.ReLU modules (or nn.GELU modules) of the model; not ReLU or GELU "
+                    f"modules: {missing}."
+                )
             return [modules[n] for n in self.gate_layers]
         if self.gate_layers is None:
-            first_linear = next((i for i, (_, m) in enumerate(order) if isinstance(m, nn.Linear)), len(order))
-            before = {id(m) for _, m in order[:first_linear]}
-            chosen = [m for _, m in relus if id(m) in before]
+            linears = [i for i, (_, m) in enumerate(order) if isinstance(m, nn.Linear)]
+            before_first = {id(m) for _, m in order[: linears[0] if linears else len(order)]}
+            chosen = [m for _, m in activations if isinstance(m, nn.ReLU) and id(m) in before_first]
+            if not chosen:  # a GELU network (a vision transformer): the GELUs of every block, not of the head
+                before_last = {id(m) for _, m in order[: linears[-1] if linears else len(order)]}
+                chosen = [m for _, m in activations if isinstance(m, nn.GELU) and id(m) in before_last]
         elif (
             isinstance(self.gate_layers, tuple)
             and len(self.gate_layers) == 2
             and all(isinstance(v, int) for v in self.gate_layers)
         ):
-            chosen = [m for _, m in relus[slice(*self.gate_layers)]]
+            chosen = [m for _, m in activations[slice(*self.gate_layers)]]
         else:
             raise ValueError(
-                f"`gate_layers` must be None, a list of ReLU module names or a (start, stop) window, "
+                f"`gate_layers` must be None, a list of ReLU/GELU module names or a (start, stop) window, "
                 f"got {self.gate_layers!r}."
             )
         if self.gate != "none" and not chosen:
             raise ValueError(
-                f"gate={self.gate!r} needs nn.ReLU modules to hook, but the model's forward calls none in the gated "
-                "range (ReLU applied functionally, e.g. F.relu?). Use nn.ReLU modules, pass `gate_layers`, or "
-                "gate='none'."
+                f"gate={self.gate!r} needs nn.ReLU modules to hook (or nn.GELU modules), but the model's forward calls "
+                "none in the gated range (ReLU applied functionally, e.g. F.relu or F.gelu?). Use nn.ReLU/nn.GELU "
+                "modules, pass `gate_layers`, or gate='none'."
             )
         return chosen
+
+    #: The former name, from when only ReLUs were gated.
+    relu_modules = gated_modules
 
     # ------------------------------------------------------------------ optimisation
     def _colours(self, x: Tensor, total: int) -> Tensor:
@@ -295,7 +338,7 @@ class FEI(AttributionMethod):
         n = x.shape[0]
         mask_shape = (n, 1, *x.shape[2:]) if x.ndim == 4 else tuple(x.shape)
         units = float(torch.tensor(mask_shape[1:]).prod())
-        gates = ReluGates(self.relu_modules(x) if self.gate != "none" else [], self.gate)
+        gates = ActivationGates(self.gated_modules(x) if self.gate != "none" else [], self.gate)
         colours = self._colours(x, len(self.levels) * self.iterations)
         score = SCORES["logit"]
         masks = []

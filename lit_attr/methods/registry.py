@@ -11,10 +11,18 @@ from lit_attr.methods.base import AttributionMethod
 
 MethodFactory = Callable[..., AttributionMethod]
 _REGISTRY: dict[str, MethodFactory] = {}
+_APPLIES_TO: dict[str, Callable[[nn.Module], bool]] = {}
 
 
-def register_method(name: str) -> Callable[[MethodFactory], MethodFactory]:
+def register_method(
+    name: str, *, applies_to: Callable[[nn.Module], bool] | None = None
+) -> Callable[[MethodFactory], MethodFactory]:
     """Register ``factory(model, **kwargs) -> AttributionMethod`` under ``name``.
+
+    Args:
+        name: the registry name.
+        applies_to: for methods that only explain some architectures (attention maps need a transformer), a
+            predicate telling whether a model is one of them; :func:`available_methods` uses it.
 
     Example:
         >>> @register_method("my_saliency")
@@ -29,14 +37,23 @@ def register_method(name: str) -> Callable[[MethodFactory], MethodFactory]:
         if name in _REGISTRY:
             raise ValueError(f"An attribution method named {name!r} is already registered.")
         _REGISTRY[name] = factory
+        if applies_to is not None:
+            _APPLIES_TO[name] = applies_to
         return factory
 
     return decorator
 
 
-def available_methods() -> list[str]:
-    """Sorted names accepted by :func:`get_method`."""
-    return sorted(_REGISTRY)
+def available_methods(model: nn.Module | None = None) -> list[str]:
+    """Sorted names accepted by :func:`get_method`; given a ``model``, only the methods that can explain it.
+
+    Example:
+        >>> "attention_rollout" in available_methods(), "attention_rollout" in available_methods(nn.Linear(2, 2))
+        (True, False)
+    """
+    if model is None:
+        return sorted(_REGISTRY)
+    return sorted(name for name in _REGISTRY if name not in _APPLIES_TO or _APPLIES_TO[name](model))
 
 
 def get_method(name: str, model: nn.Module, **kwargs: Any) -> AttributionMethod:

@@ -1,5 +1,14 @@
 """Models used by the demos and the test suite."""
 
 from lit_attr.models.demo_classifier import DEMO_EPOCHS, DemoClassifier, train_demo_classifier
+from lit_attr.models.demo_vit import DEMO_VIT_EPOCHS, DEMO_VIT_TRAIN_SIZE, DemoViT, train_demo_vit
 
-__all__ = ["DEMO_EPOCHS", "DemoClassifier", "train_demo_classifier"]
+__all__ = [
+    "DEMO_EPOCHS",
+    "DEMO_VIT_EPOCHS",
+    "DEMO_VIT_TRAIN_SIZE",
+    "DemoClassifier",
+    "DemoViT",
+    "train_demo_classifier",
+    "train_demo_vit",
+]

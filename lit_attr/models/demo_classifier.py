@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -59,57 +59,21 @@ class _BasicBlock(nn.Module):
         return self.relu2(out + self.shortcut(x))
 
 
-class DemoClassifier(LightningModule):
-    """Small residual CNN that classifies :class:`~lit_attr.data.ShapesDataset` images.
+class ShapesClassifierBase(LightningModule):
+    """Training, evaluation and optimiser of the demo models; subclasses build the network and ``forward``.
 
-    Architecture: 3x3 conv stem (``width`` channels) + BatchNorm + ReLU, two basic residual blocks with
-    ``2 * width`` and ``4 * width`` channels that each downsample by 2, global average pooling and a single
-    linear layer that returns logits. Inputs are expected in [0, 1]; normalisation with the
-    ``mean``/``std`` buffers happens inside :meth:`forward`.
-
-    Batches may be ``(x, y, mask)`` (as produced by :class:`~lit_attr.data.ShapesDataModule`; the mask is
-    ignored) or ``(x, y)``. The number of training epochs is not a hyperparameter: the learning-rate schedule
-    reads the total number of steps from the attached trainer. :data:`DEMO_EPOCHS` is the recommended budget.
-
-    Args:
-        num_classes: number of output logits (>= 2).
-        width: channels of the stem; the blocks use ``2 * width`` and ``4 * width``.
-        lr: peak learning rate of AdamW.
-        weight_decay: decoupled weight decay of AdamW.
-        schedule: ``"onecycle"`` (default), ``"cosine"`` or ``"none"``.
-        mean: per-channel mean used to normalise inputs.
-        std: per-channel standard deviation used to normalise inputs.
-        attribution_quality: options of :class:`~lit_attr.metrics.AttributionQuality` (e.g.
-            ``{"method": "saliency", "metrics": ["insertion_deletion", "localization"]}``). When given, every
-            validation batch is also attributed and scored (masks from ``(x, y, mask)`` batches), and the scores
-            are logged as ``<method>/<value>`` at the end of each validation epoch. This is the pattern for users
-            who log from their own ``validation_step`` instead of attaching a callback.
-
-    Raises:
-        ValueError: if an argument is out of range.
-
-    Example:
-        >>> model = DemoClassifier().eval()
-        >>> model(torch.rand(2, 3, 32, 32)).shape
-        torch.Size([2, 4])
+    Subclasses call :meth:`_check_options` and ``save_hyperparameters()`` (``lr``, ``weight_decay`` and
+    ``schedule`` are read from ``hparams``), register ``mean``/``std`` buffers, and set ``attribution_quality``.
     """
 
-    def __init__(
-        self,
-        num_classes: int = 4,
-        width: int = 16,
-        lr: float = 3e-3,
-        weight_decay: float = 5e-4,
-        schedule: str = "onecycle",
-        mean: Sequence[float] = _SHAPES_MEAN,
-        std: Sequence[float] = _SHAPES_STD,
-        attribution_quality: Mapping[str, Any] | None = None,
+    attribution_quality: AttributionQuality | None
+
+    @staticmethod
+    def _check_options(
+        num_classes: int, lr: float, weight_decay: float, schedule: str, mean: Sequence[float], std: Sequence[float]
     ) -> None:
-        super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        if width < 1:
-            raise ValueError(f"width must be >= 1, got {width}")
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         if weight_decay < 0:
@@ -120,30 +84,6 @@ class DemoClassifier(LightningModule):
             raise ValueError(f"mean and std must have 3 entries, got {len(mean)} and {len(std)}")
         if min(std) <= 0:
             raise ValueError(f"std must be positive, got {tuple(std)}")
-        self.save_hyperparameters()
-
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.ReLU(),
-        )
-        # Both blocks downsample: full-resolution blocks would double the training cost for no accuracy gain on
-        # 32x32 inputs, and two stride-2 stages already give a receptive field larger than any class object.
-        self.layer1 = _BasicBlock(width, 2 * width, stride=2)
-        self.layer2 = _BasicBlock(2 * width, 4 * width, stride=2)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(4 * width, num_classes)
-        self.attribution_quality = None
-        if attribution_quality is not None:
-            self.attribution_quality = AttributionQuality(self, **attribution_quality)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Return logits of shape ``(N, num_classes)`` for images ``x`` of shape ``(N, 3, H, W)`` in [0, 1]."""
-        x = (x - self.mean) / self.std
-        x = self.layer2(self.layer1(self.stem(x)))
-        return self.fc(torch.flatten(self.pool(x), 1))
 
     @staticmethod
     def _unpack(batch: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -220,6 +160,82 @@ class DemoClassifier(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+class DemoClassifier(ShapesClassifierBase):
+    """Small residual CNN that classifies :class:`~lit_attr.data.ShapesDataset` images.
+
+    Architecture: 3x3 conv stem (``width`` channels) + BatchNorm + ReLU, two basic residual blocks with
+    ``2 * width`` and ``4 * width`` channels that each downsample by 2, global average pooling and a single
+    linear layer that returns logits. Inputs are expected in [0, 1]; normalisation with the
+    ``mean``/``std`` buffers happens inside :meth:`forward`.
+
+    Batches may be ``(x, y, mask)`` (as produced by :class:`~lit_attr.data.ShapesDataModule`; the mask is
+    ignored) or ``(x, y)``. The number of training epochs is not a hyperparameter: the learning-rate schedule
+    reads the total number of steps from the attached trainer. :data:`DEMO_EPOCHS` is the recommended budget.
+
+    Args:
+        num_classes: number of output logits (>= 2).
+        width: channels of the stem; the blocks use ``2 * width`` and ``4 * width``.
+        lr: peak learning rate of AdamW.
+        weight_decay: decoupled weight decay of AdamW.
+        schedule: ``"onecycle"`` (default), ``"cosine"`` or ``"none"``.
+        mean: per-channel mean used to normalise inputs.
+        std: per-channel standard deviation used to normalise inputs.
+        attribution_quality: options of :class:`~lit_attr.metrics.AttributionQuality` (e.g.
+            ``{"method": "saliency", "metrics": ["insertion_deletion", "localization"]}``). When given, every
+            validation batch is also attributed and scored (masks from ``(x, y, mask)`` batches), and the scores
+            are logged as ``<method>/<value>`` at the end of each validation epoch. This is the pattern for users
+            who log from their own ``validation_step`` instead of attaching a callback.
+
+    Raises:
+        ValueError: if an argument is out of range.
+
+    Example:
+        >>> model = DemoClassifier().eval()
+        >>> model(torch.rand(2, 3, 32, 32)).shape
+        torch.Size([2, 4])
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 4,
+        width: int = 16,
+        lr: float = 3e-3,
+        weight_decay: float = 5e-4,
+        schedule: str = "onecycle",
+        mean: Sequence[float] = _SHAPES_MEAN,
+        std: Sequence[float] = _SHAPES_STD,
+        attribution_quality: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self._check_options(num_classes, lr, weight_decay, schedule, mean, std)
+        if width < 1:
+            raise ValueError(f"width must be >= 1, got {width}")
+        self.save_hyperparameters()
+
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+        )
+        # Both blocks downsample: full-resolution blocks would double the training cost for no accuracy gain on
+        # 32x32 inputs, and two stride-2 stages already give a receptive field larger than any class object.
+        self.layer1 = _BasicBlock(width, 2 * width, stride=2)
+        self.layer2 = _BasicBlock(2 * width, 4 * width, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4 * width, num_classes)
+        self.attribution_quality = None
+        if attribution_quality is not None:
+            self.attribution_quality = AttributionQuality(self, **attribution_quality)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return logits of shape ``(N, num_classes)`` for images ``x`` of shape ``(N, 3, H, W)`` in [0, 1]."""
+        x = (x - self.mean) / self.std
+        x = self.layer2(self.layer1(self.stem(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
 def train_demo_classifier(
     datamodule: LightningDataModule | None = None, *, seed: int = 0, epochs: int = DEMO_EPOCHS
 ) -> tuple[DemoClassifier, LightningDataModule]:
@@ -242,10 +258,23 @@ def train_demo_classifier(
     from lit_attr.data import ShapesDataModule
 
     datamodule = datamodule if datamodule is not None else ShapesDataModule(seed=seed)
+    model = _fit_quietly(lambda: DemoClassifier(num_classes=datamodule.num_classes), datamodule, seed, epochs)
+    return model, datamodule
+
+
+def _fit_quietly(
+    build: Callable[[], LightningModule], datamodule: LightningDataModule, seed: int, epochs: int
+) -> LightningModule:
+    """Build a model with ``build()`` and train it quietly and deterministically on CPU; return it in eval mode.
+
+    ``setup()`` is called on ``datamodule``. Initialisation and training are seeded by ``seed``, yet the caller's
+    global RNG and the process-wide determinism switches that ``Trainer(deterministic=True)`` flips are left as
+    they were.
+    """
     datamodule.setup()
     with torch.random.fork_rng(devices=[]), _restored_determinism_flags():
         torch.manual_seed(seed)
-        model = DemoClassifier(num_classes=datamodule.num_classes)
+        model = build()
         trainer = Trainer(
             max_epochs=epochs,
             accelerator="cpu",
@@ -258,7 +287,7 @@ def train_demo_classifier(
             deterministic=True,
         )
         trainer.fit(model, datamodule=datamodule)
-    return model.cpu().eval(), datamodule
+    return model.cpu().eval()
 
 
 @contextmanager

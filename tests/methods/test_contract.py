@@ -10,6 +10,9 @@ from torch.nn import functional as F
 
 from lit_attr.methods import available_methods, get_method
 
+# The methods that apply to any model (attention maps need a transformer).
+GENERIC_METHODS = available_methods(nn.Identity())
+
 
 def small_cnn(seed=0):
     torch.manual_seed(seed)
@@ -49,7 +52,7 @@ def inputs(n=8, seed=3):
     return torch.rand(n, 3, 8, 8, generator=g)
 
 
-@pytest.mark.parametrize("name", available_methods())
+@pytest.mark.parametrize("name", GENERIC_METHODS)
 def test_model_and_global_state_untouched(name):
     model = small_cnn().train()
     model[0].eval()  # a mixed-mode model: every module's own flag must come back
@@ -77,7 +80,7 @@ def test_model_and_global_state_untouched(name):
     assert not a.requires_grad
 
 
-@pytest.mark.parametrize("name", available_methods())
+@pytest.mark.parametrize("name", GENERIC_METHODS)
 def test_eval_mode_used_output_contract_and_no_grad_contexts(name):
     model = small_cnn()
     method = get_method(name, model, input_bounds=(0.0, 1.0), **fast_kwargs(name))
@@ -94,7 +97,7 @@ def test_eval_mode_used_output_contract_and_no_grad_contexts(name):
         torch.testing.assert_close(method.attribute(x_inf), reference)
 
 
-@pytest.mark.parametrize("name", available_methods())
+@pytest.mark.parametrize("name", GENERIC_METHODS)
 def test_batch_independence(name):
     method = get_method(name, small_cnn(), input_bounds=(0.0, 1.0), **fast_kwargs(name))
     x = inputs()
@@ -105,7 +108,7 @@ def test_batch_independence(name):
         torch.testing.assert_close(alone[0], batch[i], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", available_methods())
+@pytest.mark.parametrize("name", GENERIC_METHODS)
 def test_internal_batch_size_does_not_change_results(name):
     model = small_cnn()
     x = inputs()
@@ -127,7 +130,7 @@ def test_per_call_baselines_with_internal_batch_size(name):
     torch.testing.assert_close(chunked.attribute(x, target=1, baselines=baselines), full, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", available_methods())
+@pytest.mark.parametrize("name", GENERIC_METHODS)
 def test_internal_batch_size_bounds_forward_rows(name):
     model = small_cnn()
     seen = []
@@ -227,7 +230,7 @@ def test_tabular_and_sequence_inputs():
     tabular = nn.Sequential(nn.Linear(5, 3)).double()
     seq = nn.Sequential(nn.Flatten(), nn.Linear(4 * 6, 3)).double()
     g = torch.Generator().manual_seed(1)
-    for name in available_methods():
+    for name in GENERIC_METHODS:
         for model, shape in ((tabular, (5,)), (seq, (4, 6))):
             x = torch.randn(2, *shape, generator=g, dtype=torch.float64)
             if name == "fei":

@@ -59,7 +59,7 @@ def _method(name: str, model: nn.Module) -> AttributionMethod:
     return get_method(name, model, input_bounds=(0.0, 1.0), **fast_kwargs(name))
 
 
-@pytest.mark.parametrize("name", available_methods())
+@pytest.mark.parametrize("name", available_methods(small_cnn()))
 def test_keyboard_interrupt_mid_path_restores_the_model_and_the_rngs(name: str):
     x = inputs(4)
     model = _user_model()
@@ -130,7 +130,7 @@ PATH_METHODS = [
     "agi", "big", "fei", "gradient_shap", "ig2", "integrated_gradients", "mfaba", "occlusion", "smoothgrad"
 ]
 # saliency and input_x_gradient evaluate the model at the input only; deeplift at the input and its baseline.
-assert set(available_methods()) - set(PATH_METHODS) == {"saliency", "input_x_gradient", "deeplift"}
+assert set(available_methods(small_cnn())) - set(PATH_METHODS) == {"saliency", "input_x_gradient", "deeplift"}
 
 
 def _path_kwargs(name: str) -> dict[str, Any]:
