@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_attr.methods._common import SCORES, check_choice
+from lit_attr._checks import check_choice
+from lit_attr.methods._common import SCORES
 from lit_attr.methods.base import AttributionMethod, BoundsType
 from lit_attr.methods.registry import register_method
 

@@ -135,6 +135,6 @@ def test_parameter_randomization_metric_on_a_vit():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         metric.update(torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4)), target=1)
-    result = metric.compute()["spearman_abs"]
+    result = metric.report()["spearman_abs"]
     assert result["stages"] == ["original", "conv_proj"]  # the fully randomised network, named bottom-most
     assert result["curve"][0] == 1 and result["curve"][1] < 0.5

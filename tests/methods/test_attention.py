@@ -150,9 +150,9 @@ def test_errors():
     with pytest.raises(ValueError, match=r"need images \(N, C, H, W\), got shape \(2, 8\)"):
         GenericAttention(nn.Sequential(nn.Linear(8, 8), nn.Unflatten(1, (2, 4)), _FirstRow()), patch_size=1,
                          prefix_tokens=0).attribute(torch.rand(2, 8))
-    with pytest.raises(ValueError, match="`head_fusion` must be one of 'mean', 'max', 'min', got 'sum'"):
+    with pytest.raises(ValueError, match=r"`head_fusion` must be one of \('mean', 'max', 'min'\), got 'sum'"):
         AttentionRollout(model, head_fusion="sum")
-    with pytest.raises(ValueError, match="`upsample` must be one of 'bilinear', 'nearest', got 'cubic'"):
+    with pytest.raises(ValueError, match=r"`upsample` must be one of \('bilinear', 'nearest'\), got 'cubic'"):
         GenericAttention(model, upsample="cubic")
     with pytest.raises(ValueError, match=r"`prefix_tokens` must be an int >= 0, got -1"):
         GenericAttention(model, prefix_tokens=-1)
