@@ -330,7 +330,7 @@ class AttributionMonitor(AttributionCallback):
         """Rank 0's decision: run now if the budget allows it (the last epoch always runs)."""
         if last or not trainer.is_global_zero:
             return last
-        if not self._budget.runs:
+        if not self._budget.runs and not self._budget.calibrated:
             self._calibrate(trainer, pl_module)
         budget = self._budget
         now = self._clock()
@@ -369,11 +369,12 @@ class AttributionMonitor(AttributionCallback):
         budget.spent += seconds
         budget.runs.append(seconds)
         fit_time = self._clock() - budget.started - budget.spent
-        overhead = budget.spent / fit_time if fit_time > 0 else float("inf")
+        # Rank 0's account, as for the decisions: every rank logs the same number.
+        overhead = trainer.strategy.broadcast(budget.spent / fit_time if fit_time > 0 else float("inf"), src=0)
         if self._last_epoch == epoch:
             self._history[epoch]["attr/overhead"] = overhead
         if in_loop:
-            pl_module.log("attr/overhead", overhead, sync_dist=False, rank_zero_only=True)
+            pl_module.log("attr/overhead", overhead, sync_dist=True, reduce_fx="max")
         else:
             delivery.log_metrics(trainer, {"attr/overhead": overhead})
 

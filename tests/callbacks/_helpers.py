@@ -183,3 +183,43 @@ def wandb_history(path: Path) -> list[dict[str, Any]]:
 
 def state_equal(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------------------ the monitor's budget
+class FakeClock:
+    """A clock that only moves when told to: training and the monitor's work advance it by set amounts."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class RankSkewedClock:
+    """Real time on rank 0; frozen on the others, whose own decisions (never within budget) must not count."""
+
+    def __call__(self) -> float:
+        import torch.distributed as dist
+
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        return time.perf_counter() if rank == 0 else 0.0
+
+
+class HistoryDump(L.Callback):
+    """Writes every rank's monitor history to ``<root>/history_rank<r>.json`` at the end of ``fit``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import json
+
+        from lit_attr.callbacks import AttributionMonitor
+
+        monitor = next(cb for cb in trainer.callbacks if isinstance(cb, AttributionMonitor))
+        path = self.root / f"history_rank{trainer.global_rank}.json"
+        path.write_text(json.dumps(sorted(monitor.history)))

@@ -1,0 +1,177 @@
+"""The monitor within a time budget, its background delivery, and checkpoint selection on its scores (issue #16).
+
+Time is an injected clock that only moves when training or the monitor works, by amounts set here: the rule's
+decisions are then exact, and no test depends on how fast this machine is.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import lightning as L
+import pytest
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from callbacks._helpers import (
+    METRIC_KWARGS,
+    TRAINER_DEFAULTS,
+    FakeClock,
+    HistoryDump,
+    RankSkewedClock,
+    datamodule,
+    fit,
+    model,
+)
+from lit_attr import viz
+from lit_attr.callbacks import AttributionCheckpoint, AttributionEarlyStopping, AttributionMonitor
+
+EPOCH_SECONDS = 10.0  # the fit's own time per epoch (4 training batches of 2.5 s)
+SECONDS_PER_PROBE = 0.25  # the monitor's cost per probe sample: 2 s for a run over 8 probes
+
+
+class Timed(L.Callback):
+    """Advances the clock as if every training batch took 2.5 s and every monitor sample 0.25 s."""
+
+    def __init__(self, clock: FakeClock, monitor: AttributionMonitor) -> None:
+        self.clock, self.monitor = clock, monitor
+        self.runs: list[int] = []
+
+    def on_train_start(self, trainer, pl_module):
+        run = self.monitor.runner.run
+
+        def timed_run(batch, *args, **kwargs):
+            self.clock.advance(SECONDS_PER_PROBE * len(batch))
+            self.runs.append(len(batch))
+            return run(batch, *args, **kwargs)
+
+        self.monitor.runner.run = timed_run
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.clock.advance(EPOCH_SECONDS / 4)
+
+
+def _budget_fit(tmp_path, max_overhead, **trainer_options):
+    clock = FakeClock()
+    monitor = AttributionMonitor(["saliency"], metrics="insertion_deletion", num_samples=8, batch_size=8,
+                                 log_heatmaps=0, metric_kwargs=METRIC_KWARGS, max_overhead=max_overhead, clock=clock,
+                                 background_delivery=False)  # fmt: skip
+    timed = Timed(clock, monitor)
+    options = {"max_epochs": 6, **trainer_options}
+    _, trainer, _ = fit(tmp_path, [monitor, timed], **options)
+    return monitor, timed, trainer
+
+
+def test_the_budget_decides_which_epochs_run(tmp_path):
+    monitor, timed, _ = _budget_fit(tmp_path, max_overhead=0.1)
+    # By hand, with the rule of the docstring (fit time T, spent S, estimate E = 2 s, budget 10 %):
+    # epoch 0: calibration on 4 samples costs 1 s (S = 1), E = 1 s * 8 / 4 = 2 s; S + E = 3 > 0.1 * 10: skip;
+    # epoch 1: 3 > 2: skip; epoch 2: 3 <= 3, and the fit will last 60 s: S + 2E = 5 <= 6: run (S = 3);
+    # epoch 3: 5 > 4: skip; epoch 4: 5 <= 5, but S + 2E = 7 > 6 (no room left for the last run): skip;
+    # epoch 5: the last epoch always runs (S = 5).
+    assert sorted(monitor.history) == [2, 5]
+    assert timed.runs == [4, 8, 8]  # the calibration, then two runs of the 8 probes
+    assert monitor.history[2]["attr/overhead"] == pytest.approx(3 / 30)
+    assert monitor.history[5]["attr/overhead"] == pytest.approx(5 / 60)
+    assert monitor.history[5]["attr/overhead"] <= 0.1
+
+
+def test_a_generous_budget_runs_every_epoch_and_none_runs_as_before(tmp_path):
+    generous, _, _ = _budget_fit(tmp_path / "a", max_overhead=0.9)
+    assert sorted(generous.history) == list(range(6))
+    unlimited, timed, trainer = _budget_fit(tmp_path / "b", max_overhead=None)
+    assert sorted(unlimited.history) == list(range(6))
+    assert "attr/overhead" not in trainer.callback_metrics and timed.runs == [8] * 6
+
+
+def test_the_model_is_scored_after_the_last_epoch_when_max_steps_ends_the_fit(tmp_path):
+    # 4 batches per epoch: max_steps=14 stops in the middle of epoch 3, which validation never reaches.
+    monitor, _, _ = _budget_fit(tmp_path, max_overhead=0.1, max_steps=14)
+    assert max(monitor.history) == 3
+    assert monitor.history[3]["attr/overhead"] > 0
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_ranks_take_rank_zeros_decisions(tmp_path):
+    # Rank 1's clock never moves, so left to itself it would never find room for a run and the ranks' collective
+    # calls would no longer match. Rank 0 decides for both.
+    monitor = AttributionMonitor(["saliency"], metrics="insertion_deletion", num_samples=6, log_heatmaps=0,
+                                 metric_kwargs=METRIC_KWARGS, max_overhead=0.5, clock=RankSkewedClock(),
+                                 background_delivery=False)  # fmt: skip
+    options = {**TRAINER_DEFAULTS, "devices": 2, "strategy": "ddp_spawn"}
+    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=3, logger=False,
+                        callbacks=[monitor, HistoryDump(tmp_path)], **options)  # fmt: skip
+    trainer.fit(model(), datamodule=datamodule(num_train=128, num_val=32))
+    ranks = [json.loads((tmp_path / f"history_rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks[0] == ranks[1]
+    assert 2 in ranks[0]  # the last epoch
+
+
+# ------------------------------------------------------------------ background delivery
+def _media(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("media/**/*")) if p.is_file()}
+
+
+def test_background_delivery_writes_the_same_media_as_synchronous_delivery(tmp_path):
+    written = {}
+    for background in (False, True):
+        monitor = AttributionMonitor(["saliency"], metrics="insertion_deletion", num_samples=6, log_heatmaps=2,
+                                     metric_kwargs=METRIC_KWARGS, background_delivery=background)  # fmt: skip
+        fit(tmp_path / str(background), [monitor], max_epochs=2)
+        written[background] = _media(tmp_path / str(background))
+    assert set(written[True]) == set(written[False])
+    assert any(name.endswith("step_0000004.png") for name in written[True])  # epoch 0's step, epoch 1's too
+    assert any(name.endswith("step_0000008.png") for name in written[True])
+    for name, data in written[False].items():
+        assert written[True][name] == data, name
+
+
+class _BrokenGrid:
+    def __init__(self):
+        self.original = viz.attribution_grid
+
+    def __call__(self, *args, **kwargs):
+        raise RuntimeError("rendering exploded")
+
+
+def test_a_rendering_error_warns_or_raises_and_the_fit_ends(tmp_path, monkeypatch):
+    monkeypatch.setattr(viz, "attribution_grid", _BrokenGrid())
+    warned = AttributionMonitor(["saliency"], metrics="insertion_deletion", num_samples=4, log_heatmaps=2,
+                                metric_kwargs=METRIC_KWARGS, on_error="warn")  # fmt: skip
+    with pytest.warns(UserWarning, match=r"logging the attribution images failed .*rendering exploded"):
+        _, trainer, _ = fit(tmp_path / "warn", [warned], max_epochs=2)
+    assert trainer.state.finished and sorted(warned.history) == [0, 1]
+
+    raised = AttributionMonitor(["saliency"], metrics="insertion_deletion", num_samples=4, log_heatmaps=2,
+                                metric_kwargs=METRIC_KWARGS, on_error="raise")  # fmt: skip
+    with pytest.raises(RuntimeError, match="rendering exploded"):
+        fit(tmp_path / "raise", [raised], max_epochs=2)
+
+
+# ------------------------------------------------------------------ checkpoint selection
+def test_checkpoints_and_early_stopping_consider_only_the_epochs_the_monitor_ran(tmp_path):
+    monitor = AttributionMonitor(["saliency"], metrics="insertion_deletion", num_samples=4, log_heatmaps=0,
+                                 metric_kwargs=METRIC_KWARGS, every_n_epochs=2)  # fmt: skip
+    checkpoint = AttributionCheckpoint(dirpath=tmp_path / "ckpt", monitor="attr/saliency/insertion", mode="max",
+                                       save_top_k=-1, filename="{epoch}")  # fmt: skip
+    stopping = AttributionEarlyStopping(monitor="attr/saliency/insertion", mode="max", patience=1, min_delta=10.0)
+    _, trainer, _ = fit(tmp_path, [monitor, checkpoint, stopping], max_epochs=6, enable_checkpointing=True)
+    # The monitor ran at epochs 1 and 3; an improvement of 10 is impossible, so the second run ran out of
+    # patience (1 run, not 1 epoch) and stopped the fit after epoch 3.
+    assert sorted(monitor.history) == [1, 3]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["epoch=1.ckpt", "epoch=3.ckpt"]
+    assert trainer.current_epoch == 4 and stopping.stopped_epoch == 3
+    best = max(monitor.history, key=lambda epoch: monitor.history[epoch]["attr/saliency/insertion"])
+    assert checkpoint.best_model_path.endswith(f"epoch={best}.ckpt")
+
+
+def test_a_plain_model_checkpoint_finds_no_score_before_the_first_run(tmp_path):
+    # Why the subclasses exist: epoch 0 is skipped, and Lightning refuses a monitored key that was never logged.
+    monitor = AttributionMonitor(["saliency"], metrics="insertion_deletion", num_samples=4, log_heatmaps=0,
+                                 metric_kwargs=METRIC_KWARGS, every_n_epochs=2)  # fmt: skip
+    plain = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="attr/saliency/insertion", mode="max")
+    with warnings.catch_warnings(), pytest.raises(MisconfigurationException, match="could not find the monitored"):
+        warnings.simplefilter("ignore")
+        fit(tmp_path, [monitor, plain], max_epochs=2, enable_checkpointing=True)
