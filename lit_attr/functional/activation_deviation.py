@@ -18,6 +18,7 @@ exactly the same inputs for the same options.
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
@@ -26,14 +27,15 @@ import torch
 from torch import Tensor, nn
 
 from lit_attr._checks import resolve_target
+from lit_attr._memory import MemoryBackoff
 from lit_attr.functional._transformer import transformer_blocks
 from lit_attr.functional.insertion_deletion import (
     DEFAULT_INTERNAL_BATCH_SIZE,
     GAMES,
     SubstrateType,
     TargetType,
-    iter_perturbed_batches,
     make_substrate,
+    perturbed_rows,
     prepare_games,
 )
 from lit_attr.methods._hygiene import preserved_model_state
@@ -233,6 +235,29 @@ def _forward(
     return output, activations
 
 
+def _play_rows(
+    model: nn.Module,
+    x: Tensor,
+    substrate: Tensor,
+    ranks: Tensor,
+    schedule: Tensor,
+    game: str,
+    names: Sequence[str],
+    store: dict[str, Tensor],
+    clean: list[Tensor],
+    stats: Tensor,
+    start: int,
+    stop: int,
+) -> None:
+    """Fill ``stats[:, samples, steps]`` for the rows ``start .. stop - 1`` of one game."""
+    samples, steps, inputs = perturbed_rows(x, substrate, ranks, schedule, game, start, stop)
+    _, activations = _forward(model, inputs, names, store)
+    for j, (activation, reference) in enumerate(zip(activations, clean, strict=True)):
+        mse, overlap = _row_stats(activation, reference[samples], stats.dtype)
+        stats[0, samples, steps, j] = mse
+        stats[1, samples, steps, j] = overlap
+
+
 def _row_stats(activation: Tensor, clean: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """Per-row MSE to the clean activation and fraction of units whose on/off state is unchanged."""
     a, a0 = activation.flatten(1).to(dtype), clean.flatten(1).to(dtype)
@@ -324,12 +349,20 @@ def activation_deviation(
     names = resolve_probe_layers(model, layers)
     n, points = x.shape[0], schedule.numel()
 
-    with torch.no_grad(), preserved_model_state(model), _recorded_outputs(model, names) as store:
+    with (
+        torch.no_grad(),
+        preserved_model_state(model),
+        _recorded_outputs(model, names) as store,
+        MemoryBackoff("activation_deviation", chunk) as backoff,
+    ):
         outputs, per_chunk = [], []
-        for start in range(0, n, chunk):
-            output, activations = _forward(model, x[start : start + chunk], names, store)
+
+        def clean_pass(start: int, stop: int) -> None:
+            output, activations = _forward(model, x[start:stop], names, store)
             outputs.append(output)
             per_chunk.append(activations)
+
+        backoff.chunks(n, clean_pass)
         clean = [torch.cat(layer) for layer in zip(*per_chunk, strict=True)]
         if target is not None:
             if not all(isinstance(out, Tensor) and out.ndim == 2 for out in outputs):
@@ -347,12 +380,8 @@ def activation_deviation(
             # (statistic, sample, step, layer) filled row by row: the mean over steps is then taken in one fixed
             # order, so a sample's result does not depend on the chunking or on the other samples of its batch.
             stats = torch.empty(2, n, points, len(names), dtype=dtype, device=x.device)
-            for samples, steps, inputs in iter_perturbed_batches(x, substrate, ranks, schedule, game, chunk):
-                _, activations = _forward(model, inputs, names, store)
-                for j, (activation, reference) in enumerate(zip(activations, clean, strict=True)):
-                    mse, overlap = _row_stats(activation, reference[samples], dtype)
-                    stats[0, samples, steps, j] = mse
-                    stats[1, samples, steps, j] = overlap
+            play = functools.partial(_play_rows, model, x, substrate, ranks, schedule, game, names, store, clean, stats)
+            backoff.chunks(n * points, play)
             results[f"{game}_mse"], results[f"{game}_overlap"] = stats.mean(dim=2)
     return ActivationDeviationResult(
         results["insertion_mse"],

@@ -23,6 +23,7 @@ from captum.metrics import sensitivity_max
 from torch import Tensor, nn
 
 from lit_attr._checks import TargetType, check_int, check_optional_int, check_seed, resolve_target
+from lit_attr._memory import MemoryBackoff
 from lit_attr.functional.insertion_deletion import _check_clean_logits, _check_model_device, _logits
 from lit_attr.methods._common import row_seed
 from lit_attr.methods._hygiene import preserved_model_state
@@ -195,27 +196,35 @@ def infidelity(
     check_optional_int("internal_batch_size", internal_batch_size)
     _check_model_device(model, x)
     n = x.shape[0]
-    per_call = n if internal_batch_size is None else max(1, internal_batch_size // n_perturb)
     perturb = infidelity_perturbation(n_perturb, noise_std, baseline, seed)
-    with torch.no_grad(), preserved_model_state(model):
+    with torch.no_grad(), preserved_model_state(model), MemoryBackoff("infidelity", internal_batch_size) as backoff:
         if logits is None:
-            clean = torch.cat([_logits(model, x[i : i + per_call]) for i in range(0, n, per_call)])
+            outputs: list[Tensor] = []
+            backoff.chunks(n, lambda start, stop: outputs.append(_logits(model, x[start:stop])))
+            clean = torch.cat(outputs)
         else:
             _check_clean_logits(logits, x)
             clean = logits
         target = resolve_target(target, clean.detach()).to(x.device)
-        parts = [
-            captum_infidelity(
-                model,
-                perturb,
-                x[i : i + per_call],
-                attributions[i : i + per_call].to(x),
-                target=target[i : i + per_call],
-                n_perturb_samples=n_perturb,
-                normalize=bool(normalize),
+        parts: list[Tensor] = []
+
+        def score(start: int, size: int | None) -> int:
+            # A chunk of whole samples: Captum runs every perturbation of a sample in one forward.
+            stop = n if size is None else min(n, start + max(1, size // n_perturb))
+            parts.append(
+                captum_infidelity(
+                    model,
+                    perturb,
+                    x[start:stop],
+                    attributions[start:stop].to(x),
+                    target=target[start:stop],
+                    n_perturb_samples=n_perturb,
+                    normalize=bool(normalize),
+                )
             )
-            for i in range(0, n, per_call)
-        ]
+            return stop
+
+        backoff.run(n, score, unbounded=n * n_perturb)
     return torch.cat(parts).to(x.dtype)
 
 

@@ -19,6 +19,7 @@ other metrics walking the same schedules (activation deviation) reuse them.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from lit_attr._checks import TargetType, check_choice, check_names, check_optional_int, resolve_target
+from lit_attr._memory import MemoryBackoff
 from lit_attr.methods._hygiene import preserved_model_state
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "iter_perturbed_batches",
     "make_substrate",
     "perturbation_schedule",
+    "perturbed_rows",
     "rank_map",
     "resolve_protocol",
     "rise_blur_kernel",
@@ -420,19 +423,35 @@ def iter_perturbed_batches(
         [[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]]
     """
     check_choice("game", game, GAMES)
+    total = x.shape[0] * schedule.numel()
+    chunk_size = total if chunk_size is None else chunk_size
+    for start in range(0, total, chunk_size):
+        yield perturbed_rows(x, substrate, ranks, schedule, game, start, min(start + chunk_size, total))
+
+
+def perturbed_rows(
+    x: Tensor, substrate: Tensor, ranks: Tensor, schedule: Tensor, game: str, start: int, stop: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The rows ``start .. stop - 1`` of :func:`iter_perturbed_batches` (same arguments, same order of rows).
+
+    The games call it from :class:`~lit_attr._memory.MemoryBackoff`, which may shrink the chunks mid-game.
+
+    Example:
+        >>> x = torch.ones(1, 1, 2, 2)
+        >>> ranks = rank_map(torch.tensor([[[4.0, 3.0], [2.0, 1.0]]]))
+        >>> _, steps, rows = perturbed_rows(x, torch.zeros_like(x), ranks, torch.tensor([0, 2, 4]), "deletion", 1, 3)
+        >>> steps.tolist(), rows.flatten(1).tolist()
+        ([1, 2], [[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    """
     substrate = torch.broadcast_to(substrate, x.shape)
     if ranks.ndim == 3 and x.ndim == 4:
         ranks = ranks.unsqueeze(1)
-    n, points = x.shape[0], schedule.numel()
-    total = n * points
-    chunk_size = total if chunk_size is None else chunk_size
+    points = schedule.numel()
     head, tail = (x, substrate) if game == "insertion" else (substrate, x)
-    schedule = schedule.to(x.device)
-    for start in range(0, total, chunk_size):
-        rows = torch.arange(start, min(start + chunk_size, total), device=x.device)
-        samples, steps = rows // points, rows % points
-        keep_head = ranks[samples] < schedule[steps].view(-1, *([1] * (x.ndim - 1)))
-        yield samples, steps, torch.where(keep_head, head[samples], tail[samples])
+    rows = torch.arange(start, stop, device=x.device)
+    samples, steps = rows // points, rows % points
+    keep_head = ranks[samples] < schedule.to(x.device)[steps].view(-1, *([1] * (x.ndim - 1)))
+    return samples, steps, torch.where(keep_head, head[samples], tail[samples])
 
 
 def auc(curve: Tensor) -> Tensor:
@@ -617,10 +636,12 @@ def insertion_deletion(
     )
     n, points = x.shape[0], schedule.numel()
 
-    with torch.no_grad(), preserved_model_state(model):
+    with torch.no_grad(), preserved_model_state(model), MemoryBackoff("insertion_deletion", chunk) as backoff:
         # Scores in at least float32: a bf16/fp16 model's curves and AUCs would otherwise be rounded to 3 digits.
         if logits is None:
-            clean = torch.cat([_logits(model, x[i : i + chunk]) for i in range(0, n, chunk)])
+            parts: list[Tensor] = []
+            backoff.chunks(n, lambda start, stop: parts.append(_logits(model, x[start:stop])))
+            clean = torch.cat(parts)
         else:
             _check_clean_logits(logits, x)
             clean = logits.detach()
@@ -634,19 +655,40 @@ def insertion_deletion(
                 name=f"{game}_substrate",
             )  # fmt: skip
             curve = clean.new_empty(n, points)
-            for samples, steps, inputs in iter_perturbed_batches(x, substrate, ranks, schedule, game, chunk):
-                logits = _logits(model, inputs).to(clean.dtype)
-                if output != "logit":
-                    logits = logits.softmax(dim=1)
-                score = logits.gather(1, target[samples, None]).squeeze(1)
-                if output == "prob_ratio":
-                    score = score / clean_prob[samples]
-                curve[samples, steps] = score.to(curve.dtype)
+            play = functools.partial(
+                _play_rows, model, x, substrate, ranks, schedule, game, target, clean_prob, output, curve
+            )
+            backoff.chunks(n * points, play)
             curves[game] = curve
     aucs = {game: None if curve is None else auc(curve) for game, curve in curves.items()}
     return InsertionDeletionResult(
         curves["insertion"], curves["deletion"], aucs["insertion"], aucs["deletion"], target
     )
+
+
+def _play_rows(
+    model: nn.Module,
+    x: Tensor,
+    substrate: Tensor,
+    ranks: Tensor,
+    schedule: Tensor,
+    game: str,
+    target: Tensor,
+    clean_prob: Tensor,
+    output: str,
+    curve: Tensor,
+    start: int,
+    stop: int,
+) -> None:
+    """Score the rows ``start .. stop - 1`` of one game into ``curve`` (N, T + 1)."""
+    samples, steps, inputs = perturbed_rows(x, substrate, ranks, schedule, game, start, stop)
+    scores = _logits(model, inputs).to(curve.dtype)
+    if output != "logit":
+        scores = scores.softmax(dim=1)
+    score = scores.gather(1, target[samples, None]).squeeze(1)
+    if output == "prob_ratio":
+        score = score / clean_prob[samples]
+    curve[samples, steps] = score
 
 
 # ------------------------------------------------------------------------------------------------- validation

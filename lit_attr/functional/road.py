@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_attr._checks import TargetType, check_choice, check_optional_int, check_seed, resolve_target
+from lit_attr._memory import MemoryBackoff
 from lit_attr.functional.insertion_deletion import (
     DEFAULT_INTERNAL_BATCH_SIZE,
     OUTPUTS,
@@ -377,9 +378,11 @@ def road(
     total = n * rows_per_sample
     chunk = internal_batch_size or total
 
-    with torch.no_grad(), preserved_model_state(model):
+    with torch.no_grad(), preserved_model_state(model), MemoryBackoff("road", chunk) as backoff:
         if logits is None:
-            clean = torch.cat([_logits(model, x[i : i + chunk]) for i in range(0, n, chunk)])
+            parts: list[Tensor] = []
+            backoff.chunks(n, lambda start, stop: parts.append(_logits(model, x[start:stop])))
+            clean = torch.cat(parts)
         else:
             _check_clean_logits(logits, x)
             clean = logits.detach()
@@ -388,8 +391,9 @@ def road(
         clean_prob = clean.softmax(dim=1).gather(1, target[:, None]).squeeze(1)
         scores = clean.new_empty(n, rows_per_sample)
         noise_cache: dict[int, Tensor] = {}
-        for start in range(0, total, chunk):
-            rows = torch.arange(start, min(start + chunk, total), device=x.device)
+
+        def score_rows(start: int, stop: int) -> None:
+            rows = torch.arange(start, stop, device=x.device)
             samples, column = rows // rows_per_sample, rows % rows_per_sample
             lerf, point = column >= points, column % points
             count = counts[point].view(-1, 1)
@@ -413,6 +417,8 @@ def road(
             # A sample's noise is drawn once; drop it when its last row is done.
             for s in {int(s) for s in samples.tolist()} - {int(rows[-1]) // rows_per_sample}:
                 noise_cache.pop(s, None)
+
+        backoff.chunks(total, score_rows)
     morf_curve, lerf_curve = scores[:, :points], scores[:, points:]
     morf, lerf = morf_curve.mean(dim=1), lerf_curve.mean(dim=1)
     return ROADResult(morf_curve, lerf_curve, morf, lerf, (lerf - morf) / 2, target)

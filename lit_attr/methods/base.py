@@ -1,7 +1,8 @@
 """The contract every attribution method in lit-attr fulfils.
 
 :class:`AttributionMethod` validates the inputs, resolves targets, protects the user's model and the global
-random state, and runs the method in chunks bounded by ``internal_batch_size``. Subclasses implement only
+random state, and runs the method in chunks bounded by ``internal_batch_size`` (halved when a chunk runs out of
+memory, see :mod:`lit_attr._memory`). Subclasses implement only
 :meth:`AttributionMethod._attribute`, which sees a fresh, non-inference, gradient-enabled copy of the inputs and
 a model in eval mode whose parameters do not require gradients.
 """
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_attr._checks import TargetType, resolve_target
+from lit_attr._memory import MemoryBackoff
 from lit_attr.methods._hygiene import preserved_model_state, preserved_rng_state
 
 if TYPE_CHECKING:
@@ -39,7 +41,9 @@ class AttributionMethod(abc.ABC):
         input_bounds: ``(low, high)`` valid input range, as scalars or per-channel tensors broadcastable to one
             sample (e.g. shape ``(C, 1, 1)``); path methods clip to it. ``None`` means unbounded.
         internal_batch_size: upper bound on the rows (samples x steps x references) one forward pass sees;
-            ``None`` lets the method choose (whole batch).
+            ``None`` lets the method choose (whole batch). When a chunk runs out of memory
+            (``torch.OutOfMemoryError``), the bound is halved and the chunk retried, down to one row; one
+            :class:`~lit_attr._memory.OutOfMemoryWarning` names the size that worked, which the method keeps.
 
     Example:
         >>> from lit_attr.methods import get_method
@@ -96,20 +100,24 @@ class AttributionMethod(abc.ABC):
             ``(attributions, info)`` with ``info`` a dict of ``(N, ...)`` tensors.
         """
         self._check_input(x)
-        with preserved_model_state(self.model), preserved_rng_state():
-            with torch.inference_mode(False), torch.enable_grad():
-                x = x.detach().clone()
-                target = self.resolve_target(x, target, logits=logits)
-                chunk = self._samples_per_chunk(**kwargs)
-                parts = []
-                for i in range(0, x.shape[0], chunk):
-                    options = self._chunk_kwargs(kwargs, x, i, chunk)
-                    try:
-                        parts.append(self._attribute(x[i : i + chunk], target[i : i + chunk], **options))
-                    except _NonFiniteLogitsError as error:
-                        culprits = self._culprits(x, target, kwargs, i, chunk)
-                        which = f"sample {culprits[0]}" if len(culprits) == 1 else f"one of samples {culprits}"
-                        raise self._non_finite_error(f"along the path of {which}") from error
+        chosen = self.internal_batch_size
+        backoff = MemoryBackoff(self.name or type(self).__name__, chosen)
+        parts: list[ResultType] = []
+        try:
+            with preserved_model_state(self.model), preserved_rng_state():
+                with torch.inference_mode(False), torch.enable_grad():
+                    x = x.detach().clone()
+                    target = self._resolve_target(x, target, logits, backoff)
+                    backoff.run(
+                        x.shape[0],
+                        lambda start, size: self._attribute_chunk(x, target, kwargs, start, size, parts),
+                        unbounded=x.shape[0] * max(1, self.rows_per_sample(**kwargs)),
+                    )
+        except BaseException:
+            self.internal_batch_size = chosen
+            raise
+        # A bound that had to shrink stays: the next batches start with the size that worked.
+        self.internal_batch_size = backoff.finish()
         if isinstance(parts[0], tuple):
             info = {key: torch.cat([part[1][key] for part in parts]).detach() for key in parts[0][1]}
             return self._finish(torch.cat([part[0] for part in parts]), x), info
@@ -186,17 +194,29 @@ class AttributionMethod(abc.ABC):
             target: any form :func:`lit_attr._checks.resolve_target` accepts.
             logits: the logits of ``x`` if already computed (checked for shape); else the model runs once.
         """
+        return self._resolve_target(x, target, logits, None)
+
+    # ------------------------------------------------------------------ internals
+    def _resolve_target(
+        self, x: Tensor, target: TargetType, logits: Tensor | None, backoff: MemoryBackoff | None
+    ) -> Tensor:
         n = x.shape[0]
         if logits is None:
-            chunk = self.internal_batch_size or n
+            local = backoff is None
+            backoff = backoff or MemoryBackoff(self.name or type(self).__name__, self.internal_batch_size)
+            parts: list[Tensor] = []
+
+            def forward(start: int, stop: int) -> None:
+                try:
+                    parts.append(self.logits(x[start:stop]))
+                except _NonFiniteLogitsError as error:  # here rows are samples
+                    raise self._non_finite_error(_which([start + row for row in error.rows])) from error
+
             with torch.no_grad(), preserved_model_state(self.model):
-                parts = []
-                for i in range(0, n, chunk):
-                    try:
-                        parts.append(self.logits(x[i : i + chunk]))
-                    except _NonFiniteLogitsError as error:  # here rows are samples
-                        raise self._non_finite_error(_which([i + row for row in error.rows])) from error
-                logits = torch.cat(parts)
+                backoff.chunks(n, forward)
+            if local:
+                backoff.finish()
+            logits = torch.cat(parts)
         elif not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != n:
             shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
             raise ValueError(f"`logits` must be the model's logits (N, K) = ({n}, K) for `x`, got {shape}.")
@@ -206,7 +226,25 @@ class AttributionMethod(abc.ABC):
                 raise self._non_finite_error(_which(bad))
         return resolve_target(target, logits.detach()).to(x.device)
 
-    # ------------------------------------------------------------------ internals
+    def _attribute_chunk(
+        self, x: Tensor, target: Tensor, kwargs: dict[str, Any], start: int, size: int | None, parts: list[ResultType]
+    ) -> int:
+        """Attribute the samples from ``start`` that fit ``size`` forward rows; return where the next chunk starts.
+
+        ``size`` becomes ``internal_batch_size`` for the call, so the rows loops inside ``_attribute`` (IG2's, BIG's,
+        Captum's own batching) honour a bound that the memory back-off halved.
+        """
+        self.internal_batch_size = size
+        chunk = self._samples_per_chunk(**kwargs)
+        try:
+            options = self._chunk_kwargs(kwargs, x, start, chunk)
+            parts.append(self._attribute(x[start : start + chunk], target[start : start + chunk], **options))
+        except _NonFiniteLogitsError as error:
+            culprits = self._culprits(x, target, kwargs, start, chunk)
+            which = f"sample {culprits[0]}" if len(culprits) == 1 else f"one of samples {culprits}"
+            raise self._non_finite_error(f"along the path of {which}") from error
+        return min(start + chunk, x.shape[0])
+
     def _culprits(self, x: Tensor, target: Tensor, kwargs: dict[str, Any], start: int, size: int) -> list[int]:
         """Samples of a chunk whose path meets non-finite logits, found by attributing them one at a time.
 

@@ -1,0 +1,173 @@
+"""Out-of-memory back-off: a chunk that raises torch.OutOfMemoryError is halved and retried (lit_attr/_memory.py).
+
+The model stands in for a GPU: any forward pass that sees more than ``limit`` rows raises ``torch.OutOfMemoryError``.
+Every method and every perturbation game must still finish, warn once naming the size that worked, and give the
+result of a run that used that size from the start (on the same limited model, which then never fails). The size
+reported must be the first of the halving sequence that works: twice it fails.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import pytest
+import torch
+from torch import Tensor, nn
+from vit_helpers import torchvision_vit
+
+from lit_attr._memory import OutOfMemoryWarning
+from lit_attr.functional.activation_deviation import activation_deviation
+from lit_attr.functional.infidelity import infidelity
+from lit_attr.functional.insertion_deletion import insertion_deletion
+from lit_attr.functional.road import road
+from lit_attr.methods import available_methods, get_method
+
+VIT_ONLY = sorted(set(available_methods()) - set(available_methods(nn.Identity())))
+LIMIT = 4  # rows per forward pass
+N = 6  # samples per batch: the whole batch does not fit
+
+
+class RowLimited(nn.Module):
+    """A model whose forward raises torch.OutOfMemoryError above ``limit`` rows (None: never)."""
+
+    def __init__(self, inner: nn.Module, limit: int | None) -> None:
+        super().__init__()
+        self.inner = inner
+        self.limit = limit
+        self.largest = 0  # the most rows a forward pass that succeeded has seen
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.limit is not None and x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError(f"simulated: {x.shape[0]} rows > {self.limit}")
+        self.largest = max(self.largest, x.shape[0])
+        return self.inner(x)
+
+
+def small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1, stride=2), nn.ReLU(), nn.Flatten(),
+        nn.Linear(6 * 4 * 4, 4),
+    ).eval()  # fmt: skip
+
+
+FAST = {
+    "ig2": {"steps": 3, "n_references": 2},
+    "integrated_gradients": {"n_steps": 4},
+    "smoothgrad": {"nt_samples": 3},
+    "gradient_shap": {"n_samples": 2},  # all of a sample's points share one forward: 2 rows at least
+    "mfaba": {"max_steps": 5},
+    "big": {"attack_steps": 3, "ig_steps": 4},
+    "agi": {"max_iter": 3, "n_classes": 2},
+    "fei": {"iterations": 2, "levels": (0.5,)},
+}
+
+
+def _run(call):
+    """``(result, [OutOfMemoryWarning messages])`` of ``call()``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = call()
+    return result, [str(w.message) for w in caught if issubclass(w.category, OutOfMemoryWarning)]
+
+
+def _reported(messages: list[str], who: str) -> int:
+    assert len(messages) == 1, messages
+    assert messages[0].startswith(f"{who}: out of memory"), messages[0]
+    return int(re.search(r"halved it to internal_batch_size=(\d+)", messages[0]).group(1))
+
+
+def _method_setup(name: str) -> tuple[nn.Module, Tensor, dict]:
+    if name in VIT_ONLY:
+        return torchvision_vit(), torch.rand(N, 3, 32, 32, generator=torch.Generator().manual_seed(1)), {}
+    options = dict(FAST.get(name, {}))
+    if name == "ig2":
+        pool = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(9))
+        options["reference_pool"] = (pool, torch.arange(8) % 4)
+    return small_cnn(), torch.rand(N, 3, 8, 8, generator=torch.Generator().manual_seed(1)), options
+
+
+@pytest.mark.parametrize("name", available_methods())
+def test_every_method_backs_off_to_a_size_that_fits(name):
+    inner, x, options = _method_setup(name)
+    model = RowLimited(inner, LIMIT)
+    method = get_method(name, model, input_bounds=(0.0, 1.0), **options)
+    assert method.internal_batch_size is None  # everything at once: the whole batch cannot fit
+    backed_off, messages = _run(lambda: method.attribute(x, target=1))
+    size = _reported(messages, name)
+    assert method.internal_batch_size == size  # kept for the next batches
+    assert model.largest <= LIMIT
+
+    from_start, again = _run(lambda: get_method(name, model, input_bounds=(0.0, 1.0), internal_batch_size=size,
+                                                **options).attribute(x, target=1))
+    assert again == []  # the reported size works from the start ...
+    torch.testing.assert_close(backed_off, from_start, rtol=1e-6, atol=1e-6)
+    _, twice = _run(lambda: get_method(name, model, input_bounds=(0.0, 1.0), internal_batch_size=2 * size,
+                                       **options).attribute(x, target=1))
+    assert len(twice) == 1  # ... and twice it does not: it is the first size of the halving sequence that works
+
+
+def test_a_started_bound_is_halved_and_the_clean_pass_backs_off_too():
+    model = RowLimited(small_cnn(), 3)
+    x = torch.rand(N, 3, 8, 8)
+    method = get_method("integrated_gradients", model, n_steps=4, internal_batch_size=64)
+    result, messages = _run(lambda: method.attribute(x))  # target None: the clean forward of 6 rows fails first
+    # 64 -> 32 -> 16 -> 8 -> 4 -> 2: Captum's batches of 4 rows still fail, 2 rows fit
+    assert _reported(messages, "integrated_gradients") == 2
+    assert "internal_batch_size=64" in messages[0]
+    reference = get_method("integrated_gradients", small_cnn(), n_steps=4, internal_batch_size=2)
+    torch.testing.assert_close(result, reference.attribute(x), rtol=1e-6, atol=1e-6)
+
+
+def test_a_model_failing_at_one_row_re_raises_and_keeps_the_users_size():
+    model = RowLimited(small_cnn(), 0)
+    method = get_method("saliency", model, internal_batch_size=8)
+    with pytest.raises(torch.OutOfMemoryError, match="1 rows > 0"):
+        method.attribute(torch.rand(3, 3, 8, 8), target=0)
+    assert method.internal_batch_size == 8
+    with pytest.raises(torch.OutOfMemoryError, match="1 rows > 0"):
+        insertion_deletion(model, torch.rand(2, 3, 8, 8), torch.rand(2, 8, 8), n_steps=4)
+
+
+GAMES = {
+    "insertion_deletion": lambda model, x, a, size, logits: insertion_deletion(
+        model, x, a, n_steps=4, internal_batch_size=size, logits=logits
+    ),
+    "activation_deviation": lambda model, x, a, size, logits: activation_deviation(
+        model, x, a, layers=["inner.1"], n_steps=4, internal_batch_size=size
+    ),
+    "road": lambda model, x, a, size, logits: road(
+        model, x, a, percentiles=(20, 50, 80), internal_batch_size=size, logits=logits
+    ),
+    "infidelity": lambda model, x, a, size, logits: infidelity(
+        model, x, a.unsqueeze(1).expand_as(x), n_perturb_samples=2, internal_batch_size=size, logits=logits
+    ),
+}
+
+
+def _tensors(result) -> list[Tensor]:
+    values = result if isinstance(result, tuple) else (result,)
+    return [v for v in values if isinstance(v, Tensor)]
+
+
+# With the clean logits given (as the runner does) only the perturbed rows run; without, the clean pass runs first.
+CASES = [(game, False) for game in GAMES] + [(game, True) for game in GAMES if game != "activation_deviation"]
+
+
+@pytest.mark.parametrize(("game", "with_logits"), CASES, ids=[f"{g}-{'logits' if w else 'clean'}" for g, w in CASES])
+def test_every_game_backs_off_to_a_size_that_fits(game, with_logits):
+    inner = small_cnn()
+    model = RowLimited(inner, 5)
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    a = torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(3))
+    logits = inner(x).detach() if with_logits else None
+    backed_off, messages = _run(lambda: GAMES[game](model, x, a, 32, logits))
+    size = _reported(messages, game)
+    assert model.largest <= 5
+    from_start, again = _run(lambda: GAMES[game](model, x, a, size, logits))
+    assert again == []
+    for got, expected in zip(_tensors(backed_off), _tensors(from_start), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    _, twice = _run(lambda: GAMES[game](model, x, a, 2 * size, logits))
+    assert len(twice) == 1
