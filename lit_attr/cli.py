@@ -54,10 +54,14 @@ examples:
       --split test --limit_samples 32 --methods '[saliency, mfaba]' --method_kwargs '{mfaba: {max_steps: 20}}'
   lit_attr evaluate --config cfg.yaml --ckpt_path model.ckpt --trainer.accelerator cpu \\
       --trainer.devices 2 --trainer.strategy ddp    # each sample is counted once; same numbers as 1 process
+  lit_attr evaluate --config cfg.yaml --ckpt_path model.ckpt --resume true    # continue a killed run
 
 The config uses LightningCLI's layout (model: {class_path, init_args}, data: {...}, trainer: {...}); a fit config
 can be combined with an evaluation config: --config fit.yaml --config evaluate.yaml.
-Results are written to a temporary directory and moved to --output_dir when complete.
+Results are written to a hidden work directory next to --output_dir and moved there when complete; a finished
+--output_dir is only replaced with --overwrite true. Every --checkpoint_every batches each process saves its
+partial state in the work directory: --resume true continues a killed run (same configuration and number of
+processes) where it stopped.
 Checkpoints are loaded with torch.load(weights_only=True): tensors and plain values only. A checkpoint that needs
 other Python objects, or a URL, is refused unless you pass --trust_checkpoint true (only for files you trust: it
 unpickles with weights_only=False, which can run code).
@@ -195,6 +199,9 @@ def run_evaluate(argv: Sequence[str], progress: bool = True) -> tuple[dict[str, 
             "heatmap_samples",
             "randomization_samples",
             "reference_pool_size",
+            "resume",
+            "overwrite",
+            "checkpoint_every",
         )
     }
     try:

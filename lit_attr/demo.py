@@ -197,6 +197,7 @@ def run_demo(output_dir: str | os.PathLike = "lit_attr_demo", fast: bool = False
         "heatmap_samples": 8,
         "batch_size": budget["batch_size"],
         "output_dir": str(out / "evaluation"),
+        "overwrite": True,  # the demo's own directory: a second `lit_attr demo` replaces the first evaluation
     }
     config_path = out / "evaluate.yaml"
     config_path.write_text(yaml.safe_dump(evaluate_cfg, sort_keys=False))

@@ -9,8 +9,10 @@ Under DDP every sample is counted exactly once: the (possibly limited) split is 
 (rank ``r`` of ``W`` takes samples ``r, r + W, ...``; Lightning's distributed sampler, which pads, is switched off),
 and every metric state is a ``sum``, so the result equals the single-process result up to float summation order.
 
-Files appear atomically: everything is written into a hidden sibling directory that is renamed to ``output_dir``
-only once complete, so a crash never leaves a half-written result that looks finished.
+Files appear atomically: everything is written into a hidden sibling work directory (``.<name>.work``) that is
+renamed to ``output_dir`` only once complete, so a crash never leaves a half-written result that looks finished.
+Every ``checkpoint_every`` batches each rank also saves its partial state there, and ``resume=True`` continues a
+killed run from it (:mod:`lit_attr._resume`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import os
 import pickle
 import platform
 import re
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -33,6 +34,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 from typing_extensions import override
 
+from lit_attr._checks import check_int
+from lit_attr._resume import WorkDirectory, agree, check_output_dir, model_digest, write_result
 from lit_attr.batch import Batch, BatchAdapter, adapt_batch
 from lit_attr.methods import available_methods
 from lit_attr.metrics import available_metrics, get_metric_spec
@@ -231,24 +234,53 @@ class _Indexed(Dataset):
 class _EvaluationModule(LightningModule):
     """Runs the runner in ``test_step``; ``compute()`` and the gathering of records in ``on_test_epoch_end``."""
 
-    def __init__(self, net: nn.Module, dataset: Dataset, num_samples: int, settings: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        dataset: Dataset,
+        num_samples: int,
+        settings: dict[str, Any],
+        work: WorkDirectory,
+        resume: dict[str, Any],
+    ) -> None:
         super().__init__()
         self.net = net
         self.dataset = dataset
         self.num_samples = num_samples
         self.settings = settings
+        self.work = work
+        self.resume = resume  # {"resume": bool, "overwrite": bool, "checkpoint_every": int}
         self.results: dict[str, Any] = {}
         self.records: list[SampleRecord] = []
         self.progress: Callable[[str, int], None] | None = None
         self._runner: AttributionRunner | None = None
+        self._restored: dict[str, Any] | None = None
+        self._start = 0  # batches of this rank's shard finished by an earlier, interrupted run
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
+    def _shard(self) -> range:
+        # Shard by index, no padding: a padded DistributedSampler would count some samples twice.
+        return range(self.global_rank, self.num_samples, self.trainer.world_size)
+
+    @override
+    def setup(self, stage: str) -> None:
+        # The process group exists here: global rank 0 judges the work directory, then every rank loads its state.
+        rank, world_size = self.global_rank, self.trainer.world_size
+        resume = self.resume["resume"]
+        message = self.work.decide(resume, self.resume["overwrite"], world_size) if rank == 0 else None
+        message = self.trainer.strategy.broadcast(message, src=0)
+        if message is None and resume:
+            self._restored, message = self.work.load(rank, world_size)
+        message = agree(message)
+        if message:
+            raise EvaluationError(message)
+        self._start = self._restored["batches_done"] if self._restored is not None else 0
+
     @override
     def test_dataloader(self) -> DataLoader:
-        # Shard by index, no padding: a padded DistributedSampler would count some samples twice.
-        shard = range(self.global_rank, self.num_samples, self.trainer.world_size)
+        shard = self._shard()[self._start * self.settings["batch_size"] :]
         return DataLoader(_Indexed(self.dataset, shard), batch_size=self.settings["batch_size"], shuffle=False)
 
     @override
@@ -277,6 +309,13 @@ class _EvaluationModule(LightningModule):
             self._runner.prepare(pool.to(self.device))
         except ValueError as error:
             raise EvaluationError(f"{error} (the pool is the split's first {len(pool)} samples)") from error
+        if self._restored is not None:  # after prepare(), exactly as in the interrupted run
+            self._runner.load_state_dict(self._restored["runner"])
+            self._runner.to(self.device)
+            self.records = list(self._restored["records"])
+            if self.progress is not None:
+                self.progress("", len(self.records))
+            self._restored = None
 
     @override
     def test_step(self, batch: Any, batch_idx: int) -> None:
@@ -284,6 +323,11 @@ class _EvaluationModule(LightningModule):
         data = adapt_batch(sample)
         data = data.with_inputs(data.x.float())
         self.records += self._runner.run(data, indices=[int(i) for i in indices])
+        done = self._start + batch_idx + 1
+        every, total = self.resume["checkpoint_every"], math.ceil(len(self._shard()) / self.settings["batch_size"])
+        if done % every == 0 and done < total:
+            state = self._runner.state_dict()
+            self.work.save(self.global_rank, self.trainer.world_size, done, self.records, state)
 
     @override
     def on_test_epoch_end(self) -> None:
@@ -326,13 +370,18 @@ def evaluate(
     trainer: Trainer | None = None,
     config: Mapping[str, Any] | None = None,
     progress: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
+    checkpoint_every: int = 10,
 ) -> dict[str, Any]:
     """Attribute one split with every method, score the maps and write ``metrics.json``, PNGs and ``report.html``.
 
     Args:
         model: a classifier returning logits (typically a LightningModule loaded from a checkpoint).
         datamodule: provides the split; samples are ``(x, y[, mask])``, a tensor or a dict.
-        output_dir: directory that receives the results (replaced atomically when it exists).
+        output_dir: directory that receives the results; the work happens in its hidden sibling
+            ``.<name>.work``, renamed to ``output_dir`` when complete. A finished evaluation there is only replaced
+            with ``overwrite=True``; a non-empty directory without ``metrics.json`` never.
         methods: registered method names (:func:`~lit_attr.methods.available_methods`).
         method_kwargs: ``{method: {option: value}}``, e.g. ``{"fei": {"iterations": 20}}``.
         metrics: names from :func:`~lit_attr.metrics.available_metrics` (every registered metric); those that
@@ -351,12 +400,21 @@ def evaluate(
             construction. ``None`` builds a single-process CPU trainer.
         config: the resolved configuration, stored in ``metrics.json``.
         progress: show rich progress bars on rank 0.
+        resume: continue the unfinished evaluation in the work directory (a killed run): every rank reloads its
+            metric states and records and skips its finished batches. It must have the same configuration and
+            number of processes, else the resume is refused with the reason. Without an unfinished evaluation
+            the run starts from the beginning.
+        overwrite: replace a finished evaluation in ``output_dir``; without ``resume``, also discard an
+            unfinished one (which is otherwise an error).
+        checkpoint_every: each rank saves its partial state every this many batches.
 
     Returns:
         The content of ``metrics.json`` (on every rank; only rank 0 writes files).
 
     Raises:
-        EvaluationError: for an unusable split, a model that does not return logits, or a trainer in inference mode.
+        EvaluationError: for an unusable split, a model that does not return logits, a trainer in inference mode,
+            an ``output_dir`` that must not be replaced, an unfinished evaluation without ``resume`` or
+            ``overwrite``, or a resume with another configuration or number of processes.
         ValueError: for unknown method or metric names.
 
     Example:
@@ -383,6 +441,14 @@ def evaluate(
     stray = sorted(set(metric_kwargs or {}) - set(available_metrics()))
     if stray:
         raise ValueError(f"`metric_kwargs` names unknown metrics {stray}; registered: {available_metrics()}")
+    for name, flag in (("resume", resume), ("overwrite", overwrite)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"`{name}` must be a bool, got {type(flag).__name__} {flag!r}")
+    check_int("checkpoint_every", checkpoint_every, 1)
+    output = Path(output_dir).resolve()
+    refusal = check_output_dir(output, overwrite)
+    if refusal:
+        raise EvaluationError(refusal)
     dataset = split_dataset(datamodule, split)
     total = len(dataset)  # type: ignore[arg-type]
     num_samples = total if limit_samples is None else min(int(limit_samples), total)
@@ -407,7 +473,18 @@ def evaluate(
         "randomization_samples": int(randomization_samples),
         "reference_pool_size": int(reference_pool_size),
     }
-    wrapper = _EvaluationModule(model, dataset, num_samples, settings)
+    fingerprint = {
+        **settings,
+        "split": split,
+        "num_samples": num_samples,
+        "world_size": trainer.world_size,
+        "precision": str(trainer.precision),
+        "model": model_digest(model),
+        "config": {k: v for k, v in (config or {}).items() if k not in _RUN_CONTROL},
+    }
+    work = WorkDirectory(output, _to_plain(fingerprint))
+    control = {"resume": resume, "overwrite": overwrite, "checkpoint_every": checkpoint_every}
+    wrapper = _EvaluationModule(model, dataset, num_samples, settings, work, control)
     # The bar follows rank 0's shard, which is representative of every rank's.
     bar = _ProgressBar(enabled=progress and trainer.is_global_zero, total=math.ceil(num_samples / trainer.world_size))
     wrapper.progress = bar.update if bar.enabled else None
@@ -437,8 +514,15 @@ def evaluate(
         }
         figures = report.build_figures(result, samples, class_names=getattr(datamodule, "class_names", None))
         _log_to_loggers(trainer, result, figures)
-        _write_atomically(Path(output_dir), lambda tmp: report.write_outputs(tmp, result, figures))
+        write_result(output, lambda tmp: report.write_outputs(tmp, result, figures))
+    else:
+        work.discard(trainer.global_rank, trainer.world_size)
     return result
+
+
+_RUN_CONTROL = ("output_dir", "resume", "overwrite", "checkpoint_every", "trainer", "ckpt_path", "trust_checkpoint")
+"""Configuration keys that do not decide the numbers: a resumed run may change them (the weights are compared by
+their digest, the number of processes on its own)."""
 
 
 _QUIET_TRAINER: dict[str, Any] = {
@@ -496,24 +580,6 @@ def _log_to_loggers(trainer: Trainer, result: Mapping[str, Any], figures: Mappin
     for key, figure in figures.items():
         log_figure(trainer, f"evaluate/{key}", figure, step=0)
     log_table(trainer, "evaluate/scores", ["key", "value"], [[k, v] for k, v in scalars.items()], step=0)
-
-
-def _write_atomically(output_dir: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(tmp)`` on a hidden sibling of ``output_dir`` and swap it in only when it succeeded."""
-    output_dir = output_dir.resolve()
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}"
-    old = output_dir.parent / f".{output_dir.name}.old-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        write(tmp)
-        if output_dir.exists():
-            output_dir.rename(old)
-        tmp.rename(output_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
 
 
 class _ProgressBar:

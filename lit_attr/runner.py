@@ -292,6 +292,46 @@ class AttributionRunner:
         self._updates = dict.fromkeys(self._updates, 0)
         self.skipped = set()
 
+    def state_dict(self) -> dict[str, Any]:
+        """Every metric's states (on the CPU), update counts and skipped metrics: what :meth:`compute` depends on.
+
+        Plain containers of tensors and numbers, so ``torch.load(weights_only=True)`` reads them back (``evaluate``
+        saves them to resume a killed run).
+        """
+        metrics: dict[str, dict[str, Any]] = {}
+        for method, instances in self.metrics.items():
+            metrics[method] = {}
+            for name, metric in instances.items():
+                states = {key: _to_cpu(value) for key, value in metric.metric_state.items()}
+                metrics[method][name] = {"states": states, "update_count": int(metric._update_count)}
+        updates = {m: {k: self._updates[m, k] for k in self.metric_names} for m in self.methods}
+        return {"metrics": metrics, "updates": updates, "skipped": sorted(self.skipped)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned, for a runner built with the same methods and metrics.
+
+        Raises:
+            ValueError: if ``state`` holds other methods, metrics or metric states than this runner.
+        """
+        expected = {method: sorted(instances) for method, instances in self.metrics.items()}
+        found = {method: sorted(instances) for method, instances in state["metrics"].items()}
+        if found != expected:
+            raise ValueError(f"The saved state holds metrics {found}, but this runner has {expected}.")
+        for method, instances in self.metrics.items():
+            for name, metric in instances.items():
+                saved = state["metrics"][method][name]
+                if sorted(saved["states"]) != sorted(metric.metric_state):
+                    raise ValueError(
+                        f"The saved states of metric {name!r} of {method!r} are {sorted(saved['states'])}, but the "
+                        f"metric has {sorted(metric.metric_state)}."
+                    )
+                for key, value in saved["states"].items():
+                    setattr(metric, key, _to_device(value, _device_of(getattr(metric, key))))
+                metric._update_count = int(saved["update_count"])
+                metric._computed = None
+        self._updates = {(m, k): int(state["updates"][m][k]) for m in self.methods for k in self.metric_names}
+        self.skipped = set(state["skipped"])
+
     def run(self, batch: Batch, indices: Sequence[int] | None = None, target: TargetType = None) -> list[SampleRecord]:
         """Attribute one batch with every method, feed every metric, and return one record per sample.
 
@@ -456,3 +496,22 @@ def _check_options_ints(limits: Mapping[str, int] | None, names: Sequence[str]) 
     if unknown:
         raise ValueError(f"`metric_samples` has limits for {unknown}, which are not among the metrics {list(names)}.")
     return limits
+
+
+def _to_cpu(value: Any) -> Any:
+    """A metric state (a tensor, or a list of tensors for ``cat`` states) detached on the CPU."""
+    if isinstance(value, Tensor):
+        return value.detach().cpu().clone()
+    return [_to_cpu(item) for item in value]
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, Tensor):
+        return value.to(device)
+    return [_to_device(item, device) for item in value]
+
+
+def _device_of(value: Any) -> torch.device:
+    if isinstance(value, Tensor):
+        return value.device
+    return next((item.device for item in value if isinstance(item, Tensor)), torch.device("cpu"))

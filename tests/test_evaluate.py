@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from lit_attr.data import ShapesDataModule
-from lit_attr.evaluate import EvaluationError, _write_atomically, check_logits, flat_scalars, split_dataset
+from lit_attr._resume import write_result
+from lit_attr.evaluate import EvaluationError, check_logits, flat_scalars, split_dataset
 from lit_attr.report import render_html, score_rows
 
 
@@ -38,19 +39,31 @@ def test_split_dataset_finds_splits_and_names_missing_ones():
 
 def test_failed_write_leaves_the_previous_result_untouched(tmp_path: Path):
     target = tmp_path / "out"
-    _write_atomically(target, lambda d: (d / "metrics.json").write_text("old"))
+    write_result(target, lambda d: (d / "metrics.json").write_text("old"))
 
     def crash(directory: Path) -> None:
         (directory / "metrics.json").write_text("half")
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        _write_atomically(target, crash)
+        write_result(target, crash)
     assert (target / "metrics.json").read_text() == "old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary directory left behind
-    _write_atomically(target, lambda d: (d / "metrics.json").write_text("new"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no work directory left behind
+    write_result(target, lambda d: (d / "metrics.json").write_text("new"))
     assert (target / "metrics.json").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_failed_write_keeps_the_partial_states_of_an_evaluation(tmp_path: Path):
+    """A resumable evaluation whose final write fails stays resumable: its saved states are not removed."""
+    state = tmp_path / ".out.work" / "state" / "rank-0-of-1.pt"
+    state.parent.mkdir(parents=True)
+    state.write_bytes(b"saved")
+    with pytest.raises(RuntimeError, match="boom"):
+        write_result(tmp_path / "out", lambda d: (_ for _ in ()).throw(RuntimeError("boom")))
+    assert state.read_bytes() == b"saved" and sorted(p.name for p in state.parent.parent.iterdir()) == ["state"]
+    write_result(tmp_path / "out", lambda d: (d / "metrics.json").write_text("done"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the states go with the finished run
 
 
 def test_score_table_and_flat_scalars_agree():

@@ -200,8 +200,18 @@ class ParameterRandomization(Metric):
         return [name for name, _ in randomization_stages([n for n, _ in layers], self.order, self.stages)]
 
     def prepare(self, data: Batch) -> None:
-        """Pass data beyond the batch on to the method bound to the working copy (see ``AttributionMethod.prepare``)."""
+        """Pass data beyond the batch on to the method bound to the working copy (see ``AttributionMethod.prepare``).
+
+        Its first sample also fixes the layers' forward order (the stage names), which otherwise waits for the first
+        update: a resumed evaluation whose checked samples were all done before the interruption names them alike.
+        """
         self._method.prepare(data)
+        if self._forward_layers is None and len(data) and data.x.is_floating_point():
+            with torch.inference_mode(False):
+                self._load_source_weights()
+                weight = next((p for p in self._method.model.parameters() if p.is_floating_point()), None)
+                sample = data.x[:1] if weight is None else data.x[:1].to(device=weight.device, dtype=weight.dtype)
+                self._forward_layers = self._sort_layers(sample)
 
     def stage_attributions(self, x: Tensor, target: TargetType = None) -> Iterator[tuple[str, Tensor]]:
         """Yield ``(stage name, attributions)`` for every stage, exactly as :meth:`update` computes them.

@@ -1,0 +1,271 @@
+"""The work directory of ``evaluate``: partial states that let a killed evaluation resume, and the final swap.
+
+``evaluate(output_dir="out")`` works in the hidden sibling ``.out.work/``:
+
+* ``state/rank-<r>-of-<W>.pt``: every ``checkpoint_every`` batches each rank saves its runner state (the metric
+  states and update counts), its per-sample records (for the report's heatmaps and timing) and the number of
+  batches of its shard that are done. A file is written to a temporary name, fsync-ed and renamed, so it is whole
+  or absent, whenever the process dies.
+* ``result/``: the final files; when they are complete the directory is renamed to ``out/`` and the work directory
+  is removed.
+
+A work directory that outlives its run is an unfinished evaluation. ``resume=True`` continues it: every rank
+reloads its state and skips its finished batches, after checking that the run has the same number of processes
+and the same fingerprint (methods, metrics, their options, the data, the model's weights, ...). ``overwrite=True``
+without ``resume`` starts over. A finished ``out/`` is only replaced with ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from lit_attr.runner import SampleRecord
+
+__all__ = ["WorkDirectory", "agree", "check_output_dir", "model_digest", "write_result"]
+
+STATE_VERSION = 1
+_STATE_NAME = re.compile(r"^rank-(\d+)-of-(\d+)\.pt$")
+
+
+def work_dir(output_dir: Path) -> Path:
+    """The hidden sibling of ``output_dir`` that an evaluation works in.
+
+    Example:
+        >>> work_dir(Path("/tmp/results")).as_posix()
+        '/tmp/.results.work'
+    """
+    return output_dir.parent / f".{output_dir.name}.work"
+
+
+def check_output_dir(output_dir: Path, overwrite: bool) -> str | None:
+    """Why ``output_dir`` must not receive a result (a one-line message), or None if it may.
+
+    A missing or empty directory may; a finished evaluation (it holds ``metrics.json``) only with ``overwrite``;
+    anything else never, so that no one's files are replaced by mistake.
+    """
+    if not output_dir.exists():
+        return None
+    if not output_dir.is_dir():
+        return f"`output_dir` {str(output_dir)!r} exists and is not a directory; choose another `output_dir`"
+    if not any(output_dir.iterdir()):
+        return None
+    if not (output_dir / "metrics.json").is_file():
+        return (
+            f"`output_dir` {str(output_dir)!r} holds files that are not an evaluation's result (no metrics.json); "
+            "choose another `output_dir`"
+        )
+    if not overwrite:
+        return (
+            f"`output_dir` {str(output_dir)!r} holds a finished evaluation; pass --overwrite true (overwrite=True "
+            "in Python) to replace it, or choose another `output_dir`"
+        )
+    return None
+
+
+def model_digest(model: nn.Module) -> str:
+    """SHA-256 of a module's state dict (names, dtypes, shapes and bytes): the weights an evaluation explains.
+
+    Example:
+        >>> a, b = nn.Linear(2, 2), nn.Linear(2, 2)
+        >>> model_digest(a) == model_digest(a), model_digest(a) == model_digest(b)
+        (True, False)
+    """
+    digest = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        if not isinstance(value, Tensor):
+            digest.update(f"{name}={value!r}".encode())
+            continue
+        tensor = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{tensor.dtype}:{tuple(value.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def agree(message: str | None) -> str | None:
+    """The first error any rank reports, on every rank (every rank must call it); this rank's without DDP."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        messages: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(messages, message)
+        return next((m for m in messages if m), None)
+    return message
+
+
+class WorkDirectory:
+    """The work directory of one evaluation and its per-rank partial states.
+
+    Args:
+        output_dir: where the result goes.
+        fingerprint: JSON-ready description of everything that decides the numbers; a state saved under another
+            fingerprint is not resumed.
+    """
+
+    def __init__(self, output_dir: Path, fingerprint: Mapping[str, Any]) -> None:
+        self.output_dir = output_dir
+        self.path = work_dir(output_dir)
+        self.state_dir = self.path / "state"
+        # Addresses in reprs (a callable option) differ from run to run without meaning anything.
+        self.fingerprint = json.loads(re.sub(r" at 0x[0-9a-fA-F]+", "", json.dumps(fingerprint, sort_keys=True)))
+
+    def state_path(self, rank: int, world_size: int) -> Path:
+        """The partial state of one rank."""
+        return self.state_dir / f"rank-{rank}-of-{world_size}.pt"
+
+    def decide(self, resume: bool, overwrite: bool, world_size: int) -> str | None:
+        """On global rank 0, before any rank saves: why this run must not start (one line), or None.
+
+        Without ``resume`` an existing work directory is an error, or is removed with ``overwrite``. With
+        ``resume`` its states must come from as many processes as this run has.
+        """
+        if not self.path.exists():
+            return None
+        if not resume:
+            if overwrite:
+                shutil.rmtree(self.path)
+                return None
+            return (
+                f"an unfinished evaluation for {str(self.output_dir)!r} is in {str(self.path)!r}; pass --resume true "
+                "to continue it, or --overwrite true to start over (resume=True / overwrite=True in Python)"
+            )
+        sizes = sorted({int(m.group(2)) for p in self._state_files() if (m := _STATE_NAME.match(p.name))})
+        other = [size for size in sizes if size != world_size]
+        if other:
+            return (
+                f"cannot resume the evaluation in {str(self.path)!r}: it ran with {other[0]} process(es), this run "
+                f"has {world_size}; resume with {other[0]}, or pass --overwrite true without --resume to start over"
+            )
+        return None
+
+    def load(self, rank: int, world_size: int) -> tuple[dict[str, Any] | None, str | None]:
+        """``(state, None)`` for this rank's saved state, ``(None, None)`` if it has none, ``(None, why)`` if unusable.
+
+        The state holds ``batches_done``, ``records`` (:class:`~lit_attr.runner.SampleRecord` objects) and
+        ``runner`` (:meth:`~lit_attr.runner.AttributionRunner.state_dict`).
+        """
+        path = self.state_path(rank, world_size)
+        if not path.is_file():
+            return None, None
+        start_over = "pass --overwrite true without --resume to start over"
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            saved = json.loads(state["fingerprint"])
+        except Exception as error:  # noqa: BLE001 - any unreadable file is refused the same way
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            return None, f"cannot resume from {str(path)!r}: the file is unreadable ({first}); {start_over}"
+        if state.get("version") != STATE_VERSION:
+            return None, f"cannot resume from {str(path)!r}: another version of lit-attr wrote it; {start_over}"
+        difference = _first_difference(saved, self.fingerprint)
+        if difference is not None:
+            key, was, now = difference
+            return None, (
+                f"cannot resume the evaluation in {str(self.path)!r}: its {key} was {_short(was)}, this run's is "
+                f"{_short(now)}; rerun with the same configuration, or {start_over}"
+            )
+        state["records"] = [SampleRecord(**record) for record in state["records"]]
+        return state, None
+
+    def save(
+        self,
+        rank: int,
+        world_size: int,
+        batches_done: int,
+        records: Sequence[SampleRecord],
+        runner_state: Mapping[str, Any],
+    ) -> None:
+        """Save one rank's partial state atomically (temporary file, fsync, rename)."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "version": STATE_VERSION,
+            "fingerprint": json.dumps(self.fingerprint, sort_keys=True),
+            "batches_done": int(batches_done),
+            "records": [{f.name: getattr(record, f.name) for f in fields(SampleRecord)} for record in records],
+            "runner": dict(runner_state),
+        }
+        _save_atomically(payload, self.state_path(rank, world_size))
+
+    def discard(self, rank: int, world_size: int) -> None:
+        """Remove this rank's state once its part is done (and the directories, if nothing else is left)."""
+        self.state_path(rank, world_size).unlink(missing_ok=True)
+        for directory in (self.state_dir, self.path):
+            with contextlib.suppress(OSError):  # not empty, or already removed by rank 0
+                directory.rmdir()
+
+    def _state_files(self) -> list[Path]:
+        return sorted(self.state_dir.glob("rank-*-of-*.pt")) if self.state_dir.is_dir() else []
+
+
+def write_result(output_dir: Path, write: Callable[[Path], None]) -> None:
+    """Run ``write(directory)`` in the work directory and swap the result in as ``output_dir`` once it succeeded.
+
+    A failed ``write`` leaves ``output_dir`` as it was and removes what it wrote (partial states stay, so the
+    evaluation can still be resumed); a success removes the work directory.
+    """
+    output_dir = output_dir.resolve()
+    work = work_dir(output_dir)
+    result = work / "result"
+    old = output_dir.parent / f".{output_dir.name}.old-{os.getpid()}"
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(result, ignore_errors=True)
+    result.mkdir()
+    try:
+        write(result)
+    except BaseException:
+        shutil.rmtree(result, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            work.rmdir()
+        raise
+    if output_dir.exists():
+        output_dir.rename(old)
+    try:
+        result.rename(output_dir)
+    except BaseException:
+        if old.exists():
+            old.rename(output_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _save_atomically(payload: Any, path: Path) -> None:
+    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "wb") as stream:
+            torch.save(payload, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
+        descriptor = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def _first_difference(old: Any, new: Any, key: str = "") -> tuple[str, Any, Any] | None:
+    """``(`dotted.key`, old value, new value)`` of the first place where two JSON values differ, or None."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for name in sorted(set(old) | set(new), key=str):
+            if old.get(name) != new.get(name):
+                return _first_difference(old.get(name), new.get(name), f"{key}.{name}" if key else str(name))
+        return None
+    return None if old == new else (f"`{key}`" if key else "configuration", old, new)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
