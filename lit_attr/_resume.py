@@ -117,7 +117,7 @@ class WorkDirectory:
         self.path = work_dir(output_dir)
         self.state_dir = self.path / "state"
         # Addresses in reprs (a callable option) differ from run to run without meaning anything.
-        self.fingerprint = json.loads(re.sub(r" at 0x[0-9a-fA-F]+", "", json.dumps(fingerprint, sort_keys=True)))
+        self.fingerprint = json.loads(re.sub(r" at 0x[0-9a-fA-F]+", "", json.dumps(fingerprint)))
 
     def state_path(self, rank: int, world_size: int) -> Path:
         """The partial state of one rank."""
@@ -188,7 +188,7 @@ class WorkDirectory:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         payload = {
             "version": STATE_VERSION,
-            "fingerprint": json.dumps(self.fingerprint, sort_keys=True),
+            "fingerprint": json.dumps(self.fingerprint),
             "batches_done": int(batches_done),
             "records": [{f.name: getattr(record, f.name) for f in fields(SampleRecord)} for record in records],
             "runner": dict(runner_state),
@@ -257,9 +257,13 @@ def _save_atomically(payload: Any, path: Path) -> None:
 
 
 def _first_difference(old: Any, new: Any, key: str = "") -> tuple[str, Any, Any] | None:
-    """``(`dotted.key`, old value, new value)`` of the first place where two JSON values differ, or None."""
+    """``(`dotted.key`, old value, new value)`` of the first place where two JSON values differ, or None.
+
+    Keys are visited in the order of ``new``, so the most telling difference (``methods`` before their options)
+    is the one reported.
+    """
     if isinstance(old, dict) and isinstance(new, dict):
-        for name in sorted(set(old) | set(new), key=str):
+        for name in [*new, *(key for key in old if key not in new)]:
             if old.get(name) != new.get(name):
                 return _first_difference(old.get(name), new.get(name), f"{key}.{name}" if key else str(name))
         return None

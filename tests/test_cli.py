@@ -103,7 +103,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _leftovers(parent: Path) -> list[str]:
-    return [p.name for p in parent.iterdir() if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name)]
+    """Hidden work, temporary or replaced directories that a finished or cleanly failed evaluation leaves behind."""
+    return [p.name for p in parent.iterdir() if p.name.startswith(".") and any(
+        part in p.name for part in (".tmp-", ".old-", ".work"))]
 
 
 # ---------------------------------------------------------------------------------------------------- help
