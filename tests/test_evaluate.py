@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from lit_attr.data import ShapesDataModule
 from lit_attr._resume import write_result
+from lit_attr.data import ShapesDataModule
 from lit_attr.evaluate import EvaluationError, check_logits, flat_scalars, split_dataset
 from lit_attr.report import render_html, score_rows
 
