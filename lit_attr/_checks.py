@@ -19,21 +19,28 @@ classes. :func:`resolve_target` implements this once.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 TargetType = int | Sequence[int] | Tensor | None
 
 __all__ = [
     "TargetType",
+    "check_batch",
+    "check_bounds",
     "check_callable",
     "check_choice",
+    "check_device",
+    "check_finite",
+    "check_flag",
     "check_int",
     "check_names",
+    "check_number",
     "check_option_dicts",
     "check_optional_int",
     "check_positive",
@@ -97,6 +104,120 @@ def check_seed(seed: Any) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"`seed` must be an int, got {type(seed).__name__}.")
     return seed
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """Return ``value`` if it is a bool, else raise a TypeError naming the argument.
+
+    Example:
+        >>> check_flag("resume", True)
+        True
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be True or False, got {type(value).__name__} {value!r}.")
+    return value
+
+
+def check_number(name: str, value: Any) -> float:
+    """Return ``value`` as a float if it is a finite real number (bools excluded).
+
+    Raises:
+        TypeError: for anything but an int or a float.
+        ValueError: for NaN or an infinity.
+
+    Example:
+        >>> check_number("threshold", 1)
+        1.0
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a number, got {type(value).__name__} {value!r}.")
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
+    return float(value)
+
+
+def check_bounds(name: str, bounds: Any) -> tuple[float | Tensor, float | Tensor] | None:
+    """``None``, or a pair ``(low, high)`` of numbers or tensors with ``low < high`` everywhere and no NaN.
+
+    Returns:
+        None, or the pair with floats for numbers and detached tensors.
+
+    Raises:
+        ValueError: for anything else.
+
+    Example:
+        >>> check_bounds("input_bounds", (0, 1))
+        (0.0, 1.0)
+    """
+    if bounds is None:
+        return None
+    if not isinstance(bounds, (tuple, list)) or len(bounds) != 2 or isinstance(bounds[0], (str, bytes)):
+        raise ValueError(f"`{name}` must be None or a pair (low, high), got {bounds!r}.")
+    try:
+        low, high = (b.detach() if isinstance(b, Tensor) else float(b) for b in bounds)
+    except (TypeError, ValueError) as error:
+        message = f"`{name}` must be None or a pair (low, high) of numbers or tensors, got {bounds!r}."
+        raise ValueError(message) from error
+    if bool(torch.as_tensor(low).isnan().any()) or bool(torch.as_tensor(high).isnan().any()):
+        raise ValueError(f"`{name}` must not contain NaN, got {bounds!r}.")
+    if bool(torch.as_tensor(low >= high).any()):
+        raise ValueError(f"`{name}` must satisfy low < high everywhere, got {bounds!r}.")
+    return low, high
+
+
+def check_device(name: str, value: Tensor, model: nn.Module) -> None:
+    """Raise a ValueError naming the argument if ``value`` is not on the device of ``model``'s first tensor.
+
+    Example:
+        >>> check_device("x", torch.zeros(2, 3), nn.Linear(3, 2))
+    """
+    device = next((t.device for t in itertools.chain(model.parameters(), model.buffers())), None)
+    if device is not None and device != value.device:
+        raise ValueError(
+            f"`{name}` is on {value.device} but the model is on {device}; move them to the same device, e.g. "
+            f"`{name}.to({str(device)!r})`."
+        )
+
+
+def check_finite(name: str, value: Tensor) -> None:
+    """Raise a ValueError naming the argument if ``value`` holds NaN or infinite values.
+
+    Example:
+        >>> check_finite("attributions", torch.ones(2))
+    """
+    if value.device.type != "meta" and not bool(torch.isfinite(value).all()):
+        raise ValueError(f"`{name}` contains NaN or infinite values; it must be finite.")
+
+
+def check_batch(name: str, value: Any, model: nn.Module | None = None, *, finite: bool = True) -> Tensor:
+    """Return ``value`` if it is a non-empty floating-point batch ``(N, ...)``, on ``model``'s device, finite.
+
+    Args:
+        name: the argument's name, for the messages.
+        value: what the user passed.
+        model: the module the batch is for (its device is checked first: a tensor on another device cannot even
+            be inspected there).
+        finite: also refuse NaN and infinite values.
+
+    Raises:
+        TypeError: for a non-tensor or a tensor that is not floating-point.
+        ValueError: for fewer than 2 dimensions, no samples, another device than the model's, or NaN/inf.
+
+    Example:
+        >>> check_batch("x", torch.zeros(2, 3), nn.Linear(3, 2)).shape
+        torch.Size([2, 3])
+    """
+    if not isinstance(value, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(value).__name__}.")
+    if not value.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating-point tensor, got dtype {value.dtype}; convert it with .float().")
+    if value.ndim < 2 or value.shape[0] == 0:
+        raise ValueError(f"`{name}` must be a non-empty batch (N, ...) with N >= 1, got shape {tuple(value.shape)}.")
+    if model is not None:
+        check_device(name, value, model)
+    if finite:
+        check_finite(name, value)
+    return value
 
 
 def check_choice(name: str, value: Any, options: Iterable[Any]) -> Any:

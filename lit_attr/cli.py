@@ -127,6 +127,7 @@ def build_evaluate_parser() -> Any:
         description="Run attribution methods and faithfulness metrics on a trained checkpoint.",
         epilog=_EVALUATE_EPILOG,
         formatter_class=_raw_formatter(),
+        exit_on_error=False,  # run_evaluate reports parse errors in one line, like every other error
     )
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML config (LightningCLI layout)")
     parser.add_argument("--ckpt_path", type=str, required=True, help="the checkpoint to evaluate (Lightning .ckpt)")
@@ -167,11 +168,15 @@ def run_evaluate(argv: Sequence[str], progress: bool = True) -> tuple[dict[str, 
     """
     import lightning as L
     import yaml
+    from jsonargparse import ArgumentError
 
     from lit_attr.evaluate import _QUIET_TRAINER, EvaluationError, evaluate, load_checkpoint
 
     parser = build_evaluate_parser()
-    cfg = parser.parse_args(list(argv))
+    try:
+        cfg = parser.parse_args(list(argv))
+    except ArgumentError as error:
+        raise CLIError(f"{' '.join(str(error).split())} (see lit_attr evaluate --help)") from error
     # Check the cheap things before building anything: nothing is written when they fail.
     if "://" not in cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():  # load_checkpoint judges URLs
         raise CLIError(f"checkpoint not found: {cfg.ckpt_path!r} is not a file")

@@ -34,7 +34,15 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 from typing_extensions import override
 
-from lit_attr._checks import check_int
+from lit_attr._checks import (
+    check_bounds,
+    check_choice,
+    check_flag,
+    check_int,
+    check_names,
+    check_option_dicts,
+    check_optional_int,
+)
 from lit_attr._resume import WorkDirectory, agree, check_output_dir, model_digest, write_result
 from lit_attr.batch import Batch, BatchAdapter, adapt_batch
 from lit_attr.methods import available_methods
@@ -427,24 +435,9 @@ def evaluate(
         >>> sorted(result["methods"]["saliency"])
         ['activation_deviation', 'insertion_deletion', 'localization']
     """
-    unknown = [name for name in methods if name not in available_methods()]
-    if not methods or unknown:
-        raise ValueError(f"`methods` must name registered methods {available_methods()}, got unknown {unknown}")
-    bad = [name for name in metrics if name not in available_metrics()]
-    if bad:
-        raise ValueError(f"`metrics` must be drawn from {available_metrics()}, got unknown {bad}")
-    # Options for registered methods that are not run are fine (a config narrowed with --methods); unknown names
-    # are typos.
-    stray = sorted(set(method_kwargs or {}) - set(available_methods()))
-    if stray:
-        raise ValueError(f"`method_kwargs` names unknown methods {stray}; registered: {available_methods()}")
-    stray = sorted(set(metric_kwargs or {}) - set(available_metrics()))
-    if stray:
-        raise ValueError(f"`metric_kwargs` names unknown metrics {stray}; registered: {available_metrics()}")
-    for name, flag in (("resume", resume), ("overwrite", overwrite)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"`{name}` must be a bool, got {type(flag).__name__} {flag!r}")
-    check_int("checkpoint_every", checkpoint_every, 1)
+    _check_arguments(locals())  # every parameter, before anything is built or read
+    methods = check_names("methods", methods, available_methods(), what="method")
+    metrics = check_names("metrics", metrics, available_metrics(), what="metric") if metrics else ()
     output = Path(output_dir).resolve()
     refusal = check_output_dir(output, overwrite)
     if refusal:
@@ -518,6 +511,30 @@ def evaluate(
     else:
         work.discard(trainer.global_rank, trainer.world_size)
     return result
+
+
+def _check_arguments(arguments: Mapping[str, Any]) -> None:
+    """Refuse bad arguments of :func:`evaluate` before anything runs (TypeError/ValueError naming the argument)."""
+    for name, kind in (("model", nn.Module), ("datamodule", LightningDataModule)):
+        if not isinstance(arguments[name], kind):
+            raise TypeError(f"`{name}` must be a {kind.__name__}, got {type(arguments[name]).__name__}")
+    for name, kind in (("trainer", Trainer), ("config", Mapping)):
+        if arguments[name] is not None and not isinstance(arguments[name], kind):
+            raise TypeError(f"`{name}` must be a {kind.__name__} or None, got {type(arguments[name]).__name__}")
+    # Options for registered methods that are not run are fine (a config narrowed with --methods); unknown names
+    # are typos.
+    check_option_dicts("method_kwargs", arguments["method_kwargs"], available_methods(), what="method")
+    check_option_dicts("metric_kwargs", arguments["metric_kwargs"], available_metrics(), what="metric")
+    check_choice("split", arguments["split"], tuple(_STAGES))
+    check_choice("target", arguments["target"], ("label", "prediction"))
+    check_optional_int("limit_samples", arguments["limit_samples"], 1)
+    check_int("batch_size", arguments["batch_size"], 1)
+    check_int("checkpoint_every", arguments["checkpoint_every"], 1)
+    for name in ("heatmap_samples", "randomization_samples", "reference_pool_size"):
+        check_int(name, arguments[name], 0)
+    check_bounds("input_bounds", arguments["input_bounds"])
+    for name in ("progress", "resume", "overwrite"):
+        check_flag(name, arguments[name])
 
 
 _RUN_CONTROL = ("output_dir", "resume", "overwrite", "checkpoint_every", "trainer", "ckpt_path", "trust_checkpoint")

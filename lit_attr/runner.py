@@ -28,11 +28,20 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from lit_attr._checks import TargetType, check_choice, check_int, check_names, check_option_dicts, resolve_target
+from lit_attr._checks import (
+    TargetType,
+    check_callable,
+    check_choice,
+    check_device,
+    check_int,
+    check_names,
+    check_option_dicts,
+    resolve_target,
+)
 from lit_attr.batch import Batch
 from lit_attr.methods._hygiene import preserved_model_state, preserved_rng_state
 from lit_attr.methods.base import AttributionMethod, attributions_of
-from lit_attr.methods.registry import get_method
+from lit_attr.methods.registry import available_methods, get_method
 from lit_attr.metrics.registry import MetricSpec, available_metrics, get_metric_spec
 
 __all__ = [
@@ -114,6 +123,8 @@ def normalize_methods(methods: MethodsArg) -> dict[str, MethodSpec]:
                 f"Every method must be a registered name or a factory (or an AttributionMethod instance), got "
                 f"{type(spec).__name__}."
             )
+        if isinstance(spec, str) and spec not in available_methods():
+            raise ValueError(f"`methods` names unknown method {spec!r}; registered: {available_methods()}.")
         if not isinstance(name, str) or not _NAME.match(name):
             raise ValueError(
                 f"Method name {name!r} cannot be used in logged keys; give the method a name with a dict, e.g. "
@@ -210,7 +221,7 @@ class AttributionRunner:
         self.target = check_choice("target", target, TARGETS)
         self.keep_attributions = check_int("keep_attributions", keep_attributions, 0)
         self.metric_samples = dict(_check_options_ints(metric_samples, self.metric_names))
-        self.progress = progress
+        self.progress = check_callable("progress", progress)
         self.model = model
         self.specs: dict[str, MetricSpec] = {name: get_metric_spec(name) for name in self.metric_names}
         self.methods: dict[str, AttributionMethod] = {
@@ -345,6 +356,12 @@ class AttributionRunner:
         Returns:
             One :class:`SampleRecord` per sample, in batch order.
         """
+        if not isinstance(batch, Batch):
+            raise TypeError(
+                f"`batch` must be a lit_attr.batch.Batch, got {type(batch).__name__}; read a dataloader's batch with "
+                "lit_attr.batch.adapt_batch(batch)."
+            )
+        check_device("x", batch.x, self.model)
         n = len(batch)
         indices = list(range(n)) if indices is None else [int(i) for i in indices]
         if len(indices) != n:

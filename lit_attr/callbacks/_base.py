@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lit_attr._checks import check_callable, check_choice, check_int, check_option_dicts, check_seed
+from lit_attr._checks import check_bounds, check_callable, check_choice, check_int, check_option_dicts, check_seed
 from lit_attr.batch import Batch, BatchAdapter
 from lit_attr.callbacks._probe import ProbeSet, chunks
 from lit_attr.callbacks._probe import shard as shard_of
@@ -52,6 +52,7 @@ class AttributionCallback(Callback):
         self._specs = normalize_methods(methods)
         self.num_samples = check_int("num_samples", num_samples, 1)
         self.seed = check_seed(seed)
+        check_bounds("input_bounds", input_bounds)
         self.input_bounds = input_bounds
         self._method_kwargs = check_option_dicts("method_kwargs", method_kwargs, list(self._specs), what="method")
         self.batch_adapter = check_callable("batch_adapter", batch_adapter)

@@ -18,7 +18,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lit_attr import delivery, report, viz
-from lit_attr._checks import check_callable, check_int, check_names, check_option_dicts
+from lit_attr._checks import check_callable, check_flag, check_int, check_names, check_option_dicts
 from lit_attr.batch import BatchAdapter
 from lit_attr.callbacks._base import AttributionCallback
 from lit_attr.callbacks._probe import find_dataset
@@ -151,10 +151,12 @@ class AttributionMonitor(AttributionCallback):
             batch_size=batch_size,
             dataloader_idx=dataloader_idx,
         )
-        self.metric_names: tuple[str, ...] = check_names("metrics", metrics, what="metric")
+        self.metric_names: tuple[str, ...] = check_names("metrics", metrics, available_metrics(), what="metric")
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, 1)
         self.log_heatmaps = check_int("log_heatmaps", log_heatmaps, 0)
         self._metric_kwargs = check_option_dicts("metric_kwargs", metric_kwargs, self.metric_names, what="metric")
+        if class_names is not None and (isinstance(class_names, str) or not isinstance(class_names, Sequence)):
+            raise TypeError(f"`class_names` must be a sequence of names or None, got {type(class_names).__name__}.")
         self.class_names = None if class_names is None else [str(name) for name in class_names]
         self._checked_data: dict[str, bool] = {"val": False, "test": False}
         if max_overhead is not None and (
@@ -162,7 +164,7 @@ class AttributionMonitor(AttributionCallback):
         ):
             raise ValueError(f"`max_overhead` must be a fraction in (0, 1) or None, got {max_overhead!r}.")
         self.max_overhead = None if max_overhead is None else float(max_overhead)
-        self.background_delivery = bool(background_delivery)
+        self.background_delivery = check_flag("background_delivery", background_delivery)
         self._clock = check_callable("clock", clock) or time.perf_counter
         self._budget = _Budget()
         self._worker: DeliveryWorker | None = None

@@ -10,7 +10,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lit_attr import delivery, viz
-from lit_attr._checks import check_choice, check_int, check_names
+from lit_attr._checks import check_choice, check_int, check_names, check_number
 from lit_attr.batch import Batch, BatchAdapter
 from lit_attr.callbacks._base import AttributionCallback
 from lit_attr.callbacks._probe import find_dataset
@@ -111,9 +111,9 @@ class RandomizationCheck(AttributionCallback):
         self.stages = check_choice("stages", stages, STAGE_MODES)
         self.every_n_epochs = None if every_n_epochs is None else check_int("every_n_epochs", every_n_epochs, 1)
         self.similarity = check_names("similarity", similarity, SIMILARITIES, what="similarity")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-            raise TypeError(f"`threshold` must be a number, got {type(threshold).__name__}.")
-        self.threshold = float(threshold)
+        self.threshold = check_number("threshold", threshold)
+        if layers != "auto":
+            check_names("layers", layers, what="layer")
         self.layers = layers
         self.log_heatmaps = check_int("log_heatmaps", log_heatmaps, 0)
         self._history: dict[int, dict[str, Any]] = {}

@@ -10,9 +10,16 @@ belongs to the weights.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from typing_extensions import override
+
+from lit_attr._checks import check_int, check_number
 
 __all__ = ["AttributionCheckpoint", "AttributionEarlyStopping", "scored_this_epoch"]
 
@@ -36,6 +43,19 @@ def scored_this_epoch(trainer: Trainer, key: str | None) -> bool:
     return any(monitor.last_epoch == trainer.current_epoch for monitor in monitors)
 
 
+def _init_lightning(init: Callable[..., None], callback: Any, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Check ``monitor``, run Lightning's ``__init__`` with its errors as ValueErrors; return the bound arguments."""
+    bound = inspect.signature(init).bind(callback, *args, **kwargs).arguments
+    monitor = bound.get("monitor")
+    if monitor is not None and not isinstance(monitor, str):
+        raise TypeError(f"`monitor` must be a logged key (str) or None, got {type(monitor).__name__} {monitor!r}.")
+    try:
+        init(callback, *args, **kwargs)
+    except MisconfigurationException as error:  # an Exception, not a ValueError: bad values are ValueErrors here
+        raise ValueError(str(error)) from error
+    return bound
+
+
 class AttributionCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` that, for an ``attr/...`` monitor, saves only at epochs the ``AttributionMonitor`` ran.
 
@@ -47,6 +67,9 @@ class AttributionCheckpoint(ModelCheckpoint):
         >>> checkpoint.monitor
         'attr/mfaba/insertion'
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        _init_lightning(ModelCheckpoint.__init__, self, args, kwargs)
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -71,6 +94,13 @@ class AttributionEarlyStopping(EarlyStopping):
         >>> stopping.patience
         2
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        bound = _init_lightning(EarlyStopping.__init__, self, args, kwargs)
+        if not isinstance(self.monitor, str):
+            raise TypeError(f"`monitor` must be a logged key (str), got {type(self.monitor).__name__}.")
+        check_int("patience", self.patience, 0)
+        check_number("min_delta", bound.get("min_delta", 0.0))
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

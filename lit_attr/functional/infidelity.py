@@ -22,9 +22,17 @@ from captum.metrics import infidelity as captum_infidelity
 from captum.metrics import sensitivity_max
 from torch import Tensor, nn
 
-from lit_attr._checks import TargetType, check_int, check_optional_int, check_seed, resolve_target
+from lit_attr._checks import (
+    TargetType,
+    check_batch,
+    check_finite,
+    check_int,
+    check_optional_int,
+    check_seed,
+    resolve_target,
+)
 from lit_attr._memory import MemoryBackoff
-from lit_attr.functional.insertion_deletion import _check_clean_logits, _check_model_device, _logits
+from lit_attr.functional.insertion_deletion import _check_clean_logits, _logits
 from lit_attr.methods._common import row_seed
 from lit_attr.methods._hygiene import preserved_model_state
 from lit_attr.methods.base import AttributionMethod, attributions_of
@@ -116,15 +124,13 @@ def sensitivity_perturbation(n_perturb: int, seed: int = 0) -> Callable[[Tensor,
     return perturb
 
 
-def _check_x(x: object) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"`x` must be a torch.Tensor, got {type(x).__name__}.")
-    if not x.is_floating_point():
-        raise TypeError(f"`x` must be a floating-point tensor, got dtype {x.dtype}.")
-    if x.ndim < 2 or x.shape[0] == 0:
-        raise ValueError(f"`x` must be a non-empty batch (N, ...), got shape {tuple(x.shape)}.")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("`x` contains NaN or infinite values.")
+def _check_attributions(attributions: object, x: Tensor) -> None:
+    if not isinstance(attributions, Tensor) or attributions.shape != x.shape:
+        shape = tuple(attributions.shape) if isinstance(attributions, Tensor) else type(attributions).__name__
+        raise ValueError(f"`attributions` must have the shape of x {tuple(x.shape)}, got {shape}.")
+    if not attributions.is_floating_point():
+        raise TypeError(f"`attributions` must be a floating-point tensor, got dtype {attributions.dtype}.")
+    check_finite("attributions", attributions)
 
 
 def check_noise_std(noise_std: object, name: str = "noise_std") -> float:
@@ -186,15 +192,12 @@ def infidelity(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
-    _check_x(x)
-    if not isinstance(attributions, Tensor) or attributions.shape != x.shape:
-        shape = tuple(attributions.shape) if isinstance(attributions, Tensor) else type(attributions).__name__
-        raise ValueError(f"`attributions` must have the shape of x {tuple(x.shape)}, got {shape}.")
+    check_batch("x", x, model)
+    _check_attributions(attributions, x)
     n_perturb = check_int("n_perturb_samples", n_perturb_samples, 1)
     noise_std = check_noise_std(noise_std)
     check_seed(seed)
     check_optional_int("internal_batch_size", internal_batch_size)
-    _check_model_device(model, x)
     n = x.shape[0]
     perturb = infidelity_perturbation(n_perturb, noise_std, baseline, seed)
     with torch.no_grad(), preserved_model_state(model), MemoryBackoff("infidelity", internal_batch_size) as backoff:
@@ -244,7 +247,8 @@ def sensitivity(
 
     ``SENS_MAX = max_k ||A(x + delta_k) - A(x)|| / ||A(x)||`` over ``n_perturb_samples`` perturbations from the
     uniform L-infinity ball of radius ``perturb_radius`` (:func:`sensitivity_perturbation`), every explanation of the
-    same target (the clean prediction when ``target`` is None). Lower is better (a stable explanation).
+    same target (the clean prediction when ``target`` is None). Lower is better (a stable explanation). A method
+    with ``input_bounds`` explains the perturbed inputs clipped to them (the part of the ball it accepts as input).
 
     Args:
         method: the attribution method (its ``attribute`` runs on the perturbed inputs, and on ``x`` unless
@@ -269,10 +273,9 @@ def sensitivity(
     """
     if not isinstance(method, AttributionMethod):
         raise TypeError(f"`method` must be an AttributionMethod, got {type(method).__name__}.")
-    _check_x(x)
-    if attributions is not None and (not isinstance(attributions, Tensor) or attributions.shape != x.shape):
-        shape = tuple(attributions.shape) if isinstance(attributions, Tensor) else type(attributions).__name__
-        raise ValueError(f"`attributions` must have the shape of x {tuple(x.shape)}, got {shape}.")
+    check_batch("x", x, method.model)
+    if attributions is not None:
+        _check_attributions(attributions, x)
     n_perturb = check_int("n_perturb_samples", n_perturb_samples, 1)
     radius = check_noise_std(perturb_radius, "perturb_radius")
     check_seed(seed)
@@ -281,7 +284,7 @@ def sensitivity(
     def explain(inputs: Tensor | tuple[Tensor, ...], target: Tensor | int) -> Tensor | tuple[Tensor, ...]:
         # Captum passes the clean inputs as a 1-tuple and expects a tuple back (it iterates over the result), the
         # perturbed ones as a tensor.
-        batch = inputs[0] if isinstance(inputs, tuple) else inputs
+        batch = inputs[0] if isinstance(inputs, tuple) else method.clip(inputs)
         if target.numel() == 1:  # Captum leaves a single target unexpanded: it applies to every row
             target = int(target.reshape(-1)[0])
         if attributions is not None and batch is x:

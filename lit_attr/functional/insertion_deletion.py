@@ -28,7 +28,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from lit_attr._checks import TargetType, check_choice, check_names, check_optional_int, resolve_target
+from lit_attr._checks import (
+    TargetType,
+    check_choice,
+    check_device,
+    check_finite,
+    check_names,
+    check_optional_int,
+    resolve_target,
+)
 from lit_attr._memory import MemoryBackoff
 from lit_attr.methods._hygiene import preserved_model_state
 
@@ -750,6 +758,8 @@ def _check_inputs(name: str, x: object) -> None:
 def _check_attributions(attributions: object, x: Tensor) -> None:
     if not isinstance(attributions, Tensor):
         raise TypeError(f"`attributions` must be a torch.Tensor, got {type(attributions).__name__}.")
+    if not attributions.is_floating_point():
+        raise TypeError(f"`attributions` must be a floating-point tensor, got dtype {attributions.dtype}.")
     if x.ndim == 2:
         if attributions.shape != x.shape:
             raise ValueError(
@@ -766,15 +776,14 @@ def _check_attributions(attributions: object, x: Tensor) -> None:
 
 
 def _check_model_device(model: nn.Module, x: Tensor) -> None:
-    device = next((p.device for p in model.parameters()), None)
-    if device is not None and device != x.device:
-        raise ValueError(f"`x` is on {x.device} but the model is on {device}; move them to the same device.")
+    check_device("x", x, model)
 
 
 def _check_clean_logits(logits: object, x: Tensor) -> None:
     if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != x.shape[0]:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise ValueError(f"`logits` must be the model's logits (N, K) = ({x.shape[0]}, K) for `x`, got {shape}.")
+    check_finite("logits", logits)
 
 
 def _logits(model: nn.Module, x: Tensor) -> Tensor:

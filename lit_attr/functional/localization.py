@@ -18,13 +18,18 @@ def _saliency_map(attributions: Tensor, masks: Tensor) -> Tensor:
     for name, value in (("attributions", attributions), ("masks", masks)):
         if not isinstance(value, Tensor):
             raise TypeError(f"`{name}` must be a torch.Tensor, got {type(value).__name__}.")
+    if not attributions.is_floating_point():
+        raise TypeError(f"`attributions` must be a floating-point tensor, got dtype {attributions.dtype}.")
     if attributions.ndim == 4:
         attributions = attributions.sum(dim=1)
-    if attributions.ndim != 3:
-        raise ValueError(f"`attributions` must be (N, C, H, W) or (N, H, W), got shape {tuple(attributions.shape)}.")
+    if attributions.ndim != 3 or attributions.shape[0] == 0:
+        raise ValueError(
+            f"`attributions` must be a non-empty batch (N, C, H, W) or (N, H, W), got {tuple(attributions.shape)}."
+        )
     if masks.shape != attributions.shape:
         raise ValueError(
-            f"`masks` must have shape (N, H, W) = {tuple(attributions.shape)}, got {tuple(masks.shape)}."
+            f"`masks` must have shape (N, H, W) = {tuple(attributions.shape)}, the samples and pixels of "
+            f"`attributions`, got {tuple(masks.shape)}."
         )
     if masks.dtype != torch.bool and not bool(((masks == 0) | (masks == 1)).all()):
         raise ValueError("`masks` must be boolean or contain only 0 and 1.")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from lit_attr._checks import TargetType, resolve_target
+from lit_attr._checks import TargetType, check_bounds, resolve_target
 from lit_attr._memory import MemoryBackoff
 from lit_attr.methods._hygiene import preserved_model_state, preserved_rng_state
 
@@ -76,7 +76,7 @@ class AttributionMethod(abc.ABC):
             raise ValueError(f"`internal_batch_size` must be a positive int or None, got {internal_batch_size!r}.")
         self.model = model
         self.forward_fn = forward_fn if forward_fn is not None else model
-        self.input_bounds = _check_bounds(input_bounds)
+        self.input_bounds = check_bounds("input_bounds", input_bounds)
         self.internal_batch_size = internal_batch_size
 
     # ------------------------------------------------------------------ public API
@@ -324,17 +324,6 @@ class _NonFiniteLogitsError(ValueError):
     def __init__(self, rows: list[int]) -> None:
         super().__init__(f"the model returned NaN or infinite logits in rows {rows}")
         self.rows = rows
-
-
-def _check_bounds(bounds: BoundsType) -> BoundsType:
-    if bounds is None:
-        return None
-    if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
-        raise ValueError(f"`input_bounds` must be None or a pair (low, high), got {bounds!r}.")
-    low, high = (b.detach() if isinstance(b, Tensor) else float(b) for b in bounds)
-    if bool(torch.as_tensor(low >= high).any()):
-        raise ValueError(f"`input_bounds` must satisfy low < high everywhere, got {bounds!r}.")
-    return low, high
 
 
 def attributions_of(result: ResultType) -> Tensor:

@@ -92,6 +92,7 @@ class CaptumMethod(AttributionMethod):
         self.seed = check_seed(seed)
         self.attribute_kwargs = attribute_kwargs
         self.captum = attribution(self._captum_forward_arg(attribution))
+        _check_attribute_kwargs(self.captum, attribute_kwargs)
 
     def _captum_forward_arg(self, attribution: Any) -> Any:
         wants_module = False
@@ -127,6 +128,30 @@ class CaptumMethod(AttributionMethod):
     def _shape_options(self, x: Tensor, options: dict[str, Any]) -> dict[str, Any]:
         """Fill in Captum keywords that depend on the input's shape; the default adds nothing."""
         return options
+
+
+def _check_attribute_kwargs(captum: Any, options: dict[str, Any]) -> None:
+    """Refuse options that the Captum ``attribute`` call would not take (a typo fails here, not at the first batch)."""
+    accepted = _attribute_parameters(captum)
+    unknown = sorted(set(options) - accepted) if accepted is not None else []
+    if unknown:
+        raise TypeError(
+            f"{', '.join(f'`{name}`' for name in unknown)}: not an option of {type(captum).__name__}.attribute, which "
+            f"takes {sorted(accepted)} (and the options of lit-attr's AttributionMethod)."
+        )
+
+
+def _attribute_parameters(captum: Any) -> set[str] | None:
+    """The keywords a Captum object's ``attribute`` takes besides the inputs and target; None if it takes any."""
+    parameters = inspect.signature(captum.attribute).parameters.values()
+    names = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"inputs", "target"}
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        inner = getattr(captum, "attribution_method", None)  # NoiseTunnel passes the rest on to the wrapped method
+        if inner is None:
+            return None
+        deeper = _attribute_parameters(inner)
+        return None if deeper is None else names | deeper
+    return names
 
 
 def _low_bound(method_kwargs: dict[str, Any]) -> Any:

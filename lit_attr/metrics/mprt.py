@@ -153,12 +153,8 @@ class EfficientMPRT(Metric):
             target: class to explain (``None``: the original model's top-1 prediction); both maps explain it.
             attributions: the original model's maps, if already computed (yielded as they are).
         """
-        _check_batch(x)
-        if attributions is not None:
-            if not isinstance(attributions, Tensor) or attributions.shape != x.shape:
-                shape = tuple(attributions.shape) if isinstance(attributions, Tensor) else type(attributions).__name__
-                raise ValueError(f"`attributions` must have the shape of `x`, {tuple(x.shape)}, got {shape}.")
         helper = self._randomization
+        _check_batch(x, helper._source.module, attributions)
         method = helper.method
         # Weights are loaded into the working copy and randomised in place, which needs normal tensors.
         with torch.inference_mode(False):

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from lit_attr._checks import check_batch, check_finite
 from lit_attr.functional.randomization import (
     GRANULARITIES,
     ORDERS,
@@ -230,7 +231,7 @@ class ParameterRandomization(Metric):
             >>> [(stage, a.shape) for stage, a in check.stage_attributions(torch.rand(1, 3, 4, 4))]
             [('original', torch.Size([1, 3, 4, 4])), ('1', torch.Size([1, 3, 4, 4]))]
         """
-        _check_batch(x)
+        _check_batch(x, self._source.module)
         for stage, maps in self._walk(x, target, reference=False):
             yield str(stage), maps
 
@@ -279,14 +280,7 @@ class ParameterRandomization(Metric):
             ValueError: if ``attributions`` has the wrong shape, ``"ssim"`` is requested for non-image
                 attributions, or the method's ``forward_fn`` does not call the model it was bound to.
         """
-        _check_batch(x)
-        if attributions is not None:
-            if not isinstance(attributions, Tensor):
-                raise TypeError(f"`attributions` must be a tensor or None, got {type(attributions).__name__}.")
-            if attributions.shape != x.shape:
-                raise ValueError(
-                    f"`attributions` must have the shape of `x`, {tuple(x.shape)}, got {tuple(attributions.shape)}."
-                )
+        _check_batch(x, self._source.module, attributions)
         if "ssim" in self.similarity and (x.ndim != 4 or min(x.shape[-2:]) < 6):
             raise ValueError(
                 f"similarity 'ssim' needs image inputs (N, C, H, W) of at least 6x6 pixels (its window is 11x11), "
@@ -454,11 +448,18 @@ class ParameterRandomization(Metric):
         return torch.stack([v.to(self.similarity_sum.device, self.similarity_sum.dtype) for v in values])
 
 
-def _check_batch(x: Any) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"`x` must be a torch.Tensor, got {type(x).__name__}.")
-    if x.ndim < 2 or x.shape[0] == 0:
-        raise ValueError(f"`x` must be a non-empty batch (N, ...) with N >= 1, got shape {tuple(x.shape)}.")
+def _check_batch(x: Any, model: nn.Module, attributions: Any = None) -> None:
+    """``x``: a finite floating batch on ``model``'s device; ``attributions`` (if given): finite maps of its shape."""
+    check_batch("x", x, model)
+    if attributions is None:
+        return
+    if not isinstance(attributions, Tensor):
+        raise TypeError(f"`attributions` must be a tensor or None, got {type(attributions).__name__}.")
+    if attributions.shape != x.shape:
+        raise ValueError(f"`attributions` must have the shape of `x` {tuple(x.shape)}, got {tuple(attributions.shape)}")
+    if not attributions.is_floating_point():
+        raise TypeError(f"`attributions` must be a floating-point tensor, got dtype {attributions.dtype}.")
+    check_finite("attributions", attributions)
 
 
 def _heatmaps(attributions: Tensor) -> tuple[Tensor, Tensor]:
