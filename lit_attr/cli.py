@@ -179,7 +179,7 @@ def run_evaluate(argv: Sequence[str], progress: bool = True) -> tuple[dict[str, 
         raise CLIError(f"{' '.join(str(error).split())} (see lit_attr evaluate --help)") from error
     # Check the cheap things before building anything: nothing is written when they fail.
     if "://" not in cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():  # load_checkpoint judges URLs
-        raise CLIError(f"checkpoint not found: {cfg.ckpt_path!r} is not a file")
+        raise CLIError(f"checkpoint not found: --ckpt_path {cfg.ckpt_path!r} is not a file")
     resolved = yaml.safe_load(parser.dump(cfg, skip_validation=True))
     if cfg.seed_everything is not False:
         L.seed_everything(int(cfg.seed_everything), verbose=False)

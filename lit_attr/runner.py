@@ -124,7 +124,10 @@ def normalize_methods(methods: MethodsArg) -> dict[str, MethodSpec]:
                 f"{type(spec).__name__}."
             )
         if isinstance(spec, str) and spec not in available_methods():
-            raise ValueError(f"`methods` names unknown method {spec!r}; registered: {available_methods()}.")
+            raise ValueError(
+                f"method {spec!r} in `methods`: Unknown attribution method {spec!r}; available: "
+                f"{', '.join(available_methods())}."
+            )
         if not isinstance(name, str) or not _NAME.match(name):
             raise ValueError(
                 f"Method name {name!r} cannot be used in logged keys; give the method a name with a dict, e.g. "

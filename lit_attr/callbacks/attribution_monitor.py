@@ -151,7 +151,10 @@ class AttributionMonitor(AttributionCallback):
             batch_size=batch_size,
             dataloader_idx=dataloader_idx,
         )
-        self.metric_names: tuple[str, ...] = check_names("metrics", metrics, available_metrics(), what="metric")
+        self.metric_names: tuple[str, ...] = check_names("metrics", metrics, what="metric")
+        unknown = [name for name in self.metric_names if name not in available_metrics()]
+        if unknown:
+            raise ValueError(f"`metrics`: unknown metric(s) {unknown}; available: {', '.join(available_metrics())}.")
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, 1)
         self.log_heatmaps = check_int("log_heatmaps", log_heatmaps, 0)
         self._metric_kwargs = check_option_dicts("metric_kwargs", metric_kwargs, self.metric_names, what="metric")

@@ -133,6 +133,15 @@ def _check_attributions(attributions: object, x: Tensor) -> None:
     check_finite("attributions", attributions)
 
 
+def check_norm_ord(norm_ord: object) -> str | float:
+    """A norm order for :func:`torch.norm`: ``"fro"``, ``"nuc"`` or a positive number (``inf`` included)."""
+    if norm_ord in ("fro", "nuc"):
+        return norm_ord  # type: ignore[return-value]
+    if isinstance(norm_ord, bool) or not isinstance(norm_ord, (int, float)) or not norm_ord > 0:
+        raise ValueError(f"`norm_ord` must be 'fro', 'nuc' or a positive number (inf too), got {norm_ord!r}.")
+    return norm_ord
+
+
 def check_noise_std(noise_std: object, name: str = "noise_std") -> float:
     """A finite number > 0 (a standard deviation or a radius)."""
     if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float)) or not math.isfinite(noise_std):
@@ -278,6 +287,7 @@ def sensitivity(
         _check_attributions(attributions, x)
     n_perturb = check_int("n_perturb_samples", n_perturb_samples, 1)
     radius = check_noise_std(perturb_radius, "perturb_radius")
+    check_norm_ord(norm_ord)
     check_seed(seed)
     target = method.resolve_target(x, target)
 

@@ -28,8 +28,8 @@ def _saliency_map(attributions: Tensor, masks: Tensor) -> Tensor:
         )
     if masks.shape != attributions.shape:
         raise ValueError(
-            f"`masks` must have shape (N, H, W) = {tuple(attributions.shape)}, the samples and pixels of "
-            f"`attributions`, got {tuple(masks.shape)}."
+            f"`masks` must have shape (N, H, W) = {tuple(attributions.shape)}, got {tuple(masks.shape)}: the samples "
+            "and pixels of `attributions`."
         )
     if masks.dtype != torch.bool and not bool(((masks == 0) | (masks == 1)).all()):
         raise ValueError("`masks` must be boolean or contain only 0 and 1.")

@@ -15,13 +15,15 @@ import captum.attr as ca
 import torch
 from torch import Tensor, nn
 
-from lit_attr._checks import check_seed
+from lit_attr._checks import check_choice, check_number, check_positive, check_seed
 from lit_attr.methods._common import row_seed
 from lit_attr.methods._hygiene import seed_everything_locally
 from lit_attr.methods.base import AttributionMethod, BoundsType
 from lit_attr.methods.registry import register_method
 
 BatchKwargs = Callable[[int, int], dict[str, int]]
+#: Captum's integration rules for integrated gradients.
+IG_RULES = ("riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 
 
 class _ForwardModule(nn.Module):
@@ -154,6 +156,11 @@ def _attribute_parameters(captum: Any) -> set[str] | None:
     return names
 
 
+def _check_stdevs(stdevs: Any) -> None:
+    if check_number("stdevs", stdevs) < 0:
+        raise ValueError(f"`stdevs` must be a number >= 0 (the noise's standard deviation), got {stdevs!r}.")
+
+
 def _low_bound(method_kwargs: dict[str, Any]) -> Any:
     """The default baseline: the lower input bound when given (black image in [0, 1]), else zeros."""
     bounds = method_kwargs.get("input_bounds")
@@ -177,6 +184,8 @@ def integrated_gradients(
     model: nn.Module, *, n_steps: int = 50, method: str = "gausslegendre", baselines: Any = None, **kwargs: Any
 ) -> CaptumMethod:
     """Integrated gradients (Sundararajan et al. 2017) from ``baselines`` (default: the lower input bound or 0)."""
+    check_positive("n_steps", n_steps, int)
+    check_choice("method", method, IG_RULES)
     return CaptumMethod(
         model,
         ca.IntegratedGradients,
@@ -192,6 +201,8 @@ def integrated_gradients(
 @register_method("smoothgrad")
 def smoothgrad(model: nn.Module, *, nt_samples: int = 16, stdevs: float = 0.15, seed: int = 0, **kwargs: Any) -> Any:
     """SmoothGrad (Smilkov et al. 2017): signed gradients averaged over ``nt_samples`` noisy copies."""
+    check_positive("nt_samples", nt_samples, int)
+    _check_stdevs(stdevs)
     return CaptumMethod(
         model,
         lambda f: ca.NoiseTunnel(ca.Saliency(f)),
@@ -286,8 +297,10 @@ def gradient_shap(
     Captum draws all ``n_samples`` points of a sample in one forward, so ``internal_batch_size`` must be at least
     ``n_samples``.
     """
+    check_positive("n_samples", n_samples, int)
+    _check_stdevs(stdevs)
     ibs = kwargs.get("internal_batch_size")
-    if ibs is not None and ibs < n_samples:
+    if isinstance(ibs, int) and ibs < n_samples:
         raise ValueError(
             f"`internal_batch_size` ({ibs}) must be >= `n_samples` ({n_samples}) for gradient_shap: Captum "
             "evaluates all of a sample's random points in one forward."

@@ -18,6 +18,7 @@ from lit_attr.functional.infidelity import (
     DEFAULT_INFIDELITY_SAMPLES,
     DEFAULT_SENSITIVITY_SAMPLES,
     check_noise_std,
+    check_norm_ord,
     infidelity,
     sensitivity,
 )
@@ -214,7 +215,7 @@ class Sensitivity(_MeanOfScores):
         self._options: dict[str, Any] = {
             "n_perturb_samples": check_int("n_perturb_samples", n_perturb_samples, 1),
             "perturb_radius": check_noise_std(perturb_radius, "perturb_radius"),
-            "norm_ord": norm_ord,
+            "norm_ord": check_norm_ord(norm_ord),
             "seed": check_seed(seed),
         }
 

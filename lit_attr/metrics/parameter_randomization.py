@@ -456,7 +456,8 @@ def _check_batch(x: Any, model: nn.Module, attributions: Any = None) -> None:
     if not isinstance(attributions, Tensor):
         raise TypeError(f"`attributions` must be a tensor or None, got {type(attributions).__name__}.")
     if attributions.shape != x.shape:
-        raise ValueError(f"`attributions` must have the shape of `x` {tuple(x.shape)}, got {tuple(attributions.shape)}")
+        shapes = f"{tuple(x.shape)}, got {tuple(attributions.shape)}"
+        raise ValueError(f"`attributions` must have the shape of `x`, {shapes}.")
     if not attributions.is_floating_point():
         raise TypeError(f"`attributions` must be a floating-point tensor, got dtype {attributions.dtype}.")
     check_finite("attributions", attributions)

@@ -1,0 +1,434 @@
+"""One table of bad inputs over the public API: every one is refused with a TypeError or ValueError naming the argument.
+
+The table covers every registered method (constructor and ``attribute``), every registered metric (constructor and
+``update``), both callbacks and the selection callbacks, the runner, ``evaluate`` and the CLI (one line on stderr,
+a non-zero exit). Devices are mismatched with the "meta" device, which exists on every machine.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from torch import Tensor, nn
+from vit_helpers import torchvision_vit
+
+from lit_attr.batch import Batch
+from lit_attr.callbacks import AttributionCheckpoint, AttributionEarlyStopping, AttributionMonitor, RandomizationCheck
+from lit_attr.cli import main
+from lit_attr.data import ShapesDataModule
+from lit_attr.evaluate import evaluate
+from lit_attr.methods import available_methods, get_method
+from lit_attr.metrics import available_metrics, get_metric_spec
+from lit_attr.models import DemoClassifier
+from lit_attr.runner import AttributionRunner
+
+VIT_ONLY = set(available_methods()) - set(available_methods(nn.Identity()))
+FAST = {
+    "fei": {"iterations": 2, "levels": (0.5,)},
+    "mfaba": {"max_steps": 3},
+    "big": {"attack_steps": 2, "ig_steps": 3},
+    "agi": {"max_iter": 2, "n_classes": 2},
+    "integrated_gradients": {"n_steps": 4},
+    "smoothgrad": {"nt_samples": 2},
+    "gradient_shap": {"n_samples": 2},
+}
+
+
+@functools.cache
+def cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 4)).eval()
+
+
+@functools.cache
+def vit() -> nn.Module:
+    return torchvision_vit()
+
+
+def model_for(name: str) -> nn.Module:
+    return vit() if name in VIT_ONLY else cnn()
+
+
+def x_for(name: str = "saliency", n: int = 2) -> Tensor:
+    shape = (n, 3, 32, 32) if name in VIT_ONLY else (n, 3, 8, 8)
+    return 0.1 + 0.8 * torch.rand(shape, generator=torch.Generator().manual_seed(0))
+
+
+def options(name: str) -> dict[str, Any]:
+    fast = dict(FAST.get(name, {}))
+    if name == "ig2":
+        fast.update(steps=3, n_references=2, reference_pool=(torch.rand(8, 3, 8, 8), torch.arange(8) % 4))
+    return fast
+
+
+def nan_at(t: Tensor, value: float = float("nan")) -> Tensor:
+    t = t.clone()
+    t.view(-1)[0] = value
+    return t
+
+
+CASES: list[Any] = []
+
+
+def case(name: str, expected: str, call: Callable[[], Any]) -> None:
+    CASES.append(pytest.param(call, expected, id=name))
+
+
+# ---------------------------------------------------------------------------------------------------- methods
+METHOD_OPTIONS = {
+    "internal_batch_size=0": ({"internal_batch_size": 0}, "`internal_batch_size`"),
+    "internal_batch_size=2.5": ({"internal_batch_size": 2.5}, "`internal_batch_size`"),
+    "input_bounds_reversed": ({"input_bounds": (1.0, 0.0)}, "`input_bounds`"),
+    "input_bounds_nan": ({"input_bounds": (float("nan"), 1.0)}, "`input_bounds`"),
+    "input_bounds_str": ({"input_bounds": "01"}, "`input_bounds`"),
+    "forward_fn_int": ({"forward_fn": 3}, "`forward_fn`"),
+    "unknown_option": ({"bogus": 1}, "bogus"),
+}
+for method in available_methods():
+    for label, (bad, expected) in METHOD_OPTIONS.items():
+        case(f"{method}-init-{label}", expected, lambda m=method, b=bad: get_method(m, model_for(m), **options(m), **b))
+    case(f"{method}-init-model_str", "`model`", lambda m=method: get_method(m, "model", **options(m)))
+
+SPECIFIC_OPTIONS = [
+    ("ig2", {"steps": 0}, "`steps`"),
+    ("ig2", {"references": "nope"}, "`references`"),
+    ("ig2", {"layer": "nope"}, "`layer`"),
+    ("mfaba", {"variant": "nope"}, "`variant`"),
+    ("fei", {"levels": (1.5,)}, "`levels`"),
+    ("fei", {"gate": "nope"}, "`gate`"),
+    ("smoothgrad", {"nt_samples": 0}, "`nt_samples`"),
+    ("smoothgrad", {"stdevs": -1.0}, "`stdevs`"),
+    ("gradient_shap", {"n_samples": 0}, "`n_samples`"),
+    ("integrated_gradients", {"n_steps": 0}, "`n_steps`"),
+    ("integrated_gradients", {"method": "simpson"}, "`method`"),
+    ("occlusion", {"window": 0}, "`window`"),
+    ("agi", {"n_classes": 0}, "`n_classes`"),
+    ("big", {"epsilons": ()}, "`epsilons`"),
+    ("attention_rollout", {"head_fusion": "median"}, "`head_fusion`"),
+    ("generic_attention", {"patch_size": 0}, "`patch_size`"),
+]
+for method, bad, expected in SPECIFIC_OPTIONS:
+    label = "-".join(f"{k}={v}" for k, v in bad.items())
+    case(f"{method}-init-{label}", expected, lambda m=method, b=bad: get_method(m, model_for(m), **{**options(m), **b}))
+case("get_method-unknown_name", "salency", lambda: get_method("salency", cnn()))
+
+ATTRIBUTE_INPUTS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
+    "x_list": (lambda m: [[0.5]], None, "`x`"),
+    "x_int": (lambda m: (x_for(m) * 10).long(), None, "`x`"),
+    "x_empty": (lambda m: x_for(m)[:0], None, "`x`"),
+    "x_1d": (lambda m: torch.rand(5), None, "`x`"),
+    "x_nan": (lambda m: nan_at(x_for(m)), None, "`x`"),
+    "x_inf": (lambda m: nan_at(x_for(m), float("inf")), None, "`x`"),
+    "x_meta_device": (lambda m: x_for(m).to("meta"), None, "`x`"),
+    "x_outside_bounds": (lambda m: x_for(m) + 2.0, None, "`x`"),
+    "target_too_large": (x_for, 4, "`target`"),
+    "target_negative": (x_for, -1, "`target`"),
+    "target_float": (x_for, 1.5, "`target`"),
+    "target_bool": (x_for, True, "`target`"),
+    "target_str": (x_for, "cat", "`target`"),
+    "target_float_tensor": (x_for, torch.tensor([0.0, 1.0]), "`target`"),
+    "target_wrong_length": (x_for, [0, 1, 2], "`target`"),
+    "target_wrong_shape": (x_for, torch.zeros(2, 2, dtype=torch.long), "`target`"),
+}
+for method in available_methods():
+    for label, (make_x, target, expected) in ATTRIBUTE_INPUTS.items():
+        case(
+            f"{method}-attribute-{label}",
+            expected,
+            lambda m=method, f=make_x, t=target: get_method(m, model_for(m), input_bounds=(0.0, 1.0), **options(m))
+            .attribute(f(m), t),
+        )
+    case(
+        f"{method}-attribute-logits_wrong_shape",
+        "`logits`",
+        lambda m=method: get_method(m, model_for(m), **options(m)).attribute(x_for(m), 0, logits=torch.zeros(3, 4)),
+    )
+
+# ---------------------------------------------------------------------------------------------------- metrics
+METRIC_FAST = {
+    "insertion_deletion": {"n_steps": 3},
+    "activation_deviation": {"n_steps": 3},
+    "road": {"percentiles": (50,)},
+    "infidelity": {"n_perturb_samples": 2},
+    "sensitivity": {"n_perturb_samples": 2},
+    "smprt": {"n_noise": 2, "stages": "last"},
+}
+
+
+def build_metric(name: str, **bad: Any) -> Any:
+    model = cnn()
+    method = get_method("saliency", model, input_bounds=(0.0, 1.0))
+    return get_metric_spec(name).build({**METRIC_FAST.get(name, {}), **bad}, model=model, method=method)
+
+
+def update_metric(name: str, **bad: Any) -> None:
+    x = x_for()
+    good = {
+        "x": x,
+        "attributions": torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)),
+        "target": torch.tensor([0, 1]),
+        "masks": torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(2)) > 0.5,
+        "logits": cnn()(x).detach(),
+    }
+    inputs = {key: bad.get(key, good[key]) for key in get_metric_spec(name).update_inputs}
+    build_metric(name).update(**inputs)
+
+
+for metric in available_metrics():
+    case(f"{metric}-init-unknown_option", "bogus", lambda m=metric: build_metric(m, bogus=1))
+
+SPECIFIC_METRIC_OPTIONS = [
+    ("insertion_deletion", {"n_steps": 0}, "`n_steps`"),
+    ("insertion_deletion", {"preset": "nope"}, "`preset`"),
+    ("insertion_deletion", {"output": "odds"}, "`output`"),
+    ("insertion_deletion", {"internal_batch_size": -1}, "`internal_batch_size`"),
+    ("insertion_deletion", {"games": "both"}, "`games`"),
+    ("insertion_deletion", {"deletion_substrate": "constant"}, "`substrate_value`"),
+    ("localization", {"metrics": ["nope"]}, "`metrics`"),
+    ("localization", {"tolerance": -1}, "`tolerance`"),
+    ("road", {"percentiles": (150,)}, "`percentiles`"),
+    ("road", {"noise": -1.0}, "`noise`"),
+    ("infidelity", {"n_perturb_samples": 0}, "`n_perturb_samples`"),
+    ("infidelity", {"noise_std": 0}, "`noise_std`"),
+    ("sensitivity", {"perturb_radius": 0}, "`perturb_radius`"),
+    ("sensitivity", {"norm_ord": "max"}, "`norm_ord`"),
+    ("activation_deviation", {"layers": ["nope"]}, "`layers`"),
+    ("randomization", {"similarity": "cosine"}, "`similarity`"),
+    ("randomization", {"threshold": float("nan")}, "`threshold`"),
+    ("emprt", {"n_bins": 1}, "`n_bins`"),
+    ("smprt", {"noise_level": -1.0}, "`noise_level`"),
+]
+for metric, bad, expected in SPECIFIC_METRIC_OPTIONS:
+    label = "-".join(f"{k}={v}" for k, v in bad.items())
+    case(f"{metric}-init-{label}", expected, lambda m=metric, b=bad: build_metric(m, **b))
+
+UPDATE_INPUTS: dict[str, tuple[dict[str, Any], str]] = {
+    "attributions_wrong_shape": ({"attributions": torch.randn(2, 3, 4, 4)}, "attributions`"),
+    "attributions_nan": ({"attributions": nan_at(torch.randn(2, 3, 8, 8))}, "`attributions`"),
+    "attributions_list": ({"attributions": [[1.0]]}, "`attributions`"),
+    "attributions_int": ({"attributions": torch.ones(2, 3, 8, 8, dtype=torch.long)}, "`attributions`"),
+    "x_nan": ({"x": nan_at(x_for())}, "`x`"),
+    "x_int": ({"x": (x_for() * 10).long()}, "`x`"),
+    "x_meta_device": ({"x": x_for().to("meta")}, "`x`"),
+    "target_too_large": ({"target": torch.tensor([0, 4])}, "`target`"),
+    "target_float": ({"target": torch.tensor([0.0, 1.0])}, "`target`"),
+    "target_wrong_length": ({"target": torch.tensor([0, 1, 2])}, "`target`"),
+    "masks_wrong_shape": ({"masks": torch.ones(2, 4, 8, dtype=torch.bool)}, "`masks`"),
+    "masks_wrong_length": ({"masks": torch.ones(1, 8, 8, dtype=torch.bool)}, "`masks`"),
+    "masks_not_binary": ({"masks": torch.full((2, 8, 8), 3.0)}, "`masks`"),
+    "masks_empty": ({"masks": torch.zeros(2, 8, 8, dtype=torch.bool)}, "`masks`"),
+    "logits_wrong_shape": ({"logits": torch.zeros(1, 4)}, "`logits`"),
+    "logits_nan": ({"logits": nan_at(torch.zeros(2, 4))}, "`logits`"),
+}
+for metric in available_metrics():
+    consumed = get_metric_spec(metric).update_inputs
+    for label, (bad, expected) in UPDATE_INPUTS.items():
+        if set(bad) <= set(consumed):
+            case(f"{metric}-update-{label}", expected, lambda m=metric, b=bad: update_metric(m, **b))
+    empty = {"x": x_for()[:0], "attributions": torch.zeros(0, 3, 8, 8), "masks": torch.ones(0, 8, 8, dtype=torch.bool)}
+    first = "`x`" if "x" in consumed else "`attributions`"
+    case(f"{metric}-update-empty_batch", first, lambda m=metric, b=empty: update_metric(m, **b))
+
+# ---------------------------------------------------------------------------------------------------- callbacks
+CALLBACKS = [
+    ("monitor-methods_empty", "`methods`", lambda: AttributionMonitor([])),
+    ("monitor-methods_unknown", "`methods`", lambda: AttributionMonitor(["salency"])),
+    ("monitor-methods_int", "method", lambda: AttributionMonitor([42])),
+    ("monitor-metrics_unknown", "`metrics`", lambda: AttributionMonitor(["saliency"], metrics=["nope"])),
+    ("monitor-metrics_int", "`metrics`", lambda: AttributionMonitor(["saliency"], metrics=3)),
+    ("monitor-num_samples_0", "`num_samples`", lambda: AttributionMonitor(["saliency"], num_samples=0)),
+    ("monitor-num_samples_float", "`num_samples`", lambda: AttributionMonitor(["saliency"], num_samples=2.5)),
+    ("monitor-every_n_epochs_0", "`every_n_epochs`", lambda: AttributionMonitor(["saliency"], every_n_epochs=0)),
+    ("monitor-log_heatmaps_negative", "`log_heatmaps`", lambda: AttributionMonitor(["saliency"], log_heatmaps=-1)),
+    ("monitor-on_error", "`on_error`", lambda: AttributionMonitor(["saliency"], on_error="ignore")),
+    ("monitor-target", "`target`", lambda: AttributionMonitor(["saliency"], target="both")),
+    ("monitor-batch_size_0", "`batch_size`", lambda: AttributionMonitor(["saliency"], batch_size=0)),
+    ("monitor-max_overhead_nan", "`max_overhead`", lambda: AttributionMonitor(["saliency"], max_overhead=float("nan"))),
+    ("monitor-dataloader_idx", "`dataloader_idx`", lambda: AttributionMonitor(["saliency"], dataloader_idx=-1)),
+    ("monitor-batch_adapter", "`batch_adapter`", lambda: AttributionMonitor(["saliency"], batch_adapter=3)),
+    ("monitor-method_kwargs", "`method_kwargs`", lambda: AttributionMonitor(["saliency"], method_kwargs={"mfaba": {}})),
+    ("monitor-metric_kwargs", "`metric_kwargs`", lambda: AttributionMonitor(["saliency"], metric_kwargs={"road": {}})),
+    ("monitor-seed_float", "`seed`", lambda: AttributionMonitor(["saliency"], seed=1.5)),
+    ("monitor-input_bounds", "`input_bounds`", lambda: AttributionMonitor(["saliency"], input_bounds=(1.0, 0.0))),
+    ("monitor-class_names", "`class_names`", lambda: AttributionMonitor(["saliency"], class_names=3)),
+    ("monitor-background_delivery", "`background_delivery`",
+     lambda: AttributionMonitor(["saliency"], background_delivery="yes")),
+    ("monitor-clock", "`clock`", lambda: AttributionMonitor(["saliency"], clock=3)),
+    ("randomization_check-order", "`order`", lambda: RandomizationCheck(["saliency"], order="sideways")),
+    ("randomization_check-stages", "`stages`", lambda: RandomizationCheck(["saliency"], stages="some")),
+    ("randomization_check-similarity", "`similarity`", lambda: RandomizationCheck(["saliency"], similarity="cos")),
+    ("randomization_check-threshold_str", "`threshold`", lambda: RandomizationCheck(["saliency"], threshold="high")),
+    ("randomization_check-threshold_nan", "`threshold`",
+     lambda: RandomizationCheck(["saliency"], threshold=float("nan"))),
+    ("randomization_check-every_n_epochs", "`every_n_epochs`",
+     lambda: RandomizationCheck(["saliency"], every_n_epochs=0)),
+    ("randomization_check-layers_int", "`layers`", lambda: RandomizationCheck(["saliency"], layers=3)),
+    ("randomization_check-layers_empty", "`layers`", lambda: RandomizationCheck(["saliency"], layers=[])),
+    ("checkpoint-mode", "`mode`", lambda: AttributionCheckpoint(monitor="attr/saliency/insertion", mode="sideways")),
+    ("checkpoint-monitor_int", "`monitor`", lambda: AttributionCheckpoint(monitor=3)),
+    ("checkpoint-save_top_k", "save_top_k", lambda: AttributionCheckpoint(monitor="attr/x", save_top_k=-2)),
+    ("early_stopping-mode", "`mode`", lambda: AttributionEarlyStopping(monitor="attr/x", mode="sideways")),
+    ("early_stopping-monitor_none", "`monitor`", lambda: AttributionEarlyStopping(monitor=None)),
+    ("early_stopping-patience", "`patience`", lambda: AttributionEarlyStopping(monitor="attr/x", patience=-1)),
+    ("early_stopping-min_delta", "`min_delta`", lambda: AttributionEarlyStopping(monitor="attr/x", min_delta="0.1")),
+]
+for label, expected, call in CALLBACKS:
+    case(label, expected, call)
+
+# ---------------------------------------------------------------------------------------------------- runner
+RUNNER = [
+    ("model_str", "`model`", lambda: AttributionRunner("model", ["saliency"])),
+    ("methods_empty", "`methods`", lambda: AttributionRunner(cnn(), [])),
+    ("methods_int", "`methods`", lambda: AttributionRunner(cnn(), 3)),
+    ("methods_unknown", "`methods`", lambda: AttributionRunner(cnn(), ["salency"])),
+    ("metrics_unknown", "nope", lambda: AttributionRunner(cnn(), ["saliency"], ["nope"])),
+    ("target", "`target`", lambda: AttributionRunner(cnn(), ["saliency"], target="both")),
+    ("keep_attributions", "`keep_attributions`", lambda: AttributionRunner(cnn(), ["saliency"], keep_attributions=-1)),
+    ("metric_samples_unknown", "`metric_samples`",
+     lambda: AttributionRunner(cnn(), ["saliency"], ["localization"], metric_samples={"road": 1})),
+    ("method_option_unknown", "bogus",
+     lambda: AttributionRunner(cnn(), ["saliency"], method_kwargs={"saliency": {"bogus": 1}})),
+    ("input_bounds", "`input_bounds`", lambda: AttributionRunner(cnn(), ["saliency"], input_bounds=(2.0, 1.0))),
+    ("progress", "`progress`", lambda: AttributionRunner(cnn(), ["saliency"], progress=3)),
+    ("run-batch_tensor", "`batch`", lambda: AttributionRunner(cnn(), ["saliency"]).run(x_for())),
+    ("run-indices", "`indices`", lambda: AttributionRunner(cnn(), ["saliency"]).run(Batch(x_for()), indices=[1])),
+    ("run-target", "`target`", lambda: AttributionRunner(cnn(), ["saliency"]).run(Batch(x_for()), target=7)),
+    ("run-labels", "`target`",
+     lambda: AttributionRunner(cnn(), ["saliency"]).run(Batch(x_for(), torch.tensor([0, 9])))),
+    ("run-x_nan", "`x`", lambda: AttributionRunner(cnn(), ["saliency"]).run(Batch(nan_at(x_for())))),
+    ("run-x_meta_device", "`x`", lambda: AttributionRunner(cnn(), ["saliency"]).run(Batch(x_for().to("meta")))),
+    ("run-x_empty", "`x`", lambda: AttributionRunner(cnn(), ["saliency"]).run(Batch(x_for()[:0]))),
+    ("run-masks_wrong_shape", "`masks`",
+     lambda: AttributionRunner(cnn(), ["saliency"], ["localization"]).run(
+         Batch(x_for(), torch.tensor([0, 1]), torch.ones(2, 4, 4, dtype=torch.bool)))),
+]
+for label, expected, call in RUNNER:
+    case(f"runner-{label}", expected, call)
+
+
+# ---------------------------------------------------------------------------------------------------- evaluate
+def run_evaluate_with(**bad: Any) -> None:
+    arguments: dict[str, Any] = {
+        "model": DemoClassifier(num_classes=4, width=8),
+        "datamodule": ShapesDataModule(num_train=8, num_val=8, num_test=4),
+        "output_dir": Path("/nonexistent/lit_attr_bad_input"),  # never reached: the arguments are refused first
+        "methods": ["saliency"],
+        "metrics": ["localization"],
+        "limit_samples": 2,
+        "progress": False,
+    }
+    evaluate(**{**arguments, **bad})
+
+
+EVALUATE = [
+    ("model", {"model": "model"}, "`model`"),
+    ("datamodule", {"datamodule": "data"}, "`datamodule`"),
+    ("trainer", {"trainer": "cpu"}, "`trainer`"),
+    ("config", {"config": 3}, "`config`"),
+    ("methods_unknown", {"methods": ["nope"]}, "`methods`"),
+    ("methods_empty", {"methods": []}, "`methods`"),
+    ("metrics_unknown", {"metrics": ["nope"]}, "`metrics`"),
+    ("method_kwargs_unknown", {"method_kwargs": {"nope": {}}}, "`method_kwargs`"),
+    ("method_kwargs_list", {"method_kwargs": [1]}, "`method_kwargs`"),
+    ("split", {"split": "train"}, "`split`"),
+    ("batch_size_0", {"batch_size": 0}, "`batch_size`"),
+    ("batch_size_float", {"batch_size": 2.5}, "`batch_size`"),
+    ("limit_samples_0", {"limit_samples": 0}, "`limit_samples`"),
+    ("limit_samples_negative", {"limit_samples": -3}, "`limit_samples`"),
+    ("heatmap_samples", {"heatmap_samples": -1}, "`heatmap_samples`"),
+    ("randomization_samples", {"randomization_samples": -1}, "`randomization_samples`"),
+    ("reference_pool_size", {"reference_pool_size": -1}, "`reference_pool_size`"),
+    ("target", {"target": "both"}, "`target`"),
+    ("input_bounds_reversed", {"input_bounds": (1.0, 0.0)}, "`input_bounds`"),
+    ("input_bounds_str", {"input_bounds": "01"}, "`input_bounds`"),
+    ("checkpoint_every", {"checkpoint_every": 0}, "`checkpoint_every`"),
+    ("resume", {"resume": "yes"}, "`resume`"),
+    ("overwrite", {"overwrite": 1}, "`overwrite`"),
+    ("progress", {"progress": None}, "`progress`"),
+]
+for label, bad, expected in EVALUATE:
+    case(f"evaluate-{label}", expected, lambda b=bad: run_evaluate_with(**b))
+
+
+@pytest.mark.parametrize(("call", "expected"), CASES)
+def test_bad_input_is_refused_naming_the_argument(call: Callable[[], Any], expected: str):
+    with pytest.raises((TypeError, ValueError)) as error:
+        call()
+    assert expected in str(error.value), str(error.value)
+
+
+def test_the_table_is_large():
+    assert len(CASES) >= 60
+
+
+# ---------------------------------------------------------------------------------------------------- the CLI
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cli_bad_input")
+    torch.manual_seed(0)
+    torch.save(DemoClassifier(num_classes=4, width=8).state_dict(), root / "model.pt")
+    config = {
+        "model": {"class_path": "lit_attr.models.DemoClassifier", "init_args": {"num_classes": 4, "width": 8}},
+        "data": {"class_path": "lit_attr.data.ShapesDataModule", "init_args": {"num_train": 8, "num_val": 8}},
+        "trainer": {"accelerator": "cpu", "devices": 1, "logger": False},
+        "methods": ["saliency"],
+        "metrics": ["localization"],
+        "limit_samples": 2,
+    }
+    (root / "evaluate.yaml").write_text(yaml.safe_dump(config))
+    return {"config": root / "evaluate.yaml", "ckpt": root / "model.pt", "root": root}
+
+
+@pytest.fixture
+def restored_process_state():
+    """``main`` quiets Lightning's loggers and sets W&B variables for the process; give them back afterwards."""
+    names = ("lightning", "lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric")
+    levels = {name: logging.getLogger(name).level for name in names}
+    environment = dict(os.environ)
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    os.environ.clear()
+    os.environ.update(environment)
+
+
+CLI_CASES = [
+    ("split", ["--split", "train"], "split"),
+    ("batch_size_text", ["--batch_size", "abc"], "batch_size"),
+    ("batch_size_0", ["--batch_size", "0"], "batch_size"),
+    ("limit_samples_negative", ["--limit_samples", "-1"], "limit_samples"),
+    ("methods_unknown", ["--methods", "[salency]"], "methods"),
+    ("metrics_unknown", ["--metrics", "[nope]"], "metrics"),
+    ("checkpoint_every_0", ["--checkpoint_every", "0"], "checkpoint_every"),
+    ("input_bounds_reversed", ["--input_bounds", "[1, 0]"], "input_bounds"),
+    ("resume_not_bool", ["--resume", "maybe"], "resume"),
+    ("target", ["--target", "both"], "target"),
+    ("unknown_option", ["--bogus", "1"], "bogus"),
+    ("missing_checkpoint", ["--ckpt_path", "missing.ckpt"], "--ckpt_path"),
+    ("method_option_out_of_range", ["--methods", "[mfaba]", "--method_kwargs", "{mfaba: {max_steps: 0}}"],
+     "max_steps"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "expected"), [pytest.param(a, e, id=i) for i, a, e in CLI_CASES])
+def test_cli_bad_input_is_one_line_on_stderr_and_a_non_zero_exit(
+    cli_files, restored_process_state, capsys, arguments, expected
+):
+    output_dir = cli_files["root"] / "out"
+    code = main([
+        "evaluate", "--config", str(cli_files["config"]), "--ckpt_path", str(cli_files["ckpt"]),
+        "--output_dir", str(output_dir), *arguments,
+    ])  # fmt: skip
+    stderr = capsys.readouterr().err.strip()
+    assert code != 0
+    assert len(stderr.splitlines()) == 1, stderr
+    assert stderr.startswith("lit_attr evaluate: error:") and expected in stderr, stderr
+    assert not output_dir.exists()
