@@ -100,6 +100,33 @@ def test_sensitivity_equals_captum_with_the_same_perturbations():
     assert float(expected.min()) > 0  # a ReLU network's gradient does move
 
 
+def test_sensitivity_of_a_bounded_method_explains_perturbations_clipped_to_its_bounds():
+    """Inputs at the bounds (black and white pixels) no longer fail: the ball is cut to the valid range."""
+    model = small_cnn()
+    x = torch.rand(3, 3, 6, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    x[:, :, 0], x[:, :, -1] = 0.0, 1.0
+    n, radius, seed = 4, 0.05, 3
+
+    def perturb(inputs, r):
+        return (inputs + r * (2 * draws(inputs, n, seed, "uniform") - 1)).clamp(0.0, 1.0)
+
+    def explain(inputs, target):
+        if isinstance(inputs, tuple):
+            return (gradient(model, inputs[0], target),)
+        return gradient(model, inputs, target)
+
+    target = model(x).argmax(dim=1)
+    expected = sensitivity_max(
+        explain, x, perturb_func=perturb, perturb_radius=radius, n_perturb_samples=n, target=target
+    )
+    metric = Sensitivity(
+        "saliency", model, n_perturb_samples=n, perturb_radius=radius, seed=seed,
+        method_kwargs={"input_bounds": (0.0, 1.0)},
+    )  # fmt: skip
+    metric.update(x, target)
+    torch.testing.assert_close(metric.compute()["sensitivity"], expected.mean().float())
+
+
 def test_infidelity_and_sensitivity_refuse_bad_options():
     model = small_cnn()
     with pytest.raises(ValueError, match="noise_std"):
