@@ -401,3 +401,12 @@ def test_missing_split_is_rejected(tiny: dict[str, Path], tmp_path: Path):
     )
     _assert_clean_failure(out, tmp_path / "out", "has no 'test' split")
     assert out.stderr.strip().count("\n") == 0
+
+
+def test_the_gpu_benchmark_exits_cleanly_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the script would measure (minutes)")
+    out = subprocess.run(["bash", "benchmarks/gpu.sh"], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).parents[1], env={**os.environ, "PYTHON": sys.executable})  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "no CUDA device here; nothing was measured" in out.stdout
