@@ -193,6 +193,22 @@ def test_demo_fast_end_to_end(demo_run: tuple[Path, subprocess.CompletedProcess]
     assert not _leftovers(tmp_path / "demo")
 
 
+def test_vit_demo_fast_end_to_end(tmp_path: Path):
+    out = _run("demo", "--model", "vit", "--fast", "--output_dir", str(tmp_path / "vit"), WANDB_MODE="disabled",
+               timeout=400)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    evaluation = tmp_path / "vit" / "evaluation"
+    methods = ["mfaba", "ig2", "fei", "integrated_gradients", "attention_rollout", "generic_attention"]
+    result = json.loads((evaluation / "metrics.json").read_text())
+    _check_result(result, methods)
+    _check_report(evaluation, methods)
+    assert result["config"]["model"]["class_path"] == "lit_attr.models.DemoViT"
+    # The monitor and the check ran on the ViT during training, the attention maps among their methods.
+    logs = tmp_path / "vit" / "logs"
+    assert list(logs.rglob("media/attr/attention_rollout/heatmaps/*.png"))
+    assert list(logs.rglob("media/randomization/generic_attention/stages/*.png"))
+
+
 # A browser decodes and lays out the page: the check a person's eyes would make. `make test` installs chromium.
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs chromium (make test installs it)")
 def test_report_renders_in_headless_chromium(demo_run: tuple[Path, subprocess.CompletedProcess], tmp_path: Path):
