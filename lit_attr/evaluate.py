@@ -15,6 +15,7 @@ only once complete, so a crash never leaves a half-written result that looks fin
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -165,7 +166,30 @@ def split_dataset(datamodule: LightningDataModule, split: str) -> Dataset:
     return dataset
 
 
-def read_samples(dataset: Dataset, indices: Sequence[int], adapter: BatchAdapter | None = None) -> Batch:
+def split_collate(datamodule: LightningDataModule, split: str) -> Callable[[list], Any]:
+    """The ``collate_fn`` of the split's dataloader (a text collator pads token ids), else ``default_collate``.
+
+    Example:
+        >>> from lit_attr.data import ShapesDataModule
+        >>> split_collate(ShapesDataModule(num_train=8, num_val=8), "val") is default_collate
+        True
+    """
+    hook = getattr(type(datamodule), f"{split}_dataloader", None)
+    if hook is None or hook is getattr(LightningDataModule, f"{split}_dataloader", None):
+        return default_collate
+    try:
+        collate = getattr(getattr(datamodule, f"{split}_dataloader")(), "collate_fn", None)
+    except Exception:  # noqa: BLE001 - a split the module cannot load is reported by split_dataset
+        return default_collate
+    return collate or default_collate
+
+
+def read_samples(
+    dataset: Dataset,
+    indices: Sequence[int],
+    adapter: BatchAdapter | None = None,
+    collate: Callable[[list], Any] = default_collate,
+) -> Batch:
     """``dataset[i]`` for every index, collated and read like a batch (:func:`~lit_attr.batch.adapt_batch`).
 
     Example:
@@ -173,7 +197,7 @@ def read_samples(dataset: Dataset, indices: Sequence[int], adapter: BatchAdapter
         >>> read_samples(ShapesDataset(4), [0, 2]).y.shape
         torch.Size([2])
     """
-    return adapt_batch(default_collate([dataset[i] for i in indices]), adapter)
+    return adapt_batch(collate([dataset[i] for i in indices]), adapter)
 
 
 def check_logits(model: nn.Module, x: Tensor) -> int:
@@ -213,6 +237,11 @@ def check_logits(model: nn.Module, x: Tensor) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- the loop
+def _collate_indexed(collate: Callable[[list], Any], items: list[tuple[int, Any]]) -> tuple[Tensor, Any]:
+    """Collate ``(index, sample)`` pairs: the indices as a tensor, the samples with the split's own collate_fn."""
+    return torch.tensor([index for index, _ in items]), collate([sample for _, sample in items])
+
+
 class _Indexed(Dataset):
     """``(global index, sample)`` for the given indices of a dataset: one rank's shard."""
 
@@ -231,10 +260,18 @@ class _Indexed(Dataset):
 class _EvaluationModule(LightningModule):
     """Runs the runner in ``test_step``; ``compute()`` and the gathering of records in ``on_test_epoch_end``."""
 
-    def __init__(self, net: nn.Module, dataset: Dataset, num_samples: int, settings: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        dataset: Dataset,
+        num_samples: int,
+        settings: dict[str, Any],
+        collate: Callable[[list], Any] = default_collate,
+    ) -> None:
         super().__init__()
         self.net = net
         self.dataset = dataset
+        self.collate = collate
         self.num_samples = num_samples
         self.settings = settings
         self.results: dict[str, Any] = {}
@@ -249,7 +286,12 @@ class _EvaluationModule(LightningModule):
     def test_dataloader(self) -> DataLoader:
         # Shard by index, no padding: a padded DistributedSampler would count some samples twice.
         shard = range(self.global_rank, self.num_samples, self.trainer.world_size)
-        return DataLoader(_Indexed(self.dataset, shard), batch_size=self.settings["batch_size"], shuffle=False)
+        return DataLoader(
+            _Indexed(self.dataset, shard),
+            batch_size=self.settings["batch_size"],
+            shuffle=False,
+            collate_fn=functools.partial(_collate_indexed, self.collate),
+        )
 
     @override
     def on_test_start(self) -> None:
@@ -272,7 +314,7 @@ class _EvaluationModule(LightningModule):
         )
         # Data beyond the batch (IG2's reference pool): the first samples of the split, the same on every rank, so
         # the results do not depend on the number of processes.
-        pool = read_samples(self.dataset, range(min(s["reference_pool_size"], len(self.dataset))))
+        pool = read_samples(self.dataset, range(min(s["reference_pool_size"], len(self.dataset))), None, self.collate)
         try:
             self._runner.prepare(pool.to(self.device))
         except ValueError as error:
@@ -282,7 +324,8 @@ class _EvaluationModule(LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> None:
         indices, sample = batch
         data = adapt_batch(sample)
-        data = data.with_inputs(data.x.float())
+        if data.x.is_floating_point():
+            data = data.with_inputs(data.x.float())
         self.records += self._runner.run(data, indices=[int(i) for i in indices])
 
     @override
@@ -388,8 +431,9 @@ def evaluate(
     num_samples = total if limit_samples is None else min(int(limit_samples), total)
     if num_samples < 1:
         raise EvaluationError(f"the {split!r} split has no samples to evaluate")
-    first = read_samples(dataset, [0, 0]).x.float()
-    num_classes = check_logits(model, first)
+    collate = split_collate(datamodule, split)
+    first = read_samples(dataset, [0, 0], None, collate)
+    num_classes = check_logits(model, first.x.float() if first.x.is_floating_point() else first.x)
 
     if trainer is None:
         trainer = Trainer(accelerator="cpu", devices=1, logger=False, **_QUIET_TRAINER)
@@ -407,7 +451,7 @@ def evaluate(
         "randomization_samples": int(randomization_samples),
         "reference_pool_size": int(reference_pool_size),
     }
-    wrapper = _EvaluationModule(model, dataset, num_samples, settings)
+    wrapper = _EvaluationModule(model, dataset, num_samples, settings, collate)
     # The bar follows rank 0's shard, which is representative of every rank's.
     bar = _ProgressBar(enabled=progress and trainer.is_global_zero, total=math.ceil(num_samples / trainer.world_size))
     wrapper.progress = bar.update if bar.enabled else None
