@@ -184,8 +184,12 @@ class FEI(AttributionMethod):
         self.progress = progress
 
     # ------------------------------------------------------------------ gated layers
-    def relu_modules(self, x: Tensor) -> list[nn.Module]:
-        """The ReLU modules to gate, resolved on a forward pass of ``x[:1]`` (forward order)."""
+    def relu_modules(self, x: Tensor, whole_model: bool = False) -> list[nn.Module]:
+        """The ReLU modules to gate, resolved on a forward pass of ``x[:1]`` (forward order).
+
+        ``whole_model=True`` (token inputs) makes the default every ReLU module the forward calls: a transformer
+        has no convolutional feature extractor before its first ``nn.Linear``, its ReLUs sit in the blocks.
+        """
         order: list[tuple[str, nn.Module]] = []
         names = {m: n for n, m in self.model.named_modules()}
 
@@ -210,7 +214,9 @@ class FEI(AttributionMethod):
             if missing:
                 raise ValueError(f"`gate_layers` must name nn.ReLU modules of the model; not ReLU modules: {missing}.")
             return [modules[n] for n in self.gate_layers]
-        if self.gate_layers is None:
+        if self.gate_layers is None and whole_model:
+            chosen = [m for _, m in relus]
+        elif self.gate_layers is None:
             first_linear = next((i for i, (_, m) in enumerate(order) if isinstance(m, nn.Linear)), len(order))
             before = {id(m) for _, m in order[:first_linear]}
             chosen = [m for _, m in relus if id(m) in before]
@@ -262,26 +268,53 @@ class FEI(AttributionMethod):
         units = float(torch.tensor(mask_shape[1:]).prod())
         gates = ReluGates(self.relu_modules(x) if self.gate != "none" else [], self.gate)
         colours = self._colours(x, len(self.levels) * self.iterations)
+
+        def blend(m: Tensor, step: int, preserve: bool) -> Tensor:
+            r = colours[step]
+            return x * m + r * (1 - m) if preserve else x * (1 - m) + r * m
+
+        masks = self._nested_masks(x, blend, target, mask_shape, units, gates)
+        heatmap = torch.stack(masks).mean(dim=0)
+        heatmap = heatmap.expand_as(x) if self.reduce else heatmap
+        return (heatmap, {"masks": torch.stack(masks, dim=1)}) if return_masks else heatmap
+
+    def _nested_masks(
+        self,
+        clean: Tensor,
+        blend: Callable[[Tensor, int, bool], Tensor],
+        target: Tensor,
+        mask_shape: tuple[int, ...],
+        units: float | Tensor,
+        gates: ReluGates,
+        support: Tensor | None = None,
+    ) -> list[Tensor]:
+        """Optimise the nested masks, one per level, for a chunk (see the class docstring).
+
+        ``blend(m, step, preserve)`` is the input that keeps (``preserve=True``) or deletes what mask ``m`` marks, at
+        iteration ``step``;
+        ``units`` is the area a mask of ones covers (per sample or shared); only entries where ``support`` is
+        nonzero count towards the area (token inputs: the perturbable tokens).
+        """
         score = SCORES["logit"]
         masks = []
         with gates.active(), _progress(self.progress, len(self.levels) * self.iterations) as advance:
             gates.new_forward(capture=True)
             with torch.no_grad():
-                self.logits(x)
-            previous = torch.zeros(mask_shape, dtype=x.dtype, device=x.device)
+                self.logits(clean)
+            previous = torch.zeros(mask_shape, dtype=clean.dtype, device=clean.device)
             for level, q in enumerate(self.levels):
                 delta = torch.zeros_like(previous, requires_grad=True)
                 optimizer = torch.optim.Adam([delta], lr=self.lr)
                 schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.iterations, eta_min=0.0)
                 for it in range(self.iterations):
-                    r = colours[level * self.iterations + it]
-                    m = previous + delta
+                    m, step = previous + delta, level * self.iterations + it
+                    area = m if support is None else m * support
                     gates.new_forward()
-                    loss = self.beta * (m.flatten(1).sum(dim=1) - q * units).abs()
-                    loss = loss - score(self.logits(x * m + r * (1 - m)), target)
+                    loss = self.beta * (area.flatten(1).sum(dim=1) - q * units).abs()
+                    loss = loss - score(self.logits(blend(m, step, True)), target)
                     if self.objective == "hybrid":
                         gates.new_forward()
-                        loss = loss + score(self.logits(x * (1 - m) + r * m), target)
+                        loss = loss + score(self.logits(blend(m, step, False)), target)
                     (grad,) = torch.autograd.grad(loss.sum(), delta)
                     delta.grad = grad
                     optimizer.step()
@@ -291,9 +324,7 @@ class FEI(AttributionMethod):
                     advance()
                 previous = (previous + delta).detach()
                 masks.append(previous)
-        heatmap = torch.stack(masks).mean(dim=0)
-        heatmap = heatmap.expand_as(x) if self.reduce else heatmap
-        return (heatmap, {"masks": torch.stack(masks, dim=1)}) if return_masks else heatmap
+        return masks
 
 
 @contextmanager
