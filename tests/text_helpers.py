@@ -5,6 +5,8 @@ Token conventions of every batch here: [PAD] = 0, [CLS] = 2, [SEP] = 3, [MASK] =
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
@@ -92,3 +94,28 @@ def logits_of(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None
     """Logits of a plain model or of a Hugging Face one (whose output holds them in ``.logits``)."""
     out = model(input_ids, attention_mask=attention_mask)
     return getattr(out, "logits", out)
+
+
+CONVENTIONS = {"replacement_id": MASK, "special_token_ids": SPECIALS}
+
+
+def token_metric_inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask, scores, rationale)`` of six padded sentences."""
+    ids, mask = token_batch((9, 6, 7, 5, 8, 4), seed=seed)
+    scores = torch.randn(ids.shape, generator=torch.Generator().manual_seed(seed))
+    rationale = torch.zeros_like(ids, dtype=torch.bool)
+    rationale[:, 1] = True
+    rationale[::2, 2] = True
+    return ids, mask, scores, rationale
+
+
+def game_metrics(model: torch.nn.Module) -> dict:
+    """Factories of the token Metrics that play games with ``model`` (picklable, for the DDP test too)."""
+    from lit_attr.metrics import Comprehensiveness, Sufficiency, TokenActivationDeviation, TokenInsertionDeletion
+
+    return {
+        "comprehensiveness": functools.partial(Comprehensiveness, model, bins=(10, 50), **CONVENTIONS),
+        "sufficiency": functools.partial(Sufficiency, model, replacement="remove", **CONVENTIONS),
+        "token_insertion_deletion": functools.partial(TokenInsertionDeletion, model, n_steps=4, **CONVENTIONS),
+        "token_activation_deviation": functools.partial(TokenActivationDeviation, model, n_steps=3, **CONVENTIONS),
+    }

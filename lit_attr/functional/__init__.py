@@ -6,6 +6,7 @@ from lit_attr.functional.activation_deviation import (
     resolve_probe_layers,
 )
 from lit_attr.functional.completeness import completeness_error
+from lit_attr.functional.eraser import comprehensiveness, sufficiency
 from lit_attr.functional.insertion_deletion import (
     PRESETS,
     InsertionDeletionResult,
@@ -28,6 +29,9 @@ from lit_attr.functional.randomization import (
     sort_in_forward_order,
 )
 from lit_attr.functional.similarity import spearman, ssim_maps
+from lit_attr.functional.token_activation_deviation import token_activation_deviation
+from lit_attr.functional.token_games import token_insertion_deletion
+from lit_attr.functional.token_localization import token_auprc, token_f1, token_iou
 
 __all__ = [
     "PRESETS",
@@ -38,6 +42,7 @@ __all__ = [
     "auc",
     "blur",
     "completeness_error",
+    "comprehensiveness",
     "insertion_deletion",
     "iter_perturbed_batches",
     "iter_randomized",
@@ -56,4 +61,10 @@ __all__ = [
     "sort_in_forward_order",
     "spearman",
     "ssim_maps",
+    "sufficiency",
+    "token_activation_deviation",
+    "token_auprc",
+    "token_f1",
+    "token_insertion_deletion",
+    "token_iou",
 ]

@@ -2,9 +2,13 @@
 
 from lit_attr.metrics.activation_deviation import ActivationDeviation
 from lit_attr.metrics.attribution_quality import QUALITY_METRICS, AttributionQuality
+from lit_attr.metrics.eraser import Comprehensiveness, Sufficiency
 from lit_attr.metrics.insertion_deletion import InsertionDeletion
 from lit_attr.metrics.localization import LOCALIZATION_METRICS, Localization
 from lit_attr.metrics.parameter_randomization import SIMILARITIES, ParameterRandomization
+from lit_attr.metrics.token_activation_deviation import TokenActivationDeviation
+from lit_attr.metrics.token_insertion_deletion import TokenInsertionDeletion
+from lit_attr.metrics.token_localization import TokenLocalization
 
 __all__ = [
     "LOCALIZATION_METRICS",
@@ -12,7 +16,12 @@ __all__ = [
     "SIMILARITIES",
     "ActivationDeviation",
     "AttributionQuality",
+    "Comprehensiveness",
     "InsertionDeletion",
     "Localization",
     "ParameterRandomization",
+    "Sufficiency",
+    "TokenActivationDeviation",
+    "TokenInsertionDeletion",
+    "TokenLocalization",
 ]
