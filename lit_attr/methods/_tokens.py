@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -401,16 +401,16 @@ def attribute_tokens(
         with torch.inference_mode(False), torch.enable_grad():
             batch = TokenBatch(*(t.clone() for t in batch))
             groups = _clean_pass(method, caller, swap, batch)
-            logits = groups[0][3].new_empty(batch.input_ids.shape[0], groups[0][3].shape[1])
-            for samples, _, _, group_logits, _ in groups:
-                logits[samples] = group_logits
+            logits = groups[0].logits.new_empty(batch.input_ids.shape[0], groups[0].logits.shape[1])
+            for group in groups:
+                logits[group.samples] = group.logits
             target = _resolve_target(target, logits)
             extra: dict[str, Tensor] = {}
             if driver is _ig2_driver:
                 extra["reference_rep"] = _reference_representations(
                     method, caller, batch, logits, target, references, reference_attention_mask, options, vocab, limit
                 )
-            dtype = torch.promote_types(groups[0][4].dtype, torch.float32)
+            dtype = torch.promote_types(groups[0].clean.dtype, torch.float32)
             out = _run_groups(method, driver, caller, swap, batch, groups, target, extra, baseline_id, dtype, kwargs)
     scores, info = out
     if token_reduction == "sum" and scores.ndim == 3:
@@ -418,22 +418,30 @@ def attribute_tokens(
     elif token_reduction == "norm" and scores.ndim == 3:
         scores = scores.norm(dim=-1)
     elif token_reduction == "none" and scores.ndim == 2:  # FEI: one value per token, shown on every feature
-        scores = scores[..., None].expand(*scores.shape, groups[0][4].shape[-1])
+        scores = scores[..., None].expand(*scores.shape, groups[0].clean.shape[-1])
     return (scores, info) if info is not None else scores
 
 
-Group = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
+class _Group(NamedTuple):
+    """Samples with the same number of real tokens: their indices, real positions, ids, logits and embeddings."""
+
+    samples: Tensor
+    positions: Tensor
+    ids: Tensor
+    logits: Tensor
+    clean: Tensor
 
 
-def _clean_pass(method: AttributionMethod, caller: Callable, swap: _EmbeddingSwap, batch: TokenBatch) -> list[Group]:
-    """Per length group: ``(samples, positions, ids, logits, clean embeddings)``, forwards chunked as the method's."""
+def _clean_pass(method: AttributionMethod, caller: Callable, swap: _EmbeddingSwap, batch: TokenBatch) -> list[_Group]:
+    """One clean forward per length group, chunked by the method's ``internal_batch_size``."""
     groups = []
     rows = method.internal_batch_size or batch.input_ids.shape[0]
     for length, samples in length_groups(batch.attended):
         positions = real_positions(batch.attended, samples, length)
         ids = batch.input_ids[samples[:, None], positions]
         parts = [capture(caller, swap, ids[i : i + rows]) for i in range(0, ids.shape[0], rows)]
-        groups.append((samples, positions, ids, torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])))
+        logits, clean = (torch.cat(part) for part in zip(*parts, strict=True))
+        groups.append(_Group(samples, positions, ids, logits, clean))
     return groups
 
 
@@ -443,7 +451,7 @@ def _run_groups(
     caller: Callable,
     swap: _EmbeddingSwap,
     batch: TokenBatch,
-    groups: list[Group],
+    groups: list[_Group],
     target: Tensor,
     extra: dict[str, Tensor],
     baseline_id: int,
