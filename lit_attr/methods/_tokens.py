@@ -5,10 +5,11 @@
 the output of the model's input embedding layer: a forward hook replaces that output with the embeddings the
 method proposes, so any model works with its forward unchanged, and the hook is removed on every exit.
 
-Batch independence across padding: every sample is cut to its real tokens and samples are grouped by their number
-of real tokens, so no forward inside a group sees padding (the model still gets an all-ones ``attention_mask``
-where its forward takes one). Padding and special tokens are never perturbed: the embedding the model sees there
-is always the clean one, so no gradient reaches them and every method gives them exactly 0.
+Batch independence across padding: every sample is cut to its real tokens (kept in order and placed from position
+0, as right padding does) and samples are grouped by their number of real tokens, so no forward inside a group
+sees padding (the model still gets an all-ones ``attention_mask`` where its forward takes one). Padding and
+special tokens are never perturbed: the embedding the model sees there is always the clean one, so no gradient
+reaches them and every method gives them exactly 0.
 
 The existing float implementations run unchanged on a float variable ``z`` of shape ``(n, l, E + 1)``: the
 embeddings, divided by a per-sample scale for the path methods (MFABA's and IG2's steps are then measured in units
