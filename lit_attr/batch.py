@@ -82,7 +82,7 @@ class Batch:
 
 
 def default_batch_adapter(batch: Any) -> Batch:
-    """Read a collated batch: a tensor ``x``; a tuple/list ``(x,)``, ``(x, y)`` or ``(x, y, mask)``; or a dict.
+    """Read a collated batch: a tensor ``x``; a tuple/list ``(x,)``, ``(x, y)`` or ``(x, y, mask)``; a dict; a Batch.
 
     A dict holds the inputs under one of :data:`INPUT_KEYS`, labels under one of :data:`LABEL_KEYS` and masks under
     one of :data:`MASK_KEYS` (all but the inputs optional).
@@ -100,6 +100,8 @@ def default_batch_adapter(batch: Any) -> Batch:
         >>> default_batch_adapter({"image": torch.zeros(2, 3), "label": torch.tensor([0, 1])}).y
         tensor([0, 1])
     """
+    if isinstance(batch, Batch):
+        return batch
     if isinstance(batch, Tensor):
         return Batch(batch)
     if isinstance(batch, Mapping):

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 from typing_extensions import override
 
+from lit_attr import viz
 from lit_attr.batch import Batch, BatchAdapter, adapt_batch
 from lit_attr.methods import available_methods
 from lit_attr.metrics import available_metrics, get_metric_spec
@@ -369,6 +370,7 @@ def evaluate(
     trainer: Trainer | None = None,
     config: Mapping[str, Any] | None = None,
     progress: bool = True,
+    tokenizer: Any = None,
 ) -> dict[str, Any]:
     """Attribute one split with every method, score the maps and write ``metrics.json``, PNGs and ``report.html``.
 
@@ -394,6 +396,8 @@ def evaluate(
             construction. ``None`` builds a single-process CPU trainer.
         config: the resolved configuration, stored in ``metrics.json``.
         progress: show rich progress bars on rank 0.
+        tokenizer: turns token ids into the words of the report's highlighting (see
+            :func:`lit_attr.viz.token_decoder`); defaults to the datamodule (its ``decode`` or ``tokenizer``).
 
     Returns:
         The content of ``metrics.json`` (on every rank; only rank 0 writes files).
@@ -479,9 +483,13 @@ def evaluate(
             for record in wrapper.records
             if record.x is not None
         }
-        figures = report.build_figures(result, samples, class_names=getattr(datamodule, "class_names", None))
-        _log_to_loggers(trainer, result, figures)
-        _write_atomically(Path(output_dir), lambda tmp: report.write_outputs(tmp, result, figures))
+        class_names = getattr(datamodule, "class_names", None)
+        figures = report.build_figures(result, samples, class_names=class_names)
+        highlights = report.token_highlights(samples, viz.token_decoder(tokenizer or datamodule), class_names)
+        figures.update({stem: figure for stem, (_, figure) in highlights.items()})
+        html_sections = {stem: text for stem, (text, _) in highlights.items()}
+        _log_to_loggers(trainer, result, figures, html_sections)
+        _write_atomically(Path(output_dir), lambda tmp: report.write_outputs(tmp, result, figures, html_sections))
     return result
 
 
@@ -530,15 +538,20 @@ def flat_scalars(result: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def _log_to_loggers(trainer: Trainer, result: Mapping[str, Any], figures: Mapping[str, Any]) -> None:
+def _log_to_loggers(
+    trainer: Trainer, result: Mapping[str, Any], figures: Mapping[str, Any], html_sections: Mapping[str, str]
+) -> None:
     if not trainer.loggers:
         return
-    from lit_attr.delivery import log_figure, log_metrics, log_table
+    from lit_attr.delivery import log_figure, log_html, log_metrics, log_table
 
     scalars = flat_scalars(result)
     log_metrics(trainer, {f"evaluate/{k}": v for k, v in scalars.items()}, step=0)
     for key, figure in figures.items():
-        log_figure(trainer, f"evaluate/{key}", figure, step=0)
+        if key in html_sections:
+            log_html(trainer, f"evaluate/{key}", html_sections[key], figure, step=0)
+        else:
+            log_figure(trainer, f"evaluate/{key}", figure, step=0)
     log_table(trainer, "evaluate/scores", ["key", "value"], [[k, v] for k, v in scalars.items()], step=0)
 
 

@@ -292,7 +292,13 @@ class AttributionRunner:
         self._updates = dict.fromkeys(self._updates, 0)
         self.skipped = set()
 
-    def run(self, batch: Batch, indices: Sequence[int] | None = None, target: TargetType = None) -> list[SampleRecord]:
+    def run(
+        self,
+        batch: Batch,
+        indices: Sequence[int] | None = None,
+        target: TargetType = None,
+        logits: Tensor | None = None,
+    ) -> list[SampleRecord]:
         """Attribute one batch with every method, feed every metric, and return one record per sample.
 
         Args:
@@ -301,6 +307,8 @@ class AttributionRunner:
                 are kept (``keep_attributions``) and which go to a metric limited by ``metric_samples``.
             target: explicit classes to explain (any form :mod:`lit_attr._checks` accepts); ``None`` follows
                 the runner's ``target`` policy.
+            logits: the model's logits for the batch, if the caller already computed them (then the runner makes
+                no forward pass of its own).
 
         Returns:
             One :class:`SampleRecord` per sample, in batch order.
@@ -312,8 +320,9 @@ class AttributionRunner:
         device = batch.x.device
         self.to(device)
         with preserved_rng_state(), torch.inference_mode(False):
-            with torch.no_grad(), preserved_model_state(self.model):
-                logits = self.model(batch.x, **batch.model_inputs())
+            if logits is None:
+                with torch.no_grad(), preserved_model_state(self.model):
+                    logits = self.model(batch.x, **batch.model_inputs())
             if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != n:
                 shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
                 raise ValueError(f"The model must return logits of shape (N, K) = ({n}, K), got {shape}.")

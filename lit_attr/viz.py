@@ -8,7 +8,7 @@ training loop, in threads and on headless machines, and leaves no global figure 
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -552,3 +552,33 @@ def token_highlights_figure(
     colorbar.set_ticks([-1, 0, 1], labels=["against", "0", "supports"])
     colorbar.ax.tick_params(labelsize=fontsize * 0.8)
     return fig
+
+
+def token_decoder(source: Any) -> Callable[[Tensor], list[str]]:
+    """A function from token ids to token strings, from whatever knows the vocabulary.
+
+    Args:
+        source: a Hugging Face ``transformers`` tokenizer (``convert_ids_to_tokens``); a ``tokenizers`` tokenizer
+            (``id_to_token``); an object with ``decode(ids) -> list[str]`` (lit-attr's text data modules); an object
+            with such a ``tokenizer`` attribute; a callable ``ids -> tokens``; or None (the ids as text).
+
+    Example:
+        >>> token_decoder(None)(torch.tensor([5, 7]))
+        ['5', '7']
+    """
+    if source is None:
+        return lambda ids: [str(int(i)) for i in ids]
+    # Tokenizers' own decode joins the tokens into one string: their per-token lookups come first.
+    if callable(getattr(source, "convert_ids_to_tokens", None)):
+        method = source.convert_ids_to_tokens
+    elif callable(getattr(source, "id_to_token", None)):
+        return lambda ids: [str(source.id_to_token(int(i))) for i in ids]
+    elif callable(getattr(source, "decode", None)):
+        method = source.decode
+    elif getattr(source, "tokenizer", None) is not None:
+        return token_decoder(source.tokenizer)
+    elif callable(source):
+        method = source
+    else:
+        return token_decoder(None)
+    return lambda ids: [str(token) for token in method([int(i) for i in ids])]

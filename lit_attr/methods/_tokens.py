@@ -566,7 +566,7 @@ def _sample_token_references(
     method: IG2, batch: TokenBatch, logits: Tensor, target: Tensor, options: Any
 ) -> tuple[Tensor, Tensor]:
     """``(N, B, L')`` ids and attention masks drawn from the method's ``reference_pool`` of token ids."""
-    pool = method.reference_pool
+    pool = method.pool
     if pool is None:
         raise ValueError(
             f"`references={method.references!r}` draws from `reference_pool`; pass reference_pool=(input_ids, labels) "

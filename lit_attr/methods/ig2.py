@@ -140,6 +140,11 @@ class IG2(AttributionMethod):
     def reference_pool(self, pool: tuple[Tensor, Tensor] | None) -> None:
         self._reference_pool = _check_pool(pool)
 
+    @property
+    def pool(self) -> tuple[Tensor, Tensor] | None:
+        """The pool the samplers draw from: ``reference_pool``, else the data given to :meth:`prepare`."""
+        return self.reference_pool if self.reference_pool is not None else self._prepared_pool
+
     def prepare(self, data: Batch) -> None:
         """Draw references from ``data``'s labelled samples, unless ``reference_pool`` was given.
 
@@ -185,7 +190,7 @@ class IG2(AttributionMethod):
 
         From ``pool`` if given, else from ``reference_pool``, else from the data given to :meth:`prepare`.
         """
-        pool = _check_pool(pool) if pool is not None else self.reference_pool or self._prepared_pool
+        pool = _check_pool(pool) if pool is not None else self.pool
         if pool is None:
             raise ValueError(
                 f"`references={self.references!r}` draws from `reference_pool`; pass reference_pool=(inputs, labels) "

@@ -13,6 +13,7 @@ from lit_attr.functional.eraser import DEFAULT_BINS, EraserResult, check_bins, c
 from lit_attr.functional.insertion_deletion import TargetType
 from lit_attr.metrics._plotting import figure_and_axes
 from lit_attr.metrics._token_metric import TokenGameMetric, add_rows, checked_scores
+from lit_attr.metrics.registry import register_metric
 
 __all__ = ["Comprehensiveness", "Sufficiency"]
 
@@ -179,3 +180,19 @@ class Sufficiency(_Eraser):
     key = "sufficiency"
     function = staticmethod(sufficiency)
     higher_is_better = False
+
+
+register_metric(
+    "comprehensiveness",
+    Comprehensiveness,
+    consumes=("model", "x", "attributions", "target", "logits", "attention_mask", "special_tokens_mask"),
+    per_sample=True,
+    tokens=True,
+)
+register_metric(
+    "sufficiency",
+    Sufficiency,
+    consumes=("model", "x", "attributions", "target", "logits", "attention_mask", "special_tokens_mask"),
+    per_sample=True,
+    tokens=True,
+)

@@ -15,6 +15,7 @@ from lit_attr._checks import check_optional_int
 from lit_attr.functional.insertion_deletion import TargetType
 from lit_attr.functional.token_activation_deviation import encoder_layers, token_activation_deviation
 from lit_attr.metrics._token_metric import TokenGameMetric, add_rows, checked_scores
+from lit_attr.metrics.registry import register_metric
 
 __all__ = ["TokenActivationDeviation"]
 
@@ -147,3 +148,20 @@ class TokenActivationDeviation(TokenGameMetric):
             "mean_mse": torch.cat([insertion, deletion]).mean(),
             "layers": self.layers,
         }
+
+
+def _summary(values: dict[str, Any], per_sample: bool) -> dict[str, Tensor]:
+    # The headline is the mean over layers and both games, per sample or over the dataset.
+    if per_sample:
+        return {"mean_mse": torch.cat([values["insertion_mse"], values["deletion_mse"]], dim=-1).mean(dim=-1)}
+    return {"mean_mse": values["mean_mse"]}
+
+
+register_metric(
+    "token_activation_deviation",
+    TokenActivationDeviation,
+    consumes=("model", "x", "attributions", "target", "logits", "attention_mask", "special_tokens_mask"),
+    summary=_summary,
+    per_sample=True,
+    tokens=True,
+)

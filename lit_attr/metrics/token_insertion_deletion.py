@@ -13,6 +13,7 @@ from lit_attr.functional.insertion_deletion import OUTPUTS, TargetType
 from lit_attr.functional.token_games import DEFAULT_TOKEN_STEPS, token_insertion_deletion
 from lit_attr.metrics._plotting import figure_and_axes
 from lit_attr.metrics._token_metric import TokenGameMetric, add_rows, checked_scores
+from lit_attr.metrics.registry import register_metric
 
 __all__ = ["TokenInsertionDeletion"]
 
@@ -201,3 +202,12 @@ class TokenInsertionDeletion(TokenGameMetric):
         ax.legend(loc="best")
         ax.grid(alpha=0.3)
         return fig, ax
+
+
+register_metric(
+    "token_insertion_deletion",
+    TokenInsertionDeletion,
+    consumes=("model", "x", "attributions", "target", "logits", "attention_mask", "special_tokens_mask"),
+    per_sample=True,
+    tokens=True,
+)

@@ -17,6 +17,7 @@ from lit_attr.functional.token_localization import (
     token_iou,
 )
 from lit_attr.metrics._token_metric import add_rows, checked_scores
+from lit_attr.metrics.registry import register_metric
 
 __all__ = ["TokenLocalization"]
 
@@ -59,9 +60,7 @@ class TokenLocalization(Metric):
         names = (metrics,) if isinstance(metrics, str) else tuple(metrics)
         unknown = [name for name in names if name not in TOKEN_LOCALIZATION_METRICS]
         if not names or unknown or len(set(names)) != len(names):
-            raise ValueError(
-                f"`metrics` must be distinct names from {TOKEN_LOCALIZATION_METRICS}, got {list(names)}."
-            )
+            raise ValueError(f"`metrics` must be distinct names from {TOKEN_LOCALIZATION_METRICS}, got {list(names)}.")
         self.metrics = names
         self.add_state("score_sum", torch.zeros(len(names)), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
@@ -109,3 +108,12 @@ class TokenLocalization(Metric):
         """Mean of every selected score over all samples seen (on all processes)."""
         means = self.score_sum / self.count
         return {name: means[i] for i, name in enumerate(self.metrics)}
+
+
+register_metric(
+    "token_localization",
+    TokenLocalization,
+    consumes=("attributions", "masks", "attention_mask", "special_tokens_mask"),
+    per_sample=True,
+    tokens=True,
+)
