@@ -17,10 +17,12 @@ from torch import Tensor
 
 __all__ = ["INPUT_KEYS", "LABEL_KEYS", "MASK_KEYS", "Batch", "BatchAdapter", "adapt_batch", "default_batch_adapter"]
 
-#: Dict keys that hold the inputs, labels and ground-truth masks, in the order they are looked up.
-INPUT_KEYS: tuple[str, ...] = ("image", "images", "input", "inputs", "x", "pixel_values")
+#: Dict keys that hold the inputs, labels and ground-truth masks, in the order they are looked up. Token batches
+#: as Hugging Face data collators produce them (``input_ids``, ``attention_mask``, ``labels``, ``rationale_mask``,
+#: ``special_tokens_mask``) are read as they are.
+INPUT_KEYS: tuple[str, ...] = ("image", "images", "input", "inputs", "x", "pixel_values", "input_ids")
 LABEL_KEYS: tuple[str, ...] = ("label", "labels", "target", "targets", "y")
-MASK_KEYS: tuple[str, ...] = ("mask", "masks")
+MASK_KEYS: tuple[str, ...] = ("mask", "masks", "rationale_mask", "rationale")
 
 BatchAdapter = Callable[[Any], Any]
 
@@ -28,6 +30,10 @@ BatchAdapter = Callable[[Any], Any]
 @dataclass(frozen=True)
 class Batch:
     """Inputs, labels (or None) and ground-truth masks (or None) of some samples, first dimension N.
+
+    For token inputs, ``x`` holds the token ids ``(N, L)``, ``mask`` the rationale marks ``(N, L)``, and
+    ``attention_mask`` (1 on real tokens, 0 on padding) and ``special_tokens_mask`` (1 on [CLS], [SEP], ...) the
+    collator's masks; the runner passes them to the model, the methods and the metrics that take them.
 
     Example:
         >>> batch = Batch(torch.zeros(3, 1, 2, 2), torch.tensor([0, 1, 2]))
@@ -38,6 +44,13 @@ class Batch:
     x: Tensor
     y: Tensor | None = None
     mask: Tensor | None = None
+    attention_mask: Tensor | None = None
+    special_tokens_mask: Tensor | None = None
+
+    @property
+    def tokens(self) -> bool:
+        """Whether ``x`` holds token ids (an integer tensor) rather than float inputs."""
+        return not (self.x.is_floating_point() or self.x.is_complex())
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -51,6 +64,15 @@ class Batch:
         """Every tensor moved to ``device``."""
         return Batch(*(None if t is None else t.to(device) for t in self._tensors()))
 
+    def model_inputs(self) -> dict[str, Tensor]:
+        """Keyword inputs of the model's forward besides ``x`` (the attention mask of token batches)."""
+        return {} if self.attention_mask is None else {"attention_mask": self.attention_mask}
+
+    def method_inputs(self) -> dict[str, Tensor]:
+        """Keyword inputs of ``AttributionMethod.attribute`` besides ``x`` (the token masks of token batches)."""
+        masks = {"attention_mask": self.attention_mask, "special_tokens_mask": self.special_tokens_mask}
+        return {key: value for key, value in masks.items() if value is not None}
+
     def with_inputs(self, x: Tensor) -> Batch:
         """The same samples with other inputs (e.g. converted to the Trainer's precision)."""
         return replace(self, x=x)
@@ -60,7 +82,7 @@ class Batch:
 
 
 def default_batch_adapter(batch: Any) -> Batch:
-    """Read a collated batch: a tensor ``x``; a tuple/list ``(x,)``, ``(x, y)`` or ``(x, y, mask)``; or a dict.
+    """Read a collated batch: a tensor ``x``; a tuple/list ``(x,)``, ``(x, y)`` or ``(x, y, mask)``; a dict; a Batch.
 
     A dict holds the inputs under one of :data:`INPUT_KEYS`, labels under one of :data:`LABEL_KEYS` and masks under
     one of :data:`MASK_KEYS` (all but the inputs optional).
@@ -78,6 +100,8 @@ def default_batch_adapter(batch: Any) -> Batch:
         >>> default_batch_adapter({"image": torch.zeros(2, 3), "label": torch.tensor([0, 1])}).y
         tensor([0, 1])
     """
+    if isinstance(batch, Batch):
+        return batch
     if isinstance(batch, Tensor):
         return Batch(batch)
     if isinstance(batch, Mapping):
@@ -87,7 +111,13 @@ def default_batch_adapter(batch: Any) -> Batch:
                 f"A dict batch needs its inputs under one of {list(INPUT_KEYS)}, got keys {sorted(map(str, batch))}; "
                 "pass `batch_adapter=lambda batch: (x, y, mask)`."
             )
-        return Batch(x, _first_key(batch, LABEL_KEYS), _first_key(batch, MASK_KEYS))
+        return Batch(
+            x,
+            _first_key(batch, LABEL_KEYS),
+            _first_key(batch, MASK_KEYS),
+            batch.get("attention_mask"),
+            batch.get("special_tokens_mask"),
+        )
     if isinstance(batch, (tuple, list)) and 1 <= len(batch) <= 3 and all(isinstance(t, Tensor) for t in batch):
         x, y, mask = (*batch, None, None)[:3]
         return Batch(x, y, mask)
@@ -131,10 +161,15 @@ def adapt_batch(batch: Any, adapter: BatchAdapter | None = None) -> Batch:
     if not isinstance(read.x, Tensor) or any(t is not None and not isinstance(t, Tensor) for t in (read.y, read.mask)):
         raise TypeError("`batch_adapter` must return tensors (or None for the labels and masks).")
     n = read.x.shape[0]
+    mask = None if read.mask is None else read.mask.detach().bool()
+    if mask is not None and not read.tokens:  # image masks (N, 1, H, W) or (N, H, W): one (H, W) plane per sample
+        mask = mask.reshape(n, *mask.shape[-2:])
     return Batch(
         read.x.detach(),
         None if read.y is None else read.y.detach().long().reshape(-1),
-        None if read.mask is None else read.mask.detach().reshape(n, *read.mask.shape[-2:]).bool(),
+        mask,
+        None if read.attention_mask is None else read.attention_mask.detach(),
+        None if read.special_tokens_mask is None else read.special_tokens_mask.detach(),
     )
 
 

@@ -144,7 +144,9 @@ def build_evaluate_parser() -> Any:
     # Accepted so that a config saved by `lit_attr fit` can be passed as is; evaluation never optimises.
     parser.add_argument("--optimizer", type=dict | None, default=None, help="ignored (fit configs)")
     parser.add_argument("--lr_scheduler", type=dict | None, default=None, help="ignored (fit configs)")
-    parser.add_function_arguments(evaluate, None, skip={"model", "datamodule", "trainer", "config", "progress"})
+    parser.add_function_arguments(
+        evaluate, None, skip={"model", "datamodule", "trainer", "config", "progress", "tokenizer"}
+    )
     parser.set_defaults({"trainer.logger": False, "trainer.enable_progress_bar": False})
     return parser
 

@@ -39,8 +39,10 @@ from lit_attr.viz import figure_to_array
 __all__ = [
     "DeliveryWorker",
     "Destination",
+    "HtmlCell",
     "destination",
     "log_figure",
+    "log_html",
     "log_image",
     "log_metrics",
     "log_table",
@@ -149,6 +151,49 @@ def log_figure(trainer: Trainer | Destination, key: str, figure: Figure, step: i
     return written
 
 
+def log_html(
+    trainer: Trainer | Destination, key: str, html: str, figure: Figure, step: int | None = None
+) -> list[Path]:
+    """Log HTML (per-token highlighting, say): a ``wandb.Html`` for W&B, its rendering ``figure`` everywhere else.
+
+    Args:
+        trainer: the trainer whose loggers receive it.
+        key: see :func:`log_image`.
+        html: self-contained HTML (inline styles).
+        figure: the same content as a figure, for TensorBoard and file-based loggers (an ``.html`` file is written
+            next to the PNG too).
+        step: defaults to ``trainer.global_step``.
+
+    Returns:
+        The files written for file-based loggers.
+    """
+    if not trainer.is_global_zero or not trainer.loggers:
+        return []
+    step = trainer.global_step if step is None else step
+    written: list[Path] = []
+    for logger in _unique_file_loggers(trainer):
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            logger.log_metrics({key: wandb.Html(html, inject=False)}, step=step)
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_figure(key, figure, global_step=step, close=False)
+        else:
+            path = media_dir(trainer, logger, key) / _file_name(trainer, step, "png")
+            _save_png(path, figure_to_array(figure))
+            path.with_suffix(".html").write_text(html, encoding="utf-8")
+            written.append(path)
+    return written
+
+
+@dataclass(frozen=True)
+class HtmlCell:
+    """A table cell shown as HTML where the logger can (a ``wandb.Html`` in W&B tables) and as ``text`` elsewhere."""
+
+    html: str
+    text: str
+
+
 def log_table(
     trainer: Trainer | Destination,
     key: str,
@@ -181,15 +226,15 @@ def log_table(
     written: list[Path] = []
     for logger in _unique_file_loggers(trainer):
         if isinstance(logger, WandbLogger):
-            logger.log_table(key=key, columns=list(columns), data=data, step=step)
+            logger.log_table(key=key, columns=list(columns), data=_cells(data, html=True), step=step)
         elif isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_text(key, _markdown(columns, data), global_step=step)
+            logger.experiment.add_text(key, _markdown(columns, _cells(data, html=False)), global_step=step)
         else:
             path = media_dir(trainer, logger, key) / _file_name(trainer, step, "csv")
             with path.open("w", newline="") as handle:
                 writer = csv.writer(handle)
                 writer.writerow(columns)
-                writer.writerows(data)
+                writer.writerows(_cells(data, html=False))
             written.append(path)
     return written
 
@@ -257,6 +302,17 @@ def _save_png(path: Path, array: np.ndarray) -> None:
 
     imsave(path, array)
     log.debug("wrote %s", path)
+
+
+def _cells(rows: list[list[Any]], html: bool) -> list[list[Any]]:
+    """Rows with every :class:`HtmlCell` as a ``wandb.Html`` (``html=True``) or as its text."""
+    if not any(isinstance(value, HtmlCell) for row in rows for value in row):
+        return rows
+    if html:
+        import wandb
+
+        return [[wandb.Html(v.html, inject=False) if isinstance(v, HtmlCell) else v for v in row] for row in rows]
+    return [[v.text if isinstance(v, HtmlCell) else v for v in row] for row in rows]
 
 
 def _plain(value: Any) -> Any:

@@ -1,7 +1,8 @@
-"""``lit_attr demo``: train the demo classifier with the callbacks attached, then evaluate its checkpoint.
+"""``lit_attr demo``: train a demo model with the callbacks attached, then evaluate its checkpoint.
 
-Everything runs on the embedded synthetic shapes (nothing is downloaded); :data:`DEMO_BUDGETS` holds the budgets of
-the full run and of ``--fast``, and :func:`demo_help` derives the command's help from them.
+Everything runs on embedded synthetic data (nothing is downloaded). :data:`DEMOS` describes each demo (its model,
+data, methods and metrics); :data:`DEMO_BUDGETS` holds the budgets of the full run and of ``--fast`` for each, and
+:func:`demo_help` derives the command's help from both.
 """
 
 from __future__ import annotations
@@ -16,124 +17,198 @@ from typing import Any
 from lit_attr.cli import default_wandb_offline, finish_wandb, run_evaluate
 from lit_attr.report import summary_table
 
-__all__ = ["DEMO_BUDGETS", "demo_command", "demo_help", "run_demo"]
+__all__ = ["DEMOS", "DEMO_BUDGETS", "demo_command", "demo_help", "run_demo"]
 
 _DEMO_HELP = """\
-usage: lit_attr demo [-h] [--output_dir DIR] [--fast] [--seed SEED]
+usage: lit_attr demo [-h] [--model {{cnn,vit}}] [--output_dir DIR] [--fast] [--seed SEED]
 
-Train the demo classifier on the embedded synthetic shapes (with the AttributionMonitor and RandomizationCheck
-callbacks attached), save a checkpoint, then run `lit_attr evaluate` on it with mfaba, ig2, fei and
-integrated_gradients, and print a summary table. W&B logs offline unless WANDB_MODE says otherwise.
+Train a demo classifier on the embedded synthetic shapes (with the AttributionMonitor and RandomizationCheck
+callbacks attached), save a checkpoint, then run `lit_attr evaluate` on it and print a summary table. W&B logs
+offline unless WANDB_MODE says otherwise.
 
 options:
   -h, --help        show this help message and exit
+  --model MODEL     cnn: a small ResNet-style CNN (default); vit: a small vision transformer, with the attention
+                    maps (attention_rollout, generic_attention) among the methods
   --output_dir DIR  where everything goes (default: lit_attr_demo)
-  --fast            small budgets (a smoke test, well under 2 minutes on 2 CPU cores)
+  --fast            small budgets (a smoke test, about a minute on 2 CPU cores)
   --seed SEED       seed of the data, the weights and the training (default: 0)
 
-budgets (full / --fast):
 {budgets}
-
 examples:
   lit_attr demo
   lit_attr demo --fast --output_dir /tmp/demo
+  lit_attr demo --model vit
 """
 
-#: Budgets of ``lit_attr demo`` (full, ``--fast``); see ``lit_attr demo --help``.
-DEMO_BUDGETS: dict[str, dict[str, Any]] = {
-    "full": {
-        "epochs": 6,
-        "num_train": 4096,
-        "num_val": 512,
-        "limit_samples": 32,
-        "batch_size": 8,
-        "randomization_samples": 4,
-        "method_kwargs": {
-            "mfaba": {"max_steps": 50},
-            # Rows per forward bounded: at 16 x 201 x 8 rows the CPU spends its time paging, not computing.
-            "ig2": {"steps": 201, "n_references": 4, "internal_batch_size": 512},
-            "fei": {"iterations": 100, "internal_batch_size": 512},
-            "integrated_gradients": {"n_steps": 50},
-        },
-        "monitor_samples": 16,
+_IMAGE_METRICS = ["insertion_deletion", "localization", "activation_deviation", "randomization"]
+
+#: What each demo trains and evaluates; the budgets are in :data:`DEMO_BUDGETS`.
+DEMOS: dict[str, dict[str, Any]] = {
+    "cnn": {
+        "title": "the demo CNN",
+        "model": "lit_attr.models.DemoClassifier",
+        "methods": ["mfaba", "ig2", "fei", "integrated_gradients"],
+        "metrics": _IMAGE_METRICS,
+        "monitor": ["saliency", "integrated_gradients", "mfaba"],
+        "check": ["saliency", "integrated_gradients"],
     },
-    "fast": {
-        "epochs": 3,
-        "num_train": 2048,
-        "num_val": 128,
-        "limit_samples": 8,
-        "batch_size": 8,
-        "randomization_samples": 4,
-        "method_kwargs": {
-            "mfaba": {"max_steps": 20},
-            "ig2": {"steps": 50, "n_references": 4, "internal_batch_size": 512},
-            "fei": {"iterations": 20, "internal_batch_size": 512},
-            "integrated_gradients": {"n_steps": 20},
+    "vit": {
+        "title": "the demo ViT",
+        "model": "lit_attr.models.DemoViT",
+        "methods": ["mfaba", "ig2", "fei", "integrated_gradients", "attention_rollout", "generic_attention"],
+        "metrics": _IMAGE_METRICS,
+        "monitor": ["saliency", "attention_rollout", "mfaba"],
+        "check": ["saliency", "generic_attention"],
+    },
+}
+
+_CALLBACK_KWARGS = {"integrated_gradients": {"n_steps": 16}, "mfaba": {"max_steps": 16}}
+
+#: Budgets of ``lit_attr demo`` per demo (full, ``--fast``); see ``lit_attr demo --help``.
+DEMO_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
+    "cnn": {
+        "full": {
+            "epochs": 6,
+            "num_train": 4096,
+            "num_val": 512,
+            "limit_samples": 32,
+            "batch_size": 8,
+            "randomization_samples": 4,
+            "method_kwargs": {
+                "mfaba": {"max_steps": 50},
+                # Rows per forward bounded: at 16 x 201 x 8 rows the CPU spends its time paging, not computing.
+                "ig2": {"steps": 201, "n_references": 4, "internal_batch_size": 512},
+                "fei": {"iterations": 100, "internal_batch_size": 512},
+                "integrated_gradients": {"n_steps": 50},
+            },
+            "monitor_samples": 16,
         },
-        "monitor_samples": 8,
+        "fast": {
+            "epochs": 3,
+            "num_train": 2048,
+            "num_val": 128,
+            "limit_samples": 8,
+            "batch_size": 8,
+            "randomization_samples": 4,
+            "method_kwargs": {
+                "mfaba": {"max_steps": 20},
+                "ig2": {"steps": 50, "n_references": 4, "internal_batch_size": 512},
+                "fei": {"iterations": 20, "internal_batch_size": 512},
+                "integrated_gradients": {"n_steps": 20},
+            },
+            "monitor_samples": 8,
+        },
+    },
+    "vit": {
+        "full": {
+            "epochs": 5,
+            "num_train": 8000,
+            "num_val": 512,
+            "limit_samples": 32,
+            "batch_size": 8,
+            "randomization_samples": 4,
+            "method_kwargs": {
+                "mfaba": {"max_steps": 50},
+                "ig2": {"steps": 100, "n_references": 4, "internal_batch_size": 512},
+                "fei": {"iterations": 50, "internal_batch_size": 512},
+                "integrated_gradients": {"n_steps": 50},
+                "attention_rollout": {},
+                "generic_attention": {},
+            },
+            "monitor_samples": 16,
+        },
+        "fast": {
+            "epochs": 2,
+            "num_train": 2048,
+            "num_val": 128,
+            "limit_samples": 8,
+            "batch_size": 8,
+            "randomization_samples": 4,
+            "method_kwargs": {
+                "mfaba": {"max_steps": 20},
+                "ig2": {"steps": 30, "n_references": 2, "internal_batch_size": 512},
+                "fei": {"iterations": 10, "internal_batch_size": 512},
+                "integrated_gradients": {"n_steps": 20},
+                "attention_rollout": {},
+                "generic_attention": {},
+            },
+            "monitor_samples": 8,
+        },
     },
 }
 
 
 def demo_help() -> str:
-    """The help text of ``lit_attr demo``, its budget table built from :data:`DEMO_BUDGETS`.
+    """The help text of ``lit_attr demo``, its budget tables built from :data:`DEMO_BUDGETS`.
 
     Example:
         >>> "max_steps 50 / 20" in demo_help()
         True
     """
-    full, fast = DEMO_BUDGETS["full"], DEMO_BUDGETS["fast"]
-    rows = [
-        (
-            "training",
-            f"{full['epochs']} epochs on {full['num_train']} images / {fast['epochs']} epochs on "
-            f"{fast['num_train']} images",
-        ),
-        (
-            "evaluated images",
-            f"{full['limit_samples']} / {fast['limit_samples']} validation images, {full['batch_size']} per batch",
-        ),
-    ]
-    for method, options in full["method_kwargs"].items():
-        shown = [key for key in options if key != "internal_batch_size"]
+    sections = []
+    for demo, budgets in DEMO_BUDGETS.items():
+        full, fast = budgets["full"], budgets["fast"]
+        rows = [
+            (
+                "training",
+                f"{full['epochs']} epochs on {full['num_train']} images / {fast['epochs']} epochs on "
+                f"{fast['num_train']} images",
+            ),
+            (
+                "evaluated images",
+                f"{full['limit_samples']} / {fast['limit_samples']} validation images, {full['batch_size']} per batch",
+            ),
+        ]
+        for method, options in full["method_kwargs"].items():
+            shown = [key for key in options if key != "internal_batch_size"]
+            text = ", ".join(f"{key} {options[key]} / {fast['method_kwargs'][method][key]}" for key in shown)
+            rows.append((method, text or "defaults"))
         rows.append(
-            (method, ", ".join(f"{key} {options[key]} / {fast['method_kwargs'][method][key]}" for key in shown))
+            (
+                "randomisation",
+                f"{full['randomization_samples']} / {fast['randomization_samples']} images, fully randomised network",
+            )
         )
-    rows.append(
-        (
-            "randomisation",
-            f"{full['randomization_samples']} / {fast['randomization_samples']} images, fully randomised network only",
-        )
-    )
-    width = max(len(name) for name, _ in rows) + 2
-    table = "\n".join(f"  {name:<{width}}{text}" for name, text in rows)
-    return _DEMO_HELP.format(budgets=table)
+        width = max(len(name) for name, _ in rows) + 2
+        table = "\n".join(f"  {name:<{width}}{text}" for name, text in rows)
+        sections.append(f"budgets of --model {demo} (full / --fast):\n{table}\n")
+    return _DEMO_HELP.format(budgets="\n".join(sections))
 
 
-def run_demo(output_dir: str | os.PathLike = "lit_attr_demo", fast: bool = False, seed: int = 0) -> dict[str, Any]:
-    """Train the demo classifier, save a checkpoint, evaluate it and print a summary.
+def run_demo(
+    output_dir: str | os.PathLike = "lit_attr_demo", fast: bool = False, seed: int = 0, model: str = "cnn"
+) -> dict[str, Any]:
+    """Train a demo model, save a checkpoint, evaluate it and print a summary.
 
     Args:
         output_dir: receives ``checkpoints/demo.ckpt``, ``fit_config.yaml``, ``evaluate.yaml``, ``wandb/`` (or
             ``logs/``) and ``evaluation/`` (``metrics.json``, PNGs, ``report.html``).
         fast: use the ``"fast"`` budgets of :data:`DEMO_BUDGETS`.
         seed: seed of data, weights and training.
+        model: which demo of :data:`DEMOS`: ``"cnn"`` or ``"vit"``.
 
     Returns:
         The evaluation result (the content of ``evaluation/metrics.json``).
 
+    Raises:
+        ValueError: for an unknown ``model``.
+
     Example::
 
-        run_demo("/tmp/demo", fast=True)
+        run_demo("/tmp/demo", fast=True, model="vit")
     """
+    import importlib
+
     import lightning as L
     import yaml
     from rich.console import Console
 
     from lit_attr.data import ShapesDataModule
-    from lit_attr.models import DemoClassifier
 
-    budget = DEMO_BUDGETS["fast" if fast else "full"]
+    if model not in DEMOS:
+        raise ValueError(f"`model` must be one of {tuple(DEMOS)}, got {model!r}.")
+    demo, budget = DEMOS[model], DEMO_BUDGETS[model]["fast" if fast else "full"]
     out = Path(output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     console = Console()
@@ -143,32 +218,30 @@ def run_demo(output_dir: str | os.PathLike = "lit_attr_demo", fast: bool = False
 
     data_args = {"num_train": budget["num_train"], "num_val": budget["num_val"], "num_test": 64, "seed": seed}
     data = ShapesDataModule(**data_args)
-    model = DemoClassifier(num_classes=data.num_classes)
-    callbacks, skipped = _demo_callbacks(budget)
+    module_path, class_name = demo["model"].rsplit(".", 1)
+    net = getattr(importlib.import_module(module_path), class_name)(num_classes=data.num_classes)
     logger, run_hint = _demo_logger(out)
     trainer = L.Trainer(
         max_epochs=budget["epochs"],
         accelerator="cpu",
         devices=1,
         logger=logger,
-        callbacks=callbacks,
+        callbacks=_demo_callbacks(demo, budget),
         enable_checkpointing=False,
         enable_model_summary=False,
         deterministic=True,
         default_root_dir=str(out),
         log_every_n_steps=10,
     )
-    console.rule("[bold]lit-attr demo: training the demo classifier on synthetic shapes")
-    if skipped:
-        console.print(f"[yellow]{skipped}[/yellow]")
-    trainer.fit(model, datamodule=data)
+    console.rule(f"[bold]lit-attr demo: training {demo['title']} on synthetic shapes")
+    trainer.fit(net, datamodule=data)
     accuracy = float(trainer.callback_metrics.get("val_acc", float("nan")))
     console.print(f"validation accuracy after {budget['epochs']} epochs: [bold]{accuracy:.3f}[/bold]")
     ckpt = out / "checkpoints" / "demo.ckpt"
     trainer.save_checkpoint(ckpt)
     finish_wandb(trainer)
 
-    model_cfg = {"class_path": "lit_attr.models.DemoClassifier", "init_args": dict(model.hparams)}
+    model_cfg = {"class_path": demo["model"], "init_args": dict(net.hparams)}
     model_cfg["init_args"] = {k: list(v) if isinstance(v, tuple) else v for k, v in model_cfg["init_args"].items()}
     data_cfg = {"class_path": "lit_attr.data.ShapesDataModule", "init_args": data_args}
     (out / "fit_config.yaml").write_text(
@@ -187,9 +260,9 @@ def run_demo(output_dir: str | os.PathLike = "lit_attr_demo", fast: bool = False
         "model": model_cfg,
         "data": data_cfg,
         "trainer": {"accelerator": "cpu", "devices": 1, "logger": _evaluate_logger_cfg(out)},
-        "methods": ["mfaba", "ig2", "fei", "integrated_gradients"],
+        "methods": demo["methods"],
         "method_kwargs": budget["method_kwargs"],
-        "metrics": ["insertion_deletion", "localization", "activation_deviation", "randomization"],
+        "metrics": demo["metrics"],
         "metric_kwargs": {"insertion_deletion": {"preset": "rise"}, "activation_deviation": {"preset": "rise"}},
         "split": "val",
         "limit_samples": budget["limit_samples"],
@@ -216,31 +289,28 @@ def run_demo(output_dir: str | os.PathLike = "lit_attr_demo", fast: bool = False
     return result
 
 
-def _demo_callbacks(budget: dict[str, Any]) -> tuple[list[Any], str | None]:
-    try:
-        from lit_attr.callbacks import AttributionMonitor, RandomizationCheck
-    except ImportError as error:
-        return [], f"lit_attr.callbacks is not available ({error}); training without attribution callbacks"
+def _demo_callbacks(demo: dict[str, Any], budget: dict[str, Any]) -> list[Any]:
+    from lit_attr.callbacks import AttributionMonitor, RandomizationCheck
+
     n = budget["monitor_samples"]
-    kwargs = {"integrated_gradients": {"n_steps": 16}, "mfaba": {"max_steps": 16}}
     return [
         AttributionMonitor(
-            ["saliency", "integrated_gradients", "mfaba"],
+            demo["monitor"],
             num_samples=n,
             log_heatmaps=4,
             input_bounds=(0.0, 1.0),
-            method_kwargs=kwargs,
+            method_kwargs={name: _CALLBACK_KWARGS[name] for name in demo["monitor"] if name in _CALLBACK_KWARGS},
             metric_kwargs={"insertion_deletion": {"n_steps": 16}},
             every_n_epochs=max(1, budget["epochs"] // 2),
         ),
         RandomizationCheck(
-            ["saliency", "integrated_gradients"],
+            demo["check"],
             num_samples=min(n, 8),
             stages="last",
             input_bounds=(0.0, 1.0),
-            method_kwargs={"integrated_gradients": {"n_steps": 16}},
+            method_kwargs={name: _CALLBACK_KWARGS[name] for name in demo["check"] if name in _CALLBACK_KWARGS},
         ),
-    ], None
+    ]
 
 
 def _wandb_enabled() -> bool:
@@ -278,11 +348,12 @@ def _evaluate_logger_cfg(out: Path) -> Any:
 
 
 def demo_command(argv: Sequence[str]) -> int:
-    """``lit_attr demo [--output_dir DIR] [--fast] [--seed SEED]``; returns the exit code."""
+    """``lit_attr demo [--model cnn|vit] [--output_dir DIR] [--fast] [--seed SEED]``; returns the exit code."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="lit_attr demo", add_help=False)
     parser.add_argument("-h", "--help", action="store_true")
+    parser.add_argument("--model", choices=tuple(DEMOS), default="cnn")
     parser.add_argument("--output_dir", "--output-dir", default="lit_attr_demo")
     parser.add_argument("--fast", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
@@ -290,5 +361,5 @@ def demo_command(argv: Sequence[str]) -> int:
     if args.help:
         sys.stdout.write(demo_help())
         return 0
-    run_demo(args.output_dir, fast=args.fast, seed=args.seed)
+    run_demo(args.output_dir, fast=args.fast, seed=args.seed, model=args.model)
     return 0

@@ -17,6 +17,7 @@ killed run from it (:mod:`lit_attr._resume`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -34,6 +35,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 from typing_extensions import override
 
+from lit_attr import viz
 from lit_attr._checks import (
     check_bounds,
     check_choice,
@@ -176,7 +178,30 @@ def split_dataset(datamodule: LightningDataModule, split: str) -> Dataset:
     return dataset
 
 
-def read_samples(dataset: Dataset, indices: Sequence[int], adapter: BatchAdapter | None = None) -> Batch:
+def split_collate(datamodule: LightningDataModule, split: str) -> Callable[[list], Any]:
+    """The ``collate_fn`` of the split's dataloader (a text collator pads token ids), else ``default_collate``.
+
+    Example:
+        >>> from lit_attr.data import ShapesDataModule
+        >>> split_collate(ShapesDataModule(num_train=8, num_val=8), "val") is default_collate
+        True
+    """
+    hook = getattr(type(datamodule), f"{split}_dataloader", None)
+    if hook is None or hook is getattr(LightningDataModule, f"{split}_dataloader", None):
+        return default_collate
+    try:
+        collate = getattr(getattr(datamodule, f"{split}_dataloader")(), "collate_fn", None)
+    except Exception:  # noqa: BLE001 - a split the module cannot load is reported by split_dataset
+        return default_collate
+    return collate or default_collate
+
+
+def read_samples(
+    dataset: Dataset,
+    indices: Sequence[int],
+    adapter: BatchAdapter | None = None,
+    collate: Callable[[list], Any] = default_collate,
+) -> Batch:
     """``dataset[i]`` for every index, collated and read like a batch (:func:`~lit_attr.batch.adapt_batch`).
 
     Example:
@@ -184,7 +209,7 @@ def read_samples(dataset: Dataset, indices: Sequence[int], adapter: BatchAdapter
         >>> read_samples(ShapesDataset(4), [0, 2]).y.shape
         torch.Size([2])
     """
-    return adapt_batch(default_collate([dataset[i] for i in indices]), adapter)
+    return adapt_batch(collate([dataset[i] for i in indices]), adapter)
 
 
 def check_logits(model: nn.Module, x: Tensor) -> int:
@@ -224,6 +249,11 @@ def check_logits(model: nn.Module, x: Tensor) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- the loop
+def _collate_indexed(collate: Callable[[list], Any], items: list[tuple[int, Any]]) -> tuple[Tensor, Any]:
+    """Collate ``(index, sample)`` pairs: the indices as a tensor, the samples with the split's own collate_fn."""
+    return torch.tensor([index for index, _ in items]), collate([sample for _, sample in items])
+
+
 class _Indexed(Dataset):
     """``(global index, sample)`` for the given indices of a dataset: one rank's shard."""
 
@@ -250,10 +280,12 @@ class _EvaluationModule(LightningModule):
         settings: dict[str, Any],
         work: WorkDirectory,
         resume: dict[str, Any],
+        collate: Callable[[list], Any] = default_collate,
     ) -> None:
         super().__init__()
         self.net = net
         self.dataset = dataset
+        self.collate = collate
         self.num_samples = num_samples
         self.settings = settings
         self.work = work
@@ -289,7 +321,12 @@ class _EvaluationModule(LightningModule):
     @override
     def test_dataloader(self) -> DataLoader:
         shard = self._shard()[self._start * self.settings["batch_size"] :]
-        return DataLoader(_Indexed(self.dataset, shard), batch_size=self.settings["batch_size"], shuffle=False)
+        return DataLoader(
+            _Indexed(self.dataset, shard),
+            batch_size=self.settings["batch_size"],
+            shuffle=False,
+            collate_fn=functools.partial(_collate_indexed, self.collate),
+        )
 
     @override
     def on_test_start(self) -> None:
@@ -312,7 +349,7 @@ class _EvaluationModule(LightningModule):
         )
         # Data beyond the batch (IG2's reference pool): the first samples of the split, the same on every rank, so
         # the results do not depend on the number of processes.
-        pool = read_samples(self.dataset, range(min(s["reference_pool_size"], len(self.dataset))))
+        pool = read_samples(self.dataset, range(min(s["reference_pool_size"], len(self.dataset))), None, self.collate)
         try:
             self._runner.prepare(pool.to(self.device))
         except ValueError as error:
@@ -329,7 +366,8 @@ class _EvaluationModule(LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> None:
         indices, sample = batch
         data = adapt_batch(sample)
-        data = data.with_inputs(data.x.float())
+        if data.x.is_floating_point():
+            data = data.with_inputs(data.x.float())
         self.records += self._runner.run(data, indices=[int(i) for i in indices])
         done = self._start + batch_idx + 1
         every, total = self.resume["checkpoint_every"], math.ceil(len(self._shard()) / self.settings["batch_size"])
@@ -378,6 +416,7 @@ def evaluate(
     trainer: Trainer | None = None,
     config: Mapping[str, Any] | None = None,
     progress: bool = True,
+    tokenizer: Any = None,
     resume: bool = False,
     overwrite: bool = False,
     checkpoint_every: int = 10,
@@ -408,6 +447,8 @@ def evaluate(
             construction. ``None`` builds a single-process CPU trainer.
         config: the resolved configuration, stored in ``metrics.json``.
         progress: show rich progress bars on rank 0.
+        tokenizer: turns token ids into the words of the report's highlighting (see
+            :func:`lit_attr.viz.token_decoder`); defaults to the datamodule (its ``decode`` or ``tokenizer``).
         resume: continue the unfinished evaluation in the work directory (a killed run): every rank reloads its
             metric states and records and skips its finished batches. It must have the same configuration and
             number of processes, else the resume is refused with the reason. Without an unfinished evaluation
@@ -447,8 +488,9 @@ def evaluate(
     num_samples = total if limit_samples is None else min(int(limit_samples), total)
     if num_samples < 1:
         raise EvaluationError(f"the {split!r} split has no samples to evaluate")
-    first = read_samples(dataset, [0, 0]).x.float()
-    num_classes = check_logits(model, first)
+    collate = split_collate(datamodule, split)
+    first = read_samples(dataset, [0, 0], None, collate)
+    num_classes = check_logits(model, first.x.float() if first.x.is_floating_point() else first.x)
 
     if trainer is None:
         trainer = Trainer(accelerator="cpu", devices=1, logger=False, **_QUIET_TRAINER)
@@ -477,7 +519,7 @@ def evaluate(
     }
     work = WorkDirectory(output, _to_plain(fingerprint))
     control = {"resume": resume, "overwrite": overwrite, "checkpoint_every": checkpoint_every}
-    wrapper = _EvaluationModule(model, dataset, num_samples, settings, work, control)
+    wrapper = _EvaluationModule(model, dataset, num_samples, settings, work, control, collate)
     # The bar follows rank 0's shard, which is representative of every rank's.
     bar = _ProgressBar(enabled=progress and trainer.is_global_zero, total=math.ceil(num_samples / trainer.world_size))
     wrapper.progress = bar.update if bar.enabled else None
@@ -505,9 +547,13 @@ def evaluate(
             for record in wrapper.records
             if record.x is not None
         }
-        figures = report.build_figures(result, samples, class_names=getattr(datamodule, "class_names", None))
-        _log_to_loggers(trainer, result, figures)
-        write_result(output, lambda tmp: report.write_outputs(tmp, result, figures))
+        class_names = getattr(datamodule, "class_names", None)
+        figures = report.build_figures(result, samples, class_names=class_names)
+        highlights = report.token_highlights(samples, viz.token_decoder(tokenizer or datamodule), class_names)
+        figures.update({stem: figure for stem, (_, figure) in highlights.items()})
+        html_sections = {stem: text for stem, (text, _) in highlights.items()}
+        _log_to_loggers(trainer, result, figures, html_sections)
+        write_result(output, lambda tmp: report.write_outputs(tmp, result, figures, html_sections))
     else:
         work.discard(trainer.global_rank, trainer.world_size)
     return result
@@ -587,15 +633,20 @@ def flat_scalars(result: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def _log_to_loggers(trainer: Trainer, result: Mapping[str, Any], figures: Mapping[str, Any]) -> None:
+def _log_to_loggers(
+    trainer: Trainer, result: Mapping[str, Any], figures: Mapping[str, Any], html_sections: Mapping[str, str]
+) -> None:
     if not trainer.loggers:
         return
-    from lit_attr.delivery import log_figure, log_metrics, log_table
+    from lit_attr.delivery import log_figure, log_html, log_metrics, log_table
 
     scalars = flat_scalars(result)
     log_metrics(trainer, {f"evaluate/{k}": v for k, v in scalars.items()}, step=0)
     for key, figure in figures.items():
-        log_figure(trainer, f"evaluate/{key}", figure, step=0)
+        if key in html_sections:
+            log_html(trainer, f"evaluate/{key}", html_sections[key], figure, step=0)
+        else:
+            log_figure(trainer, f"evaluate/{key}", figure, step=0)
     log_table(trainer, "evaluate/scores", ["key", "value"], [[k, v] for k, v in scalars.items()], step=0)
 
 

@@ -11,16 +11,17 @@ import base64
 import html
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from matplotlib.figure import Figure
+from torch import Tensor
 
 from lit_attr import viz
 
-__all__ = ["build_figures", "curve_figures", "render_html", "summary_table", "write_outputs"]
+__all__ = ["build_figures", "curve_figures", "render_html", "summary_table", "token_highlights", "write_outputs"]
 
 # (metric, key, label, higher is better) of the score table, in column order.
 _COLUMNS: tuple[tuple[str, str, str, bool], ...] = (
@@ -36,6 +37,14 @@ _COLUMNS: tuple[tuple[str, str, str, bool], ...] = (
     ("infidelity", "infidelity", "infidelity", False),
     ("sensitivity", "sensitivity", "max-sensitivity", False),
     ("emprt", "emprt", "eMPRT", True),
+    ("token_insertion_deletion", "insertion", "token insertion AUC", True),
+    ("token_insertion_deletion", "deletion", "token deletion AUC", False),
+    ("comprehensiveness", "comprehensiveness", "comprehensiveness", True),
+    ("sufficiency", "sufficiency", "sufficiency", False),
+    ("token_localization", "token_f1", "rationale F1", True),
+    ("token_localization", "token_iou", "rationale IoU", True),
+    ("token_localization", "auprc", "rationale AUPRC", True),
+    ("token_activation_deviation", "mean_mse", "hidden-state dev. MSE", False),
 )
 #: Metrics whose results the table shows in their own columns (the sanity checks) or not at all.
 _OWN_COLUMNS = ("randomization", "smprt")
@@ -64,8 +73,8 @@ def build_figures(
     curves = curve_figures(methods, f"{result.get('num_samples', '?')} samples")
     if "insertion_deletion_curves" in curves:
         figures["insertion_deletion_curves"] = curves.pop("insertion_deletion_curves")
-    if samples:
-        order = sorted(samples)
+    order = sorted(samples)
+    if order and samples[order[0]]["x"].is_floating_point() and samples[order[0]]["x"].ndim == 3:
         images = torch.stack([samples[i]["x"] for i in order])
 
         def name(k: int | None) -> str:
@@ -128,6 +137,47 @@ def curve_figures(methods: Mapping[str, Mapping[str, Mapping[str, Any]]], when: 
     return figures
 
 
+def token_highlights(
+    samples: Mapping[int, Mapping[str, Any]],
+    decode: Callable[[Tensor], list[str]],
+    class_names: Sequence[str] | None = None,
+) -> dict[str, tuple[str, Figure]]:
+    """Per-token highlighting of the kept samples of token inputs, one ``(HTML, figure)`` per method.
+
+    Args:
+        samples: ``{index: {"x": token ids (L,), "target": int, "label": int | None, "maps": {method: (L,)}}}``.
+        decode: token ids -> token strings (:func:`lit_attr.viz.token_decoder`).
+        class_names: names for the captions.
+
+    Returns:
+        ``{"tokens_<method>": (html, figure)}``; empty for image samples.
+
+    Example:
+        >>> maps = {"saliency": torch.tensor([0.5, -1.0])}
+        >>> sample = {"x": torch.tensor([1, 2]), "target": 0, "label": 0, "maps": maps}
+        >>> sorted(token_highlights({0: sample}, lambda ids: ["good", "film"]))
+        ['tokens_saliency']
+    """
+    order = sorted(samples)
+    if not order or samples[order[0]]["x"].is_floating_point():
+        return {}
+
+    def name(k: int | None) -> str:
+        return "?" if k is None else (class_names[k] if class_names and 0 <= k < len(class_names) else str(k))
+
+    words = [decode(samples[i]["x"]) for i in order]
+    captions = [f"#{i} label {name(samples[i]['label'])}, target {name(samples[i]['target'])}" for i in order]
+    sections: dict[str, tuple[str, Figure]] = {}
+    methods = dict.fromkeys(method for i in order for method in samples[i].get("maps", {}))
+    for method in methods:
+        scores = [samples[i]["maps"][method] for i in order]
+        title = f"{method}: attributions of the target class"
+        html_text = viz.token_highlights_html(words, scores, captions=captions, title=title)
+        figure = viz.token_highlights_figure(words, scores, captions=captions, title=title)
+        sections[f"tokens_{method}"] = (html_text, figure)
+    return sections
+
+
 def _png(figure: Figure) -> bytes:
     import io
 
@@ -185,12 +235,15 @@ def score_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
     return header, rows
 
 
-def render_html(result: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
+def render_html(
+    result: Mapping[str, Any], images: Mapping[str, bytes], html_sections: Mapping[str, str] | None = None
+) -> str:
     """A self-contained HTML page: the score table, then every image embedded as a base64 PNG.
 
     Args:
         result: the content of ``metrics.json``.
         images: ``{file stem: PNG bytes}`` in display order.
+        html_sections: ``{file stem: HTML}`` shown instead of the image of that stem (per-token highlighting).
 
     Returns:
         The HTML text.
@@ -203,9 +256,13 @@ def render_html(result: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in row) + "</tr>" for row in rows)
     sections = []
+    html_sections = html_sections or {}
     for stem, data in images.items():
-        uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
         title = html.escape(stem.replace("_", " "))
+        if stem in html_sections:
+            sections.append(f'<section class="tokens"><h2>{title}</h2>{html_sections[stem]}</section>')
+            continue
+        uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
         sections.append(f'<section><h2>{title}</h2><img alt="{title}" src="{uri}"></section>')
     meta = {k: result.get(k) for k in ("split", "num_samples", "world_size")}
     versions = ", ".join(f"{k} {v}" for k, v in (result.get("versions") or {}).items())
@@ -232,8 +289,16 @@ maps of a fully randomised model are dissimilar to the trained model's.</p>
 """
 
 
-def write_outputs(directory: str | Path, result: Mapping[str, Any], figures: Mapping[str, Figure]) -> None:
+def write_outputs(
+    directory: str | Path,
+    result: Mapping[str, Any],
+    figures: Mapping[str, Figure],
+    html_sections: Mapping[str, str] | None = None,
+) -> None:
     """Write ``metrics.json``, one PNG per figure and ``report.html`` into ``directory``.
+
+    ``html_sections`` (``{figure stem: HTML}``) are shown in the report in place of their figures' images; the PNGs
+    are written all the same.
 
     Example:
         >>> import tempfile
@@ -252,7 +317,7 @@ def write_outputs(directory: str | Path, result: Mapping[str, Any], figures: Map
     for stem, data in images.items():
         (directory / f"{stem}.png").write_bytes(data)
     (directory / "metrics.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (directory / "report.html").write_text(render_html(result, images), encoding="utf-8")
+    (directory / "report.html").write_text(render_html(result, images, html_sections), encoding="utf-8")
 
 
 # (metric, key, header) of the console table: the headline numbers only, so it fits an 80-column terminal.
@@ -262,6 +327,9 @@ _CONSOLE_COLUMNS = (
     ("localization", "pointing_game", "point↑"),
     ("localization", "relevance_mass", "mass↑"),
     ("activation_deviation", "mean_mse", "act.dev↓"),
+    ("comprehensiveness", "comprehensiveness", "comp.↑"),
+    ("sufficiency", "sufficiency", "suff.↓"),
+    ("token_localization", "token_f1", "F1↑"),
 )
 
 

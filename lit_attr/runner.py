@@ -346,7 +346,13 @@ class AttributionRunner:
         self._updates = {(m, k): int(state["updates"][m][k]) for m in self.methods for k in self.metric_names}
         self.skipped = set(state["skipped"])
 
-    def run(self, batch: Batch, indices: Sequence[int] | None = None, target: TargetType = None) -> list[SampleRecord]:
+    def run(
+        self,
+        batch: Batch,
+        indices: Sequence[int] | None = None,
+        target: TargetType = None,
+        logits: Tensor | None = None,
+    ) -> list[SampleRecord]:
         """Attribute one batch with every method, feed every metric, and return one record per sample.
 
         Args:
@@ -355,6 +361,8 @@ class AttributionRunner:
                 are kept (``keep_attributions``) and which go to a metric limited by ``metric_samples``.
             target: explicit classes to explain (any form :mod:`lit_attr._checks` accepts); ``None`` follows
                 the runner's ``target`` policy.
+            logits: the model's logits for the batch, if the caller already computed them (then the runner makes
+                no forward pass of its own).
 
         Returns:
             One :class:`SampleRecord` per sample, in batch order.
@@ -372,8 +380,9 @@ class AttributionRunner:
         device = batch.x.device
         self.to(device)
         with preserved_rng_state(), torch.inference_mode(False):
-            with torch.no_grad(), preserved_model_state(self.model):
-                logits = self.model(batch.x)
+            if logits is None:
+                with torch.no_grad(), preserved_model_state(self.model):
+                    logits = self.model(batch.x, **batch.model_inputs())
             if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != n:
                 shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
                 raise ValueError(f"The model must return logits of shape (N, K) = ({n}, K), got {shape}.")
@@ -390,7 +399,7 @@ class AttributionRunner:
                     prediction=int(prediction[row]),
                     confidence=float(confidence[row]),
                     target_probability=float(probabilities[row, target[row]]),
-                    x=batch.x[row].detach().float().cpu() if index < self.keep_attributions else None,
+                    x=_kept(batch, row) if index < self.keep_attributions else None,
                 )
                 for row, index in enumerate(indices)
             ]
@@ -399,14 +408,22 @@ class AttributionRunner:
                 if self.progress is not None:
                     self.progress(name, 0)
                 start = time.perf_counter()
-                attributions[name] = attributions_of(method.attribute(batch.x, target, logits=logits))
+                result = method.attribute(batch.x, target, logits=logits, **batch.method_inputs())
+                attributions[name] = attributions_of(result)
                 seconds = (time.perf_counter() - start) / n
                 for row, record in enumerate(records):
                     record.seconds[name] = seconds
                     record.scores[name] = {}
                     if record.x is not None:
-                        record.attributions[name] = attributions[name][row].detach().float().cpu()
-            inputs = {"x": batch.x, "target": target, "masks": batch.mask, "logits": logits}
+                        record.attributions[name] = _kept_map(batch, attributions[name], row)
+            inputs = {
+                "x": batch.x,
+                "target": target,
+                "masks": batch.mask,
+                "logits": logits,
+                "attention_mask": batch.attention_mask,
+                "special_tokens_mask": batch.special_tokens_mask,
+            }
             for metric in self.metric_names:
                 self._feed(metric, inputs, attributions, indices, records)
         if self.progress is not None:
@@ -423,6 +440,14 @@ class AttributionRunner:
     ) -> None:
         """Score every method's attributions with one metric and add the per-sample scores to the records."""
         spec = self.specs[metric]
+        tokens = not inputs["x"].is_floating_point()
+        if spec.tokens is not None and spec.tokens != tokens:
+            kind = "token ids" if spec.tokens else "float inputs (images, features)"
+            alternatives = [name for name in available_metrics() if get_metric_spec(name).tokens in (None, tokens)]
+            raise ValueError(
+                f"metric {metric!r} needs {kind}, but this batch has {'token ids' if tokens else 'float inputs'}; "
+                f"metrics for it: {', '.join(alternatives)}."
+            )
         if spec.needs_masks and inputs["masks"] is None:
             self.skipped.add(metric)
             return
@@ -496,6 +521,26 @@ class AttributionRunner:
         """``{"<method>/<score name>": 0-d tensor}``: the headline numbers, flat (for loggers and ``log_dict``)."""
         summary = self.summary(results)
         return {f"{method}/{key}": value for method, values in summary.items() for key, value in values.items()}
+
+
+def _kept(batch: Batch, row: int) -> Tensor:
+    """A sample's input as records keep it: float32 on the CPU, or its token ids without padding."""
+    if not batch.tokens:
+        return batch.x[row].detach().float().cpu()
+    real = _real_tokens(batch, row)
+    return batch.x[row][real].detach().cpu()
+
+
+def _kept_map(batch: Batch, attributions: Tensor, row: int) -> Tensor:
+    """A sample's map as records keep it, aligned with :func:`_kept`."""
+    kept = attributions[row].detach().float().cpu()
+    return kept[_real_tokens(batch, row).cpu()] if batch.tokens else kept
+
+
+def _real_tokens(batch: Batch, row: int) -> Tensor:
+    if batch.attention_mask is None:
+        return torch.ones(batch.x.shape[1], dtype=torch.bool, device=batch.x.device)
+    return batch.attention_mask[row].bool()
 
 
 def _repeat(inputs: dict[str, Any], times: int) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """Suite-wide fixtures.
 
 ``trained_demo`` trains the demo classifier once per test session; tests that need a realistic trained model
-(attribution methods, metrics, callbacks) share it instead of training their own. ``trained_demo_vit`` does the
-same for the demo vision transformer, on a small budget.
+(attribution methods, metrics, callbacks) share it instead of training their own. ``trained_demo_vit`` and
+``trained_text_demo`` do the same for the demo vision transformer and the text classifier, on small budgets.
 """
 
 import os
@@ -37,3 +37,16 @@ def trained_demo_vit() -> tuple[DemoViT, ShapesDataModule]:
     Treat both as read-only: they are shared by the whole session.
     """
     return train_demo_vit(ShapesDataModule(seed=DEMO_SEED, **DEMO_VIT_DATA), seed=DEMO_SEED, **DEMO_VIT_BUDGET)
+
+
+@pytest.fixture(scope="session")
+def trained_text_demo():
+    """``(model, datamodule)``: DemoTextClassifier trained briefly (1000 sentences, 4 epochs, ~10 s), eval mode, CPU.
+
+    About 98% validation accuracy. Treat both as read-only: they are shared by the whole session.
+    """
+    from lit_attr.data import SyntheticTextDataModule
+    from lit_attr.models import train_demo_text_classifier
+
+    data = SyntheticTextDataModule(num_train=1000, num_val=256, num_test=256, seed=DEMO_SEED)
+    return train_demo_text_classifier(data, seed=DEMO_SEED, epochs=4)

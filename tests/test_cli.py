@@ -195,6 +195,22 @@ def test_demo_fast_end_to_end(demo_run: tuple[Path, subprocess.CompletedProcess]
     assert not _leftovers(tmp_path / "demo")
 
 
+def test_vit_demo_fast_end_to_end(tmp_path: Path):
+    out = _run("demo", "--model", "vit", "--fast", "--output_dir", str(tmp_path / "vit"), WANDB_MODE="disabled",
+               timeout=400)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    evaluation = tmp_path / "vit" / "evaluation"
+    methods = ["mfaba", "ig2", "fei", "integrated_gradients", "attention_rollout", "generic_attention"]
+    result = json.loads((evaluation / "metrics.json").read_text())
+    _check_result(result, methods)
+    _check_report(evaluation, methods)
+    assert result["config"]["model"]["class_path"] == "lit_attr.models.DemoViT"
+    # The monitor and the check ran on the ViT during training, the attention maps among their methods.
+    logs = tmp_path / "vit" / "logs"
+    assert list(logs.rglob("media/attr/attention_rollout/heatmaps/*.png"))
+    assert list(logs.rglob("media/randomization/generic_attention/stages/*.png"))
+
+
 # A browser decodes and lays out the page: the check a person's eyes would make. `make test` installs chromium.
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs chromium (make test installs it)")
 def test_report_renders_in_headless_chromium(demo_run: tuple[Path, subprocess.CompletedProcess], tmp_path: Path):
@@ -403,3 +419,12 @@ def test_missing_split_is_rejected(tiny: dict[str, Path], tmp_path: Path):
     )
     _assert_clean_failure(out, tmp_path / "out", "has no 'test' split")
     assert out.stderr.strip().count("\n") == 0
+
+
+def test_the_gpu_benchmark_exits_cleanly_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the script would measure (minutes)")
+    out = subprocess.run(["bash", "benchmarks/gpu.sh"], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).parents[1], env={**os.environ, "PYTHON": sys.executable})  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "no CUDA device here; nothing was measured" in out.stdout

@@ -130,3 +130,43 @@ def test_agg_backend_untouched():
     backend = matplotlib.get_backend()
     viz.figure_to_array(viz.attribution_grid(torch.rand(1, 3, 8, 8), torch.rand(1, 8, 8)))
     assert matplotlib.get_backend() == backend
+
+
+def _rgb(hex_colour):
+    return tuple(int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+
+
+def test_token_colors_follow_the_sign_on_a_per_sample_scale():
+    colours = viz.token_colors(torch.tensor([3.0, 1.5, 0.0, -3.0]))
+    red, half, white, blue = map(_rgb, colours)
+    assert red[0] > red[2] and blue[2] > blue[0]  # positive is red, negative is blue
+    assert half[0] > half[2] and sum(half) > sum(red)  # half the sample's maximum: a lighter red
+    assert white == _rgb(viz.token_colors([0.0])[0])  # zero is the neutral centre, also for an all-zero sample
+    assert colours == viz.token_colors(torch.tensor([30.0, 15.0, 0.0, -30.0]))  # only relative size matters
+    assert colours[0] == matplotlib.colors.to_hex(colormaps[viz.DIVERGING_CMAP](1.0))
+
+
+def test_token_highlights_html_escapes_and_colours_every_token():
+    tokens = [["the", "<script>", "good"], ["not", "a&b"]]
+    scores = [torch.tensor([0.0, -1.0, 2.0]), torch.tensor([1.0, 0.5])]
+    page = viz.token_highlights_html(tokens, scores, captions=['"quoted" <caption>', "second"], title="IG <x>")
+    assert "<script>" not in page and "&lt;script&gt;" in page and "a&amp;b" in page
+    assert "&lt;caption&gt;" in page and "IG &lt;x&gt;" in page
+    for word, colour in (("&lt;script&gt;", viz.token_colors(scores[0])[1]), ("good", viz.token_colors(scores[0])[2])):
+        assert f"background-color:{colour};" in page.split(f">{word}</span>")[0].rsplit("<span", 1)[1]
+    assert 'title="+2"' in page and 'title="-1"' in page  # the score on hover
+    assert "lit-attr-legend" in page and "linear-gradient" in page
+    assert page.count('class="lit-attr-sample"') == 2
+    with pytest.raises(ValueError, match="Sample 1 has 2 tokens but only 1 scores"):
+        viz.token_highlights_html(tokens, [scores[0], scores[1][:1]])
+    with pytest.raises(ValueError, match="`scores` must have one row per sample"):
+        viz.token_highlights_html(tokens, torch.zeros(1, 3))
+
+
+def test_token_highlights_figure_renders_at_its_documented_size():
+    short = viz.token_highlights_figure([["a", "b"]], torch.tensor([[1.0, -1.0]]), width=6.0)
+    image = viz.figure_to_array(short)
+    assert image.shape[1] == 600 and image.shape[2] == 3
+    assert image.shape[0] == round(short.get_figheight() * 100)
+    long = viz.token_highlights_figure([["word"] * 60, ["x"]], torch.randn(2, 60), captions=["one", "two"], width=6.0)
+    assert viz.figure_to_array(long).shape[0] > image.shape[0]  # wrapped lines and captions make it taller

@@ -102,6 +102,8 @@ class AttributionMonitor(AttributionCallback):
             ``None`` to run at every eligible epoch.
         background_delivery: render and deliver heatmaps, curves and tables on a background thread.
         clock: the clock the budget is measured with (seconds; default ``time.perf_counter``); tests inject one.
+        tokenizer: turns token ids into the words shown in the highlighting of token inputs (a Hugging Face
+            tokenizer, or anything :func:`lit_attr.viz.token_decoder` takes); defaults to the datamodule.
 
     Raises:
         TypeError/ValueError: for arguments of the wrong type or range (here); in :meth:`setup` for an unknown
@@ -138,6 +140,7 @@ class AttributionMonitor(AttributionCallback):
         max_overhead: float | None = None,
         background_delivery: bool = True,
         clock: Callable[[], float] | None = None,
+        tokenizer: Any = None,
     ) -> None:
         super().__init__(
             methods,
@@ -161,6 +164,7 @@ class AttributionMonitor(AttributionCallback):
         if class_names is not None and (isinstance(class_names, str) or not isinstance(class_names, Sequence)):
             raise TypeError(f"`class_names` must be a sequence of names or None, got {type(class_names).__name__}.")
         self.class_names = None if class_names is None else [str(name) for name in class_names]
+        self.tokenizer = tokenizer
         self._checked_data: dict[str, bool] = {"val": False, "test": False}
         if max_overhead is not None and (
             isinstance(max_overhead, bool) or not isinstance(max_overhead, (int, float)) or not 0 < max_overhead < 1
@@ -421,10 +425,12 @@ class AttributionMonitor(AttributionCallback):
         # Rendering is the costly part of delivery; without a logger nothing would receive it.
         if trainer.is_global_zero and trainer.loggers:
             names = self.class_names or getattr(trainer.datamodule, "class_names", None)
+            decode = viz.token_decoder(self.tokenizer if self.tokenizer is not None else trainer.datamodule)
             target = delivery.destination(trainer)
             # The worker renders from copies: nothing it reads can change under it.
             results = apply_to_collection(results, Tensor, lambda t: t.detach().cpu().clone())
-            self._submit(functools.partial(self._deliver, target, split, results, records, epoch, names), when)
+            job = functools.partial(self._deliver, target, split, results, records, epoch, names, decode)
+            self._submit(job, when)
 
     def _submit(self, job: Callable[[], None], when: str) -> None:
         """Deliver now, or on the background thread; report a failure of an earlier background job first."""
@@ -469,6 +475,7 @@ class AttributionMonitor(AttributionCallback):
         records: list[SampleRecord],
         epoch: int | None,
         names: Sequence[str] | None,
+        decode: Callable[[Tensor], list[str]],
     ) -> None:
         when = f"epoch {epoch}" if epoch is not None else str(trainer.state.fn.value)
         indices = self._probes[split].indices or []
@@ -479,7 +486,21 @@ class AttributionMonitor(AttributionCallback):
             return str(names[value]) if names is not None and 0 <= value < len(names) else str(value)
 
         shown = [record for record in records if record.x is not None]
-        if shown and shown[0].x.ndim == 3:
+        tokens = bool(shown) and not shown[0].x.is_floating_point()
+        highlights: dict[tuple[int, str], delivery.HtmlCell] = {}
+        if tokens:
+            words = [decode(record.x) for record in shown]
+            for method in self.method_names:
+                captions = [_caption(record, method, label) for record in shown]
+                scores = [record.attributions[method] for record in shown]
+                title = f"{method}, {when}"
+                html = viz.token_highlights_html(words, scores, captions=captions, title=title)
+                figure = viz.token_highlights_figure(words, scores, captions=captions, title=title)
+                delivery.log_html(trainer, f"attr/{method}/tokens", html, figure)
+                for record, row_words, row_scores in zip(shown, words, scores, strict=True):
+                    cell = viz.token_highlights_html([row_words], [row_scores])
+                    highlights[record.index, method] = delivery.HtmlCell(cell, " ".join(row_words))
+        elif shown and shown[0].x.ndim == 3:
             x = torch.stack([record.x for record in shown])
             titles = [f"#{indices[record.index]} {label(record.label)}" for record in shown]
             for method in self.method_names:
@@ -496,6 +517,8 @@ class AttributionMonitor(AttributionCallback):
         if records:
             score_names = list(dict.fromkeys(k for r in records for s in r.scores.values() for k in s))
             columns = ["epoch", "dataset_index", "label", "prediction", "confidence", "method", "target", "p_target"]
+            if tokens:
+                columns.append("tokens")
             rows = [
                 [
                     -1 if epoch is None else epoch,
@@ -506,6 +529,7 @@ class AttributionMonitor(AttributionCallback):
                     method,
                     label(record.target),
                     round(record.target_probability, 4),
+                    *([highlights.get((record.index, method), "")] if tokens else []),
                     *(record.scores.get(method, {}).get(key, float("nan")) for key in score_names),
                 ]
                 for record in records

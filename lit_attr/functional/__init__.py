@@ -6,6 +6,7 @@ from lit_attr.functional.activation_deviation import (
     resolve_probe_layers,
 )
 from lit_attr.functional.completeness import completeness_error
+from lit_attr.functional.eraser import comprehensiveness, sufficiency
 from lit_attr.functional.insertion_deletion import (
     PRESETS,
     InsertionDeletionResult,
@@ -30,6 +31,9 @@ from lit_attr.functional.randomization import (
 )
 from lit_attr.functional.road import ROADResult, noisy_linear_imputation, road
 from lit_attr.functional.similarity import spearman, ssim_maps
+from lit_attr.functional.token_activation_deviation import token_activation_deviation
+from lit_attr.functional.token_games import token_insertion_deletion
+from lit_attr.functional.token_localization import token_auprc, token_f1, token_iou
 
 __all__ = [
     "PRESETS",
@@ -43,6 +47,7 @@ __all__ = [
     "completeness_error",
     "discrete_entropy",
     "entropy_rise",
+    "comprehensiveness",
     "insertion_deletion",
     "iter_perturbed_batches",
     "iter_randomized",
@@ -64,4 +69,10 @@ __all__ = [
     "sort_in_forward_order",
     "spearman",
     "ssim_maps",
+    "sufficiency",
+    "token_activation_deviation",
+    "token_auprc",
+    "token_f1",
+    "token_insertion_deletion",
+    "token_iou",
 ]

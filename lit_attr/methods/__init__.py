@@ -1,6 +1,8 @@
 """Attribution methods behind one contract; see :func:`get_method` and :func:`available_methods`."""
 
 from lit_attr.methods import captum as _captum  # noqa: F401  (registers the Captum baselines)
+from lit_attr.methods._token_inputs import TokenOptions
+from lit_attr.methods._tokens import TOKEN_METHODS
 from lit_attr.methods.agi import AGI
 from lit_attr.methods.attention import AttentionRollout, GenericAttention
 from lit_attr.methods.base import AttributionMethod
@@ -13,6 +15,7 @@ from lit_attr.methods.registry import available_methods, get_method, register_me
 
 __all__ = [
     "AGI",
+    "TOKEN_METHODS",
     "BIG",
     "FEI",
     "IG2",
@@ -21,6 +24,7 @@ __all__ = [
     "AttributionMethod",
     "CaptumMethod",
     "GenericAttention",
+    "TokenOptions",
     "available_methods",
     "get_method",
     "register_method",

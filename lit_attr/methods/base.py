@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from lit_attr._checks import TargetType, check_bounds, resolve_target
 from lit_attr._memory import MemoryBackoff
 from lit_attr.methods._hygiene import preserved_model_state, preserved_rng_state
+from lit_attr.methods._tokens import attribute_tokens, is_token_call
 
 if TYPE_CHECKING:
     from lit_attr.batch import Batch
@@ -98,7 +99,14 @@ class AttributionMethod(abc.ABC):
             Signed attributions, detached, with the shape, dtype and device of ``x`` (positive = supports the
             target). Methods that report per-sample diagnostics (e.g. MFABA's ``return_info=True``) return
             ``(attributions, info)`` with ``info`` a dict of ``(N, ...)`` tensors.
+
+        Integer token ids ``x`` of shape ``(N, L)`` (with ``attention_mask=``, ``special_tokens_mask=`` and the
+        other keywords of :func:`~lit_attr.methods._tokens.attribute_tokens`) are attributed in the embedding space
+        of the model's input embedding layer and give ``(N, L)`` float per-token scores, exactly 0 on padding and
+        special tokens.
         """
+        if is_token_call(x, kwargs):
+            return attribute_tokens(self, x, target, **kwargs)
         self._check_input(x)
         chosen = self.internal_batch_size
         backoff = MemoryBackoff(self.name or type(self).__name__, chosen)

@@ -238,23 +238,35 @@ class FEI(AttributionMethod):
     ) -> ResultType: ...
 
     def attribute(
-        self, x: Tensor, target: TargetType = None, *, logits: Tensor | None = None, return_masks: bool | None = None
+        self,
+        x: Tensor,
+        target: TargetType = None,
+        *,
+        logits: Tensor | None = None,
+        return_masks: bool | None = None,
+        **token_kwargs: Any,
     ) -> ResultType:
         """FEI attributions of ``x`` (see the class).
 
         Args:
-            x: input batch ``(N, ...)``.
+            x: input batch ``(N, ...)``, or token ids ``(N, L)`` (see ``AttributionMethod.attribute``).
             target: class to explain (``None``: the prediction).
             logits: the model's logits for ``x`` if already computed (see the base class).
             return_masks: also return ``{"masks": (N, len(levels), ...)}``, the nested masks; ``None`` follows the
                 constructor's ``return_masks``.
+            **token_kwargs: keywords of token inputs (``attention_mask``, ``special_tokens_mask``, ...; see
+                ``AttributionMethod.attribute``).
         """
         masks = self.return_masks if return_masks is None else bool(return_masks)
-        return super().attribute(x, target, logits=logits, return_masks=masks)
+        return super().attribute(x, target, logits=logits, return_masks=masks, **token_kwargs)
 
     # ------------------------------------------------------------------ gated layers
-    def gated_modules(self, x: Tensor) -> list[nn.Module]:
-        """The ReLU/GELU modules to gate, resolved on a forward pass of ``x[:1]`` (forward order)."""
+    def gated_modules(self, x: Tensor, whole_model: bool = False) -> list[nn.Module]:
+        """The ReLU/GELU modules to gate, resolved on a forward pass of ``x[:1]`` (forward order).
+
+        ``whole_model=True`` (token inputs) makes the default every ReLU module the forward calls: a transformer
+        has no convolutional feature extractor before its first ``nn.Linear``, its ReLUs sit in the blocks.
+        """
         order: list[tuple[str, nn.Module]] = []
         names = {m: n for n, m in self.model.named_modules()}
 
@@ -285,8 +297,9 @@ class FEI(AttributionMethod):
         if self.gate_layers is None:
             linears = [i for i, (_, m) in enumerate(order) if isinstance(m, nn.Linear)]
             before_first = {id(m) for _, m in order[: linears[0] if linears else len(order)]}
-            chosen = [m for _, m in activations if isinstance(m, nn.ReLU) and id(m) in before_first]
-            if not chosen:  # a GELU network (a vision transformer): the GELUs of every block, not of the head
+            relus = [m for _, m in activations if isinstance(m, nn.ReLU)]
+            chosen = relus if whole_model else [m for m in relus if id(m) in before_first]
+            if not chosen:  # a GELU network (a vision transformer, BERT): the GELUs of every block, not of the head
                 before_last = {id(m) for _, m in order[: linears[-1] if linears else len(order)]}
                 chosen = [m for _, m in activations if isinstance(m, nn.GELU) and id(m) in before_last]
         elif (
@@ -340,26 +353,53 @@ class FEI(AttributionMethod):
         units = float(torch.tensor(mask_shape[1:]).prod())
         gates = ActivationGates(self.gated_modules(x) if self.gate != "none" else [], self.gate)
         colours = self._colours(x, len(self.levels) * self.iterations)
+
+        def blend(m: Tensor, step: int, preserve: bool) -> Tensor:
+            r = colours[step]
+            return x * m + r * (1 - m) if preserve else x * (1 - m) + r * m
+
+        masks = self._nested_masks(x, blend, target, mask_shape, units, gates)
+        heatmap = torch.stack(masks).mean(dim=0)
+        heatmap = heatmap.expand_as(x) if self.reduce else heatmap
+        return (heatmap, {"masks": torch.stack(masks, dim=1)}) if return_masks else heatmap
+
+    def _nested_masks(
+        self,
+        clean: Tensor,
+        blend: Callable[[Tensor, int, bool], Tensor],
+        target: Tensor,
+        mask_shape: tuple[int, ...],
+        units: float | Tensor,
+        gates: ReluGates,
+        support: Tensor | None = None,
+    ) -> list[Tensor]:
+        """Optimise the nested masks, one per level, for a chunk (see the class docstring).
+
+        ``blend(m, step, preserve)`` is the input that keeps (``preserve=True``) or deletes what mask ``m`` marks, at
+        iteration ``step``;
+        ``units`` is the area a mask of ones covers (per sample or shared); only entries where ``support`` is
+        nonzero count towards the area (token inputs: the perturbable tokens).
+        """
         score = SCORES["logit"]
         masks = []
         with gates.active(), _progress(self.progress, len(self.levels) * self.iterations) as advance:
             gates.new_forward(capture=True)
             with torch.no_grad():
-                self.logits(x)
-            previous = torch.zeros(mask_shape, dtype=x.dtype, device=x.device)
+                self.logits(clean)
+            previous = torch.zeros(mask_shape, dtype=clean.dtype, device=clean.device)
             for level, q in enumerate(self.levels):
                 delta = torch.zeros_like(previous, requires_grad=True)
                 optimizer = torch.optim.Adam([delta], lr=self.lr)
                 schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.iterations, eta_min=0.0)
                 for it in range(self.iterations):
-                    r = colours[level * self.iterations + it]
-                    m = previous + delta
+                    m, step = previous + delta, level * self.iterations + it
+                    area = m if support is None else m * support
                     gates.new_forward()
-                    loss = self.beta * (m.flatten(1).sum(dim=1) - q * units).abs()
-                    loss = loss - score(self.logits(x * m + r * (1 - m)), target)
+                    loss = self.beta * (area.flatten(1).sum(dim=1) - q * units).abs()
+                    loss = loss - score(self.logits(blend(m, step, True)), target)
                     if self.objective == "hybrid":
                         gates.new_forward()
-                        loss = loss + score(self.logits(x * (1 - m) + r * m), target)
+                        loss = loss + score(self.logits(blend(m, step, False)), target)
                     (grad,) = torch.autograd.grad(loss.sum(), delta)
                     delta.grad = grad
                     optimizer.step()
@@ -369,9 +409,7 @@ class FEI(AttributionMethod):
                     advance()
                 previous = (previous + delta).detach()
                 masks.append(previous)
-        heatmap = torch.stack(masks).mean(dim=0)
-        heatmap = heatmap.expand_as(x) if self.reduce else heatmap
-        return (heatmap, {"masks": torch.stack(masks, dim=1)}) if return_masks else heatmap
+        return masks
 
 
 @contextmanager

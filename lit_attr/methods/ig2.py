@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from lit_attr._checks import check_choice, check_positive, check_seed
 from lit_attr.methods._common import SCORES, row_seed, unit_rows
+from lit_attr.methods._tokens import is_token_call
 from lit_attr.methods.base import AttributionMethod, BoundsType, ResultType, TargetType
 from lit_attr.methods.registry import register_method
 
@@ -139,6 +140,11 @@ class IG2(AttributionMethod):
     def reference_pool(self, pool: tuple[Tensor, Tensor] | None) -> None:
         self._reference_pool = _check_pool(pool)
 
+    @property
+    def pool(self) -> tuple[Tensor, Tensor] | None:
+        """The pool the samplers draw from: ``reference_pool``, else the data given to :meth:`prepare`."""
+        return self.reference_pool if self.reference_pool is not None else self._prepared_pool
+
     def prepare(self, data: Batch) -> None:
         """Draw references from ``data``'s labelled samples, unless ``reference_pool`` was given.
 
@@ -184,7 +190,7 @@ class IG2(AttributionMethod):
 
         From ``pool`` if given, else from ``reference_pool``, else from the data given to :meth:`prepare`.
         """
-        pool = _check_pool(pool) if pool is not None else self.reference_pool or self._prepared_pool
+        pool = _check_pool(pool) if pool is not None else self.pool
         if pool is None:
             raise ValueError(
                 f"`references={self.references!r}` draws from `reference_pool`; pass reference_pool=(inputs, labels) "
@@ -193,13 +199,31 @@ class IG2(AttributionMethod):
         pool_x, pool_y = (t.to(x.device) for t in pool)
         if pool_x.shape[1:] != x.shape[1:]:
             raise ValueError(f"`reference_pool` inputs must be (M, {tuple(x.shape[1:])}), got {tuple(pool_x.shape)}.")
+        logits = None
         if self.references == "confusers":
             with torch.no_grad():
-                ranked = self.logits(x).argsort(dim=1, descending=True)
+                logits = self.logits(x)
+        return pool_x[self.reference_indices(list(x), target, pool_y, logits)]
+
+    def reference_indices(
+        self, rows: Sequence[Tensor], target: Tensor, pool_y: Tensor, logits: Tensor | None = None
+    ) -> Tensor:
+        """``(N, B)`` indices into the pool of each sample's references, drawn with the configured sampler.
+
+        Args:
+            rows: one tensor per sample that seeds its draws (the sample itself), so draws do not depend on the batch.
+            target: ``(N,)`` explained classes.
+            pool_y: ``(M,)`` labels of the pool.
+            logits: ``(N, K)`` the model's logits of the samples; needed by ``"confusers"``.
+        """
+        if self.references == "confusers":
+            if logits is None:
+                raise ValueError("The 'confusers' sampler needs the logits of the explained samples.")
+            ranked = logits.argsort(dim=1, descending=True)
             # The target's own class is no counterfactual, even when the target is not the prediction.
             ranked = torch.stack([row[row != c][: self.n_references] for row, c in zip(ranked, target, strict=True)])
         chosen = []
-        for i, (row, c) in enumerate(zip(x, target.tolist(), strict=True)):
+        for i, (row, c) in enumerate(zip(rows, target.tolist(), strict=True)):
             if self.references == "random_other_class":
                 candidates = (pool_y != c).nonzero()[:, 0]
                 what = f"a class other than {c}"
@@ -212,7 +236,7 @@ class IG2(AttributionMethod):
             draw = torch.randint(candidates.numel(), (self.n_references,), generator=generator)
             if candidates.numel() >= self.n_references:  # distinct references when the pool allows
                 draw = torch.randperm(candidates.numel(), generator=generator)[: self.n_references]
-            chosen.append(pool_x[candidates[draw.to(candidates.device)]])
+            chosen.append(candidates[draw.to(candidates.device)])
         return torch.stack(chosen)
 
     # ------------------------------------------------------------------ path
@@ -311,20 +335,25 @@ class IG2(AttributionMethod):
         logits: Tensor | None = None,
         references: Tensor | None = None,
         return_baseline: bool | None = None,
+        **token_kwargs: Any,
     ) -> ResultType:
         """IG2 attributions of ``x`` (see the class); ``references`` ``(N, B, ...)`` replace the sampler.
 
         Args:
-            x: input batch ``(N, ...)``.
+            x: input batch ``(N, ...)``, or token ids ``(N, L)`` (see ``AttributionMethod.attribute``).
             target: class to explain (``None``: the prediction).
             logits: the model's logits for ``x`` if already computed (see the base class).
-            references: per-sample references, ``B >= 1`` of them per sample; default: drawn by the sampler.
+            references: per-sample references, ``B >= 1`` of them per sample; default: drawn by the sampler. For
+                token ids: ``(N, B, L_r)`` ids, each reference with its own length.
             return_baseline: also return ``{"baseline": GradCF}``; ``None`` follows the constructor's
                 ``return_baseline``.
+            **token_kwargs: keywords of token inputs (``attention_mask``, ``reference_attention_mask``, ...).
         """
-        if references is not None:
+        if references is not None and not is_token_call(x, token_kwargs):
             _check_references(references, x)
-        return super().attribute(x, target, logits=logits, references=references, return_baseline=return_baseline)
+        return super().attribute(
+            x, target, logits=logits, references=references, return_baseline=return_baseline, **token_kwargs
+        )
 
     def _attribute(
         self, x: Tensor, target: Tensor, references: Tensor | None = None, return_baseline: bool | None = None

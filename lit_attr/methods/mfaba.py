@@ -113,19 +113,27 @@ class MFABA(AttributionMethod):
     ) -> ResultType: ...
 
     def attribute(
-        self, x: Tensor, target: TargetType = None, *, logits: Tensor | None = None, return_info: bool | None = None
+        self,
+        x: Tensor,
+        target: TargetType = None,
+        *,
+        logits: Tensor | None = None,
+        return_info: bool | None = None,
+        **token_kwargs: Any,
     ) -> ResultType:
         """MFABA attributions of ``x`` (see the class).
 
         Args:
-            x: input batch ``(N, ...)``.
+            x: input batch ``(N, ...)``, or token ids ``(N, L)`` (see ``AttributionMethod.attribute``).
             target: class to explain (``None``: the prediction).
             logits: the model's logits for ``x`` if already computed (see the base class).
             return_info: also return per-sample diagnostics ``{"steps", "flipped", "score_drop"}``; ``None``
                 follows the constructor's ``return_info``.
+            **token_kwargs: keywords of token inputs (``attention_mask``, ``special_tokens_mask``, ...; see
+                ``AttributionMethod.attribute``).
         """
         info = self.return_info if return_info is None else bool(return_info)
-        return super().attribute(x, target, logits=logits, return_info=info)
+        return super().attribute(x, target, logits=logits, return_info=info, **token_kwargs)
 
     # ------------------------------------------------------------------ path step
     def _step(self, x: Tensor, x0: Tensor, g: Tensor) -> Tensor:

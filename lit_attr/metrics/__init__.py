@@ -6,6 +6,7 @@ by name in ``AttributionMonitor(metrics=...)``, ``lit_attr evaluate --metrics`` 
 
 from lit_attr.metrics.activation_deviation import ActivationDeviation
 from lit_attr.metrics.attribution_quality import AttributionQuality
+from lit_attr.metrics.eraser import Comprehensiveness, Sufficiency
 from lit_attr.metrics.infidelity import Infidelity, Sensitivity
 from lit_attr.metrics.insertion_deletion import InsertionDeletion
 from lit_attr.metrics.localization import LOCALIZATION_METRICS, Localization
@@ -19,6 +20,9 @@ from lit_attr.metrics.registry import (
     unregister_metric,
 )
 from lit_attr.metrics.road import ROAD
+from lit_attr.metrics.token_activation_deviation import TokenActivationDeviation
+from lit_attr.metrics.token_insertion_deletion import TokenInsertionDeletion
+from lit_attr.metrics.token_localization import TokenLocalization
 
 __all__ = [
     "LOCALIZATION_METRICS",
@@ -26,6 +30,7 @@ __all__ = [
     "SIMILARITIES",
     "ActivationDeviation",
     "AttributionQuality",
+    "Comprehensiveness",
     "EfficientMPRT",
     "Infidelity",
     "InsertionDeletion",
@@ -34,6 +39,10 @@ __all__ = [
     "ParameterRandomization",
     "Sensitivity",
     "SmoothMPRT",
+    "Sufficiency",
+    "TokenActivationDeviation",
+    "TokenInsertionDeletion",
+    "TokenLocalization",
     "available_metrics",
     "get_metric_spec",
     "register_metric",

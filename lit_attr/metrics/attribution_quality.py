@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from lit_attr._checks import check_optional_int, check_seed
-from lit_attr.batch import Batch
+from lit_attr._checks import check_optional_int, check_seed, resolve_target
+from lit_attr.batch import Batch, adapt_batch
 from lit_attr.methods import AttributionMethod
+from lit_attr.methods._hygiene import preserved_model_state
 from lit_attr.methods.base import TargetType
 
 
@@ -90,27 +92,41 @@ class AttributionQuality(Metric):
         self.scores = nn.ModuleDict(self._runner.metrics[name])
         self.add_state("updates", torch.tensor(0), dist_reduce_fx="sum")
 
-    def update(self, x: Tensor, target: TargetType = None, masks: Tensor | None = None) -> None:
+    def update(
+        self,
+        x: Tensor,
+        target: TargetType = None,
+        masks: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        special_tokens_mask: Tensor | None = None,
+    ) -> None:
         """Attribute ``x`` (optionally a seeded subset of its rows) and update every wrapped metric.
 
         Args:
-            x: input batch on the model's device.
+            x: input batch on the model's device: images, features, or token ids ``(N, L)``.
             target: classes to explain (``None``: the model's top-1 prediction).
-            masks: ``(N, H, W)`` ground-truth masks; required by metrics that consume masks.
+            masks: ``(N, H, W)`` ground-truth masks, or ``(N, L)`` token rationales; required by metrics that
+                consume masks.
+            attention_mask: ``(N, L)`` 1 on real tokens, 0 on padding (token ids).
+            special_tokens_mask: ``(N, L)`` 1 on special tokens (token ids).
         """
         needs = [name for name, spec in self._runner.specs.items() if spec.needs_masks]
         if needs and masks is None:
             raise ValueError(f"`masks` are required: {', '.join(map(repr, needs))} among the metrics needs them.")
-        target = self.method.resolve_target(x, target)
+        batch = adapt_batch(Batch(x, None, masks, attention_mask, special_tokens_mask))
+        model = self._runner.model
+        # One clean forward: it resolves the targets (the labels of IG2's pool) and is handed on to the runner.
+        with torch.no_grad(), torch.inference_mode(False), preserved_model_state(model):
+            logits = model(batch.x, **batch.model_inputs())
+        target = resolve_target(target, logits)
         if self.max_samples_per_update is not None and x.shape[0] > self.max_samples_per_update:
             generator = torch.Generator().manual_seed(self.seed + int(self.updates))
             rows = torch.randperm(x.shape[0], generator=generator)[: self.max_samples_per_update].sort().values
-            rows = rows.to(x.device)
-            x, target = x[rows], target[rows]
-            masks = masks[rows.to(masks.device)] if masks is not None else None
-        batch = Batch(x, target, None if masks is None else masks.reshape(x.shape[0], *masks.shape[-2:]).bool())
+            rows = rows.to(target.device)
+            batch, target, logits = batch.select(rows), target[rows], logits[rows]
+        batch = replace(batch, y=target)
         self._runner.prepare(batch)
-        self._runner.run(batch, target=target)
+        self._runner.run(batch, target=target, logits=logits)
         self.updates += 1
 
     def compute(self) -> dict[str, Tensor]:

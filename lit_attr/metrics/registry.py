@@ -7,8 +7,9 @@ works by name in ``AttributionMonitor(metrics=...)``, ``lit_attr evaluate --metr
 An entry declares what its metric consumes, by the keyword names of its constructor and ``update``:
 
 * built from ``model`` (the classifier) and/or ``method`` (the attribution method being scored);
-* fed ``x`` (inputs), ``attributions``, ``target`` (resolved classes), ``masks`` (ground-truth masks; the metric
-  is skipped for data without them) and ``logits`` (the clean logits the runner already computed).
+* fed ``x`` (inputs), ``attributions``, ``target`` (resolved classes), ``masks`` (ground-truth masks or token
+  rationales; the metric is skipped for data without them), ``logits`` (the clean logits the runner already
+  computed), and for token inputs ``attention_mask`` and ``special_tokens_mask``.
 
 Metrics that also implement ``score(**inputs) -> {name: per-sample tensor}`` and ``update(**inputs,
 scores=...)`` (every built-in one does) give the runner per-sample scores without computing anything twice.
@@ -36,7 +37,15 @@ __all__ = [
 #: What a metric may be built from.
 BUILD_INPUTS: tuple[str, ...] = ("model", "method")
 #: What a metric may be fed per batch.
-UPDATE_INPUTS: tuple[str, ...] = ("x", "attributions", "target", "masks", "logits")
+UPDATE_INPUTS: tuple[str, ...] = (
+    "x",
+    "attributions",
+    "target",
+    "masks",
+    "logits",
+    "attention_mask",
+    "special_tokens_mask",
+)
 
 Summary = Callable[[Mapping[str, Any], bool], dict[str, Tensor]]
 _REGISTRY: dict[str, MetricSpec] = {}
@@ -74,6 +83,8 @@ class MetricSpec:
         details: everything worth keeping in a report (``metrics.json``), default ``metric.compute()``.
         per_sample: ``score()`` of a sample depends on that sample alone (not on the rest of its batch), so the
             runner may score all methods' maps in one call, one stream of model chunks instead of one per method.
+        tokens: ``True`` for a metric of token ids, ``False`` for one of float inputs, ``None`` for either; the
+            runner names the metrics that fit when a batch does not.
     """
 
     name: str
@@ -82,6 +93,7 @@ class MetricSpec:
     summary: Summary = scalar_entries
     details: Callable[[Metric], Mapping[str, Any]] = computed
     per_sample: bool = False
+    tokens: bool | None = False
 
     @property
     def needs_masks(self) -> bool:
@@ -110,6 +122,7 @@ def register_metric(
     summary: Summary | None = None,
     details: Callable[[Metric], Mapping[str, Any]] | None = None,
     per_sample: bool = False,
+    tokens: bool | None = False,
 ) -> MetricSpec:
     """Register a metric under ``name``; it then works by name in the monitor, ``evaluate`` and ``AttributionQuality``.
 
@@ -122,6 +135,7 @@ def register_metric(
         summary: see :class:`MetricSpec` (default: the 0-d entries of ``compute()``).
         details: see :class:`MetricSpec` (default: ``compute()``).
         per_sample: see :class:`MetricSpec`; leave it False unless every sample's score is independent of its batch.
+        tokens: see :class:`MetricSpec` (default: float inputs).
 
     Returns:
         The registered :class:`MetricSpec`.
@@ -151,7 +165,9 @@ def register_metric(
         )
     if per_sample and "method" in consumes:
         raise ValueError(f"Metric {name!r} consumes the method, so the methods' maps cannot share one `score()` call.")
-    spec = MetricSpec(name, factory, consumes, summary or scalar_entries, details or computed, bool(per_sample))
+    spec = MetricSpec(
+        name, factory, consumes, summary or scalar_entries, details or computed, bool(per_sample), tokens
+    )
     _REGISTRY[name] = spec
     return spec
 

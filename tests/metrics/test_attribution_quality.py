@@ -98,7 +98,7 @@ def test_errors():
     model = tiny_cnn()
     with pytest.raises(ValueError, match=r"Unknown attribution method 'nope'"):
         AttributionQuality(model, "nope")
-    with pytest.raises(ValueError, match=r"unknown metric\(s\) \[.auc.\]; available: activation_deviation, emprt"):
+    with pytest.raises(ValueError, match=r"unknown metric\(s\) \[.auc.\]; available: activation_deviation, "):
         AttributionQuality(model, "saliency", metrics=("auc",))
     quality = AttributionQuality(model, "saliency", metrics=("localization",))
     with pytest.raises(ValueError, match="`masks` are required: 'localization'"):

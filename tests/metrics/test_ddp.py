@@ -5,6 +5,7 @@ import functools
 import pytest
 import torch
 from ddp_helpers import assert_nested_close, compute_many_on_shards, compute_on_all, run_ddp
+from text_helpers import game_metrics, plain_transformer, token_metric_inputs
 from torch import nn
 
 from lit_attr.methods import get_method
@@ -12,6 +13,7 @@ from lit_attr.metrics.attribution_quality import AttributionQuality
 from lit_attr.metrics.insertion_deletion import InsertionDeletion
 from lit_attr.metrics.localization import Localization
 from lit_attr.metrics.parameter_randomization import ParameterRandomization
+from lit_attr.metrics.token_localization import TokenLocalization
 
 
 def _tiny_cnn() -> nn.Module:
@@ -59,6 +61,17 @@ def test_metrics_are_equal_on_two_processes_and_one():
         "insertion_deletion": [(x[:4], attributions[:4]), {"x": x[4:], "attributions": attributions[4:]}],
         "attribution_quality": [(x[:4], None, masks[:4]), {"x": x[4:], "masks": masks[4:]}],
     }
+    # The token metrics, on a plain nn.TransformerEncoder classifier, with padded batches.
+    text_model = plain_transformer()
+    ids, attention, token_scores, rationale = token_metric_inputs(seed=3)
+    shards = (slice(0, 4), slice(4, 6))
+    games = [{"x": ids[s], "attributions": token_scores[s], "attention_mask": attention[s]} for s in shards]
+    for name, factory in game_metrics(text_model).items():
+        factories[name], batches[name] = factory, games
+    factories["token_localization"] = TokenLocalization
+    batches["token_localization"] = [
+        {"attributions": token_scores[s], "masks": rationale[s], "attention_mask": attention[s]} for s in shards
+    ]
     # One spawn for every metric: starting the interpreters is the expensive part.
     calls = {"parameter_randomization_report": "report"}  # the curves and verdict, synced like compute()
     per_rank = run_ddp(compute_many_on_shards, 2, factories, batches, calls)

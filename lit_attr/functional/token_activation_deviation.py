@@ -1,0 +1,188 @@
+"""Activation deviation of transformer text classifiers along the token insertion and deletion games.
+
+The image metric (:mod:`lit_attr.functional.activation_deviation`) asks whether perturbed inputs keep the model's
+computational pathway; here the probes are the encoder layers' hidden states. Along the same schedules as
+:func:`~lit_attr.functional.token_games.token_insertion_deletion`, every perturbed input ``x_t`` is compared with
+the clean ``x`` at every encoder layer ``l``: ``MSE(h_l(x_t), h_l(x))`` over the real tokens (position by position)
+and the hidden size, averaged over the steps t = 0 .. T. Lower means the perturbation stays on the clean pathway.
+
+Removed tokens are masked (``replacement="mask"``): a position-by-position comparison needs the positions to stay
+where they were, which dropping tokens would not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from lit_attr._checks import resolve_target
+from lit_attr.functional.activation_deviation import resolve_probe_layers
+from lit_attr.functional.insertion_deletion import DEFAULT_INTERNAL_BATCH_SIZE, TargetType
+from lit_attr.functional.token_games import clean_logits, perturb_tokens, prepare_token_game, token_schedule
+from lit_attr.methods._hygiene import preserved_model_state
+from lit_attr.methods._token_inputs import call_model
+
+__all__ = ["TokenActivationDeviationResult", "encoder_layers", "token_activation_deviation"]
+
+
+class TokenActivationDeviationResult(NamedTuple):
+    """Per-sample output of :func:`token_activation_deviation`; L = ``len(layers)``.
+
+    Attributes:
+        insertion_mse: ``(N, L)`` hidden-state MSE to the clean input, averaged over the insertion steps.
+        deletion_mse: ``(N, L)`` the same along the deletion game.
+        layers: names of the probed encoder layers, in the order of the columns.
+    """
+
+    insertion_mse: Tensor
+    deletion_mse: Tensor
+    layers: tuple[str, ...]
+
+
+def encoder_layers(model: nn.Module, layers: str | Sequence[str] | None = None) -> tuple[str, ...]:
+    """Names of the encoder layers to probe: every block of the model's first stack of transformer layers.
+
+    With ``layers=None``: the children of the first ``nn.ModuleList`` named ``layer`` or ``layers`` (Hugging Face
+    ``bert.encoder.layer``, ``nn.TransformerEncoder.layers``). Explicit names are checked as in
+    :func:`~lit_attr.functional.activation_deviation.resolve_probe_layers`.
+
+    Example:
+        >>> block = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+        >>> encoder_layers(nn.TransformerEncoder(block, 2, enable_nested_tensor=False))
+        ('layers.0', 'layers.1')
+    """
+    if layers is not None:
+        return resolve_probe_layers(model, layers)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] in ("layer", "layers") and len(module):
+            return tuple(f"{name}.{child}" for child, _ in module.named_children())
+    raise ValueError(
+        "Cannot find the model's encoder layers (an nn.ModuleList named `layer` or `layers`); pass `layers` with "
+        "the names of the modules whose hidden states to compare."
+    )
+
+
+@contextmanager
+def _hidden_states(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, Tensor]]:
+    """Forward hooks storing each layer's hidden states (the first element of a tuple output); removed on exit."""
+    modules = dict(model.named_modules())
+    store: dict[str, Tensor] = {}
+
+    def hook_for(name: str) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            hidden = output[0] if isinstance(output, (tuple, list)) else output
+            if not isinstance(hidden, Tensor) or hidden.ndim != 3:
+                shape = tuple(hidden.shape) if isinstance(hidden, Tensor) else type(hidden).__name__
+                raise ValueError(f"Layer {name!r} must output hidden states (N, L, H), got {shape}.")
+            store[name] = hidden.detach()
+
+        return hook
+
+    handles = []
+    try:
+        for name in names:
+            handles.append(modules[name].register_forward_hook(hook_for(name)))
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def token_activation_deviation(
+    model: nn.Module,
+    input_ids: Tensor,
+    attributions: Tensor,
+    target: TargetType = None,
+    *,
+    attention_mask: Tensor | None = None,
+    special_tokens_mask: Tensor | None = None,
+    special_token_ids: Sequence[int] | None = None,
+    layers: str | Sequence[str] | None = None,
+    n_steps: int | None = None,
+    tokens_per_step: int | None = None,
+    max_tokens: int | None = None,
+    replacement_id: int | None = None,
+    internal_batch_size: int | None = DEFAULT_INTERNAL_BATCH_SIZE,
+    logits: Tensor | None = None,
+) -> TokenActivationDeviationResult:
+    """How far the token insertion and deletion games push the encoder layers' hidden states from the clean ones.
+
+    The perturbed inputs are exactly those of
+    :func:`~lit_attr.functional.token_games.token_insertion_deletion` with ``replacement="mask"`` and the same
+    options. The model runs in eval mode under ``torch.no_grad()``; its hooks, modes and buffers are as before
+    afterwards.
+
+    Args:
+        model: a transformer classifier of token ids.
+        input_ids: ``(N, L)`` token ids on the model's device.
+        attributions: ``(N, L)`` per-token scores; they only rank the tokens.
+        target: accepted for the common metric signature and checked against the logits; the result does not
+            depend on it.
+        attention_mask: ``(N, L)`` 1 on real tokens, 0 on padding.
+        special_tokens_mask: ``(N, L)`` 1 on special tokens (never masked).
+        special_token_ids: ids that are special wherever they occur; default: the model's ``token_options``.
+        layers: probed modules (see :func:`encoder_layers`).
+        n_steps: steps per game (see :func:`~lit_attr.functional.token_games.token_schedule`).
+        tokens_per_step: tokens per step instead (needs ``max_tokens``).
+        max_tokens: the most perturbable tokens of any sample.
+        replacement_id: the id of a masked token; default: the model's mask id, else its pad id.
+        internal_batch_size: most rows (samples x steps) per forward pass.
+        logits: the clean logits ``(N, K)``, used to check ``target`` instead of the clean forward's.
+
+    Returns:
+        :class:`TokenActivationDeviationResult` with ``(N, L)`` tensors (at least float32).
+
+    Example:
+        >>> from lit_attr.models import DemoTextClassifier
+        >>> model = DemoTextClassifier(vocab_size=20, num_classes=3).eval()
+        >>> ids = torch.tensor([[2, 7, 8, 9, 3]])
+        >>> result = token_activation_deviation(model, ids, torch.randn(1, 5), n_steps=3)
+        >>> result.layers, result.deletion_mse.shape
+        (('bert.bert.encoder.layer.0', 'bert.bert.encoder.layer.1'), torch.Size([1, 2]))
+    """
+    names = encoder_layers(model, layers)
+    game = prepare_token_game(
+        model, input_ids, attributions, attention_mask=attention_mask, special_tokens_mask=special_tokens_mask,
+        special_token_ids=special_token_ids, replacement="mask", replacement_id=replacement_id,
+        internal_batch_size=internal_batch_size,
+    )  # fmt: skip
+    batch = game.batch
+    schedule = token_schedule(game.counts, n_steps, tokens_per_step, max_tokens)
+    n, points = schedule.shape
+    with torch.no_grad(), preserved_model_state(model), _hidden_states(model, names) as store:
+        clean_states: list[list[Tensor]] = []
+        parts = []
+        for start in range(0, n, game.chunk):
+            part = slice(start, start + game.chunk)
+            parts.append(call_model(model, batch.input_ids[part], batch.attended[part].long()))
+            clean_states.append([store[name] for name in names])
+        if target is not None:
+            resolve_target(target, torch.cat(parts) if logits is None else clean_logits(model, game, logits))
+        clean = [torch.cat(layer) for layer in zip(*clean_states, strict=True)]
+        dtype = torch.promote_types(clean[0].dtype, torch.float32)
+        results = {}
+        for game_name, keep_top in (("insertion", True), ("deletion", False)):
+            samples = torch.arange(n, device=schedule.device).repeat_interleave(points)
+            counts = schedule.flatten()
+            stats = torch.empty(n * points, len(names), dtype=dtype, device=schedule.device)
+            for start in range(0, samples.numel(), game.chunk):
+                rows = samples[start : start + game.chunk]
+                top = game.ranks[rows] < counts[start : start + game.chunk, None]
+                removed = batch.perturbable[rows] & ~top if keep_top else top
+                ids, mask = perturb_tokens(
+                    batch.input_ids[rows], batch.attended[rows], removed, "mask", game.replacement_id, game.pad_token_id
+                )
+                call_model(model, ids, mask)
+                weights = mask.to(dtype)[..., None]
+                for j, name in enumerate(names):
+                    squared = (store[name].to(dtype) - clean[j][rows].to(dtype)).square()
+                    per_row = (squared * weights).sum(dim=(1, 2)) / (weights.sum(dim=(1, 2)) * squared.shape[-1])
+                    stats[start : start + game.chunk, j] = per_row
+            results[game_name] = stats.view(n, points, len(names)).mean(dim=1)
+    return TokenActivationDeviationResult(results["insertion"], results["deletion"], names)

@@ -1,0 +1,355 @@
+"""Token inputs shared by token attribution and the token-level metrics: checks, conventions, model calls.
+
+A batch of token ids ``(N, L)`` comes with an ``attention_mask`` (1 = a real token, 0 = padding) and optionally a
+``special_tokens_mask`` (1 = [CLS], [SEP], ...), as Hugging Face tokenizers and collators produce them. Padding and
+special tokens are never perturbed; the remaining *perturbable* tokens are what attributions rank and what the
+metrics remove.
+
+Models are called as ``model(input_ids, attention_mask=...)`` when their forward takes an ``attention_mask``
+keyword, else as ``model(input_ids)``; Hugging Face outputs (``SequenceClassifierOutput``) are reduced to their
+``logits``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "TOKEN_KEYWORDS",
+    "TokenBatch",
+    "TokenOptions",
+    "call_model",
+    "check_token_batch",
+    "check_token_id",
+    "find_embedding_layer",
+    "is_token_ids",
+    "position_limit",
+    "resolve_token_options",
+    "vocabulary_size",
+]
+
+
+#: Keywords of ``attribute`` that only make sense for token ids; a float input with one of them is an error.
+TOKEN_KEYWORDS = (
+    "attention_mask",
+    "special_tokens_mask",
+    "special_token_ids",
+    "baseline_token_id",
+    "embedding_layer",
+    "token_reduction",
+    "reference_attention_mask",
+)
+
+
+@dataclass(frozen=True)
+class TokenOptions:
+    """Conventions of a model's tokenizer that token attribution and the token metrics need.
+
+    A model can declare them once as a ``token_options`` attribute (:class:`~lit_attr.models.DemoTextClassifier`
+    does); an attribution method's own ``token_options`` and per-call keywords override them.
+
+    Attributes:
+        special_token_ids: ids that are never perturbed and always get a score of exactly 0 ([CLS], [SEP], ...).
+        mask_token_id: the id that stands for a removed token ([MASK]); ``None`` falls back to ``pad_token_id``.
+        pad_token_id: the padding id; ``None`` is read from the model (Hugging Face ``config.pad_token_id`` or the
+            embedding's ``padding_idx``).
+        embedding_layer: name of the token-embedding module (``dict(model.named_modules())`` key); ``None`` finds
+            it (Hugging Face ``get_input_embeddings()``, else the model's only ``nn.Embedding``).
+
+    Example:
+        >>> TokenOptions(special_token_ids=(2, 3), mask_token_id=4).replacement_id
+        4
+    """
+
+    special_token_ids: tuple[int, ...] = ()
+    mask_token_id: int | None = None
+    pad_token_id: int | None = None
+    embedding_layer: str | None = None
+
+    @property
+    def replacement_id(self) -> int | None:
+        """The id that replaces removed tokens: the mask id, else the pad id."""
+        return self.mask_token_id if self.mask_token_id is not None else self.pad_token_id
+
+
+class TokenBatch(NamedTuple):
+    """Checked token inputs: ids ``(N, L)`` long, and boolean ``attended`` and ``special`` masks ``(N, L)``."""
+
+    input_ids: Tensor
+    attended: Tensor
+    special: Tensor
+
+    @property
+    def perturbable(self) -> Tensor:
+        """Attended tokens that are not special: the ones methods perturb and metrics remove."""
+        return self.attended & ~self.special
+
+
+def is_token_ids(x: Any) -> bool:
+    """True for an integer tensor (token ids); floats, complex numbers and booleans are not token ids."""
+    return isinstance(x, Tensor) and not (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool)
+
+
+# ------------------------------------------------------------------------------------------------------ checks
+def _check_mask(name: str, mask: Any, shape: torch.Size, device: torch.device) -> Tensor:
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"`{name}` must be a tensor (N, L) of 0/1 values or None, got {type(mask).__name__}.")
+    if mask.shape != shape:
+        raise ValueError(f"`{name}` must have the shape of input_ids (N, L) = {tuple(shape)}, got {tuple(mask.shape)}.")
+    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(f"`{name}` must be boolean or hold only 0 and 1.")
+    return mask.to(device=device, dtype=torch.bool)
+
+
+def check_token_batch(
+    input_ids: Any,
+    attention_mask: Any = None,
+    special_tokens_mask: Any = None,
+    special_token_ids: Iterable[int] = (),
+    *,
+    name: str = "input_ids",
+) -> TokenBatch:
+    """Check token ids and their masks and return them as a :class:`TokenBatch`.
+
+    Args:
+        input_ids: integer tensor ``(N, L)``, N >= 1, L >= 1, no negative ids.
+        attention_mask: ``(N, L)`` of 0/1 (or bool); ``None`` means every token is real. Every sample needs at
+            least one real token.
+        special_tokens_mask: ``(N, L)`` of 0/1, 1 on special tokens; ``None`` means none beyond
+            ``special_token_ids``.
+        special_token_ids: ids that are special wherever they occur (combined with ``special_tokens_mask``).
+        name: the argument named in errors about the ids.
+
+    Raises:
+        TypeError: for ids that are not an integer tensor, or masks that are not tensors.
+        ValueError: for other shapes, negative ids, masks with values other than 0/1, or samples without tokens.
+
+    Example:
+        >>> batch = check_token_batch(torch.tensor([[2, 7, 8, 3, 0]]), torch.tensor([[1, 1, 1, 1, 0]]),
+        ...                           special_token_ids=(2, 3))
+        >>> batch.perturbable.int().tolist()
+        [[0, 1, 1, 0, 0]]
+    """
+    if not isinstance(input_ids, Tensor):
+        raise TypeError(f"`{name}` must be a tensor of token ids (N, L), got {type(input_ids).__name__}.")
+    if not is_token_ids(input_ids):
+        raise TypeError(
+            f"`{name}` must hold integer token ids (N, L), got dtype {input_ids.dtype}; token inputs are ids from a "
+            "tokenizer (e.g. `batch['input_ids']`), not embeddings."
+        )
+    if input_ids.ndim != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise ValueError(f"`{name}` must be a non-empty batch of token ids (N, L), got shape {tuple(input_ids.shape)}.")
+    if bool((input_ids < 0).any()):
+        raise ValueError(f"`{name}` must hold non-negative token ids, got a minimum of {int(input_ids.min())}.")
+    shape, device = input_ids.shape, input_ids.device
+    attended = torch.ones(shape, dtype=torch.bool, device=device)
+    if attention_mask is not None:
+        attended = _check_mask("attention_mask", attention_mask, shape, device)
+    empty = (~attended.any(dim=1)).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"`attention_mask` marks no token of samples {empty}; every sample needs one real token.")
+    special = torch.zeros(shape, dtype=torch.bool, device=device)
+    if special_tokens_mask is not None:
+        special = _check_mask("special_tokens_mask", special_tokens_mask, shape, device)
+    ids = _check_ids("special_token_ids", special_token_ids)
+    if ids:
+        special = special | torch.isin(input_ids, torch.tensor(ids, device=device))
+    return TokenBatch(input_ids.long(), attended, special & attended)
+
+
+def _check_ids(name: str, ids: Any) -> tuple[int, ...]:
+    if isinstance(ids, Tensor):
+        ids = ids.flatten().tolist()
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+        raise TypeError(f"`{name}` must be a sequence of token ids, got {type(ids).__name__}.")
+    ids = tuple(ids)
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise ValueError(f"`{name}` must hold non-negative int token ids, got {ids!r}.")
+    return ids
+
+
+def check_token_id(name: str, value: Any, vocab_size: int | None) -> int:
+    """Return ``value`` if it is a token id inside the vocabulary (``vocab_size`` None: not checked).
+
+    Example:
+        >>> check_token_id("mask_token_id", 4, vocab_size=10)
+        4
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int token id, got {type(value).__name__}.")
+    if value < 0 or (vocab_size is not None and value >= vocab_size):
+        limit = f"[0, {vocab_size - 1}]" if vocab_size is not None else ">= 0"
+        raise ValueError(f"`{name}` must be a token id in the vocabulary, {limit}, got {value}.")
+    return value
+
+
+def check_ids_in_vocabulary(name: str, input_ids: Tensor, vocab_size: int | None) -> None:
+    """Refuse ids at or beyond ``vocab_size`` (an embedding lookup would fail with an opaque index error)."""
+    if vocab_size is not None and bool((input_ids >= vocab_size).any()):
+        raise ValueError(
+            f"`{name}` holds ids up to {int(input_ids.max())}, but the model's vocabulary has {vocab_size} tokens "
+            f"(ids 0 .. {vocab_size - 1})."
+        )
+
+
+# ------------------------------------------------------------------------------------------------------ model
+def find_embedding_layer(model: nn.Module, name: str | None = None) -> nn.Module:
+    """The module whose output are the token embeddings ``(N, L, E)`` of ``model``.
+
+    Args:
+        model: the classifier.
+        name: a module name as in ``model.named_modules()``; ``None`` takes the first module (the model itself
+            first) with a Hugging Face ``get_input_embeddings()``, else the model's only ``nn.Embedding``.
+
+    Raises:
+        ValueError: for an unknown name (with close matches), or when no single embedding layer is found.
+
+    Example:
+        >>> net = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(12, 2))
+        >>> find_embedding_layer(net)
+        Embedding(10, 4)
+    """
+    modules = dict(model.named_modules())
+    if name is not None:
+        if not isinstance(name, str):
+            raise TypeError(f"`embedding_layer` must be a module name (str) or None, got {type(name).__name__}.")
+        if name not in modules:
+            close = difflib.get_close_matches(name, [n for n in modules if n], n=5)
+            hint = f" Close names: {', '.join(close)}." if close else ""
+            raise ValueError(f"`embedding_layer` {name!r} is not a module of the model.{hint}")
+        return modules[name]
+    for module in modules.values():
+        getter = getattr(module, "get_input_embeddings", None)
+        if callable(getter):
+            try:
+                layer = getter()
+            except NotImplementedError:
+                continue
+            if isinstance(layer, nn.Module):
+                return layer
+    embeddings = [n for n, m in modules.items() if isinstance(m, nn.Embedding)]
+    if len(embeddings) == 1:
+        return modules[embeddings[0]]
+    found = f"{len(embeddings)} nn.Embedding modules ({', '.join(embeddings)})" if embeddings else "no nn.Embedding"
+    raise ValueError(
+        f"Cannot tell which module embeds the tokens: the model has {found} and no `get_input_embeddings()`. Pass "
+        "`embedding_layer='<name>'` naming the module that maps token ids to embeddings (N, L, E)."
+    )
+
+
+def _config_value(model: nn.Module, key: str) -> Any:
+    for module in model.modules():
+        value = getattr(getattr(module, "config", None), key, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def vocabulary_size(model: nn.Module, layer: nn.Module | None = None) -> int | None:
+    """Number of token ids the model accepts: the embedding's ``num_embeddings`` or ``config.vocab_size``."""
+    if isinstance(layer, nn.Embedding):
+        return layer.num_embeddings
+    return _config_value(model, "vocab_size")
+
+
+def position_limit(model: nn.Module) -> int | None:
+    """Longest sequence the model accepts (Hugging Face ``config.max_position_embeddings``); None if unknown."""
+    return _config_value(model, "max_position_embeddings")
+
+
+def check_length(name: str, input_ids: Tensor, attended: Tensor, limit: int | None) -> None:
+    """Refuse sequences with more real tokens than the model's position limit."""
+    if limit is None:
+        return
+    longest = int(attended.sum(dim=-1).max())
+    if longest > limit:
+        raise ValueError(
+            f"`{name}` has sequences of {longest} tokens, but the model accepts at most {limit} positions "
+            "(config.max_position_embeddings); truncate them."
+        )
+
+
+def resolve_token_options(model: nn.Module, *layers: TokenOptions | None, **overrides: Any) -> TokenOptions:
+    """The token conventions in effect: the model's ``token_options``, then each of ``layers``, then ``overrides``.
+
+    A missing ``pad_token_id`` is read from the model (Hugging Face config, or the embedding's ``padding_idx``).
+    ``None`` entries of ``overrides`` leave the value as it is.
+
+    Example:
+        >>> emb = nn.Embedding(10, 4, padding_idx=0)
+        >>> resolve_token_options(emb, TokenOptions(mask_token_id=3)).replacement_id
+        3
+    """
+    options = getattr(model, "token_options", None)
+    options = options if isinstance(options, TokenOptions) else TokenOptions()
+    for layer in layers:
+        if layer is not None:
+            if not isinstance(layer, TokenOptions):
+                raise TypeError(f"`token_options` must be a TokenOptions or None, got {type(layer).__name__}.")
+            options = replace(options, **{k: v for k, v in vars(layer).items() if v not in (None, ())})
+    options = replace(options, **{k: v for k, v in overrides.items() if v is not None})
+    if options.pad_token_id is None:
+        pad = _config_value(model, "pad_token_id")
+        if pad is None:
+            pad = next(
+                (m.padding_idx for m in model.modules() if isinstance(m, nn.Embedding) and m.padding_idx is not None),
+                None,
+            )
+        options = replace(options, pad_token_id=pad)
+    return replace(options, special_token_ids=_check_ids("special_token_ids", options.special_token_ids))
+
+
+def _takes_attention_mask(fn: Callable[..., Any]) -> bool:
+    target = fn.forward if isinstance(fn, nn.Module) else fn
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+    return "attention_mask" in parameters
+
+
+def call_model(fn: Callable[..., Any], input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """Logits ``(N, K)`` of ``fn`` on token ids, passing ``attention_mask`` where the forward takes it.
+
+    Hugging Face outputs are reduced to their ``logits``; anything else that is not a tensor ``(N, K)`` is an error.
+
+    Example:
+        >>> net = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(8, 3))
+        >>> call_model(net, torch.tensor([[1, 2]])).shape
+        torch.Size([1, 3])
+    """
+    if attention_mask is not None and _takes_attention_mask(fn):
+        out = fn(input_ids, attention_mask=attention_mask.long())
+    else:
+        out = fn(input_ids)
+    if not isinstance(out, Tensor):
+        out = getattr(out, "logits", out)
+        if isinstance(out, dict) and "logits" in out:
+            out = out["logits"]
+    if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != input_ids.shape[0]:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(
+            f"The model must return logits (N, K) = ({input_ids.shape[0]}, K) for token ids, or an output with a "
+            f"`logits` field, got {shape}. Pass `forward_fn=` mapping (input_ids, attention_mask) to logits."
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- layout
+def length_groups(attended: Tensor) -> Iterator[tuple[int, Tensor]]:
+    """``(length, sample indices)`` of the samples with each number of real tokens, shortest first."""
+    lengths = attended.sum(dim=1)
+    for length in torch.unique(lengths).tolist():
+        yield int(length), (lengths == length).nonzero().flatten()
+
+
+def real_positions(attended: Tensor, samples: Tensor, length: int) -> Tensor:
+    """``(n, length)`` positions of the real tokens of ``samples``, which all have ``length`` of them, in order."""
+    return attended[samples].nonzero()[:, 1].view(samples.numel(), length)

@@ -1,0 +1,91 @@
+"""What the token-level Metrics share: their constructor checks, their token conventions and the score protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from lit_attr._checks import check_choice, check_optional_int
+from lit_attr.functional.token_games import REPLACEMENTS
+from lit_attr.methods._token_inputs import (
+    check_token_id,
+    find_embedding_layer,
+    resolve_token_options,
+    vocabulary_size,
+)
+from lit_attr.metrics._model_ref import ModelRef
+
+
+class TokenGameMetric(Metric):
+    """Base of the Metrics that play games on token ids with a model (held by reference, not a submodule).
+
+    Token conventions left as ``None`` come from the model (its ``token_options``, Hugging Face config or the
+    embedding's ``padding_idx``) when the metric is built, so a missing replacement id is reported at once.
+    """
+
+    is_differentiable = False
+    full_state_update = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        replacement: str = "mask",
+        replacement_id: int | None = None,
+        pad_token_id: int | None = None,
+        special_token_ids: Sequence[int] | None = None,
+        internal_batch_size: int | None = 128,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+        check_choice("replacement", replacement, REPLACEMENTS)
+        check_optional_int("internal_batch_size", internal_batch_size)
+        options = resolve_token_options(
+            model, special_token_ids=special_token_ids, mask_token_id=replacement_id, pad_token_id=pad_token_id
+        )
+        try:
+            vocab = vocabulary_size(model, find_embedding_layer(model, options.embedding_layer))
+        except ValueError:
+            vocab = vocabulary_size(model)
+        if options.replacement_id is None:
+            raise ValueError(
+                "`replacement_id` (the [MASK] or [PAD] id that stands for a removed token) must be given: the model "
+                "declares neither."
+            )
+        check_token_id("replacement_id", options.replacement_id, vocab)
+        if options.pad_token_id is not None:
+            check_token_id("pad_token_id", options.pad_token_id, vocab)
+        self._model_ref = ModelRef(model)
+        self._game_options: dict[str, Any] = {
+            "special_token_ids": options.special_token_ids,
+            "replacement": replacement,
+            "replacement_id": options.replacement_id,
+            "pad_token_id": options.pad_token_id,
+            "internal_batch_size": internal_batch_size,
+        }
+
+    @property
+    def model(self) -> nn.Module:
+        """The evaluated model (held by reference, not a submodule)."""
+        return self._model_ref.module
+
+
+def checked_scores(scores: Any, keys: Sequence[str], name: str) -> Mapping[str, Tensor]:
+    """Refuse precomputed ``scores`` that lack one of ``keys`` or disagree on the number of samples."""
+    if not isinstance(scores, Mapping) or any(key not in scores for key in keys):
+        got = sorted(scores) if isinstance(scores, Mapping) else type(scores).__name__
+        raise ValueError(f"`scores` for {name} must be a dict with the keys {list(keys)} (from score()), got {got}.")
+    sizes = {int(scores[key].shape[0]) for key in keys}
+    if len(sizes) != 1:
+        raise ValueError(f"`scores` for {name} must hold one row per sample in every entry, got sizes {sorted(sizes)}.")
+    return scores
+
+
+def add_rows(state: Tensor, values: Tensor) -> None:
+    """Add the per-sample ``values`` (samples first) to a sum state, in the state's dtype and device."""
+    state += values.sum(dim=0).to(dtype=state.dtype, device=state.device)

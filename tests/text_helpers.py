@@ -1,0 +1,121 @@
+"""Tiny text classifiers and padded token batches shared by the token tests (importable in DDP children too).
+
+Token conventions of every batch here: [PAD] = 0, [CLS] = 2, [SEP] = 3, [MASK] = 4; real words are ids 5 .. 99.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor, nn
+
+PAD, CLS, SEP, MASK = 0, 2, 3, 4
+VOCAB = 100
+SPECIALS = (CLS, SEP)
+
+
+class PlainTransformer(nn.Module):
+    """``nn.Embedding`` + learned positions + ``nn.TransformerEncoder`` + masked mean pooling + linear head.
+
+    The positions are a parameter, not an ``nn.Embedding``, so the token embedding is the model's only
+    ``nn.Embedding`` (found without a name). The activation is a module (GELU, smooth, by default; ReLU for FEI's
+    gates).
+    """
+
+    def __init__(
+        self, vocab: int = VOCAB, dim: int = 32, classes: int = 3, max_length: int = 32, relu: bool = False
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim, padding_idx=PAD)
+        self.pos = nn.Parameter(torch.randn(max_length, dim) * 0.5)
+        layer = nn.TransformerEncoderLayer(
+            dim, 2, 64, dropout=0.1, activation=nn.ReLU() if relu else nn.GELU(), batch_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        h = self.embed(input_ids) + self.pos[: input_ids.shape[1]]
+        h = self.encoder(h, src_key_padding_mask=attention_mask == 0)
+        weights = attention_mask.to(h.dtype)[..., None]
+        return self.head((h * weights).sum(dim=1) / weights.sum(dim=1))
+
+
+def plain_transformer(seed: int = 0, dtype: torch.dtype = torch.float32, relu: bool = False) -> PlainTransformer:
+    torch.manual_seed(seed)
+    return PlainTransformer(relu=relu).to(dtype).eval()
+
+
+def tiny_bert(seed: int = 0, dtype: torch.dtype = torch.float32, init: float = 0.1) -> nn.Module:
+    """A random ``BertForSequenceClassification``: vocabulary 100, hidden 32, 2 layers, 2 heads (GELU, as BERT)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        num_labels=3,
+        initializer_range=init,
+        pad_token_id=PAD,
+    )
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(config).to(dtype).eval()
+
+
+def token_batch(lengths: tuple[int, ...] = (9, 6, 7, 5), seed: int = 1) -> tuple[Tensor, Tensor]:
+    """``(input_ids, attention_mask)``: [CLS] words [SEP] then padding, one row per entry of ``lengths``."""
+    generator = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.randint(5, VOCAB, (len(lengths), width), generator=generator)
+    mask = torch.zeros_like(ids)
+    for row, length in enumerate(lengths):
+        ids[row, 0], ids[row, length - 1], ids[row, length:] = CLS, SEP, PAD
+        mask[row, :length] = 1
+    return ids, mask
+
+
+def with_embeddings(model: nn.Module, layer: nn.Module, embeddings: Tensor, input_ids: Tensor) -> Tensor:
+    """The model's logits when ``layer`` outputs ``embeddings`` for ``input_ids`` (no padding)."""
+    handle = layer.register_forward_hook(lambda module, args, output: embeddings.to(output.dtype))
+    try:
+        out = model(input_ids)
+    finally:
+        handle.remove()
+    return getattr(out, "logits", out)
+
+
+def logits_of(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """Logits of a plain model or of a Hugging Face one (whose output holds them in ``.logits``)."""
+    out = model(input_ids, attention_mask=attention_mask)
+    return getattr(out, "logits", out)
+
+
+CONVENTIONS = {"replacement_id": MASK, "special_token_ids": SPECIALS}
+
+
+def token_metric_inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask, scores, rationale)`` of six padded sentences."""
+    ids, mask = token_batch((9, 6, 7, 5, 8, 4), seed=seed)
+    scores = torch.randn(ids.shape, generator=torch.Generator().manual_seed(seed))
+    rationale = torch.zeros_like(ids, dtype=torch.bool)
+    rationale[:, 1] = True
+    rationale[::2, 2] = True
+    return ids, mask, scores, rationale
+
+
+def game_metrics(model: torch.nn.Module) -> dict:
+    """Factories of the token Metrics that play games with ``model`` (picklable, for the DDP test too)."""
+    from lit_attr.metrics import Comprehensiveness, Sufficiency, TokenActivationDeviation, TokenInsertionDeletion
+
+    return {
+        "comprehensiveness": functools.partial(Comprehensiveness, model, bins=(10, 50), **CONVENTIONS),
+        "sufficiency": functools.partial(Sufficiency, model, replacement="remove", **CONVENTIONS),
+        "token_insertion_deletion": functools.partial(TokenInsertionDeletion, model, n_steps=4, **CONVENTIONS),
+        "token_activation_deviation": functools.partial(TokenActivationDeviation, model, n_steps=3, **CONVENTIONS),
+    }
