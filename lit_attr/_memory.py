@@ -62,7 +62,8 @@ class MemoryBackoff:
         Args:
             total: where the loop ends (rows, samples: whatever ``step`` counts).
             step: runs one chunk that starts at ``start`` and is bounded by ``size`` rows; returns the next start.
-            unbounded: the size that ``None`` stands for in this loop, halved on the first failure.
+            unbounded: the most rows this loop can put in one chunk (what ``None`` stands for); a larger size
+                is cut to it before it is halved.
 
         Raises:
             torch.OutOfMemoryError: when a chunk fails with a bound of one row (or with no bound to halve).
@@ -75,6 +76,8 @@ class MemoryBackoff:
                 start = step(start, self.size)
             except torch.OutOfMemoryError:
                 current = self.size if self.size is not None else unbounded
+                if current is not None and unbounded is not None:
+                    current = min(current, unbounded)
                 if current is None or current <= 1:
                     raise
                 self.size = max(1, current // 2)

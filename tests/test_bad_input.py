@@ -1,8 +1,10 @@
 """One table of bad inputs over the public API: every one is refused with a TypeError or ValueError naming the argument.
 
-The table covers every registered method (constructor and ``attribute``), every registered metric (constructor and
-``update``), both callbacks and the selection callbacks, the runner, ``evaluate`` and the CLI (one line on stderr,
-a non-zero exit). Devices are mismatched with the "meta" device, which exists on every machine.
+The table covers every registered method (constructor and ``attribute``, on float inputs and, for the token-capable
+ones, on token ids), every registered metric (constructor and ``update``, on the inputs it takes: floats or token
+ids), both callbacks and the selection callbacks, the runner, ``evaluate`` and the CLI (one line on stderr, a
+non-zero exit). Devices are mismatched with the "meta" device, which exists on every machine. Token metrics and
+games name the ids ``input_ids``, their functional argument, when the Metric's ``update`` calls them ``x``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from text_helpers import MASK, SPECIALS, plain_transformer, token_batch
 from torch import Tensor, nn
 from vit_helpers import torchvision_vit
 
@@ -25,7 +28,8 @@ from lit_attr.callbacks import AttributionCheckpoint, AttributionEarlyStopping, 
 from lit_attr.cli import main
 from lit_attr.data import ShapesDataModule
 from lit_attr.evaluate import evaluate
-from lit_attr.methods import available_methods, get_method
+from lit_attr.methods import TOKEN_METHODS, available_methods, get_method
+from lit_attr.methods._token_inputs import TokenOptions
 from lit_attr.metrics import available_metrics, get_metric_spec
 from lit_attr.models import DemoClassifier
 from lit_attr.runner import AttributionRunner
@@ -163,6 +167,10 @@ METRIC_FAST = {
 }
 
 
+FLOAT_METRICS = [name for name in available_metrics() if not get_metric_spec(name).tokens]
+TOKEN_METRICS = [name for name in available_metrics() if get_metric_spec(name).tokens]
+
+
 def build_metric(name: str, **bad: Any) -> Any:
     model = cnn()
     method = get_method("saliency", model, input_bounds=(0.0, 1.0))
@@ -182,7 +190,7 @@ def update_metric(name: str, **bad: Any) -> None:
     build_metric(name).update(**inputs)
 
 
-for metric in available_metrics():
+for metric in FLOAT_METRICS:
     case(f"{metric}-init-unknown_option", "bogus", lambda m=metric: build_metric(m, bogus=1))
 
 SPECIFIC_METRIC_OPTIONS = [
@@ -228,7 +236,7 @@ UPDATE_INPUTS: dict[str, tuple[dict[str, Any], str]] = {
     "logits_wrong_shape": ({"logits": torch.zeros(1, 4)}, "`logits`"),
     "logits_nan": ({"logits": nan_at(torch.zeros(2, 4))}, "`logits`"),
 }
-for metric in available_metrics():
+for metric in FLOAT_METRICS:
     consumed = get_metric_spec(metric).update_inputs
     for label, (bad, expected) in UPDATE_INPUTS.items():
         if set(bad) <= set(consumed):
@@ -236,6 +244,103 @@ for metric in available_metrics():
     empty = {"x": x_for()[:0], "attributions": torch.zeros(0, 3, 8, 8), "masks": torch.ones(0, 8, 8, dtype=torch.bool)}
     first = "`x`" if "x" in consumed else "`attributions`"
     case(f"{metric}-update-empty_batch", first, lambda m=metric, b=empty: update_metric(m, **b))
+
+# ---------------------------------------------------------------------------------------------------- token inputs
+TOKEN_OPTIONS = TokenOptions(special_token_ids=SPECIALS, mask_token_id=MASK)
+TOKEN_FAST = {
+    "integrated_gradients": {"n_steps": 4},
+    "mfaba": {"max_steps": 3},
+    "ig2": {"steps": 3, "n_references": 2},
+    "fei": {"iterations": 2, "levels": (0.5,), "gate": "none"},
+}
+
+
+@functools.cache
+def text_model() -> nn.Module:
+    return plain_transformer()
+
+
+def attribute_tokens_with(name: str, **bad: Any) -> None:
+    options = dict(TOKEN_FAST.get(name, {}))
+    if name == "ig2":
+        pool = token_batch((7, 5, 8, 6), seed=9)[0]
+        options["reference_pool"] = (pool, torch.arange(len(pool)) % 3)
+    method = get_method(name, text_model(), **options)
+    method.token_options = TOKEN_OPTIONS
+    ids, mask = token_batch((6, 5))
+    arguments = {"x": ids, "target": None, "attention_mask": mask, **bad}
+    method.attribute(arguments.pop("x"), arguments.pop("target"), **arguments)
+
+
+TOKEN_ATTRIBUTE = {
+    "ids_out_of_vocabulary": ({"x": token_batch((6, 5))[0] + 1000}, "input_ids"),
+    "ids_negative": ({"x": token_batch((6, 5))[0] - 10}, "input_ids"),
+    "ids_meta_device": ({"x": token_batch((6, 5))[0].to("meta")}, "input_ids"),
+    "ids_3d": ({"x": token_batch((6, 5))[0][None]}, "input_ids"),
+    "ids_empty": ({"x": token_batch((6, 5))[0][:0], "attention_mask": token_batch((6, 5))[1][:0]}, "input_ids"),
+    "attention_mask_wrong_shape": ({"attention_mask": torch.ones(2, 3, dtype=torch.long)}, "`attention_mask`"),
+    "attention_mask_not_binary": ({"attention_mask": token_batch((6, 5))[1] * 2}, "`attention_mask`"),
+    "attention_mask_all_padding": ({"attention_mask": torch.zeros(2, 6, dtype=torch.long)}, "`attention_mask`"),
+    "special_tokens_mask_wrong_shape": ({"special_tokens_mask": torch.zeros(1, 6)}, "`special_tokens_mask`"),
+    "target_too_large": ({"target": 5}, "`target`"),
+    "token_reduction": ({"token_reduction": "max"}, "`token_reduction`"),
+    "baseline_token_id_out_of_vocabulary": ({"baseline_token_id": 1000}, "`baseline_token_id`"),
+}
+for method in TOKEN_METHODS:
+    for label, (bad, expected) in TOKEN_ATTRIBUTE.items():
+        case(f"{method}-attribute_tokens-{label}", expected, lambda m=method, b=bad: attribute_tokens_with(m, **b))
+
+
+def update_token_metric(name: str, **bad: Any) -> None:
+    spec = get_metric_spec(name)
+    ids, mask = token_batch((6, 5))
+    rationale = torch.zeros_like(ids, dtype=torch.bool)
+    rationale[:, 1] = True
+    good = {
+        "x": ids,
+        "attributions": torch.randn(ids.shape, generator=torch.Generator().manual_seed(3)),
+        "target": torch.tensor([0, 1]),
+        "masks": rationale,
+        "logits": text_model()(ids, mask).detach(),
+        "attention_mask": mask,
+        "special_tokens_mask": None,
+    }
+    options = {"comprehensiveness": {"bins": (10, 50)}, "token_insertion_deletion": {"n_steps": 3}}.get(name, {})
+    if "model" in spec.consumes:
+        options = {**options, "replacement_id": MASK, "special_token_ids": SPECIALS}
+    method = get_method("saliency", text_model())
+    metric = spec.build(options, model=text_model(), method=method)
+    metric.update(**{key: bad.get(key, good[key]) for key in spec.update_inputs})
+
+
+TOKEN_UPDATE: dict[str, tuple[dict[str, Any], str]] = {
+    "ids_float": ({"x": token_batch((6, 5))[0].float()}, "input_ids"),
+    "ids_out_of_vocabulary": ({"x": token_batch((6, 5))[0] + 1000}, "input_ids"),
+    "ids_meta_device": ({"x": token_batch((6, 5))[0].to("meta")}, "input_ids"),
+    "ids_1d": ({"x": token_batch((6, 5))[0][0]}, "input_ids"),
+    "attention_mask_wrong_shape": ({"attention_mask": torch.ones(2, 3, dtype=torch.long)}, "`attention_mask`"),
+    "attention_mask_not_binary": ({"attention_mask": token_batch((6, 5))[1] * 2}, "`attention_mask`"),
+    "special_tokens_mask_wrong_shape": ({"special_tokens_mask": torch.zeros(2, 2)}, "`special_tokens_mask`"),
+    "attributions_wrong_shape": ({"attributions": torch.randn(2, 3)}, "attributions"),
+    # on a word: NaN on [CLS] or padding, whose scores are never read, is not an error
+    "attributions_nan": ({"attributions": torch.randn(2, 6).index_fill(1, torch.tensor([1]), float("nan"))},
+                         "`attributions`"),
+    "attributions_int": ({"attributions": torch.ones(2, 6, dtype=torch.long)}, "`attributions`"),
+    "target_too_large": ({"target": torch.tensor([0, 7])}, "`target`"),
+    "target_float": ({"target": torch.tensor([0.0, 1.0])}, "`target`"),
+    "masks_wrong_shape": ({"masks": torch.ones(2, 3, dtype=torch.bool)}, "`masks`"),
+    "masks_not_binary": ({"masks": torch.full((2, 6), 3)}, "`masks`"),
+    "logits_wrong_shape": ({"logits": torch.zeros(1, 3)}, "`logits`"),
+    "logits_nan": ({"logits": nan_at(torch.zeros(2, 3))}, "`logits`"),
+}
+for metric in TOKEN_METRICS:
+    consumed = get_metric_spec(metric).update_inputs
+    for label, (bad, expected) in TOKEN_UPDATE.items():
+        if set(bad) <= set(consumed):
+            case(f"{metric}-update-{label}", expected, lambda m=metric, b=bad: update_token_metric(m, **b))
+    empty = {"x": token_batch((6, 5))[0][:0], "attributions": torch.zeros(0, 6), "attention_mask": torch.ones(0, 6)}
+    first = "input_ids" if "x" in consumed else "`attributions`"
+    case(f"{metric}-update-empty_batch", first, lambda m=metric, b=empty: update_token_metric(m, **b))
 
 # ---------------------------------------------------------------------------------------------------- callbacks
 CALLBACKS = [

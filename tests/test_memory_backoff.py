@@ -2,8 +2,9 @@
 
 The model stands in for a GPU: any forward pass that sees more than ``limit`` rows raises ``torch.OutOfMemoryError``.
 Every method and every perturbation game must still finish, warn once naming the size that worked, and give the
-result of a run that used that size from the start (on the same limited model, which then never fails). The size
-reported must be the first of the halving sequence that works: twice it fails.
+result of a run that used that size from the start (on the same limited model, which then never fails). Where the
+first failing chunk had twice the rows, the size reported is the first of the halving sequence that works: twice it
+fails. Token ids take the same paths: every token-capable method and every token game.
 """
 
 from __future__ import annotations
@@ -13,15 +14,20 @@ import warnings
 
 import pytest
 import torch
+from text_helpers import MASK, SPECIALS, plain_transformer, token_batch
 from torch import Tensor, nn
 from vit_helpers import torchvision_vit
 
 from lit_attr._memory import OutOfMemoryWarning
 from lit_attr.functional.activation_deviation import activation_deviation
+from lit_attr.functional.eraser import comprehensiveness, sufficiency
 from lit_attr.functional.infidelity import infidelity
 from lit_attr.functional.insertion_deletion import insertion_deletion
 from lit_attr.functional.road import road
-from lit_attr.methods import available_methods, get_method
+from lit_attr.functional.token_activation_deviation import token_activation_deviation
+from lit_attr.functional.token_games import token_insertion_deletion
+from lit_attr.methods import TOKEN_METHODS, available_methods, get_method
+from lit_attr.methods._token_inputs import TokenOptions
 
 VIT_ONLY = sorted(set(available_methods()) - set(available_methods(nn.Identity())))
 LIMIT = 4  # rows per forward pass
@@ -113,10 +119,10 @@ def test_a_started_bound_is_halved_and_the_clean_pass_backs_off_too():
     x = torch.rand(N, 3, 8, 8)
     method = get_method("integrated_gradients", model, n_steps=4, internal_batch_size=64)
     result, messages = _run(lambda: method.attribute(x))  # target None: the clean forward of 6 rows fails first
-    # 64 -> 32 -> 16 -> 8 -> 4 -> 2: Captum's batches of 4 rows still fail, 2 rows fit
-    assert _reported(messages, "integrated_gradients") == 2
+    # The failed chunk had 6 rows, not 64: halved to 3, which fits the clean pass and Captum's batches of 3 points.
+    assert _reported(messages, "integrated_gradients") == 3
     assert "internal_batch_size=64" in messages[0]
-    reference = get_method("integrated_gradients", small_cnn(), n_steps=4, internal_batch_size=2)
+    reference = get_method("integrated_gradients", small_cnn(), n_steps=4, internal_batch_size=3)
     torch.testing.assert_close(result, reference.attribute(x), rtol=1e-6, atol=1e-6)
 
 
@@ -170,4 +176,85 @@ def test_every_game_backs_off_to_a_size_that_fits(game, with_logits):
     for got, expected in zip(_tensors(backed_off), _tensors(from_start), strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
     _, twice = _run(lambda: GAMES[game](model, x, a, 2 * size, logits))
+    assert len(twice) == 1
+
+
+# ---------------------------------------------------------------------------------------------------- token inputs
+class TokenRowLimited(RowLimited):
+    """The text model's version: token ids and an attention mask in, torch.OutOfMemoryError above ``limit`` rows."""
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        if self.limit is not None and input_ids.shape[0] > self.limit:
+            raise torch.OutOfMemoryError(f"simulated: {input_ids.shape[0]} rows > {self.limit}")
+        self.largest = max(self.largest, input_ids.shape[0])
+        return self.inner(input_ids, attention_mask)
+
+
+TOKEN_FAST = {
+    "integrated_gradients": {"n_steps": 4},
+    "mfaba": {"max_steps": 4},
+    "ig2": {"steps": 3, "n_references": 2},
+    "fei": {"iterations": 2, "levels": (0.5,), "gate": "none"},
+}
+OPTIONS = TokenOptions(special_token_ids=SPECIALS, mask_token_id=MASK)
+
+
+def _token_method(name: str, model: nn.Module, **kwargs):
+    options = dict(TOKEN_FAST.get(name, {}))
+    if name == "ig2":
+        pool = token_batch((7, 5, 8, 6), seed=9)[0]
+        options["reference_pool"] = (pool, torch.arange(len(pool)) % 3)
+    method = get_method(name, model, **options, **kwargs)
+    method.token_options = OPTIONS
+    return method
+
+
+@pytest.mark.parametrize("name", TOKEN_METHODS)
+def test_every_token_method_backs_off_to_a_size_that_fits(name):
+    model = TokenRowLimited(plain_transformer(), LIMIT)
+    ids, mask = token_batch((9, 9, 9, 9, 9, 6))  # a length group of 5 sentences (one forward each) and one of 1
+    method = _token_method(name, model)
+    backed_off, messages = _run(lambda: method.attribute(ids, target=1, attention_mask=mask))
+    size = _reported(messages, name)
+    assert method.internal_batch_size == size and model.largest <= LIMIT
+    from_start, again = _run(
+        lambda: _token_method(name, model, internal_batch_size=size).attribute(ids, target=1, attention_mask=mask)
+    )
+    assert again == []
+    torch.testing.assert_close(backed_off, from_start, rtol=1e-6, atol=1e-6)
+
+
+TOKEN_GAMES = {
+    "token_insertion_deletion": lambda model, ids, mask, scores, size: token_insertion_deletion(
+        model, ids, scores, attention_mask=mask, n_steps=3, internal_batch_size=size, replacement_id=MASK,
+        special_token_ids=SPECIALS,
+    ),
+    "comprehensiveness": lambda model, ids, mask, scores, size: comprehensiveness(
+        model, ids, scores, attention_mask=mask, bins=(20, 50), internal_batch_size=size, replacement_id=MASK,
+        special_token_ids=SPECIALS,
+    ),
+    "sufficiency": lambda model, ids, mask, scores, size: sufficiency(
+        model, ids, scores, attention_mask=mask, bins=(20, 50), internal_batch_size=size, replacement_id=MASK,
+        special_token_ids=SPECIALS,
+    ),
+    "token_activation_deviation": lambda model, ids, mask, scores, size: token_activation_deviation(
+        model, ids, scores, attention_mask=mask, n_steps=3, internal_batch_size=size, replacement_id=MASK,
+        special_token_ids=SPECIALS, layers=["inner.encoder.layers.0"],
+    ),
+}
+
+
+@pytest.mark.parametrize("game", list(TOKEN_GAMES))
+def test_every_token_game_backs_off_to_a_size_that_fits(game):
+    model = TokenRowLimited(plain_transformer(), 5)
+    ids, mask = token_batch((9, 6, 7, 5, 8, 9))
+    scores = torch.randn(ids.shape, generator=torch.Generator().manual_seed(5))
+    backed_off, messages = _run(lambda: TOKEN_GAMES[game](model, ids, mask, scores, 64))
+    size = _reported(messages, game)
+    assert model.largest <= 5
+    from_start, again = _run(lambda: TOKEN_GAMES[game](model, ids, mask, scores, size))
+    assert again == []
+    for got, expected in zip(_tensors(backed_off), _tensors(from_start), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    _, twice = _run(lambda: TOKEN_GAMES[game](model, ids, mask, scores, 2 * size))
     assert len(twice) == 1

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_attr._checks import check_choice, resolve_target
+from lit_attr._memory import MemoryBackoff
 from lit_attr.functional.insertion_deletion import (
     DEFAULT_INTERNAL_BATCH_SIZE,
     TargetType,
@@ -96,10 +97,12 @@ def _eraser(
     hundredths = torch.tensor([round(k * 100) for k in fractions], device=game.counts.device)
     counts = (game.counts[:, None] * hundredths[None] + 10_000 - 1) // 10_000
     samples = torch.arange(n, device=counts.device).repeat_interleave(b)
-    with torch.no_grad(), preserved_model_state(model):
-        clean = clean_logits(model, game, logits)
+    backoff = MemoryBackoff("sufficiency" if keep_top else "comprehensiveness", internal_batch_size)
+    with torch.no_grad(), preserved_model_state(model), backoff:
+        clean = clean_logits(model, game, logits, backoff)
         target = resolve_target(target, clean)
-        perturbed = score_rows(model, game, samples, counts.flatten(), keep_top, target, clean, output).view(n, b)
+        perturbed = score_rows(model, game, samples, counts.flatten(), keep_top, target, clean, output, backoff)
+        perturbed = perturbed.view(n, b)
         scores = clean if output == "logit" else clean.softmax(dim=1)
         per_bin = scores.gather(1, target[:, None]) - perturbed
     return EraserResult(per_bin.mean(dim=1), per_bin, target)

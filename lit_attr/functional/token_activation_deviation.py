@@ -12,6 +12,7 @@ where they were, which dropping tokens would not.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
@@ -20,9 +21,16 @@ import torch
 from torch import Tensor, nn
 
 from lit_attr._checks import resolve_target
+from lit_attr._memory import MemoryBackoff
 from lit_attr.functional.activation_deviation import resolve_probe_layers
 from lit_attr.functional.insertion_deletion import DEFAULT_INTERNAL_BATCH_SIZE, TargetType
-from lit_attr.functional.token_games import clean_logits, perturb_tokens, prepare_token_game, token_schedule
+from lit_attr.functional.token_games import (
+    TokenGame,
+    clean_logits,
+    perturb_tokens,
+    prepare_token_game,
+    token_schedule,
+)
 from lit_attr.methods._hygiene import preserved_model_state
 from lit_attr.methods._token_inputs import call_model
 
@@ -66,6 +74,34 @@ def encoder_layers(model: nn.Module, layers: str | Sequence[str] | None = None) 
         "Cannot find the model's encoder layers (an nn.ModuleList named `layer` or `layers`); pass `layers` with "
         "the names of the modules whose hidden states to compare."
     )
+
+
+def _play_rows(
+    model: nn.Module,
+    game: TokenGame,
+    names: Sequence[str],
+    store: dict[str, Tensor],
+    clean: list[Tensor],
+    samples: Tensor,
+    counts: Tensor,
+    keep_top: bool,
+    stats: Tensor,
+    start: int,
+    stop: int,
+) -> None:
+    """Fill ``stats[start:stop]``: each probe's masked MSE to the clean states for the rows ``start .. stop - 1``."""
+    batch = game.batch
+    rows = samples[start:stop]
+    top = game.ranks[rows] < counts[start:stop, None]
+    removed = batch.perturbable[rows] & ~top if keep_top else top
+    ids, mask = perturb_tokens(
+        batch.input_ids[rows], batch.attended[rows], removed, "mask", game.replacement_id, game.pad_token_id
+    )
+    call_model(model, ids, mask)
+    weights = mask.to(stats.dtype)[..., None]
+    for j, name in enumerate(names):
+        squared = (store[name].to(stats.dtype) - clean[j][rows].to(stats.dtype)).square()
+        stats[start:stop, j] = (squared * weights).sum(dim=(1, 2)) / (weights.sum(dim=(1, 2)) * squared.shape[-1])
 
 
 @contextmanager
@@ -155,13 +191,16 @@ def token_activation_deviation(
     batch = game.batch
     schedule = token_schedule(game.counts, n_steps, tokens_per_step, max_tokens)
     n, points = schedule.shape
-    with torch.no_grad(), preserved_model_state(model), _hidden_states(model, names) as store:
+    backoff = MemoryBackoff("token_activation_deviation", internal_batch_size)
+    with torch.no_grad(), preserved_model_state(model), _hidden_states(model, names) as store, backoff:
         clean_states: list[list[Tensor]] = []
-        parts = []
-        for start in range(0, n, game.chunk):
-            part = slice(start, start + game.chunk)
-            parts.append(call_model(model, batch.input_ids[part], batch.attended[part].long()))
+        parts: list[Tensor] = []
+
+        def clean_pass(start: int, stop: int) -> None:
+            parts.append(call_model(model, batch.input_ids[start:stop], batch.attended[start:stop].long()))
             clean_states.append([store[name] for name in names])
+
+        backoff.chunks(n, clean_pass)
         if target is not None:
             resolve_target(target, torch.cat(parts) if logits is None else clean_logits(model, game, logits))
         clean = [torch.cat(layer) for layer in zip(*clean_states, strict=True)]
@@ -171,18 +210,7 @@ def token_activation_deviation(
             samples = torch.arange(n, device=schedule.device).repeat_interleave(points)
             counts = schedule.flatten()
             stats = torch.empty(n * points, len(names), dtype=dtype, device=schedule.device)
-            for start in range(0, samples.numel(), game.chunk):
-                rows = samples[start : start + game.chunk]
-                top = game.ranks[rows] < counts[start : start + game.chunk, None]
-                removed = batch.perturbable[rows] & ~top if keep_top else top
-                ids, mask = perturb_tokens(
-                    batch.input_ids[rows], batch.attended[rows], removed, "mask", game.replacement_id, game.pad_token_id
-                )
-                call_model(model, ids, mask)
-                weights = mask.to(dtype)[..., None]
-                for j, name in enumerate(names):
-                    squared = (store[name].to(dtype) - clean[j][rows].to(dtype)).square()
-                    per_row = (squared * weights).sum(dim=(1, 2)) / (weights.sum(dim=(1, 2)) * squared.shape[-1])
-                    stats[start : start + game.chunk, j] = per_row
+            play = functools.partial(_play_rows, model, game, names, store, clean, samples, counts, keep_top, stats)
+            backoff.chunks(samples.numel(), play)
             results[game_name] = stats.view(n, points, len(names)).mean(dim=1)
     return TokenActivationDeviationResult(results["insertion"], results["deletion"], names)

@@ -17,13 +17,15 @@ chunks of at most ``internal_batch_size`` rows, each chunk cut to its longest ro
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from lit_attr._checks import check_choice, check_optional_int, resolve_target
+from lit_attr._checks import check_choice, check_device, check_finite, check_optional_int, resolve_target
+from lit_attr._memory import MemoryBackoff
 from lit_attr.functional.insertion_deletion import (
     DEFAULT_INTERNAL_BATCH_SIZE,
     OUTPUTS,
@@ -34,6 +36,7 @@ from lit_attr.methods._hygiene import preserved_model_state
 from lit_attr.methods._token_inputs import (
     TokenBatch,
     call_model,
+    check_ids_in_vocabulary,
     check_token_batch,
     check_token_id,
     find_embedding_layer,
@@ -217,6 +220,8 @@ def prepare_token_game(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+    if isinstance(input_ids, Tensor):  # before anything reads the ids: a tensor elsewhere cannot be inspected here
+        check_device("input_ids", input_ids, model)
     check_choice("replacement", replacement, REPLACEMENTS)
     check_optional_int("internal_batch_size", internal_batch_size)
     options = resolve_token_options(
@@ -240,6 +245,7 @@ def prepare_token_game(
         vocab = vocabulary_size(model, find_embedding_layer(model, options.embedding_layer))
     except ValueError:
         vocab = vocabulary_size(model)
+    check_ids_in_vocabulary("input_ids", batch.input_ids, vocab)
     if options.replacement_id is None:
         raise ValueError(
             "`replacement_id` (the [MASK] or [PAD] id that stands for a removed token) must be given: the model "
@@ -247,25 +253,30 @@ def prepare_token_game(
         )
     chosen = check_token_id("replacement_id", options.replacement_id, vocab)
     pad = check_token_id("pad_token_id", options.pad_token_id if options.pad_token_id is not None else chosen, vocab)
-    device = next((p.device for p in model.parameters()), batch.input_ids.device)
-    if device != batch.input_ids.device:
-        raise ValueError(f"The token ids are on {batch.input_ids.device} but the model is on {device}; move them.")
     ranks = token_ranks(attributions, batch.perturbable)
     counts = batch.perturbable.sum(dim=1)
     chunk = internal_batch_size or 2**62
     return TokenGame(batch, ranks, counts, replacement, chosen, pad, chunk)
 
 
-def clean_logits(model: nn.Module, game: TokenGame, logits: Tensor | None = None) -> Tensor:
-    """Logits of the unperturbed batch in at least float32 (``logits`` given: checked and used instead)."""
+def clean_logits(
+    model: nn.Module, game: TokenGame, logits: Tensor | None = None, backoff: MemoryBackoff | None = None
+) -> Tensor:
+    """Logits of the unperturbed batch in at least float32 (``logits`` given: checked and used instead).
+
+    ``backoff`` shares the chunk size (halved on out-of-memory errors) with the game's other passes.
+    """
     n = game.batch.input_ids.shape[0]
     if logits is None:
         ids, mask = game.batch.input_ids, game.batch.attended.long()
-        parts = [call_model(model, ids[i : i + game.chunk], mask[i : i + game.chunk]) for i in range(0, n, game.chunk)]
+        parts: list[Tensor] = []
+        with _backoff(backoff, "token game", game.chunk) as chunks:
+            chunks.chunks(n, lambda start, stop: parts.append(call_model(model, ids[start:stop], mask[start:stop])))
         logits = torch.cat(parts)
     elif not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != n:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise ValueError(f"`logits` must be the clean logits (N, K) = ({n}, K), got {shape}.")
+    check_finite("logits", logits)
     logits = logits.detach()
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
@@ -279,20 +290,23 @@ def score_rows(
     target: Tensor,
     clean: Tensor,
     output: str = "prob",
+    backoff: MemoryBackoff | None = None,
 ) -> Tensor:
     """Target scores of perturbed rows: row r takes sample ``samples[r]`` and removes tokens by rank.
 
     Row r removes its sample's ``counts[r]`` most important tokens (``keep_top=False``) or keeps only them and
-    removes the other perturbable tokens (``keep_top=True``). Rows run in chunks of ``game.chunk``.
+    removes the other perturbable tokens (``keep_top=True``). Rows run in chunks of ``game.chunk`` (halved on
+    out-of-memory errors, see :class:`~lit_attr._memory.MemoryBackoff`; ``backoff`` shares that size between passes).
 
     Returns:
         ``(R,)`` scores in the dtype of ``clean``, the clean logits ``(N, K)`` (``output="prob_ratio"`` divides by
         their probability).
     """
     batch = game.batch
-    out = []
-    for start in range(0, samples.numel(), game.chunk):
-        rows, n_top = samples[start : start + game.chunk], counts[start : start + game.chunk]
+    out: list[Tensor] = []
+
+    def score(start: int, stop: int) -> None:
+        rows, n_top = samples[start:stop], counts[start:stop]
         top = game.ranks[rows] < n_top[:, None]
         removed = batch.perturbable[rows] & ~top if keep_top else top
         ids, mask = perturb_tokens(
@@ -307,7 +321,15 @@ def score_rows(
         if output == "prob_ratio":
             score = score / clean.softmax(dim=1).gather(1, target[rows, None]).squeeze(1)
         out.append(score)
+
+    with _backoff(backoff, "token game", game.chunk) as chunks:
+        chunks.chunks(samples.numel(), score)
     return torch.cat(out)
+
+
+def _backoff(backoff: MemoryBackoff | None, who: str, size: int) -> Any:
+    """The caller's back-off (shared by a game's passes, it warns once at the caller's end), or a local one."""
+    return contextlib.nullcontext(backoff) if backoff is not None else MemoryBackoff(who, size)
 
 
 # ------------------------------------------------------------------------------------------------------ metric
@@ -375,12 +397,13 @@ def token_insertion_deletion(
     schedule = token_schedule(game.counts, n_steps, tokens_per_step, max_tokens)
     n, points = schedule.shape
     samples = torch.arange(n, device=schedule.device).repeat_interleave(points)
-    with torch.no_grad(), preserved_model_state(model):
-        clean = clean_logits(model, game, logits)
+    backoff = MemoryBackoff("token_insertion_deletion", internal_batch_size)
+    with torch.no_grad(), preserved_model_state(model), backoff:
+        clean = clean_logits(model, game, logits, backoff)
         target = resolve_target(target, clean)
         curves = {}
         for name, keep_top in (("insertion", True), ("deletion", False)):
-            scores = score_rows(model, game, samples, schedule.flatten(), keep_top, target, clean, output)
+            scores = score_rows(model, game, samples, schedule.flatten(), keep_top, target, clean, output, backoff)
             curves[name] = scores.view(n, points)
     return TokenInsertionDeletionResult(
         curves["insertion"], curves["deletion"], auc(curves["insertion"]), auc(curves["deletion"]), target

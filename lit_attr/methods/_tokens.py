@@ -26,6 +26,7 @@ pixel-sized L-inf balls and need images.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -33,7 +34,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from lit_attr._checks import check_choice, resolve_target
+from lit_attr._checks import check_choice, check_device, resolve_target
+from lit_attr._memory import MemoryBackoff
 from lit_attr.methods._hygiene import preserved_model_state, preserved_rng_state
 from lit_attr.methods._token_inputs import (
     TOKEN_KEYWORDS,
@@ -338,6 +340,7 @@ def attribute_tokens(
     token_reduction: str = "sum",
     references: Tensor | None = None,
     reference_attention_mask: Tensor | None = None,
+    backoff: MemoryBackoff | None = None,
     **kwargs: Any,
 ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
     """Per-token attributions of ``input_ids`` (see the module docstring and ``AttributionMethod.attribute``).
@@ -358,6 +361,8 @@ def attribute_tokens(
         references: IG2 only: ``(N, B, L_r)`` token ids of per-sample references (default: the sampler).
         reference_attention_mask: IG2 only: ``(N, B, L_r)`` attention masks of ``references``; default: every
             token that is not the pad id.
+        backoff: the chunk bound of ``attribute``, halved when a chunk runs out of memory
+            (:class:`~lit_attr._memory.MemoryBackoff`); ``None``: a bound of this call alone.
         **kwargs: per-call options of the method (``return_info``, ``return_baseline``, ``return_masks``, Captum
             keywords such as ``n_steps``).
 
@@ -367,6 +372,7 @@ def attribute_tokens(
     """
     driver = _driver(method)
     model = method.model
+    check_device("input_ids", input_ids, model)  # first: ids on another device cannot even be inspected here
     options = resolve_token_options(
         model,
         getattr(method, "token_options", None),
@@ -398,10 +404,11 @@ def attribute_tokens(
         return call_model(user_forward, ids, torch.ones_like(ids))
 
     swap = _EmbeddingSwap(layer)
+    backoff = backoff or MemoryBackoff(method.name or type(method).__name__, method.internal_batch_size)
     with preserved_model_state(model), preserved_rng_state(), swap.installed():
         with torch.inference_mode(False), torch.enable_grad():
             batch = TokenBatch(*(t.clone() for t in batch))
-            groups = _clean_pass(method, caller, swap, batch)
+            groups = _clean_pass(caller, swap, batch, backoff)
             logits = groups[0].logits.new_empty(batch.input_ids.shape[0], groups[0].logits.shape[1])
             for group in groups:
                 logits[group.samples] = group.logits
@@ -409,10 +416,13 @@ def attribute_tokens(
             extra: dict[str, Tensor] = {}
             if driver is _ig2_driver:
                 extra["reference_rep"] = _reference_representations(
-                    method, caller, batch, logits, target, references, reference_attention_mask, options, vocab, limit
-                )
+                    method, caller, batch, logits, target, references, reference_attention_mask, options, vocab, limit,
+                    backoff,
+                )  # fmt: skip
             dtype = torch.promote_types(groups[0].clean.dtype, torch.float32)
-            out = _run_groups(method, driver, caller, swap, batch, groups, target, extra, baseline_id, dtype, kwargs)
+            out = _run_groups(
+                method, driver, caller, swap, batch, groups, target, extra, baseline_id, dtype, kwargs, backoff
+            )
     scores, info = out
     if token_reduction == "sum" and scores.ndim == 3:
         scores = scores.sum(dim=-1)
@@ -433,17 +443,23 @@ class _Group(NamedTuple):
     clean: Tensor
 
 
-def _clean_pass(method: AttributionMethod, caller: Callable, swap: _EmbeddingSwap, batch: TokenBatch) -> list[_Group]:
-    """One clean forward per length group, chunked by the method's ``internal_batch_size``."""
+def _clean_pass(caller: Callable, swap: _EmbeddingSwap, batch: TokenBatch, backoff: MemoryBackoff) -> list[_Group]:
+    """One clean forward per length group, in chunks of the method's ``internal_batch_size`` (see ``backoff``)."""
     groups = []
-    rows = method.internal_batch_size or batch.input_ids.shape[0]
     for length, samples in length_groups(batch.attended):
         positions = real_positions(batch.attended, samples, length)
         ids = batch.input_ids[samples[:, None], positions]
-        parts = [capture(caller, swap, ids[i : i + rows]) for i in range(0, ids.shape[0], rows)]
+        parts: list[tuple[Tensor, Tensor]] = []
+        backoff.chunks(ids.shape[0], functools.partial(_capture_rows, caller, swap, ids, parts))
         logits, clean = (torch.cat(part) for part in zip(*parts, strict=True))
         groups.append(_Group(samples, positions, ids, logits, clean))
     return groups
+
+
+def _capture_rows(
+    caller: Callable, swap: _EmbeddingSwap, ids: Tensor, parts: list[tuple[Tensor, Tensor]], start: int, stop: int
+) -> None:
+    parts.append(capture(caller, swap, ids[start:stop]))
 
 
 def _run_groups(
@@ -458,30 +474,42 @@ def _run_groups(
     baseline_id: int,
     dtype: torch.dtype,
     kwargs: dict[str, Any],
+    backoff: MemoryBackoff,
 ) -> tuple[Tensor, dict[str, Tensor] | None]:
-    """Run ``driver`` chunk by chunk and scatter its results back to the padded ``(N, L, ...)`` layout."""
+    """Run ``driver`` chunk by chunk and scatter its results back to the padded ``(N, L, ...)`` layout.
+
+    The chunks are bounded like those of float inputs: ``internal_batch_size`` rows, halved by ``backoff`` when one
+    runs out of memory (the drivers' own row loops read the halved bound from the method).
+    """
     n, length = batch.input_ids.shape
     perturbable = batch.perturbable
-    scores: Tensor | None = None
-    info: dict[str, Tensor] | None = None
-    per_chunk = method._samples_per_chunk(**kwargs)
-    for samples, positions, ids, _, clean in groups:
-        for start in range(0, samples.numel(), per_chunk):
-            part = slice(start, start + per_chunk)
-            rows, pos = samples[part], positions[part]
-            space = _Space(caller, swap, ids[part], perturbable[rows[:, None], pos], clean[part], baseline_id, dtype)
-            chunk_extra = {key: value[rows] for key, value in extra.items()}
-            values, chunk_info = driver(method, space, target[rows], chunk_extra, **kwargs)
-            if scores is None:
-                scores = values.new_zeros(n, length, *values.shape[2:])
-            scores[rows[:, None], pos] = values.detach()
-            if chunk_info is not None:
-                info = {} if info is None else info
-                for key, value in chunk_info.items():
-                    info[key] = _scatter(info.get(key), key, value.detach(), rows, pos, n, length)
+    found: dict[str, Any] = {"scores": None, "info": None}
+
+    def step(group: _Group, start: int, size: int | None) -> int:
+        method.internal_batch_size = size
+        part = slice(start, start + method._samples_per_chunk(**kwargs))
+        rows, pos = group.samples[part], group.positions[part]
+        on = perturbable[rows[:, None], pos]
+        space = _Space(caller, swap, group.ids[part], on, group.clean[part], baseline_id, dtype)
+        chunk_extra = {key: value[rows] for key, value in extra.items()}
+        values, chunk_info = driver(method, space, target[rows], chunk_extra, **kwargs)
+        if found["scores"] is None:
+            found["scores"] = values.new_zeros(n, length, *values.shape[2:])
+        found["scores"][rows[:, None], pos] = values.detach()
+        if chunk_info is not None:
+            info = found["info"] = {} if found["info"] is None else found["info"]
+            for key, value in chunk_info.items():
+                info[key] = _scatter(info.get(key), key, value.detach(), rows, pos, n, length)
+        return start + rows.numel()
+
+    rows_per_sample = max(1, method.rows_per_sample(**kwargs))
+    for group in groups:
+        total = group.samples.numel()
+        backoff.run(total, functools.partial(step, group), unbounded=total * rows_per_sample)
+    scores = found["scores"]
     assert scores is not None  # every batch has one group with one sample
     scores[~perturbable] = 0
-    return scores, info
+    return scores, found["info"]
 
 
 def _scatter(full: Tensor | None, key: str, value: Tensor, rows: Tensor, pos: Tensor, n: int, length: int) -> Tensor:
@@ -501,6 +529,23 @@ def _scatter(full: Tensor | None, key: str, value: Tensor, rows: Tensor, pos: Te
 
 
 # ------------------------------------------------------------------------------------------------------- IG2
+def _represent(
+    method: IG2, ids: Tensor, rows: Tensor, total: int, found: dict[str, Tensor], start: int, stop: int
+) -> None:
+    """IG2's representation of the references ``rows[start:stop]`` (token ids ``ids``, one length), into ``found``."""
+    with torch.no_grad():
+        rep = method._forward(ids[start:stop])[1]
+    if "reps" not in found:
+        found["reps"] = rep.new_zeros(total, rep.shape[1])
+    elif rep.shape[1] != found["reps"].shape[1]:
+        raise ValueError(
+            "IG2 matches the representation of its `layer`, which on token inputs must not depend on the sequence "
+            f"length (e.g. pooled features); references of different lengths gave {found['reps'].shape[1]} and "
+            f"{rep.shape[1]} values."
+        )
+    found["reps"][rows[start:stop]] = rep
+
+
 def _reference_representations(
     method: IG2,
     caller: Callable,
@@ -512,6 +557,7 @@ def _reference_representations(
     options: Any,
     vocab: int | None,
     limit: int | None,
+    backoff: MemoryBackoff,
 ) -> Tensor:
     """``(N, B, H)``: the representation of every reference, each computed on its own real tokens alone."""
     if references is None:
@@ -539,26 +585,16 @@ def _reference_representations(
     refs = check_token_batch(flat, mask, name="references")
     check_ids_in_vocabulary("references", refs.input_ids, vocab)
     check_length("references", refs.input_ids, refs.attended, limit)
-    reps: Tensor | None = None
+    found: dict[str, Tensor] = {}
     forward_fn = method.forward_fn
     method.forward_fn = caller  # IG2's representation hook around a plain forward on token ids
     try:
         for length, rows in length_groups(refs.attended):
             ids = refs.input_ids[rows[:, None], real_positions(refs.attended, rows, length)]
-            with torch.no_grad():
-                rep = method._forward(ids)[1]
-            if reps is None:
-                reps = rep.new_zeros(n * b, rep.shape[1])
-            elif rep.shape[1] != reps.shape[1]:
-                raise ValueError(
-                    "IG2 matches the representation of its `layer`, which on token inputs must not depend on the "
-                    f"sequence length (e.g. pooled features); references of different lengths gave {reps.shape[1]} "
-                    f"and {rep.shape[1]} values."
-                )
-            reps[rows] = rep
+            backoff.chunks(rows.numel(), functools.partial(_represent, method, ids, rows, n * b, found))
     finally:
         method.forward_fn = forward_fn
-    assert reps is not None
+    reps = found["reps"]
     return reps.view(n, b, -1)
 
 

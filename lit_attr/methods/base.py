@@ -105,27 +105,35 @@ class AttributionMethod(abc.ABC):
         of the model's input embedding layer and give ``(N, L)`` float per-token scores, exactly 0 on padding and
         special tokens.
         """
-        if is_token_call(x, kwargs):
-            return attribute_tokens(self, x, target, **kwargs)
-        self._check_input(x)
         chosen = self.internal_batch_size
         backoff = MemoryBackoff(self.name or type(self).__name__, chosen)
-        parts: list[ResultType] = []
         try:
-            with preserved_model_state(self.model), preserved_rng_state():
-                with torch.inference_mode(False), torch.enable_grad():
-                    x = x.detach().clone()
-                    target = self._resolve_target(x, target, logits, backoff)
-                    backoff.run(
-                        x.shape[0],
-                        lambda start, size: self._attribute_chunk(x, target, kwargs, start, size, parts),
-                        unbounded=x.shape[0] * max(1, self.rows_per_sample(**kwargs)),
-                    )
+            if is_token_call(x, kwargs):
+                result = attribute_tokens(self, x, target, backoff=backoff, **kwargs)
+            else:
+                result = self._attribute_inputs(x, target, logits, kwargs, backoff)
         except BaseException:
             self.internal_batch_size = chosen
             raise
         # A bound that had to shrink stays: the next batches start with the size that worked.
         self.internal_batch_size = backoff.finish()
+        return result
+
+    def _attribute_inputs(
+        self, x: Tensor, target: TargetType, logits: Tensor | None, kwargs: dict[str, Any], backoff: MemoryBackoff
+    ) -> ResultType:
+        """:meth:`attribute` for float inputs, in chunks whose bound ``backoff`` halves when one runs out of memory."""
+        self._check_input(x)
+        parts: list[ResultType] = []
+        with preserved_model_state(self.model), preserved_rng_state():
+            with torch.inference_mode(False), torch.enable_grad():
+                x = x.detach().clone()
+                target = self._resolve_target(x, target, logits, backoff)
+                backoff.run(
+                    x.shape[0],
+                    lambda start, size: self._attribute_chunk(x, target, kwargs, start, size, parts),
+                    unbounded=x.shape[0] * max(1, self.rows_per_sample(**kwargs)),
+                )
         if isinstance(parts[0], tuple):
             info = {key: torch.cat([part[1][key] for part in parts]).detach() for key in parts[0][1]}
             return self._finish(torch.cat([part[0] for part in parts]), x), info
