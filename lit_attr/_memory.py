@@ -1,11 +1,12 @@
 """Out-of-memory back-off: the one place where a chunked loop halves its chunk and retries.
 
-Attribution methods (through :meth:`~lit_attr.methods.AttributionMethod.attribute`) and the perturbation games
-(insertion/deletion, activation deviation, ROAD, infidelity) run their rows in chunks bounded by
-``internal_batch_size``. When a chunk raises ``torch.OutOfMemoryError``, :class:`MemoryBackoff` halves the bound
-and runs the same chunk again, down to one row; the rest of the loop keeps the smaller bound, so the results equal
-those of a run started with it. The random state is rewound before every retry, so a chunk that draws random
-numbers draws the same ones. One warning names the bound that worked.
+Attribution methods (through :meth:`~lit_attr.methods.AttributionMethod.attribute`, on float inputs and on token
+ids) and the perturbation games (insertion/deletion, activation deviation, ROAD, infidelity, and the token games:
+insertion/deletion, comprehensiveness, sufficiency, activation deviation) run their rows in chunks bounded by
+``internal_batch_size``. When a chunk raises ``torch.OutOfMemoryError``, :class:`MemoryBackoff` halves it (the rows
+it had, at most the bound) and runs it again, down to one row; the rest of the loop keeps the smaller bound, so
+the results equal those of a run started with it. The random state is rewound before every retry, so a chunk that
+draws random numbers draws the same ones. One warning names the bound that worked.
 """
 
 from __future__ import annotations
