@@ -186,7 +186,7 @@ def _relu_names(entry: nn.Module | tuple[str, nn.Module]) -> list[str]:
 
 # --------------------------------------------------------------------------------------------------- recording
 @contextmanager
-def _recorded_outputs(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, Tensor]]:
+def recorded_outputs(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, Tensor]]:
     """Forward hooks that store each probe's output by name; removed on exit, even on errors."""
     modules = dict(model.named_modules())
     store: dict[str, Tensor] = {}
@@ -324,7 +324,7 @@ def activation_deviation(
     names = resolve_probe_layers(model, layers)
     n, points = x.shape[0], schedule.numel()
 
-    with torch.no_grad(), preserved_model_state(model), _recorded_outputs(model, names) as store:
+    with torch.no_grad(), preserved_model_state(model), recorded_outputs(model, names) as store:
         outputs, per_chunk = [], []
         for start in range(0, n, chunk):
             output, activations = _forward(model, x[start : start + chunk], names, store)
