@@ -25,30 +25,15 @@ import time
 from pathlib import Path
 
 import torch
+from _common import trained_demo
 from rich.console import Console
 from rich.table import Table
 
-from lit_attr.data import ShapesDataModule
 from lit_attr.methods import get_method
 from lit_attr.metrics.activation_deviation import ActivationDeviation
 from lit_attr.metrics.insertion_deletion import InsertionDeletion
-from lit_attr.models import DemoClassifier, train_demo_classifier
 
 SEED = 0
-
-
-def trained_demo(checkpoint: Path | None) -> tuple[DemoClassifier, ShapesDataModule]:
-    """The demo classifier trained as the test suite trains it, or loaded from ``checkpoint``."""
-    if checkpoint is not None and checkpoint.exists():
-        datamodule = ShapesDataModule(seed=SEED)
-        datamodule.setup()
-        model = DemoClassifier(num_classes=datamodule.num_classes)
-        model.load_state_dict(torch.load(checkpoint, weights_only=True))
-        return model.eval(), datamodule
-    model, datamodule = train_demo_classifier(seed=SEED)
-    if checkpoint is not None:
-        torch.save(model.state_dict(), checkpoint)
-    return model.cpu().eval(), datamodule
 
 
 def score(model: torch.nn.Module, x: torch.Tensor, maps: torch.Tensor, chunk: int) -> dict[str, float]:

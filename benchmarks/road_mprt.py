@@ -26,33 +26,18 @@ import numpy as np
 import scipy.sparse
 import scipy.sparse.linalg
 import torch
+from _common import trained_demo
 from rich.console import Console
 from rich.table import Table
 from torch import Tensor, nn
 
-from lit_attr.data import ShapesDataModule
 from lit_attr.functional import blur, rank_map, road
 from lit_attr.functional.road import DEFAULT_PERCENTILES, road_removed_counts
 from lit_attr.methods import get_method
 from lit_attr.metrics import EfficientMPRT, ParameterRandomization, SmoothMPRT
-from lit_attr.models import DemoClassifier, train_demo_classifier
 
 SEED = 0
 _OFFSETS = [(dh, dw, 1 / 6 if dh == 0 or dw == 0 else 1 / 12) for dh in (-1, 0, 1) for dw in (-1, 0, 1) if dh or dw]
-
-
-def trained_demo(checkpoint: Path | None) -> tuple[DemoClassifier, ShapesDataModule]:
-    """The demo classifier trained as the test suite trains it, or loaded from ``checkpoint``."""
-    if checkpoint is not None and checkpoint.exists():
-        datamodule = ShapesDataModule(seed=SEED)
-        datamodule.setup()
-        model = DemoClassifier(num_classes=datamodule.num_classes)
-        model.load_state_dict(torch.load(checkpoint, weights_only=True))
-        return model.eval(), datamodule
-    model, datamodule = train_demo_classifier(seed=SEED)
-    if checkpoint is not None:
-        torch.save(model.state_dict(), checkpoint)
-    return model.cpu().eval(), datamodule
 
 
 def direct_imputation(image: np.ndarray, keep: np.ndarray) -> np.ndarray:

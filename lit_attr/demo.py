@@ -20,16 +20,18 @@ from lit_attr.report import summary_table
 __all__ = ["DEMOS", "DEMO_BUDGETS", "demo_command", "demo_help", "run_demo"]
 
 _DEMO_HELP = """\
-usage: lit_attr demo [-h] [--model {{cnn,vit}}] [--output_dir DIR] [--fast] [--seed SEED]
+usage: lit_attr demo [-h] [--task {{image,text}}] [--model {{cnn,vit}}] [--output_dir DIR] [--fast] [--seed SEED]
 
-Train a demo classifier on the embedded synthetic shapes (with the AttributionMonitor and RandomizationCheck
-callbacks attached), save a checkpoint, then run `lit_attr evaluate` on it and print a summary table. W&B logs
-offline unless WANDB_MODE says otherwise.
+Train a demo classifier on embedded synthetic data (with the attribution callbacks attached), save a checkpoint,
+then run `lit_attr evaluate` on it and print a summary table. W&B logs offline unless WANDB_MODE says otherwise.
 
 options:
   -h, --help        show this help message and exit
-  --model MODEL     cnn: a small ResNet-style CNN (default); vit: a small vision transformer, with the attention
-                    maps (attention_rollout, generic_attention) among the methods
+  --task TASK       image: synthetic shapes with object masks (default); text: synthetic sentences whose
+                    sentiment a few words decide (with a negation rule), their rationales marked, classified by a
+                    small BERT; token-level faithfulness and per-token highlighting
+  --model MODEL     for images: cnn, a small ResNet-style CNN (default); vit, a small vision transformer with the
+                    attention maps (attention_rollout, generic_attention) among the methods
   --output_dir DIR  where everything goes (default: lit_attr_demo)
   --fast            small budgets (a smoke test, about a minute on 2 CPU cores)
   --seed SEED       seed of the data, the weights and the training (default: 0)
@@ -39,27 +41,62 @@ examples:
   lit_attr demo
   lit_attr demo --fast --output_dir /tmp/demo
   lit_attr demo --model vit
+  lit_attr demo --task text --fast
 """
 
 _IMAGE_METRICS = ["insertion_deletion", "localization", "activation_deviation", "randomization"]
+_IMAGE_SCORING = {"insertion_deletion": {"preset": "rise"}, "activation_deviation": {"preset": "rise"}}
+_IMAGE_MONITOR = {
+    "metrics": ("insertion_deletion", "localization"),
+    "metric_kwargs": {"insertion_deletion": {"n_steps": 16}},
+}
 
 #: What each demo trains and evaluates; the budgets are in :data:`DEMO_BUDGETS`.
 DEMOS: dict[str, dict[str, Any]] = {
     "cnn": {
-        "title": "the demo CNN",
+        "title": "the demo CNN on synthetic shapes",
         "model": "lit_attr.models.DemoClassifier",
+        "data": "lit_attr.data.ShapesDataModule",
+        "input_bounds": [0.0, 1.0],
         "methods": ["mfaba", "ig2", "fei", "integrated_gradients"],
         "metrics": _IMAGE_METRICS,
+        "metric_kwargs": _IMAGE_SCORING,
         "monitor": ["saliency", "integrated_gradients", "mfaba"],
+        "monitor_metrics": _IMAGE_MONITOR,
         "check": ["saliency", "integrated_gradients"],
     },
     "vit": {
-        "title": "the demo ViT",
+        "title": "the demo ViT on synthetic shapes",
         "model": "lit_attr.models.DemoViT",
+        "data": "lit_attr.data.ShapesDataModule",
+        "input_bounds": [0.0, 1.0],
         "methods": ["mfaba", "ig2", "fei", "integrated_gradients", "attention_rollout", "generic_attention"],
         "metrics": _IMAGE_METRICS,
+        "metric_kwargs": _IMAGE_SCORING,
         "monitor": ["saliency", "attention_rollout", "mfaba"],
+        "monitor_metrics": _IMAGE_MONITOR,
         "check": ["saliency", "generic_attention"],
+    },
+    "text": {
+        "title": "the demo text classifier (a small BERT) on synthetic sentences",
+        "model": "lit_attr.models.DemoTextClassifier",
+        "data": "lit_attr.data.SyntheticTextDataModule",
+        "input_bounds": None,  # token ids: the methods move in embedding space, unbounded
+        "methods": ["saliency", "integrated_gradients", "mfaba", "ig2", "fei"],
+        "metrics": [
+            "comprehensiveness",
+            "sufficiency",
+            "token_insertion_deletion",
+            "token_localization",
+            "token_activation_deviation",
+        ],
+        "metric_kwargs": {"token_insertion_deletion": {"n_steps": 8}, "token_activation_deviation": {"n_steps": 8}},
+        "monitor": ["saliency", "integrated_gradients", "mfaba"],
+        "monitor_metrics": {
+            "metrics": ("token_insertion_deletion", "token_localization"),
+            "metric_kwargs": {"token_insertion_deletion": {"n_steps": 8}},
+        },
+        "check": [],  # the randomisation checks take image or feature inputs only
     },
 }
 
@@ -136,6 +173,40 @@ DEMO_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
             "monitor_samples": 8,
         },
     },
+    "text": {
+        "full": {
+            "epochs": 3,
+            "num_train": 4000,
+            "num_val": 512,
+            "limit_samples": 32,
+            "batch_size": 8,
+            "randomization_samples": 0,
+            "method_kwargs": {
+                "saliency": {},
+                "integrated_gradients": {"n_steps": 32},
+                "mfaba": {"max_steps": 50},
+                "ig2": {"steps": 50, "n_references": 4},
+                "fei": {"iterations": 20},
+            },
+            "monitor_samples": 16,
+        },
+        "fast": {
+            "epochs": 2,
+            "num_train": 2000,
+            "num_val": 128,
+            "limit_samples": 8,
+            "batch_size": 8,
+            "randomization_samples": 0,
+            "method_kwargs": {
+                "saliency": {},
+                "integrated_gradients": {"n_steps": 16},
+                "mfaba": {"max_steps": 20},
+                "ig2": {"steps": 20, "n_references": 2},
+                "fei": {"iterations": 5},
+            },
+            "monitor_samples": 8,
+        },
+    },
 }
 
 
@@ -149,30 +220,34 @@ def demo_help() -> str:
     sections = []
     for demo, budgets in DEMO_BUDGETS.items():
         full, fast = budgets["full"], budgets["fast"]
+        unit = "sentences" if demo == "text" else "images"
         rows = [
             (
                 "training",
-                f"{full['epochs']} epochs on {full['num_train']} images / {fast['epochs']} epochs on "
-                f"{fast['num_train']} images",
+                f"{full['epochs']} epochs on {full['num_train']} {unit} / {fast['epochs']} epochs on "
+                f"{fast['num_train']} {unit}",
             ),
             (
-                "evaluated images",
-                f"{full['limit_samples']} / {fast['limit_samples']} validation images, {full['batch_size']} per batch",
+                "evaluated",
+                f"{full['limit_samples']} / {fast['limit_samples']} validation {unit}, {full['batch_size']} per batch",
             ),
         ]
         for method, options in full["method_kwargs"].items():
             shown = [key for key in options if key != "internal_batch_size"]
             text = ", ".join(f"{key} {options[key]} / {fast['method_kwargs'][method][key]}" for key in shown)
             rows.append((method, text or "defaults"))
-        rows.append(
-            (
-                "randomisation",
-                f"{full['randomization_samples']} / {fast['randomization_samples']} images, fully randomised network",
+        if full["randomization_samples"]:
+            rows.append(
+                (
+                    "randomisation",
+                    f"{full['randomization_samples']} / {fast['randomization_samples']} images, fully randomised "
+                    "network",
+                )
             )
-        )
         width = max(len(name) for name, _ in rows) + 2
         table = "\n".join(f"  {name:<{width}}{text}" for name, text in rows)
-        sections.append(f"budgets of --model {demo} (full / --fast):\n{table}\n")
+        which = "--task text" if demo == "text" else f"--model {demo}"
+        sections.append(f"budgets of {which} (full / --fast):\n{table}\n")
     return _DEMO_HELP.format(budgets="\n".join(sections))
 
 
@@ -186,7 +261,7 @@ def run_demo(
             ``logs/``) and ``evaluation/`` (``metrics.json``, PNGs, ``report.html``).
         fast: use the ``"fast"`` budgets of :data:`DEMO_BUDGETS`.
         seed: seed of data, weights and training.
-        model: which demo of :data:`DEMOS`: ``"cnn"`` or ``"vit"``.
+        model: which demo of :data:`DEMOS`: ``"cnn"`` or ``"vit"`` (images), ``"text"``.
 
     Returns:
         The evaluation result (the content of ``evaluation/metrics.json``).
@@ -204,8 +279,6 @@ def run_demo(
     import yaml
     from rich.console import Console
 
-    from lit_attr.data import ShapesDataModule
-
     if model not in DEMOS:
         raise ValueError(f"`model` must be one of {tuple(DEMOS)}, got {model!r}.")
     demo, budget = DEMOS[model], DEMO_BUDGETS[model]["fast" if fast else "full"]
@@ -216,10 +289,13 @@ def run_demo(
     default_wandb_offline()
     L.seed_everything(seed, verbose=False)
 
+    def load(path: str) -> Any:
+        module_path, class_name = path.rsplit(".", 1)
+        return getattr(importlib.import_module(module_path), class_name)
+
     data_args = {"num_train": budget["num_train"], "num_val": budget["num_val"], "num_test": 64, "seed": seed}
-    data = ShapesDataModule(**data_args)
-    module_path, class_name = demo["model"].rsplit(".", 1)
-    net = getattr(importlib.import_module(module_path), class_name)(num_classes=data.num_classes)
+    data = load(demo["data"])(**data_args)
+    net = load(demo["model"])(num_classes=data.num_classes)
     logger, run_hint = _demo_logger(out)
     trainer = L.Trainer(
         max_epochs=budget["epochs"],
@@ -233,7 +309,7 @@ def run_demo(
         default_root_dir=str(out),
         log_every_n_steps=10,
     )
-    console.rule(f"[bold]lit-attr demo: training {demo['title']} on synthetic shapes")
+    console.rule(f"[bold]lit-attr demo: training {demo['title']}")
     trainer.fit(net, datamodule=data)
     accuracy = float(trainer.callback_metrics.get("val_acc", float("nan")))
     console.print(f"validation accuracy after {budget['epochs']} epochs: [bold]{accuracy:.3f}[/bold]")
@@ -243,7 +319,7 @@ def run_demo(
 
     model_cfg = {"class_path": demo["model"], "init_args": dict(net.hparams)}
     model_cfg["init_args"] = {k: list(v) if isinstance(v, tuple) else v for k, v in model_cfg["init_args"].items()}
-    data_cfg = {"class_path": "lit_attr.data.ShapesDataModule", "init_args": data_args}
+    data_cfg = {"class_path": demo["data"], "init_args": data_args}
     (out / "fit_config.yaml").write_text(
         yaml.safe_dump(
             {
@@ -263,7 +339,8 @@ def run_demo(
         "methods": demo["methods"],
         "method_kwargs": budget["method_kwargs"],
         "metrics": demo["metrics"],
-        "metric_kwargs": {"insertion_deletion": {"preset": "rise"}, "activation_deviation": {"preset": "rise"}},
+        "metric_kwargs": demo["metric_kwargs"],
+        "input_bounds": demo["input_bounds"],
         "split": "val",
         "limit_samples": budget["limit_samples"],
         "randomization_samples": budget["randomization_samples"],
@@ -278,7 +355,8 @@ def run_demo(
     console.print(f"$ lit_attr evaluate --config {config_path} --ckpt_path {ckpt}", soft_wrap=True)
     result, evaluation_dir = run_evaluate(["--config", str(config_path), "--ckpt_path", str(ckpt)])
 
-    console.print(summary_table(result, f"Attribution quality on {result['num_samples']} validation images"))
+    what = "sentences" if model == "text" else "images"
+    console.print(summary_table(result, f"Attribution quality on {result['num_samples']} validation {what}"))
     # soft_wrap: paths must stay whole (copy-pasteable) on narrow terminals and in logs.
     console.print(f"checkpoint:  {ckpt}", soft_wrap=True)
     console.print(f"report:      [bold]{evaluation_dir / 'report.html'}[/bold]", soft_wrap=True)
@@ -293,24 +371,29 @@ def _demo_callbacks(demo: dict[str, Any], budget: dict[str, Any]) -> list[Any]:
     from lit_attr.callbacks import AttributionMonitor, RandomizationCheck
 
     n = budget["monitor_samples"]
-    return [
+    bounds = None if demo["input_bounds"] is None else tuple(demo["input_bounds"])
+    callbacks: list[Any] = [
         AttributionMonitor(
             demo["monitor"],
             num_samples=n,
             log_heatmaps=4,
-            input_bounds=(0.0, 1.0),
+            input_bounds=bounds,
             method_kwargs={name: _CALLBACK_KWARGS[name] for name in demo["monitor"] if name in _CALLBACK_KWARGS},
-            metric_kwargs={"insertion_deletion": {"n_steps": 16}},
             every_n_epochs=max(1, budget["epochs"] // 2),
-        ),
-        RandomizationCheck(
-            demo["check"],
-            num_samples=min(n, 8),
-            stages="last",
-            input_bounds=(0.0, 1.0),
-            method_kwargs={name: _CALLBACK_KWARGS[name] for name in demo["check"] if name in _CALLBACK_KWARGS},
-        ),
+            **demo["monitor_metrics"],
+        )
     ]
+    if demo["check"]:
+        callbacks.append(
+            RandomizationCheck(
+                demo["check"],
+                num_samples=min(n, 8),
+                stages="last",
+                input_bounds=bounds,
+                method_kwargs={name: _CALLBACK_KWARGS[name] for name in demo["check"] if name in _CALLBACK_KWARGS},
+            )
+        )
+    return callbacks
 
 
 def _wandb_enabled() -> bool:
@@ -348,12 +431,13 @@ def _evaluate_logger_cfg(out: Path) -> Any:
 
 
 def demo_command(argv: Sequence[str]) -> int:
-    """``lit_attr demo [--model cnn|vit] [--output_dir DIR] [--fast] [--seed SEED]``; returns the exit code."""
+    """``lit_attr demo [--task image|text] [--model cnn|vit] [--output_dir DIR] [--fast] [--seed SEED]``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="lit_attr demo", add_help=False)
     parser.add_argument("-h", "--help", action="store_true")
-    parser.add_argument("--model", choices=tuple(DEMOS), default="cnn")
+    parser.add_argument("--task", choices=("image", "text"), default="image")
+    parser.add_argument("--model", choices=("cnn", "vit"), default="cnn")
     parser.add_argument("--output_dir", "--output-dir", default="lit_attr_demo")
     parser.add_argument("--fast", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
@@ -361,5 +445,5 @@ def demo_command(argv: Sequence[str]) -> int:
     if args.help:
         sys.stdout.write(demo_help())
         return 0
-    run_demo(args.output_dir, fast=args.fast, seed=args.seed, model=args.model)
+    run_demo(args.output_dir, fast=args.fast, seed=args.seed, model="text" if args.task == "text" else args.model)
     return 0

@@ -239,6 +239,41 @@ def test_report_renders_in_headless_chromium(demo_run: tuple[Path, subprocess.Co
     assert pixels.shape[:2] == (2000, 1200) and pixels[..., :3].std() > 0.05  # not a blank page
 
 
+def test_text_demo_fast_end_to_end(tmp_path: Path):
+    out = _run("demo", "--task", "text", "--fast", "--output_dir", str(tmp_path / "text"), WANDB_MODE="offline",
+               timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    evaluation = tmp_path / "text" / "evaluation"
+    result = json.loads((evaluation / "metrics.json").read_text())
+    methods = ["saliency", "integrated_gradients", "mfaba", "ig2", "fei"]
+    assert list(result["methods"]) == methods
+    for method, scores in result["methods"].items():
+        assert set(scores) == {"comprehensiveness", "sufficiency", "token_insertion_deletion", "token_localization",
+                               "token_activation_deviation"}  # fmt: skip
+        assert all(math.isfinite(v) for v in _scalars({"methods": {method: scores}}).values()), method
+        for key in ("token_f1", "token_iou", "auprc"):
+            assert 0.0 <= scores["token_localization"][key] <= 1.0
+    # The report shows every method's per-token highlighting, which a browser lays out as coloured words.
+    page = (evaluation / "report.html").read_text(encoding="utf-8")
+    assert page.count('<section class="tokens">') == len(methods) and page.count("[CLS]") >= 8 * len(methods)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={tmp_path / 'p'}"]
+    if shutil.which("chromium") is not None:
+        probe = ("<script>window.addEventListener('load', () => { const s = [...document.querySelectorAll("
+                 "'section.tokens span')].filter(e => e.getBoundingClientRect().width > 0 && "
+                 "getComputedStyle(e).backgroundColor !== 'rgba(0, 0, 0, 0)'); document.title = 'spans ' + s.length; "
+                 "});</script>")  # fmt: skip
+        probed = tmp_path / "probe.html"
+        probed.write_text(page.replace("</body>", probe + "</body>"), encoding="utf-8")
+        dom = subprocess.run(["chromium", *flags, "--virtual-time-budget=10000", "--dump-dom", probed.as_uri()],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        spans = re.search(r"<title>spans (\d+)</title>", dom.stdout)
+        assert spans is not None and int(spans.group(1)) >= 8 * len(methods), dom.stderr[-2000:]
+    # The W&B offline runs hold the monitor's and evaluate's highlighting as HTML media.
+    html = [path for run in (tmp_path / "text" / "wandb").glob("offline-run-*") for path in run.rglob("*.html")]
+    assert {p.parent.name for p in html} >= {"saliency", "integrated_gradients", "mfaba"}
+    assert all("[CLS]" in path.read_text() for path in html)
+
+
 # ---------------------------------------------------------------------------------------------------- evaluate + DDP
 def _scalars(result: dict) -> dict[str, float]:
     flat = {}

@@ -529,7 +529,7 @@ class AttributionMonitor(AttributionCallback):
                     method,
                     label(record.target),
                     round(record.target_probability, 4),
-                    *([highlights.get((record.index, method), "")] if tokens else []),
+                    *([highlights.get((record.index, method))] if tokens else []),
                     *(record.scores.get(method, {}).get(key, float("nan")) for key in score_names),
                 ]
                 for record in records

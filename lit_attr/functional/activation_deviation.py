@@ -188,7 +188,7 @@ def _relu_names(entry: nn.Module | tuple[str, nn.Module]) -> list[str]:
 
 # --------------------------------------------------------------------------------------------------- recording
 @contextmanager
-def _recorded_outputs(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, Tensor]]:
+def recorded_outputs(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, Tensor]]:
     """Forward hooks that store each probe's output by name; removed on exit, even on errors."""
     modules = dict(model.named_modules())
     store: dict[str, Tensor] = {}
@@ -352,7 +352,7 @@ def activation_deviation(
     with (
         torch.no_grad(),
         preserved_model_state(model),
-        _recorded_outputs(model, names) as store,
+        recorded_outputs(model, names) as store,
         MemoryBackoff("activation_deviation", chunk) as backoff,
     ):
         outputs, per_chunk = [], []

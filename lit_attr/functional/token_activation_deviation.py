@@ -13,16 +13,15 @@ where they were, which dropping tokens would not.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from lit_attr._checks import resolve_target
 from lit_attr._memory import MemoryBackoff
-from lit_attr.functional.activation_deviation import resolve_probe_layers
+from lit_attr.functional.activation_deviation import recorded_outputs, resolve_probe_layers
 from lit_attr.functional.insertion_deletion import DEFAULT_INTERNAL_BATCH_SIZE, TargetType
 from lit_attr.functional.token_games import (
     TokenGame,
@@ -100,34 +99,16 @@ def _play_rows(
     call_model(model, ids, mask)
     weights = mask.to(stats.dtype)[..., None]
     for j, name in enumerate(names):
-        squared = (store[name].to(stats.dtype) - clean[j][rows].to(stats.dtype)).square()
+        squared = (_hidden(store, name).to(stats.dtype) - clean[j][rows].to(stats.dtype)).square()
         stats[start:stop, j] = (squared * weights).sum(dim=(1, 2)) / (weights.sum(dim=(1, 2)) * squared.shape[-1])
 
 
-@contextmanager
-def _hidden_states(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, Tensor]]:
-    """Forward hooks storing each layer's hidden states (the first element of a tuple output); removed on exit."""
-    modules = dict(model.named_modules())
-    store: dict[str, Tensor] = {}
-
-    def hook_for(name: str) -> Any:
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            hidden = output[0] if isinstance(output, (tuple, list)) else output
-            if not isinstance(hidden, Tensor) or hidden.ndim != 3:
-                shape = tuple(hidden.shape) if isinstance(hidden, Tensor) else type(hidden).__name__
-                raise ValueError(f"Layer {name!r} must output hidden states (N, L, H), got {shape}.")
-            store[name] = hidden.detach()
-
-        return hook
-
-    handles = []
-    try:
-        for name in names:
-            handles.append(modules[name].register_forward_hook(hook_for(name)))
-        yield store
-    finally:
-        for handle in handles:
-            handle.remove()
+def _hidden(store: dict[str, Tensor], name: str) -> Tensor:
+    """A layer's recorded hidden states, checked to be ``(N, L, H)``."""
+    hidden = store[name]
+    if hidden.ndim != 3:
+        raise ValueError(f"Layer {name!r} must output hidden states (N, L, H), got {tuple(hidden.shape)}.")
+    return hidden
 
 
 def token_activation_deviation(
@@ -192,13 +173,13 @@ def token_activation_deviation(
     schedule = token_schedule(game.counts, n_steps, tokens_per_step, max_tokens)
     n, points = schedule.shape
     backoff = MemoryBackoff("token_activation_deviation", internal_batch_size)
-    with torch.no_grad(), preserved_model_state(model), _hidden_states(model, names) as store, backoff:
+    with torch.no_grad(), preserved_model_state(model), recorded_outputs(model, names) as store, backoff:
         clean_states: list[list[Tensor]] = []
         parts: list[Tensor] = []
 
         def clean_pass(start: int, stop: int) -> None:
             parts.append(call_model(model, batch.input_ids[start:stop], batch.attended[start:stop].long()))
-            clean_states.append([store[name] for name in names])
+            clean_states.append([_hidden(store, name) for name in names])
 
         backoff.chunks(n, clean_pass)
         if target is not None:
