@@ -36,7 +36,6 @@ _COLUMNS: tuple[tuple[str, str, str, bool], ...] = (
     ("road", "road", "ROAD", True),
     ("infidelity", "infidelity", "infidelity", False),
     ("sensitivity", "sensitivity", "max-sensitivity", False),
-    ("emprt", "emprt", "eMPRT", True),
     ("token_insertion_deletion", "insertion", "token insertion AUC", True),
     ("token_insertion_deletion", "deletion", "token deletion AUC", False),
     ("comprehensiveness", "comprehensiveness", "comprehensiveness", True),
@@ -46,8 +45,22 @@ _COLUMNS: tuple[tuple[str, str, str, bool], ...] = (
     ("token_localization", "auprc", "rationale AUPRC", True),
     ("token_activation_deviation", "mean_mse", "hidden-state dev. MSE", False),
 )
-#: Metrics whose results the table shows in their own columns (the sanity checks) or not at all.
-_OWN_COLUMNS = ("randomization", "smprt")
+#: The sanity checks (metric, label): each gets a value column and a verdict column, after the scores.
+_SANITY: tuple[tuple[str, str], ...] = (
+    ("randomization", "MPRT (final spearman |A|) ↓"),
+    ("smprt", "sMPRT (final spearman |A|) ↓"),
+    ("emprt", "eMPRT (entropy rise) ↑"),
+)
+
+
+def _sanity(metric: str, details: Mapping[str, Any]) -> tuple[float, bool | None]:
+    """A sanity check's headline value and verdict (``None`` when it did not run)."""
+    if not details:
+        return float("nan"), None
+    if metric == "emprt":
+        return details.get("emprt", float("nan")), details.get("passed")
+    first = details.get("spearman_abs") or next((v for v in details.values() if isinstance(v, Mapping)), {})
+    return first.get("final", float("nan")), details.get("passed", first.get("passed"))
 
 
 def build_figures(
@@ -208,16 +221,16 @@ def score_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
             (metric, key)
             for r in methods.values()
             for metric, values in r.items()
-            if metric not in _OWN_COLUMNS and metric not in {c[0] for c in _COLUMNS}
+            if metric not in {c[0] for c in _SANITY} and metric not in {c[0] for c in _COLUMNS}
             for key, value in values.items()
             if isinstance(value, (int, float)) and not isinstance(value, bool) and (metric, key) not in known
         }
     )
     header = ["method"] + [f"{label} {'↑' if up else '↓'}" for _, _, label, up in present]
     header += [f"{metric}: {key}" for metric, key in others]
-    has_check = any("randomization" in r for r in methods.values())
-    if has_check:
-        header += ["randomisation (final spearman |A|) ↓", "sanity check"]
+    checks = [(metric, label) for metric, label in _SANITY if any(metric in r for r in methods.values())]
+    for _, label in checks:
+        header += [label, f"{label.split(' ')[0]} check"]
     timing = result.get("timing", {})
     if timing:
         header.append("ms / sample")
@@ -225,10 +238,9 @@ def score_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
     for method, scores in methods.items():
         row: list[Any] = [method] + [scores.get(metric, {}).get(key, float("nan")) for metric, key, _, _ in present]
         row += [scores.get(metric, {}).get(key, float("nan")) for metric, key in others]
-        if has_check:
-            check = scores.get("randomization", {})
-            first = check.get("spearman_abs") or next((v for v in check.values() if isinstance(v, dict)), {})
-            row += [first.get("final", float("nan")), "passed" if first.get("passed") else "FAILED" if first else ""]
+        for metric, _ in checks:
+            value, passed = _sanity(metric, scores.get(metric, {}))
+            row += [value, "" if passed is None else "passed" if passed else "FAILED"]
         if timing:
             row.append(1000 * timing.get(method, {}).get("seconds_per_sample", float("nan")))
         rows.append(row)
@@ -280,8 +292,10 @@ pre {{ background: #f7f7f7; padding: 1em; overflow-x: auto; }}
 <p>{html.escape(", ".join(f"{k}: {v}" for k, v in meta.items()))}</p>
 <h2>Scores</h2>
 <div class="scroll"><table id="scores"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>
-<p>↑ higher is better, ↓ lower is better. Localisation needs ground-truth masks; the sanity check passes when the
-maps of a fully randomised model are dissimilar to the trained model's.</p>
+<p>↑ higher is better, ↓ lower is better. Localisation needs ground-truth masks. The sanity checks pass when the
+maps of a randomised model are dissimilar to the trained model's: MPRT and sMPRT (noise-averaged maps, bottom-up)
+when the final Spearman similarity is below their threshold, eMPRT when the maps' entropy rises by more than its
+threshold.</p>
 {"".join(sections)}
 <h2>Configuration</h2><pre>{html.escape(config)}</pre>
 <p><small>{html.escape(versions)}</small></p>
@@ -350,15 +364,17 @@ def summary_table(result: Mapping[str, Any], title: str) -> Any:
     table.add_column("method")
     for *_, header in columns:
         table.add_column(header, justify="right")
-    has_check = any("randomization" in r for r in methods.values())
-    if has_check:
+    checks = [(metric, label.split(" ")[0]) for metric, label in _SANITY if any(metric in r for r in methods.values())]
+    if checks:
         table.add_column("sanity", justify="right")
     table.add_column("ms/img", justify="right")
     for method, scores in methods.items():
         row = [method] + [f"{scores.get(metric, {}).get(key, float('nan')):.3f}" for metric, key, _ in columns]
-        if has_check:
-            check = scores.get("randomization", {}).get("spearman_abs", {})
-            row.append("" if not check else ("pass" if check.get("passed") else "FAIL"))
+        if checks:
+            verdicts = {name: _sanity(metric, scores.get(metric, {}))[1] for metric, name in checks}
+            failed = [name for name, passed in verdicts.items() if passed is False]
+            ran = any(passed is not None for passed in verdicts.values())
+            row.append("FAIL " + ",".join(failed) if failed else "pass" if ran else "")
         row.append(f"{1000 * result['timing'][method]['seconds_per_sample']:.0f}")
         table.add_row(*row)
     return table

@@ -235,6 +235,7 @@ class AttributionRunner:
             for method_name, method in self.methods.items()
         }
         self._updates = {(m, k): 0 for m in self.methods for k in self.metric_names}
+        self._score_owners: dict[str, str] = {}
         self.skipped: set[str] = set()
 
     # ------------------------------------------------------------------ building
@@ -479,7 +480,9 @@ class AttributionRunner:
         for name, instance in instances.items():
             instance.update(**self._inputs(spec, inputs, attributions[name]), scores=scores[name])
             self._updates[name, metric] += 1
-            for key, values in spec.summary(scores[name], True).items():
+            numbers = spec.summary(scores[name], True)
+            _check_unique_keys(numbers, metric, self._score_owners)
+            for key, values in numbers.items():
                 for row, value in zip(rows, values.tolist(), strict=True):
                     records[row].scores[name][key] = value
 
@@ -512,15 +515,36 @@ class AttributionRunner:
         results = self.compute() if results is None else results
         out: dict[str, dict[str, Tensor]] = {}
         for method, metrics in results.items():
-            out[method] = {}
+            out[method], owners = {}, {}
             for metric, values in metrics.items():
-                out[method].update(self.specs[metric].summary(values, False))
+                numbers = self.specs[metric].summary(values, False)
+                _check_unique_keys(numbers, metric, owners)
+                out[method].update(numbers)
         return out
 
     def scalars(self, results: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None) -> dict[str, Tensor]:
-        """``{"<method>/<score name>": 0-d tensor}``: the headline numbers, flat (for loggers and ``log_dict``)."""
+        """``{"<method>/<score name>": 0-d tensor}``: the headline numbers, flat (for loggers and ``log_dict``).
+
+        The sanity checks' verdicts come with them as ``"<method>/<metric>_passed"`` (1.0 or 0.0).
+        """
+        results = self.compute() if results is None else results
         summary = self.summary(results)
-        return {f"{method}/{key}": value for method, values in summary.items() for key, value in values.items()}
+        flat = {f"{method}/{key}": value for method, values in summary.items() for key, value in values.items()}
+        for method, metrics in results.items():
+            for metric, details in metrics.items():
+                if isinstance(details, Mapping) and isinstance(details.get("passed"), bool):
+                    flat[f"{method}/{metric}_passed"] = torch.tensor(float(details["passed"]))
+        return flat
+
+
+def _check_unique_keys(numbers: Mapping[str, Any], metric: str, owners: dict[str, str]) -> None:
+    """Refuse a score name that two metrics both give: one would silently overwrite the other's number."""
+    for key in numbers:
+        if owners.setdefault(key, metric) != metric:
+            raise ValueError(
+                f"Metrics {owners[key]!r} and {metric!r} both report a score named {key!r}; a registered metric's "
+                f"summary must use its own names (prefix them with the metric's name)."
+            )
 
 
 def _kept(batch: Batch, row: int) -> Tensor:

@@ -11,7 +11,7 @@ from torch import nn
 from lit_attr._resume import write_result
 from lit_attr.data import ShapesDataModule
 from lit_attr.evaluate import EvaluationError, check_logits, flat_scalars, split_dataset
-from lit_attr.report import render_html, score_rows
+from lit_attr.report import render_html, score_rows, summary_table
 
 
 def test_check_logits_accepts_logits_and_rejects_probabilities_and_bad_shapes():
@@ -87,3 +87,24 @@ def test_score_table_and_flat_scalars_agree():
     }
     page = render_html(result, {"curves": b"\x89PNG"})
     assert "<td>0.750</td>" in page and 'src="data:image/png;base64,iVBORw==' in page
+
+
+def test_the_sanity_section_shows_mprt_smprt_and_emprt_with_their_verdicts():
+    def check(final, passed):
+        return {"spearman_abs": {"final": final, "passed": passed}, "passed": passed}
+
+    result = {
+        "methods": {
+            "saliency": {"randomization": check(0.1, True), "smprt": check(0.7, False),
+                         "emprt": {"emprt": 0.3, "threshold": 0.05, "passed": True}},
+            "fei": {"emprt": {"emprt": 0.01, "threshold": 0.05, "passed": False}},
+        },
+        "timing": {"saliency": {"seconds_per_sample": 0.002}, "fei": {"seconds_per_sample": 0.004}},
+    }  # fmt: skip
+    header, rows = score_rows(result)
+    assert header == ["method", "MPRT (final spearman |A|) ↓", "MPRT check", "sMPRT (final spearman |A|) ↓",
+                      "sMPRT check", "eMPRT (entropy rise) ↑", "eMPRT check", "ms / sample"]  # fmt: skip
+    assert rows[0] == ["saliency", 0.1, "passed", 0.7, "FAILED", 0.3, "passed", 2.0]
+    assert rows[1][0] == "fei" and rows[1][2] == rows[1][4] == "" and rows[1][5:] == [0.01, "FAILED", 4.0]
+    table = summary_table(result, "demo")
+    assert list(table.columns[1].cells) == ["FAIL sMPRT", "FAIL eMPRT"]

@@ -22,10 +22,13 @@ from lit_attr.metrics import (
     AttributionQuality,
     InsertionDeletion,
     Localization,
+    ParameterRandomization,
+    SmoothMPRT,
     available_metrics,
     register_metric,
     unregister_metric,
 )
+from lit_attr.metrics.parameter_randomization import similarity_summary
 from lit_attr.runner import AttributionRunner
 
 N = 8
@@ -289,15 +292,54 @@ def test_every_registered_metric_works_in_the_monitor_evaluate_quality_and_the_r
     scores = {k[len("saliency/") :]: v for k, v in quality.compute().items()}
 
     expected = {"road", "morf", "lerf", "infidelity", "sensitivity", "emprt", "entropy_original", "entropy_randomized",
-                "spearman_abs"}  # fmt: skip
-    assert set(monitored) == set(scores) == expected
+                "smprt_spearman_abs"}  # fmt: skip
+    verdicts = {"emprt_passed", "smprt_passed"}
+    assert set(monitored) == set(scores) == expected | verdicts
+    for key in verdicts:
+        assert float(monitored[key]) == float(scores[key]) == float(result["methods"]["saliency"][key[:5]]["passed"])
     evaluated = result["methods"]["saliency"]
     assert set(evaluated) == set(metrics)
     for key in expected:
-        metric = next(m for m in metrics if key in evaluated[m])
-        value = evaluated[metric][key]["final"] if metric == "smprt" else evaluated[metric][key]
+        if key.startswith("smprt_"):
+            value = evaluated["smprt"][key[len("smprt_") :]]["final"]
+        else:
+            value = evaluated[next(m for m in metrics if key in evaluated[m])][key]
         torch.testing.assert_close(monitored[key].float(), torch.tensor(value).float(), rtol=1e-5, atol=1e-6, msg=key)
         torch.testing.assert_close(scores[key].float(), torch.tensor(value).float(), rtol=1e-5, atol=1e-6, msg=key)
     page = (tmp_path / "out" / "report.html").read_text()
     for label in ("ROAD", "infidelity", "max-sensitivity", "eMPRT", "road curves", "smprt curves"):
         assert label in page, label
+
+
+def test_smprt_through_the_runner_is_the_metric_itself_beside_mprt(data):
+    """sMPRT compares noise-averaged maps only (its original stage scores 1), and MPRT's numbers keep their names."""
+    x, y = data.val_set.images[:3], data.val_set.labels[:3]
+    net = model().eval()
+    options = {"smprt": {"n_noise": 3, "stages": "last"}, "randomization": {"stages": "last"}}
+    runner = AttributionRunner(net, ["saliency"], metrics=["randomization", "smprt"], metric_kwargs=options)
+    runner.run(Batch(x=x, y=y))
+    results = runner.compute()["saliency"]
+    direct = SmoothMPRT("saliency", net, **options["smprt"])
+    direct.update(x, target=y)
+    for name in ("spearman_abs", "spearman"):
+        torch.testing.assert_close(results["smprt"][name]["curve"], direct.report()[name]["curve"])
+        assert float(results["smprt"][name]["curve"][0]) == pytest.approx(1.0)
+    scalars = runner.scalars()
+    reference = ParameterRandomization("saliency", net, stages="last")
+    reference.update(x, target=y)
+    assert float(scalars["saliency/spearman_abs"]) == pytest.approx(float(reference.compute()["spearman_abs"]))
+    assert float(scalars["saliency/smprt_spearman_abs"]) == pytest.approx(float(direct.compute()["spearman_abs"]))
+
+
+def test_two_metrics_reporting_one_score_name_are_refused(data):
+    x, y = data.val_set.images, data.val_set.labels
+    register_metric("my_mprt_twin", ParameterRandomization, consumes=("method", "x", "target"),
+                    summary=similarity_summary, details=ParameterRandomization.report)  # fmt: skip
+    try:
+        options = {"randomization": {"stages": "last"}, "my_mprt_twin": {"stages": "last"}}
+        runner = AttributionRunner(model().eval(), ["saliency"], metrics=["randomization", "my_mprt_twin"],
+                                   metric_kwargs=options)  # fmt: skip
+        with pytest.raises(ValueError, match="'randomization' and 'my_mprt_twin' both report a score named"):
+            runner.run(Batch(x=x[:2], y=y[:2]))
+    finally:
+        unregister_metric("my_mprt_twin")

@@ -45,7 +45,7 @@ class AttributionMonitor(AttributionCallback):
       itself (in eval mode, gradients enabled, everything about it restored afterwards);
     * each metric's ``compute()`` runs on all ranks and its scalars are logged as ``attr/<method>/<metric>`` with
       ``LightningModule.log`` (so they reach every logger and ``trainer.callback_metrics``, and can drive
-      checkpointing or early stopping);
+      checkpointing or early stopping), the sanity checks' verdicts as ``attr/<method>/<metric>_passed`` (1 or 0);
     * rank 0 logs, through :mod:`lit_attr.delivery`, a heatmap grid per method (``attr/<method>/heatmaps``: the
       first ``log_heatmaps`` probe samples, always the same ones), the mean insertion/deletion curves
       (``attr/insertion_deletion_curves``) and a table of every probe sample's scores per method

@@ -9,7 +9,7 @@ layer selection and forward order, and the seeded re-initialisation of
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -419,10 +419,18 @@ class SmoothMPRT(ParameterRandomization):
 register_metric(
     "emprt", EfficientMPRT, consumes=("method", "x", "target", "attributions"), details=EfficientMPRT.report
 )
+
+
+def smprt_summary(values: Mapping[str, Any], per_sample: bool) -> dict[str, Tensor]:
+    """The registry summary of sMPRT: MPRT's, each key prefixed ``smprt_`` so both checks can run side by side."""
+    return {f"smprt_{key}": value for key, value in similarity_summary(values, per_sample).items()}
+
+
+# The runner's attributions are the method's raw maps; sMPRT's reference is the noise-averaged map, drawn itself.
 register_metric(
     "smprt",
     SmoothMPRT,
-    consumes=("method", "x", "target", "attributions"),
-    summary=similarity_summary,
+    consumes=("method", "x", "target"),
+    summary=smprt_summary,
     details=SmoothMPRT.report,
 )
