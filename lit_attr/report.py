@@ -124,12 +124,12 @@ def curve_figures(methods: Mapping[str, Mapping[str, Mapping[str, Any]]], when: 
         {}
     """
     figures: dict[str, Figure] = {}
-    curves = {
-        m: r["insertion_deletion"] for m, r in methods.items() if "insertion_curve" in r.get("insertion_deletion", {})
-    }
-    if curves:
+    curves = {m: r["insertion_deletion"] for m, r in methods.items() if "insertion_deletion" in r}
+    # A metric configured with `games=` plays (and draws) only its own games.
+    games = [g for g in ("insertion", "deletion") if all(f"{g}_curve" in r for r in curves.values())]
+    if curves and games:
         figures["insertion_deletion_curves"] = viz.insertion_deletion_figure(
-            curves, title=f"Mean insertion / deletion curves ({when})"
+            curves, title=f"Mean {' / '.join(games)} curves ({when})", games=games
         )
     road = {m: r["road"] for m, r in methods.items() if "road" in r}
     if road:

@@ -260,7 +260,8 @@ def insertion_deletion_figure(
             ``compute()`` (keys ``insertion_curve``, ``deletion_curve``, ``insertion``, ``deletion``), or of any
             metric with ``<game>_curve`` and ``<game>`` entries for every game (ROAD: ``morf``, ``lerf``).
         title: the figure's title.
-        games: the games to draw (the first in green, the second in red, then matplotlib's cycle).
+        games: the games to draw (insertion in green and deletion in red; others the first in green, the second in
+            red, then blue and orange).
         x_values: the curves' x positions (default: evenly from 0 to 1).
         x_label: the x axis' label.
 
@@ -280,7 +281,9 @@ def insertion_deletion_figure(
     axes = fig.subplots(1, n, squeeze=False)[0]
     colors = ("tab:green", "tab:red", "tab:blue", "tab:orange")
     for ax, (method, result) in zip(axes, results.items(), strict=True):
-        for game, color in zip(games, colors, strict=False):
+        fixed = {"insertion": colors[0], "deletion": colors[1]}
+        for position, game in enumerate(games):
+            color = fixed.get(game, colors[position % len(colors)])
             curve = torch.as_tensor(result[f"{game}_curve"]).detach().float().cpu()
             positions = torch.linspace(0.0, 1.0, curve.numel()) if x_values is None else torch.as_tensor(x_values)
             value = float(torch.as_tensor(result[game]))

@@ -7,6 +7,7 @@ import torch
 from matplotlib import colormaps
 
 from lit_attr import viz
+from lit_attr.report import curve_figures
 
 
 def test_heatmaps_sum_channels():
@@ -170,3 +171,15 @@ def test_token_highlights_figure_renders_at_its_documented_size():
     assert image.shape[0] == round(short.get_figheight() * 100)
     long = viz.token_highlights_figure([["word"] * 60, ["x"]], torch.randn(2, 60), captions=["one", "two"], width=6.0)
     assert viz.figure_to_array(long).shape[0] > image.shape[0]  # wrapped lines and captions make it taller
+
+
+def test_curve_figures_draw_the_games_that_were_played():
+    curve = torch.linspace(1.0, 0.0, 5)
+    deletion_only = {"deletion_curve": curve, "deletion": torch.tensor(0.5)}
+    figures = curve_figures({"saliency": {"insertion_deletion": deletion_only}}, "epoch 0")
+    (ax,) = figures["insertion_deletion_curves"].axes
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert labels == ["deletion AUC 0.500"] and ax.get_lines()[0].get_color() == "tab:red"
+    both = {**deletion_only, "insertion_curve": curve.flip(0), "insertion": torch.tensor(0.25)}
+    (ax,) = curve_figures({"saliency": {"insertion_deletion": both}}, "epoch 0")["insertion_deletion_curves"].axes
+    assert [line.get_label() for line in ax.get_lines()] == ["insertion AUC 0.250", "deletion AUC 0.500"]
