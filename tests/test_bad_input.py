@@ -206,6 +206,9 @@ SPECIFIC_METRIC_OPTIONS = [
     ("road", {"noise": -1.0}, "`noise`"),
     ("infidelity", {"n_perturb_samples": 0}, "`n_perturb_samples`"),
     ("infidelity", {"noise_std": 0}, "`noise_std`"),
+    ("infidelity", {"baseline": "zero"}, "`baseline`"),
+    ("infidelity", {"baseline": torch.tensor(float("nan"))}, "`baseline`"),
+    ("infidelity", {"normalize": "no"}, "`normalize`"),
     ("sensitivity", {"perturb_radius": 0}, "`perturb_radius`"),
     ("sensitivity", {"norm_ord": "max"}, "`norm_ord`"),
     ("activation_deviation", {"layers": ["nope"]}, "`layers`"),
@@ -217,6 +220,11 @@ SPECIFIC_METRIC_OPTIONS = [
 for metric, bad, expected in SPECIFIC_METRIC_OPTIONS:
     label = "-".join(f"{k}={v}" for k, v in bad.items())
     case(f"{metric}-init-{label}", expected, lambda m=metric, b=bad: build_metric(m, **b))
+case(
+    "infidelity-update-baseline_wrong_shape",
+    "`baseline`",
+    lambda: build_metric("infidelity", baseline=torch.zeros(5, 5)).update(x_for(), torch.randn(2, 3, 8, 8)),
+)
 
 UPDATE_INPUTS: dict[str, tuple[dict[str, Any], str]] = {
     "attributions_wrong_shape": ({"attributions": torch.randn(2, 3, 4, 4)}, "attributions`"),

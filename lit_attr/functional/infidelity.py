@@ -26,7 +26,9 @@ from lit_attr._checks import (
     TargetType,
     check_batch,
     check_finite,
+    check_flag,
     check_int,
+    check_number,
     check_optional_int,
     check_seed,
     resolve_target,
@@ -40,6 +42,7 @@ from lit_attr.methods.base import AttributionMethod, attributions_of
 __all__ = [
     "DEFAULT_INFIDELITY_SAMPLES",
     "DEFAULT_SENSITIVITY_SAMPLES",
+    "check_baseline",
     "infidelity",
     "infidelity_perturbation",
     "sensitivity",
@@ -151,6 +154,40 @@ def check_noise_std(noise_std: object, name: str = "noise_std") -> float:
     return float(noise_std)
 
 
+def check_baseline(baseline: Any, x: Tensor | None = None) -> None:
+    """Refuse a noisy-baseline centre that is not ``None``, a finite number or a finite tensor fitting a sample.
+
+    Args:
+        baseline: the value to check.
+        x: the ``(N, ...)`` batch whose samples the baseline must broadcast to (not checked when ``None``).
+
+    Raises:
+        TypeError: for anything but ``None``, a real number or a floating tensor.
+        ValueError: for NaN/inf values or a tensor that does not broadcast to one sample of ``x``.
+
+    Example:
+        >>> check_baseline(0.5, torch.rand(2, 3, 4, 4))
+    """
+    if baseline is None:
+        return
+    if not isinstance(baseline, Tensor):
+        check_number("baseline", baseline)
+        return
+    if not baseline.is_floating_point():
+        raise TypeError(f"`baseline` must be a floating tensor, a number or None, got a {baseline.dtype} tensor.")
+    check_finite("baseline", baseline)
+    if x is not None:
+        sample = tuple(x.shape[1:])
+        try:
+            fits = torch.broadcast_shapes(tuple(baseline.shape), sample) == sample
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"`baseline` must broadcast to one sample of shape {sample}, got shape {tuple(baseline.shape)}."
+            )
+
+
 def infidelity(
     model: nn.Module,
     x: Tensor,
@@ -207,6 +244,8 @@ def infidelity(
     noise_std = check_noise_std(noise_std)
     check_seed(seed)
     check_optional_int("internal_batch_size", internal_batch_size)
+    check_baseline(baseline, x)
+    normalize = check_flag("normalize", normalize)
     n = x.shape[0]
     perturb = infidelity_perturbation(n_perturb, noise_std, baseline, seed)
     with torch.no_grad(), preserved_model_state(model), MemoryBackoff("infidelity", internal_batch_size) as backoff:
@@ -231,7 +270,7 @@ def infidelity(
                     attributions[start:stop].to(x),
                     target=target[start:stop],
                     n_perturb_samples=n_perturb,
-                    normalize=bool(normalize),
+                    normalize=normalize,
                 )
             )
             return stop

@@ -13,10 +13,11 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from lit_attr._checks import check_int, check_optional_int, check_seed
+from lit_attr._checks import check_flag, check_int, check_optional_int, check_seed
 from lit_attr.functional.infidelity import (
     DEFAULT_INFIDELITY_SAMPLES,
     DEFAULT_SENSITIVITY_SAMPLES,
+    check_baseline,
     check_noise_std,
     check_norm_ord,
     infidelity,
@@ -109,11 +110,12 @@ class Infidelity(_MeanOfScores):
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
         self._model_ref = ModelRef(model)
+        check_baseline(baseline)
         self._options: dict[str, Any] = {
             "n_perturb_samples": check_int("n_perturb_samples", n_perturb_samples, 1),
             "noise_std": check_noise_std(noise_std),
             "baseline": baseline,
-            "normalize": bool(normalize),
+            "normalize": check_flag("normalize", normalize),
             "seed": check_seed(seed),
             "internal_batch_size": check_optional_int("internal_batch_size", internal_batch_size),
         }
