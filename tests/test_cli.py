@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import lightning as L
@@ -110,15 +111,17 @@ def _leftovers(parent: Path) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------------- help
 def test_help_lists_every_command_with_examples():
-    out = _run("--help")
+    # Four processes, two at a time: each spends its ~10 s importing Lightning, on one core.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        out, *subs = pool.map(lambda args: _run(*args), [("--help",), ("evaluate", "--help"), ("demo", "--help"),
+                                                         ("fit", "--help")])  # fmt: skip
     assert out.returncode == 0, out.stderr
     for command in ("fit", "validate", "test", "evaluate", "demo", "examples:"):
         assert command in out.stdout
-    for command in ("evaluate", "demo", "fit"):
-        sub = _run(command, "--help")
+    for command, sub in zip(("evaluate", "demo", "fit"), subs, strict=True):
         assert sub.returncode == 0, sub.stderr
         assert "examples:" in sub.stdout, command
-    assert "--ckpt_path" in _run("evaluate", "--help").stdout
+    assert "--ckpt_path" in subs[0].stdout
 
 
 def test_fit_config_parses_through_lightningcli():
