@@ -23,6 +23,7 @@ import logging
 import queue
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -406,11 +407,17 @@ class DeliveryWorker:
         Raises:
             TimeoutError: if the jobs did not finish within ``timeout``.
         """
+        deadline = time.monotonic() + timeout
         done = threading.Event()
-        self._queue.put(done.set)
-        if not done.wait(timeout):
-            raise TimeoutError(f"Delivery did not finish within {timeout:.0f} s; its remaining jobs are dropped.")
-        return self.errors()
+        try:
+            # Behind a stuck job a full queue would block the marker's put itself: it gets the same deadline.
+            self._queue.put(done.set, timeout=timeout)
+        except queue.Full:
+            pass
+        else:
+            if done.wait(max(0.0, deadline - time.monotonic())):
+                return self.errors()
+        raise TimeoutError(f"Delivery did not finish within {timeout:g} s; its remaining jobs are abandoned.")
 
     def _work(self) -> None:
         while True:

@@ -1,5 +1,6 @@
 """lit_attr.delivery on its own: dispatch by logger type, rank-0 only, file fallback, table checks."""
 
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -92,3 +93,22 @@ def test_log_metrics_goes_to_every_logger_with_the_step(tmp_path):
 def test_bad_images_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"\(H, W, 3\) or \(H, W, 4\)"):
         delivery.log_image(_trainer(tmp_path, [_BareLogger()]), "k", np.zeros((2, 3, 5)))
+
+
+def test_flush_returns_within_its_timeout_behind_a_stuck_job_and_a_full_queue():
+    worker = delivery.DeliveryWorker(max_pending=2)
+    release, ran = threading.Event(), []
+    worker.submit(release.wait)  # stuck until released, like a logger call waiting on the network
+    for k in range(2):
+        worker.submit(lambda k=k: ran.append(k))  # the queue is now full
+    with pytest.raises(TimeoutError, match="within 0.2 s"):
+        worker.flush(timeout=0.2)
+    release.set()
+    assert worker.flush(timeout=30) == [] and ran == [0, 1]
+
+
+def test_flush_hands_back_the_errors_of_jobs():
+    worker = delivery.DeliveryWorker()
+    worker.submit(lambda: 1 / 0)
+    (error,) = worker.flush(timeout=30)
+    assert isinstance(error, ZeroDivisionError) and worker.flush(timeout=30) == []

@@ -340,7 +340,12 @@ class AttributionMonitor(AttributionCallback):
         if last or not trainer.is_global_zero:
             return last
         if not self._budget.runs and not self._budget.calibrated:
-            self._calibrate(trainer, pl_module)
+            try:
+                self._calibrate(trainer, pl_module)
+            except Exception:  # noqa: BLE001
+                # Decide to run: the run meets the error again and handles it per `on_error` on every rank together,
+                # where raising here, on rank 0 alone, would leave the other ranks waiting in the broadcast.
+                return True
         budget = self._budget
         now = self._clock()
         fit_time = now - budget.started - budget.spent
@@ -362,11 +367,13 @@ class AttributionMonitor(AttributionCallback):
         self._prepare_runner(runner, "val", probe)
         local = len(range(trainer.global_rank, len(probe), trainer.world_size))
         sample = probe.select(range(min(4, len(probe))))
-        with preserved_rng_state():
-            self._run_on_probe(trainer, pl_module, runner, sample, shard=False)
-        runner.reset()
-        seconds = self._clock() - start
-        self._budget.spent += seconds
+        try:
+            with preserved_rng_state():
+                self._run_on_probe(trainer, pl_module, runner, sample, shard=False)
+        finally:
+            runner.reset()
+            seconds = self._clock() - start
+            self._budget.spent += seconds
         # A few samples in one batch cost more per sample than a full batch: an estimate on the safe side.
         self._budget.calibrated = seconds * local / len(sample)
 

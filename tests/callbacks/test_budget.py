@@ -24,9 +24,11 @@ from callbacks._helpers import (
     datamodule,
     fit,
     model,
+    read_metrics_csv,
 )
 from lit_attr import viz
 from lit_attr.callbacks import AttributionCheckpoint, AttributionEarlyStopping, AttributionMonitor
+from lit_attr.methods import AttributionMethod
 
 EPOCH_SECONDS = 10.0  # the fit's own time per epoch (4 training batches of 2.5 s)
 SECONDS_PER_PROBE = 0.25  # the monitor's cost per probe sample: 2 s for a run over 8 probes
@@ -175,3 +177,48 @@ def test_a_plain_model_checkpoint_finds_no_score_before_the_first_run(tmp_path):
     with warnings.catch_warnings(), pytest.raises(MisconfigurationException, match="could not find the monitored"):
         warnings.simplefilter("ignore")
         fit(tmp_path, [monitor, plain], max_epochs=2, enable_checkpointing=True)
+
+
+class _FailsOnce(AttributionMethod):
+    """Saliency whose first call raises: the first call is the budget's calibration."""
+
+    def __init__(self, model, **kwargs) -> None:
+        super().__init__(model, **kwargs)
+        self.calls = 0
+
+    def _attribute(self, x, target):
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("attribution exploded")
+        x.requires_grad_(True)
+        (gradient,) = torch.autograd.grad(self.logits(x).gather(1, target[:, None]).sum(), x)
+        return gradient.abs().detach()
+
+
+class _AlwaysFails(_FailsOnce):
+    def _attribute(self, x, target):
+        raise RuntimeError("attribution exploded")
+
+
+@pytest.mark.parametrize("fails", ["once", "always"])
+def test_a_failing_calibration_leaves_the_error_to_the_run_and_on_error(tmp_path, fails):
+    # The calibration fails on rank 0 alone: the monitor runs the epoch instead, whose error path (every rank
+    # together) applies `on_error`. Raising from the calibration would bypass it (and strand the other ranks).
+    clock = FakeClock()
+    factory = _FailsOnce if fails == "once" else _AlwaysFails
+    monitor = AttributionMonitor({"flaky": factory}, metrics="insertion_deletion", num_samples=8, batch_size=8,
+                                 log_heatmaps=0, metric_kwargs=METRIC_KWARGS, max_overhead=0.9, clock=clock,
+                                 on_error="warn", background_delivery=False)  # fmt: skip
+    timed = Timed(clock, monitor)
+    if fails == "always":
+        with pytest.warns(UserWarning, match=r"attribution failed at epoch 0 \(RuntimeError: attribution exploded"):
+            _, trainer, _ = fit(tmp_path, [monitor, timed], max_epochs=3)
+        assert trainer.state.finished and monitor.history == {}
+        return
+    _, trainer, _ = fit(tmp_path, [monitor, timed], max_epochs=3)
+    assert trainer.state.finished
+    assert monitor.runner.methods["flaky"].calls == 4  # the calibration, then epochs 0, 1 and 2
+    assert sorted(monitor.history) == [0, 1, 2]
+    rows = read_metrics_csv(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")
+    overhead = [float(row["attr/overhead"]) for row in rows if row.get("attr/overhead")]
+    assert overhead == pytest.approx([monitor.history[epoch]["attr/overhead"] for epoch in (0, 1, 2)])
