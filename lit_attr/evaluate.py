@@ -297,6 +297,7 @@ class _EvaluationModule(LightningModule):
         self._restored: dict[str, Any] | None = None
         self._start = 0  # batches of this rank's shard finished by an earlier, interrupted run
 
+    @override
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 

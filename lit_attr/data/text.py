@@ -22,6 +22,7 @@ import torch
 from lightning import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from typing_extensions import override
 
 from lit_attr._optional import import_optional
 from lit_attr.methods._token_inputs import TokenOptions
@@ -341,6 +342,7 @@ class SyntheticTextDataModule(LightningDataModule):
     def _make(self, split: str, num_samples: int) -> TextDataset:
         return TextDataset(num_samples, seed=self._split_seeds[split], max_distractors=self.hparams.max_distractors)
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         """Generate the splits needed for ``stage`` (all of them when ``stage`` is None); idempotent."""
         if stage in (None, "fit") and self.train_set is None:
@@ -363,18 +365,22 @@ class SyntheticTextDataModule(LightningDataModule):
             persistent_workers=self.hparams.num_workers > 0,
         )
 
+    @override
     def train_dataloader(self) -> DataLoader:
         """Shuffled training loader; every call restarts the same shuffling sequence."""
         return self._loader(self.train_set, "train", shuffle=True)
 
+    @override
     def val_dataloader(self) -> DataLoader:
         """Validation loader in dataset order."""
         return self._loader(self.val_set, "val", shuffle=False)
 
+    @override
     def test_dataloader(self) -> DataLoader:
         """Test loader in dataset order."""
         return self._loader(self.test_set, "test", shuffle=False)
 
+    @override
     def predict_dataloader(self) -> DataLoader:
         """Loader over the test split in dataset order."""
         return self._loader(self.test_set, "test", shuffle=False)

@@ -231,7 +231,15 @@ class IG2(AttributionMethod):
                 candidates = torch.isin(pool_y, ranked[i]).nonzero()[:, 0]
                 what = f"the confuser classes {ranked[i].tolist()}"
             if candidates.numel() == 0:
-                raise ValueError(f"`reference_pool` has no sample of {what} (sample {i}); give it more classes.")
+                source = (
+                    "`reference_pool`"
+                    if self.reference_pool is not None
+                    else "The reference pool (the data given to prepare(): the batch itself in AttributionQuality)"
+                )
+                raise ValueError(
+                    f"{source} has no sample of {what} (sample {i}): IG2 needs references of other classes; pass "
+                    "reference_pool=(inputs, labels) holding several classes."
+                )
             generator = torch.Generator().manual_seed(row_seed(self.seed, row))
             draw = torch.randint(candidates.numel(), (self.n_references,), generator=generator)
             if candidates.numel() >= self.n_references:  # distinct references when the pool allows

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from lit_attr._checks import check_optional_int, check_seed, resolve_target
+from lit_attr._checks import check_names, check_optional_int, check_seed, resolve_target
 from lit_attr.batch import Batch, adapt_batch
 from lit_attr.methods import AttributionMethod
 from lit_attr.methods._hygiene import preserved_model_state
@@ -75,8 +75,7 @@ class AttributionQuality(Metric):
             name = method
         else:
             raise TypeError(f"`method` must be a method name or an AttributionMethod, got {type(method).__name__}.")
-        if isinstance(metrics, str) or not metrics:
-            raise ValueError(f"`metrics` must be a non-empty sequence of names, got {metrics!r}.")
+        metrics = check_names("metrics", metrics, what="metric")
         self.max_samples_per_update = check_optional_int("max_samples_per_update", max_samples_per_update)
         self.seed = check_seed(seed)
         self._runner = AttributionRunner(

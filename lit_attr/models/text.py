@@ -16,6 +16,7 @@ import torch
 from lightning import LightningDataModule, LightningModule, Trainer
 from torch import Tensor, nn
 from torch.nn import functional as F
+from typing_extensions import override
 
 from lit_attr._optional import import_optional
 from lit_attr.methods._token_inputs import TokenOptions
@@ -105,6 +106,7 @@ class DemoTextClassifier(LightningModule):
         """The token-embedding layer (what token attribution perturbs)."""
         return self.bert.get_input_embeddings()
 
+    @override
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Logits ``(N, num_classes)`` of token ids ``(N, L)`` (``attention_mask`` 0 on padding)."""
         return self.bert(input_ids=input_ids, attention_mask=attention_mask).logits
@@ -114,28 +116,33 @@ class DemoTextClassifier(LightningModule):
         labels = batch["labels"]
         return F.cross_entropy(logits, labels), (logits.argmax(dim=1) == labels).float().mean(), labels.shape[0]
 
+    @override
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         """Cross-entropy on one batch; logs ``train_loss``."""
         loss, _, size = self._loss_and_accuracy(batch)
         self.log("train_loss", loss, prog_bar=True, batch_size=size)
         return loss
 
+    @override
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         """Logs epoch-level ``val_loss`` and ``val_acc``."""
         loss, accuracy, size = self._loss_and_accuracy(batch)
         self.log("val_loss", loss, on_epoch=True, batch_size=size)
         self.log("val_acc", accuracy, on_epoch=True, prog_bar=True, batch_size=size)
 
+    @override
     def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         """Logs epoch-level ``test_loss`` and ``test_acc``."""
         loss, accuracy, size = self._loss_and_accuracy(batch)
         self.log("test_loss", loss, on_epoch=True, batch_size=size)
         self.log("test_acc", accuracy, on_epoch=True, batch_size=size)
 
+    @override
     def predict_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         """Logits of a batch."""
         return self(batch["input_ids"], batch.get("attention_mask"))
 
+    @override
     def configure_optimizers(self) -> Any:
         """AdamW with a per-step OneCycle schedule over the trainer's total steps (plain AdamW without a trainer)."""
         hp = self.hparams

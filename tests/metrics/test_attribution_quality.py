@@ -94,6 +94,28 @@ def test_ig2_uses_the_batch_as_reference_pool():
     assert torch.isfinite(quality.compute()["ig2/insertion"])
 
 
+def test_one_metric_name_is_a_string_as_in_the_monitor():
+    model = tiny_cnn().eval()
+    x = torch.rand(4, 3, 8, 8)
+    options = {"metric_kwargs": {"insertion_deletion": {"n_steps": 4}}}
+    single = AttributionQuality(model, "saliency", metrics="insertion_deletion", **options)
+    listed = AttributionQuality(model, "saliency", metrics=["insertion_deletion"], **options)
+    single.update(x)
+    listed.update(x)
+    torch.testing.assert_close(single.compute(), listed.compute())
+    with pytest.raises(ValueError, match="`metrics` must name at least one metric"):
+        AttributionQuality(model, "saliency", metrics=[])
+
+
+def test_ig2_on_a_batch_of_one_class_says_where_its_references_come_from():
+    model = tiny_cnn().eval()
+    quality = AttributionQuality(model, "ig2", method_kwargs={"steps": 3, "n_references": 2},
+                                 metric_kwargs={"insertion_deletion": {"n_steps": 4}})  # fmt: skip
+    with pytest.raises(ValueError, match=r"the batch itself in AttributionQuality\) has no sample of a class other "
+                                         r"than 1 .*pass reference_pool=\(inputs, labels\)"):  # fmt: skip
+        quality.update(torch.rand(4, 3, 8, 8), target=torch.ones(4, dtype=torch.long))
+
+
 def test_errors():
     model = tiny_cnn()
     with pytest.raises(ValueError, match=r"Unknown attribution method 'nope'"):
