@@ -38,6 +38,7 @@ from typing_extensions import override
 from lit_attr import viz
 from lit_attr._checks import (
     check_bounds,
+    check_callable,
     check_choice,
     check_flag,
     check_int,
@@ -281,11 +282,13 @@ class _EvaluationModule(LightningModule):
         work: WorkDirectory,
         resume: dict[str, Any],
         collate: Callable[[list], Any] = default_collate,
+        adapter: BatchAdapter | None = None,
     ) -> None:
         super().__init__()
         self.net = net
         self.dataset = dataset
         self.collate = collate
+        self.adapter = adapter
         self.num_samples = num_samples
         self.settings = settings
         self.work = work
@@ -350,7 +353,8 @@ class _EvaluationModule(LightningModule):
         )
         # Data beyond the batch (IG2's reference pool): the first samples of the split, the same on every rank, so
         # the results do not depend on the number of processes.
-        pool = read_samples(self.dataset, range(min(s["reference_pool_size"], len(self.dataset))), None, self.collate)
+        pool_indices = range(min(s["reference_pool_size"], len(self.dataset)))
+        pool = read_samples(self.dataset, pool_indices, self.adapter, self.collate)
         try:
             self._runner.prepare(pool.to(self.device))
         except ValueError as error:
@@ -366,7 +370,7 @@ class _EvaluationModule(LightningModule):
     @override
     def test_step(self, batch: Any, batch_idx: int) -> None:
         indices, sample = batch
-        data = adapt_batch(sample)
+        data = adapt_batch(sample, self.adapter)
         if data.x.is_floating_point():
             data = data.with_inputs(data.x.float())
         self.records += self._runner.run(data, indices=[int(i) for i in indices])
@@ -421,6 +425,7 @@ def evaluate(
     resume: bool = False,
     overwrite: bool = False,
     checkpoint_every: int = 10,
+    batch_adapter: BatchAdapter | None = None,
 ) -> dict[str, Any]:
     """Attribute one split with every method, score the maps and write ``metrics.json``, PNGs and ``report.html``.
 
@@ -457,6 +462,9 @@ def evaluate(
         overwrite: replace a finished evaluation in ``output_dir``; without ``resume``, also discard an
             unfinished one (which is otherwise an error).
         checkpoint_every: each rank saves its partial state every this many batches.
+        batch_adapter: turns a collated batch of the split into :class:`~lit_attr.batch.Batch` (the callbacks'
+            ``batch_adapter``); ``None`` reads ``(x, y[, mask])`` tuples and dicts
+            (:func:`~lit_attr.batch.default_batch_adapter`).
 
     Returns:
         The content of ``metrics.json`` (on every rank; only rank 0 writes files).
@@ -490,7 +498,7 @@ def evaluate(
     if num_samples < 1:
         raise EvaluationError(f"the {split!r} split has no samples to evaluate")
     collate = split_collate(datamodule, split)
-    first = read_samples(dataset, [0, 0], None, collate)
+    first = read_samples(dataset, [0, 0], batch_adapter, collate)
     num_classes = check_logits(model, first.x.float() if first.x.is_floating_point() else first.x)
 
     if trainer is None:
@@ -520,7 +528,7 @@ def evaluate(
     }
     work = WorkDirectory(output, _to_plain(fingerprint))
     control = {"resume": resume, "overwrite": overwrite, "checkpoint_every": checkpoint_every}
-    wrapper = _EvaluationModule(model, dataset, num_samples, settings, work, control, collate)
+    wrapper = _EvaluationModule(model, dataset, num_samples, settings, work, control, collate, batch_adapter)
     # The bar follows rank 0's shard, which is representative of every rank's.
     bar = _ProgressBar(enabled=progress and trainer.is_global_zero, total=math.ceil(num_samples / trainer.world_size))
     wrapper.progress = bar.update if bar.enabled else None
@@ -582,6 +590,7 @@ def _check_arguments(arguments: Mapping[str, Any]) -> None:
     check_bounds("input_bounds", arguments["input_bounds"])
     for name in ("progress", "resume", "overwrite"):
         check_flag(name, arguments[name])
+    check_callable("batch_adapter", arguments["batch_adapter"])
 
 
 _RUN_CONTROL = ("output_dir", "resume", "overwrite", "checkpoint_every", "trainer", "ckpt_path", "trust_checkpoint")

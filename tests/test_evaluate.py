@@ -7,10 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from lit_attr._resume import write_result
+from lit_attr.batch import Batch
 from lit_attr.data import ShapesDataModule
-from lit_attr.evaluate import EvaluationError, check_logits, flat_scalars, split_dataset
+from lit_attr.evaluate import EvaluationError, check_logits, evaluate, flat_scalars, split_dataset
+from lit_attr.models import DemoClassifier
 from lit_attr.report import render_html, score_rows, summary_table
 
 
@@ -108,3 +111,40 @@ def test_the_sanity_section_shows_mprt_smprt_and_emprt_with_their_verdicts():
     assert rows[1][0] == "fei" and rows[1][2] == rows[1][4] == "" and rows[1][5:] == [0.01, "FAILED", 4.0]
     table = summary_table(result, "demo")
     assert list(table.columns[1].cells) == ["FAIL sMPRT", "FAIL eMPRT"]
+
+
+class _Renamed(Dataset):
+    """The shapes samples under other names, as a user's dataset might give them."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        x, y, mask = self.dataset[index]
+        return {"pixels": x, "cls": y, "object": mask}
+
+
+class _RenamedData(ShapesDataModule):
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        self.val_set = _Renamed(self.val_set)
+
+
+def test_evaluate_reads_a_split_through_the_batch_adapter(tmp_path: Path):
+    def adapter(batch: dict) -> Batch:
+        return Batch(x=batch["pixels"], y=batch["cls"], mask=batch["object"])
+
+    options = {"methods": ["saliency", "ig2"], "method_kwargs": {"ig2": {"steps": 3, "n_references": 2}},
+               "metrics": ["insertion_deletion", "localization"], "limit_samples": 6, "batch_size": 4,
+               "heatmap_samples": 2, "reference_pool_size": 8, "progress": False}  # fmt: skip
+    torch.manual_seed(0)
+    net = DemoClassifier(num_classes=4, width=8).eval()
+    data = {"num_train": 8, "num_val": 12, "seed": 0}
+    plain = evaluate(net, ShapesDataModule(**data), tmp_path / "plain", **options)
+    adapted = evaluate(net, _RenamedData(**data), tmp_path / "adapted", batch_adapter=adapter, **options)
+    assert adapted["methods"] == plain["methods"] and "localization" in adapted["methods"]["saliency"]
+    with pytest.raises(TypeError, match="`batch_adapter` must be callable or None, got str"):
+        evaluate(net, ShapesDataModule(**data), tmp_path / "bad", batch_adapter="pixels", **options)
