@@ -254,6 +254,14 @@ class EfficientMPRT(Metric):
 
         Returns:
             ``(figure, axes)``.
+
+        Example:
+            >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+            >>> check = EfficientMPRT("saliency", net)
+            >>> check.update(torch.rand(2, 3, 8, 8))
+            >>> fig, ax = check.plot()
+            >>> [tick.get_text() for tick in ax.get_xticklabels()]
+            ['original', 'randomised']
         """
         val = self.report() if val is None else val
         fig, ax = figure_and_axes(ax, (4.0, 3.0))

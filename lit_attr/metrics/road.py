@@ -201,6 +201,8 @@ class ROAD(Metric):
             >>> metric = ROAD(net, percentiles=(20, 50, 80))
             >>> metric.update(torch.rand(2, 3, 8, 8), torch.randn(2, 8, 8))
             >>> fig, ax = metric.plot()
+            >>> [line.get_xdata().tolist() for line in ax.get_lines()]
+            [[20, 50, 80], [20, 50, 80]]
         """
         val = self.compute() if val is None else val
         fig, ax = figure_and_axes(ax, (5.0, 3.5))
