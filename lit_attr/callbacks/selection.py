@@ -28,7 +28,8 @@ def scored_this_epoch(trainer: Trainer, key: str | None) -> bool:
     """Whether ``key`` holds a value measured on this epoch's weights.
 
     Keys outside ``attr/`` are always current; an ``attr/`` key is current when an ``AttributionMonitor`` of the
-    trainer ran at this epoch.
+    trainer that logs it ran at this epoch: with several monitors, ``attr/<method>/...`` belongs to the monitor of
+    that method (``attr/overhead``, or a method no monitor has, to any of them).
 
     Example:
         >>> import lightning as L
@@ -40,7 +41,10 @@ def scored_this_epoch(trainer: Trainer, key: str | None) -> bool:
     if key is None or not key.startswith("attr/"):
         return True
     monitors = [callback for callback in trainer.callbacks if isinstance(callback, AttributionMonitor)]
-    return any(monitor.last_epoch == trainer.current_epoch for monitor in monitors)
+    # attr/<method>/<score> belongs to the monitor of that method; attr/overhead (or an unknown method) to all.
+    parts = key.split("/")
+    owners = [monitor for monitor in monitors if len(parts) > 2 and parts[1] in monitor.method_names] or monitors
+    return any(monitor.last_epoch == trainer.current_epoch for monitor in owners)
 
 
 def _init_lightning(init: Callable[..., None], callback: Any, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:

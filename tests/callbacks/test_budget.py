@@ -222,3 +222,16 @@ def test_a_failing_calibration_leaves_the_error_to_the_run_and_on_error(tmp_path
     rows = read_metrics_csv(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")
     overhead = [float(row["attr/overhead"]) for row in rows if row.get("attr/overhead")]
     assert overhead == pytest.approx([monitor.history[epoch]["attr/overhead"] for epoch in (0, 1, 2)])
+
+
+def test_with_two_monitors_the_one_that_logs_the_key_decides(tmp_path):
+    every = AttributionMonitor({"every": "saliency"}, metrics="insertion_deletion", num_samples=4, log_heatmaps=0,
+                               metric_kwargs=METRIC_KWARGS)  # fmt: skip
+    second = AttributionMonitor({"second": "saliency"}, metrics="insertion_deletion", num_samples=4,
+                                log_heatmaps=0, metric_kwargs=METRIC_KWARGS, every_n_epochs=2)  # fmt: skip
+    checkpoint = AttributionCheckpoint(dirpath=tmp_path / "ckpt", monitor="attr/second/insertion", mode="max",
+                                       save_top_k=-1, filename="{epoch}")  # fmt: skip
+    fit(tmp_path, [every, second, checkpoint], max_epochs=4, enable_checkpointing=True)
+    assert sorted(every.history) == [0, 1, 2, 3] and sorted(second.history) == [1, 3]
+    # Epochs 0 and 2: only the other monitor ran; attr/second/insertion was not measured on those weights.
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["epoch=1.ckpt", "epoch=3.ckpt"]
