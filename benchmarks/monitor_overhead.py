@@ -211,7 +211,7 @@ def main() -> None:
     watched_epoch = statistics.mean(watched["epochs"][1:])
     monitor_time = statistics.mean(watched["monitor"][1:])
     table = Table(title=f"AttributionMonitor overhead (MFABA + insertion/deletion, {args.num_samples} probes)")
-    for column in ("epoch w/o monitor [s]", "epoch with monitor [s]", "monitor hook [s]", "overhead (hook)",
+    for column in ("epoch w/o monitor (s)", "epoch with monitor (s)", "monitor hook (s)", "overhead (hook)",
                    "overhead (epoch diff)", "weights identical"):  # fmt: skip
         table.add_column(column, justify="right")
     table.add_row(
@@ -225,7 +225,7 @@ def main() -> None:
     console.print(table)
 
     budgets = Table(title=f"{args.epochs}-epoch fits within a budget (max_overhead); plain fit {plain['fit']:.1f} s")
-    for column in ("max_overhead", "epochs scored", "attr/overhead (own)", "fit [s]", "overhead (wall)",
+    for column in ("max_overhead", "epochs scored", "attr/overhead (own)", "fit (s)", "overhead (wall)",
                    "floor: last run alone", "own / wall within budget + 2 pts", "weights identical"):  # fmt: skip
         budgets.add_column(column, justify="right")
     # The run after the last epoch always happens, so no budget gets below one run's share of the fit.
@@ -240,10 +240,10 @@ def main() -> None:
 
     scaling = Table(title="Monitor cost vs num_samples (one run on the trained model, after a warm-up run)")
     parts = ("attribution", "metric updates", "delivery")
-    for column in ("num_samples", "monitor hook [s]", "per sample [ms]", "% of a plain epoch"):
+    for column in ("num_samples", "monitor hook (s)", "per sample (ms)", "% of a plain epoch"):
         scaling.add_column(column, justify="right")
     for part in parts:
-        scaling.add_column(f"{part} [s]", justify="right", no_wrap=True)
+        scaling.add_column(f"{part} (s)", justify="right", no_wrap=True)
     datamodule = plain["dm"]
     passes: Counter[tuple[int, bool]] = Counter()
     compute_seconds = 0.0
@@ -276,7 +276,7 @@ def main() -> None:
 
     if passes:
         necessary = Table(title=f"Per-probe cost against the necessary passes ({args.num_samples} probes)")
-        for column in ("rows per pass", "backward", "passes", "bare pass [ms]", "total [s]"):
+        for column in ("rows per pass", "backward", "passes", "bare pass (ms)", "total (s)"):
             necessary.add_column(column, justify="right")
         total = 0.0
         for (rows, backward), calls in sorted(passes.items()):

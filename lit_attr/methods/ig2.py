@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import torch
 from torch import Tensor, nn
 
-from lit_attr._checks import check_choice, check_positive, check_seed
+from lit_attr._checks import check_choice, check_flag, check_positive, check_seed
 from lit_attr.methods._common import SCORES, row_seed, unit_rows
 from lit_attr.methods._tokens import is_token_call
 from lit_attr.methods.base import AttributionMethod, BoundsType, ResultType, TargetType
@@ -80,6 +80,10 @@ class IG2(AttributionMethod):
         seed: seed of the samplers; draws are per sample, so they do not depend on the batch.
         fused: ``False`` runs the authors' two passes (path search, then integration): the same result at twice
             the forwards, kept for benchmarks.
+        batched_backward: with ``fused``, take both gradients of a path point (target logit and representation
+            distance) in one vmapped backward call (``torch.autograd.grad(..., is_grads_batched=True)``) instead
+            of two. The same result; opt-in, since its speed depends on the device and on the model's ops having
+            batching rules (``benchmarks/ig2_variants.py`` compares them).
         forward_fn: see :class:`~lit_attr.methods.base.AttributionMethod`.
         input_bounds: path points are clipped to it.
         internal_batch_size: bounds rows (samples x references) per forward.
@@ -106,6 +110,7 @@ class IG2(AttributionMethod):
         reference_pool: tuple[Tensor, Tensor] | None = None,
         seed: int = 0,
         fused: bool = True,
+        batched_backward: bool = False,
         forward_fn: Callable[[Tensor], Tensor] | None = None,
         input_bounds: BoundsType = None,
         internal_batch_size: int | None = None,
@@ -128,7 +133,8 @@ class IG2(AttributionMethod):
         self.reference_pool = reference_pool
         self._prepared_pool: tuple[Tensor, Tensor] | None = None
         self.seed = check_seed(seed)
-        self.fused = bool(fused)
+        self.fused = check_flag("fused", fused)
+        self.batched_backward = check_flag("batched_backward", batched_backward)
         self.return_baseline = bool(return_baseline)
 
     @property
@@ -278,8 +284,15 @@ class IG2(AttributionMethod):
         for _ in range(self.steps):
             z = z.detach().requires_grad_(True)
             logits, rep = self._forward(z)
-            (g_logit,) = torch.autograd.grad(SCORES["logit"](logits, c).sum(), z, retain_graph=True)
-            (u,) = torch.autograd.grad(((rep - ref_rep) ** 2).sum(), z)
+            score, distance = SCORES["logit"](logits, c).sum(), ((rep - ref_rep) ** 2).sum()
+            if self.batched_backward:
+                (both,) = torch.autograd.grad(
+                    torch.stack([score, distance]), z, grad_outputs=torch.eye(2).to(score), is_grads_batched=True
+                )
+                g_logit, u = both.unbind(0)
+            else:
+                (g_logit,) = torch.autograd.grad(score, z, retain_graph=True)
+                (u,) = torch.autograd.grad(distance, z)
             nxt = self._descend(z.detach(), u, eta)
             acc = acc + g_logit * (z.detach() - nxt)
             z = nxt
