@@ -110,7 +110,7 @@ class RandomizationCheck(AttributionCallback):
         self.order = check_choice("order", order, ORDERS)
         self.stages = check_choice("stages", stages, STAGE_MODES)
         self.every_n_epochs = None if every_n_epochs is None else check_int("every_n_epochs", every_n_epochs, 1)
-        self.similarity = check_names("similarity", similarity, SIMILARITIES, what="similarity")
+        self.similarity = check_names("similarity", similarity, SIMILARITIES, what="similarity measure")
         self.threshold = check_number("threshold", threshold)
         if layers != "auto":
             check_names("layers", layers, what="layer")

@@ -35,6 +35,7 @@ from lit_attr._checks import (
     check_finite,
     check_names,
     check_optional_int,
+    check_seed,
     resolve_target,
 )
 from lit_attr._memory import MemoryBackoff
@@ -290,8 +291,7 @@ def make_substrate(
     if substrate == "mean":
         return x.mean(dim=(2, 3), keepdim=True).expand_as(x)
     if substrate == "noise":
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise TypeError(f"`seed` must be an int, got {seed!r}.")
+        check_seed(seed)
         # Drawn on the CPU so that a seed gives the same substrate on every device.
         generator = torch.Generator().manual_seed(seed)
         noise = torch.randn((1, *x.shape[1:]), generator=generator, dtype=x.dtype)

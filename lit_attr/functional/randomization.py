@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from lit_attr._checks import check_seed
 from lit_attr.functional._transformer import transformer_blocks
 from lit_attr.methods._hygiene import preserved_model_state
 
@@ -392,8 +393,7 @@ def randomize_(module: nn.Module | Sequence[nn.Module], seed: int, *, reset_runn
     roots = [module] if isinstance(module, nn.Module) else list(module)
     if not roots or not all(isinstance(root, nn.Module) for root in roots):
         raise TypeError(f"`module` must be an nn.Module or a non-empty sequence of them, got {module!r}.")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"`seed` must be an int, got {type(seed).__name__}.")
+    check_seed(seed)
     targets = list(dict.fromkeys(m for root in roots for m in _resettable(root)))
     if not targets:
         raise TypeError(

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from lit_attr._checks import check_names
 from lit_attr.functional.localization import (
     _saliency_map,
     localization_auroc,
@@ -75,14 +76,7 @@ class Localization(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        names = (metrics,) if isinstance(metrics, str) else tuple(metrics)
-        if not names:
-            raise ValueError(f"`metrics` must name at least one of {LOCALIZATION_METRICS}.")
-        unknown = [name for name in names if name not in LOCALIZATION_METRICS]
-        if unknown:
-            raise ValueError(f"`metrics` must be drawn from {LOCALIZATION_METRICS}, got unknown {unknown}.")
-        if len(set(names)) != len(names):
-            raise ValueError(f"`metrics` must not repeat a name, got {list(names)}.")
+        names = check_names("metrics", metrics, LOCALIZATION_METRICS, what="localization metric")
         if not isinstance(tolerance, int) or isinstance(tolerance, bool):
             raise TypeError(f"`tolerance` must be an int (pixels), got {type(tolerance).__name__}.")
         if tolerance < 0:

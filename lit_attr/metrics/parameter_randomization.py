@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing
 from typing import TYPE_CHECKING, Any, Literal
@@ -18,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from lit_attr._checks import check_batch, check_finite
+from lit_attr._checks import check_batch, check_finite, check_names, check_number, check_seed
 from lit_attr.functional.randomization import (
     GRANULARITIES,
     ORDERS,
@@ -166,12 +165,8 @@ class ParameterRandomization(Metric):
             raise ValueError(f"`granularity` must be one of {GRANULARITIES}, got {granularity!r}.")
         if stages == "last" and order == "independent":
             raise ValueError("`stages='last'` (the fully randomised network) needs `order` 'top_down' or 'bottom_up'.")
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise TypeError(f"`seed` must be an int, got {type(seed).__name__}.")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-            raise TypeError(f"`threshold` must be a number, got {type(threshold).__name__}.")
-        if not math.isfinite(threshold):
-            raise ValueError(f"`threshold` must be a finite number, got {threshold!r}.")
+        check_seed(seed)
+        check_number("threshold", threshold)
         self.similarity = _check_similarity(similarity)
         self.order = order
         self.stages = stages
@@ -471,17 +466,7 @@ def _heatmaps(attributions: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _check_similarity(similarity: str | Sequence[str]) -> tuple[str, ...]:
-    if not isinstance(similarity, (str, Sequence)):
-        raise TypeError(f"`similarity` must be a name or a sequence of names from {SIMILARITIES}, got {similarity!r}.")
-    names = (similarity,) if isinstance(similarity, str) else tuple(similarity)
-    if not names:
-        raise ValueError(f"`similarity` must name at least one of {SIMILARITIES}.")
-    unknown = [name for name in names if name not in SIMILARITIES]
-    if unknown:
-        raise ValueError(f"`similarity` must be drawn from {SIMILARITIES}, got unknown {unknown}.")
-    if len(set(names)) != len(names):
-        raise ValueError(f"`similarity` must not repeat a name, got {list(names)}.")
-    return names
+    return check_names("similarity", similarity, SIMILARITIES, what="similarity measure")
 
 
 def _bind_to_copy(

@@ -47,7 +47,7 @@ def test_localization_subset_single_name_and_reset():
 def test_localization_errors():
     with pytest.raises(ValueError, match=r"drawn from .* got unknown \['iou'\]"):
         Localization(metrics=("auroc", "iou"))
-    with pytest.raises(ValueError, match="at least one of"):
+    with pytest.raises(ValueError, match="`metrics` must name at least one localization metric"):
         Localization(metrics=())
     with pytest.raises(ValueError, match="must not repeat"):
         Localization(metrics=("auroc", "auroc"))

@@ -233,7 +233,7 @@ def test_errors(tiny):
         ParameterRandomization("saliency", model, threshold="0.5")
     with pytest.raises(ValueError, match="`threshold` must be a finite number, got nan"):
         ParameterRandomization("saliency", model, threshold=float("nan"))
-    with pytest.raises(TypeError, match="`similarity` must be a name or a sequence of names"):
+    with pytest.raises(TypeError, match="`similarity` must be a similarity measure or a sequence of"):
         ParameterRandomization("saliency", model, similarity=None)
     metric = ParameterRandomization("saliency", model)
     assert ParameterRandomization.higher_is_better is False and ParameterRandomization.full_state_update is False
