@@ -10,6 +10,7 @@ from text_helpers import (
     MASK,
     SEP,
     SPECIALS,
+    VOCAB,
     logits_of,
     plain_transformer,
     tiny_bert,
@@ -216,8 +217,49 @@ def test_fei_gates_relu_modules_of_a_transformer():
     assert bool((scores >= 0).all() and (scores <= 1).all())
     ungated = method_for("fei", model, gate="none").attribute(ids, attention_mask=mask)
     assert not torch.allclose(ungated, scores)
-    with pytest.raises(ValueError, match="needs nn.ReLU modules"):  # BERT's GELUs cannot be gated
-        method_for("fei", tiny_bert(), gate="ibm").attribute(ids, attention_mask=mask)
+
+
+def test_fei_gates_the_gelus_of_a_hugging_face_bert(monkeypatch):
+    from lit_attr.methods.fei import FEI
+
+    model = tiny_bert(hidden_act="gelu")
+    acts = [layer.intermediate.intermediate_act_fn for layer in model.bert.encoder.layer]
+    assert [type(a).__name__ for a in acts] == ["GELUActivation"] * 2  # a module, but not an nn.GELU
+    assert not any(isinstance(a, nn.GELU) for a in acts)
+    chosen, inputs = [], []
+    resolve = FEI.gated_modules
+    monkeypatch.setattr(FEI, "gated_modules", lambda self, *a, **k: chosen.append(resolve(self, *a, **k)) or chosen[-1])
+    ids, mask = token_batch()
+    fei = get_method("fei", model, iterations=3, levels=(0.3, 0.6), lr=0.3)  # the default gate, "ibm"
+    fei.token_options = TokenOptions(special_token_ids=SPECIALS, mask_token_id=MASK)
+    handles = [a.register_forward_pre_hook(lambda mod, args: inputs.append(mod)) for a in acts]
+    try:
+        scores = fei.attribute(ids, attention_mask=mask)
+    finally:
+        for h in handles:
+            h.remove()
+    assert [[id(m) for m in modules] for modules in chosen] == [[id(a) for a in acts]] * len(chosen) and chosen
+    assert {id(m) for m in inputs} == {id(a) for a in acts}
+    assert all(not a._forward_pre_hooks and not a._forward_hooks for a in acts)
+    frozen = (mask == 0) | (ids == CLS) | (ids == SEP)
+    assert bool((scores[frozen] == 0).all()) and bool((scores >= 0).all() and (scores <= 1).all())
+    ungated = method_for("fei", model, gate="none", iterations=3, lr=0.3).attribute(ids, attention_mask=mask)
+    assert not torch.allclose(ungated, scores)  # the gates changed the gradients
+
+
+def test_fei_on_functional_activations_says_so_and_names_gate_none():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)  # default activation: F.relu, a function
+    model = nn.Sequential(
+        nn.Embedding(VOCAB, 16), nn.TransformerEncoder(layer, 1, enable_nested_tensor=False), nn.Flatten(),
+        nn.Linear(6 * 16, 2),
+    ).eval()  # fmt: skip
+    ids = torch.randint(5, VOCAB, (2, 6), generator=torch.Generator().manual_seed(0))
+    message = r"forward calls none: its activations are applied as functions \(F.relu, F.gelu.*Pass gate='none'"
+    with pytest.raises(ValueError, match=message):
+        get_method("fei", model, iterations=2).attribute(ids, baseline_token_id=MASK)
+    scores = get_method("fei", model, iterations=2, gate="none").attribute(ids, baseline_token_id=MASK)
+    assert scores.shape == ids.shape
 
 
 def test_errors_name_the_argument():
