@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal, overload
 
@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from lit_attr._checks import check_choice, check_positive, check_seed
 from lit_attr.methods._common import SCORES, row_seed
+from lit_attr.methods._token_inputs import TokenOptions
 from lit_attr.methods.base import AttributionMethod, BoundsType, ResultType, TargetType
 from lit_attr.methods.registry import register_method
 
@@ -206,6 +207,7 @@ class FEI(AttributionMethod):
         forward_fn: see :class:`~lit_attr.methods.base.AttributionMethod`.
         input_bounds: the colour range of the references; ``None`` uses each sample's own channel range.
         internal_batch_size: samples per optimisation batch.
+        token_options: defaults for token ids; see :class:`~lit_attr.methods.base.AttributionMethod`.
         return_masks: also return ``{"masks": (N, len(levels), ...)}``, the nested masks; a per-call
             ``attribute(x, return_masks=...)`` overrides it.
 
@@ -232,10 +234,15 @@ class FEI(AttributionMethod):
         forward_fn: Callable[[Tensor], Tensor] | None = None,
         input_bounds: BoundsType = None,
         internal_batch_size: int | None = None,
+        token_options: TokenOptions | Mapping[str, Any] | None = None,
         return_masks: bool = False,
     ) -> None:
         super().__init__(
-            model, forward_fn=forward_fn, input_bounds=input_bounds, internal_batch_size=internal_batch_size
+            model,
+            forward_fn=forward_fn,
+            input_bounds=input_bounds,
+            internal_batch_size=internal_batch_size,
+            token_options=token_options,
         )
         self.gate = check_choice("gate", gate, GATES)
         self.levels = tuple(float(q) for q in levels)
