@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from lit_attr._checks import TargetType, check_bounds, resolve_target
 from lit_attr._memory import MemoryBackoff
 from lit_attr.methods._hygiene import preserved_model_state, preserved_rng_state
-from lit_attr.methods._token_inputs import TokenOptions
+from lit_attr.methods._token_inputs import TokenOptions, find_embedding_layer
 from lit_attr.methods._tokens import METHOD_TOKEN_DEFAULTS, attribute_tokens, check_method_token_options, is_token_call
 
 if TYPE_CHECKING:
@@ -122,13 +122,38 @@ class AttributionMethod(abc.ABC):
                 given = {k: v for k, v in kwargs.items() if not (k in METHOD_TOKEN_DEFAULTS and v is None)}
                 result = attribute_tokens(self, x, target, backoff=backoff, **{**self.token_defaults, **given})
             else:
-                result = self._attribute_inputs(x, target, logits, kwargs, backoff)
+                try:
+                    result = self._attribute_inputs(x, target, logits, kwargs, backoff)
+                except RuntimeError as error:
+                    if isinstance(error, torch.OutOfMemoryError) or not self._looks_like_float_ids(x):
+                        raise
+                    raise TypeError(
+                        f"`input_ids` must be integer token ids (torch.long or torch.int), got dtype {x.dtype}: the "
+                        f"model failed on this 2-D {x.dtype} tensor of whole numbers, and it has a token embedding "
+                        "layer. Pass `input_ids.long()`."
+                    ) from error
         except BaseException:
             self.internal_batch_size = chosen
             raise
         # A bound that had to shrink stays: the next batches start with the size that worked.
         self.internal_batch_size = backoff.finish()
         return result
+
+    def _looks_like_float_ids(self, x: Tensor) -> bool:
+        """Whether ``x`` is probably token ids cast to float: 2-D whole numbers >= 0, for a model with an embedding.
+
+        Asked only after the model failed on ``x``, so a model that takes such floats (and casts them) still works.
+        """
+        if not isinstance(x, Tensor) or x.ndim != 2 or not x.is_floating_point() or x.numel() == 0:
+            return False
+        if not bool(torch.isfinite(x).all() and (x == x.round()).all() and (x >= 0).all()):
+            return False
+        layer = self.token_options.embedding_layer if self.token_options is not None else None
+        try:
+            find_embedding_layer(self.model, layer)
+        except (TypeError, ValueError):
+            return False
+        return True
 
     def _attribute_inputs(
         self, x: Tensor, target: TargetType, logits: Tensor | None, kwargs: dict[str, Any], backoff: MemoryBackoff

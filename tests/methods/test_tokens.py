@@ -287,6 +287,35 @@ def test_errors_name_the_argument():
         method.attribute(ids, attention_mask=mask, references=too_long.expand(4, 2, 40))
 
 
+@pytest.mark.parametrize("builder", [tiny_bert, plain_transformer])
+@pytest.mark.parametrize("name", ["saliency", "mfaba", "fei"])
+def test_float_input_ids_without_token_keywords_name_input_ids(builder, name):
+    model = builder()
+    ids, _ = token_batch((6, 6))
+    with pytest.raises(TypeError, match=r"`input_ids` must be integer token ids \(torch.long or torch.int\), got "
+                                        r"dtype torch.float32.*Pass `input_ids.long\(\)`") as caught:  # fmt: skip
+        get_method(name, model, **fast_kwargs(name)).attribute(ids.float())
+    assert isinstance(caught.value.__cause__, RuntimeError)  # what torch raised, kept as the cause
+    with pytest.raises(TypeError, match="`input_ids` must be integer"):  # given logits: the model fails later
+        get_method(name, model, **fast_kwargs(name)).attribute(ids.float(), logits=torch.zeros(2, 3))
+
+
+def test_whole_number_floats_stay_features_when_the_model_takes_them():
+    class Categorical(nn.Module):  # float columns holding category codes, embedded inside the forward
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.embed(x.long()).mean(dim=1)) * x.sum(dim=1, keepdim=True)
+
+    torch.manual_seed(0)
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 5.0]])
+    scores = get_method("saliency", Categorical()).attribute(x, target=0)
+    assert scores.shape == x.shape and bool((scores != 0).any())
+
+
 def test_model_without_a_single_embedding_layer_needs_a_name():
     class TwoTables(nn.Module):
         def __init__(self):
