@@ -545,3 +545,14 @@ def test_cli_bad_input_is_one_line_on_stderr_and_a_non_zero_exit(
     assert len(stderr.splitlines()) == 1, stderr
     assert stderr.startswith("lit_attr evaluate: error:") and expected in stderr, stderr
     assert not output_dir.exists()
+
+
+@pytest.mark.parametrize("model", ["vit", "cnn"])
+def test_demo_text_with_a_model_is_one_line_naming_model(restored_process_state, capsys, tmp_path, model):
+    output_dir = tmp_path / "out"
+    code = main(["demo", "--task", "text", "--model", model, "--output_dir", str(output_dir)])
+    stderr = capsys.readouterr().err.strip()
+    assert code != 0
+    assert len(stderr.splitlines()) == 1, stderr
+    assert stderr.startswith(f"lit_attr demo: error: --model {model} ") and "--task text" in stderr, stderr
+    assert not output_dir.exists()
