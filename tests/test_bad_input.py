@@ -10,8 +10,6 @@ games name the ids ``input_ids``, their functional argument, when the Metric's `
 from __future__ import annotations
 
 import functools
-import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -498,19 +496,6 @@ def cli_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
     (root / "evaluate.yaml").write_text(yaml.safe_dump(config))
     return {"config": root / "evaluate.yaml", "ckpt": root / "model.pt", "root": root}
-
-
-@pytest.fixture
-def restored_process_state():
-    """``main`` quiets Lightning's loggers and sets W&B variables for the process; give them back afterwards."""
-    names = ("lightning", "lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric")
-    levels = {name: logging.getLogger(name).level for name in names}
-    environment = dict(os.environ)
-    yield
-    for name, level in levels.items():
-        logging.getLogger(name).setLevel(level)
-    os.environ.clear()
-    os.environ.update(environment)
 
 
 CLI_CASES = [
