@@ -139,6 +139,7 @@ def test_text_configs_parse_with_print_config(argv, capsys, restored_process_sta
     from lit_attr.runner import AttributionRunner
 
     monkeypatch.chdir(REPO)
+    monkeypatch.setattr(sys, "argv", ["lit_attr"])  # LightningCLI warns when pytest's own arguments are there too
     with pytest.raises(SystemExit) as done:  # in process: --print_config prints the parsed config and exits
         main([*argv, "--print_config"])
     assert done.value.code in (0, None)
