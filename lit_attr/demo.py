@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lit_attr.cli import default_wandb_offline, finish_wandb, run_evaluate
+from lit_attr.cli import CLIError, default_wandb_offline, finish_wandb, run_evaluate
 from lit_attr.report import summary_table
 
 __all__ = ["DEMOS", "DEMO_BUDGETS", "demo_command", "demo_help", "run_demo"]
@@ -437,7 +437,7 @@ def demo_command(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="lit_attr demo", add_help=False)
     parser.add_argument("-h", "--help", action="store_true")
     parser.add_argument("--task", choices=("image", "text"), default="image")
-    parser.add_argument("--model", choices=("cnn", "vit"), default="cnn")
+    parser.add_argument("--model", choices=("cnn", "vit"), default=None)
     parser.add_argument("--output_dir", "--output-dir", default="lit_attr_demo")
     parser.add_argument("--fast", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
@@ -445,5 +445,10 @@ def demo_command(argv: Sequence[str]) -> int:
     if args.help:
         sys.stdout.write(demo_help())
         return 0
-    run_demo(args.output_dir, fast=args.fast, seed=args.seed, model="text" if args.task == "text" else args.model)
+    if args.task == "text" and args.model is not None:
+        raise CLIError(
+            f"--model {args.model} chooses the image demo's model; --task text trains DemoTextClassifier, drop --model."
+        )
+    model = "text" if args.task == "text" else args.model or "cnn"
+    run_demo(args.output_dir, fast=args.fast, seed=args.seed, model=model)
     return 0

@@ -5,6 +5,7 @@
 ``trained_text_demo`` do the same for the demo vision transformer and the text classifier, on small budgets.
 """
 
+import logging
 import os
 
 # Set before anything can import wandb, so that no test ever tries to reach the network.
@@ -50,3 +51,16 @@ def trained_text_demo():
 
     data = SyntheticTextDataModule(num_train=1000, num_val=256, num_test=256, seed=DEMO_SEED)
     return train_demo_text_classifier(data, seed=DEMO_SEED, epochs=4)
+
+
+@pytest.fixture
+def restored_process_state():
+    """``lit_attr.cli.main`` quiets Lightning's loggers and sets W&B variables for the process; give them back."""
+    names = ("lightning", "lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric")
+    levels = {name: logging.getLogger(name).level for name in names}
+    environment = dict(os.environ)
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    os.environ.clear()
+    os.environ.update(environment)

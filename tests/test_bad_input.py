@@ -10,8 +10,6 @@ games name the ids ``input_ids``, their functional argument, when the Metric's `
 from __future__ import annotations
 
 import functools
-import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -500,19 +498,6 @@ def cli_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"config": root / "evaluate.yaml", "ckpt": root / "model.pt", "root": root}
 
 
-@pytest.fixture
-def restored_process_state():
-    """``main`` quiets Lightning's loggers and sets W&B variables for the process; give them back afterwards."""
-    names = ("lightning", "lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric")
-    levels = {name: logging.getLogger(name).level for name in names}
-    environment = dict(os.environ)
-    yield
-    for name, level in levels.items():
-        logging.getLogger(name).setLevel(level)
-    os.environ.clear()
-    os.environ.update(environment)
-
-
 CLI_CASES = [
     ("split", ["--split", "train"], "split"),
     ("batch_size_text", ["--batch_size", "abc"], "batch_size"),
@@ -544,4 +529,15 @@ def test_cli_bad_input_is_one_line_on_stderr_and_a_non_zero_exit(
     assert code != 0
     assert len(stderr.splitlines()) == 1, stderr
     assert stderr.startswith("lit_attr evaluate: error:") and expected in stderr, stderr
+    assert not output_dir.exists()
+
+
+@pytest.mark.parametrize("model", ["vit", "cnn"])
+def test_demo_text_with_a_model_is_one_line_naming_model(restored_process_state, capsys, tmp_path, model):
+    output_dir = tmp_path / "out"
+    code = main(["demo", "--task", "text", "--model", model, "--output_dir", str(output_dir)])
+    stderr = capsys.readouterr().err.strip()
+    assert code != 0
+    assert len(stderr.splitlines()) == 1, stderr
+    assert stderr.startswith(f"lit_attr demo: error: --model {model} ") and "--task text" in stderr, stderr
     assert not output_dir.exists()

@@ -130,6 +130,40 @@ def test_fit_config_parses_through_lightningcli():
     assert "lit_attr.models.DemoClassifier" in out.stdout
 
 
+@pytest.mark.parametrize(
+    "argv", [["fit", "--config", "configs/text_demo.yaml"], ["evaluate", "--config", "configs/evaluate_text_demo.yaml"]]
+)
+def test_text_configs_parse_with_print_config(argv, capsys, restored_process_state, monkeypatch):
+    from lit_attr.cli import main
+    from lit_attr.models import DemoTextClassifier
+    from lit_attr.runner import AttributionRunner
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(sys, "argv", ["lit_attr"])  # LightningCLI warns when pytest's own arguments are there too
+    with pytest.raises(SystemExit) as done:  # in process: --print_config prints the parsed config and exits
+        main([*argv, "--print_config"])
+    assert done.value.code in (0, None)
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["class_path"] == "lit_attr.models.DemoTextClassifier"
+    assert config["data"]["class_path"] == "lit_attr.data.SyntheticTextDataModule"
+    if argv[0] == "fit":
+        (monitor,) = [c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("AttributionMonitor")]
+        options = monitor["init_args"]
+        # jsonargparse prints the monitor's `methods` (a union with callables) as "Unable to serialize instance
+        # [...]"; the names come from the file itself.
+        (source,) = [c for c in yaml.safe_load((REPO / argv[2]).read_text())["trainer"]["callbacks"]
+                     if c["class_path"].endswith("AttributionMonitor")]  # fmt: skip
+        options["methods"] = source["init_args"]["methods"]
+    else:
+        options = config
+        assert config["input_bounds"] is None and config["split"] == "val"
+    # The methods, metrics and their options build on the model the config names, as the monitor/evaluate build them.
+    model = DemoTextClassifier(**config["model"]["init_args"])
+    runner = AttributionRunner(model, options["methods"], options["metrics"], method_kwargs=options["method_kwargs"],
+                               metric_kwargs=options["metric_kwargs"])  # fmt: skip
+    assert list(runner.methods) == options["methods"] and len(options["methods"]) >= 3
+
+
 # ---------------------------------------------------------------------------------------------------- demo
 def _check_result(result: dict, methods: list[str]) -> None:
     assert list(result["methods"]) == methods

@@ -49,7 +49,9 @@ def plain_transformer(seed: int = 0, dtype: torch.dtype = torch.float32, relu: b
     return PlainTransformer(relu=relu).to(dtype).eval()
 
 
-def tiny_bert(seed: int = 0, dtype: torch.dtype = torch.float32, init: float = 0.1) -> nn.Module:
+def tiny_bert(
+    seed: int = 0, dtype: torch.dtype = torch.float32, init: float = 0.1, hidden_act: str = "gelu"
+) -> nn.Module:
     """A random ``BertForSequenceClassification``: vocabulary 100, hidden 32, 2 layers, 2 heads (GELU, as BERT)."""
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -63,6 +65,7 @@ def tiny_bert(seed: int = 0, dtype: torch.dtype = torch.float32, init: float = 0
         num_labels=3,
         initializer_range=init,
         pad_token_id=PAD,
+        hidden_act=hidden_act,
     )
     torch.manual_seed(seed)
     return BertForSequenceClassification(config).to(dtype).eval()

@@ -10,7 +10,7 @@ a model in eval mode whose parameters do not require gradients.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from lit_attr._checks import TargetType, check_bounds, resolve_target
 from lit_attr._memory import MemoryBackoff
 from lit_attr.methods._hygiene import preserved_model_state, preserved_rng_state
-from lit_attr.methods._tokens import attribute_tokens, is_token_call
+from lit_attr.methods._token_inputs import TokenOptions, find_embedding_layer
+from lit_attr.methods._tokens import METHOD_TOKEN_DEFAULTS, attribute_tokens, check_method_token_options, is_token_call
 
 if TYPE_CHECKING:
     from lit_attr.batch import Batch
@@ -45,6 +46,13 @@ class AttributionMethod(abc.ABC):
             ``None`` lets the method choose (whole batch). When a chunk runs out of memory
             (``torch.OutOfMemoryError``), the bound is halved and the chunk retried, down to one row; one
             :class:`~lit_attr._memory.OutOfMemoryWarning` names the size that worked, which the method keeps.
+        token_options: defaults for token ids (see :meth:`attribute`): a
+            :class:`~lit_attr.methods.TokenOptions` (``special_token_ids``, ``mask_token_id``, ``pad_token_id``,
+            ``embedding_layer``), or a mapping with those keys and ``baseline_token_id``, ``token_reduction``
+            (e.g. ``{"special_token_ids": [101, 102], "token_reduction": "norm"}``, as in ``method_kwargs`` of the
+            monitor, ``evaluate`` and YAML configs). They override the model's own ``token_options``; the keywords
+            of an ``attribute`` call override them. Kept as the attributes ``token_options`` (a ``TokenOptions``
+            or None) and ``token_defaults`` (the per-call keywords).
 
     Example:
         >>> from lit_attr.methods import get_method
@@ -66,6 +74,7 @@ class AttributionMethod(abc.ABC):
         forward_fn: Callable[[Tensor], Tensor] | None = None,
         input_bounds: BoundsType = None,
         internal_batch_size: int | None = None,
+        token_options: TokenOptions | Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
@@ -79,6 +88,7 @@ class AttributionMethod(abc.ABC):
         self.forward_fn = forward_fn if forward_fn is not None else model
         self.input_bounds = check_bounds("input_bounds", input_bounds)
         self.internal_batch_size = internal_batch_size
+        self.token_options, self.token_defaults = check_method_token_options(token_options)
 
     # ------------------------------------------------------------------ public API
     def attribute(
@@ -103,21 +113,47 @@ class AttributionMethod(abc.ABC):
         Integer token ids ``x`` of shape ``(N, L)`` (with ``attention_mask=``, ``special_tokens_mask=`` and the
         other keywords of :func:`~lit_attr.methods._tokens.attribute_tokens`) are attributed in the embedding space
         of the model's input embedding layer and give ``(N, L)`` float per-token scores, exactly 0 on padding and
-        special tokens.
+        special tokens. The constructor's ``token_options`` give defaults for these keywords.
         """
         chosen = self.internal_batch_size
         backoff = MemoryBackoff(self.name or type(self).__name__, chosen)
         try:
             if is_token_call(x, kwargs):
-                result = attribute_tokens(self, x, target, backoff=backoff, **kwargs)
+                given = {k: v for k, v in kwargs.items() if not (k in METHOD_TOKEN_DEFAULTS and v is None)}
+                result = attribute_tokens(self, x, target, backoff=backoff, **{**self.token_defaults, **given})
             else:
-                result = self._attribute_inputs(x, target, logits, kwargs, backoff)
+                try:
+                    result = self._attribute_inputs(x, target, logits, kwargs, backoff)
+                except RuntimeError as error:
+                    if isinstance(error, torch.OutOfMemoryError) or not self._looks_like_float_ids(x):
+                        raise
+                    raise TypeError(
+                        f"`input_ids` must be integer token ids (torch.long or torch.int), got dtype {x.dtype}: the "
+                        f"model failed on this 2-D {x.dtype} tensor of whole numbers, and it has a token embedding "
+                        "layer. Pass `input_ids.long()`."
+                    ) from error
         except BaseException:
             self.internal_batch_size = chosen
             raise
         # A bound that had to shrink stays: the next batches start with the size that worked.
         self.internal_batch_size = backoff.finish()
         return result
+
+    def _looks_like_float_ids(self, x: Tensor) -> bool:
+        """Whether ``x`` is probably token ids cast to float: 2-D whole numbers >= 0, for a model with an embedding.
+
+        Asked only after the model failed on ``x``, so a model that takes such floats (and casts them) still works.
+        """
+        if not isinstance(x, Tensor) or x.ndim != 2 or not x.is_floating_point() or x.numel() == 0:
+            return False
+        if not bool(torch.isfinite(x).all() and (x == x.round()).all() and (x >= 0).all()):
+            return False
+        layer = self.token_options.embedding_layer if self.token_options is not None else None
+        try:
+            find_embedding_layer(self.model, layer)
+        except (TypeError, ValueError):
+            return False
+        return True
 
     def _attribute_inputs(
         self, x: Tensor, target: TargetType, logits: Tensor | None, kwargs: dict[str, Any], backoff: MemoryBackoff

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import captum.attr as ca
@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from lit_attr._checks import check_choice, check_number, check_positive, check_seed
 from lit_attr.methods._common import row_seed
 from lit_attr.methods._hygiene import seed_everything_locally
+from lit_attr.methods._token_inputs import TokenOptions
 from lit_attr.methods.base import AttributionMethod, BoundsType
 from lit_attr.methods.registry import register_method
 
@@ -56,6 +57,7 @@ class CaptumMethod(AttributionMethod):
         forward_fn: see :class:`AttributionMethod`.
         input_bounds: see :class:`AttributionMethod`.
         internal_batch_size: see :class:`AttributionMethod`.
+        token_options: defaults for token ids; see :class:`~lit_attr.methods.base.AttributionMethod`.
         **attribute_kwargs: forwarded to the Captum ``attribute`` call (e.g. ``n_steps=50``); per-call keywords
             given to :meth:`attribute` override them. Per-call ``baselines`` with one row per sample are split
             with ``x`` when ``internal_batch_size`` chunks the batch.
@@ -81,10 +83,15 @@ class CaptumMethod(AttributionMethod):
         forward_fn: Callable[[Tensor], Tensor] | None = None,
         input_bounds: BoundsType = None,
         internal_batch_size: int | None = None,
+        token_options: TokenOptions | Mapping[str, Any] | None = None,
         **attribute_kwargs: Any,
     ) -> None:
         super().__init__(
-            model, forward_fn=forward_fn, input_bounds=input_bounds, internal_batch_size=internal_batch_size
+            model,
+            forward_fn=forward_fn,
+            input_bounds=input_bounds,
+            internal_batch_size=internal_batch_size,
+            token_options=token_options,
         )
         if not callable(attribution):
             raise TypeError(f"`attribution` must be a Captum attribution class or factory, got {attribution!r}.")

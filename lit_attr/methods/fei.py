@@ -15,8 +15,9 @@ clean ``z0 <= 0``; ``vm`` passes only gradients that move ``z`` back towards ``z
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal, overload
 
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 
 from lit_attr._checks import check_choice, check_positive, check_seed
 from lit_attr.methods._common import SCORES, row_seed
+from lit_attr.methods._token_inputs import TokenOptions
 from lit_attr.methods.base import AttributionMethod, BoundsType, ResultType, TargetType
 from lit_attr.methods.registry import register_method
 
@@ -69,14 +71,44 @@ def gate_gradient(a: Tensor, a0: Tensor, gate: str) -> Tensor:
     return _GatedIdentity.apply(a, a0, gate)
 
 
-GATED_TYPES: tuple[type, ...] = (nn.ReLU, nn.GELU)
-"""Activation modules FEI can gate: ReLUs at their output, GELUs at their input (pre-activation)."""
+#: Hugging Face's GELU modules (``transformers.activations``: ``hidden_act="gelu"`` as in BERT, its tanh and sigmoid
+#: approximations), gated like ``nn.GELU`` at their input: each is close to the identity for ``z > 0`` and to 0 for
+#: ``z << 0``, as GELU is. Names missing from the installed transformers are skipped.
+HF_GELU_NAMES = (
+    "GELUActivation",
+    "GELUTanh",
+    "PytorchGELUTanh",
+    "NewGELUActivation",
+    "FastGELUActivation",
+    "AccurateGELUActivation",
+    "QuickGELUActivation",
+)
+
+
+def gelu_types() -> tuple[type, ...]:
+    """``nn.GELU`` and, when transformers is loaded, its GELU modules (:data:`HF_GELU_NAMES`).
+
+    A model holding a Hugging Face activation has imported ``transformers.activations``, so FEI looks the classes up
+    there and never imports transformers itself.
+
+    Example:
+        >>> nn.GELU in gelu_types()
+        True
+    """
+    hf = sys.modules.get("transformers.activations")
+    return (nn.GELU, *(getattr(hf, name) for name in HF_GELU_NAMES if hasattr(hf, name)))
+
+
+def gated_types() -> tuple[type, ...]:
+    """Every activation module type FEI can gate: ``nn.ReLU`` (at its output) and :func:`gelu_types` (at the input)."""
+    return (nn.ReLU, *gelu_types())
 
 
 class ActivationGates:
     """Hooks that gate chosen ReLU and GELU modules, keyed by module and call order within one forward.
 
-    A ReLU is gated at its output (a forward hook), a GELU at its input (a forward pre-hook), so ``clean`` holds
+    A ReLU is gated at its output (a forward hook), a GELU (``nn.GELU`` or one of Hugging Face's, see
+    :func:`gelu_types`) at its input (a forward pre-hook), so ``clean`` holds
     ReLU outputs and GELU inputs. ``capture(x)`` records clean activations; inside ``active()`` every forward must
     be preceded by ``new_forward()`` so that a module called several times per forward (torchvision's Bottleneck
     ReLU) is matched call by call. ``inplace`` flags are switched off while hooked and restored on exit, even on
@@ -98,8 +130,9 @@ class ActivationGates:
         try:
             for m, _ in flags:
                 m.inplace = False
+            gelus = gelu_types()
             for m in self.modules:
-                if isinstance(m, nn.GELU):
+                if isinstance(m, gelus):
                     handles.append(m.register_forward_pre_hook(self._pre_hook))
                 else:
                     handles.append(m.register_forward_hook(self._hook))
@@ -153,8 +186,9 @@ class FEI(AttributionMethod):
     ``attribute(x, return_masks=True)`` also returns ``{"masks": (N, len(levels), ...)}``, the nested masks.
 
     Args:
-        model: classifier returning logits, with ReLUs as ``nn.ReLU`` (or GELUs as ``nn.GELU``) modules when a gate
-            is used.
+        model: classifier returning logits, with ReLUs as ``nn.ReLU`` (or GELUs as ``nn.GELU`` or Hugging Face
+            GELU, e.g. BERT's ``GELUActivation``) modules when a gate is used; activations applied as functions
+            (``F.relu``) cannot be gated, use ``gate="none"`` there.
         gate: ``"ibm"`` (default), ``"vm"``, ``"none"``, or the ablations ``"ivm"``, ``"avm"`` (see ``GATES``).
         levels: increasing area fractions in (0, 1].
         iterations: Adam steps per level.
@@ -163,8 +197,8 @@ class FEI(AttributionMethod):
         objective: ``"preservation"`` (the released code) or ``"hybrid"``.
         gate_layers: activation modules to gate: ``None`` = every ReLU module the forward calls before the first
             ``nn.Linear`` or, when there is none, every GELU module it calls before the last ``nn.Linear`` (the
-            head), which on a vision transformer are the GELUs of the encoder blocks' MLPs; a list of ``nn.ReLU``
-            or ``nn.GELU`` module names; or ``(start, stop)``, a window over the ReLU and GELU modules in forward
+            head), which on a vision transformer or BERT are the GELUs of the encoder blocks' MLPs; a list of ReLU
+            or GELU module names; or ``(start, stop)``, a window over the ReLU and GELU modules in forward
             order.
         seed: base seed of the reference colours.
         reduce: ``True`` broadcasts the map to the input's shape; ``False`` returns ``(N, 1, H, W)``.
@@ -173,6 +207,7 @@ class FEI(AttributionMethod):
         forward_fn: see :class:`~lit_attr.methods.base.AttributionMethod`.
         input_bounds: the colour range of the references; ``None`` uses each sample's own channel range.
         internal_batch_size: samples per optimisation batch.
+        token_options: defaults for token ids; see :class:`~lit_attr.methods.base.AttributionMethod`.
         return_masks: also return ``{"masks": (N, len(levels), ...)}``, the nested masks; a per-call
             ``attribute(x, return_masks=...)`` overrides it.
 
@@ -199,10 +234,15 @@ class FEI(AttributionMethod):
         forward_fn: Callable[[Tensor], Tensor] | None = None,
         input_bounds: BoundsType = None,
         internal_batch_size: int | None = None,
+        token_options: TokenOptions | Mapping[str, Any] | None = None,
         return_masks: bool = False,
     ) -> None:
         super().__init__(
-            model, forward_fn=forward_fn, input_bounds=input_bounds, internal_batch_size=internal_batch_size
+            model,
+            forward_fn=forward_fn,
+            input_bounds=input_bounds,
+            internal_batch_size=internal_batch_size,
+            token_options=token_options,
         )
         self.gate = check_choice("gate", gate, GATES)
         self.levels = tuple(float(q) for q in levels)
@@ -266,14 +306,16 @@ class FEI(AttributionMethod):
 
         ``whole_model=True`` (token inputs) makes the default every ReLU module the forward calls: a transformer
         has no convolutional feature extractor before its first ``nn.Linear``, its ReLUs sit in the blocks.
+        GELUs are ``nn.GELU`` or Hugging Face's GELU modules (:func:`gelu_types`).
         """
         order: list[tuple[str, nn.Module]] = []
         names = {m: n for n, m in self.model.named_modules()}
+        gateable, gelus = gated_types(), gelu_types()
 
         def record(module: nn.Module, args: Any, output: Any) -> None:
             order.append((names[module], module))
 
-        watched = [m for m in self.model.modules() if isinstance(m, (*GATED_TYPES, nn.Linear))]
+        watched = [m for m in self.model.modules() if isinstance(m, (*gateable, nn.Linear))]
         handles = [m.register_forward_hook(record) for m in watched]
         try:
             with torch.no_grad():
@@ -283,15 +325,15 @@ class FEI(AttributionMethod):
                 h.remove()
         activations: list[tuple[str, nn.Module]] = []
         for name, module in order:
-            if isinstance(module, GATED_TYPES) and all(module is not m for _, m in activations):
+            if isinstance(module, gateable) and all(module is not m for _, m in activations):
                 activations.append((name, module))
         if isinstance(self.gate_layers, (list, tuple)) and all(isinstance(v, str) for v in self.gate_layers):
             modules = dict(self.model.named_modules())
-            missing = [n for n in self.gate_layers if n not in modules or not isinstance(modules[n], GATED_TYPES)]
+            missing = [n for n in self.gate_layers if n not in modules or not isinstance(modules[n], gateable)]
             if missing:
                 raise ValueError(
-                    f"`gate_layers` must name nn.ReLU modules (or nn.GELU modules) of the model; not ReLU or GELU "
-                    f"modules: {missing}."
+                    f"`gate_layers` must name nn.ReLU modules (or GELU modules: nn.GELU, Hugging Face's GELUs) of the "
+                    f"model; not ReLU or GELU modules: {missing}."
                 )
             return [modules[n] for n in self.gate_layers]
         if self.gate_layers is None:
@@ -301,7 +343,7 @@ class FEI(AttributionMethod):
             chosen = relus if whole_model else [m for m in relus if id(m) in before_first]
             if not chosen:  # a GELU network (a vision transformer, BERT): the GELUs of every block, not of the head
                 before_last = {id(m) for _, m in order[: linears[-1] if linears else len(order)]}
-                chosen = [m for _, m in activations if isinstance(m, nn.GELU) and id(m) in before_last]
+                chosen = [m for _, m in activations if isinstance(m, gelus) and id(m) in before_last]
         elif (
             isinstance(self.gate_layers, tuple)
             and len(self.gate_layers) == 2
@@ -314,12 +356,28 @@ class FEI(AttributionMethod):
                 f"got {self.gate_layers!r}."
             )
         if self.gate != "none" and not chosen:
-            raise ValueError(
-                f"gate={self.gate!r} needs nn.ReLU modules to hook (or nn.GELU modules), but the model's forward calls "
-                "none in the gated range (ReLU applied functionally, e.g. F.relu or F.gelu?). Use nn.ReLU/nn.GELU "
-                "modules, pass `gate_layers`, or gate='none'."
-            )
+            raise ValueError(self._nothing_to_gate([name for name, _ in activations]))
         return chosen
+
+    def _nothing_to_gate(self, called: list[str]) -> str:
+        """Why no module is gated: the forward calls no activation module at all, or none in the gated range."""
+        if not called:
+            return (
+                f"FEI's gate={self.gate!r} hooks activation modules (nn.ReLU, nn.GELU, Hugging Face's GELUs), but the "
+                "model's forward calls none: its activations are applied as functions (F.relu, F.gelu; "
+                "nn.TransformerEncoderLayer does so with its default activation), which cannot be hooked. Pass "
+                "gate='none' to run FEI without gating, or build the model with activation modules (e.g. "
+                "nn.TransformerEncoderLayer(..., activation=nn.ReLU()))."
+            )
+        where = (
+            "the default range (the ReLUs before the first nn.Linear, else the GELUs before the last nn.Linear)"
+            if self.gate_layers is None
+            else f"gate_layers={self.gate_layers!r}"
+        )
+        return (
+            f"FEI's gate={self.gate!r} found no activation module to gate in {where}; the forward calls {called}. "
+            "Name the modules to gate with gate_layers=[...], or pass gate='none' to run FEI without gating."
+        )
 
     #: The former name, from when only ReLUs were gated.
     relu_modules = gated_modules

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from lit_attr._checks import check_choice, check_flag, check_positive, check_seed
 from lit_attr.methods._common import SCORES, row_seed, unit_rows
+from lit_attr.methods._token_inputs import TokenOptions
 from lit_attr.methods._tokens import is_token_call
 from lit_attr.methods.base import AttributionMethod, BoundsType, ResultType, TargetType
 from lit_attr.methods.registry import register_method
@@ -87,6 +88,7 @@ class IG2(AttributionMethod):
         forward_fn: see :class:`~lit_attr.methods.base.AttributionMethod`.
         input_bounds: path points are clipped to it.
         internal_batch_size: bounds rows (samples x references) per forward.
+        token_options: defaults for token ids; see :class:`~lit_attr.methods.base.AttributionMethod`.
         return_baseline: also return ``{"baseline": GradCF}``, the path end points ``(N, B, ...)``; a per-call
             ``attribute(x, return_baseline=...)`` overrides it.
 
@@ -114,10 +116,15 @@ class IG2(AttributionMethod):
         forward_fn: Callable[[Tensor], Tensor] | None = None,
         input_bounds: BoundsType = None,
         internal_batch_size: int | None = None,
+        token_options: TokenOptions | Mapping[str, Any] | None = None,
         return_baseline: bool = False,
     ) -> None:
         super().__init__(
-            model, forward_fn=forward_fn, input_bounds=input_bounds, internal_batch_size=internal_batch_size
+            model,
+            forward_fn=forward_fn,
+            input_bounds=input_bounds,
+            internal_batch_size=internal_batch_size,
+            token_options=token_options,
         )
         self.steps = check_positive("steps", steps, int)
         self.eta = None if eta is None else check_positive("eta", eta)

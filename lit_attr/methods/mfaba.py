@@ -8,7 +8,7 @@ See specs/methods.md for the variants and the bugs of the released code that thi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, overload
 
 import torch
@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from lit_attr._checks import check_choice, check_positive
 from lit_attr.methods._common import SCORES, expand_rows, unit_rows
+from lit_attr.methods._token_inputs import TokenOptions
 from lit_attr.methods.base import AttributionMethod, BoundsType, ResultType, TargetType
 from lit_attr.methods.registry import register_method
 
@@ -53,6 +54,7 @@ class MFABA(AttributionMethod):
         forward_fn: see :class:`~lit_attr.methods.base.AttributionMethod`.
         input_bounds: path points are clipped to it.
         internal_batch_size: samples per chunk (one row per sample per path point).
+        token_options: defaults for token ids; see :class:`~lit_attr.methods.base.AttributionMethod`.
         return_info: also return per-sample diagnostics ``{"steps", "flipped", "score_drop"}``; a per-call
             ``attribute(x, return_info=...)`` overrides it.
 
@@ -78,10 +80,15 @@ class MFABA(AttributionMethod):
         forward_fn: Callable[[Tensor], Tensor] | None = None,
         input_bounds: BoundsType = None,
         internal_batch_size: int | None = None,
+        token_options: TokenOptions | Mapping[str, Any] | None = None,
         return_info: bool = False,
     ) -> None:
         super().__init__(
-            model, forward_fn=forward_fn, input_bounds=input_bounds, internal_batch_size=internal_batch_size
+            model,
+            forward_fn=forward_fn,
+            input_bounds=input_bounds,
+            internal_batch_size=internal_batch_size,
+            token_options=token_options,
         )
         self.variant = check_choice("variant", variant, VARIANTS)
         self.rule = check_choice("rule", rule, RULES)

@@ -1,20 +1,26 @@
 """Delivery of the monitor's scalars, images, curves and tables to W&B, TensorBoard, CSV and no logger."""
 
+import html
 import io
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import pytest
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from callbacks._helpers import (
     METHOD_KWARGS,
     METRIC_KWARGS,
+    TRAINER_DEFAULTS,
     fit,
     read_metrics_csv,
+    read_wandb_records,
     wait_for_wandb_exit,
     wandb_history,
 )
@@ -219,3 +225,107 @@ def test_real_tensorboard_logger_writes_event_files(tmp_path):
     (text_tag,) = [tag for tag in tags["tensors"] if tag.startswith("attr/samples")]
     texts = [event.tensor_proto.string_val[0].decode() for event in events.Tensors(text_tag)]
     assert len(texts) == 2 and all(text.startswith("| epoch |") for text in texts)
+
+
+# ------------------------------------------------------------------------------------------------ token batches
+TEXT_METHODS = ("saliency", "input_x_gradient")
+SHOWN = 2  # log_heatmaps: the probe sentences whose highlighting is logged
+_TOKEN_SPAN = re.compile(r'<span title="([^"]*)" style="background-color:[^"]*">([^<]*)</span>')
+
+
+def _validate_text(logger: Any) -> tuple[Any, Any, AttributionMonitor]:
+    """Validate an untrained DemoTextClassifier with the monitor on 8 sentences; ``(model, data, monitor)``."""
+    from lit_attr.data import SyntheticTextDataModule
+    from lit_attr.models import DemoTextClassifier
+
+    data = SyntheticTextDataModule(num_train=16, num_val=8, num_test=8, batch_size=4, seed=3)
+    data.setup()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = DemoTextClassifier(vocab_size=data.vocab_size, num_classes=data.num_classes,
+                                   pad_token_id=data.pad_token_id, mask_token_id=data.mask_token_id,
+                                   special_token_ids=data.special_token_ids).eval()  # fmt: skip
+    monitor = AttributionMonitor(list(TEXT_METHODS), metrics=["token_localization"], num_samples=4,
+                                 log_heatmaps=SHOWN, batch_size=4, background_delivery=False)  # fmt: skip
+    options = {**TRAINER_DEFAULTS, "logger": logger, "callbacks": [monitor], "inference_mode": False}
+    L.Trainer(**options).validate(model, datamodule=data, verbose=False)
+    return model, data, monitor
+
+
+def _shown_words(data: Any, monitor: AttributionMonitor) -> list[list[str]]:
+    """The tokens of the highlighted probe sentences, decoded from the dataset itself."""
+    return [data.decode(data.val_set[index]["input_ids"]) for index in monitor.probe_indices[:SHOWN]]
+
+
+def test_wandb_token_batches_log_html_highlights_and_html_table_cells(tmp_path, monkeypatch):
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
+    from lit_attr.methods import get_method
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    tables = []
+    log_table = WandbLogger.log_table
+
+    def recording_log_table(self, key, columns=None, data=None, **kwargs):
+        tables.append((key, columns, data))
+        return log_table(self, key, columns=columns, data=data, **kwargs)
+
+    monkeypatch.setattr(WandbLogger, "log_table", recording_log_table)
+    logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="lit-attr-tests")
+    try:
+        model, data, monitor = _validate_text(logger)
+    finally:
+        wandb.finish()
+    shown = _shown_words(data, monitor)
+
+    # The samples table: an HTML cell (wandb.Html) per highlighted sentence and method, holding its words in order
+    # with its scores, which are the method's own on that sentence alone; no cell for the other probe sentences.
+    ((key, columns, rows),) = tables
+    assert key == "attr/samples" and "tokens" in columns
+    cells = {(row[columns.index("dataset_index")], row[columns.index("method")]): row[columns.index("tokens")]
+             for row in rows}  # fmt: skip
+    for index, words in zip(monitor.probe_indices[:SHOWN], shown, strict=True):
+        sample = data.val_set[index]
+        for method in TEXT_METHODS:
+            cell = cells[index, method]
+            assert isinstance(cell, wandb.Html)
+            spans = _TOKEN_SPAN.findall(cell.html)
+            assert [html.unescape(word) for _, word in spans] == words
+            expected = get_method(method, model).attribute(sample["input_ids"][None], sample["labels"][None])[0]
+            torch.testing.assert_close(torch.tensor([float(title) for title, _ in spans]), expected, rtol=1e-3, atol=0)
+    assert all(cell is None for (index, _), cell in cells.items() if index not in monitor.probe_indices[:SHOWN])
+
+    # The run: one HTML page per method with every highlighted sentence, and the table's artifact holds one HTML
+    # file per highlighted cell.
+    (run_dir,) = tmp_path.glob("wandb/offline-run-*")
+    for method in TEXT_METHODS:
+        (page,) = (run_dir / "files" / "media" / "html" / "attr" / method).glob("tokens_*.html")
+        assert [html.unescape(word) for _, word in _TOKEN_SPAN.findall(page.read_text())] == sum(shown, [])
+    (run_file,) = run_dir.glob("run-*.wandb")
+    records = read_wandb_records(wait_for_wandb_exit(run_file))
+    artifacts = [record.artifact for record in records if record.WhichOneof("record_type") == "artifact"]
+    (table,) = [artifact for artifact in artifacts if artifact.type == "run_table"]
+    paths = [entry.path for entry in table.manifest.contents]
+    assert "attr/samples.table.json" in paths
+    assert sum(path.startswith("media/html/") for path in paths) == SHOWN * len(TEXT_METHODS)
+
+
+def test_tensorboard_token_batches_get_a_highlight_figure_and_plain_words_in_the_table(tmp_path, monkeypatch):
+    logger = _RecordingTensorBoardLogger(tmp_path, monkeypatch)
+    _, data, monitor = _validate_text(logger)
+    shown = _shown_words(data, monitor)
+    calls = logger.experiment.calls
+    figures = {tag: figure for kind, tag, figure, _ in calls if kind == "figure"}
+    assert {f"attr/{method}/tokens" for method in TEXT_METHODS} <= set(figures)
+    for method in TEXT_METHODS:
+        figure = figures[f"attr/{method}/tokens"]
+        words = [text.get_text() for text in figure.texts if text.get_bbox_patch() is not None]  # the boxed tokens
+        assert words == sum(shown, [])
+    assert not [call for call in calls if call[0] == "image"]  # no image grid for token inputs
+    (table,) = [text for kind, tag, text, _ in calls if kind == "text" and tag == "attr/samples"]
+    assert "| tokens |" in table and "<span" not in table  # the cells' plain text, not their HTML
+    for words in shown:
+        assert " ".join(words) in table
+    assert not list(tmp_path.rglob("*.png")) and not list(tmp_path.rglob("*.html"))

@@ -29,15 +29,36 @@ EXPECTED = {  # written out by hand from the rules in words
 }
 
 
-def test_gelu_derivative_signs_of_the_table():
+def _hf_gelu(name, **kwargs):
+    from transformers import activations
+
+    return getattr(activations, name)(**kwargs)
+
+
+#: GELU modules and the function each computes (the ungated reference); Hugging Face's are what ``hidden_act`` builds.
+GELUS = {
+    "nn.GELU": (nn.GELU, F.gelu),
+    "nn.GELU(tanh)": (lambda: nn.GELU(approximate="tanh"), lambda z: F.gelu(z, approximate="tanh")),
+    "hf gelu": (lambda: _hf_gelu("GELUActivation"), F.gelu),
+    "hf gelu_python": (lambda: _hf_gelu("GELUActivation", use_gelu_python=True), F.gelu),
+    "hf gelu_new": (lambda: _hf_gelu("NewGELUActivation"), lambda z: F.gelu(z, approximate="tanh")),
+    "hf gelu_pytorch_tanh": (lambda: _hf_gelu("GELUTanh"), lambda z: F.gelu(z, approximate="tanh")),
+    "hf quick_gelu": (lambda: _hf_gelu("QuickGELUActivation"), lambda z: z * torch.sigmoid(1.702 * z)),
+}
+
+
+@pytest.mark.parametrize("kind", list(GELUS))
+def test_gelu_derivative_signs_of_the_table(kind):
     z = Z.clone().requires_grad_(True)
-    (F.gelu(z) * U).sum().backward()
+    (GELUS[kind][1](z) * U).sum().backward()
     assert torch.sign(z.grad).tolist() == G_SIGN
 
 
+@pytest.mark.parametrize("kind", list(GELUS))
 @pytest.mark.parametrize("gate", list(EXPECTED))
-def test_gelu_gate_truth_table_through_backward(gate):
-    gelu = nn.GELU()
+def test_gelu_gate_truth_table_through_backward(gate, kind):
+    build, function = GELUS[kind]
+    gelu = build()
     gates = ActivationGates([gelu], gate)
     with gates.active():
         gates.new_forward(capture=True)
@@ -46,13 +67,14 @@ def test_gelu_gate_truth_table_through_backward(gate):
         gates.new_forward()
         z = Z.clone().requires_grad_(True)
         out = gelu(z)
-        assert torch.equal(out, F.gelu(Z))  # identity forward
+        torch.testing.assert_close(out, function(Z))  # identity forward
         (out * U).sum().backward()
     assert torch.equal(gates.clean[(id(gelu), 0)], Z0)  # keyed on the clean pre-activation
     ungated = Z.clone().requires_grad_(True)
-    (F.gelu(ungated) * U).sum().backward()
-    assert z.grad.tolist() == (ungated.grad * torch.tensor(EXPECTED[gate], dtype=torch.float32)).tolist()
-    assert not gelu._forward_pre_hooks
+    (function(ungated) * U).sum().backward()
+    torch.testing.assert_close(z.grad, ungated.grad * torch.tensor(EXPECTED[gate], dtype=torch.float32))
+    assert torch.equal(z.grad == 0, torch.tensor(EXPECTED[gate]) == 0)  # closed exactly where the table says
+    assert not gelu._forward_pre_hooks and not gelu._forward_hooks
 
 
 def test_default_gated_range_on_vits_is_the_encoder_mlps():
@@ -70,7 +92,7 @@ def test_a_gelu_after_the_head_input_is_not_gated_by_default():
     net = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.GELU(), nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 3))
     assert FEI(net).gated_modules(torch.rand(1, 3, 2, 2)) == [net[2], net[4]]
     head = nn.Sequential(nn.Flatten(), nn.Linear(12, 3), nn.GELU())
-    with pytest.raises(ValueError, match="needs nn.ReLU modules to hook .or nn.GELU modules."):
+    with pytest.raises(ValueError, match=r"no activation module to gate in the default range.*calls \['2'\]"):
         FEI(head).gated_modules(torch.rand(1, 3, 2, 2))
 
 

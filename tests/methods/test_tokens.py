@@ -10,6 +10,7 @@ from text_helpers import (
     MASK,
     SEP,
     SPECIALS,
+    VOCAB,
     logits_of,
     plain_transformer,
     tiny_bert,
@@ -32,7 +33,7 @@ def fast_kwargs(name, pool_ids=None):
         "integrated_gradients": {"n_steps": 16},
         "mfaba": {"max_steps": 12},
         "ig2": {"steps": 6, "n_references": 2, "reference_pool": (pool_ids, torch.arange(len(pool_ids)) % 3)},
-        "fei": {"iterations": 3, "levels": (0.3, 0.6), "gate": "none"},  # GELU models: no ReLU to gate
+        "fei": {"iterations": 3, "levels": (0.3, 0.6)},  # the default gate, on both models' GELU modules
     }
     return fast.get(name, {})
 
@@ -94,10 +95,11 @@ def test_special_tokens_mask_and_special_ids_agree(model):
     assert bool((unmarked[:, 0] != 0).all())
 
 
+@pytest.mark.parametrize("builder", list(MODELS))
 @pytest.mark.parametrize("name", TOKEN_METHODS)
-def test_model_and_global_state_untouched(name):
-    model = tiny_bert().train()
-    model.classifier.eval()  # mixed modes must come back module by module
+def test_model_and_global_state_untouched(name, builder):
+    model = MODELS[builder]().train()
+    list(model.children())[-1].eval()  # the head: mixed modes must come back module by module
     params = list(model.parameters())
     params[0].requires_grad_(False)
     for p in params[1:]:
@@ -216,8 +218,49 @@ def test_fei_gates_relu_modules_of_a_transformer():
     assert bool((scores >= 0).all() and (scores <= 1).all())
     ungated = method_for("fei", model, gate="none").attribute(ids, attention_mask=mask)
     assert not torch.allclose(ungated, scores)
-    with pytest.raises(ValueError, match="needs nn.ReLU modules"):  # BERT's GELUs cannot be gated
-        method_for("fei", tiny_bert(), gate="ibm").attribute(ids, attention_mask=mask)
+
+
+def test_fei_gates_the_gelus_of_a_hugging_face_bert(monkeypatch):
+    from lit_attr.methods.fei import FEI
+
+    model = tiny_bert(hidden_act="gelu")
+    acts = [layer.intermediate.intermediate_act_fn for layer in model.bert.encoder.layer]
+    assert [type(a).__name__ for a in acts] == ["GELUActivation"] * 2  # a module, but not an nn.GELU
+    assert not any(isinstance(a, nn.GELU) for a in acts)
+    chosen, inputs = [], []
+    resolve = FEI.gated_modules
+    monkeypatch.setattr(FEI, "gated_modules", lambda self, *a, **k: chosen.append(resolve(self, *a, **k)) or chosen[-1])
+    ids, mask = token_batch()
+    fei = get_method("fei", model, iterations=3, levels=(0.3, 0.6), lr=0.3)  # the default gate, "ibm"
+    fei.token_options = TokenOptions(special_token_ids=SPECIALS, mask_token_id=MASK)
+    handles = [a.register_forward_pre_hook(lambda mod, args: inputs.append(mod)) for a in acts]
+    try:
+        scores = fei.attribute(ids, attention_mask=mask)
+    finally:
+        for h in handles:
+            h.remove()
+    assert [[id(m) for m in modules] for modules in chosen] == [[id(a) for a in acts]] * len(chosen) and chosen
+    assert {id(m) for m in inputs} == {id(a) for a in acts}
+    assert all(not a._forward_pre_hooks and not a._forward_hooks for a in acts)
+    frozen = (mask == 0) | (ids == CLS) | (ids == SEP)
+    assert bool((scores[frozen] == 0).all()) and bool((scores >= 0).all() and (scores <= 1).all())
+    ungated = method_for("fei", model, gate="none", iterations=3, lr=0.3).attribute(ids, attention_mask=mask)
+    assert not torch.allclose(ungated, scores)  # the gates changed the gradients
+
+
+def test_fei_on_functional_activations_says_so_and_names_gate_none():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)  # default activation: F.relu, a function
+    model = nn.Sequential(
+        nn.Embedding(VOCAB, 16), nn.TransformerEncoder(layer, 1, enable_nested_tensor=False), nn.Flatten(),
+        nn.Linear(6 * 16, 2),
+    ).eval()  # fmt: skip
+    ids = torch.randint(5, VOCAB, (2, 6), generator=torch.Generator().manual_seed(0))
+    message = r"forward calls none: its activations are applied as functions \(F.relu, F.gelu.*Pass gate='none'"
+    with pytest.raises(ValueError, match=message):
+        get_method("fei", model, iterations=2).attribute(ids, baseline_token_id=MASK)
+    scores = get_method("fei", model, iterations=2, gate="none").attribute(ids, baseline_token_id=MASK)
+    assert scores.shape == ids.shape
 
 
 def test_errors_name_the_argument():
@@ -243,6 +286,35 @@ def test_errors_name_the_argument():
         method_for("ig2", model).attribute(ids, attention_mask=mask, references=too_long.expand(4, 2, 40))
     with pytest.raises(ValueError, match="`references` apply to IG2 only"):
         method.attribute(ids, attention_mask=mask, references=too_long.expand(4, 2, 40))
+
+
+@pytest.mark.parametrize("builder", [tiny_bert, plain_transformer])
+@pytest.mark.parametrize("name", ["saliency", "mfaba", "fei"])
+def test_float_input_ids_without_token_keywords_name_input_ids(builder, name):
+    model = builder()
+    ids, _ = token_batch((6, 6))
+    with pytest.raises(TypeError, match=r"`input_ids` must be integer token ids \(torch.long or torch.int\), got "
+                                        r"dtype torch.float32.*Pass `input_ids.long\(\)`") as caught:  # fmt: skip
+        get_method(name, model, **fast_kwargs(name)).attribute(ids.float())
+    assert isinstance(caught.value.__cause__, RuntimeError)  # what torch raised, kept as the cause
+    with pytest.raises(TypeError, match="`input_ids` must be integer"):  # given logits: the model fails later
+        get_method(name, model, **fast_kwargs(name)).attribute(ids.float(), logits=torch.zeros(2, 3))
+
+
+def test_whole_number_floats_stay_features_when_the_model_takes_them():
+    class Categorical(nn.Module):  # float columns holding category codes, embedded inside the forward
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.embed(x.long()).mean(dim=1)) * x.sum(dim=1, keepdim=True)
+
+    torch.manual_seed(0)
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 5.0]])
+    scores = get_method("saliency", Categorical()).attribute(x, target=0)
+    assert scores.shape == x.shape and bool((scores != 0).any())
 
 
 def test_model_without_a_single_embedding_layer_needs_a_name():
