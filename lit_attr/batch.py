@@ -64,9 +64,21 @@ class Batch:
         """Every tensor moved to ``device``."""
         return Batch(*(None if t is None else t.to(device) for t in self._tensors()))
 
-    def model_inputs(self) -> dict[str, Tensor]:
-        """Keyword inputs of the model's forward besides ``x`` (the attention mask of token batches)."""
-        return {} if self.attention_mask is None else {"attention_mask": self.attention_mask}
+    def logits(self, model: Callable[..., Any]) -> Tensor:
+        """The model's output on ``x``, called as the methods call it.
+
+        Token ids go in with the attention mask where the forward takes one, and a Hugging Face output is reduced
+        to its ``logits``.
+
+        Example:
+            >>> Batch(torch.ones(2, 3)).logits(torch.nn.Linear(3, 4)).shape
+            torch.Size([2, 4])
+        """
+        if not self.tokens:
+            return model(self.x)
+        from lit_attr.methods._token_inputs import call_model  # lit_attr.methods imports this module
+
+        return call_model(model, self.x, self.attention_mask)
 
     def method_inputs(self) -> dict[str, Tensor]:
         """Keyword inputs of ``AttributionMethod.attribute`` besides ``x`` (the token masks of token batches)."""

@@ -213,8 +213,11 @@ def read_samples(
     return adapt_batch(collate([dataset[i] for i in indices]), adapter)
 
 
-def check_logits(model: nn.Module, x: Tensor) -> int:
+def check_logits(model: nn.Module, x: Tensor, attention_mask: Tensor | None = None) -> int:
     """Check that ``model`` maps a batch ``x`` to raw logits ``(N, K)``; return ``K``.
+
+    Token ids ``x`` go in as the methods pass them (:meth:`lit_attr.batch.Batch.logits`): with ``attention_mask``
+    where the forward takes one, a Hugging Face output reduced to its ``logits``.
 
     Raises:
         EvaluationError: for outputs that are not a 2-D float tensor with one row per sample and >= 2 columns, or
@@ -228,7 +231,9 @@ def check_logits(model: nn.Module, x: Tensor) -> int:
     model.eval()
     try:
         with torch.no_grad():
-            out = model(x)
+            out = Batch(x, attention_mask=attention_mask).logits(model)
+    except ValueError as error:  # a token model's output without logits
+        raise EvaluationError(str(error)) from error
     finally:
         model.train(was_training)
     if not isinstance(out, Tensor):
@@ -499,7 +504,7 @@ def evaluate(
         raise EvaluationError(f"the {split!r} split has no samples to evaluate")
     collate = split_collate(datamodule, split)
     first = read_samples(dataset, [0, 0], batch_adapter, collate)
-    num_classes = check_logits(model, first.x.float() if first.x.is_floating_point() else first.x)
+    num_classes = check_logits(model, first.x.float() if first.x.is_floating_point() else first.x, first.attention_mask)
 
     if trainer is None:
         trainer = Trainer(accelerator="cpu", devices=1, logger=False, **_QUIET_TRAINER)

@@ -383,7 +383,7 @@ class AttributionRunner:
         with preserved_rng_state(), torch.inference_mode(False):
             if logits is None:
                 with torch.no_grad(), preserved_model_state(self.model):
-                    logits = self.model(batch.x, **batch.model_inputs())
+                    logits = batch.logits(self.model)
             if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != n:
                 shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
                 raise ValueError(f"The model must return logits of shape (N, K) = ({n}, K), got {shape}.")

@@ -12,7 +12,7 @@ import torch
 from lit_attr.callbacks import AttributionMonitor
 from lit_attr.data import SyntheticTextDataModule
 from lit_attr.data.text import collate_tokens
-from lit_attr.evaluate import evaluate
+from lit_attr.evaluate import check_logits, evaluate
 from lit_attr.metrics import AttributionQuality
 from lit_attr.runner import AttributionRunner
 
@@ -94,3 +94,34 @@ def test_text_report_metrics_json_is_plain(text, tmp_path):
     result = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert 0.0 <= result["methods"]["saliency"]["token_localization"]["token_f1"] <= 1.0
     assert len(result["methods"]["saliency"]["comprehensiveness"]["comprehensiveness_curve"]) == 5  # 5 bins
+
+
+class _LogitsOnly(torch.nn.Module):
+    """A Hugging Face classifier wrapped to return its logits tensor, as users used to have to."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.inner(input_ids, attention_mask=attention_mask).logits
+
+
+def test_a_hugging_face_classifier_runs_as_it_is(tmp_path):
+    """BertForSequenceClassification returns a SequenceClassifierOutput: every path reads its logits."""
+    from text_helpers import tiny_bert, token_batch
+
+    bert = tiny_bert()
+    ids, mask = token_batch()
+    special = torch.zeros_like(ids)
+    special[:, 0] = 1
+    special[torch.arange(len(ids)), mask.sum(dim=1) - 1] = 1
+    options = {"metrics": ("comprehensiveness", "token_insertion_deletion"), "metric_kwargs": METRIC_KWARGS,
+               "method_kwargs": {"n_steps": 4}}  # fmt: skip
+    scores = {}
+    for name, model in (("bert", bert), ("wrapped", _LogitsOnly(bert))):
+        quality = AttributionQuality(model, "integrated_gradients", **options)
+        quality.update(ids, attention_mask=mask, special_tokens_mask=special)
+        scores[name] = quality.compute()
+    torch.testing.assert_close(scores["bert"], scores["wrapped"])
+    assert check_logits(bert, ids, mask) == 3

@@ -116,7 +116,7 @@ class AttributionQuality(Metric):
         model = self._runner.model
         # One clean forward: it resolves the targets (the labels of IG2's pool) and is handed on to the runner.
         with torch.no_grad(), torch.inference_mode(False), preserved_model_state(model):
-            logits = model(batch.x, **batch.model_inputs())
+            logits = batch.logits(model)
         target = resolve_target(target, logits)
         if self.max_samples_per_update is not None and x.shape[0] > self.max_samples_per_update:
             generator = torch.Generator().manual_seed(self.seed + int(self.updates))
