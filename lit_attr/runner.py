@@ -54,7 +54,8 @@ __all__ = [
 ]
 
 MethodSpec = str | Callable[..., AttributionMethod] | AttributionMethod
-MethodsArg = MethodSpec | Sequence[MethodSpec] | Mapping[str, MethodSpec]
+# The containers first: jsonargparse (LightningCLI) can then write a parsed list or dict back into a config.
+MethodsArg = Sequence[MethodSpec] | Mapping[str, MethodSpec] | MethodSpec
 TARGETS = ("label", "prediction")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 

@@ -124,36 +124,45 @@ def test_help_lists_every_command_with_examples():
     assert "--ckpt_path" in subs[0].stdout
 
 
-def test_fit_config_parses_through_lightningcli():
-    out = _run("fit", "--config", "configs/demo.yaml", "--print_config")
-    assert out.returncode == 0, out.stderr
-    assert "lit_attr.models.DemoClassifier" in out.stdout
-
-
-@pytest.mark.parametrize(
-    "argv", [["fit", "--config", "configs/text_demo.yaml"], ["evaluate", "--config", "configs/evaluate_text_demo.yaml"]]
-)
-def test_text_configs_parse_with_print_config(argv, capsys, restored_process_state, monkeypatch):
+def _printed_config(argv: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> dict:
     from lit_attr.cli import main
-    from lit_attr.models import DemoTextClassifier
-    from lit_attr.runner import AttributionRunner
 
     monkeypatch.chdir(REPO)
     monkeypatch.setattr(sys, "argv", ["lit_attr"])  # LightningCLI warns when pytest's own arguments are there too
     with pytest.raises(SystemExit) as done:  # in process: --print_config prints the parsed config and exits
         main([*argv, "--print_config"])
     assert done.value.code in (0, None)
-    config = yaml.safe_load(capsys.readouterr().out)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def _callbacks(config: dict) -> dict[str, dict]:
+    return {c["class_path"].rsplit(".", 1)[-1]: c["init_args"] for c in config["trainer"]["callbacks"]}
+
+
+def test_a_printed_fit_config_holds_the_callbacks_as_written(capsys, restored_process_state, monkeypatch):
+    config = _printed_config(["fit", "--config", "configs/demo.yaml"], capsys, monkeypatch)
+    assert config["model"]["class_path"] == "lit_attr.models.DemoClassifier"
+    source = _callbacks(yaml.safe_load((REPO / "configs" / "demo.yaml").read_text()))
+    printed = _callbacks(config)
+    # The monitors' `methods` (a union with factories and instances) are written back as the names they were.
+    for name in ("AttributionMonitor", "RandomizationCheck"):
+        assert printed[name]["methods"] == source[name]["methods"], name
+
+
+@pytest.mark.parametrize(
+    "argv", [["fit", "--config", "configs/text_demo.yaml"], ["evaluate", "--config", "configs/evaluate_text_demo.yaml"]]
+)
+def test_text_configs_parse_with_print_config(argv, capsys, restored_process_state, monkeypatch):
+    from lit_attr.models import DemoTextClassifier
+    from lit_attr.runner import AttributionRunner
+
+    config = _printed_config(argv, capsys, monkeypatch)
     assert config["model"]["class_path"] == "lit_attr.models.DemoTextClassifier"
     assert config["data"]["class_path"] == "lit_attr.data.SyntheticTextDataModule"
     if argv[0] == "fit":
-        (monitor,) = [c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("AttributionMonitor")]
-        options = monitor["init_args"]
-        # jsonargparse prints the monitor's `methods` (a union with callables) as "Unable to serialize instance
-        # [...]"; the names come from the file itself.
-        (source,) = [c for c in yaml.safe_load((REPO / argv[2]).read_text())["trainer"]["callbacks"]
-                     if c["class_path"].endswith("AttributionMonitor")]  # fmt: skip
-        options["methods"] = source["init_args"]["methods"]
+        options = _callbacks(config)["AttributionMonitor"]
+        source = _callbacks(yaml.safe_load((REPO / argv[2]).read_text()))["AttributionMonitor"]
+        assert options["methods"] == source["methods"]
     else:
         options = config
         assert config["input_bounds"] is None and config["split"] == "val"
