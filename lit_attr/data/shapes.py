@@ -14,13 +14,12 @@ from __future__ import annotations
 import math
 
 import torch
-from lightning import LightningDataModule
 from torch import Tensor
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset
-from typing_extensions import override
+from torch.utils.data import Dataset
 
 from lit_attr._checks import check_int
+from lit_attr.data._synthetic import SyntheticDataModule
 
 __all__ = ["CLASS_NAMES", "ShapesDataModule", "ShapesDataset"]
 
@@ -201,7 +200,7 @@ class ShapesDataset(Dataset[tuple[Tensor, Tensor, Tensor]]):
         return self.images[index], self.labels[index], self.masks[index]
 
 
-class ShapesDataModule(LightningDataModule):
+class ShapesDataModule(SyntheticDataModule):
     """Train, validation and test splits of :class:`ShapesDataset` for Lightning.
 
     The splits are generated in :meth:`setup` from distinct seeds derived from ``seed``. The training loader
@@ -253,14 +252,7 @@ class ShapesDataModule(LightningDataModule):
         ):
             check_int(name, value, minimum)
         self.save_hyperparameters()
-        # One seed per split plus one for shuffling, all drawn from the base seed so that neighbouring base
-        # seeds do not share splits.
-        derived = torch.randint(0, 2**62, (4,), generator=torch.Generator().manual_seed(seed)).tolist()
-        self._split_seeds = {"train": derived[0], "val": derived[1], "test": derived[2]}
-        self._shuffle_seed = derived[3]
-        self.train_set: ShapesDataset | None = None
-        self.val_set: ShapesDataset | None = None
-        self.test_set: ShapesDataset | None = None
+        self._seed_splits(seed)
 
     @property
     def num_classes(self) -> int:
@@ -279,51 +271,3 @@ class ShapesDataModule(LightningDataModule):
             seed=self._split_seeds[split],
             num_distractors=self.hparams.num_distractors,
         )
-
-    @override
-    def setup(self, stage: str | None = None) -> None:
-        """Generate the splits needed for ``stage`` (all of them when ``stage`` is None); idempotent.
-
-        Args:
-            stage: ``"fit"``, ``"validate"``, ``"test"``, ``"predict"`` or None.
-        """
-        if stage in (None, "fit") and self.train_set is None:
-            self.train_set = self._make("train", self.hparams.num_train)
-        if stage in (None, "fit", "validate") and self.val_set is None:
-            self.val_set = self._make("val", self.hparams.num_val)
-        if stage in (None, "test", "predict") and self.test_set is None:
-            self.test_set = self._make("test", self.hparams.num_test)
-
-    def _loader(self, dataset: ShapesDataset | None, split: str, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"the {split} split is not available; call setup() first")
-        # Every loader gets a private generator, even unshuffled ones: without it, each new DataLoader iterator
-        # draws its worker base seed from the global RNG and would perturb the caller's random stream.
-        return DataLoader(
-            dataset,
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            generator=torch.Generator().manual_seed(self._shuffle_seed),
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
-
-    @override
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training loader; every call restarts the same shuffling sequence."""
-        return self._loader(self.train_set, "train", shuffle=True)
-
-    @override
-    def val_dataloader(self) -> DataLoader:
-        """Validation loader in dataset order."""
-        return self._loader(self.val_set, "val", shuffle=False)
-
-    @override
-    def test_dataloader(self) -> DataLoader:
-        """Test loader in dataset order."""
-        return self._loader(self.test_set, "test", shuffle=False)
-
-    @override
-    def predict_dataloader(self) -> DataLoader:
-        """Loader over the test split in dataset order."""
-        return self._loader(self.test_set, "test", shuffle=False)

@@ -19,12 +19,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from lightning import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
-from typing_extensions import override
+from torch.utils.data import Dataset
 
 from lit_attr._optional import import_optional
+from lit_attr.data._synthetic import SyntheticDataModule
 from lit_attr.methods._token_inputs import TokenOptions
 
 __all__ = ["TEXT_CLASS_NAMES", "SyntheticTextDataModule", "TextDataset", "build_tokenizer", "collate_tokens"]
@@ -237,7 +236,7 @@ def collate_tokens(samples: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
     return batch
 
 
-class SyntheticTextDataModule(LightningDataModule):
+class SyntheticTextDataModule(SyntheticDataModule):
     """Train, validation and test splits of :class:`TextDataset` for Lightning, with its tokenizer's conventions.
 
     Batches are dicts with ``input_ids``, ``attention_mask``, ``labels``, ``rationale_mask`` and
@@ -284,12 +283,7 @@ class SyntheticTextDataModule(LightningDataModule):
         ):
             _check_int(name, value, minimum)
         self.save_hyperparameters()
-        derived = torch.randint(0, 2**62, (4,), generator=torch.Generator().manual_seed(seed)).tolist()
-        self._split_seeds = {"train": derived[0], "val": derived[1], "test": derived[2]}
-        self._shuffle_seed = derived[3]
-        self.train_set: TextDataset | None = None
-        self.val_set: TextDataset | None = None
-        self.test_set: TextDataset | None = None
+        self._seed_splits(seed)
 
     # ------------------------------------------------------------------ tokenizer conventions
     @property
@@ -338,52 +332,11 @@ class SyntheticTextDataModule(LightningDataModule):
         """
         return [VOCABULARY[int(i)] for i in input_ids]
 
-    # ------------------------------------------------------------------ splits and loaders
+    # ------------------------------------------------------------------ splits
+    collate_fn = collate_tokens
+
     def _make(self, split: str, num_samples: int) -> TextDataset:
         return TextDataset(num_samples, seed=self._split_seeds[split], max_distractors=self.hparams.max_distractors)
-
-    @override
-    def setup(self, stage: str | None = None) -> None:
-        """Generate the splits needed for ``stage`` (all of them when ``stage`` is None); idempotent."""
-        if stage in (None, "fit") and self.train_set is None:
-            self.train_set = self._make("train", self.hparams.num_train)
-        if stage in (None, "fit", "validate") and self.val_set is None:
-            self.val_set = self._make("val", self.hparams.num_val)
-        if stage in (None, "test", "predict") and self.test_set is None:
-            self.test_set = self._make("test", self.hparams.num_test)
-
-    def _loader(self, dataset: TextDataset | None, split: str, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"the {split} split is not available; call setup() first")
-        return DataLoader(
-            dataset,
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            collate_fn=collate_tokens,
-            generator=torch.Generator().manual_seed(self._shuffle_seed),
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
-
-    @override
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training loader; every call restarts the same shuffling sequence."""
-        return self._loader(self.train_set, "train", shuffle=True)
-
-    @override
-    def val_dataloader(self) -> DataLoader:
-        """Validation loader in dataset order."""
-        return self._loader(self.val_set, "val", shuffle=False)
-
-    @override
-    def test_dataloader(self) -> DataLoader:
-        """Test loader in dataset order."""
-        return self._loader(self.test_set, "test", shuffle=False)
-
-    @override
-    def predict_dataloader(self) -> DataLoader:
-        """Loader over the test split in dataset order."""
-        return self._loader(self.test_set, "test", shuffle=False)
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
