@@ -1,4 +1,4 @@
-"""The `lit_attr` console script, run as a user runs it (subprocesses)."""
+"""The `lit_attr` console script: end to end as a user runs it (subprocesses); its error paths in process."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -410,6 +411,26 @@ def test_evaluate_matches_a_direct_metric_computation(tiny: dict[str, Path], tmp
 
 
 # ---------------------------------------------------------------------------------------------------- errors
+@pytest.fixture
+def cli(capsys, restored_process_state, monkeypatch):
+    """``lit_attr`` in this process: the error paths, without a fresh interpreter importing Lightning each time."""
+    from lit_attr.cli import main
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(sys, "argv", ["lit_attr"])
+
+    def run(*args: str) -> SimpleNamespace:
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as done:
+            code = done.code
+        captured = capsys.readouterr()
+        return SimpleNamespace(returncode=code or 0, stdout=captured.out, stderr=captured.err)
+
+    return run
+
+
 def _assert_clean_failure(out: subprocess.CompletedProcess, output_dir: Path, message: str) -> None:
     assert out.returncode != 0
     assert message in out.stderr, out.stderr[-2000:]
@@ -417,8 +438,8 @@ def _assert_clean_failure(out: subprocess.CompletedProcess, output_dir: Path, me
     assert not _leftovers(output_dir.parent)
 
 
-def test_missing_checkpoint_is_a_one_line_error(tiny: dict[str, Path], tmp_path: Path):
-    out = _run(
+def test_missing_checkpoint_is_a_one_line_error(tiny: dict[str, Path], tmp_path: Path, cli):
+    out = cli(
         "evaluate",
         "--config",
         str(tiny["config"]),
@@ -435,41 +456,41 @@ class CheckpointNote:
     """An object a checkpoint may carry that safe loading (weights_only=True) does not rebuild."""
 
 
-def test_checkpoint_needing_other_globals_is_refused_unless_trusted(tiny: dict[str, Path], tmp_path: Path):
+def test_checkpoint_needing_other_globals_is_refused_unless_trusted(tiny: dict[str, Path], tmp_path: Path, cli):
     checkpoint = torch.load(tiny["ckpt"], weights_only=True)  # the demo's Lightning checkpoint loads safely
     checkpoint["note"] = CheckpointNote()
     noted = tmp_path / "noted.ckpt"
     torch.save(checkpoint, noted)
     base = ["evaluate", "--config", str(tiny["config"]), "--ckpt_path", str(noted)]
-    out = _run(*base, "--output_dir", str(tmp_path / "refused"))
+    out = cli(*base, "--output_dir", str(tmp_path / "refused"))
     _assert_clean_failure(out, tmp_path / "refused", "test_cli.CheckpointNote")
     assert out.stderr.strip().count("\n") == 0  # one line
     assert "--trust_checkpoint true" in out.stderr
     fast = ["--methods", "[saliency]", "--metrics", "[insertion_deletion]", "--limit_samples", "2"]
-    trusted = _run(*base, *fast, "--trust_checkpoint", "true", "--output_dir", str(tmp_path / "trusted"))
+    trusted = cli(*base, *fast, "--trust_checkpoint", "true", "--output_dir", str(tmp_path / "trusted"))
     assert trusted.returncode == 0, trusted.stderr[-3000:]
     assert json.loads((tmp_path / "trusted" / "metrics.json").read_text())["num_samples"] == 2
 
 
-def test_checkpoint_url_is_refused_unless_trusted(tiny: dict[str, Path], tmp_path: Path):
+def test_checkpoint_url_is_refused_unless_trusted(tiny: dict[str, Path], tmp_path: Path, cli):
     url = "https://example.com/model.ckpt"
-    out = _run("evaluate", "--config", str(tiny["config"]), "--ckpt_path", url, "--output_dir", str(tmp_path / "out"))
+    out = cli("evaluate", "--config", str(tiny["config"]), "--ckpt_path", url, "--output_dir", str(tmp_path / "out"))
     _assert_clean_failure(out, tmp_path / "out", url)
     assert out.stderr.strip().count("\n") == 0
     assert "URL" in out.stderr and "--trust_checkpoint true" in out.stderr
 
 
-def test_unknown_config_key_is_rejected(tiny: dict[str, Path], tmp_path: Path):
+def test_unknown_config_key_is_rejected(tiny: dict[str, Path], tmp_path: Path, cli):
     config = yaml.safe_load(tiny["config"].read_text())
     config["methodz"] = ["saliency"]
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(config))
-    out = _run("evaluate", "--config", str(bad), "--ckpt_path", str(tiny["ckpt"]), "--output_dir", str(tmp_path / "o"))
+    out = cli("evaluate", "--config", str(bad), "--ckpt_path", str(tiny["ckpt"]), "--output_dir", str(tmp_path / "o"))
     _assert_clean_failure(out, tmp_path / "o", "methodz")
 
 
-def test_model_returning_probabilities_is_rejected(tiny: dict[str, Path], tmp_path: Path):
-    out = _run(
+def test_model_returning_probabilities_is_rejected(tiny: dict[str, Path], tmp_path: Path, cli):
+    out = cli(
         "evaluate",
         "--config",
         str(tiny["config"]),
@@ -484,8 +505,8 @@ def test_model_returning_probabilities_is_rejected(tiny: dict[str, Path], tmp_pa
     assert out.stderr.strip().count("\n") == 0
 
 
-def test_missing_split_is_rejected(tiny: dict[str, Path], tmp_path: Path):
-    out = _run(
+def test_missing_split_is_rejected(tiny: dict[str, Path], tmp_path: Path, cli):
+    out = cli(
         "evaluate",
         "--config",
         str(tiny["config"]),
