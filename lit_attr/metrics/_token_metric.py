@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from lit_attr._checks import check_choice, check_optional_int
+from lit_attr._checks import TargetType, check_choice, check_optional_int
 from lit_attr.functional.token_games import REPLACEMENTS
 from lit_attr.methods._token_inputs import (
     check_token_id,
@@ -69,10 +69,65 @@ class TokenGameMetric(Metric):
             "internal_batch_size": internal_batch_size,
         }
 
+    #: The keys of :meth:`score`'s result (precomputed ``scores`` must hold them all).
+    score_keys: tuple[str, ...] = ()
+
     @property
     def model(self) -> nn.Module:
         """The evaluated model (held by reference, not a submodule)."""
         return self._model_ref.module
+
+    def score(
+        self,
+        x: Tensor,
+        attributions: Tensor,
+        target: TargetType = None,
+        *,
+        attention_mask: Tensor | None = None,
+        special_tokens_mask: Tensor | None = None,
+        logits: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """Per-sample scores of a batch (samples first), keyed as :meth:`compute`; the states are left as they are.
+
+        Args:
+            x: ``(N, L)`` token ids on the model's device.
+            attributions: ``(N, L)`` per-token scores.
+            target: tracked class: ``None`` (the clean prediction), an int, or ``N`` class indices.
+            attention_mask: ``(N, L)`` 1 on real tokens, 0 on padding.
+            special_tokens_mask: ``(N, L)`` 1 on special tokens (never removed).
+            logits: the clean logits ``(N, K)`` of ``x`` if already computed (skips a forward pass).
+        """
+        return self._score(
+            x, attributions, target, attention_mask=attention_mask, special_tokens_mask=special_tokens_mask,
+            logits=logits,
+        )  # fmt: skip
+
+    def update(
+        self,
+        x: Tensor,
+        attributions: Tensor,
+        target: TargetType = None,
+        *,
+        attention_mask: Tensor | None = None,
+        special_tokens_mask: Tensor | None = None,
+        logits: Tensor | None = None,
+        scores: dict[str, Tensor] | None = None,
+    ) -> None:
+        """Add a batch's scores (``scores`` from :meth:`score`, or computed here) to the states."""
+        if scores is None:
+            scores = self.score(
+                x, attributions, target, attention_mask=attention_mask, special_tokens_mask=special_tokens_mask,
+                logits=logits,
+            )  # fmt: skip
+        self._add(checked_scores(scores, self.score_keys, type(self).__name__))
+
+    def _score(self, x: Tensor, attributions: Tensor, target: TargetType, **tokens: Tensor | None) -> dict[str, Tensor]:
+        """The game's per-sample scores (the functional with the metric's options)."""
+        raise NotImplementedError
+
+    def _add(self, scores: Mapping[str, Tensor]) -> None:
+        """Add checked per-sample scores to the sum states."""
+        raise NotImplementedError
 
 
 def checked_scores(scores: Any, keys: Sequence[str], name: str) -> Mapping[str, Tensor]:

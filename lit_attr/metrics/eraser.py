@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -12,7 +12,7 @@ from lit_attr._checks import check_choice
 from lit_attr.functional.eraser import DEFAULT_BINS, EraserResult, check_bins, comprehensiveness, sufficiency
 from lit_attr.functional.insertion_deletion import TargetType
 from lit_attr.metrics._plotting import figure_and_axes
-from lit_attr.metrics._token_metric import TokenGameMetric, add_rows, checked_scores
+from lit_attr.metrics._token_metric import TokenGameMetric, add_rows
 from lit_attr.metrics.registry import register_metric
 
 __all__ = ["Comprehensiveness", "Sufficiency"]
@@ -53,50 +53,16 @@ class _Eraser(TokenGameMetric):
         self.add_state("bin_sum", torch.zeros(len(self.bins)), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
 
-    def score(
-        self,
-        x: Tensor,
-        attributions: Tensor,
-        target: TargetType = None,
-        *,
-        attention_mask: Tensor | None = None,
-        special_tokens_mask: Tensor | None = None,
-        logits: Tensor | None = None,
-    ) -> dict[str, Tensor]:
-        """Per-sample scores of a batch, keyed as :meth:`compute`: ``(N,)`` AOPC and ``(N, B)`` per bin.
+    @property
+    def score_keys(self) -> tuple[str, ...]:  # type: ignore[override]
+        """The AOPC and the per-bin scores."""
+        return self.key, f"{self.key}_curve"
 
-        Args:
-            x: ``(N, L)`` token ids on the model's device.
-            attributions: ``(N, L)`` per-token scores.
-            target: tracked class: ``None`` (the clean prediction), an int, or ``N`` class indices.
-            attention_mask: ``(N, L)`` 1 on real tokens, 0 on padding.
-            special_tokens_mask: ``(N, L)`` 1 on special tokens (never removed).
-            logits: the clean logits ``(N, K)`` of ``x`` if already computed (skips a forward pass).
-        """
-        result = self.function(
-            self.model, x, attributions, target, attention_mask=attention_mask,
-            special_tokens_mask=special_tokens_mask, logits=logits, **self._options,
-        )  # fmt: skip
+    def _score(self, x: Tensor, attributions: Tensor, target: TargetType, **tokens: Tensor | None) -> dict[str, Tensor]:
+        result = self.function(self.model, x, attributions, target, **tokens, **self._options)
         return {self.key: result.aopc, f"{self.key}_curve": result.per_bin}
 
-    def update(
-        self,
-        x: Tensor,
-        attributions: Tensor,
-        target: TargetType = None,
-        *,
-        attention_mask: Tensor | None = None,
-        special_tokens_mask: Tensor | None = None,
-        logits: Tensor | None = None,
-        scores: dict[str, Tensor] | None = None,
-    ) -> None:
-        """Add a batch's scores (``scores`` from :meth:`score`, or computed here) to the states."""
-        if scores is None:
-            scores = self.score(
-                x, attributions, target, attention_mask=attention_mask, special_tokens_mask=special_tokens_mask,
-                logits=logits,
-            )  # fmt: skip
-        scores = checked_scores(scores, (self.key, f"{self.key}_curve"), type(self).__name__)
+    def _add(self, scores: Mapping[str, Tensor]) -> None:
         add_rows(self.aopc_sum, scores[self.key])
         add_rows(self.bin_sum, scores[f"{self.key}_curve"])
         self.count += scores[self.key].shape[0]

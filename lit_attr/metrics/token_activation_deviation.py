@@ -5,7 +5,7 @@ The math is in :mod:`lit_attr.functional.token_activation_deviation`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from lit_attr._checks import check_optional_int
 from lit_attr.functional.insertion_deletion import TargetType
 from lit_attr.functional.token_activation_deviation import encoder_layers, token_activation_deviation
-from lit_attr.metrics._token_metric import TokenGameMetric, add_rows, checked_scores
+from lit_attr.metrics._token_metric import TokenGameMetric, add_rows
 from lit_attr.metrics.registry import register_metric
 
 __all__ = ["TokenActivationDeviation"]
@@ -90,50 +90,14 @@ class TokenActivationDeviation(TokenGameMetric):
         self.add_state("deletion_mse_sum", torch.zeros(len(self.layers)), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
 
-    def score(
-        self,
-        x: Tensor,
-        attributions: Tensor,
-        target: TargetType = None,
-        *,
-        attention_mask: Tensor | None = None,
-        special_tokens_mask: Tensor | None = None,
-        logits: Tensor | None = None,
-    ) -> dict[str, Tensor]:
-        """Per-sample, per-layer deviations ``(N, L)`` of a batch, keyed ``"insertion_mse"``, ``"deletion_mse"``.
+    score_keys = ("insertion_mse", "deletion_mse")
 
-        Args:
-            x: ``(N, L)`` token ids on the model's device.
-            attributions: ``(N, L)`` per-token scores (they only rank the tokens).
-            target: checked against the logits; the result does not depend on it.
-            attention_mask: ``(N, L)`` 1 on real tokens, 0 on padding.
-            special_tokens_mask: ``(N, L)`` 1 on special tokens (never masked).
-            logits: the clean logits ``(N, K)``, used to check ``target``.
-        """
-        result = token_activation_deviation(
-            self.model, x, attributions, target, attention_mask=attention_mask,
-            special_tokens_mask=special_tokens_mask, logits=logits, **self._options,
-        )  # fmt: skip
+    def _score(self, x: Tensor, attributions: Tensor, target: TargetType, **tokens: Tensor | None) -> dict[str, Tensor]:
+        # The attributions only rank the tokens; the target is checked against the logits, the result ignores it.
+        result = token_activation_deviation(self.model, x, attributions, target, **tokens, **self._options)
         return {"insertion_mse": result.insertion_mse, "deletion_mse": result.deletion_mse}
 
-    def update(
-        self,
-        x: Tensor,
-        attributions: Tensor,
-        target: TargetType = None,
-        *,
-        attention_mask: Tensor | None = None,
-        special_tokens_mask: Tensor | None = None,
-        logits: Tensor | None = None,
-        scores: dict[str, Tensor] | None = None,
-    ) -> None:
-        """Add a batch's deviations (``scores`` from :meth:`score`, or computed here) to the states."""
-        if scores is None:
-            scores = self.score(
-                x, attributions, target, attention_mask=attention_mask, special_tokens_mask=special_tokens_mask,
-                logits=logits,
-            )  # fmt: skip
-        scores = checked_scores(scores, ("insertion_mse", "deletion_mse"), type(self).__name__)
+    def _add(self, scores: Mapping[str, Tensor]) -> None:
         add_rows(self.insertion_mse_sum, scores["insertion_mse"])
         add_rows(self.deletion_mse_sum, scores["deletion_mse"])
         self.count += scores["insertion_mse"].shape[0]

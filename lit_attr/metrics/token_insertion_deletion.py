@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -12,7 +12,7 @@ from lit_attr._checks import check_choice, check_optional_int
 from lit_attr.functional.insertion_deletion import OUTPUTS, TargetType
 from lit_attr.functional.token_games import DEFAULT_TOKEN_STEPS, token_insertion_deletion
 from lit_attr.metrics._plotting import figure_and_axes
-from lit_attr.metrics._token_metric import TokenGameMetric, add_rows, checked_scores
+from lit_attr.metrics._token_metric import TokenGameMetric, add_rows
 from lit_attr.metrics.registry import register_metric
 
 __all__ = ["TokenInsertionDeletion"]
@@ -105,30 +105,10 @@ class TokenInsertionDeletion(TokenGameMetric):
         self.add_state("deletion_curve_sum", torch.zeros(steps + 1), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
 
-    def score(
-        self,
-        x: Tensor,
-        attributions: Tensor,
-        target: TargetType = None,
-        *,
-        attention_mask: Tensor | None = None,
-        special_tokens_mask: Tensor | None = None,
-        logits: Tensor | None = None,
-    ) -> dict[str, Tensor]:
-        """Per-sample AUCs ``(N,)`` and curves ``(N, T + 1)`` of a batch, keyed as :meth:`compute`.
+    score_keys = _KEYS
 
-        Args:
-            x: ``(N, L)`` token ids on the model's device.
-            attributions: ``(N, L)`` per-token scores.
-            target: tracked class: ``None`` (the clean prediction), an int, or ``N`` class indices.
-            attention_mask: ``(N, L)`` 1 on real tokens, 0 on padding.
-            special_tokens_mask: ``(N, L)`` 1 on special tokens (never removed).
-            logits: the clean logits ``(N, K)`` of ``x`` if already computed (skips a forward pass).
-        """
-        result = token_insertion_deletion(
-            self.model, x, attributions, target, attention_mask=attention_mask,
-            special_tokens_mask=special_tokens_mask, logits=logits, **self._options,
-        )  # fmt: skip
+    def _score(self, x: Tensor, attributions: Tensor, target: TargetType, **tokens: Tensor | None) -> dict[str, Tensor]:
+        result = token_insertion_deletion(self.model, x, attributions, target, **tokens, **self._options)
         return {
             "insertion": result.insertion_auc,
             "deletion": result.deletion_auc,
@@ -137,24 +117,7 @@ class TokenInsertionDeletion(TokenGameMetric):
             "deletion_curve": result.deletion_curve,
         }
 
-    def update(
-        self,
-        x: Tensor,
-        attributions: Tensor,
-        target: TargetType = None,
-        *,
-        attention_mask: Tensor | None = None,
-        special_tokens_mask: Tensor | None = None,
-        logits: Tensor | None = None,
-        scores: dict[str, Tensor] | None = None,
-    ) -> None:
-        """Add a batch's AUCs and curves (``scores`` from :meth:`score`, or computed here) to the states."""
-        if scores is None:
-            scores = self.score(
-                x, attributions, target, attention_mask=attention_mask, special_tokens_mask=special_tokens_mask,
-                logits=logits,
-            )  # fmt: skip
-        scores = checked_scores(scores, _KEYS, type(self).__name__)
+    def _add(self, scores: Mapping[str, Tensor]) -> None:
         points = self.insertion_curve_sum.numel()
         if scores["insertion_curve"].shape[1:] != (points,):
             raise ValueError(
