@@ -39,7 +39,7 @@ def first_argmax_hit(maps: Tensor, masks: Tensor, tolerance: int) -> Tensor:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=20, help="FEI Adam steps per level (5 levels)")
+    parser.add_argument("--iterations", type=int, default=100, help="FEI Adam steps per level (5 levels)")
     parser.add_argument("--num-images", type=int, default=32, help="validation images explained and scored")
     parser.add_argument("--checkpoint", type=Path, default=None, help="weights to load, or to save after training")
     args = parser.parse_args()
