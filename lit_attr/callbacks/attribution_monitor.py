@@ -288,7 +288,8 @@ class AttributionMonitor(AttributionCallback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """With a budget, score the final model if the last trained epoch was not scored yet."""
         epoch = self._budget.training_epoch
-        if self.max_overhead is not None and epoch is not None and self._last_epoch != epoch:
+        # A run of that epoch that failed (on_error="warn") is not tried again.
+        if self.max_overhead is not None and epoch is not None and self._budget.attempted != epoch:
             self._timed_run(trainer, pl_module, epoch, in_loop=False)
 
     @override
@@ -378,6 +379,7 @@ class AttributionMonitor(AttributionCallback):
         self._budget.calibrated = seconds * local / len(sample)
 
     def _timed_run(self, trainer: Trainer, pl_module: LightningModule, epoch: int, in_loop: bool = True) -> None:
+        self._budget.attempted = epoch
         start = self._clock()
         self._run(trainer, pl_module, "val", epoch, in_loop=in_loop)
         seconds = self._clock() - start
@@ -567,3 +569,4 @@ class _Budget:
     runs: list[float] = field(default_factory=list)
     calibrated: float = 0.0
     training_epoch: int | None = None
+    attempted: int | None = None  # the last epoch a run was started for
