@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -144,11 +145,13 @@ def build_evaluate_parser() -> Any:
     # Accepted so that a config saved by `lit_attr fit` can be passed as is; evaluation never optimises.
     parser.add_argument("--optimizer", type=dict | None, default=None, help="ignored (fit configs)")
     parser.add_argument("--lr_scheduler", type=dict | None, default=None, help="ignored (fit configs)")
-    parser.add_function_arguments(
-        evaluate, None, skip={"model", "datamodule", "trainer", "config", "progress", "tokenizer"}
-    )
+    parser.add_function_arguments(evaluate, None, skip=set(_NOT_EVALUATE_OPTIONS))
     parser.set_defaults({"trainer.logger": False, "trainer.enable_progress_bar": False})
     return parser
+
+
+#: Parameters of :func:`lit_attr.evaluate.evaluate` that the command sets itself, not from its options.
+_NOT_EVALUATE_OPTIONS = frozenset({"model", "datamodule", "trainer", "config", "progress", "tokenizer"})
 
 
 def run_evaluate(argv: Sequence[str], progress: bool = True) -> tuple[dict[str, Any], Path]:
@@ -190,27 +193,7 @@ def run_evaluate(argv: Sequence[str], progress: bool = True) -> tuple[dict[str, 
         cfg.trainer[key] = _QUIET_TRAINER[key]  # gradients and our own index sharding are not optional
     cfg.trainer.callbacks = None  # training callbacks of a fit config have no business in an evaluation
     init = parser.instantiate(cfg)
-    options = {
-        key: cfg[key]
-        for key in (
-            "output_dir",
-            "methods",
-            "method_kwargs",
-            "metrics",
-            "metric_kwargs",
-            "split",
-            "limit_samples",
-            "batch_size",
-            "input_bounds",
-            "target",
-            "heatmap_samples",
-            "randomization_samples",
-            "reference_pool_size",
-            "resume",
-            "overwrite",
-            "checkpoint_every",
-        )
-    }
+    options = {key: cfg[key] for key in inspect.signature(evaluate).parameters if key not in _NOT_EVALUATE_OPTIONS}
     try:
         load_checkpoint(init.model, cfg.ckpt_path, trust_checkpoint=cfg.trust_checkpoint)
         result = evaluate(init.model, init.data, trainer=init.trainer, config=resolved, progress=progress, **options)

@@ -48,6 +48,7 @@ from lit_attr._checks import (
 )
 from lit_attr._resume import WorkDirectory, agree, check_output_dir, model_digest, write_result
 from lit_attr.batch import Batch, BatchAdapter, adapt_batch
+from lit_attr.callbacks._probe import load_probe
 from lit_attr.methods import available_methods
 from lit_attr.metrics import available_metrics, get_metric_spec
 from lit_attr.runner import AttributionRunner, SampleRecord, gather_records
@@ -197,22 +198,6 @@ def split_collate(datamodule: LightningDataModule, split: str) -> Callable[[list
     return collate or default_collate
 
 
-def read_samples(
-    dataset: Dataset,
-    indices: Sequence[int],
-    adapter: BatchAdapter | None = None,
-    collate: Callable[[list], Any] = default_collate,
-) -> Batch:
-    """``dataset[i]`` for every index, collated and read like a batch (:func:`~lit_attr.batch.adapt_batch`).
-
-    Example:
-        >>> from lit_attr.data import ShapesDataset
-        >>> read_samples(ShapesDataset(4), [0, 2]).y.shape
-        torch.Size([2])
-    """
-    return adapt_batch(collate([dataset[i] for i in indices]), adapter)
-
-
 def check_logits(model: nn.Module, x: Tensor, attention_mask: Tensor | None = None) -> int:
     """Check that ``model`` maps a batch ``x`` to raw logits ``(N, K)``; return ``K``.
 
@@ -359,11 +344,12 @@ class _EvaluationModule(LightningModule):
         # Data beyond the batch (IG2's reference pool): the first samples of the split, the same on every rank, so
         # the results do not depend on the number of processes.
         pool_indices = range(min(s["reference_pool_size"], len(self.dataset)))
-        pool = read_samples(self.dataset, pool_indices, self.adapter, self.collate)
-        try:
-            self._runner.prepare(pool.to(self.device))
-        except ValueError as error:
-            raise EvaluationError(f"{error} (the pool is the split's first {len(pool)} samples)") from error
+        if pool_indices:
+            pool = load_probe(self.dataset, pool_indices, self.adapter, self.collate)
+            try:
+                self._runner.prepare(pool.to(self.device))
+            except ValueError as error:
+                raise EvaluationError(f"{error} (the pool is the split's first {len(pool)} samples)") from error
         if self._restored is not None:  # after prepare(), exactly as in the interrupted run
             self._runner.load_state_dict(self._restored["runner"])
             self._runner.to(self.device)
@@ -503,7 +489,7 @@ def evaluate(
     if num_samples < 1:
         raise EvaluationError(f"the {split!r} split has no samples to evaluate")
     collate = split_collate(datamodule, split)
-    first = read_samples(dataset, [0, 0], batch_adapter, collate)
+    first = load_probe(dataset, [0, 0], batch_adapter, collate)
     num_classes = check_logits(model, first.x.float() if first.x.is_floating_point() else first.x, first.attention_mask)
 
     if trainer is None:

@@ -36,6 +36,18 @@ class SoftmaxClassifier(DemoClassifier):
         return super().forward(x).softmax(dim=1)
 
 
+ADAPTED: list[int] = []
+
+
+def counting_adapter(batch):
+    """The default reading, counting the samples it reads (a `--batch_adapter` given by import path)."""
+    from lit_attr.batch import default_batch_adapter
+
+    data = default_batch_adapter(batch)
+    ADAPTED.append(len(data))
+    return data
+
+
 class ValOnlyShapes(ShapesDataModule):
     """A data module without a test split."""
 
@@ -530,3 +542,14 @@ def test_the_gpu_benchmark_exits_cleanly_without_cuda():
                          cwd=Path(__file__).parents[1], env={**os.environ, "PYTHON": sys.executable})  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "no CUDA device here; nothing was measured" in out.stdout
+
+
+def test_batch_adapter_given_by_import_path_reads_every_batch(tiny: dict[str, Path], tmp_path: Path, cli):
+    ADAPTED.clear()
+    out = cli("evaluate", "--config", str(tiny["config"]), "--ckpt_path", str(tiny["ckpt"]), "--output_dir",
+              str(tmp_path / "out"), "--methods", "[saliency]", "--metrics", "[insertion_deletion]",
+              "--limit_samples", "3", "--batch_size", "2", "--reference_pool_size", "0",
+              "--batch_adapter", "test_cli.counting_adapter")  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    # The first sample read twice to check the logits, then the split's 3 samples in batches of 2.
+    assert ADAPTED == [2, 2, 1]
