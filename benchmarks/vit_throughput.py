@@ -1,16 +1,20 @@
 """Throughput of every registered attribution method on vision transformers: images/s and passes per image.
 
-Two models, random weights, CPU by default:
+Two models, CPU by default:
 
 * ``vit_b_16``: torchvision's ViT-B/16 (``weights=None``) at 224x224, batch 2, with small budgets (``BUDGETS``:
   a few path steps or samples per method) so that the table finishes in a few minutes on two cores; images/s
   then scale roughly inversely with a method's passes per image (the ``fwd/image`` and ``bwd/image`` columns).
-* ``demo_vit``: :class:`lit_attr.models.DemoViT` at 32x32, batch 16, with every method's default budget.
+* ``demo_vit``: the ViT demo, :class:`lit_attr.models.DemoViT` trained by ``train_demo_vit()`` as
+  ``lit_attr demo --model vit`` trains it (the title gives its validation accuracy and training time;
+  ``--demo-checkpoint PATH`` loads the weights, or saves them there after training), on 16 validation images at
+  32x32 with every method's default budget.
 
-torchvision zero-initialises the classification head, which makes every logit constant and every input gradient
-zero; the head is redrawn from N(0, 0.02^2) so that the methods follow real gradients. The median of
-``--repeats`` timed calls is reported (after ``--warmup`` untimed ones); forward/backward rows are counted during
-the timed calls as in ``throughput.py`` (``attribute`` adds one forward per call to resolve the targets).
+vit_b_16 has random weights: torchvision zero-initialises the classification head, which makes every logit
+constant and every input gradient zero; the head is redrawn from N(0, 0.02^2) so that the methods follow real
+gradients. The median of ``--repeats`` timed calls is reported (after ``--warmup`` untimed ones); forward/backward
+rows are counted during the timed calls as in ``throughput.py`` (``attribute`` adds one forward per call to
+resolve the targets).
 
     OMP_NUM_THREADS=2 python benchmarks/vit_throughput.py --threads 2
 """
@@ -19,12 +23,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
+from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
 from rich.table import Table
 from throughput import PassCounter, time_method
-from torch import nn
+from torch import Tensor, nn
 
 from lit_attr.methods import available_methods, get_method
 
@@ -42,8 +49,11 @@ BUDGETS: dict[str, dict] = {
 }
 
 
-def build(name: str) -> tuple[nn.Module, tuple[int, ...], int, dict[str, dict]]:
-    """``(model, input shape, batch size, per-method options)`` of a benchmark model."""
+def build(
+    name: str, checkpoint: Path | None
+) -> tuple[nn.Module, Tensor, tuple[Tensor, Tensor], dict[str, dict], str]:
+    """``(model, inputs, IG2's pool labels, per-method options, description)`` of a benchmark model."""
+    generator = torch.Generator().manual_seed(1)
     if name == "vit_b_16":
         from torchvision.models import vit_b_16
 
@@ -51,14 +61,35 @@ def build(name: str) -> tuple[nn.Module, tuple[int, ...], int, dict[str, dict]]:
             torch.manual_seed(0)
             model = vit_b_16(weights=None)
             nn.init.normal_(model.heads.head.weight, std=0.02)
-        return model.eval(), (3, 224, 224), 2, BUDGETS
-    from lit_attr.models import DemoViT
+        pool = torch.rand(8, 3, 224, 224, generator=generator)
+        return model.eval(), torch.rand(2, 3, 224, 224, generator=generator), (pool, torch.arange(8) % 4), BUDGETS, (
+            "random weights"
+        )
+    model, data, seconds = trained_demo_vit(checkpoint)
+    images, labels = data.val_set.images, data.val_set.labels
+    with torch.no_grad():
+        accuracy = float((model(images).argmax(dim=1) == labels).float().mean())
+    trained = "loaded" if seconds is None else f"trained in {seconds:.0f} s"
+    return model, images[:16], (images[16:80], labels[16:80]), {}, f"validation accuracy {accuracy:.3f}, {trained}"
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+
+def trained_demo_vit(checkpoint: Path | None) -> tuple[nn.Module, Any, float | None]:
+    """The ViT demo and its data: loaded from ``checkpoint``, or trained (and saved there); seconds of training."""
+    from lit_attr.data import ShapesDataModule
+    from lit_attr.models import DemoViT, train_demo_vit
+
+    if checkpoint is not None and checkpoint.exists():
+        data = ShapesDataModule(seed=0)
+        data.setup()
         model = DemoViT()
-        nn.init.normal_(model.net.heads.head.weight, std=0.02)
-    return model.eval(), (3, 32, 32), 16, {}
+        model.load_state_dict(torch.load(checkpoint, weights_only=True))
+        return model.eval(), data, None
+    start = time.perf_counter()
+    model, data = train_demo_vit(seed=0)
+    seconds = time.perf_counter() - start
+    if checkpoint is not None:
+        torch.save(model.state_dict(), checkpoint)
+    return model.eval(), data, seconds
 
 
 def main() -> None:
@@ -68,22 +99,23 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="timed calls per method")
     parser.add_argument("--warmup", type=int, default=0, help="untimed calls per method before the timed ones")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--demo-checkpoint", type=Path, default=None, help="ViT demo weights to load, or to save")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     console = Console(width=160)
     for name in args.models:
-        model, shape, batch, budgets = build(name)
-        x = torch.rand(batch, *shape, generator=torch.Generator().manual_seed(1))
+        model, x, pool, budgets, description = build(name, args.demo_checkpoint)
+        batch, shape = x.shape[0], tuple(x.shape[1:])
         counter = PassCounter(model)
-        table = Table(title=f"{name} {shape}, batch {batch}, cpu ({torch.get_num_threads()} threads), random weights")
+        threads = torch.get_num_threads()
+        table = Table(title=f"{name} {shape}, batch {batch}, cpu ({threads} threads), {description}")
         for col in ("method", "options", "images/s", "median s/batch", "fwd/image", "bwd/image"):
             table.add_column(col, justify="left" if col in ("method", "options") else "right")
         for method_name in args.methods or available_methods(model):
             options = dict(budgets.get(method_name, {}))
-            if method_name == "ig2":  # random references with random labels
-                pool = torch.rand(8, *shape, generator=torch.Generator().manual_seed(2))
-                options["reference_pool"] = (pool, torch.arange(8) % 4)
+            if method_name == "ig2":
+                options["reference_pool"] = pool
             method = get_method(method_name, model, input_bounds=(0.0, 1.0), **options)
             for _ in range(args.warmup):
                 method.attribute(x)
