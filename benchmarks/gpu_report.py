@@ -7,7 +7,7 @@ Rows (all on ``cuda:0``, random weights unless said otherwise):
 * insertion/deletion (RISE protocol, 28 steps) on resnet50, batched against the naive per-sample, per-step loop of
   ``benchmarks/insertion_deletion.py`` (expected about 10x on a GPU), with the largest difference of the AUCs;
 * IG2 fused against the authors' two passes and against one batched (vmapped) backward for both gradients, same
-  output (``batched_backward=True`` is opt-in: keep it as the default only where this row shows it faster);
+  output (``_common.BatchedBackwardIG2``; the library takes it only if this row shows it faster);
 * MFABA's images/s on resnet50 against the paper's 51.58 (ResNet-50, their GPU);
 * the monitor's overhead on a resnet18 fit of the shapes data (3 epochs, MFABA + insertion/deletion, 64 probes).
 
@@ -26,13 +26,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _common import BatchedBackwardIG2  # noqa: E402
 from insertion_deletion import naive_games  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from throughput import PeakMemory, build_model, time_method  # noqa: E402
 
 from lit_attr.functional import insertion_deletion  # noqa: E402
-from lit_attr.methods import available_methods, get_method  # noqa: E402
+from lit_attr.methods import IG2, available_methods, get_method  # noqa: E402
 
 MFABA_PAPER_IMAGES_PER_SECOND = 51.58
 
@@ -98,9 +99,9 @@ def ig2_row(table: Table, device: torch.device, args: argparse.Namespace) -> Non
     x = torch.rand(4, *shape, generator=generator).to(device)
     references = torch.rand(4, 4, *shape, generator=generator).to(device)
     seconds, outputs = {}, {}
-    variants = {"fused": {}, "two-pass": {"fused": False}, "batched": {"batched_backward": True}}
-    for name, options in variants.items():
-        method = get_method("ig2", model, steps=args.ig2_steps, input_bounds=(0.0, 1.0), **options)
+    variants = {"fused": (IG2, {}), "two-pass": (IG2, {"fused": False}), "batched": (BatchedBackwardIG2, {})}
+    for name, (variant, options) in variants.items():
+        method = variant(model, steps=args.ig2_steps, input_bounds=(0.0, 1.0), **options)
         outputs[name] = method.attribute(x, target=0, references=references)  # warm-up, and the result compared
         torch.cuda.synchronize(device)
         start = time.perf_counter()

@@ -6,8 +6,8 @@ between the point's representation and the reference's (the next step of the pat
 * ``fused`` (the default): one forward, two ``torch.autograd.grad`` calls on its graph;
 * ``two-pass`` (``fused=False``, the authors' structure): search the whole path, then integrate over its points,
   a forward for each gradient;
-* ``batched`` (``batched_backward=True``): one forward, one vmapped backward for both gradients
-  (``torch.autograd.grad(..., is_grads_batched=True)``).
+* ``batched`` (``_common.BatchedBackwardIG2``, not in the library): one forward, one vmapped backward for both
+  gradients (``torch.autograd.grad(..., is_grads_batched=True)``); the library would take it only if it were faster.
 
 The table gives the median seconds of each on random inputs and references (random weights; the cost does not
 depend on them), the speed of each against ``fused``, and the largest difference of the maps from ``fused``'s.
@@ -25,6 +25,7 @@ import time
 
 import torch
 import torchvision
+from _common import BatchedBackwardIG2
 from rich.console import Console
 from rich.table import Table
 from torch import nn
@@ -32,7 +33,7 @@ from torch import nn
 from lit_attr.methods import IG2
 from lit_attr.models import DemoClassifier
 
-VARIANTS = {"fused": {}, "two-pass": {"fused": False}, "batched": {"batched_backward": True}}
+VARIANTS = {"fused": (IG2, {}), "two-pass": (IG2, {"fused": False}), "batched": (BatchedBackwardIG2, {})}
 
 
 def models(size: int) -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
@@ -87,8 +88,8 @@ def main() -> None:
         x = torch.rand(args.images, *shape, generator=generator).to(device)
         references = torch.rand(args.images, args.references, *shape, generator=generator).to(device)
         timings, maps = {}, {}
-        for name, options in VARIANTS.items():
-            method = IG2(model, steps=args.steps, input_bounds=(0.0, 1.0), **options)
+        for name, (variant, options) in VARIANTS.items():
+            method = variant(model, steps=args.steps, input_bounds=(0.0, 1.0), **options)
             timings[name], maps[name] = seconds(method, x, references, args.repeats)
         diff = max(float((maps[name] - maps["fused"]).abs().max()) for name in VARIANTS)
         table.add_row(

@@ -81,10 +81,6 @@ class IG2(AttributionMethod):
         seed: seed of the samplers; draws are per sample, so they do not depend on the batch.
         fused: ``False`` runs the authors' two passes (path search, then integration): the same result at twice
             the forwards, kept for benchmarks.
-        batched_backward: with ``fused``, take both gradients of a path point (target logit and representation
-            distance) in one vmapped backward call (``torch.autograd.grad(..., is_grads_batched=True)``) instead
-            of two. The same result; opt-in, since its speed depends on the device and on the model's ops having
-            batching rules (``benchmarks/ig2_variants.py`` compares them).
         forward_fn: see :class:`~lit_attr.methods.base.AttributionMethod`.
         input_bounds: path points are clipped to it.
         internal_batch_size: bounds rows (samples x references) per forward.
@@ -112,7 +108,6 @@ class IG2(AttributionMethod):
         reference_pool: tuple[Tensor, Tensor] | None = None,
         seed: int = 0,
         fused: bool = True,
-        batched_backward: bool = False,
         forward_fn: Callable[[Tensor], Tensor] | None = None,
         input_bounds: BoundsType = None,
         internal_batch_size: int | None = None,
@@ -141,7 +136,6 @@ class IG2(AttributionMethod):
         self._prepared_pool: tuple[Tensor, Tensor] | None = None
         self.seed = check_seed(seed)
         self.fused = check_flag("fused", fused)
-        self.batched_backward = check_flag("batched_backward", batched_backward)
         self.return_baseline = bool(return_baseline)
 
     @property
@@ -291,19 +285,17 @@ class IG2(AttributionMethod):
         for _ in range(self.steps):
             z = z.detach().requires_grad_(True)
             logits, rep = self._forward(z)
-            score, distance = SCORES["logit"](logits, c).sum(), ((rep - ref_rep) ** 2).sum()
-            if self.batched_backward:
-                (both,) = torch.autograd.grad(
-                    torch.stack([score, distance]), z, grad_outputs=torch.eye(2).to(score), is_grads_batched=True
-                )
-                g_logit, u = both.unbind(0)
-            else:
-                (g_logit,) = torch.autograd.grad(score, z, retain_graph=True)
-                (u,) = torch.autograd.grad(distance, z)
+            g_logit, u = self._gradients(z, SCORES["logit"](logits, c).sum(), ((rep - ref_rep) ** 2).sum())
             nxt = self._descend(z.detach(), u, eta)
             acc = acc + g_logit * (z.detach() - nxt)
             z = nxt
         return acc, z.detach()
+
+    def _gradients(self, z: Tensor, score: Tensor, distance: Tensor) -> tuple[Tensor, Tensor]:
+        """The gradients of a path point's target score and representation distance, from one graph."""
+        (g_logit,) = torch.autograd.grad(score, z, retain_graph=True)
+        (u,) = torch.autograd.grad(distance, z)
+        return g_logit, u
 
     def _descend(self, z: Tensor, u: Tensor, eta: float) -> Tensor:
         # unit_rows: a vanishing distance gradient gives a zero step, so the row stays frozen instead of NaN.

@@ -77,32 +77,6 @@ def test_fused_equals_unfused_two_pass_reference():
     torch.testing.assert_close(IG2(model, steps=30, eta=0.05, fused=False)(x, [0, 1, 2], references=refs), A)
 
 
-def test_batched_backward_equals_the_per_sample_reference_on_a_cnn():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(4 * 6 * 6, 8), nn.Tanh(), nn.Linear(8, 3)).eval()  # fmt: skip
-    generator = torch.Generator().manual_seed(3)
-    x, refs = torch.rand(2, 3, 6, 6, generator=generator), torch.rand(2, 2, 3, 6, 6, generator=generator)
-    batched = IG2(model, steps=12, eta=0.1, batched_backward=True).attribute(x, [0, 2], references=refs)
-    # The reference loop works on flat samples; the representation is the input of the last nn.Linear.
-    flat_model, flat_penultimate = _Images(model, (3, 6, 6)), _Images(model[:6], (3, 6, 6))
-    for i, c in enumerate([0, 2]):
-        ref = two_pass_reference(flat_model, flat_penultimate, x[i].flatten(), c, refs[i].flatten(1), 12, 0.1)
-        torch.testing.assert_close(batched[i].flatten(), ref, rtol=1e-5, atol=1e-8)
-    with pytest.raises(TypeError, match="`batched_backward`"):
-        IG2(model, batched_backward="yes")
-
-
-class _Images(nn.Module):
-    """A module of images, called on flattened samples ``(M, C*H*W)``."""
-
-    def __init__(self, inner: nn.Module, shape: tuple[int, ...]) -> None:
-        super().__init__()
-        self.inner, self.shape = inner, shape
-
-    def forward(self, z):
-        return self.inner(z.view(-1, *self.shape))
-
-
 def test_batch_independence_determinism_and_chunking():
     model, x = smooth_net(), data(6)
     method = IG2(model, steps=20, eta=0.05, reference_pool=pool(), n_references=3, seed=3)
