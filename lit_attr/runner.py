@@ -396,14 +396,25 @@ class AttributionRunner:
             records = [
                 SampleRecord(
                     index=index,
-                    label=None if batch.y is None else int(batch.y[row]),
-                    target=int(target[row]),
-                    prediction=int(prediction[row]),
-                    confidence=float(confidence[row]),
-                    target_probability=float(probabilities[row, target[row]]),
+                    label=None if label is None else int(label),
+                    target=int(target_class),
+                    prediction=int(predicted),
+                    confidence=float(score),
+                    target_probability=float(probability),
                     x=_kept(batch, row) if index < self.keep_attributions else None,
                 )
-                for row, index in enumerate(indices)
+                # One transfer per batch, not one per sample and field (each a device sync on a GPU).
+                for row, (index, label, target_class, predicted, score, probability) in enumerate(
+                    zip(
+                        indices,
+                        [None] * n if batch.y is None else batch.y.reshape(n).tolist(),
+                        target.tolist(),
+                        prediction.tolist(),
+                        confidence.tolist(),
+                        probabilities.gather(1, target[:, None])[:, 0].tolist(),
+                        strict=True,
+                    )
+                )
             ]
             attributions: dict[str, Tensor] = {}
             for name, method in self.methods.items():
