@@ -12,6 +12,7 @@ rationale of the true rationale's size:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -20,7 +21,14 @@ from torch import Tensor
 from lit_attr.functional.token_games import token_ranks
 from lit_attr.methods._token_inputs import check_token_batch
 
-__all__ = ["TOKEN_LOCALIZATION_METRICS", "check_rationales", "token_auprc", "token_f1", "token_iou"]
+__all__ = [
+    "TOKEN_LOCALIZATION_METRICS",
+    "check_rationales",
+    "token_auprc",
+    "token_f1",
+    "token_iou",
+    "token_localization_scores",
+]
 
 #: Names of the token localisation scores.
 TOKEN_LOCALIZATION_METRICS: tuple[str, ...] = ("token_f1", "token_iou", "auprc")
@@ -138,7 +146,35 @@ def token_auprc(
         >>> token_auprc(torch.tensor([[0.9, 0.5, 0.1]]), torch.tensor([[1, 0, 1]]))  # (1/2) * 1 + (1/2) * 2/3
         tensor([0.8333])
     """
+    return _auprc(*check_rationales(attributions, masks, attention_mask, special_tokens_mask))
+
+
+def token_localization_scores(
+    attributions: Tensor,
+    masks: Tensor,
+    attention_mask: Tensor | None = None,
+    special_tokens_mask: Tensor | None = None,
+    metrics: Sequence[str] = TOKEN_LOCALIZATION_METRICS,
+) -> dict[str, Tensor]:
+    """Several of :func:`token_f1`, :func:`token_iou` and :func:`token_auprc` from one check and one ranking.
+
+    Example:
+        >>> scores = token_localization_scores(torch.tensor([[0.1, 0.9, 0.5, 0.0]]), torch.tensor([[0, 1, 0, 1]]))
+        >>> {name: round(float(value), 4) for name, value in scores.items()}
+        {'token_f1': 0.5, 'token_iou': 0.3333, 'auprc': 0.75}
+    """
     a, rationale, candidates = check_rationales(attributions, masks, attention_mask, special_tokens_mask)
+    out: dict[str, Tensor] = {}
+    if {"token_f1", "token_iou"} & set(metrics):
+        hits, k = _hits(a, rationale, candidates)
+        out["token_f1"] = hits.to(_dtype(a)) / k.to(_dtype(a))
+        out["token_iou"] = hits.to(_dtype(a)) / (2 * k - hits).to(_dtype(a))
+    if "auprc" in metrics:
+        out["auprc"] = _auprc(a, rationale, candidates)
+    return {name: out[name] for name in metrics}
+
+
+def _auprc(a: Tensor, rationale: Tensor, candidates: Tensor) -> Tensor:
     dtype = _dtype(a)
     scores = torch.where(candidates, a.to(dtype), torch.full_like(a, -torch.inf, dtype=dtype))
     scores, order = torch.sort(scores, dim=1, descending=True, stable=True)

@@ -9,20 +9,11 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lit_attr.functional.token_localization import (
-    TOKEN_LOCALIZATION_METRICS,
-    check_rationales,
-    token_auprc,
-    token_f1,
-    token_iou,
-)
+from lit_attr.functional.token_localization import TOKEN_LOCALIZATION_METRICS, token_localization_scores
 from lit_attr.metrics._token_metric import add_rows, checked_scores
 from lit_attr.metrics.registry import register_metric
 
 __all__ = ["TokenLocalization"]
-
-_FUNCTIONS = {"token_f1": token_f1, "token_iou": token_iou, "auprc": token_auprc}
-
 
 class TokenLocalization(Metric):
     """Mean localisation of per-token attributions against ground-truth rationales (ERASER-style).
@@ -81,10 +72,7 @@ class TokenLocalization(Metric):
             attention_mask: ``(N, L)`` 1 on real tokens, 0 on padding.
             special_tokens_mask: ``(N, L)`` 1 on special tokens (never candidates).
         """
-        check_rationales(attributions, masks, attention_mask, special_tokens_mask)
-        return {
-            name: _FUNCTIONS[name](attributions, masks, attention_mask, special_tokens_mask) for name in self.metrics
-        }
+        return token_localization_scores(attributions, masks, attention_mask, special_tokens_mask, self.metrics)
 
     def update(
         self,
