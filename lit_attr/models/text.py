@@ -13,14 +13,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from lightning import LightningDataModule, LightningModule, Trainer
+from lightning import LightningDataModule, LightningModule
 from torch import Tensor, nn
 from torch.nn import functional as F
 from typing_extensions import override
 
 from lit_attr._optional import import_optional
 from lit_attr.methods._token_inputs import TokenOptions
-from lit_attr.models.demo_classifier import _restored_determinism_flags
+from lit_attr.models.demo_classifier import _fit_quietly
 
 __all__ = ["TEXT_DEMO_EPOCHS", "DemoTextClassifier", "train_demo_text_classifier"]
 
@@ -182,28 +182,18 @@ def train_demo_text_classifier(
     """
     from lit_attr.data import SyntheticTextDataModule
 
-    datamodule = datamodule if datamodule is not None else SyntheticTextDataModule(seed=seed)
-    datamodule.setup()
-    with torch.random.fork_rng(devices=[]), _restored_determinism_flags():
-        torch.manual_seed(seed)
-        model = DemoTextClassifier(
-            vocab_size=datamodule.vocab_size,
-            num_classes=datamodule.num_classes,
-            pad_token_id=datamodule.pad_token_id,
-            mask_token_id=datamodule.mask_token_id,
-            special_token_ids=datamodule.special_token_ids,
+    data = datamodule if datamodule is not None else SyntheticTextDataModule(seed=seed)
+    model = _fit_quietly(
+        lambda: DemoTextClassifier(
+            vocab_size=data.vocab_size,
+            num_classes=data.num_classes,
+            pad_token_id=data.pad_token_id,
+            mask_token_id=data.mask_token_id,
+            special_token_ids=data.special_token_ids,
             **model_kwargs,
-        )
-        trainer = Trainer(
-            max_epochs=epochs,
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            deterministic=True,
-        )
-        trainer.fit(model, datamodule=datamodule)
-    return model.cpu().eval(), datamodule
+        ),
+        data,
+        seed,
+        epochs,
+    )
+    return model, data
