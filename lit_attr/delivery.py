@@ -172,6 +172,7 @@ def log_html(
         return []
     step = trainer.global_step if step is None else step
     written: list[Path] = []
+    array: np.ndarray | None = None
     for logger in _unique_file_loggers(trainer):
         if isinstance(logger, WandbLogger):
             import wandb
@@ -181,7 +182,8 @@ def log_html(
             logger.experiment.add_figure(key, figure, global_step=step, close=False)
         else:
             path = media_dir(trainer, logger, key) / _file_name(trainer, step, "png")
-            _save_png(path, figure_to_array(figure))
+            array = figure_to_array(figure) if array is None else array
+            _save_png(path, array)
             path.with_suffix(".html").write_text(html, encoding="utf-8")
             written.append(path)
     return written

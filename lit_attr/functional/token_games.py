@@ -304,6 +304,7 @@ def score_rows(
     """
     batch = game.batch
     out: list[Tensor] = []
+    clean_probability = clean.softmax(dim=1).gather(1, target[:, None]).squeeze(1) if output == "prob_ratio" else None
 
     def score(start: int, stop: int) -> None:
         rows, n_top = samples[start:stop], counts[start:stop]
@@ -318,8 +319,8 @@ def score_rows(
         if output != "logit":
             logits = logits.softmax(dim=1)
         score = logits.gather(1, target[rows, None]).squeeze(1)
-        if output == "prob_ratio":
-            score = score / clean.softmax(dim=1).gather(1, target[rows, None]).squeeze(1)
+        if clean_probability is not None:
+            score = score / clean_probability[rows]
         out.append(score)
 
     with _backoff(backoff, "token game", game.chunk) as chunks:

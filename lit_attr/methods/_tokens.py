@@ -463,9 +463,6 @@ def attribute_tokens(
     check_token_id("baseline_token_id", baseline_id, vocab)
     limit = position_limit(model)
     check_length("input_ids", batch.input_ids, batch.attended, limit)
-    device = next((p.device for p in model.parameters()), batch.input_ids.device)
-    if device != batch.input_ids.device:
-        raise ValueError(f"`input_ids` are on {batch.input_ids.device} but the model is on {device}; move them.")
     user_forward = method.forward_fn
 
     def caller(ids: Tensor) -> Tensor:

@@ -29,6 +29,7 @@ from lit_attr.methods.base import AttributionMethod, BoundsType
 from lit_attr.methods.registry import register_method
 
 HEAD_FUSIONS = ("mean", "max", "min")
+_FUSE = {"mean": Tensor.mean, "max": Tensor.amax, "min": Tensor.amin}
 UPSAMPLING = ("bilinear", "nearest")
 # Positional parameters of nn.MultiheadAttention.forward after (query, key, value).
 _MHA_OPTIONS = ("key_padding_mask", "need_weights", "attn_mask", "average_attn_weights", "is_causal")
@@ -335,8 +336,8 @@ class AttentionRollout(_AttentionMap):
             rollout = eye.expand(x.shape[0], tokens, tokens)
             for record in records:
                 weights = record.weights
-                fused = {"mean": weights.mean(dim=1), "max": weights.amax(dim=1), "min": weights.amin(dim=1)}
-                layer = (fused[self.head_fusion] + eye) / 2
+                fused = _FUSE[self.head_fusion](weights, dim=1)
+                layer = (fused + eye) / 2
                 layer = layer / layer.sum(dim=-1, keepdim=True)
                 rollout = layer @ rollout
         return self._to_pixels(rollout, x)
