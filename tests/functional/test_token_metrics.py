@@ -86,6 +86,17 @@ def test_token_insertion_deletion_matches_a_per_sample_loop(model, replacement):
         assert float(result.deletion_auc[i]) == pytest.approx(trapezoid, abs=1e-6)
 
 
+def test_token_prob_ratio_is_the_probability_over_the_clean_probability(model):
+    ids, mask, scores = batch_and_scores()
+    options = {"attention_mask": mask, "special_token_ids": SPECIALS, "replacement_id": MASK, "pad_token_id": PAD,
+               "n_steps": 4, "internal_batch_size": 5}  # fmt: skip
+    probability = token_insertion_deletion(model, ids, scores, **options)
+    ratio = token_insertion_deletion(model, ids, scores, output="prob_ratio", **options)
+    clean = logits_of(model, ids, mask).softmax(dim=1).gather(1, probability.target[:, None])
+    torch.testing.assert_close(ratio.deletion_curve, probability.deletion_curve / clean)
+    torch.testing.assert_close(ratio.insertion_curve, probability.insertion_curve / clean)
+
+
 @pytest.mark.parametrize("replacement", ["mask", "remove"])
 def test_comprehensiveness_and_sufficiency_match_a_per_sample_loop(model, replacement):
     ids, mask, scores = batch_and_scores(seed=1)
