@@ -34,7 +34,6 @@ from lit_attr._checks import (
     check_choice,
     check_device,
     check_int,
-    check_names,
     check_option_dicts,
     resolve_target,
 )
@@ -42,7 +41,7 @@ from lit_attr.batch import Batch
 from lit_attr.methods._hygiene import preserved_model_state, preserved_rng_state
 from lit_attr.methods.base import AttributionMethod, attributions_of
 from lit_attr.methods.registry import available_methods, get_method
-from lit_attr.metrics.registry import MetricSpec, available_metrics, get_metric_spec
+from lit_attr.metrics.registry import MetricSpec, available_metrics, check_metric_names, get_metric_spec
 
 __all__ = [
     "AttributionRunner",
@@ -216,10 +215,7 @@ class AttributionRunner:
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
         specs = normalize_methods(methods)
-        self.metric_names: tuple[str, ...] = check_names("metrics", metrics, what="metric") if metrics else ()
-        unknown = [name for name in self.metric_names if name not in available_metrics()]
-        if unknown:
-            raise ValueError(f"unknown metric(s) {unknown}; available: {', '.join(available_metrics())}.")
+        self.metric_names = check_metric_names(metrics) if metrics else ()
         options = check_option_dicts("method_kwargs", method_kwargs, list(specs), what="method")
         self._metric_options = check_option_dicts("metric_kwargs", metric_kwargs, self.metric_names, what="metric")
         self.target = check_choice("target", target, TARGETS)

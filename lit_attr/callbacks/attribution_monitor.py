@@ -18,13 +18,13 @@ from torch import Tensor
 from typing_extensions import override
 
 from lit_attr import delivery, report, viz
-from lit_attr._checks import check_callable, check_flag, check_int, check_names, check_option_dicts
+from lit_attr._checks import check_callable, check_flag, check_int, check_option_dicts
 from lit_attr.batch import BatchAdapter
 from lit_attr.callbacks._base import AttributionCallback
 from lit_attr.callbacks._probe import find_dataset
 from lit_attr.delivery import DeliveryWorker
 from lit_attr.methods._hygiene import preserved_rng_state
-from lit_attr.metrics.registry import available_metrics, get_metric_spec
+from lit_attr.metrics.registry import check_metric_names, get_metric_spec
 from lit_attr.runner import MethodsArg, SampleRecord, gather_records
 
 __all__ = ["AttributionMonitor"]
@@ -154,10 +154,7 @@ class AttributionMonitor(AttributionCallback):
             batch_size=batch_size,
             dataloader_idx=dataloader_idx,
         )
-        self.metric_names: tuple[str, ...] = check_names("metrics", metrics, what="metric")
-        unknown = [name for name in self.metric_names if name not in available_metrics()]
-        if unknown:
-            raise ValueError(f"`metrics`: unknown metric(s) {unknown}; available: {', '.join(available_metrics())}.")
+        self.metric_names = check_metric_names(metrics)
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, 1)
         self.log_heatmaps = check_int("log_heatmaps", log_heatmaps, 0)
         self._metric_kwargs = check_option_dicts("metric_kwargs", metric_kwargs, self.metric_names, what="metric")
@@ -224,11 +221,6 @@ class AttributionMonitor(AttributionCallback):
                     f"AttributionMonitor needs gradients, but `trainer.{stage}()` runs under torch.inference_mode. "
                     "Pass `Trainer(inference_mode=False)` to use the monitor outside of `fit`."
                 )
-        unknown = [name for name in self.metric_names if name not in available_metrics()]
-        if unknown:
-            raise ValueError(
-                f"AttributionMonitor: unknown metric(s) {unknown}; available: {', '.join(available_metrics())}."
-            )
 
     # Methods, metrics and the probe set are prepared in the *_start hooks, not in setup: Lightning calls callback
     # setup before LightningModule.setup and configure_model, where modules may create their data and layers.

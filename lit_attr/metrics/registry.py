@@ -24,10 +24,13 @@ from typing import Any
 from torch import Tensor
 from torchmetrics import Metric
 
+from lit_attr._checks import check_names
+
 __all__ = [
     "BUILD_INPUTS",
     "UPDATE_INPUTS",
     "MetricSpec",
+    "check_metric_names",
     "available_metrics",
     "get_metric_spec",
     "register_metric",
@@ -170,6 +173,24 @@ def register_metric(
     )
     _REGISTRY[name] = spec
     return spec
+
+
+def check_metric_names(metrics: str | Sequence[str]) -> tuple[str, ...]:
+    """Metric names as a tuple: one name or several, non-empty, without repeats, all registered.
+
+    Raises:
+        TypeError: for something that is not a name or a sequence of names.
+        ValueError: for an empty or repeating sequence, or an unregistered name (the message lists the registered).
+
+    Example:
+        >>> check_metric_names("localization")
+        ('localization',)
+    """
+    names = check_names("metrics", metrics, what="metric")
+    unknown = [name for name in names if name not in _REGISTRY]
+    if unknown:
+        raise ValueError(f"`metrics`: unknown metric(s) {unknown}; available: {', '.join(available_metrics())}.")
+    return names
 
 
 def unregister_metric(name: str) -> None:
