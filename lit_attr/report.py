@@ -89,16 +89,12 @@ def build_figures(
     order = sorted(samples)
     if order and samples[order[0]]["x"].is_floating_point() and samples[order[0]]["x"].ndim == 3:
         images = torch.stack([samples[i]["x"] for i in order])
-
-        def name(k: int | None) -> str:
-            return "?" if k is None else (class_names[k] if class_names and 0 <= k < len(class_names) else str(k))
-
-        titles = [f"#{i} {name(samples[i]['label'])}" for i in order]
+        titles = [f"#{i} {viz.class_label(samples[i]['label'], class_names)}" for i in order]
         for method in methods:
             if not all(method in samples[i].get("maps", {}) for i in order):
                 continue
             maps = torch.stack([samples[i]["maps"][method] for i in order])
-            captions = [f"target {name(samples[i]['target'])}" for i in order]
+            captions = [f"target {viz.class_label(samples[i]['target'], class_names)}" for i in order]
             figures[f"heatmaps_{method}"] = viz.attribution_grid(
                 images, maps, captions=captions, titles=titles, title=f"{method}: attributions of the target class"
             )
@@ -175,11 +171,12 @@ def token_highlights(
     if not order or samples[order[0]]["x"].is_floating_point():
         return {}
 
-    def name(k: int | None) -> str:
-        return "?" if k is None else (class_names[k] if class_names and 0 <= k < len(class_names) else str(k))
-
     words = [decode(samples[i]["x"]) for i in order]
-    captions = [f"#{i} label {name(samples[i]['label'])}, target {name(samples[i]['target'])}" for i in order]
+    captions = [
+        f"#{i} label {viz.class_label(samples[i]['label'], class_names)}, "
+        f"target {viz.class_label(samples[i]['target'], class_names)}"
+        for i in order
+    ]
     sections: dict[str, tuple[str, Figure]] = {}
     methods = dict.fromkeys(method for i in order for method in samples[i].get("maps", {}))
     for method in methods:

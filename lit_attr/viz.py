@@ -245,6 +245,18 @@ def randomization_grid(
     return fig
 
 
+def class_label(k: int | None, class_names: Sequence[str] | None = None) -> str:
+    """The name of class ``k`` for captions: its entry in ``class_names``, else the index; ``"?"`` for None.
+
+    Example:
+        >>> class_label(1, ["cat", "dog"]), class_label(7, ["cat", "dog"]), class_label(None)
+        ('dog', '7', '?')
+    """
+    if k is None:
+        return "?"
+    return str(class_names[k]) if class_names is not None and 0 <= k < len(class_names) else str(k)
+
+
 def insertion_deletion_figure(
     results: Mapping[str, Mapping[str, Any]],
     title: str | None = None,

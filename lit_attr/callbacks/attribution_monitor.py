@@ -481,10 +481,7 @@ class AttributionMonitor(AttributionCallback):
         when = f"epoch {epoch}" if epoch is not None else str(trainer.state.fn.value)
         indices = self._probes[split].indices or []
 
-        def label(value: int | None) -> str:
-            if value is None:
-                return "?"
-            return str(names[value]) if names is not None and 0 <= value < len(names) else str(value)
+        label = functools.partial(viz.class_label, class_names=names)
 
         shown = [record for record in records if record.x is not None]
         tokens = bool(shown) and not shown[0].x.is_floating_point()
