@@ -21,12 +21,13 @@ from torch import Tensor, nn
 
 from lit_attr._checks import resolve_target
 from lit_attr._memory import MemoryBackoff
+from lit_attr.functional._transformer import transformer_blocks
 from lit_attr.functional.activation_deviation import recorded_outputs, resolve_probe_layers
 from lit_attr.functional.insertion_deletion import DEFAULT_INTERNAL_BATCH_SIZE, TargetType
 from lit_attr.functional.token_games import (
     TokenGame,
     clean_logits,
-    perturb_tokens,
+    perturbed_token_rows,
     prepare_token_game,
     token_schedule,
 )
@@ -53,8 +54,8 @@ class TokenActivationDeviationResult(NamedTuple):
 def encoder_layers(model: nn.Module, layers: str | Sequence[str] | None = None) -> tuple[str, ...]:
     """Names of the encoder layers to probe: every block of the model's first stack of transformer layers.
 
-    With ``layers=None``: the children of the first ``nn.ModuleList`` named ``layer`` or ``layers`` (Hugging Face
-    ``bert.encoder.layer``, ``nn.TransformerEncoder.layers``). Explicit names are checked as in
+    With ``layers=None``: the model's transformer blocks (:func:`~lit_attr.functional._transformer.transformer_blocks`:
+    Hugging Face ``bert.encoder.layer.i``, ``nn.TransformerEncoder.layers.i``). Explicit names are checked as in
     :func:`~lit_attr.functional.activation_deviation.resolve_probe_layers`.
 
     Example:
@@ -66,11 +67,11 @@ def encoder_layers(model: nn.Module, layers: str | Sequence[str] | None = None) 
         return resolve_probe_layers(model, layers)
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] in ("layer", "layers") and len(module):
-            return tuple(f"{name}.{child}" for child, _ in module.named_children())
+    blocks = transformer_blocks(model)
+    if blocks:
+        return tuple(blocks)
     raise ValueError(
-        "Cannot find the model's encoder layers (an nn.ModuleList named `layer` or `layers`); pass `layers` with "
+        "Cannot find the model's encoder layers (a stack of blocks with one attention each); pass `layers` with "
         "the names of the modules whose hidden states to compare."
     )
 
@@ -89,13 +90,7 @@ def _play_rows(
     stop: int,
 ) -> None:
     """Fill ``stats[start:stop]``: each probe's masked MSE to the clean states for the rows ``start .. stop - 1``."""
-    batch = game.batch
-    rows = samples[start:stop]
-    top = game.ranks[rows] < counts[start:stop, None]
-    removed = batch.perturbable[rows] & ~top if keep_top else top
-    ids, mask = perturb_tokens(
-        batch.input_ids[rows], batch.attended[rows], removed, "mask", game.replacement_id, game.pad_token_id
-    )
+    rows, ids, mask = perturbed_token_rows(game, samples, counts, keep_top, start, stop)
     call_model(model, ids, mask)
     weights = mask.to(stats.dtype)[..., None]
     for j, name in enumerate(names):
@@ -187,9 +182,9 @@ def token_activation_deviation(
         clean = [torch.cat(layer) for layer in zip(*clean_states, strict=True)]
         dtype = torch.promote_types(clean[0].dtype, torch.float32)
         results = {}
+        samples = torch.arange(n, device=schedule.device).repeat_interleave(points)
+        counts = schedule.flatten()
         for game_name, keep_top in (("insertion", True), ("deletion", False)):
-            samples = torch.arange(n, device=schedule.device).repeat_interleave(points)
-            counts = schedule.flatten()
             stats = torch.empty(n * points, len(names), dtype=dtype, device=schedule.device)
             play = functools.partial(_play_rows, model, game, names, store, clean, samples, counts, keep_top, stats)
             backoff.chunks(samples.numel(), play)

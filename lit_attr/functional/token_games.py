@@ -281,6 +281,23 @@ def clean_logits(
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
+def perturbed_token_rows(
+    game: TokenGame, samples: Tensor, counts: Tensor, keep_top: bool, start: int, stop: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Rows ``start .. stop - 1`` of a game: ``(their samples, token ids, attention masks)``.
+
+    Row r removes its sample's ``counts[r]`` most important tokens (``keep_top=False``) or keeps only them and
+    removes the other perturbable tokens (``keep_top=True``).
+    """
+    batch, rows = game.batch, samples[start:stop]
+    top = game.ranks[rows] < counts[start:stop, None]
+    removed = batch.perturbable[rows] & ~top if keep_top else top
+    ids, mask = perturb_tokens(
+        batch.input_ids[rows], batch.attended[rows], removed, game.replacement, game.replacement_id, game.pad_token_id
+    )
+    return rows, ids, mask
+
+
 def score_rows(
     model: nn.Module,
     game: TokenGame,
@@ -302,18 +319,11 @@ def score_rows(
         ``(R,)`` scores in the dtype of ``clean``, the clean logits ``(N, K)`` (``output="prob_ratio"`` divides by
         their probability).
     """
-    batch = game.batch
     out: list[Tensor] = []
     clean_probability = clean.softmax(dim=1).gather(1, target[:, None]).squeeze(1) if output == "prob_ratio" else None
 
     def score(start: int, stop: int) -> None:
-        rows, n_top = samples[start:stop], counts[start:stop]
-        top = game.ranks[rows] < n_top[:, None]
-        removed = batch.perturbable[rows] & ~top if keep_top else top
-        ids, mask = perturb_tokens(
-            batch.input_ids[rows], batch.attended[rows], removed, game.replacement, game.replacement_id,
-            game.pad_token_id,
-        )  # fmt: skip
+        rows, ids, mask = perturbed_token_rows(game, samples, counts, keep_top, start, stop)
         width = int(mask.nonzero()[:, 1].max()) + 1  # the chunk's longest row: padding beyond it changes nothing
         logits = call_model(model, ids[:, :width], mask[:, :width]).to(clean.dtype)
         if output != "logit":
