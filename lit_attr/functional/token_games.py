@@ -35,6 +35,7 @@ from lit_attr.functional.insertion_deletion import (
 from lit_attr.methods._hygiene import preserved_model_state
 from lit_attr.methods._token_inputs import (
     TokenBatch,
+    TokenOptions,
     call_model,
     check_ids_in_vocabulary,
     check_token_batch,
@@ -194,6 +195,44 @@ def perturb_tokens(
     return ids, mask.long()
 
 
+def resolve_game_conventions(
+    model: nn.Module,
+    replacement: str,
+    replacement_id: int | None,
+    pad_token_id: int | None,
+    special_token_ids: Sequence[int] | None,
+    internal_batch_size: int | None,
+) -> tuple[TokenOptions, int, int, int]:
+    """Check a token game's options and resolve its conventions from the model where left as ``None``.
+
+    Returns:
+        ``(options, vocabulary size, replacement id, pad id)``; the pad id defaults to the replacement id.
+
+    Raises:
+        TypeError: for a model that is not a module.
+        ValueError: for unknown options, no replacement id given or declared, or ids outside the vocabulary.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+    check_choice("replacement", replacement, REPLACEMENTS)
+    check_optional_int("internal_batch_size", internal_batch_size)
+    options = resolve_token_options(
+        model, special_token_ids=special_token_ids, mask_token_id=replacement_id, pad_token_id=pad_token_id
+    )
+    try:
+        vocab = vocabulary_size(model, find_embedding_layer(model, options.embedding_layer))
+    except ValueError:
+        vocab = vocabulary_size(model)
+    if options.replacement_id is None:
+        raise ValueError(
+            "`replacement_id` (the [MASK] or [PAD] id that stands for a removed token) must be given: the model "
+            "declares neither."
+        )
+    chosen = check_token_id("replacement_id", options.replacement_id, vocab)
+    pad = check_token_id("pad_token_id", options.pad_token_id if options.pad_token_id is not None else chosen, vocab)
+    return options, vocab, chosen, pad
+
+
 def prepare_token_game(
     model: nn.Module,
     input_ids: Any,
@@ -218,14 +257,10 @@ def prepare_token_game(
         ValueError: for shapes that do not match, non-finite attributions, unknown options, or token ids outside
             the vocabulary.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
-    if isinstance(input_ids, Tensor):  # before anything reads the ids: a tensor elsewhere cannot be inspected here
-        check_device("input_ids", input_ids, model)
-    check_choice("replacement", replacement, REPLACEMENTS)
-    check_optional_int("internal_batch_size", internal_batch_size)
-    options = resolve_token_options(
-        model, special_token_ids=special_token_ids, mask_token_id=replacement_id, pad_token_id=pad_token_id
+    if isinstance(input_ids, Tensor) and isinstance(model, nn.Module):  # before anything reads the ids: a tensor
+        check_device("input_ids", input_ids, model)  # elsewhere cannot be inspected here
+    options, vocab, chosen, pad = resolve_game_conventions(
+        model, replacement, replacement_id, pad_token_id, special_token_ids, internal_batch_size
     )
     batch = check_token_batch(input_ids, attention_mask, special_tokens_mask, options.special_token_ids)
     if not isinstance(attributions, Tensor) or not attributions.is_floating_point():
@@ -241,18 +276,7 @@ def prepare_token_game(
     attributions = attributions.to(batch.input_ids.device)
     if not bool(torch.isfinite(attributions[batch.perturbable]).all()):
         raise ValueError("`attributions` contains NaN or infinite values on perturbable tokens.")
-    try:
-        vocab = vocabulary_size(model, find_embedding_layer(model, options.embedding_layer))
-    except ValueError:
-        vocab = vocabulary_size(model)
     check_ids_in_vocabulary("input_ids", batch.input_ids, vocab)
-    if options.replacement_id is None:
-        raise ValueError(
-            "`replacement_id` (the [MASK] or [PAD] id that stands for a removed token) must be given: the model "
-            "declares neither."
-        )
-    chosen = check_token_id("replacement_id", options.replacement_id, vocab)
-    pad = check_token_id("pad_token_id", options.pad_token_id if options.pad_token_id is not None else chosen, vocab)
     ranks = token_ranks(attributions, batch.perturbable)
     counts = batch.perturbable.sum(dim=1)
     chunk = internal_batch_size or 2**62

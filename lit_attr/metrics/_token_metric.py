@@ -8,14 +8,8 @@ from typing import Any
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from lit_attr._checks import TargetType, check_choice, check_optional_int
-from lit_attr.functional.token_games import REPLACEMENTS
-from lit_attr.methods._token_inputs import (
-    check_token_id,
-    find_embedding_layer,
-    resolve_token_options,
-    vocabulary_size,
-)
+from lit_attr._checks import TargetType
+from lit_attr.functional.token_games import resolve_game_conventions
 from lit_attr.metrics._model_ref import ModelRef
 
 
@@ -41,25 +35,9 @@ class TokenGameMetric(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
-        check_choice("replacement", replacement, REPLACEMENTS)
-        check_optional_int("internal_batch_size", internal_batch_size)
-        options = resolve_token_options(
-            model, special_token_ids=special_token_ids, mask_token_id=replacement_id, pad_token_id=pad_token_id
+        options, _, _, _ = resolve_game_conventions(
+            model, replacement, replacement_id, pad_token_id, special_token_ids, internal_batch_size
         )
-        try:
-            vocab = vocabulary_size(model, find_embedding_layer(model, options.embedding_layer))
-        except ValueError:
-            vocab = vocabulary_size(model)
-        if options.replacement_id is None:
-            raise ValueError(
-                "`replacement_id` (the [MASK] or [PAD] id that stands for a removed token) must be given: the model "
-                "declares neither."
-            )
-        check_token_id("replacement_id", options.replacement_id, vocab)
-        if options.pad_token_id is not None:
-            check_token_id("pad_token_id", options.pad_token_id, vocab)
         self._model_ref = ModelRef(model)
         self._game_options: dict[str, Any] = {
             "special_token_ids": options.special_token_ids,
