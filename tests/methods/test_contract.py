@@ -52,31 +52,45 @@ def inputs(n=8, seed=3):
     return torch.rand(n, 3, 8, 8, generator=g)
 
 
-@pytest.mark.parametrize("name", GENERIC_METHODS)
-def test_model_and_global_state_untouched(name):
-    model = small_cnn().train()
-    model[0].eval()  # a mixed-mode model: every module's own flag must come back
+def user_state(model):
+    """Set the second parameter requires_grad=False and the others a .grad of 0.5; snapshot what a user owns."""
     params = list(model.parameters())
     params[1].requires_grad_(False)
     for p in params:
         if p.requires_grad:
             p.grad = torch.full_like(p, 0.5)
-    grads = [p.grad for p in params]
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    modes = [m.training for m in model.modules()]
-    torch_rng, np_rng, py_rng = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    return {
+        "params": params,
+        "grads": [p.grad for p in params],
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "modes": [m.training for m in model.modules()],
+        "rng": (torch.get_rng_state(), np.random.get_state(), random.getstate()),
+    }
 
-    a = get_method(name, model, input_bounds=(0.0, 1.0), **fast_kwargs(name)).attribute(inputs())
 
-    assert [m.training for m in model.modules()] == modes
+def assert_user_state_untouched(model, before):
+    params, grads = before["params"], before["grads"]
+    assert [m.training for m in model.modules()] == before["modes"]
     assert [p.requires_grad for p in params] == [i != 1 for i in range(len(params))]
     assert all(p.grad is g for p, g in zip(params, grads, strict=True))
     assert all(torch.equal(g, torch.full_like(g, 0.5)) for g in grads if g is not None)
     for key, value in model.state_dict().items():
-        assert torch.equal(value, state[key]), key
+        assert torch.equal(value, before["state"][key]), key
+    torch_rng, np_rng, py_rng = before["rng"]
     assert torch.equal(torch.get_rng_state(), torch_rng)
     assert np.random.get_state()[1].tolist() == np_rng[1].tolist()
     assert random.getstate() == py_rng
+
+
+@pytest.mark.parametrize("name", GENERIC_METHODS)
+def test_model_and_global_state_untouched(name):
+    model = small_cnn().train()
+    model[0].eval()  # a mixed-mode model: every module's own flag must come back
+    before = user_state(model)
+
+    a = get_method(name, model, input_bounds=(0.0, 1.0), **fast_kwargs(name)).attribute(inputs())
+
+    assert_user_state_untouched(model, before)
     assert not a.requires_grad
 
 

@@ -1,11 +1,10 @@
 """Every registered method on small torchvision and timm vision transformers: the contract, batch independence,
 IG2's representation layer and the completeness of the path methods."""
 
-import random
 
-import numpy as np
 import pytest
 import torch
+from test_contract import assert_user_state_untouched, user_state
 from vit_helpers import timm_vit, torchvision_vit
 
 from lit_attr.functional import completeness_error
@@ -44,15 +43,7 @@ def test_every_method_applies_to_vits():
 def test_contract_on_vits(name, kind):
     model = BUILDERS[kind]().train()
     next(iter(model.children())).eval()  # mixed modes: every module's own flag must come back
-    params = list(model.parameters())
-    params[1].requires_grad_(False)
-    for p in params:
-        if p.requires_grad:
-            p.grad = torch.full_like(p, 0.5)
-    grads = [p.grad for p in params]
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    modes = [m.training for m in model.modules()]
-    torch_rng, np_rng, py_rng = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    before = user_state(model)
     x = inputs()
 
     with torch.no_grad():
@@ -60,14 +51,7 @@ def test_contract_on_vits(name, kind):
 
     assert a.shape == x.shape and a.dtype == x.dtype and not a.requires_grad
     assert torch.isfinite(a).all() and a.abs().sum() > 0
-    assert [m.training for m in model.modules()] == modes
-    assert [p.requires_grad for p in params] == [i != 1 for i in range(len(params))]
-    assert all(p.grad is g for p, g in zip(params, grads, strict=True))
-    assert all(torch.equal(g, torch.full_like(g, 0.5)) for g in grads if g is not None)
-    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
-    assert torch.equal(torch.get_rng_state(), torch_rng)
-    assert np.random.get_state()[1].tolist() == np_rng[1].tolist()
-    assert random.getstate() == py_rng
+    assert_user_state_untouched(model, before)
 
 
 @pytest.mark.parametrize("kind", BUILDERS)
