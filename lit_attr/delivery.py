@@ -372,36 +372,49 @@ class DeliveryWorker:
     :meth:`submit` waits while ``max_pending`` jobs are queued (so rendering never piles up unbounded work or
     memory); a job that raises does not stop the worker: its exception is kept and handed back by :meth:`errors`
     (and by :meth:`flush`). :meth:`flush` waits until every submitted job has run, at most ``timeout`` seconds, so
-    the end of a fit never hangs on a stuck job. The thread is a daemon: it never keeps the process alive.
+    the end of a fit never hangs on a stuck job. The thread is a daemon: it never keeps the process alive. Each
+    job is timed with ``clock``; :meth:`busy_seconds` hands the times of the finished jobs to whoever keeps a budget.
 
     Args:
         max_pending: jobs that may wait in the queue.
         name: the thread's name.
+        clock: the clock the jobs are timed with (seconds; default ``time.perf_counter``).
 
     Example:
         >>> worker = DeliveryWorker()
         >>> done = []
         >>> worker.submit(lambda: done.append(1))
-        >>> worker.flush(), done
-        ([], [1])
+        >>> worker.flush(), done, len(worker.busy_seconds())
+        ([], [1], 1)
     """
 
-    def __init__(self, max_pending: int = 2, name: str = "lit_attr-delivery") -> None:
-        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=max_pending)
+    def __init__(
+        self, max_pending: int = 2, name: str = "lit_attr-delivery", clock: Callable[[], float] = time.perf_counter
+    ) -> None:
+        # (job, whether it is timed): flush's marker is not a job of the owner's.
+        self._queue: queue.Queue[tuple[Callable[[], None], bool]] = queue.Queue(maxsize=max_pending)
         self._errors: list[BaseException] = []
+        self._seconds: list[float] = []
+        self._clock = clock
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
 
     def submit(self, job: Callable[[], None]) -> None:
         """Queue ``job`` (waits while the queue is full)."""
-        self._queue.put(job)
+        self._queue.put((job, True))
 
     def errors(self) -> list[BaseException]:
         """The exceptions raised by jobs since the last call (each is reported once)."""
         with self._lock:
             errors, self._errors = self._errors, []
         return errors
+
+    def busy_seconds(self) -> list[float]:
+        """How long each job that finished since the last call took (each is reported once)."""
+        with self._lock:
+            seconds, self._seconds = self._seconds, []
+        return seconds
 
     def flush(self, timeout: float = 600.0) -> list[BaseException]:
         """Wait until every submitted job has run (at most ``timeout`` seconds); return :meth:`errors`.
@@ -413,7 +426,7 @@ class DeliveryWorker:
         done = threading.Event()
         try:
             # Behind a stuck job a full queue would block the marker's put itself: it gets the same deadline.
-            self._queue.put(done.set, timeout=timeout)
+            self._queue.put((done.set, False), timeout=timeout)
         except queue.Full:
             pass
         else:
@@ -423,9 +436,14 @@ class DeliveryWorker:
 
     def _work(self) -> None:
         while True:
-            job = self._queue.get()
+            job, timed = self._queue.get()
+            start = self._clock()
             try:
                 job()
             except Exception as error:  # noqa: BLE001  (reported to the owner through errors())
                 with self._lock:
                     self._errors.append(error)
+            if timed:
+                seconds = self._clock() - start
+                with self._lock:
+                    self._seconds.append(seconds)

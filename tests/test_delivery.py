@@ -112,3 +112,18 @@ def test_flush_hands_back_the_errors_of_jobs():
     worker.submit(lambda: 1 / 0)
     (error,) = worker.flush(timeout=30)
     assert isinstance(error, ZeroDivisionError) and worker.flush(timeout=30) == []
+
+
+def test_the_worker_times_each_job_once_and_not_its_flush_markers():
+    now = [0.0]
+    worker = delivery.DeliveryWorker(clock=lambda: now[0])
+
+    def job(seconds):
+        now[0] += seconds
+
+    worker.submit(lambda: job(0.5))
+    worker.submit(lambda: 1 / 0)  # a failing job is timed too: it took the worker's time all the same
+    worker.flush(timeout=30)
+    worker.submit(lambda: job(2.0))
+    worker.flush(timeout=30)
+    assert worker.busy_seconds() == [0.5, 0.0, 2.0] and worker.busy_seconds() == []

@@ -13,7 +13,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 
 from callbacks._helpers import (
     METRIC_KWARGS,
@@ -27,7 +27,7 @@ from callbacks._helpers import (
     read_metrics_csv,
 )
 from lit_attr import viz
-from lit_attr.callbacks import AttributionCheckpoint, AttributionEarlyStopping, AttributionMonitor
+from lit_attr.callbacks import AttributionCheckpoint, AttributionEarlyStopping, AttributionMonitor, attribution_monitor
 from lit_attr.methods import AttributionMethod
 
 EPOCH_SECONDS = 10.0  # the fit's own time per epoch (4 training batches of 2.5 s)
@@ -67,17 +67,28 @@ def _budget_fit(tmp_path, max_overhead, **trainer_options):
 
 
 def test_the_budget_decides_which_epochs_run(tmp_path):
-    monitor, timed, _ = _budget_fit(tmp_path, max_overhead=0.1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="AttributionMonitor: its time")  # within budget: no warning
+        monitor, timed, _ = _budget_fit(tmp_path, max_overhead=0.1)
     # By hand, with the rule of the docstring (fit time T, spent S, estimate E = 2 s, budget 10 %):
-    # epoch 0: calibration on 4 samples costs 1 s (S = 1), E = 1 s * 8 / 4 = 2 s; S + E = 3 > 0.1 * 10: skip;
-    # epoch 1: 3 > 2: skip; epoch 2: 3 <= 3, and the fit will last 60 s: S + 2E = 5 <= 6: run (S = 3);
-    # epoch 3: 5 > 4: skip; epoch 4: 5 <= 5, but S + 2E = 7 > 6 (no room left for the last run): skip;
-    # epoch 5: the last epoch always runs (S = 5).
+    # epoch 0: calibration on 1 sample costs 0.25 s (S = 0.25), E = 0.25 s * 8 = 2 s; S + E = 2.25 > 0.1 * 10:
+    # skip; epoch 1: 2.25 > 2: skip; epoch 2: 2.25 <= 3, and the fit will last 60 s: S + 2E = 4.25 <= 6: run
+    # (S = 2.25); epoch 3: 4.25 > 4: skip; epoch 4: 4.25 <= 5, but S + 2E = 6.25 > 6 (no room left for the last
+    # run): skip; epoch 5: the last epoch always runs (S = 4.25).
     assert sorted(monitor.history) == [2, 5]
-    assert timed.runs == [4, 8, 8]  # the calibration, then two runs of the 8 probes
-    assert monitor.history[2]["attr/overhead"] == pytest.approx(3 / 30)
-    assert monitor.history[5]["attr/overhead"] == pytest.approx(5 / 60)
-    assert monitor.history[5]["attr/overhead"] <= 0.1
+    assert timed.runs == [1, 8, 8]  # the calibration, then two runs of the 8 probes
+    assert monitor.history[2]["attr/overhead"] == pytest.approx(2.25 / 30)
+    assert monitor.history[5]["attr/overhead"] == pytest.approx(4.25 / 60)
+
+
+def test_a_budget_below_one_run_scores_only_the_last_epoch_and_warns(tmp_path):
+    # One run costs 2 s of a 60 s fit (3.3 %): with 2 % no epoch before the last fits, and the last one, which
+    # always runs, overshoots; the warning gives the figures.
+    expected = r"its time came to 3\.8% of the fit's, over `max_overhead=0\.02`.* took 2\.0 s"
+    with pytest.warns(UserWarning, match=expected):
+        monitor, timed, _ = _budget_fit(tmp_path, max_overhead=0.02)
+    assert sorted(monitor.history) == [5] and timed.runs == [1, 8]
+    assert monitor.history[5]["attr/overhead"] == pytest.approx(2.25 / 60)
 
 
 def test_a_generous_budget_runs_every_epoch_and_none_runs_as_before(tmp_path):
@@ -89,10 +100,81 @@ def test_a_generous_budget_runs_every_epoch_and_none_runs_as_before(tmp_path):
 
 
 def test_the_model_is_scored_after_the_last_epoch_when_max_steps_ends_the_fit(tmp_path):
-    # 4 batches per epoch: max_steps=14 stops in the middle of epoch 3, which validation never reaches.
-    monitor, _, _ = _budget_fit(tmp_path, max_overhead=0.1, max_steps=14)
-    assert max(monitor.history) == 3
-    assert monitor.history[3]["attr/overhead"] > 0
+    # 4 batches per epoch: max_steps=14 stops in the middle of epoch 3, which validation never reaches. The rule
+    # plans for a 35 s fit, not the 60 s of max_epochs=6: at epoch 2 (T = 30 s, 12 of 14 steps, S = 0.25 s),
+    # S + 2E = 4.25 > 0.1 * 35: skip, keeping room for the run after the fit (S = 2.25 s).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="AttributionMonitor: its time")
+        monitor, _, _ = _budget_fit(tmp_path, max_overhead=0.1, max_steps=14)
+    assert sorted(monitor.history) == [3]
+    assert monitor.history[3]["attr/overhead"] == pytest.approx(2.25 / 35)
+
+
+def test_the_model_is_scored_after_the_last_epoch_when_max_time_ends_the_fit(tmp_path, monkeypatch):
+    # Lightning's Timer reads the same fake clock. Epochs of 10 s and the calibration's 0.25 s: the time is up
+    # (35.25 s) after the second batch of epoch 3 (step 14). With 2 % no run fits before; epoch 3 is scored after it.
+    clock = FakeClock()
+    monkeypatch.setattr(Timer, "time_elapsed", lambda self, stage="train": clock())
+    monitor = AttributionMonitor(["saliency"], metrics="insertion_deletion", num_samples=8, batch_size=8,
+                                 log_heatmaps=0, metric_kwargs=METRIC_KWARGS, max_overhead=0.02, clock=clock,
+                                 background_delivery=False)  # fmt: skip
+    timed = Timed(clock, monitor)
+    with pytest.warns(UserWarning, match="its time came to"):
+        _, trainer, _ = fit(tmp_path, [monitor, timed], max_epochs=6, max_time={"seconds": 35})
+    assert trainer.global_step == 14 and sorted(monitor.history) == [3] and timed.runs == [1, 8]
+    assert monitor.history[3]["attr/overhead"] == pytest.approx(2.25 / 35)
+    rows = read_metrics_csv(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")
+    assert [float(row["epoch"]) for row in rows if row.get("attr/saliency/insertion")] == [3]
+
+
+def test_with_validation_twice_an_epoch_the_final_weights_are_scored(tmp_path):
+    # val_check_interval=0.5: validations after steps 2, 4, 6 and 8. The monitor runs once an epoch, at its first
+    # validation (a generous budget); the weights after step 8 are new, so they are scored after the fit.
+    monitor, timed, _ = _budget_fit(tmp_path, max_overhead=0.9, max_epochs=2, val_check_interval=0.5)
+    assert timed.runs == [1, 8, 8, 8]  # the calibration, steps 2 and 6, then the final weights
+    rows = read_metrics_csv(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")
+    assert [int(row["step"]) for row in rows if row.get("attr/saliency/insertion")][-1] == 8
+    assert sorted(monitor.history) == [0, 1]
+
+
+class _SerialWorker:
+    """Delivers when the monitor counts the deliveries, as if each had held up training for 1 s (the clock moves)."""
+
+    def __init__(self, clock: FakeClock, **kwargs) -> None:
+        self.clock, self.pending = clock, []
+
+    def submit(self, job):
+        self.pending.append(job)
+
+    def busy_seconds(self):
+        done, self.pending = self.pending, []
+        for job in done:
+            job()
+            self.clock.advance(1.0)
+        return [1.0] * len(done)
+
+    def errors(self):
+        return []
+
+    def flush(self, timeout=600.0):
+        return []
+
+
+def test_background_deliveries_count_against_the_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr(attribution_monitor, "DeliveryWorker", _SerialWorker)
+    clock = FakeClock()
+    monitor = AttributionMonitor(["saliency"], metrics="insertion_deletion", num_samples=8, batch_size=8,
+                                 log_heatmaps=0, metric_kwargs=METRIC_KWARGS, max_overhead=0.15,
+                                 clock=clock)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="AttributionMonitor: its time")
+        fit(tmp_path, [monitor, Timed(clock, monitor)], max_epochs=6)
+    # Runs cost 2 s, deliveries 1 s (fit time T, spent S, estimate E): epoch 1: T = 20, S = 0.25, E = 2 (no
+    # delivery seen yet): run, then S = 3.25 with its delivery; from then on E = 3. Epoch 2: 6.25 > 4.5; epoch 3:
+    # 6.25 > 6; epoch 4: S + 2E = 9.25 > 0.15 * 60: skip. Epoch 5 (always): S = 6.25. Uncounted, the deliveries
+    # would have let epochs 2 and 4 run too, for 12.25 s: 20 % of the fit.
+    assert sorted(monitor.history) == [1, 5]
+    assert monitor.history[5]["attr/overhead"] == pytest.approx(6.25 / 60)
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
