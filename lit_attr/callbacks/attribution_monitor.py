@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -230,6 +231,7 @@ class AttributionMonitor(AttributionCallback):
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Build the methods and metrics and choose the validation probe set (restored ones are checked)."""
+        self._budget = _Budget()  # a fit whose training loop is skipped must not be judged on an earlier one's
         self._prepare(trainer, pl_module, "fit")
 
     @override
@@ -301,10 +303,11 @@ class AttributionMonitor(AttributionCallback):
         overhead = budget.overhead_now(self._clock())
         if overhead > self.max_overhead:
             # The mandatory last run, or a run that took longer than its estimate, overshot: say what helps.
+            delivered = f", and its background delivery {budget.deliveries[-1]:.1f} s" if budget.deliveries else ""
             rank_zero_warn(
                 f"AttributionMonitor: its time came to {overhead:.1%} of the fit's, over "
-                f"`max_overhead={self.max_overhead}`: the run after the last epoch always happens, and it took "
-                f"{budget.runs[-1]:.1f} s (its delivery not included). Lower `num_samples` or the methods' budgets "
+                f"`max_overhead={self.max_overhead}`: the run after the last epoch always happens (it took "
+                f"{budget.runs[-1]:.1f} s{delivered}). Lower `num_samples`, `log_heatmaps` or the methods' budgets "
                 "to stay within the budget."
             )
 
@@ -373,27 +376,32 @@ class AttributionMonitor(AttributionCallback):
     def _calibrate(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Estimate a run's time from one probe sample (the metrics are reset afterwards)."""
         start = self._clock()
-        probe = self._probes["val"].load(trainer, self.batch_adapter)
-        runner = self._runner_for(pl_module)
-        self._prepare_runner(runner, "val", probe)
-        local = len(range(trainer.global_rank, len(probe), trainer.world_size))
-        # One sample: on the demo, estimates from 1, 2, 4 or 8 samples came out alike, while their cost grew with
-        # the count (benchmarks/monitor_overhead.py), and what the calibration costs counts against the budget.
-        sample = probe.select(range(1))
+        run_start = start
         try:
-            with preserved_rng_state():
-                self._run_on_probe(trainer, pl_module, runner, sample, shard=False)
+            probe = self._probes["val"].load(trainer, self.batch_adapter)
+            runner = self._runner_for(pl_module)
+            self._prepare_runner(runner, "val", probe)
+            local = len(range(trainer.global_rank, len(probe), trainer.world_size))
+            # One sample: on the demo, estimates from 1, 2, 4 or 8 samples agreed within 20 %, while their cost grew
+            # with the count, and what the calibration costs counts against the budget.
+            sample = probe.select(range(1))
+            run_start = self._clock()
+            try:
+                with preserved_rng_state():
+                    self._run_on_probe(trainer, pl_module, runner, sample, shard=False)
+            finally:
+                runner.reset()
         finally:
-            runner.reset()
-            seconds = self._clock() - start
-            self._budget.spent += seconds
-        # One sample costs more than its share of a full batch: an estimate on the safe side.
-        self._budget.calibrated = seconds * local / len(sample)
+            end = self._clock()
+            self._budget.spent += end - start
+        # Only the attribution scales with the probe count (loading the probe set is a one-time cost). One sample
+        # costs more than its share of a full batch: an estimate on the safe side.
+        self._budget.calibrated = (end - run_start) * local / len(sample)
 
     def _timed_run(self, trainer: Trainer, pl_module: LightningModule, epoch: int, in_loop: bool = True) -> None:
         self._budget.attempted_step = trainer.global_step
         start = self._clock()
-        self._run(trainer, pl_module, "val", epoch, in_loop=in_loop)
+        scored = self._run(trainer, pl_module, "val", epoch, in_loop=in_loop)
         seconds = self._clock() - start
         budget = self._budget
         budget.spent += seconds
@@ -401,7 +409,7 @@ class AttributionMonitor(AttributionCallback):
         self._count_deliveries()
         # Rank 0's account, as for the decisions: every rank logs the same number.
         overhead = trainer.strategy.broadcast(budget.overhead_now(self._clock()), src=0)
-        if self._last_epoch == epoch:
+        if scored:  # a failed run leaves an earlier run's entry of the same epoch alone
             self._history[epoch]["attr/overhead"] = overhead
         if in_loop:
             pl_module.log("attr/overhead", overhead, sync_dist=True, reduce_fx="max")
@@ -410,7 +418,8 @@ class AttributionMonitor(AttributionCallback):
 
     def _run(
         self, trainer: Trainer, pl_module: LightningModule, split: str, epoch: int | None, in_loop: bool = True
-    ) -> None:
+    ) -> bool:
+        """Score the probe set and log the results; False if the run failed (and ``on_error`` let it pass)."""
         when = f"epoch {epoch}" if epoch is not None else "this run"
         runner = self._runner_for(pl_module)
         error: BaseException | None = None
@@ -428,7 +437,7 @@ class AttributionMonitor(AttributionCallback):
         if trainer.strategy.reduce_boolean_decision(error is not None, all=False):
             runner.reset()
             self._fail(error, when, "attribution")
-            return
+            return False
 
         results = runner.compute()
         scalars = {f"attr/{key}": value for key, value in runner.scalars(results).items()}
@@ -452,6 +461,7 @@ class AttributionMonitor(AttributionCallback):
             results = apply_to_collection(results, Tensor, lambda t: t.detach().cpu().clone())
             job = functools.partial(self._deliver, target, split, results, records, epoch, names, decode)
             self._submit(job, when)
+        return True
 
     def _submit(self, job: Callable[[], None], when: str) -> None:
         """Deliver now, or on the background thread; report a failure of an earlier background job first."""
@@ -571,8 +581,14 @@ def _progress(trainer: Trainer) -> float | None:
     """The fraction of the fit done, by ``max_epochs`` or ``max_steps``, whichever ends it first (None: unbounded)."""
     fractions = []
     if trainer.max_epochs not in (None, -1):
-        # A validation in the middle of an epoch (val_check_interval < 1) counts the epochs completed.
-        fractions.append((trainer.current_epoch + trainer.is_last_batch) / trainer.max_epochs)
+        # A validation in the middle of an epoch (val_check_interval < 1) counts the share of it trained; where the
+        # epoch's length is unknown (an iterable dataset), only its end counts.
+        batches = trainer.num_training_batches
+        if math.isfinite(batches) and batches > 0:
+            within = trainer.fit_loop.epoch_loop.batch_progress.current.ready / batches
+        else:
+            within = float(trainer.is_last_batch)
+        fractions.append((trainer.current_epoch + within) / trainer.max_epochs)
     if trainer.max_steps != -1:
         fractions.append(trainer.global_step / trainer.max_steps)
     return max(fractions) if fractions else None

@@ -28,6 +28,7 @@ from callbacks._helpers import (
 )
 from lit_attr import viz
 from lit_attr.callbacks import AttributionCheckpoint, AttributionEarlyStopping, AttributionMonitor, attribution_monitor
+from lit_attr.callbacks._probe import ProbeSet
 from lit_attr.methods import AttributionMethod
 
 EPOCH_SECONDS = 10.0  # the fit's own time per epoch (4 training batches of 2.5 s)
@@ -79,6 +80,27 @@ def test_the_budget_decides_which_epochs_run(tmp_path):
     assert timed.runs == [1, 8, 8]  # the calibration, then two runs of the 8 probes
     assert monitor.history[2]["attr/overhead"] == pytest.approx(2.25 / 30)
     assert monitor.history[5]["attr/overhead"] == pytest.approx(4.25 / 60)
+
+
+def test_the_calibration_scales_only_the_attribution_not_the_first_read_of_the_probes(tmp_path, monkeypatch):
+    # Reading the probe set takes 2 s, once. Spent after the calibration: 2.25 s, but the estimate stays
+    # 0.25 s * 8 = 2 s (scaling the read too would make it 18 s and skip every epoch but the last): with 50 %,
+    # S + E = 4.25 <= 5 and S + 2E = 6.25 <= 30 at epoch 0, and every later epoch fits as well.
+    clock = FakeClock()
+    load = ProbeSet.load
+
+    def slow_first_read(self, trainer, adapter):
+        if self.batch is None:
+            clock.advance(2.0)
+        return load(self, trainer, adapter)
+
+    monkeypatch.setattr(ProbeSet, "load", slow_first_read)
+    monitor = AttributionMonitor(["saliency"], metrics="insertion_deletion", num_samples=8, batch_size=8,
+                                 log_heatmaps=0, metric_kwargs=METRIC_KWARGS, max_overhead=0.5, clock=clock,
+                                 background_delivery=False)  # fmt: skip
+    fit(tmp_path, [monitor, Timed(clock, monitor)], max_epochs=6)
+    assert sorted(monitor.history) == list(range(6))
+    assert monitor.history[5]["attr/overhead"] == pytest.approx((2.25 + 6 * 2) / 60)
 
 
 def test_a_budget_below_one_run_scores_only_the_last_epoch_and_warns(tmp_path):
@@ -158,6 +180,18 @@ class _SerialWorker:
 
     def flush(self, timeout=600.0):
         return []
+
+
+def test_validation_inside_the_only_epoch_keeps_room_for_the_final_run(tmp_path):
+    # val_check_interval=0.75 with 4 batches: a validation after step 3, three quarters into the fit. There
+    # T = 7.5 s, S = 0.25 s, E = 2 s: S + E = 2.25 <= 0.35 * 7.5, but the fit will last 10 s and S + 2E = 4.25 >
+    # 3.5: skip. The final weights are scored after the fit: 2.25 s of 10 s. Counting only completed epochs, the
+    # rule saw no progress, ran at step 3 and again at the end: 42.5 %.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="AttributionMonitor: its time")
+        monitor, timed, _ = _budget_fit(tmp_path, max_overhead=0.35, max_epochs=1, val_check_interval=0.75)
+    assert timed.runs == [1, 8] and sorted(monitor.history) == [0]
+    assert monitor.history[0]["attr/overhead"] == pytest.approx(2.25 / 10)
 
 
 def test_background_deliveries_count_against_the_budget(tmp_path, monkeypatch):
@@ -320,3 +354,27 @@ def test_with_two_monitors_the_one_that_logs_the_key_decides(tmp_path):
     assert sorted(every.history) == [0, 1, 2, 3] and sorted(second.history) == [1, 3]
     # Epochs 0 and 2: only the other monitor ran; attr/second/insertion was not measured on those weights.
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["epoch=1.ckpt", "epoch=3.ckpt"]
+
+
+class _FailsThirdTime(_FailsOnce):
+    def _attribute(self, x, target):
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("attribution exploded")
+        x.requires_grad_(True)
+        (gradient,) = torch.autograd.grad(self.logits(x).gather(1, target[:, None]).sum(), x)
+        return gradient.abs().detach()
+
+
+def test_a_failed_final_run_leaves_the_epochs_earlier_scores_alone(tmp_path):
+    # Calls: the calibration, the run at step 2 (the first validation of the only epoch), then the final weights
+    # after the fit, which fails and warns. Epoch 0's entry keeps the step-2 run's scores and overhead.
+    clock = FakeClock()
+    monitor = AttributionMonitor({"flaky": _FailsThirdTime}, metrics="insertion_deletion", num_samples=8,
+                                 batch_size=8, log_heatmaps=0, metric_kwargs=METRIC_KWARGS, max_overhead=0.9,
+                                 clock=clock, on_error="warn", background_delivery=False)  # fmt: skip
+    with pytest.warns(UserWarning, match="attribution failed at epoch 0"):
+        fit(tmp_path, [monitor, Timed(clock, monitor)], max_epochs=1, val_check_interval=0.5)
+    assert monitor.runner.methods["flaky"].calls == 3
+    # At the step-2 run: S = 0.25 + 2 = 2.25 s over T = 5 s of training.
+    assert monitor.history[0]["attr/overhead"] == pytest.approx(2.25 / 5)
