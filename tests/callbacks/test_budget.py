@@ -296,7 +296,9 @@ def test_a_plain_model_checkpoint_finds_no_score_before_the_first_run(tmp_path):
 
 
 class _FailsOnce(AttributionMethod):
-    """Saliency whose first call raises: the first call is the budget's calibration."""
+    """Saliency whose ``fails_at``-th call raises (the first call is the budget's calibration)."""
+
+    fails_at = 1
 
     def __init__(self, model, **kwargs) -> None:
         super().__init__(model, **kwargs)
@@ -304,7 +306,7 @@ class _FailsOnce(AttributionMethod):
 
     def _attribute(self, x, target):
         self.calls += 1
-        if self.calls == 1:
+        if self.calls == self.fails_at:
             raise RuntimeError("attribution exploded")
         x.requires_grad_(True)
         (gradient,) = torch.autograd.grad(self.logits(x).gather(1, target[:, None]).sum(), x)
@@ -357,13 +359,7 @@ def test_with_two_monitors_the_one_that_logs_the_key_decides(tmp_path):
 
 
 class _FailsThirdTime(_FailsOnce):
-    def _attribute(self, x, target):
-        self.calls += 1
-        if self.calls == 3:
-            raise RuntimeError("attribution exploded")
-        x.requires_grad_(True)
-        (gradient,) = torch.autograd.grad(self.logits(x).gather(1, target[:, None]).sum(), x)
-        return gradient.abs().detach()
+    fails_at = 3
 
 
 def test_a_failed_final_run_leaves_the_epochs_earlier_scores_alone(tmp_path):
