@@ -49,6 +49,19 @@ from lit_attr.data import ShapesDataModule
 from lit_attr.models import DemoClassifier
 
 
+def timed(fn: Callable[..., Any], record: Callable[[float], Any]) -> Callable[..., Any]:
+    """``fn``, handing the seconds of each call to ``record``."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            record(time.perf_counter() - start)
+
+    return run
+
+
 class EpochTimer(L.Callback):
     """Wall time of every epoch, from the start of training to the end of its validation (all hooks included)."""
 
@@ -72,14 +85,7 @@ class PartTimer(L.Callback):
         self.seconds = {"attribution": 0.0, "metric updates": 0.0, "delivery": 0.0}
 
     def _timed(self, part: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def run(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.seconds[part] += time.perf_counter() - start
-
-        return run
+        return timed(fn, lambda seconds: self.seconds.update({part: self.seconds[part] + seconds}))
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After the monitor's own on_validation_start built its runner. The private _deliver: this script measures
@@ -142,16 +148,7 @@ def make_monitor(num_samples: int, max_overhead: float | None = None) -> Attribu
 def time_deliveries(monitor: AttributionMonitor) -> list[float]:
     """Time every delivery of ``monitor`` (on its background thread); the private _deliver, as PartTimer does."""
     seconds: list[float] = []
-    deliver = monitor._deliver
-
-    def timed(*args: Any, **kwargs: Any) -> None:
-        start = time.perf_counter()
-        try:
-            deliver(*args, **kwargs)
-        finally:
-            seconds.append(time.perf_counter() - start)
-
-    monitor._deliver = timed
+    monitor._deliver = timed(monitor._deliver, seconds.append)
     return seconds
 
 

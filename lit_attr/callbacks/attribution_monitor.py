@@ -230,8 +230,11 @@ class AttributionMonitor(AttributionCallback):
     # setup before LightningModule.setup and configure_model, where modules may create their data and layers.
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Build the methods and metrics and choose the validation probe set (restored ones are checked)."""
-        self._budget = _Budget()  # a fit whose training loop is skipped must not be judged on an earlier one's
+        """Build the methods and metrics, choose the validation probe set (restored ones are checked), reset budget."""
+        # Here, not in on_train_start: a fit whose training loop is skipped must not be judged on an earlier one's.
+        self._budget = _Budget()
+        if self._worker is not None:  # deliveries of an earlier validate/test are not this fit's
+            self._worker.busy_seconds()
         self._prepare(trainer, pl_module, "fit")
 
     @override
@@ -248,10 +251,8 @@ class AttributionMonitor(AttributionCallback):
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Start the budget's clocks: the fit's own time is counted from here."""
-        self._budget = _Budget(started=self._clock())
-        if self._worker is not None:  # deliveries of an earlier validate/test are not this fit's
-            self._worker.busy_seconds()
+        """Start the budget's clock: the fit's own time is counted from here."""
+        self._budget.started = self._clock()
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -375,23 +376,20 @@ class AttributionMonitor(AttributionCallback):
 
     def _calibrate(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Estimate a run's time from one probe sample (the metrics are reset afterwards)."""
-        start = self._clock()
-        run_start = start
+        start = run_start = self._clock()
+        runner = self._runner_for(pl_module)
         try:
             probe = self._probes["val"].load(trainer, self.batch_adapter)
-            runner = self._runner_for(pl_module)
             self._prepare_runner(runner, "val", probe)
             local = len(range(trainer.global_rank, len(probe), trainer.world_size))
             # One sample: on the demo, estimates from 1, 2, 4 or 8 samples agreed within 20 %, while their cost grew
             # with the count, and what the calibration costs counts against the budget.
             sample = probe.select(range(1))
             run_start = self._clock()
-            try:
-                with preserved_rng_state():
-                    self._run_on_probe(trainer, pl_module, runner, sample, shard=False)
-            finally:
-                runner.reset()
+            with preserved_rng_state():
+                self._run_on_probe(trainer, pl_module, runner, sample, shard=False)
         finally:
+            runner.reset()
             end = self._clock()
             self._budget.spent += end - start
         # Only the attribution scales with the probe count (loading the probe set is a one-time cost). One sample
