@@ -399,7 +399,7 @@ class AttributionRunner:
                     target_probability=float(probability),
                     x=_kept(batch, row) if index < self.keep_attributions else None,
                 )
-                # One transfer per batch, not one per sample and field (each a device sync on a GPU).
+                # One transfer per field and batch, not one per sample and field (each a device sync on a GPU).
                 for row, (index, label, target_class, predicted, score, probability) in enumerate(
                     zip(
                         indices,

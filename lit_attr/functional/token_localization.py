@@ -113,9 +113,8 @@ def token_f1(
         >>> token_f1(torch.tensor([[0.1, 0.9, 0.5, 0.0]]), torch.tensor([[0, 1, 0, 1]]))  # top 2 = {1, 2}
         tensor([0.5000])
     """
-    a, rationale, candidates = check_rationales(attributions, masks, attention_mask, special_tokens_mask)
-    hits, k = _hits(a, rationale, candidates)
-    return hits.to(_dtype(a)) / k.to(_dtype(a))
+    scores = token_localization_scores(attributions, masks, attention_mask, special_tokens_mask, ("token_f1",))
+    return scores["token_f1"]
 
 
 def token_iou(
@@ -129,9 +128,8 @@ def token_iou(
         >>> token_iou(torch.tensor([[0.1, 0.9, 0.5, 0.0]]), torch.tensor([[0, 1, 0, 1]]))  # 1 shared of 3
         tensor([0.3333])
     """
-    a, rationale, candidates = check_rationales(attributions, masks, attention_mask, special_tokens_mask)
-    hits, k = _hits(a, rationale, candidates)
-    return hits.to(_dtype(a)) / (2 * k - hits).to(_dtype(a))
+    scores = token_localization_scores(attributions, masks, attention_mask, special_tokens_mask, ("token_iou",))
+    return scores["token_iou"]
 
 
 def token_auprc(
@@ -167,8 +165,9 @@ def token_localization_scores(
     out: dict[str, Tensor] = {}
     if {"token_f1", "token_iou"} & set(metrics):
         hits, k = _hits(a, rationale, candidates)
-        out["token_f1"] = hits.to(_dtype(a)) / k.to(_dtype(a))
-        out["token_iou"] = hits.to(_dtype(a)) / (2 * k - hits).to(_dtype(a))
+        dtype = _dtype(a)
+        out["token_f1"] = hits.to(dtype) / k.to(dtype)
+        out["token_iou"] = hits.to(dtype) / (2 * k - hits).to(dtype)
     if "auprc" in metrics:
         out["auprc"] = _auprc(a, rationale, candidates)
     return {name: out[name] for name in metrics}
