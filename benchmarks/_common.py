@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lit_attr.data import ShapesDataModule
 from lit_attr.methods import IG2
@@ -14,16 +15,20 @@ from lit_attr.models import DemoClassifier, train_demo_classifier
 SEED = 0
 
 
-def trained_demo(checkpoint: Path | None) -> tuple[DemoClassifier, ShapesDataModule]:
-    """The demo classifier trained as the test suite trains it, or loaded from ``checkpoint`` (saved there after
-    training when the file does not exist yet)."""
+def trained_demo(
+    checkpoint: Path | None,
+    build: Callable[[ShapesDataModule], nn.Module] = lambda data: DemoClassifier(num_classes=data.num_classes),
+    train: Callable[..., tuple[nn.Module, ShapesDataModule]] = train_demo_classifier,
+) -> tuple[nn.Module, ShapesDataModule]:
+    """A demo model (by default the classifier) trained as the test suite trains it, or loaded from ``checkpoint``
+    (saved there after training when the file does not exist yet); ``build`` makes the model to load into."""
     if checkpoint is not None and checkpoint.exists():
         datamodule = ShapesDataModule(seed=SEED)
         datamodule.setup()
-        model = DemoClassifier(num_classes=datamodule.num_classes)
+        model = build(datamodule)
         model.load_state_dict(torch.load(checkpoint, weights_only=True))
         return model.eval(), datamodule
-    model, datamodule = train_demo_classifier(seed=SEED)
+    model, datamodule = train(seed=SEED)
     if checkpoint is not None:
         torch.save(model.state_dict(), checkpoint)
     return model.cpu().eval(), datamodule

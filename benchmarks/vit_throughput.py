@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import trained_demo
 from rich.console import Console
 from rich.table import Table
 from throughput import PassCounter, time_method
@@ -75,21 +76,12 @@ def build(
 
 def trained_demo_vit(checkpoint: Path | None) -> tuple[nn.Module, Any, float | None]:
     """The ViT demo and its data: loaded from ``checkpoint``, or trained (and saved there); seconds of training."""
-    from lit_attr.data import ShapesDataModule
     from lit_attr.models import DemoViT, train_demo_vit
 
-    if checkpoint is not None and checkpoint.exists():
-        data = ShapesDataModule(seed=0)
-        data.setup()
-        model = DemoViT()
-        model.load_state_dict(torch.load(checkpoint, weights_only=True))
-        return model.eval(), data, None
+    loaded = checkpoint is not None and checkpoint.exists()
     start = time.perf_counter()
-    model, data = train_demo_vit(seed=0)
-    seconds = time.perf_counter() - start
-    if checkpoint is not None:
-        torch.save(model.state_dict(), checkpoint)
-    return model.eval(), data, seconds
+    model, data = trained_demo(checkpoint, build=lambda data: DemoViT(), train=train_demo_vit)
+    return model, data, None if loaded else time.perf_counter() - start
 
 
 def main() -> None:
