@@ -22,7 +22,8 @@ from rich.console import Console
 from rich.table import Table
 from torch.nn import functional as F
 
-from lit_attr.functional.insertion_deletion import insertion_deletion, rise_blur_kernel
+from lit_attr.functional.insertion_deletion import insertion_deletion
+from lit_attr.functional.perturbation import rise_blur_kernel
 
 # Chunks of a few dozen rows keep a CPU's caches warm; on a GPU pass a larger --internal-batch-size.
 DEFAULTS = {

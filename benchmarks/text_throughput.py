@@ -34,8 +34,8 @@ from rich.table import Table
 from lit_attr.data import SyntheticTextDataModule
 from lit_attr.data.text import collate_tokens
 from lit_attr.functional.eraser import DEFAULT_BINS, comprehensiveness, sufficiency
+from lit_attr.inputs.tokens import TokenOptions
 from lit_attr.methods import get_method
-from lit_attr.methods._token_inputs import TokenOptions
 from lit_attr.models import train_demo_text_classifier
 
 DEMO_BUDGETS = {

@@ -76,7 +76,7 @@ class Batch:
         """
         if not self.tokens:
             return model(self.x)
-        from lit_attr.methods._token_inputs import call_model  # lit_attr.methods imports this module
+        from lit_attr.inputs.tokens import call_model  # lit_attr.methods imports this module
 
         return call_model(model, self.x, self.attention_mask)
 

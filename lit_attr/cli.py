@@ -175,7 +175,7 @@ def run_evaluate(argv: Sequence[str], progress: bool = True) -> tuple[dict[str, 
     import yaml
     from jsonargparse import ArgumentError
 
-    from lit_attr.evaluate import _QUIET_TRAINER, EvaluationError, evaluate, load_checkpoint
+    from lit_attr.evaluate import QUIET_TRAINER, EvaluationError, evaluate, load_checkpoint
 
     parser = build_evaluate_parser()
     try:
@@ -190,7 +190,7 @@ def run_evaluate(argv: Sequence[str], progress: bool = True) -> tuple[dict[str, 
         L.seed_everything(int(cfg.seed_everything), verbose=False)
     default_wandb_offline()
     for key in ("inference_mode", "use_distributed_sampler", "enable_checkpointing", "enable_model_summary"):
-        cfg.trainer[key] = _QUIET_TRAINER[key]  # gradients and our own index sharding are not optional
+        cfg.trainer[key] = QUIET_TRAINER[key]  # gradients and our own index sharding are not optional
     cfg.trainer.callbacks = None  # training callbacks of a fit config have no business in an evaluation
     init = parser.instantiate(cfg)
     options = {key: cfg[key] for key in inspect.signature(evaluate).parameters if key not in _NOT_EVALUATE_OPTIONS}

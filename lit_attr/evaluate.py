@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 from typing_extensions import override
 
-from lit_attr import viz
+import lit_attr.viz as viz
 from lit_attr._checks import (
     check_bounds,
     check_callable,
@@ -46,9 +46,9 @@ from lit_attr._checks import (
     check_option_dicts,
     check_optional_int,
 )
+from lit_attr._probe import load_probe
 from lit_attr._resume import WorkDirectory, agree, check_output_dir, model_digest, write_result
 from lit_attr.batch import Batch, BatchAdapter, adapt_batch
-from lit_attr.callbacks._probe import load_probe
 from lit_attr.methods import available_methods
 from lit_attr.metrics import available_metrics, get_metric_spec
 from lit_attr.runner import AttributionRunner, SampleRecord, gather_records
@@ -493,7 +493,7 @@ def evaluate(
     num_classes = check_logits(model, first.x.float() if first.x.is_floating_point() else first.x, first.attention_mask)
 
     if trainer is None:
-        trainer = Trainer(accelerator="cpu", devices=1, logger=False, **_QUIET_TRAINER)
+        trainer = Trainer(accelerator="cpu", devices=1, logger=False, **QUIET_TRAINER)
     if trainer.test_loop.inference_mode:
         raise EvaluationError("attribution needs gradients: build the Trainer with inference_mode=False")
     settings = {
@@ -540,7 +540,7 @@ def evaluate(
         "versions": package_versions(),
     }
     if trainer.is_global_zero:
-        from lit_attr import report
+        import lit_attr.report as report
 
         samples = {
             record.index: {"x": record.x, "target": record.target, "label": record.label, "maps": record.attributions}
@@ -589,7 +589,7 @@ _RUN_CONTROL = ("output_dir", "resume", "overwrite", "checkpoint_every", "traine
 their digest, the number of processes on its own)."""
 
 
-_QUIET_TRAINER: dict[str, Any] = {
+QUIET_TRAINER: dict[str, Any] = {
     "enable_progress_bar": False,
     "enable_model_summary": False,
     "enable_checkpointing": False,

@@ -19,7 +19,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from lit_attr import viz
+import lit_attr.viz as viz
 
 __all__ = ["build_figures", "curve_figures", "render_html", "summary_table", "token_highlights", "write_outputs"]
 

@@ -37,8 +37,8 @@ from lit_attr._checks import (
     check_option_dicts,
     resolve_target,
 )
+from lit_attr._hygiene import preserved_model_state, preserved_rng_state
 from lit_attr.batch import Batch
-from lit_attr.methods._hygiene import preserved_model_state, preserved_rng_state
 from lit_attr.methods.base import AttributionMethod, attributions_of
 from lit_attr.methods.registry import available_methods, get_method
 from lit_attr.metrics.registry import MetricSpec, available_metrics, check_metric_names, get_metric_spec

@@ -26,8 +26,8 @@ from lit_attr.callbacks import AttributionCheckpoint, AttributionEarlyStopping, 
 from lit_attr.cli import main
 from lit_attr.data import ShapesDataModule
 from lit_attr.evaluate import evaluate
+from lit_attr.inputs.tokens import TokenOptions
 from lit_attr.methods import TOKEN_METHODS, available_methods, get_method
-from lit_attr.methods._token_inputs import TokenOptions
 from lit_attr.metrics import available_metrics, get_metric_spec
 from lit_attr.models import DemoClassifier
 from lit_attr.runner import AttributionRunner

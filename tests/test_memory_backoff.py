@@ -26,8 +26,8 @@ from lit_attr.functional.insertion_deletion import insertion_deletion
 from lit_attr.functional.road import road
 from lit_attr.functional.token_activation_deviation import token_activation_deviation
 from lit_attr.functional.token_games import token_insertion_deletion
+from lit_attr.inputs.tokens import TokenOptions
 from lit_attr.methods import TOKEN_METHODS, available_methods, get_method
-from lit_attr.methods._token_inputs import TokenOptions
 
 VIT_ONLY = sorted(set(available_methods()) - set(available_methods(nn.Identity())))
 LIMIT = 4  # rows per forward pass

@@ -11,9 +11,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_attr._checks import check_bounds, check_callable, check_choice, check_int, check_option_dicts, check_seed
+from lit_attr._probe import ProbeSet, chunks
+from lit_attr._probe import shard as shard_of
 from lit_attr.batch import Batch, BatchAdapter
-from lit_attr.callbacks._probe import ProbeSet, chunks
-from lit_attr.callbacks._probe import shard as shard_of
 from lit_attr.runner import AttributionRunner, MethodsArg, SampleRecord, normalize_methods
 
 ON_ERROR = ("raise", "warn")
@@ -29,7 +29,7 @@ def check_dataloader_idx(value: Any) -> int | str:
 class AttributionCallback(Callback):
     """Base of :class:`AttributionMonitor` and :class:`RandomizationCheck` (see their docstrings for the arguments).
 
-    It validates the arguments both take, keeps a :class:`~lit_attr.callbacks._probe.ProbeSet` per split, runs an
+    It validates the arguments both take, keeps a :class:`~lit_attr._probe.ProbeSet` per split, runs an
     :class:`~lit_attr.runner.AttributionRunner` on this rank's shard of a probe set, and turns a failure into an
     exception or a warning per ``on_error`` once every rank knows of it.
     """

@@ -18,13 +18,15 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 from typing_extensions import override
 
-from lit_attr import delivery, report, viz
+import lit_attr.delivery as delivery
+import lit_attr.report as report
+import lit_attr.viz as viz
 from lit_attr._checks import check_callable, check_flag, check_int, check_option_dicts
+from lit_attr._hygiene import preserved_rng_state
+from lit_attr._probe import find_dataset
 from lit_attr.batch import BatchAdapter
 from lit_attr.callbacks._base import AttributionCallback
-from lit_attr.callbacks._probe import find_dataset
 from lit_attr.delivery import DeliveryWorker
-from lit_attr.methods._hygiene import preserved_rng_state
 from lit_attr.metrics.registry import check_metric_names, get_metric_spec
 from lit_attr.runner import MethodsArg, SampleRecord, gather_records
 

@@ -9,13 +9,14 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 from typing_extensions import override
 
-from lit_attr import delivery, viz
+import lit_attr.delivery as delivery
+import lit_attr.viz as viz
 from lit_attr._checks import check_choice, check_int, check_names, check_number
+from lit_attr._hygiene import preserved_rng_state
+from lit_attr._probe import find_dataset
 from lit_attr.batch import Batch, BatchAdapter
 from lit_attr.callbacks._base import AttributionCallback
-from lit_attr.callbacks._probe import find_dataset
 from lit_attr.functional.randomization import ORDERS, STAGE_MODES
-from lit_attr.methods._hygiene import preserved_rng_state
 from lit_attr.metrics.parameter_randomization import SIMILARITIES
 from lit_attr.runner import AttributionRunner, MethodsArg
 

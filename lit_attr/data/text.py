@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from lit_attr._optional import import_optional
 from lit_attr.data._synthetic import SyntheticDataModule
-from lit_attr.methods._token_inputs import TokenOptions
+from lit_attr.inputs.tokens import TokenOptions
 
 __all__ = ["TEXT_CLASS_NAMES", "SyntheticTextDataModule", "TextDataset", "build_tokenizer", "collate_tokens"]
 
@@ -314,7 +314,7 @@ class SyntheticTextDataModule(SyntheticDataModule):
 
     @property
     def token_options(self) -> TokenOptions:
-        """The conventions above as :class:`~lit_attr.methods._token_inputs.TokenOptions`."""
+        """The conventions above as :class:`~lit_attr.inputs.tokens.TokenOptions`."""
         return TokenOptions(self.special_token_ids, self.mask_token_id, self.pad_token_id)
 
     @property

@@ -7,12 +7,13 @@ from lit_attr.functional.activation_deviation import (
 )
 from lit_attr.functional.completeness import completeness_error
 from lit_attr.functional.eraser import comprehensiveness, sufficiency
-from lit_attr.functional.insertion_deletion import (
+from lit_attr.functional.insertion_deletion import InsertionDeletionResult, insertion_deletion
+from lit_attr.functional.localization import localization_auroc, pointing_game, relevance_mass, relevance_rank
+from lit_attr.functional.mprt import discrete_entropy, entropy_rise, noisy_copies
+from lit_attr.functional.perturbation import (
     PRESETS,
-    InsertionDeletionResult,
     auc,
     blur,
-    insertion_deletion,
     iter_perturbed_batches,
     make_substrate,
     perturbation_schedule,
@@ -20,8 +21,6 @@ from lit_attr.functional.insertion_deletion import (
     resolve_protocol,
     rise_blur_kernel,
 )
-from lit_attr.functional.localization import localization_auroc, pointing_game, relevance_mass, relevance_rank
-from lit_attr.functional.mprt import discrete_entropy, entropy_rise, noisy_copies
 from lit_attr.functional.randomization import (
     iter_randomized,
     randomizable_layers,

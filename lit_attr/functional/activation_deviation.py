@@ -26,19 +26,18 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from lit_attr._checks import resolve_target
+from lit_attr._checks import TargetType, resolve_target
+from lit_attr._hygiene import preserved_model_state
 from lit_attr._memory import MemoryBackoff
 from lit_attr.functional._transformer import transformer_blocks
-from lit_attr.functional.insertion_deletion import (
+from lit_attr.functional.perturbation import (
     DEFAULT_INTERNAL_BATCH_SIZE,
     GAMES,
     SubstrateType,
-    TargetType,
     make_substrate,
     perturbed_rows,
     prepare_games,
 )
-from lit_attr.methods._hygiene import preserved_model_state
 
 __all__ = ["ActivationDeviationResult", "activation_deviation", "resolve_probe_layers"]
 

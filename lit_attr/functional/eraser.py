@@ -21,14 +21,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from lit_attr._checks import check_choice, resolve_target
+from lit_attr._checks import TargetType, check_choice, resolve_target
+from lit_attr._hygiene import preserved_model_state
 from lit_attr._memory import MemoryBackoff
-from lit_attr.functional.insertion_deletion import (
-    DEFAULT_INTERNAL_BATCH_SIZE,
-    TargetType,
-)
+from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE
 from lit_attr.functional.token_games import clean_logits, prepare_token_game, score_rows
-from lit_attr.methods._hygiene import preserved_model_state
 
 __all__ = ["DEFAULT_BINS", "EraserResult", "check_bins", "comprehensiveness", "sufficiency"]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from captum.metrics import infidelity as captum_infidelity
@@ -33,11 +33,9 @@ from lit_attr._checks import (
     check_seed,
     resolve_target,
 )
+from lit_attr._hygiene import preserved_model_state, row_seed
 from lit_attr._memory import MemoryBackoff
-from lit_attr.functional.insertion_deletion import _check_clean_logits, _logits
-from lit_attr.methods._common import row_seed
-from lit_attr.methods._hygiene import preserved_model_state
-from lit_attr.methods.base import AttributionMethod, attributions_of
+from lit_attr.functional.perturbation import check_clean_logits, model_logits
 
 __all__ = [
     "DEFAULT_INFIDELITY_SAMPLES",
@@ -48,6 +46,22 @@ __all__ = [
     "sensitivity",
     "sensitivity_perturbation",
 ]
+
+
+class Explainer(Protocol):
+    """What :func:`sensitivity` needs of an attribution method (:class:`lit_attr.methods.AttributionMethod` has it)."""
+
+    model: nn.Module
+
+    def attribute(self, x: Tensor, target: TargetType = None, **kwargs: Any) -> Any:
+        """Attributions of ``x`` (or ``(attributions, info)``)."""
+
+    def resolve_target(self, x: Tensor, target: TargetType, logits: Tensor | None = None) -> Tensor:
+        """``(N,)`` classes explained."""
+
+    def clip(self, x: Tensor) -> Tensor:
+        """``x`` projected onto the method's input bounds."""
+
 
 #: Perturbations per sample (Captum's default; the estimate's noise falls as 1 / sqrt of it).
 DEFAULT_INFIDELITY_SAMPLES = 10
@@ -251,10 +265,10 @@ def infidelity(
     with torch.no_grad(), preserved_model_state(model), MemoryBackoff("infidelity", internal_batch_size) as backoff:
         if logits is None:
             outputs: list[Tensor] = []
-            backoff.chunks(n, lambda start, stop: outputs.append(_logits(model, x[start:stop])))
+            backoff.chunks(n, lambda start, stop: outputs.append(model_logits(model, x[start:stop])))
             clean = torch.cat(outputs)
         else:
-            _check_clean_logits(logits, x)
+            check_clean_logits(logits, x)
             clean = logits
         target = resolve_target(target, clean.detach()).to(x.device)
         parts: list[Tensor] = []
@@ -280,7 +294,7 @@ def infidelity(
 
 
 def sensitivity(
-    method: AttributionMethod,
+    method: Explainer,
     x: Tensor,
     target: TargetType = None,
     *,
@@ -319,8 +333,10 @@ def sensitivity(
         >>> float(sensitivity(get_method("saliency", net), torch.rand(2, 3, 2, 2)).abs().max())  # linear: constant
         0.0
     """
-    if not isinstance(method, AttributionMethod):
-        raise TypeError(f"`method` must be an AttributionMethod, got {type(method).__name__}.")
+    if not all(callable(getattr(method, name, None)) for name in ("attribute", "resolve_target", "clip")):
+        raise TypeError(
+            f"`method` must be an attribution method (lit_attr.methods.get_method(...)), got {type(method).__name__}."
+        )
     check_batch("x", x, method.model)
     if attributions is not None:
         _check_attributions(attributions, x)
@@ -339,7 +355,8 @@ def sensitivity(
         if attributions is not None and batch is x:
             maps = attributions.to(x)
         else:
-            maps = attributions_of(method.attribute(batch, target, **attribute_kwargs))
+            result = method.attribute(batch, target, **attribute_kwargs)
+            maps = result[0] if isinstance(result, tuple) else result  # (maps, info) of methods asked for info
         return (maps,) if isinstance(inputs, tuple) else maps
 
     result = sensitivity_max(

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from lit_attr.functional.similarity import _double_ranks
 
 
-def _saliency_map(attributions: Tensor, masks: Tensor) -> Tensor:
+def saliency_map(attributions: Tensor, masks: Tensor) -> Tensor:
     """Channel-sum ``(N, C, H, W)`` attributions to ``(N, H, W)`` after checking them against ``masks``."""
     for name, value in (("attributions", attributions), ("masks", masks)):
         if not isinstance(value, Tensor):
@@ -56,7 +56,7 @@ def relevance_mass(attributions: Tensor, masks: Tensor) -> Tensor:
         >>> relevance_mass(a, torch.tensor([[[False, True], [True, False]]]))
         tensor([0.7500])
     """
-    a = _saliency_map(attributions, masks).clamp(min=0).flatten(1)
+    a = saliency_map(attributions, masks).clamp(min=0).flatten(1)
     inside = (a * masks.flatten(1).to(a.dtype)).sum(dim=1)
     total = a.sum(dim=1)
     return torch.where(total > 0, inside / total.clamp(min=torch.finfo(a.dtype).tiny), torch.zeros_like(total))
@@ -104,7 +104,7 @@ def pointing_game(attributions: Tensor, masks: Tensor, tolerance: int = 0) -> Te
         raise TypeError(f"`tolerance` must be an int (pixels), got {type(tolerance).__name__}.")
     if tolerance < 0:
         raise ValueError(f"`tolerance` must be >= 0 pixels, got {tolerance}.")
-    a = _saliency_map(attributions, masks)
+    a = saliency_map(attributions, masks)
     target = masks.bool()
     if tolerance > 0:
         size = 2 * tolerance + 1
@@ -140,7 +140,7 @@ def relevance_rank(attributions: Tensor, masks: Tensor) -> Tensor:
         >>> relevance_rank(a, torch.tensor([[[True, False], [True, False]]]))  # top 2 = {4, 3}; 4 is inside
         tensor([0.5000])
     """
-    a = _saliency_map(attributions, masks).flatten(1)
+    a = saliency_map(attributions, masks).flatten(1)
     inside = masks.flatten(1).bool()
     order = torch.sort(a, dim=1, descending=True, stable=True).indices
     k = inside.sum(dim=1, keepdim=True)
@@ -176,7 +176,7 @@ def localization_auroc(attributions: Tensor, masks: Tensor) -> Tensor:
         >>> localization_auroc(a, torch.tensor([[[True, False], [True, False]]]))  # pairs: 3>1, 3>2, 2>1, 2=2
         tensor([0.8750])
     """
-    a = _saliency_map(attributions, masks).flatten(1)
+    a = saliency_map(attributions, masks).flatten(1)
     inside = masks.flatten(1).bool()
     n_pos = inside.sum(dim=1)
     n_neg = inside.shape[1] - n_pos

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from lit_attr._checks import check_int, check_seed
-from lit_attr.methods._common import row_seed
+from lit_attr._hygiene import row_seed
 
 __all__ = ["DEFAULT_N_BINS", "discrete_entropy", "entropy_rise", "noisy_copies"]
 

@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from lit_attr._checks import check_seed
+from lit_attr._hygiene import preserved_model_state
 from lit_attr.functional._transformer import transformer_blocks
-from lit_attr.methods._hygiene import preserved_model_state
 
 Layer = tuple[str, nn.Module]
 """A randomisation unit: its name in ``model.named_modules()`` and the module."""

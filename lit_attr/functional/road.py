@@ -22,26 +22,27 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from lit_attr._checks import TargetType, check_choice, check_optional_int, check_seed, resolve_target
+from lit_attr._checks import TargetType, check_choice, check_device, check_optional_int, check_seed, resolve_target
+from lit_attr._hygiene import preserved_model_state, row_seed
 from lit_attr._memory import MemoryBackoff
-from lit_attr.functional.insertion_deletion import (
+from lit_attr.functional.perturbation import (
     DEFAULT_INTERNAL_BATCH_SIZE,
     OUTPUTS,
-    _check_attributions,
-    _check_clean_logits,
-    _check_images,
-    _check_model_device,
-    _logits,
+    check_attributions,
+    check_clean_logits,
+    check_images,
+    model_logits,
     rank_map,
 )
-from lit_attr.methods._common import row_seed
-from lit_attr.methods._hygiene import preserved_model_state
 
 __all__ = [
     "DEFAULT_PERCENTILES",
     "DEFAULT_RTOL",
     "ROAD_REDUCTIONS",
     "ROADResult",
+    "check_noise",
+    "check_percentiles",
+    "check_rtol",
     "noisy_linear_imputation",
     "road",
     "road_removed_counts",
@@ -188,13 +189,15 @@ def _check_keep(keep: object, x: Tensor) -> Tensor:
     return keep.to(x.device)
 
 
-def _check_rtol(rtol: object) -> float:
+def check_rtol(rtol: object) -> float:
+    """``rtol`` as a float, refused unless it is a number in (0, 1)."""
     if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 < rtol < 1:
         raise ValueError(f"`rtol` must be a number in (0, 1), got {rtol!r}.")
     return float(rtol)
 
 
-def _check_noise(noise: object) -> float:
+def check_noise(noise: object) -> float:
+    """``noise`` as a float, refused unless it is a finite standard deviation >= 0."""
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
         raise ValueError(f"`noise` must be a finite number >= 0 (a standard deviation), got {noise!r}.")
     return float(noise)
@@ -252,11 +255,11 @@ def noisy_linear_imputation(
         >>> round(float(noisy_linear_imputation(x, keep, noise=0.0)[0, 0, 1, 1]), 6)
         2.0
     """
-    _check_images("x", x)
+    check_images("x", x)
     keep = _check_keep(keep, x)
-    noise = _check_noise(noise)
+    noise = check_noise(noise)
     check_seed(seed)
-    rtol = _check_rtol(rtol)
+    rtol = check_rtol(rtol)
     check_optional_int("max_iter", max_iter)
     if not bool(torch.isfinite(x).all()):
         raise ValueError("`x` contains NaN or infinite values; the imputation needs finite inputs.")
@@ -281,7 +284,8 @@ def road_removed_counts(num_pixels: int, percentiles: Sequence[float]) -> list[i
     return [math.floor(p * num_pixels / 100) for p in percentiles]
 
 
-def _check_percentiles(percentiles: object) -> tuple[float, ...]:
+def check_percentiles(percentiles: object) -> tuple[float, ...]:
+    """``percentiles`` as a tuple, refused unless it is a non-empty sequence of numbers in (0, 100)."""
     if not isinstance(percentiles, Sequence) or isinstance(percentiles, str) or not percentiles:
         raise ValueError(f"`percentiles` must be a non-empty sequence of numbers in (0, 100), got {percentiles!r}.")
     values = tuple(percentiles)
@@ -357,17 +361,17 @@ def road(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
-    _check_images("x", x)
-    _check_attributions(attributions, x)
-    percentiles = _check_percentiles(percentiles)
-    noise = _check_noise(noise)
+    check_images("x", x)
+    check_attributions(attributions, x)
+    percentiles = check_percentiles(percentiles)
+    noise = check_noise(noise)
     check_seed(seed)
     check_choice("reduce", reduce, ROAD_REDUCTIONS)
     check_choice("output", output, OUTPUTS)
     check_optional_int("internal_batch_size", internal_batch_size)
-    rtol = _check_rtol(rtol)
+    rtol = check_rtol(rtol)
     check_optional_int("max_iter", max_iter)
-    _check_model_device(model, x)
+    check_device("x", x, model)
     if not bool(torch.isfinite(x).all()):
         raise ValueError("`x` contains NaN or infinite values; ROAD needs finite inputs.")
     n, channels, height, width = x.shape
@@ -381,10 +385,10 @@ def road(
     with torch.no_grad(), preserved_model_state(model), MemoryBackoff("road", chunk) as backoff:
         if logits is None:
             parts: list[Tensor] = []
-            backoff.chunks(n, lambda start, stop: parts.append(_logits(model, x[start:stop])))
+            backoff.chunks(n, lambda start, stop: parts.append(model_logits(model, x[start:stop])))
             clean = torch.cat(parts)
         else:
-            _check_clean_logits(logits, x)
+            check_clean_logits(logits, x)
             clean = logits.detach()
         clean = clean.to(torch.promote_types(clean.dtype, torch.float32))
         target = resolve_target(target, clean)
@@ -407,7 +411,7 @@ def road(
                     for s, c in zip(samples.tolist(), column.tolist(), strict=True)
                 ]).to(device=x.device, dtype=inputs.dtype)  # fmt: skip
                 inputs = inputs + noise * draws * removed.unsqueeze(1)
-            out = _logits(model, inputs.to(x.dtype)).to(clean.dtype)
+            out = model_logits(model, inputs.to(x.dtype)).to(clean.dtype)
             if output != "logit":
                 out = out.softmax(dim=1)
             score = out.gather(1, target[samples, None]).squeeze(1)

@@ -19,11 +19,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from lit_attr._checks import resolve_target
+from lit_attr._checks import TargetType, resolve_target
+from lit_attr._hygiene import preserved_model_state
 from lit_attr._memory import MemoryBackoff
 from lit_attr.functional._transformer import transformer_blocks
 from lit_attr.functional.activation_deviation import recorded_outputs, resolve_probe_layers
-from lit_attr.functional.insertion_deletion import DEFAULT_INTERNAL_BATCH_SIZE, TargetType
+from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE
 from lit_attr.functional.token_games import (
     TokenGame,
     clean_logits,
@@ -31,8 +32,7 @@ from lit_attr.functional.token_games import (
     prepare_token_game,
     token_schedule,
 )
-from lit_attr.methods._hygiene import preserved_model_state
-from lit_attr.methods._token_inputs import call_model
+from lit_attr.inputs.tokens import call_model
 
 __all__ = ["TokenActivationDeviationResult", "encoder_layers", "token_activation_deviation"]
 

@@ -24,16 +24,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from lit_attr._checks import check_choice, check_device, check_finite, check_optional_int, resolve_target
+from lit_attr._checks import TargetType, check_choice, check_device, check_finite, check_optional_int, resolve_target
+from lit_attr._hygiene import preserved_model_state
 from lit_attr._memory import MemoryBackoff
-from lit_attr.functional.insertion_deletion import (
-    DEFAULT_INTERNAL_BATCH_SIZE,
-    OUTPUTS,
-    TargetType,
-    auc,
-)
-from lit_attr.methods._hygiene import preserved_model_state
-from lit_attr.methods._token_inputs import (
+from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE, OUTPUTS, auc
+from lit_attr.inputs.tokens import (
     TokenBatch,
     TokenOptions,
     call_model,

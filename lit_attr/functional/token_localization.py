@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from lit_attr.functional.token_games import token_ranks
-from lit_attr.methods._token_inputs import check_token_batch
+from lit_attr.inputs.tokens import check_token_batch
 
 __all__ = [
     "TOKEN_LOCALIZATION_METRICS",

@@ -1,7 +1,7 @@
 """Attribution methods behind one contract; see :func:`get_method` and :func:`available_methods`."""
 
+from lit_attr.inputs.tokens import TokenOptions
 from lit_attr.methods import captum as _captum  # noqa: F401  (registers the Captum baselines)
-from lit_attr.methods._token_inputs import TokenOptions
 from lit_attr.methods._tokens import TOKEN_METHODS
 from lit_attr.methods.agi import AGI
 from lit_attr.methods.attention import AttentionRollout, GenericAttention

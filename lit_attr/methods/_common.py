@@ -1,8 +1,7 @@
-"""Small helpers shared by the path methods (MFABA, BIG, AGI, IG2, FEI): scores, row norms, per-row seeds."""
+"""Small helpers shared by the path methods (MFABA, BIG, AGI, IG2, FEI): scores and row norms."""
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
 
 import torch
@@ -37,8 +36,3 @@ def unit_rows(t: Tensor) -> Tensor:
     tiny = torch.finfo(t.dtype).tiny
     scaled = t / expand_rows(t.flatten(1).abs().amax(dim=1), t).clamp_min(tiny)
     return scaled / expand_rows(row_norm(scaled), t).clamp_min(tiny)
-
-
-def row_seed(seed: int, row: Tensor) -> int:
-    """A seed derived from ``seed`` and a sample's values, so a sample's random draws do not depend on its batch."""
-    return seed + zlib.crc32(row.detach().cpu().contiguous().numpy().tobytes())

@@ -36,9 +36,9 @@ import torch
 from torch import Tensor, nn
 
 from lit_attr._checks import check_choice, check_device, resolve_target
+from lit_attr._hygiene import preserved_model_state, preserved_rng_state
 from lit_attr._memory import MemoryBackoff
-from lit_attr.methods._hygiene import preserved_model_state, preserved_rng_state
-from lit_attr.methods._token_inputs import (
+from lit_attr.inputs.tokens import (
     TOKEN_KEYWORDS,
     TokenBatch,
     TokenOptions,

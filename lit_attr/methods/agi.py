@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from lit_attr._checks import check_positive, check_seed
-from lit_attr.methods._common import SCORES, expand_rows, row_seed
+from lit_attr._hygiene import row_seed
+from lit_attr.methods._common import SCORES, expand_rows
 from lit_attr.methods.base import AttributionMethod, BoundsType
 from lit_attr.methods.registry import register_method
 

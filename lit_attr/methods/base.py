@@ -17,9 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from lit_attr._checks import TargetType, check_bounds, resolve_target
+from lit_attr._hygiene import preserved_model_state, preserved_rng_state
 from lit_attr._memory import MemoryBackoff
-from lit_attr.methods._hygiene import preserved_model_state, preserved_rng_state
-from lit_attr.methods._token_inputs import TokenOptions, find_embedding_layer
+from lit_attr.inputs.tokens import TokenOptions, find_embedding_layer
 from lit_attr.methods._tokens import METHOD_TOKEN_DEFAULTS, attribute_tokens, check_method_token_options, is_token_call
 
 if TYPE_CHECKING:

@@ -16,9 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from lit_attr._checks import check_choice, check_number, check_positive, check_seed
-from lit_attr.methods._common import row_seed
-from lit_attr.methods._hygiene import seed_everything_locally
-from lit_attr.methods._token_inputs import TokenOptions
+from lit_attr._hygiene import row_seed, seed_everything_locally
+from lit_attr.inputs.tokens import TokenOptions
 from lit_attr.methods.base import AttributionMethod, BoundsType
 from lit_attr.methods.registry import register_method
 

@@ -18,8 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from lit_attr._checks import check_choice, check_flag, check_positive, check_seed
-from lit_attr.methods._common import SCORES, row_seed, unit_rows
-from lit_attr.methods._token_inputs import TokenOptions
+from lit_attr._hygiene import row_seed
+from lit_attr.inputs.tokens import TokenOptions
+from lit_attr.methods._common import SCORES, unit_rows
 from lit_attr.methods._tokens import is_token_call
 from lit_attr.methods.base import AttributionMethod, BoundsType, ResultType, TargetType
 from lit_attr.methods.registry import register_method

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from lit_attr._checks import check_choice, check_positive
+from lit_attr.inputs.tokens import TokenOptions
 from lit_attr.methods._common import SCORES, expand_rows, unit_rows
-from lit_attr.methods._token_inputs import TokenOptions
 from lit_attr.methods.base import AttributionMethod, BoundsType, ResultType, TargetType
 from lit_attr.methods.registry import register_method
 

@@ -9,13 +9,12 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from lit_attr._checks import check_choice, check_optional_int
+from lit_attr._checks import TargetType, check_choice, check_optional_int
 from lit_attr.functional.activation_deviation import activation_deviation, resolve_probe_layers
-from lit_attr.functional.insertion_deletion import (
+from lit_attr.functional.perturbation import (
     DEFAULT_INTERNAL_BATCH_SIZE,
     REDUCTIONS,
     SubstrateType,
-    TargetType,
     check_substrate_value,
     resolve_protocol,
 )

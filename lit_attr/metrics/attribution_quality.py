@@ -11,9 +11,9 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from lit_attr._checks import check_names, check_optional_int, check_seed, resolve_target
+from lit_attr._hygiene import preserved_model_state
 from lit_attr.batch import Batch, adapt_batch
 from lit_attr.methods import AttributionMethod
-from lit_attr.methods._hygiene import preserved_model_state
 from lit_attr.methods.base import TargetType
 
 

@@ -8,9 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lit_attr._checks import check_choice
+from lit_attr._checks import TargetType, check_choice
 from lit_attr.functional.eraser import DEFAULT_BINS, EraserResult, check_bins, comprehensiveness, sufficiency
-from lit_attr.functional.insertion_deletion import TargetType
 from lit_attr.metrics._plotting import figure_and_axes
 from lit_attr.metrics._token_metric import TokenGameMetric, add_rows
 from lit_attr.metrics.registry import register_metric

@@ -10,17 +10,16 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from lit_attr._checks import check_choice, check_optional_int
-from lit_attr.functional.insertion_deletion import (
+from lit_attr._checks import TargetType, check_choice, check_optional_int
+from lit_attr.functional.insertion_deletion import insertion_deletion
+from lit_attr.functional.perturbation import (
     DEFAULT_INTERNAL_BATCH_SIZE,
     GAMES,
     OUTPUTS,
     REDUCTIONS,
     SubstrateType,
-    TargetType,
     check_games,
     check_substrate_value,
-    insertion_deletion,
     perturbation_schedule,
     resolve_protocol,
 )

@@ -11,11 +11,11 @@ from torchmetrics import Metric
 
 from lit_attr._checks import check_names
 from lit_attr.functional.localization import (
-    _saliency_map,
     localization_auroc,
     pointing_game,
     relevance_mass,
     relevance_rank,
+    saliency_map,
 )
 from lit_attr.metrics._plotting import figure_and_axes
 from lit_attr.metrics.registry import register_metric
@@ -98,7 +98,7 @@ class Localization(Metric):
             ValueError: if the shapes do not match, or a mask is not boolean/0-1, empty, or (with ``"auroc"``)
                 covers the whole image.
         """
-        heatmap = _saliency_map(attributions, masks)  # validates once; the functions below get (N, H, W)
+        heatmap = saliency_map(attributions, masks)  # validates once; the functions below get (N, H, W)
         functions: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
             "pointing_game": lambda a, s: pointing_game(a, s, tolerance=self.tolerance),
             "relevance_mass": relevance_mass,

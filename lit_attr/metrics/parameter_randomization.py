@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from lit_attr._checks import check_batch, check_finite, check_names, check_number, check_seed
+from lit_attr._hygiene import preserved_model_state
 from lit_attr.functional.randomization import (
     GRANULARITIES,
     ORDERS,
@@ -29,7 +30,6 @@ from lit_attr.functional.randomization import (
     sort_in_forward_order,
 )
 from lit_attr.functional.similarity import spearman, ssim_maps
-from lit_attr.methods._hygiene import preserved_model_state
 from lit_attr.methods.base import AttributionMethod, TargetType, attributions_of
 from lit_attr.methods.registry import get_method
 from lit_attr.metrics._model_ref import ModelRef

@@ -10,14 +10,14 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from lit_attr._checks import check_choice, check_optional_int, check_seed
-from lit_attr.functional.insertion_deletion import DEFAULT_INTERNAL_BATCH_SIZE, OUTPUTS
+from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE, OUTPUTS
 from lit_attr.functional.road import (
     DEFAULT_PERCENTILES,
     DEFAULT_RTOL,
     ROAD_REDUCTIONS,
-    _check_noise,
-    _check_percentiles,
-    _check_rtol,
+    check_noise,
+    check_percentiles,
+    check_rtol,
     road,
 )
 from lit_attr.methods.base import TargetType
@@ -97,17 +97,17 @@ class ROAD(Metric):
         super().__init__(**kwargs)
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
-        self.percentiles = _check_percentiles(percentiles)
+        self.percentiles = check_percentiles(percentiles)
         self.output = check_choice("output", output, OUTPUTS)
         self._model_ref = ModelRef(model)
         self._options: dict[str, Any] = {
             "percentiles": self.percentiles,
-            "noise": _check_noise(noise),
+            "noise": check_noise(noise),
             "seed": check_seed(seed),
             "reduce": check_choice("reduce", reduce, ROAD_REDUCTIONS),
             "output": output,
             "internal_batch_size": check_optional_int("internal_batch_size", internal_batch_size),
-            "rtol": _check_rtol(rtol),
+            "rtol": check_rtol(rtol),
         }
         points = len(self.percentiles)
         self.add_state("morf_curve_sum", torch.zeros(points), dist_reduce_fx="sum")

@@ -11,8 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lit_attr._checks import check_optional_int
-from lit_attr.functional.insertion_deletion import TargetType
+from lit_attr._checks import TargetType, check_optional_int
 from lit_attr.functional.token_activation_deviation import encoder_layers, token_activation_deviation
 from lit_attr.metrics._token_metric import TokenGameMetric, add_rows
 from lit_attr.metrics.registry import register_metric

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lit_attr._checks import check_choice, check_optional_int
-from lit_attr.functional.insertion_deletion import OUTPUTS, TargetType
+from lit_attr._checks import TargetType, check_choice, check_optional_int
+from lit_attr.functional.perturbation import OUTPUTS
 from lit_attr.functional.token_games import DEFAULT_TOKEN_STEPS, token_insertion_deletion
 from lit_attr.metrics._plotting import figure_and_axes
 from lit_attr.metrics._token_metric import TokenGameMetric, add_rows

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from typing_extensions import override
 
 from lit_attr._optional import import_optional
-from lit_attr.methods._token_inputs import TokenOptions
+from lit_attr.inputs.tokens import TokenOptions
 from lit_attr.models.demo_classifier import _fit_quietly
 
 __all__ = ["TEXT_DEMO_EPOCHS", "DemoTextClassifier", "train_demo_text_classifier"]

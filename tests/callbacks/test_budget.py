@@ -27,8 +27,8 @@ from callbacks._helpers import (
     read_metrics_csv,
 )
 from lit_attr import viz
+from lit_attr._probe import ProbeSet
 from lit_attr.callbacks import AttributionCheckpoint, AttributionEarlyStopping, AttributionMonitor, attribution_monitor
-from lit_attr.callbacks._probe import ProbeSet
 from lit_attr.methods import AttributionMethod
 
 EPOCH_SECONDS = 10.0  # the fit's own time per epoch (4 training batches of 2.5 s)

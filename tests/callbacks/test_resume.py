@@ -6,8 +6,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from callbacks._helpers import METRIC_KWARGS, fit
+from lit_attr._probe import select_probe
 from lit_attr.callbacks import AttributionMonitor, RandomizationCheck
-from lit_attr.callbacks._probe import select_probe
 
 
 def _monitor(methods=("saliency",), seed=0) -> AttributionMonitor:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_attr.functional.activation_deviation import activation_deviation, resolve_probe_layers
-from lit_attr.functional.insertion_deletion import blur
+from lit_attr.functional.perturbation import blur
 
 
 def tiny_cnn(seed: int = 0) -> nn.Module:

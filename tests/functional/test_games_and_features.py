@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from lit_attr.functional.insertion_deletion import auc, insertion_deletion
+from lit_attr.functional.insertion_deletion import insertion_deletion
+from lit_attr.functional.perturbation import auc
 from lit_attr.metrics.insertion_deletion import InsertionDeletion
 
 

@@ -6,11 +6,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lit_attr.functional.insertion_deletion import (
+from lit_attr.functional.insertion_deletion import insertion_deletion
+from lit_attr.functional.perturbation import (
     PRESETS,
     auc,
     blur,
-    insertion_deletion,
     iter_perturbed_batches,
     make_substrate,
     perturbation_schedule,

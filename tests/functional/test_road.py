@@ -9,8 +9,8 @@ import scipy.sparse.linalg
 import torch
 from torch import nn
 
+from lit_attr._hygiene import row_seed
 from lit_attr.functional.road import noisy_linear_imputation, road
-from lit_attr.methods._common import row_seed
 
 
 # ----------------------------------------------------------------------------------------------------- reference

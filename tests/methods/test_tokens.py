@@ -20,8 +20,8 @@ from text_helpers import (
 from torch import nn
 
 from lit_attr.functional import completeness_error
+from lit_attr.inputs.tokens import TokenOptions, find_embedding_layer
 from lit_attr.methods import get_method
-from lit_attr.methods._token_inputs import TokenOptions, find_embedding_layer
 from lit_attr.methods._tokens import TOKEN_METHODS
 
 MODELS = {"bert": tiny_bert, "plain": plain_transformer}

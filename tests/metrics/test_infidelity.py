@@ -5,8 +5,8 @@ import torch
 from captum.metrics import infidelity, sensitivity_max
 from torch import nn
 
+from lit_attr._hygiene import row_seed
 from lit_attr.methods import get_method
-from lit_attr.methods._common import row_seed
 from lit_attr.metrics.infidelity import Infidelity, Sensitivity
 
 

@@ -9,10 +9,10 @@ import scipy.stats
 import torch
 from torch import nn
 
+from lit_attr._hygiene import row_seed
 from lit_attr.functional.mprt import discrete_entropy, entropy_rise, noisy_copies
 from lit_attr.functional.randomization import randomize_
 from lit_attr.methods import get_method
-from lit_attr.methods._common import row_seed
 from lit_attr.methods.base import AttributionMethod
 from lit_attr.metrics.mprt import EfficientMPRT, NoiseAveraged, SmoothMPRT
 from lit_attr.metrics.parameter_randomization import ParameterRandomization

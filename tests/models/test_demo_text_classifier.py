@@ -3,8 +3,8 @@
 import torch
 from lightning import Trainer
 
+from lit_attr.inputs.tokens import find_embedding_layer
 from lit_attr.methods import get_method
-from lit_attr.methods._token_inputs import find_embedding_layer
 from lit_attr.models import DemoTextClassifier
 
 

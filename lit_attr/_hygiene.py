@@ -3,18 +3,19 @@
 Every attribution method runs inside :func:`preserved_model_state` and :func:`preserved_rng_state`, so that
 explaining a model can never leak into training: modes, parameter gradients, ``requires_grad`` flags, buffers
 (BatchNorm running statistics) and the global random number generators are restored on exit, even when the
-method raises.
+method raises. :func:`row_seed` gives each sample its own seed, so that random draws never depend on the batch.
 """
 
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 @contextmanager
@@ -107,3 +108,8 @@ def seed_everything_locally(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
+
+
+def row_seed(seed: int, row: Tensor) -> int:
+    """A seed derived from ``seed`` and a sample's values, so a sample's random draws do not depend on its batch."""
+    return seed + zlib.crc32(row.detach().cpu().contiguous().numpy().tobytes())

@@ -14,8 +14,8 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
+from lit_attr._hygiene import preserved_rng_state
 from lit_attr.batch import Batch, BatchAdapter, adapt_batch
-from lit_attr.methods._hygiene import preserved_rng_state
 
 __all__ = ["ProbeSet", "chunks", "dataset_of", "find_dataset", "load_probe", "select_probe", "shard"]
 
