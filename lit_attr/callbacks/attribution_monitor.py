@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import functools
-import math
-import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
@@ -19,13 +15,14 @@ from torch import Tensor
 from typing_extensions import override
 
 import lit_attr.delivery as delivery
-import lit_attr.report as report
 import lit_attr.viz as viz
 from lit_attr._checks import check_callable, check_flag, check_int, check_option_dicts
 from lit_attr._hygiene import preserved_rng_state
 from lit_attr._probe import find_dataset
 from lit_attr.batch import BatchAdapter
 from lit_attr.callbacks._base import AttributionCallback
+from lit_attr.callbacks._budget import TimeBudget, fit_progress
+from lit_attr.callbacks._monitor_media import RunMedia, deliver_run
 from lit_attr.delivery import DeliveryWorker
 from lit_attr.metrics.registry import check_metric_names, get_metric_spec
 from lit_attr.runner import MethodsArg, SampleRecord, gather_records
@@ -176,7 +173,7 @@ class AttributionMonitor(AttributionCallback):
         self.max_overhead = None if max_overhead is None else float(max_overhead)
         self.background_delivery = check_flag("background_delivery", background_delivery)
         self._clock = check_callable("clock", clock) or time.perf_counter
-        self._budget = _Budget()
+        self._budget = TimeBudget()
         self._worker: DeliveryWorker | None = None
         self._last_epoch: int | None = None
         self._history: dict[int, dict[str, float]] = {}
@@ -234,7 +231,7 @@ class AttributionMonitor(AttributionCallback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Build the methods and metrics, choose the validation probe set (restored ones are checked), reset budget."""
         # Here, not in on_train_start: a fit whose training loop is skipped must not be judged on an earlier one's.
-        self._budget = _Budget()
+        self._budget = TimeBudget()
         if self._worker is not None:  # deliveries of an earlier validate/test are not this fit's
             self._worker.busy_seconds()
         self._prepare(trainer, pl_module, "fit")
@@ -275,7 +272,7 @@ class AttributionMonitor(AttributionCallback):
                 if eligible:
                     self._run(trainer, pl_module, "val", epoch)
                 return
-            progress = _progress(trainer)
+            progress = fit_progress(trainer)
             last = progress is not None and progress >= 1
             if (eligible or last) and trainer.strategy.broadcast(self._decide(trainer, pl_module, last), src=0):
                 self._timed_run(trainer, pl_module, epoch)
@@ -357,7 +354,7 @@ class AttributionMonitor(AttributionCallback):
         """Rank 0's decision: run now if the budget allows it (the last epoch always runs)."""
         if last or not trainer.is_global_zero:
             return last
-        if not self._budget.runs and not self._budget.calibrated:
+        if self._budget.needs_calibration:
             try:
                 self._calibrate(trainer, pl_module)
             except Exception:  # noqa: BLE001
@@ -365,16 +362,7 @@ class AttributionMonitor(AttributionCallback):
                 # where raising here, on rank 0 alone, would leave the other ranks waiting in the broadcast.
                 return True
         self._count_deliveries()
-        budget = self._budget
-        fit_time = self._clock() - budget.started - budget.spent
-        estimate = budget.estimate()
-        if budget.spent + estimate > self.max_overhead * fit_time:
-            return False
-        progress = _progress(trainer)
-        if not progress:  # the fit's length is unknown: only the condition above
-            return True
-        # Keep room for the run after the last epoch: the fit will last about fit_time / progress.
-        return budget.spent + 2 * estimate <= self.max_overhead * fit_time / progress
+        return self._budget.allows(self._clock(), self.max_overhead, fit_progress(trainer))
 
     def _calibrate(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Estimate a run's time from one probe sample (the metrics are reset afterwards)."""
@@ -394,21 +382,16 @@ class AttributionMonitor(AttributionCallback):
             runner.reset()
             end = self._clock()
             self._budget.spent += end - start
-        # Only the attribution scales with the probe count (loading the probe set is a one-time cost). One sample
-        # costs more than its share of a full batch: an estimate on the safe side.
-        self._budget.calibrated = (end - run_start) * local / len(sample)
+        self._budget.calibrate(end - run_start, local, len(sample))
 
     def _timed_run(self, trainer: Trainer, pl_module: LightningModule, epoch: int, in_loop: bool = True) -> None:
         self._budget.attempted_step = trainer.global_step
         start = self._clock()
         scored = self._run(trainer, pl_module, "val", epoch, in_loop=in_loop)
-        seconds = self._clock() - start
-        budget = self._budget
-        budget.spent += seconds
-        budget.runs.append(seconds)
+        self._budget.add_run(self._clock() - start)
         self._count_deliveries()
         # Rank 0's account, as for the decisions: every rank logs the same number.
-        overhead = trainer.strategy.broadcast(budget.overhead_now(self._clock()), src=0)
+        overhead = trainer.strategy.broadcast(self._budget.overhead_now(self._clock()), src=0)
         if scored:  # a failed run leaves an earlier run's entry of the same epoch alone
             self._history[epoch]["attr/overhead"] = overhead
         if in_loop:
@@ -459,7 +442,16 @@ class AttributionMonitor(AttributionCallback):
             target = delivery.destination(trainer)
             # The worker renders from copies: nothing it reads can change under it.
             results = apply_to_collection(results, Tensor, lambda t: t.detach().cpu().clone())
-            job = functools.partial(self._deliver, target, split, results, records, epoch, names, decode)
+            media = RunMedia(
+                results=results,
+                records=records,
+                methods=self.method_names,
+                dataset_indices=list(self._probes[split].indices or []),
+                epoch=epoch,
+                class_names=names,
+                decode=decode,
+            )
+            job = functools.partial(deliver_run, target, media)
             self._submit(job, when)
         return True
 
@@ -485,9 +477,7 @@ class AttributionMonitor(AttributionCallback):
         partly overlap it, but they compete with it for the interpreter.
         """
         if self._worker is not None:
-            seconds = self._worker.busy_seconds()
-            self._budget.spent += sum(seconds)
-            self._budget.deliveries += seconds
+            self._budget.add_deliveries(self._worker.busy_seconds())
 
     def _flush(self) -> None:
         if self._worker is None:
@@ -507,124 +497,3 @@ class AttributionMonitor(AttributionCallback):
             )
         if no_labels and self.target == "label":
             rank_zero_warn("AttributionMonitor: the probe batches have no labels; explaining the predictions instead.")
-
-    # ------------------------------------------------------------------ delivery (rank 0)
-    def _deliver(
-        self,
-        trainer: delivery.Destination,
-        split: str,
-        results: Mapping[str, Mapping[str, Mapping[str, Any]]],
-        records: list[SampleRecord],
-        epoch: int | None,
-        names: Sequence[str] | None,
-        decode: Callable[[Tensor], list[str]],
-    ) -> None:
-        when = f"epoch {epoch}" if epoch is not None else str(trainer.state.fn.value)
-        indices = self._probes[split].indices or []
-
-        label = functools.partial(viz.class_label, class_names=names)
-
-        shown = [record for record in records if record.x is not None]
-        tokens = bool(shown) and not shown[0].x.is_floating_point()
-        highlights: dict[tuple[int, str], delivery.HtmlCell] = {}
-        if tokens:
-            words = [decode(record.x) for record in shown]
-            for method in self.method_names:
-                captions = [_caption(record, method, label) for record in shown]
-                scores = [record.attributions[method] for record in shown]
-                title = f"{method}, {when}"
-                html = viz.token_highlights_html(words, scores, captions=captions, title=title)
-                figure = viz.token_highlights_figure(words, scores, captions=captions, title=title)
-                delivery.log_html(trainer, f"attr/{method}/tokens", html, figure)
-                for record, row_words, row_scores in zip(shown, words, scores, strict=True):
-                    cell = viz.token_highlights_html([row_words], [row_scores])
-                    highlights[record.index, method] = delivery.HtmlCell(cell, " ".join(row_words))
-        elif shown and shown[0].x.ndim == 3:
-            x = torch.stack([record.x for record in shown])
-            titles = [f"#{indices[record.index]} {label(record.label)}" for record in shown]
-            for method in self.method_names:
-                figure = viz.attribution_grid(
-                    x,
-                    torch.stack([record.attributions[method] for record in shown]),
-                    captions=[_caption(record, method, label) for record in shown],
-                    titles=titles,
-                    title=f"{method}, {when}",
-                )
-                delivery.log_image(trainer, f"attr/{method}/heatmaps", figure, caption=f"{method}, {when}")
-        for key, figure in report.curve_figures(results, when).items():
-            delivery.log_figure(trainer, f"attr/{key}", figure)
-        if records:
-            score_names = list(dict.fromkeys(k for r in records for s in r.scores.values() for k in s))
-            columns = ["epoch", "dataset_index", "label", "prediction", "confidence", "method", "target", "p_target"]
-            if tokens:
-                columns.append("tokens")
-            rows = [
-                [
-                    -1 if epoch is None else epoch,
-                    indices[record.index],
-                    label(record.label),
-                    label(record.prediction),
-                    round(record.confidence, 4),
-                    method,
-                    label(record.target),
-                    round(record.target_probability, 4),
-                    *([highlights.get((record.index, method))] if tokens else []),
-                    *(record.scores.get(method, {}).get(key, float("nan")) for key in score_names),
-                ]
-                for record in records
-                for method in self.method_names
-            ]
-            delivery.log_table(trainer, "attr/samples", columns + score_names, rows)
-
-
-def _progress(trainer: Trainer) -> float | None:
-    """The fraction of the fit done, by ``max_epochs`` or ``max_steps``, whichever ends it first (None: unbounded)."""
-    fractions = []
-    if trainer.max_epochs not in (None, -1):
-        # A validation in the middle of an epoch (val_check_interval < 1) counts the share of it trained; where the
-        # epoch's length is unknown (an iterable dataset), only its end counts.
-        batches = trainer.num_training_batches
-        if math.isfinite(batches) and batches > 0:
-            within = trainer.fit_loop.epoch_loop.batch_progress.current.ready / batches
-        else:
-            within = float(trainer.is_last_batch)
-        fractions.append((trainer.current_epoch + within) / trainer.max_epochs)
-    if trainer.max_steps != -1:
-        fractions.append(trainer.global_step / trainer.max_steps)
-    return max(fractions) if fractions else None
-
-
-def _caption(record: SampleRecord, method: str, label: Callable[[int | None], str]) -> str:
-    scores = record.scores.get(method, {})
-    head = f"target {label(record.target)}, pred {label(record.prediction)} {record.confidence:.2f}"
-    parts = []
-    if "insertion" in scores:
-        parts.append(f"ins {scores['insertion']:.2f} del {scores['deletion']:.2f}")
-    if "pointing_game" in scores:
-        parts.append(f"point {scores['pointing_game']:.0f}")
-    if "relevance_mass" in scores:
-        parts.append(f"mass {scores['relevance_mass']:.2f}")
-    return "\n".join([head, " ".join(parts)]) if parts else head
-
-
-@dataclass
-class _Budget:
-    """The monitor's time accounts during one fit (seconds of its clock)."""
-
-    started: float = 0.0
-    spent: float = 0.0  # calibration, runs and background deliveries
-    runs: list[float] = field(default_factory=list)
-    deliveries: list[float] = field(default_factory=list)  # background ones (synchronous ones are in the runs)
-    calibrated: float = 0.0
-    training_epoch: int | None = None
-    attempted_step: int | None = None  # the global step the last run was started at
-
-    def estimate(self) -> float:
-        """The expected cost of the next run, with its delivery."""
-        run = statistics.mean(self.runs) if self.runs else self.calibrated
-        return run + (statistics.mean(self.deliveries) if self.deliveries else 0.0)
-
-    def overhead_now(self, now: float) -> float:
-        """The monitor's time over the fit's own so far."""
-        fit_time = now - self.started - self.spent
-        return self.spent / fit_time if fit_time > 0 else float("inf")

@@ -1,0 +1,155 @@
+"""What the monitor delivers after a run, rendered from plain data: maps per method, curves, a per-sample table.
+
+:func:`deliver_run` is the job the monitor hands its :class:`~lit_attr.delivery.DeliveryWorker` (or runs at once):
+a plain function of a :class:`RunMedia` (copies of the run's results and records, and what the captions need) and a
+:class:`~lit_attr.delivery.Destination` snapshot of the trainer, so nothing it reads belongs to the callback or can
+change under it while it runs on the worker thread.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import lit_attr.delivery as delivery
+import lit_attr.report as report
+import lit_attr.viz as viz
+from lit_attr.runner import SampleRecord
+
+__all__ = ["RunMedia", "deliver_run"]
+
+Label = Callable[[int | None], str]
+
+
+@dataclass(frozen=True)
+class RunMedia:
+    """One monitor run, as the delivery needs it.
+
+    Attributes:
+        results: ``{method: {metric: details}}`` of ``AttributionRunner.compute()`` (CPU copies).
+        records: every probe sample's record, sorted by probe position (kept samples carry inputs and maps).
+        methods: the method names, in order.
+        dataset_indices: the dataset index of every probe position.
+        epoch: the training epoch, or None outside ``fit``.
+        class_names: names for the captions (None: class indices).
+        decode: token ids -> token strings, for the highlighting of token inputs.
+    """
+
+    results: Mapping[str, Mapping[str, Mapping[str, Any]]]
+    records: Sequence[SampleRecord]
+    methods: Sequence[str]
+    dataset_indices: Sequence[int]
+    epoch: int | None
+    class_names: Sequence[str] | None
+    decode: Callable[[Tensor], list[str]]
+
+
+def deliver_run(target: delivery.Destination, run: RunMedia) -> None:
+    """Render ``run`` and deliver it to the loggers of ``target``: maps, curves and the ``attr/samples`` table.
+
+    Example::
+
+        deliver_run(delivery.destination(trainer), RunMedia(results, records, ["saliency"], indices, 0, None, str))
+    """
+    when = f"epoch {run.epoch}" if run.epoch is not None else str(target.state.fn.value)
+    label = functools.partial(viz.class_label, class_names=run.class_names)
+    shown = [record for record in run.records if record.x is not None]
+    cells = _deliver_maps(target, run, shown, label, when)
+    for key, figure in report.curve_figures(run.results, when).items():
+        delivery.log_figure(target, f"attr/{key}", figure)
+    if run.records:
+        _deliver_table(target, run, label, cells)
+
+
+def _deliver_maps(
+    target: delivery.Destination, run: RunMedia, shown: list[SampleRecord], label: Label, when: str
+) -> dict[tuple[int, str], delivery.HtmlCell] | None:
+    """Each method's maps of the kept samples, drawn for their kind of input.
+
+    Returns the per-sample table cells of inputs that have one (token highlighting), else None.
+    """
+    if not shown:
+        return None
+    if not shown[0].x.is_floating_point():  # token ids
+        cells: dict[tuple[int, str], delivery.HtmlCell] = {}
+        words = [run.decode(record.x) for record in shown]
+        for method in run.methods:
+            captions = [caption(record, method, label) for record in shown]
+            scores = [record.attributions[method] for record in shown]
+            title = f"{method}, {when}"
+            html = viz.token_highlights_html(words, scores, captions=captions, title=title)
+            figure = viz.token_highlights_figure(words, scores, captions=captions, title=title)
+            delivery.log_html(target, f"attr/{method}/tokens", html, figure)
+            for record, row_words, row_scores in zip(shown, words, scores, strict=True):
+                cell = viz.token_highlights_html([row_words], [row_scores])
+                cells[record.index, method] = delivery.HtmlCell(cell, " ".join(row_words))
+        return cells
+    if shown[0].x.ndim == 3:  # images
+        x = torch.stack([record.x for record in shown])
+        titles = [f"#{run.dataset_indices[record.index]} {label(record.label)}" for record in shown]
+        for method in run.methods:
+            figure = viz.attribution_grid(
+                x,
+                torch.stack([record.attributions[method] for record in shown]),
+                captions=[caption(record, method, label) for record in shown],
+                titles=titles,
+                title=f"{method}, {when}",
+            )
+            delivery.log_image(target, f"attr/{method}/heatmaps", figure, caption=f"{method}, {when}")
+    return None
+
+
+def _deliver_table(
+    target: delivery.Destination,
+    run: RunMedia,
+    label: Label,
+    cells: dict[tuple[int, str], delivery.HtmlCell] | None,
+) -> None:
+    """The ``attr/samples`` table: one row per probe sample and method, with every per-sample score."""
+    records = run.records
+    score_names = list(dict.fromkeys(key for r in records for s in r.scores.values() for key in s))
+    columns = ["epoch", "dataset_index", "label", "prediction", "confidence", "method", "target", "p_target"]
+    if cells is not None:
+        columns.append("tokens")
+    rows = [
+        [
+            -1 if run.epoch is None else run.epoch,
+            run.dataset_indices[record.index],
+            label(record.label),
+            label(record.prediction),
+            round(record.confidence, 4),
+            method,
+            label(record.target),
+            round(record.target_probability, 4),
+            *([cells.get((record.index, method))] if cells is not None else []),
+            *(record.scores.get(method, {}).get(key, float("nan")) for key in score_names),
+        ]
+        for record in records
+        for method in run.methods
+    ]
+    delivery.log_table(target, "attr/samples", columns + score_names, rows)
+
+
+def caption(record: SampleRecord, method: str, label: Label) -> str:
+    """A kept sample's caption under its map: target, prediction and confidence, then its headline scores.
+
+    Example:
+        >>> record = SampleRecord(0, 1, 1, 1, 0.9, 0.9, scores={"m": {"pointing_game": 1.0}})
+        >>> caption(record, "m", str).splitlines()
+        ['target 1, pred 1 0.90', 'point 1']
+    """
+    scores = record.scores.get(method, {})
+    head = f"target {label(record.target)}, pred {label(record.prediction)} {record.confidence:.2f}"
+    parts = []
+    if "insertion" in scores:
+        parts.append(f"ins {scores['insertion']:.2f} del {scores['deletion']:.2f}")
+    if "pointing_game" in scores:
+        parts.append(f"point {scores['pointing_game']:.0f}")
+    if "relevance_mass" in scores:
+        parts.append(f"mass {scores['relevance_mass']:.2f}")
+    return "\n".join([head, " ".join(parts)]) if parts else head
