@@ -1,0 +1,216 @@
+"""The Lightning driver of an evaluation: a small module whose ``test_step`` runs the runner on this rank's shard.
+
+Under DDP every sample is counted exactly once: the split is sharded by index without padding (rank ``r`` of ``W``
+takes samples ``r, r + W, ...``; Lightning's distributed sampler, which pads, is switched off by
+:data:`QUIET_TRAINER`), and every metric state is a ``sum``. Every ``checkpoint_every`` batches each rank saves
+its partial state in the work directory, and a resumed run reloads it and skips the finished batches
+(:mod:`lit_attr._resume`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from lightning import LightningModule
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, default_collate
+from typing_extensions import override
+
+from lit_attr._probe import load_probe
+from lit_attr._resume import WorkDirectory, agree
+from lit_attr.batch import BatchAdapter, adapt_batch
+from lit_attr.evaluate.checks import EvaluationError
+from lit_attr.evaluate.results import to_plain
+from lit_attr.metrics import get_metric_spec
+from lit_attr.runner import AttributionRunner, SampleRecord, gather_records
+
+__all__ = ["QUIET_TRAINER", "EvaluationModule", "ProgressBar"]
+
+QUIET_TRAINER: dict[str, Any] = {
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "enable_checkpointing": False,
+    "inference_mode": False,
+    "use_distributed_sampler": False,
+}
+"""Trainer options every evaluation needs (gradients, our own sharding) or wants (our own progress output)."""
+
+
+def _collate_indexed(collate: Callable[[list], Any], items: list[tuple[int, Any]]) -> tuple[Tensor, Any]:
+    """Collate ``(index, sample)`` pairs: the indices as a tensor, the samples with the split's own collate_fn."""
+    return torch.tensor([index for index, _ in items]), collate([sample for _, sample in items])
+
+
+class _Indexed(Dataset):
+    """``(global index, sample)`` for the given indices of a dataset: one rank's shard."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
+        self.dataset = dataset
+        self.indices = list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> tuple[int, Any]:
+        index = self.indices[position]
+        return index, self.dataset[index]
+
+
+class EvaluationModule(LightningModule):
+    """Runs the runner in ``test_step``; ``compute()`` and the gathering of records in ``on_test_epoch_end``."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        dataset: Dataset,
+        num_samples: int,
+        settings: dict[str, Any],
+        work: WorkDirectory,
+        resume: dict[str, Any],
+        collate: Callable[[list], Any] = default_collate,
+        adapter: BatchAdapter | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.dataset = dataset
+        self.collate = collate
+        self.adapter = adapter
+        self.num_samples = num_samples
+        self.settings = settings
+        self.work = work
+        self.resume = resume  # {"resume": bool, "overwrite": bool, "checkpoint_every": int}
+        self.results: dict[str, Any] = {}
+        self.records: list[SampleRecord] = []
+        self.progress: Callable[[str, int], None] | None = None
+        self._runner: AttributionRunner | None = None
+        self._restored: dict[str, Any] | None = None
+        self._start = 0  # batches of this rank's shard finished by an earlier, interrupted run
+
+    @override
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def _shard(self) -> range:
+        # Shard by index, no padding: a padded DistributedSampler would count some samples twice.
+        return range(self.global_rank, self.num_samples, self.trainer.world_size)
+
+    @override
+    def setup(self, stage: str) -> None:
+        # The process group exists here: global rank 0 judges the work directory, then every rank loads its state.
+        rank, world_size = self.global_rank, self.trainer.world_size
+        resume = self.resume["resume"]
+        message = self.work.decide(resume, self.resume["overwrite"], world_size) if rank == 0 else None
+        message = self.trainer.strategy.broadcast(message, src=0)
+        if message is None and resume:
+            self._restored, message = self.work.load(rank, world_size)
+        message = agree(message)
+        if message:
+            raise EvaluationError(message)
+        self._start = self._restored["batches_done"] if self._restored is not None else 0
+
+    @override
+    def test_dataloader(self) -> DataLoader:
+        shard = self._shard()[self._start * self.settings["batch_size"] :]
+        return DataLoader(
+            _Indexed(self.dataset, shard),
+            batch_size=self.settings["batch_size"],
+            shuffle=False,
+            collate_fn=functools.partial(_collate_indexed, self.collate),
+        )
+
+    @override
+    def on_test_start(self) -> None:
+        s = self.settings
+        # Checks that re-run the method (randomisation, eMPRT, sMPRT, sensitivity) see only the first samples.
+        metric_samples = {
+            name: s["randomization_samples"] for name in s["metrics"] if "method" in get_metric_spec(name).consumes
+        }
+        self._runner = AttributionRunner(
+            self.net,
+            s["methods"],
+            s["metrics"],
+            method_kwargs=s["method_kwargs"],
+            metric_kwargs=s["metric_kwargs"],
+            input_bounds=s["input_bounds"],
+            target=s["target"],
+            keep_attributions=s["heatmap_samples"],
+            metric_samples=metric_samples,
+            progress=self.progress,
+        )
+        # Data beyond the batch (IG2's reference pool): the first samples of the split, the same on every rank, so
+        # the results do not depend on the number of processes.
+        pool_indices = range(min(s["reference_pool_size"], len(self.dataset)))
+        if pool_indices:
+            pool = load_probe(self.dataset, pool_indices, self.adapter, self.collate)
+            try:
+                self._runner.prepare(pool.to(self.device))
+            except ValueError as error:
+                raise EvaluationError(f"{error} (the pool is the split's first {len(pool)} samples)") from error
+        if self._restored is not None:  # after prepare(), exactly as in the interrupted run
+            self._runner.load_state_dict(self._restored["runner"])
+            self._runner.to(self.device)
+            self.records = list(self._restored["records"])
+            if self.progress is not None:
+                self.progress("", len(self.records))
+            self._restored = None
+
+    @override
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        indices, sample = batch
+        data = adapt_batch(sample, self.adapter)
+        if data.x.is_floating_point():
+            data = data.with_inputs(data.x.float())
+        self.records += self._runner.run(data, indices=[int(i) for i in indices])
+        done = self._start + batch_idx + 1
+        every, total = self.resume["checkpoint_every"], math.ceil(len(self._shard()) / self.settings["batch_size"])
+        if done % every == 0 and done < total:
+            state = self._runner.state_dict()
+            self.work.save(self.global_rank, self.trainer.world_size, done, self.records, state)
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        # compute() on every rank: it all-reduces the sum states, so every rank must take part.
+        self.results = to_plain(self._runner.compute())
+        self.records = gather_records(self.records)
+
+
+class ProgressBar:
+    """A rich progress bar over attributed samples, or nothing (other ranks, ``progress=False``)."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled = enabled
+        self.total = total
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> ProgressBar:
+        if self.enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]evaluating[/bold] {task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} samples"),
+                TimeElapsedColumn(),
+                transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("", total=self.total)
+        return self
+
+    def update(self, description: str, samples: int) -> None:
+        """Show ``description`` (if any) and advance by ``samples`` attributed samples."""
+        if self._progress is None:
+            return
+        if description:
+            self._progress.update(self._task, description=description)
+        if samples:
+            self._progress.advance(self._task, samples)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()

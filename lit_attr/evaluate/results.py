@@ -1,0 +1,114 @@
+"""The results of an evaluation and their output: ``metrics.json``, figures, ``report.html`` and the loggers."""
+
+from __future__ import annotations
+
+import math
+import platform
+from collections.abc import Callable, Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from lightning import Trainer
+from torch import Tensor
+
+import lit_attr.delivery as delivery
+import lit_attr.report as report
+from lit_attr._resume import write_result
+from lit_attr.runner import SampleRecord
+
+__all__ = ["flat_scalars", "package_versions", "to_plain", "write_and_log"]
+
+
+def to_plain(value: Any) -> Any:
+    """Tensors and tuples to JSON-ready floats and lists."""
+    if isinstance(value, Tensor):
+        value = value.detach().cpu()
+        return float(value) if value.ndim == 0 else value.tolist()
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    return str(value)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide the numbers, for ``metrics.json``.
+
+    Example:
+        >>> "torch" in package_versions()
+        True
+    """
+    versions = {"python": platform.python_version()}
+    for name in ("lit-attr", "torch", "torchvision", "lightning", "torchmetrics", "captum", "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def flat_scalars(result: Mapping[str, Any]) -> dict[str, float]:
+    """``{"<method>/<metric>/<name>": value}`` for every finite scalar of a result (for loggers and tables).
+
+    Example:
+        >>> flat_scalars({"methods": {"saliency": {"localization": {"pointing_game": 0.5}}}})
+        {'saliency/localization/pointing_game': 0.5}
+    """
+    out: dict[str, float] = {}
+    for method, metrics in result["methods"].items():
+        for metric, values in metrics.items():
+            for key, value in values.items():
+                if isinstance(value, dict):  # randomisation: one entry per similarity
+                    if isinstance(value.get("final"), (int, float)):
+                        out[f"{method}/{metric}/{key}"] = float(value["final"])
+                elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    out[f"{method}/{metric}/{key}"] = float(value)
+    return out
+
+
+def write_and_log(
+    trainer: Trainer,
+    output: Path,
+    result: Mapping[str, Any],
+    records: Sequence[SampleRecord],
+    class_names: Sequence[str] | None,
+    decode: Callable[[Tensor], list[str]],
+) -> None:
+    """Global rank 0's output: figures and scores to the loggers, then the files into ``output``.
+
+    The figures are those of ``result`` and of the kept samples among ``records``; ``metrics.json``, the PNGs and
+    ``report.html`` are written into a work directory renamed to ``output`` only once complete.
+
+    Example::
+
+        write_and_log(trainer, Path("out"), result, records, ["circle", "square"], viz.token_decoder(None))
+    """
+    samples = {
+        record.index: {"x": record.x, "target": record.target, "label": record.label, "maps": record.attributions}
+        for record in records
+        if record.x is not None
+    }
+    figures = report.build_figures(result, samples, class_names=class_names)
+    highlights = report.token_highlights(samples, decode, class_names)
+    figures.update({stem: figure for stem, (_, figure) in highlights.items()})
+    html_sections = {stem: text for stem, (text, _) in highlights.items()}
+    _log_to_loggers(trainer, result, figures, html_sections)
+    write_result(output, lambda tmp: report.write_outputs(tmp, result, figures, html_sections))
+
+
+def _log_to_loggers(
+    trainer: Trainer, result: Mapping[str, Any], figures: Mapping[str, Any], html_sections: Mapping[str, str]
+) -> None:
+    if not trainer.loggers:
+        return
+    scalars = flat_scalars(result)
+    delivery.log_metrics(trainer, {f"evaluate/{k}": v for k, v in scalars.items()}, step=0)
+    for key, figure in figures.items():
+        if key in html_sections:
+            delivery.log_html(trainer, f"evaluate/{key}", html_sections[key], figure, step=0)
+        else:
+            delivery.log_figure(trainer, f"evaluate/{key}", figure, step=0)
+    delivery.log_table(trainer, "evaluate/scores", ["key", "value"], [[k, v] for k, v in scalars.items()], step=0)

@@ -1,0 +1,223 @@
+""":func:`evaluate`: check the arguments and the set-up, drive the evaluation, write and log its results.
+
+Files appear atomically: everything is written into a hidden sibling work directory (``.<name>.work``) that is
+renamed to ``output_dir`` only once complete, so a crash never leaves a half-written result that looks finished.
+Every ``checkpoint_every`` batches each rank also saves its partial state there, and ``resume=True`` continues a
+killed run from it (:mod:`lit_attr._resume`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from lightning import LightningDataModule, Trainer
+from torch import nn
+
+import lit_attr.viz as viz
+from lit_attr._checks import (
+    check_bounds,
+    check_callable,
+    check_choice,
+    check_flag,
+    check_int,
+    check_names,
+    check_option_dicts,
+    check_optional_int,
+)
+from lit_attr._probe import load_probe
+from lit_attr._resume import WorkDirectory, check_output_dir, model_digest
+from lit_attr.batch import BatchAdapter
+from lit_attr.evaluate.checks import STAGES, EvaluationError, check_logits, split_collate, split_dataset
+from lit_attr.evaluate.driver import QUIET_TRAINER, EvaluationModule, ProgressBar
+from lit_attr.evaluate.results import package_versions, to_plain, write_and_log
+from lit_attr.methods import available_methods
+from lit_attr.metrics import available_metrics
+
+__all__ = ["evaluate"]
+
+def evaluate(
+    model: nn.Module,
+    datamodule: LightningDataModule,
+    output_dir: str | os.PathLike = "lit_attr_evaluation",
+    methods: Sequence[str] = ("saliency", "integrated_gradients"),
+    method_kwargs: dict[str, dict[str, Any]] | None = None,
+    metrics: Sequence[str] = ("insertion_deletion", "localization", "activation_deviation"),
+    metric_kwargs: dict[str, dict[str, Any]] | None = None,
+    split: Literal["val", "test"] = "val",
+    limit_samples: int | None = None,
+    batch_size: int = 16,
+    input_bounds: tuple[float, float] | None = (0.0, 1.0),
+    target: Literal["label", "prediction"] = "label",
+    heatmap_samples: int = 8,
+    randomization_samples: int = 8,
+    reference_pool_size: int = 64,
+    trainer: Trainer | None = None,
+    config: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    tokenizer: Any = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    checkpoint_every: int = 10,
+    batch_adapter: BatchAdapter | None = None,
+) -> dict[str, Any]:
+    """Attribute one split with every method, score the maps and write ``metrics.json``, PNGs and ``report.html``.
+
+    Args:
+        model: a classifier returning logits (typically a LightningModule loaded from a checkpoint).
+        datamodule: provides the split; samples are ``(x, y[, mask])``, a tensor or a dict.
+        output_dir: directory that receives the results; the work happens in its hidden sibling
+            ``.<name>.work``, renamed to ``output_dir`` when complete. A finished evaluation there is only replaced
+            with ``overwrite=True``; a non-empty directory without ``metrics.json`` never.
+        methods: registered method names (:func:`~lit_attr.methods.available_methods`).
+        method_kwargs: ``{method: {option: value}}``, e.g. ``{"fei": {"iterations": 20}}``.
+        metrics: names from :func:`~lit_attr.metrics.available_metrics` (every registered metric); those that
+            need masks (``"localization"``) are skipped when the data has none.
+        metric_kwargs: ``{metric: {option: value}}``, e.g. ``{"insertion_deletion": {"preset": "rise"}}``.
+        split: ``"val"`` or ``"test"``.
+        limit_samples: evaluate only the first N samples of the split.
+        batch_size: samples attributed at once (per process).
+        input_bounds: valid input range, passed to every method.
+        target: explain the ``"label"`` or the model's ``"prediction"``.
+        heatmap_samples: the first N samples are shown in the heatmap grids.
+        randomization_samples: the first N samples go through the metrics that re-run the method on other
+            weights or inputs (``randomization``, ``emprt``, ``smprt``, ``sensitivity``): they cost many passes.
+        reference_pool_size: IG2's reference pool: the first N samples of the split.
+        trainer: runs the loop (devices, strategy, loggers); forced to ``inference_mode=False`` semantics by
+            construction. ``None`` builds a single-process CPU trainer.
+        config: the resolved configuration, stored in ``metrics.json``.
+        progress: show rich progress bars on rank 0.
+        tokenizer: turns token ids into the words of the report's highlighting (see
+            :func:`lit_attr.viz.token_decoder`); defaults to the datamodule (its ``decode`` or ``tokenizer``).
+        resume: continue the unfinished evaluation in the work directory (a killed run): every rank reloads its
+            metric states and records and skips its finished batches. It must have the same configuration and
+            number of processes, else the resume is refused with the reason. Without an unfinished evaluation
+            the run starts from the beginning.
+        overwrite: replace a finished evaluation in ``output_dir``; without ``resume``, also discard an
+            unfinished one (which is otherwise an error).
+        checkpoint_every: each rank saves its partial state every this many batches.
+        batch_adapter: turns a collated batch of the split into :class:`~lit_attr.batch.Batch` (the callbacks'
+            ``batch_adapter``); ``None`` reads ``(x, y[, mask])`` tuples and dicts
+            (:func:`~lit_attr.batch.default_batch_adapter`).
+
+    Returns:
+        The content of ``metrics.json`` (on every rank; only rank 0 writes files).
+
+    Raises:
+        EvaluationError: for an unusable split, a model that does not return logits, a trainer in inference mode,
+            an ``output_dir`` that must not be replaced, an unfinished evaluation without ``resume`` or
+            ``overwrite``, or a resume with another configuration or number of processes.
+        ValueError: for unknown method or metric names.
+
+    Example:
+        >>> from lit_attr.data import ShapesDataModule
+        >>> from lit_attr.models import DemoClassifier
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as out:
+        ...     result = evaluate(DemoClassifier(), ShapesDataModule(num_train=8, num_val=8), out,
+        ...                       methods=["saliency"], limit_samples=4, progress=False)
+        >>> sorted(result["methods"]["saliency"])
+        ['activation_deviation', 'insertion_deletion', 'localization']
+    """
+    _check_arguments(locals())  # every parameter, before anything is built or read
+    methods = check_names("methods", methods, available_methods(), what="method")
+    metrics = check_names("metrics", metrics, available_metrics(), what="metric") if metrics else ()
+    output = Path(output_dir).resolve()
+    refusal = check_output_dir(output, overwrite)
+    if refusal:
+        raise EvaluationError(refusal)
+    dataset = split_dataset(datamodule, split)
+    total = len(dataset)  # type: ignore[arg-type]
+    num_samples = total if limit_samples is None else min(int(limit_samples), total)
+    if num_samples < 1:
+        raise EvaluationError(f"the {split!r} split has no samples to evaluate")
+    collate = split_collate(datamodule, split)
+    first = load_probe(dataset, [0, 0], batch_adapter, collate)
+    num_classes = check_logits(model, first.x.float() if first.x.is_floating_point() else first.x, first.attention_mask)
+
+    if trainer is None:
+        trainer = Trainer(accelerator="cpu", devices=1, logger=False, **QUIET_TRAINER)
+    if trainer.test_loop.inference_mode:
+        raise EvaluationError("attribution needs gradients: build the Trainer with inference_mode=False")
+    settings = {
+        "methods": list(methods),
+        "method_kwargs": {k: dict(v) for k, v in (method_kwargs or {}).items() if k in methods},
+        "metrics": list(metrics),
+        "metric_kwargs": {k: dict(v) for k, v in (metric_kwargs or {}).items() if k in metrics},
+        "batch_size": int(batch_size),
+        "input_bounds": None if input_bounds is None else tuple(input_bounds),
+        "target": target,
+        "heatmap_samples": int(heatmap_samples),
+        "randomization_samples": int(randomization_samples),
+        "reference_pool_size": int(reference_pool_size),
+    }
+    fingerprint = {
+        **settings,
+        "split": split,
+        "num_samples": num_samples,
+        "world_size": trainer.world_size,
+        "precision": str(trainer.precision),
+        "model": model_digest(model),
+        "config": {k: v for k, v in (config or {}).items() if k not in _RUN_CONTROL},
+    }
+    work = WorkDirectory(output, to_plain(fingerprint))
+    control = {"resume": resume, "overwrite": overwrite, "checkpoint_every": checkpoint_every}
+    wrapper = EvaluationModule(model, dataset, num_samples, settings, work, control, collate, batch_adapter)
+    # The bar follows rank 0's shard, which is representative of every rank's.
+    bar = ProgressBar(enabled=progress and trainer.is_global_zero, total=math.ceil(num_samples / trainer.world_size))
+    wrapper.progress = bar.update if bar.enabled else None
+    with bar:
+        trainer.test(wrapper, verbose=False)
+
+    result: dict[str, Any] = {
+        "split": split,
+        "num_samples": num_samples,
+        "num_classes": num_classes,
+        "world_size": trainer.world_size,
+        "methods": wrapper.results,
+        "timing": {
+            name: {"seconds_per_sample": sum(record.seconds[name] for record in wrapper.records) / num_samples}
+            for name in wrapper.results
+        },
+        "config": to_plain(dict(config)) if config is not None else None,
+        "versions": package_versions(),
+    }
+    if trainer.is_global_zero:
+        decode = viz.token_decoder(tokenizer or datamodule)
+        write_and_log(trainer, output, result, wrapper.records, getattr(datamodule, "class_names", None), decode)
+    else:
+        work.discard(trainer.global_rank, trainer.world_size)
+    return result
+
+
+def _check_arguments(arguments: Mapping[str, Any]) -> None:
+    """Refuse bad arguments of :func:`evaluate` before anything runs (TypeError/ValueError naming the argument)."""
+    for name, kind in (("model", nn.Module), ("datamodule", LightningDataModule)):
+        if not isinstance(arguments[name], kind):
+            raise TypeError(f"`{name}` must be a {kind.__name__}, got {type(arguments[name]).__name__}")
+    for name, kind in (("trainer", Trainer), ("config", Mapping)):
+        if arguments[name] is not None and not isinstance(arguments[name], kind):
+            raise TypeError(f"`{name}` must be a {kind.__name__} or None, got {type(arguments[name]).__name__}")
+    # Options for registered methods that are not run are fine (a config narrowed with --methods); unknown names
+    # are typos.
+    check_option_dicts("method_kwargs", arguments["method_kwargs"], available_methods(), what="method")
+    check_option_dicts("metric_kwargs", arguments["metric_kwargs"], available_metrics(), what="metric")
+    check_choice("split", arguments["split"], tuple(STAGES))
+    check_choice("target", arguments["target"], ("label", "prediction"))
+    check_optional_int("limit_samples", arguments["limit_samples"], 1)
+    check_int("batch_size", arguments["batch_size"], 1)
+    check_int("checkpoint_every", arguments["checkpoint_every"], 1)
+    for name in ("heatmap_samples", "randomization_samples", "reference_pool_size"):
+        check_int(name, arguments[name], 0)
+    check_bounds("input_bounds", arguments["input_bounds"])
+    for name in ("progress", "resume", "overwrite"):
+        check_flag(name, arguments[name])
+    check_callable("batch_adapter", arguments["batch_adapter"])
+
+
+_RUN_CONTROL = ("output_dir", "resume", "overwrite", "checkpoint_every", "trainer", "ckpt_path", "trust_checkpoint")
+"""Configuration keys that do not decide the numbers: a resumed run may change them (the weights are compared by
+their digest, the number of processes on its own)."""
