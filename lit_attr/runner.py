@@ -39,6 +39,7 @@ from lit_attr._checks import (
 )
 from lit_attr._hygiene import preserved_model_state, preserved_rng_state
 from lit_attr.batch import Batch
+from lit_attr.keys import VERDICT, scalar_key
 from lit_attr.methods.base import AttributionMethod, attributions_of
 from lit_attr.methods.registry import available_methods, get_method
 from lit_attr.metrics.registry import MetricSpec, available_metrics, check_metric_names, get_metric_spec
@@ -70,8 +71,8 @@ class SampleRecord:
         prediction: the model's top-1 class on the clean input.
         confidence: the top-1 probability.
         target_probability: the probability of ``target``.
-        scores: ``{method: {score name: value}}``: each metric's per-sample headline numbers (the same keys as
-            :meth:`AttributionRunner.scalars`, whose values are their means).
+        scores: ``{method: {score name: value}}``: each metric's per-sample headline numbers (the ``<score>`` of
+            the keys of :meth:`AttributionRunner.scalars`, whose values are their means).
         seconds: ``{method: seconds}``: the method's time on the sample's batch, divided by the batch size.
         x: the input (CPU, float32) for samples the runner was asked to keep, else None.
         attributions: ``{method: map}`` (CPU, float32) for kept samples, else empty.
@@ -194,8 +195,9 @@ class AttributionRunner:
         >>> records = runner.run(Batch(torch.rand(2, 3, 8, 8)), indices=[10, 11])
         >>> sorted(records[0].scores["saliency"])
         ['deletion', 'difference', 'insertion']
-        >>> sorted(runner.scalars())
-        ['saliency/deletion', 'saliency/difference', 'saliency/insertion']
+        >>> sorted(runner.scalars())  # doctest: +NORMALIZE_WHITESPACE
+        ['attr/saliency/insertion_deletion/deletion', 'attr/saliency/insertion_deletion/difference',
+         'attr/saliency/insertion_deletion/insertion']
     """
 
     def __init__(
@@ -531,17 +533,19 @@ class AttributionRunner:
         return out
 
     def scalars(self, results: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None) -> dict[str, Tensor]:
-        """``{"<method>/<score name>": 0-d tensor}``: the headline numbers, flat (for loggers and ``log_dict``).
+        """``{"attr/<method>/<metric>/<score>": 0-d tensor}``: the headline numbers, flat (for ``log_dict``).
 
-        The sanity checks' verdicts come with them as ``"<method>/<metric>_passed"`` (1.0 or 0.0).
+        The one key scheme of :mod:`lit_attr.keys`: the monitor, ``evaluate`` and ``AttributionQuality`` log these
+        keys. The sanity checks' verdicts come with them as ``"attr/<method>/<metric>/passed"`` (1.0 or 0.0).
         """
         results = self.compute() if results is None else results
-        summary = self.summary(results)
-        flat = {f"{method}/{key}": value for method, values in summary.items() for key, value in values.items()}
+        flat: dict[str, Tensor] = {}
         for method, metrics in results.items():
             for metric, details in metrics.items():
-                if isinstance(details, Mapping) and isinstance(details.get("passed"), bool):
-                    flat[f"{method}/{metric}_passed"] = torch.tensor(float(details["passed"]))
+                for score, value in self.specs[metric].summary(details, False).items():
+                    flat[scalar_key(method, metric, score)] = value
+                if isinstance(details, Mapping) and isinstance(details.get(VERDICT), bool):
+                    flat[scalar_key(method, metric, VERDICT)] = torch.tensor(float(details[VERDICT]))
         return flat
 
 

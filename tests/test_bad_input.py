@@ -383,7 +383,7 @@ CALLBACKS = [
      lambda: RandomizationCheck(["saliency"], every_n_epochs=0)),
     ("randomization_check-layers_int", "`layers`", lambda: RandomizationCheck(["saliency"], layers=3)),
     ("randomization_check-layers_empty", "`layers`", lambda: RandomizationCheck(["saliency"], layers=[])),
-    ("checkpoint-mode", "`mode`", lambda: AttributionCheckpoint(monitor="attr/saliency/insertion", mode="sideways")),
+    ("checkpoint-mode", "`mode`", lambda: AttributionCheckpoint(monitor="attr/m/metric/score", mode="sideways")),
     ("checkpoint-monitor_int", "`monitor`", lambda: AttributionCheckpoint(monitor=3)),
     ("checkpoint-save_top_k", "save_top_k", lambda: AttributionCheckpoint(monitor="attr/x", save_top_k=-2)),
     ("early_stopping-mode", "`mode`", lambda: AttributionEarlyStopping(monitor="attr/x", mode="sideways")),

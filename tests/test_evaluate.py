@@ -83,10 +83,10 @@ def test_score_table_and_flat_scalars_agree():
     assert rows == [["saliency", 0.75, 0.25, 0.5, 0.1, "passed", 2.0]]
     assert header[0] == "method" and len(header) == len(rows[0])
     assert flat_scalars(result) == {
-        "saliency/insertion_deletion/insertion": 0.75,
-        "saliency/insertion_deletion/deletion": 0.25,
-        "saliency/insertion_deletion/difference": 0.5,
-        "saliency/randomization/spearman_abs": 0.1,
+        "attr/saliency/insertion_deletion/insertion": 0.75,
+        "attr/saliency/insertion_deletion/deletion": 0.25,
+        "attr/saliency/insertion_deletion/difference": 0.5,
+        "attr/saliency/randomization/spearman_abs": 0.1,
     }
     page = render_html(result, {"curves": b"\x89PNG"})
     assert "<td>0.750</td>" in page and 'src="data:image/png;base64,iVBORw==' in page

@@ -84,7 +84,7 @@ def _monitor_scores(net, dm, metrics, metric_kwargs):
                                  input_bounds=(0.0, 1.0))  # fmt: skip
     trainer = L.Trainer(logger=False, callbacks=[monitor], inference_mode=False, **TRAINER_DEFAULTS)
     trainer.validate(net, datamodule=dm, verbose=False)
-    return {key[len("attr/") :]: value for key, value in trainer.callback_metrics.items() if key.startswith("attr/")}
+    return {key: value for key, value in trainer.callback_metrics.items() if key.startswith("attr/")}
 
 
 def _evaluate_scores(net, dm, metrics, metric_kwargs, tmp_path):
@@ -116,14 +116,14 @@ def test_monitor_evaluate_and_attribution_quality_give_identical_scores(data, tm
     evaluated = _evaluate_scores(net, data, metrics, metric_kwargs, tmp_path)
     quality = _quality_scores(net, data, metrics, metric_kwargs)
 
-    expected_keys = {f"{m}/{k}" for m in METHODS for k in
-                     ("insertion", "deletion", "difference", "pointing_game", "relevance_mass", "relevance_rank",
-                      "auroc", "mean_abs")}  # fmt: skip
+    # One key scheme, attr/<method>/<metric>/<score>, written out by hand.
+    scores = {"insertion_deletion": ("insertion", "deletion", "difference"), mean_abs_metric: ("mean_abs",),
+              "localization": ("pointing_game", "relevance_mass", "relevance_rank", "auroc")}  # fmt: skip
+    expected_keys = {f"attr/{m}/{metric}/{k}" for m in METHODS for metric, keys in scores.items() for k in keys}
     assert set(monitored) == expected_keys
     assert set(quality) == expected_keys
     for key in sorted(expected_keys):
-        method, score = key.split("/")
-        metric = next(name for name in metrics if score in evaluated["methods"][method][name])
+        _, method, metric, score = key.split("/")
         from_evaluate = torch.tensor(evaluated["methods"][method][metric][score])
         torch.testing.assert_close(monitored[key].float(), from_evaluate.float(), rtol=1e-5, atol=1e-6, msg=key)
         torch.testing.assert_close(quality[key].float(), from_evaluate.float(), rtol=1e-5, atol=1e-6, msg=key)
@@ -132,11 +132,12 @@ def test_monitor_evaluate_and_attribution_quality_give_identical_scores(data, tm
     x, y = data.val_set.images, data.val_set.labels
     saliency = get_method("saliency", net).attribute(x, y)
     expected = 2.0 * saliency.abs().flatten(1).mean(dim=1).mean()
-    torch.testing.assert_close(quality["saliency/mean_abs"], expected, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(quality[f"attr/saliency/{mean_abs_metric}/mean_abs"], expected, rtol=1e-5, atol=1e-7)
     # The insertion scores equal the metric run by hand on the same maps.
     reference = InsertionDeletion(net, n_steps=6)
     reference.update(x, saliency, y)
-    torch.testing.assert_close(monitored["saliency/insertion"], reference.compute()["insertion"], rtol=1e-5, atol=1e-6)
+    insertion = monitored["attr/saliency/insertion_deletion/insertion"]
+    torch.testing.assert_close(insertion, reference.compute()["insertion"], rtol=1e-5, atol=1e-6)
 
 
 def test_the_registered_metric_reaches_the_report_and_per_sample_records(data, tmp_path, mean_abs_metric):
@@ -155,9 +156,11 @@ def test_the_registered_metric_reaches_the_report_and_per_sample_records(data, t
     torch.testing.assert_close(records[2].attributions["saliency"], maps[2])
     # Per-sample means are the scalars, for every headline number.
     scalars = runner.scalars()
-    for key in ("insertion", "deletion", "difference", "mean_abs"):
+    for metric, key in (*(("insertion_deletion", k) for k in ("insertion", "deletion", "difference")),
+                        (mean_abs_metric, "mean_abs")):  # fmt: skip
         mean = torch.tensor([r.scores["saliency"][key] for r in records]).mean()
-        torch.testing.assert_close(scalars[f"saliency/{key}"].float(), mean, rtol=1e-5, atol=1e-7, msg=key)
+        logged = scalars[f"attr/saliency/{metric}/{key}"]
+        torch.testing.assert_close(logged.float(), mean, rtol=1e-5, atol=1e-7, msg=key)
 
 
 def test_one_clean_forward_per_batch(data):
@@ -192,7 +195,8 @@ def test_metric_samples_limit_which_samples_a_metric_sees(data):
     assert ["pointing_game" in r.scores["saliency"] for r in records] == [False, True, True, False]
     reference = Localization()
     reference.update(get_method("saliency", net).attribute(x[1:3], y[1:3]), masks[1:3])
-    torch.testing.assert_close(runner.scalars()["saliency/relevance_mass"], reference.compute()["relevance_mass"])
+    scalar = runner.scalars()["attr/saliency/localization/relevance_mass"]
+    torch.testing.assert_close(scalar, reference.compute()["relevance_mass"])
 
 
 def test_prepare_hands_the_data_to_every_method(data):
@@ -283,27 +287,31 @@ def test_every_registered_metric_works_in_the_monitor_evaluate_quality_and_the_r
                                  metric_kwargs=NEW_METRICS, background_delivery=False)  # fmt: skip
     trainer = L.Trainer(logger=False, callbacks=[monitor], inference_mode=False, **TRAINER_DEFAULTS)
     trainer.validate(net, datamodule=dm, verbose=False)
-    monitored = {k[len("attr/saliency/") :]: v for k, v in trainer.callback_metrics.items() if k.startswith("attr/")}
+    monitored = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("attr/")}
     result = evaluate(net, dm, tmp_path / "out", methods=["saliency"], metrics=list(metrics), metric_kwargs=NEW_METRICS,
                       limit_samples=n, randomization_samples=n, input_bounds=None, progress=False)  # fmt: skip
     quality = AttributionQuality(net, "saliency", metrics=metrics, metric_kwargs=NEW_METRICS)
     dm.setup("validate")
     quality.update(dm.val_set.images, target=dm.val_set.labels)
-    scores = {k[len("saliency/") :]: v for k, v in quality.compute().items()}
+    scores = quality.compute()
 
-    expected = {"road", "morf", "lerf", "infidelity", "sensitivity", "emprt", "entropy_original", "entropy_randomized",
-                "smprt_spearman_abs"}  # fmt: skip
-    verdicts = {"emprt_passed", "smprt_passed"}
+    expected = {"attr/saliency/road/road", "attr/saliency/road/morf", "attr/saliency/road/lerf",
+                "attr/saliency/infidelity/infidelity", "attr/saliency/sensitivity/sensitivity",
+                "attr/saliency/emprt/emprt", "attr/saliency/emprt/entropy_original",
+                "attr/saliency/emprt/entropy_randomized", "attr/saliency/smprt/smprt_spearman_abs"}  # fmt: skip
+    verdicts = {"attr/saliency/emprt/passed", "attr/saliency/smprt/passed"}
     assert set(monitored) == set(scores) == expected | verdicts
-    for key in verdicts:
-        assert float(monitored[key]) == float(scores[key]) == float(result["methods"]["saliency"][key[:5]]["passed"])
     evaluated = result["methods"]["saliency"]
+    for key in verdicts:
+        metric = key.split("/")[2]
+        assert float(monitored[key]) == float(scores[key]) == float(evaluated[metric]["passed"])
     assert set(evaluated) == set(metrics)
     for key in expected:
-        if key.startswith("smprt_"):
-            value = evaluated["smprt"][key[len("smprt_") :]]["final"]
+        _, _, metric, score = key.split("/")
+        if metric == "smprt":
+            value = evaluated["smprt"][score[len("smprt_") :]]["final"]
         else:
-            value = evaluated[next(m for m in metrics if key in evaluated[m])][key]
+            value = evaluated[metric][score]
         torch.testing.assert_close(monitored[key].float(), torch.tensor(value).float(), rtol=1e-5, atol=1e-6, msg=key)
         torch.testing.assert_close(scores[key].float(), torch.tensor(value).float(), rtol=1e-5, atol=1e-6, msg=key)
     page = (tmp_path / "out" / "report.html").read_text()
@@ -327,8 +335,9 @@ def test_smprt_through_the_runner_is_the_metric_itself_beside_mprt(data):
     scalars = runner.scalars()
     reference = ParameterRandomization("saliency", net, stages="last")
     reference.update(x, target=y)
-    assert float(scalars["saliency/spearman_abs"]) == pytest.approx(float(reference.compute()["spearman_abs"]))
-    assert float(scalars["saliency/smprt_spearman_abs"]) == pytest.approx(float(direct.compute()["spearman_abs"]))
+    mprt, smprt = scalars["attr/saliency/randomization/spearman_abs"], scalars["attr/saliency/smprt/smprt_spearman_abs"]
+    assert float(mprt) == pytest.approx(float(reference.compute()["spearman_abs"]))
+    assert float(smprt) == pytest.approx(float(direct.compute()["spearman_abs"]))
 
 
 def test_two_metrics_reporting_one_score_name_are_refused(data):

@@ -42,7 +42,7 @@ def test_monitor_evaluate_and_quality_agree_on_token_batches(text, tmp_path):
     logger = L.pytorch.loggers.CSVLogger(tmp_path / "logs")
     trainer = L.Trainer(logger=logger, callbacks=[monitor], inference_mode=False, **TRAINER)
     trainer.validate(model, datamodule=data, verbose=False)
-    monitored = {k[len("attr/") :]: v for k, v in trainer.callback_metrics.items() if k.startswith("attr/")}
+    monitored = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("attr/")}
 
     result = evaluate(model, data, tmp_path / "out", methods=list(METHODS), method_kwargs=METHOD_KWARGS,
                       metrics=list(METRICS), metric_kwargs=METRIC_KWARGS, limit_samples=N, batch_size=N,
@@ -56,11 +56,13 @@ def test_monitor_evaluate_and_quality_agree_on_token_batches(text, tmp_path):
                       attention_mask=batch["attention_mask"], special_tokens_mask=batch["special_tokens_mask"])
         quality.update(metric.compute())
 
-    keys = {"comprehensiveness", "sufficiency", "insertion", "deletion", "difference", "token_f1", "token_iou", "auprc"}
-    assert set(monitored) == set(quality) == {f"{m}/{k}" for m in METHODS for k in keys}
+    scores = {"comprehensiveness": ("comprehensiveness",), "sufficiency": ("sufficiency",),
+              "token_insertion_deletion": ("insertion", "deletion", "difference"),
+              "token_localization": ("token_f1", "token_iou", "auprc")}  # fmt: skip
+    keys = {f"attr/{m}/{metric}/{k}" for m in METHODS for metric, names in scores.items() for k in names}
+    assert set(monitored) == set(quality) == keys
     for key in sorted(monitored):
-        method, score = key.split("/")
-        metric = next(name for name in METRICS if score in result["methods"][method][name])
+        _, method, metric, score = key.split("/")
         value = torch.tensor(result["methods"][method][metric][score])
         torch.testing.assert_close(monitored[key].float(), value.float(), rtol=1e-5, atol=1e-6, msg=key)
         torch.testing.assert_close(quality[key].float(), value.float(), rtol=1e-5, atol=1e-6, msg=key)

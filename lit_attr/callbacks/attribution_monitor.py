@@ -24,6 +24,7 @@ from lit_attr.callbacks._base import AttributionCallback
 from lit_attr.callbacks._budget import TimeBudget, fit_progress
 from lit_attr.callbacks._monitor_media import RunMedia, deliver_run
 from lit_attr.delivery import DeliveryWorker
+from lit_attr.keys import OVERHEAD
 from lit_attr.metrics.registry import check_metric_names, get_metric_spec
 from lit_attr.runner import MethodsArg, SampleRecord, gather_records
 
@@ -43,9 +44,9 @@ class AttributionMonitor(AttributionCallback):
 
     * the methods attribute the probe samples' ``target`` (the label, or the prediction) on the LightningModule
       itself (in eval mode, gradients enabled, everything about it restored afterwards);
-    * each metric's ``compute()`` runs on all ranks and its scalars are logged as ``attr/<method>/<metric>`` with
-      ``LightningModule.log`` (so they reach every logger and ``trainer.callback_metrics``, and can drive
-      checkpointing or early stopping), the sanity checks' verdicts as ``attr/<method>/<metric>_passed`` (1 or 0);
+    * each metric's ``compute()`` runs on all ranks and its headline numbers are logged with ``LightningModule.log``
+      as ``attr/<method>/<metric>/<score>`` (:mod:`lit_attr.keys`; so they reach every logger and
+      ``trainer.callback_metrics`` and can drive checkpointing), verdicts as ``attr/<method>/<metric>/passed``;
     * rank 0 logs, through :mod:`lit_attr.delivery`, a heatmap grid per method (``attr/<method>/heatmaps``: the
       first ``log_heatmaps`` probe samples, always the same ones), the mean insertion/deletion curves
       (``attr/insertion_deletion_curves``) and a table of every probe sample's scores per method
@@ -393,11 +394,11 @@ class AttributionMonitor(AttributionCallback):
         # Rank 0's account, as for the decisions: every rank logs the same number.
         overhead = trainer.strategy.broadcast(self._budget.overhead_now(self._clock()), src=0)
         if scored:  # a failed run leaves an earlier run's entry of the same epoch alone
-            self._history[epoch]["attr/overhead"] = overhead
+            self._history[epoch][OVERHEAD] = overhead
         if in_loop:
-            pl_module.log("attr/overhead", overhead, sync_dist=True, reduce_fx="max")
+            pl_module.log(OVERHEAD, overhead, sync_dist=True, reduce_fx="max")
         else:
-            delivery.log_metrics(trainer, {"attr/overhead": overhead, "epoch": epoch})
+            delivery.log_metrics(trainer, {OVERHEAD: overhead, "epoch": epoch})
 
     def _run(
         self, trainer: Trainer, pl_module: LightningModule, split: str, epoch: int | None, in_loop: bool = True
@@ -423,7 +424,7 @@ class AttributionMonitor(AttributionCallback):
             return False
 
         results = runner.compute()
-        scalars = {f"attr/{key}": value for key, value in runner.scalars(results).items()}
+        scalars = runner.scalars(results)
         runner.reset()
         if in_loop:
             for key, value in scalars.items():

@@ -17,10 +17,13 @@ from lit_attr._probe import find_dataset
 from lit_attr.batch import Batch, BatchAdapter
 from lit_attr.callbacks._base import AttributionCallback
 from lit_attr.functional.randomization import ORDERS, STAGE_MODES
+from lit_attr.keys import VERDICT, scalar_key
 from lit_attr.metrics.parameter_randomization import SIMILARITIES
 from lit_attr.runner import AttributionRunner, MethodsArg
 
 __all__ = ["RandomizationCheck"]
+
+METRIC = "randomization"  # the registered metric the check runs: the <metric> of its keys
 
 
 class RandomizationCheck(AttributionCallback):
@@ -37,8 +40,9 @@ class RandomizationCheck(AttributionCallback):
     its shard and the similarities are ``sum``-reduced over ranks). Rank 0 then logs, through
     :mod:`lit_attr.delivery`:
 
-    * scalars ``randomization/<method>/<similarity>`` (the similarity at the last stage) and
-      ``randomization/<method>/passed`` (1 or 0);
+    * scalars ``attr/<method>/randomization/<similarity>`` (the similarity at the last stage) and
+      ``attr/<method>/randomization/passed`` (1 or 0): the keys of :mod:`lit_attr.keys`, as the monitor's
+      ``"randomization"`` metric logs them;
     * the per-stage similarity curves (``randomization/similarity_curves``) and a table of them
       (``randomization/curves``);
     * a grid of the first ``log_heatmaps`` probe samples' ``|A|`` at every stage (``randomization/<method>/stages``):
@@ -123,7 +127,7 @@ class RandomizationCheck(AttributionCallback):
     # ------------------------------------------------------------------ state
     @property
     def history(self) -> dict[int, dict[str, Any]]:
-        """Summary of every run: ``{epoch: {"<method>/<similarity>": final, "<method>/passed": bool}}``."""
+        """Summary of every run: ``{epoch: {key: value}}``, the logged scalars (the verdicts as bools)."""
         return {epoch: dict(values) for epoch, values in self._history.items()}
 
     @property
@@ -184,7 +188,7 @@ class RandomizationCheck(AttributionCallback):
             "seed": self.seed,
             "threshold": self.threshold,
         }
-        return {"metrics": ("randomization",), "metric_kwargs": {"randomization": options}}
+        return {"metrics": (METRIC,), "metric_kwargs": {METRIC: options}}
 
     def _run(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
         runner = self._runner_for(pl_module)
@@ -205,12 +209,12 @@ class RandomizationCheck(AttributionCallback):
 
         results = runner.compute()
         runner.reset()
-        self.results = {name: _to_cpu(metrics["randomization"]) for name, metrics in results.items()}
+        self.results = {name: _to_cpu(metrics[METRIC]) for name, metrics in results.items()}
         summary: dict[str, Any] = {}
         for name, result in self.results.items():
             for measure in self.similarity:
-                summary[f"{name}/{measure}"] = float(result[measure]["final"])
-            summary[f"{name}/passed"] = bool(result["passed"])
+                summary[scalar_key(name, METRIC, measure)] = float(result[measure]["final"])
+            summary[scalar_key(name, METRIC, VERDICT)] = bool(result["passed"])
         self._history[epoch] = summary
         if trainer.is_global_zero and trainer.loggers:
             try:
@@ -230,7 +234,7 @@ class RandomizationCheck(AttributionCallback):
         return {
             name: {
                 stage: maps.abs().cpu()
-                for stage, maps in runner.metrics[name]["randomization"].stage_attributions(shown.x, target)
+                for stage, maps in runner.metrics[name][METRIC].stage_attributions(shown.x, target)
             }
             for name in self.method_names
         }
@@ -238,10 +242,10 @@ class RandomizationCheck(AttributionCallback):
     def _deliver(
         self, trainer: Trainer, summary: dict[str, Any], stage_maps: dict[str, dict[str, Tensor]], epoch: int
     ) -> None:
-        delivery.log_metrics(trainer, {f"randomization/{key}": float(value) for key, value in summary.items()})
+        delivery.log_metrics(trainer, {key: float(value) for key, value in summary.items()})
         rows = [
-            [epoch, name, measure, summary[f"{name}/{measure}"], self.threshold, summary[f"{name}/passed"]]
-            for name in self.results
+            [epoch, name, measure, float(result[measure]["final"]), self.threshold, bool(result["passed"])]
+            for name, result in self.results.items()
             for measure in self.similarity
         ]
         columns = ["epoch", "method", "similarity", "final", "threshold", "passed"]
@@ -266,7 +270,7 @@ class RandomizationCheck(AttributionCallback):
         if stage_maps and probe is not None:
             images = probe.x[: self.log_heatmaps]
             for name, maps in stage_maps.items():
-                verdict = "passed" if summary[f"{name}/passed"] else "FAILED"
+                verdict = "passed" if self.results[name]["passed"] else "FAILED"
                 grid = viz.randomization_grid(images, maps, title=f"{name}: {verdict} (epoch {epoch})")
                 delivery.log_image(trainer, f"randomization/{name}/stages", grid, caption=f"{name}: {verdict}")
 

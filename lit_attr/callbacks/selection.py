@@ -5,12 +5,15 @@ of a key in ``trainer.callback_metrics``, so at a skipped epoch a plain ``ModelC
 would weigh the weights of that epoch by a score measured on earlier weights, and before the monitor's first run it
 finds no key at all and raises. The two callbacks here are Lightning's own, except that for an ``attr/`` key they
 consider only the epochs the monitor ran: a checkpoint is saved (and patience counted) only where the score
-belongs to the weights.
+belongs to the weights. A key of the monitor's former scheme (``attr/<method>/<score>``) gets its current form
+``attr/<method>/<metric>/<score>`` (:mod:`lit_attr.keys`) with a DeprecationWarning, at the first epoch the monitor
+scores (``attr/<method>/<metric>_passed`` at once), or is refused if it matches none or several of the logged keys.
 """
 
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +23,8 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from typing_extensions import override
 
 from lit_attr._checks import check_int, check_number
+from lit_attr.keys import VERDICT, former_key_matches, is_former_key, scalar_key
+from lit_attr.metrics.registry import available_metrics
 
 __all__ = ["AttributionCheckpoint", "AttributionEarlyStopping", "scored_this_epoch"]
 
@@ -41,7 +46,7 @@ def scored_this_epoch(trainer: Trainer, key: str | None) -> bool:
     if key is None or not key.startswith("attr/"):
         return True
     monitors = [callback for callback in trainer.callbacks if isinstance(callback, AttributionMonitor)]
-    # attr/<method>/<score> belongs to the monitor of that method; attr/overhead (or an unknown method) to all.
+    # attr/<method>/... belongs to the monitor of that method; attr/overhead (or an unknown method) to all.
     parts = key.split("/")
     owners = [monitor for monitor in monitors if len(parts) > 2 and parts[1] in monitor.method_names] or monitors
     return any(monitor.last_epoch == trainer.current_epoch for monitor in owners)
@@ -60,6 +65,49 @@ def _init_lightning(init: Callable[..., None], callback: Any, args: tuple, kwarg
     return bound
 
 
+def _upgrade_former_key(callback: ModelCheckpoint | EarlyStopping, current: list[str] | None = None) -> None:
+    """Replace a ``monitor`` key of the former scheme by its current form, with a DeprecationWarning naming it.
+
+    ``attr/<method>/<metric>_passed`` of a registered metric is mapped at once; ``attr/<method>/<score>`` when the
+    ``current`` keys (those the monitor logged) are known, to the one ``attr/<method>/<metric>/<score>`` among
+    them; none or several are refused.
+    """
+    key = callback.monitor
+    if not isinstance(key, str) or not is_former_key(key):
+        return
+    name = type(callback).__name__
+    _, method, score = key.split("/")
+    metric = score.removesuffix(f"_{VERDICT}")
+    if current is None:
+        if metric == score or metric not in available_metrics():
+            return  # the logged keys decide, at the first epoch the monitor scores
+        matches = [scalar_key(method, metric, VERDICT)]
+    else:
+        matches = former_key_matches(key, current)
+    if len(matches) != 1:
+        logged = sorted(k for k in current or () if k.startswith(f"attr/{method}/"))
+        raise ValueError(
+            f"{name}: `monitor={key!r}` has the former form attr/<method>/<score>, which "
+            f"{'several' if matches else 'none'} of the monitor's keys match ({', '.join(matches or logged) or 'none'})"
+            "; pass one in the form attr/<method>/<metric>/<score>."
+        )
+    warnings.warn(
+        f"{name}: `monitor={key!r}` has the former form attr/<method>/<score>; the monitor logs it as "
+        f"{matches[0]!r} (attr/<method>/<metric>/<score>): pass that.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    callback.monitor = matches[0]
+
+
+def _scored(callback: ModelCheckpoint | EarlyStopping, trainer: Trainer) -> bool:
+    """Whether ``callback.monitor`` is current at this epoch; a former-form key gets its current form here."""
+    if not scored_this_epoch(trainer, callback.monitor):
+        return False
+    _upgrade_former_key(callback, list(trainer.callback_metrics))
+    return True
+
+
 class AttributionCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` that, for an ``attr/...`` monitor, saves only at epochs the ``AttributionMonitor`` ran.
 
@@ -67,24 +115,25 @@ class AttributionCheckpoint(ModelCheckpoint):
     of every epoch (to resume from), add a plain ``ModelCheckpoint(save_last=True)``.
 
     Example:
-        >>> checkpoint = AttributionCheckpoint(monitor="attr/mfaba/insertion", mode="max")
+        >>> checkpoint = AttributionCheckpoint(monitor="attr/mfaba/insertion_deletion/insertion", mode="max")
         >>> checkpoint.monitor
-        'attr/mfaba/insertion'
+        'attr/mfaba/insertion_deletion/insertion'
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         _init_lightning(ModelCheckpoint.__init__, self, args, kwargs)
+        _upgrade_former_key(self)
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Save as ``ModelCheckpoint`` does, at the epochs where the monitored score is current."""
-        if scored_this_epoch(trainer, self.monitor):
+        if _scored(self, trainer):
             super().on_validation_end(trainer, pl_module)
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Save as ``ModelCheckpoint`` does (``save_on_train_epoch_end``), where the score is current."""
-        if scored_this_epoch(trainer, self.monitor):
+        if _scored(self, trainer):
             super().on_train_epoch_end(trainer, pl_module)
 
 
@@ -94,7 +143,8 @@ class AttributionEarlyStopping(EarlyStopping):
     ``patience`` then counts monitor runs without improvement, not epochs. Every argument is ``EarlyStopping``'s.
 
     Example:
-        >>> stopping = AttributionEarlyStopping(monitor="attr/mfaba/insertion", mode="max", patience=2)
+        >>> key = "attr/mfaba/insertion_deletion/insertion"
+        >>> stopping = AttributionEarlyStopping(monitor=key, mode="max", patience=2)
         >>> stopping.patience
         2
     """
@@ -105,15 +155,16 @@ class AttributionEarlyStopping(EarlyStopping):
             raise TypeError(f"`monitor` must be a logged key (str), got {type(self.monitor).__name__}.")
         check_int("patience", self.patience, 0)
         check_number("min_delta", bound.get("min_delta", 0.0))
+        _upgrade_former_key(self)
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Check as ``EarlyStopping`` does, at the epochs where the monitored score is current."""
-        if scored_this_epoch(trainer, self.monitor):
+        if _scored(self, trainer):
             super().on_validation_end(trainer, pl_module)
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Check as ``EarlyStopping`` does (``check_on_train_epoch_end``), where the score is current."""
-        if scored_this_epoch(trainer, self.monitor):
+        if _scored(self, trainer):
             super().on_train_epoch_end(trainer, pl_module)

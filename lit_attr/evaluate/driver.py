@@ -84,6 +84,7 @@ class EvaluationModule(LightningModule):
         self.work = work
         self.resume = resume  # {"resume": bool, "overwrite": bool, "checkpoint_every": int}
         self.results: dict[str, Any] = {}
+        self.scalars: dict[str, float] = {}  # the headline numbers, under the keys the monitor logs them
         self.records: list[SampleRecord] = []
         self.progress: Callable[[str, int], None] | None = None
         self._runner: AttributionRunner | None = None
@@ -174,7 +175,9 @@ class EvaluationModule(LightningModule):
     @override
     def on_test_epoch_end(self) -> None:
         # compute() on every rank: it all-reduces the sum states, so every rank must take part.
-        self.results = to_plain(self._runner.compute())
+        results = self._runner.compute()
+        self.results = to_plain(results)
+        self.scalars = {key: float(value) for key, value in self._runner.scalars(results).items()}
         self.records = gather_records(self.records)
 
 

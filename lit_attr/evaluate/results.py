@@ -15,6 +15,7 @@ from torch import Tensor
 import lit_attr.delivery as delivery
 import lit_attr.report as report
 from lit_attr._resume import write_result
+from lit_attr.keys import scalar_key
 from lit_attr.runner import SampleRecord
 
 __all__ = ["flat_scalars", "package_versions", "to_plain", "write_and_log"]
@@ -51,11 +52,13 @@ def package_versions() -> dict[str, str]:
 
 
 def flat_scalars(result: Mapping[str, Any]) -> dict[str, float]:
-    """``{"<method>/<metric>/<name>": value}`` for every finite scalar of a result (for loggers and tables).
+    """``{"attr/<method>/<metric>/<name>": value}`` for every finite number of a ``metrics.json`` result.
+
+    Keys of :mod:`lit_attr.keys`; a randomisation check's similarity counts by its final value.
 
     Example:
         >>> flat_scalars({"methods": {"saliency": {"localization": {"pointing_game": 0.5}}}})
-        {'saliency/localization/pointing_game': 0.5}
+        {'attr/saliency/localization/pointing_game': 0.5}
     """
     out: dict[str, float] = {}
     for method, metrics in result["methods"].items():
@@ -63,9 +66,9 @@ def flat_scalars(result: Mapping[str, Any]) -> dict[str, float]:
             for key, value in values.items():
                 if isinstance(value, dict):  # randomisation: one entry per similarity
                     if isinstance(value.get("final"), (int, float)):
-                        out[f"{method}/{metric}/{key}"] = float(value["final"])
+                        out[scalar_key(method, metric, key)] = float(value["final"])
                 elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                    out[f"{method}/{metric}/{key}"] = float(value)
+                    out[scalar_key(method, metric, key)] = float(value)
     return out
 
 
@@ -73,18 +76,20 @@ def write_and_log(
     trainer: Trainer,
     output: Path,
     result: Mapping[str, Any],
+    scalars: Mapping[str, float],
     records: Sequence[SampleRecord],
     class_names: Sequence[str] | None,
     decode: Callable[[Tensor], list[str]],
 ) -> None:
-    """Global rank 0's output: figures and scores to the loggers, then the files into ``output``.
+    """Global rank 0's output: scalars and figures to the loggers, then the files into ``output``.
 
-    The figures are those of ``result`` and of the kept samples among ``records``; ``metrics.json``, the PNGs and
-    ``report.html`` are written into a work directory renamed to ``output`` only once complete.
+    The ``scalars`` (``AttributionRunner.scalars``: the keys the monitor logs) are logged at step 0, with a table
+    of them; the figures are those of ``result`` and of the kept samples among ``records``. ``metrics.json``, the
+    PNGs and ``report.html`` are written into a work directory renamed to ``output`` only once complete.
 
     Example::
 
-        write_and_log(trainer, Path("out"), result, records, ["circle", "square"], viz.token_decoder(None))
+        write_and_log(trainer, Path("out"), result, scalars, records, ["circle", "square"], viz.token_decoder(None))
     """
     samples = {
         record.index: {"x": record.x, "target": record.target, "label": record.label, "maps": record.attributions}
@@ -95,17 +100,16 @@ def write_and_log(
     highlights = report.token_highlights(samples, decode, class_names)
     figures.update({stem: figure for stem, (_, figure) in highlights.items()})
     html_sections = {stem: text for stem, (text, _) in highlights.items()}
-    _log_to_loggers(trainer, result, figures, html_sections)
+    _log_to_loggers(trainer, scalars, figures, html_sections)
     write_result(output, lambda tmp: report.write_outputs(tmp, result, figures, html_sections))
 
 
 def _log_to_loggers(
-    trainer: Trainer, result: Mapping[str, Any], figures: Mapping[str, Any], html_sections: Mapping[str, str]
+    trainer: Trainer, scalars: Mapping[str, float], figures: Mapping[str, Any], html_sections: Mapping[str, str]
 ) -> None:
     if not trainer.loggers:
         return
-    scalars = flat_scalars(result)
-    delivery.log_metrics(trainer, {f"evaluate/{k}": v for k, v in scalars.items()}, step=0)
+    delivery.log_metrics(trainer, dict(scalars), step=0)
     for key, figure in figures.items():
         if key in html_sections:
             delivery.log_html(trainer, f"evaluate/{key}", html_sections[key], figure, step=0)

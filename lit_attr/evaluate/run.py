@@ -187,7 +187,8 @@ def evaluate(
     }
     if trainer.is_global_zero:
         decode = viz.token_decoder(tokenizer or datamodule)
-        write_and_log(trainer, output, result, wrapper.records, getattr(datamodule, "class_names", None), decode)
+        class_names = getattr(datamodule, "class_names", None)
+        write_and_log(trainer, output, result, wrapper.scalars, wrapper.records, class_names, decode)
     else:
         work.discard(trainer.global_rank, trainer.world_size)
     return result

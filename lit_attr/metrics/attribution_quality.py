@@ -22,8 +22,9 @@ class AttributionQuality(Metric):
 
     ``update`` runs the method with gradients enabled, also under ``torch.no_grad()`` and on Lightning's
     inference tensors (the method core takes care of that), so the metric works inside ``validation_step``.
-    ``compute`` returns a flat dict ``{"<method>/<value>": scalar tensor}`` ready for ``self.log_dict``: the
-    headline numbers of every metric, the same values the ``AttributionMonitor`` and ``lit_attr evaluate`` report.
+    ``compute`` returns a flat dict ``{"attr/<method>/<metric>/<score>": scalar tensor}`` ready for
+    ``self.log_dict``: the headline numbers of every metric, under the keys and with the values the
+    ``AttributionMonitor`` and ``lit_attr evaluate`` log (:mod:`lit_attr.keys`).
     The wrapped metrics are child Metrics (:attr:`scores`): ``reset``, DDP synchronisation and ``.to(device)``
     reach them, and the evaluated model is held by reference, so it is never part of this metric's ``state_dict``.
     The work is done by :class:`~lit_attr.runner.AttributionRunner`.
@@ -46,8 +47,9 @@ class AttributionQuality(Metric):
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
         >>> quality = AttributionQuality(net, "saliency", metric_kwargs={"insertion_deletion": {"n_steps": 4}})
         >>> quality.update(torch.rand(4, 3, 8, 8))
-        >>> sorted(quality.compute())
-        ['saliency/deletion', 'saliency/difference', 'saliency/insertion']
+        >>> sorted(quality.compute())  # doctest: +NORMALIZE_WHITESPACE
+        ['attr/saliency/insertion_deletion/deletion', 'attr/saliency/insertion_deletion/difference',
+         'attr/saliency/insertion_deletion/insertion']
     """
 
     full_state_update = False
@@ -129,7 +131,7 @@ class AttributionQuality(Metric):
         self.updates += 1
 
     def compute(self) -> dict[str, Tensor]:
-        """Every metric's headline numbers keyed ``"<method>/<value>"`` (0-d tensors)."""
+        """Every metric's headline numbers keyed ``"attr/<method>/<metric>/<score>"`` (0-d tensors)."""
         return self._runner.scalars()
 
     def reset(self) -> None:

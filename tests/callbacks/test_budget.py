@@ -33,6 +33,7 @@ from lit_attr.methods import AttributionMethod
 
 EPOCH_SECONDS = 10.0  # the fit's own time per epoch (4 training batches of 2.5 s)
 SECONDS_PER_PROBE = 0.25  # the monitor's cost per probe sample: 2 s for a run over 8 probes
+INSERTION = "attr/saliency/insertion_deletion/insertion"
 
 
 class Timed(L.Callback):
@@ -146,7 +147,7 @@ def test_the_model_is_scored_after_the_last_epoch_when_max_time_ends_the_fit(tmp
     assert trainer.global_step == 14 and sorted(monitor.history) == [3] and timed.runs == [1, 8]
     assert monitor.history[3]["attr/overhead"] == pytest.approx(2.25 / 35)
     rows = read_metrics_csv(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")
-    assert [float(row["epoch"]) for row in rows if row.get("attr/saliency/insertion")] == [3]
+    assert [float(row["epoch"]) for row in rows if row.get(INSERTION)] == [3]
 
 
 def test_with_validation_twice_an_epoch_the_final_weights_are_scored(tmp_path):
@@ -155,7 +156,7 @@ def test_with_validation_twice_an_epoch_the_final_weights_are_scored(tmp_path):
     monitor, timed, _ = _budget_fit(tmp_path, max_overhead=0.9, max_epochs=2, val_check_interval=0.5)
     assert timed.runs == [1, 8, 8, 8]  # the calibration, steps 2 and 6, then the final weights
     rows = read_metrics_csv(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")
-    assert [int(row["step"]) for row in rows if row.get("attr/saliency/insertion")][-1] == 8
+    assert [int(row["step"]) for row in rows if row.get(INSERTION)][-1] == 8
     assert sorted(monitor.history) == [0, 1]
 
 
@@ -272,16 +273,16 @@ def test_a_rendering_error_warns_or_raises_and_the_fit_ends(tmp_path, monkeypatc
 def test_checkpoints_and_early_stopping_consider_only_the_epochs_the_monitor_ran(tmp_path):
     monitor = AttributionMonitor(["saliency"], metrics="insertion_deletion", num_samples=4, log_heatmaps=0,
                                  metric_kwargs=METRIC_KWARGS, every_n_epochs=2)  # fmt: skip
-    checkpoint = AttributionCheckpoint(dirpath=tmp_path / "ckpt", monitor="attr/saliency/insertion", mode="max",
+    checkpoint = AttributionCheckpoint(dirpath=tmp_path / "ckpt", monitor=INSERTION, mode="max",
                                        save_top_k=-1, filename="{epoch}")  # fmt: skip
-    stopping = AttributionEarlyStopping(monitor="attr/saliency/insertion", mode="max", patience=1, min_delta=10.0)
+    stopping = AttributionEarlyStopping(monitor=INSERTION, mode="max", patience=1, min_delta=10.0)
     _, trainer, _ = fit(tmp_path, [monitor, checkpoint, stopping], max_epochs=6, enable_checkpointing=True)
     # The monitor ran at epochs 1 and 3; an improvement of 10 is impossible, so the second run ran out of
     # patience (1 run, not 1 epoch) and stopped the fit after epoch 3.
     assert sorted(monitor.history) == [1, 3]
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["epoch=1.ckpt", "epoch=3.ckpt"]
     assert trainer.current_epoch == 4 and stopping.stopped_epoch == 3
-    best = max(monitor.history, key=lambda epoch: monitor.history[epoch]["attr/saliency/insertion"])
+    best = max(monitor.history, key=lambda epoch: monitor.history[epoch][INSERTION])
     assert checkpoint.best_model_path.endswith(f"epoch={best}.ckpt")
 
 
@@ -289,7 +290,7 @@ def test_a_plain_model_checkpoint_finds_no_score_before_the_first_run(tmp_path):
     # Why the subclasses exist: epoch 0 is skipped, and Lightning refuses a monitored key that was never logged.
     monitor = AttributionMonitor(["saliency"], metrics="insertion_deletion", num_samples=4, log_heatmaps=0,
                                  metric_kwargs=METRIC_KWARGS, every_n_epochs=2)  # fmt: skip
-    plain = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="attr/saliency/insertion", mode="max")
+    plain = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor=INSERTION, mode="max")
     with warnings.catch_warnings(), pytest.raises(MisconfigurationException, match="could not find the monitored"):
         warnings.simplefilter("ignore")
         fit(tmp_path, [monitor, plain], max_epochs=2, enable_checkpointing=True)
@@ -350,11 +351,11 @@ def test_with_two_monitors_the_one_that_logs_the_key_decides(tmp_path):
                                metric_kwargs=METRIC_KWARGS)  # fmt: skip
     second = AttributionMonitor({"second": "saliency"}, metrics="insertion_deletion", num_samples=4,
                                 log_heatmaps=0, metric_kwargs=METRIC_KWARGS, every_n_epochs=2)  # fmt: skip
-    checkpoint = AttributionCheckpoint(dirpath=tmp_path / "ckpt", monitor="attr/second/insertion", mode="max",
-                                       save_top_k=-1, filename="{epoch}")  # fmt: skip
+    checkpoint = AttributionCheckpoint(dirpath=tmp_path / "ckpt", monitor="attr/second/insertion_deletion/insertion",
+                                       mode="max", save_top_k=-1, filename="{epoch}")  # fmt: skip
     fit(tmp_path, [every, second, checkpoint], max_epochs=4, enable_checkpointing=True)
     assert sorted(every.history) == [0, 1, 2, 3] and sorted(second.history) == [1, 3]
-    # Epochs 0 and 2: only the other monitor ran; attr/second/insertion was not measured on those weights.
+    # Epochs 0 and 2: only the other monitor ran; attr/second/... was not measured on those weights.
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["epoch=1.ckpt", "epoch=3.ckpt"]
 
 

@@ -51,9 +51,8 @@ def test_monitor_draws_from_the_chosen_loader_and_scores_it(as_dict, dataloader_
     attributions = get_method("saliency", net).attribute(x, y)
     expected = InsertionDeletion(net, **METRIC_KWARGS["insertion_deletion"])
     expected.update(x, attributions, y)
-    torch.testing.assert_close(
-        trainer.callback_metrics["attr/saliency/insertion"], expected.compute()["insertion"], rtol=1e-5, atol=1e-6
-    )
+    logged = trainer.callback_metrics["attr/saliency/insertion_deletion/insertion"]
+    torch.testing.assert_close(logged, expected.compute()["insertion"], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(

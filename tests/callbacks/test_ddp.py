@@ -33,7 +33,7 @@ def test_ddp_matches_single_process_and_logs_images_once(tmp_path):
     )
     trainer.fit(net, datamodule=dm)
     ddp_values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("attr/")}
-    assert {f"attr/{m}/insertion" for m in METHODS} <= set(ddp_values)
+    assert {f"attr/{m}/insertion_deletion/insertion" for m in METHODS} <= set(ddp_values)
 
     # Only rank 0 wrote media: one grid per method and epoch, one curve plot and one table per epoch.
     logged = tmp_path / "lightning_logs"

@@ -49,7 +49,7 @@ def test_evaluation_without_inference_mode_runs_on_its_split(tmp_path, stage):
     )
     dm = datamodule()
     getattr(trainer, stage)(model(), datamodule=dm, verbose=False)
-    assert "attr/saliency/insertion" in trainer.callback_metrics
+    assert "attr/saliency/insertion_deletion/insertion" in trainer.callback_metrics
     split = monitor._probes["test" if stage == "test" else "val"]
     assert split.batch is not None
     expected = (dm.test_set if stage == "test" else dm.val_set).images[split.indices]
@@ -201,7 +201,8 @@ def _run_with(dataset_cls, monitor, tmp_path, collate_fn=None):
 def test_dict_batches_with_masks(tmp_path):
     monitor = _monitor()
     trainer, dm = _run_with(_DictDataset, monitor, tmp_path)
-    assert {"attr/saliency/insertion", "attr/saliency/pointing_game"} <= set(trainer.callback_metrics)
+    expected = {"attr/saliency/insertion_deletion/insertion", "attr/saliency/localization/pointing_game"}
+    assert expected <= set(trainer.callback_metrics)
     probe = monitor._probes["val"]
     torch.testing.assert_close(probe.batch.mask, dm.val_set.masks[probe.indices], rtol=0, atol=0)
 
@@ -210,7 +211,7 @@ def test_pairs_without_masks_skip_localization(tmp_path):
     monitor = _monitor()
     with pytest.warns(UserWarning, match=r"no ground-truth masks; skipping \['localization'\]"):
         trainer, _ = _run_with(_PairDataset, monitor, tmp_path)
-    assert "attr/saliency/insertion" in trainer.callback_metrics
+    assert "attr/saliency/insertion_deletion/insertion" in trainer.callback_metrics
     assert not any("pointing_game" in key for key in trainer.callback_metrics)
 
 
@@ -221,7 +222,8 @@ def test_batch_adapter_reads_custom_batches(tmp_path):
 
     monitor = _monitor(batch_adapter=adapter)
     trainer, _ = _run_with(_ObjectDataset, monitor, tmp_path, collate_fn=_collate_objects)
-    assert {"attr/saliency/insertion", "attr/saliency/relevance_mass"} <= set(trainer.callback_metrics)
+    expected = {"attr/saliency/insertion_deletion/insertion", "attr/saliency/localization/relevance_mass"}
+    assert expected <= set(trainer.callback_metrics)
 
 
 def test_custom_batches_without_adapter_say_what_to_do(tmp_path):

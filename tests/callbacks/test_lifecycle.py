@@ -67,7 +67,7 @@ def test_data_from_module_setup_and_layers_from_configure_model(tmp_path):
     module = _LateParts()
     trainer.fit(module)
     assert max(monitor.probe_indices) < 12 and len(monitor.probe_indices) == 6
-    assert math.isfinite(monitor.history[0]["attr/ig2/insertion"])
+    assert math.isfinite(monitor.history[0]["attr/ig2/insertion_deletion/insertion"])
     # The check randomised the layers that configure_model made: at its one ("last") stage, down to net.0.
     result = check.results["saliency"]["spearman_abs"]
     assert result["stages"] == ["original", "net.0"]
@@ -89,7 +89,7 @@ def test_resume_onto_a_smaller_validation_set_draws_a_new_probe_set(tmp_path):
     assert any("the saved probe indices do not fit 5 samples; drawing a new probe set" in m for m in messages)
     assert any("the validation set has 5 samples, fewer than `num_samples=6`; using all 5" in m for m in messages)
     assert sorted(resumed.probe_indices) == list(range(5))
-    assert math.isfinite(resumed.history[1]["attr/saliency/insertion"])
+    assert math.isfinite(resumed.history[1]["attr/saliency/insertion_deletion/insertion"])
 
 
 class _AttributionInputs(L.Callback):
@@ -116,7 +116,7 @@ def test_bf16_true_precision_feeds_the_model_bf16_inputs(tmp_path):
     # The probes (float32 in the dataset) reach the model as bf16, for every forward the attribution makes.
     assert len(seen.inputs) >= 3  # at least the monitor's prediction, saliency's target and gradient forwards
     assert {x.dtype for x in seen.inputs} == {torch.bfloat16}
-    assert math.isfinite(monitor.history[0]["attr/saliency/insertion"])
+    assert math.isfinite(monitor.history[0]["attr/saliency/insertion_deletion/insertion"])
     assert math.isfinite(check.results["saliency"]["spearman_abs"]["final"])
 
 
@@ -163,5 +163,5 @@ def test_localization_skipped_on_validation_without_masks_still_runs_on_test_wit
         trainer.validate(net, datamodule=data, verbose=False)
     assert not any("relevance" in key or "pointing" in key for key in trainer.callback_metrics)
     trainer.test(net, datamodule=data, verbose=False)
-    assert math.isfinite(float(trainer.callback_metrics["attr/saliency/relevance_mass"]))
+    assert math.isfinite(float(trainer.callback_metrics["attr/saliency/localization/relevance_mass"]))
 

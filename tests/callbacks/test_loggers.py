@@ -27,7 +27,16 @@ from callbacks._helpers import (
 from lit_attr.callbacks import AttributionMonitor
 
 METHODS = ("saliency", "mfaba")
-SCALARS = ("insertion", "deletion", "difference", "pointing_game", "relevance_mass", "relevance_rank", "auroc")
+# The keys' scheme written out by hand: attr/<method>/<metric>/<score>.
+SCALARS = {
+    "insertion": "insertion_deletion",
+    "deletion": "insertion_deletion",
+    "difference": "insertion_deletion",
+    "pointing_game": "localization",
+    "relevance_mass": "localization",
+    "relevance_rank": "localization",
+    "auroc": "localization",
+}
 
 
 def _monitor(**kwargs: Any) -> AttributionMonitor:
@@ -41,7 +50,7 @@ def _monitor(**kwargs: Any) -> AttributionMonitor:
 
 
 def _expected_keys() -> set[str]:
-    return {f"attr/{method}/{name}" for method in METHODS for name in SCALARS}
+    return {f"attr/{method}/{metric}/{name}" for method in METHODS for name, metric in SCALARS.items()}
 
 
 def test_wandb_offline_run_has_media_tables_and_history(tmp_path, monkeypatch):
@@ -106,13 +115,15 @@ def test_csv_logger_gets_scalars_and_pngs(tmp_path):
     for method in METHODS:
         method_rows = [row for row in table if row["method"] == method]
         assert sorted(int(row["dataset_index"]) for row in method_rows) == sorted(monitor.probe_indices)
-        for name in SCALARS:
+        for name, metric in SCALARS.items():
             mean = sum(float(row[name]) for row in method_rows) / len(method_rows)
-            assert mean == pytest.approx(monitor.history[1][f"attr/{method}/{name}"], rel=1e-5, abs=1e-6), name
+            logged = monitor.history[1][f"attr/{method}/{metric}/{name}"]
+            assert mean == pytest.approx(logged, rel=1e-5, abs=1e-6), name
     # Scalars also reach callback_metrics, and the history keeps them per epoch.
     assert _expected_keys() <= set(trainer.callback_metrics)
     assert sorted(monitor.history) == [0, 1]
-    assert monitor.history[1]["attr/saliency/insertion"] == pytest.approx(float(rows[-1]["attr/saliency/insertion"]))
+    key = "attr/saliency/insertion_deletion/insertion"
+    assert monitor.history[1][key] == pytest.approx(float(rows[-1][key]))
 
 
 def test_validate_and_test_after_fit_keep_fit_files(tmp_path):

@@ -39,7 +39,7 @@ def test_runs_at_fit_end_and_logs_everything(tmp_path):
     # Randomising weights cannot change an input-only map: similarity 1 at every stage, the check fails.
     for measure in ("spearman_abs", "ssim"):
         torch.testing.assert_close(blind[measure]["curve"], torch.ones_like(blind[measure]["curve"]), atol=1e-4, rtol=0)
-    assert check.history[1]["input_only/passed"] is False
+    assert check.history[1]["attr/input_only/randomization/passed"] is False
     saliency = check.results["saliency"]["spearman_abs"]
     assert sorted(saliency["stages"][1:]) == sorted(_stage_names(trainer)[1:])
     assert saliency["stages"][0] == "original"
@@ -48,10 +48,13 @@ def test_runs_at_fit_end_and_logs_everything(tmp_path):
 
     log_dir = Path(trainer.logger.log_dir)
     last = read_metrics_csv(log_dir / "metrics.csv")
-    logged = {k: float(v) for row in last for k, v in row.items() if k.startswith("randomization/") and v}
-    assert logged["randomization/input_only/passed"] == 0.0
-    assert logged["randomization/input_only/spearman_abs"] == pytest.approx(1.0)
-    assert math.isfinite(logged["randomization/saliency/ssim"])
+    # The written keys, in the scheme attr/<method>/<metric>/<score> (the check runs the "randomization" metric).
+    logged = {k: float(v) for row in last for k, v in row.items() if k.startswith("attr/") and v}
+    assert set(logged) == {f"attr/{method}/randomization/{score}" for method in ("input_only", "saliency")
+                           for score in ("spearman_abs", "ssim", "passed")}  # fmt: skip
+    assert logged["attr/input_only/randomization/passed"] == 0.0
+    assert logged["attr/input_only/randomization/spearman_abs"] == pytest.approx(1.0)
+    assert math.isfinite(logged["attr/saliency/randomization/ssim"])
     media = log_dir / "media" / "randomization"
     summary = (media / "summary" / "step_0000008.csv").read_text().splitlines()
     assert summary[0] == "epoch,method,similarity,final,threshold,passed"

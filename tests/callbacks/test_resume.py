@@ -58,8 +58,8 @@ def test_two_monitors_with_different_methods_share_a_checkpoint(tmp_path):
     assert states[saliency.state_key]["history"] == saliency.history
     assert states[ixg.state_key]["history"] == ixg.history
     assert set(states[saliency.state_key]["history"][1]) == {
-        f"attr/saliency/{k}"
-        for k in ("insertion", "deletion", "difference", "pointing_game", "relevance_mass", "relevance_rank", "auroc")
+        *(f"attr/saliency/insertion_deletion/{k}" for k in ("insertion", "deletion", "difference")),
+        *(f"attr/saliency/localization/{k}" for k in ("pointing_game", "relevance_mass", "relevance_rank", "auroc")),
     }
     assert states[check.state_key]["history"] == check.history
     assert sorted(check.history) == [1]

@@ -26,7 +26,7 @@ def test_values_logged_inside_fit_equal_method_and_metrics_by_hand():
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(model, datamodule=data)
-    logged = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("saliency/")}
+    logged = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("attr/saliency/")}
 
     model.eval()
     method = get_method("saliency", model)
@@ -35,8 +35,10 @@ def test_values_logged_inside_fit_equal_method_and_metrics_by_hand():
         attributions = method.attribute(x)
         faithfulness.update(x, attributions)
         localization.update(attributions, masks)
-    expected = {**faithfulness.compute(), **localization.compute()}
-    expected = {f"saliency/{k}": v for k, v in expected.items() if v.numel() == 1}
+    expected = {
+        **{f"attr/saliency/insertion_deletion/{k}": v for k, v in faithfulness.compute().items() if v.numel() == 1},
+        **{f"attr/saliency/localization/{k}": v for k, v in localization.compute().items() if v.numel() == 1},
+    }
     assert sorted(logged) == sorted(expected)
     for key, value in expected.items():
         torch.testing.assert_close(logged[key], value, msg=key)
@@ -60,8 +62,11 @@ def test_model_state_untouched_and_not_in_state_dict():
     with torch.no_grad():
         quality.update(x)
     result = quality.compute()
-    assert set(result) == {"integrated_gradients/" + k for k in (
-        "insertion", "deletion", "difference", "activation_deviation", "insertion_overlap", "deletion_overlap")}
+    assert set(result) == {
+        *(f"attr/integrated_gradients/insertion_deletion/{k}" for k in ("insertion", "deletion", "difference")),
+        *(f"attr/integrated_gradients/activation_deviation/{k}"
+          for k in ("activation_deviation", "insertion_overlap", "deletion_overlap")),
+    }  # fmt: skip
     assert all(torch.isfinite(v) for v in result.values())
     assert model.training
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
@@ -83,7 +88,8 @@ def test_max_samples_per_update_is_a_seeded_subset():
     rows = torch.randperm(10, generator=torch.Generator().manual_seed(0))[:3].sort().values
     reference = InsertionDeletion(model, n_steps=4)
     reference.update(x[rows], get_method("saliency", model).attribute(x[rows]))
-    torch.testing.assert_close(a.compute()["saliency/insertion"], reference.compute()["insertion"])
+    insertion = a.compute()["attr/saliency/insertion_deletion/insertion"]
+    torch.testing.assert_close(insertion, reference.compute()["insertion"])
 
 
 def test_ig2_uses_the_batch_as_reference_pool():
@@ -91,7 +97,7 @@ def test_ig2_uses_the_batch_as_reference_pool():
     quality = AttributionQuality(model, "ig2", method_kwargs={"steps": 3, "n_references": 2},
                                  metric_kwargs={"insertion_deletion": {"n_steps": 4}})
     quality.update(torch.rand(6, 3, 8, 8), target=torch.arange(6) % 3)
-    assert torch.isfinite(quality.compute()["ig2/insertion"])
+    assert torch.isfinite(quality.compute()["attr/ig2/insertion_deletion/insertion"])
 
 
 def test_one_metric_name_is_a_string_as_in_the_monitor():
@@ -160,4 +166,4 @@ def test_every_registered_method_scores_under_no_grad(name):
         extra = {"references": method.sample_references(x, torch.arange(6) % 3, pool=(x, torch.arange(6) % 3))}
     reference = InsertionDeletion(model, n_steps=4)
     reference.update(x, method.attribute(x, torch.arange(6) % 3, **extra), torch.arange(6) % 3)
-    torch.testing.assert_close(result[f"{name}/insertion"], reference.compute()["insertion"])
+    torch.testing.assert_close(result[f"attr/{name}/insertion_deletion/insertion"], reference.compute()["insertion"])
