@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+import lit_attr.viz as viz
 from lit_attr._checks import check_batch, check_finite, check_names, check_number, check_seed
 from lit_attr._hygiene import preserved_model_state
 from lit_attr.functional.randomization import (
@@ -34,6 +35,7 @@ from lit_attr.methods.base import AttributionMethod, TargetType, attributions_of
 from lit_attr.methods.registry import get_method
 from lit_attr.metrics._model_ref import ModelRef
 from lit_attr.metrics._plotting import figure_and_axes
+from lit_attr.metrics.presentation import CurveDrawer, Presentation, Results, SanityCheck
 from lit_attr.metrics.registry import register_metric, scalar_entries
 
 if TYPE_CHECKING:
@@ -506,10 +508,34 @@ def similarity_summary(values: Mapping[str, Any], per_sample: bool) -> dict[str,
     return {name: entry["final"] for name, entry in values.items() if isinstance(entry, Mapping)}
 
 
+def similarity_headline(details: Mapping[str, Any]) -> tuple[float, bool | None]:
+    """A stage-wise check's headline: the final ``spearman_abs`` (else the first measure's) and the verdict."""
+    first = details.get("spearman_abs") or next((v for v in details.values() if isinstance(v, Mapping)), {})
+    return first.get("final", float("nan")), details.get("passed", first.get("passed"))
+
+
+def similarity_curves(stem: str, title: str) -> CurveDrawer:
+    """The curves of a stage-wise check: each method's similarity per stage, one panel per measure."""
+
+    def curves(results: Results, when: str) -> dict[str, Any]:
+        return {stem: viz.similarity_figure(results, title=f"{title} ({when})")}
+
+    return curves
+
+
 register_metric(
     "randomization",
     _randomization,
     consumes=("method", "x", "target", "attributions"),
     summary=similarity_summary,
     details=ParameterRandomization.report,
+    presentation=Presentation(
+        display_name="parameter randomisation (MPRT)",
+        scores=(),
+        sanity=SanityCheck("MPRT (final spearman |A|)", "MPRT", False, similarity_headline),
+        curves=similarity_curves(
+            "randomization_curves",
+            "Parameter randomisation: similarity to the trained model's maps, lower is better",
+        ),
+    ),
 )

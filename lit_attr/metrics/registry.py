@@ -18,13 +18,14 @@ scores=...)`` (every built-in one does) give the runner per-sample scores withou
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
 from torchmetrics import Metric
 
 from lit_attr._checks import check_names
+from lit_attr.metrics.presentation import Presentation
 
 __all__ = [
     "BUILD_INPUTS",
@@ -88,6 +89,9 @@ class MetricSpec:
             runner may score all methods' maps in one call, one stream of model chunks instead of one per method.
         tokens: ``True`` for a metric of token ids, ``False`` for one of float inputs, ``None`` for either; the
             runner names the metrics that fit when a batch does not.
+        presentation: how its results are shown (:class:`~lit_attr.metrics.presentation.Presentation`), with its
+            defaults filled for this metric: the display name, the direction of the factory's
+            ``higher_is_better``, the default curves.
     """
 
     name: str
@@ -97,6 +101,14 @@ class MetricSpec:
     details: Callable[[Metric], Mapping[str, Any]] = computed
     per_sample: bool = False
     tokens: bool | None = False
+    presentation: Presentation = field(default_factory=Presentation)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.presentation, Presentation):
+            raise TypeError(
+                f"`presentation` must be a lit_attr.metrics.presentation.Presentation, got {self.presentation!r}."
+            )
+        object.__setattr__(self, "presentation", self.presentation.resolve(self.name, _direction(self.factory)))
 
     @property
     def needs_masks(self) -> bool:
@@ -117,6 +129,12 @@ class MetricSpec:
         return self.factory(**given, **options)
 
 
+def _direction(factory: Any) -> bool | None:
+    """The ``higher_is_better`` of a Metric class (or of the class a ``functools.partial`` builds); else None."""
+    direction = getattr(getattr(factory, "func", factory), "higher_is_better", None)
+    return direction if direction in (True, False) else None
+
+
 def register_metric(
     name: str,
     factory: Callable[..., Metric],
@@ -126,6 +144,7 @@ def register_metric(
     details: Callable[[Metric], Mapping[str, Any]] | None = None,
     per_sample: bool = False,
     tokens: bool | None = False,
+    presentation: Presentation | None = None,
 ) -> MetricSpec:
     """Register a metric under ``name``; it then works by name in the monitor, ``evaluate`` and ``AttributionQuality``.
 
@@ -139,6 +158,8 @@ def register_metric(
         details: see :class:`MetricSpec` (default: ``compute()``).
         per_sample: see :class:`MetricSpec`; leave it False unless every sample's score is independent of its batch.
         tokens: see :class:`MetricSpec` (default: float inputs).
+        presentation: how its results are shown in the report, the console and the monitor (default: every scalar
+            entry a score, with the direction of ``factory.higher_is_better``, every 1-D entry a curve).
 
     Returns:
         The registered :class:`MetricSpec`.
@@ -169,7 +190,14 @@ def register_metric(
     if per_sample and "method" in consumes:
         raise ValueError(f"Metric {name!r} consumes the method, so the methods' maps cannot share one `score()` call.")
     spec = MetricSpec(
-        name, factory, consumes, summary or scalar_entries, details or computed, bool(per_sample), tokens
+        name,
+        factory,
+        consumes,
+        summary or scalar_entries,
+        details or computed,
+        bool(per_sample),
+        tokens,
+        Presentation() if presentation is None else presentation,
     )
     _REGISTRY[name] = spec
     return spec
