@@ -1,7 +1,8 @@
 """torchmetrics ``Metric`` classes for attribution quality (thin wrappers over :mod:`lit_attr.functional`).
 
 Every metric is registered (:func:`register_metric`, :func:`available_metrics`) with what it consumes, so it works
-by name in ``AttributionMonitor(metrics=...)``, ``lit_attr evaluate --metrics`` and ``AttributionQuality``.
+by name in ``AttributionMonitor(metrics=...)``, ``lit_attr evaluate --metrics`` and ``AttributionQuality``, with the
+input kinds it accepts (``modalities``) and how its results are shown (:class:`Presentation`).
 """
 
 from lit_attr.metrics.activation_deviation import ActivationDeviation
@@ -12,6 +13,7 @@ from lit_attr.metrics.insertion_deletion import InsertionDeletion
 from lit_attr.metrics.localization import LOCALIZATION_METRICS, Localization
 from lit_attr.metrics.mprt import EfficientMPRT, SmoothMPRT
 from lit_attr.metrics.parameter_randomization import SIMILARITIES, ParameterRandomization
+from lit_attr.metrics.presentation import Presentation, SanityCheck, Score
 from lit_attr.metrics.registry import (
     MetricSpec,
     available_metrics,
@@ -37,6 +39,9 @@ __all__ = [
     "Localization",
     "MetricSpec",
     "ParameterRandomization",
+    "Presentation",
+    "SanityCheck",
+    "Score",
     "Sensitivity",
     "SmoothMPRT",
     "Sufficiency",

@@ -213,6 +213,7 @@ register_metric(
     consumes=("model", "x", "attributions", "target"),
     summary=_summary,
     per_sample=True,
+    modalities={"images"},  # its games (functional.activation_deviation) take image batches only
     # The per-layer entries run over layers, not along a game: no curves.
     presentation=Presentation(
         display_name="activation deviation",

@@ -153,7 +153,7 @@ register_metric(
     Comprehensiveness,
     consumes=("model", "x", "attributions", "target", "logits", "attention_mask", "special_tokens_mask"),
     per_sample=True,
-    tokens=True,
+    modalities={"tokens"},
     presentation=Presentation(scores=(Score("comprehensiveness", header="comp."),), curves=None),
 )
 register_metric(
@@ -161,6 +161,6 @@ register_metric(
     Sufficiency,
     consumes=("model", "x", "attributions", "target", "logits", "attention_mask", "special_tokens_mask"),
     per_sample=True,
-    tokens=True,
+    modalities={"tokens"},
     presentation=Presentation(scores=(Score("sufficiency", header="suff."),), curves=None),
 )

@@ -260,11 +260,13 @@ register_metric(
     Infidelity,
     consumes=("model", "x", "attributions", "target", "logits"),
     per_sample=True,
+    modalities={"continuous"},
     presentation=Presentation(scores=(Score("infidelity"),), curves=None),
 )
 register_metric(
     "sensitivity",
     Sensitivity,
     consumes=("method", "x", "target", "attributions"),
+    modalities={"continuous"},
     presentation=Presentation(scores=(Score("sensitivity", "max-sensitivity"),), curves=None),
 )

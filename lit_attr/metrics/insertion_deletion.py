@@ -358,5 +358,6 @@ register_metric(
     InsertionDeletion,
     consumes=("model", "x", "attributions", "target", "logits"),
     per_sample=True,
+    modalities={"continuous"},
     presentation=PRESENTATION,
 )

@@ -166,6 +166,7 @@ register_metric(
     Localization,
     consumes=("attributions", "masks"),
     per_sample=True,
+    modalities={"images"},  # the masks are (H, W) pixel planes
     presentation=Presentation(
         scores=(
             Score("pointing_game", "pointing game", header="point", caption="point {:.0f}"),

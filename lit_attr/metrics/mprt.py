@@ -440,6 +440,7 @@ register_metric(
     EfficientMPRT,
     consumes=("method", "x", "target", "attributions"),
     details=EfficientMPRT.report,
+    modalities={"continuous"},
     # Its bar chart of entropies is one number per method, already in the table: no curves.
     presentation=Presentation(
         display_name="efficient MPRT",
@@ -462,6 +463,7 @@ register_metric(
     consumes=("method", "x", "target"),
     summary=smprt_summary,
     details=SmoothMPRT.report,
+    modalities={"continuous"},
     presentation=Presentation(
         display_name="smooth MPRT",
         scores=(),

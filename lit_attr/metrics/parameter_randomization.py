@@ -529,6 +529,7 @@ register_metric(
     consumes=("method", "x", "target", "attributions"),
     summary=similarity_summary,
     details=ParameterRandomization.report,
+    modalities={"continuous"},  # similarity="ssim" (a default) needs images: it says so on other inputs
     presentation=Presentation(
         display_name="parameter randomisation (MPRT)",
         scores=(),

@@ -243,5 +243,6 @@ register_metric(
     consumes=("model", "x", "attributions", "target", "logits"),
     details=_details,
     per_sample=True,
+    modalities={"images"},  # the imputation solves over the pixel grid's neighbours
     presentation=Presentation(display_name="ROAD", scores=(Score("road", "ROAD"),), curves=_curves),
 )

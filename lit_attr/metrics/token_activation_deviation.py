@@ -127,7 +127,7 @@ register_metric(
     consumes=("model", "x", "attributions", "target", "logits", "attention_mask", "special_tokens_mask"),
     summary=_summary,
     per_sample=True,
-    tokens=True,
+    modalities={"tokens"},
     presentation=Presentation(
         display_name="token activation deviation",
         scores=(Score("mean_mse", "hidden-state dev. MSE"),),

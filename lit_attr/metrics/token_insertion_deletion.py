@@ -173,7 +173,7 @@ register_metric(
     TokenInsertionDeletion,
     consumes=("model", "x", "attributions", "target", "logits", "attention_mask", "special_tokens_mask"),
     per_sample=True,
-    tokens=True,
+    modalities={"tokens"},
     presentation=Presentation(
         display_name="token insertion / deletion",
         scores=(

@@ -104,7 +104,7 @@ register_metric(
     TokenLocalization,
     consumes=("attributions", "masks", "attention_mask", "special_tokens_mask"),
     per_sample=True,
-    tokens=True,
+    modalities={"tokens"},
     presentation=Presentation(
         display_name="token localization",
         scores=(
