@@ -25,13 +25,13 @@ from lit_attr.methods.registry import get_method
 from lit_attr.metrics._plotting import figure_and_axes
 from lit_attr.metrics.parameter_randomization import (
     ParameterRandomization,
-    _check_batch,
     similarity_curves,
     similarity_headline,
     similarity_summary,
 )
 from lit_attr.metrics.presentation import Presentation, SanityCheck
 from lit_attr.metrics.registry import register_metric
+from lit_attr.metrics.stagewise import check_maps_batch
 
 if TYPE_CHECKING:
     from lit_attr.batch import Batch
@@ -161,7 +161,7 @@ class EfficientMPRT(Metric):
             attributions: the original model's maps, if already computed (yielded as they are).
         """
         helper = self._randomization
-        _check_batch(x, helper._source.module, attributions)
+        check_maps_batch(x, helper._source.module, attributions)
         method = helper.method
         # Weights are loaded into the working copy and randomised in place, which needs normal tensors.
         with torch.inference_mode(False):
