@@ -1,12 +1,16 @@
 """torchmetrics ``Metric`` classes for attribution quality (thin wrappers over :mod:`lit_attr.functional`).
 
 Every metric is registered (:func:`register_metric`, :func:`available_metrics`) with what it consumes, so it works
-by name in ``AttributionMonitor(metrics=...)``, ``lit_attr evaluate --metrics`` and ``AttributionQuality``, with the
-input kinds it accepts (``modalities``) and how its results are shown (:class:`Presentation`).
+by name in ``AttributionMonitor(metrics=...)``, ``lit_attr evaluate --metrics`` and
+:class:`~lit_attr.attribution_quality.AttributionQuality`, with the input kinds it accepts (``modalities``) and how its
+results are shown (:class:`Presentation`). ``lit_attr.metrics.AttributionQuality`` still works, with a
+``DeprecationWarning``.
 """
 
+from typing import Any
+
 from lit_attr.metrics.activation_deviation import ActivationDeviation
-from lit_attr.metrics.attribution_quality import AttributionQuality
+from lit_attr.metrics.attribution_quality import moved as _moved
 from lit_attr.metrics.eraser import Comprehensiveness, Sufficiency
 from lit_attr.metrics.infidelity import Infidelity, Sensitivity
 from lit_attr.metrics.insertion_deletion import InsertionDeletion
@@ -31,7 +35,6 @@ __all__ = [
     "ROAD",
     "SIMILARITIES",
     "ActivationDeviation",
-    "AttributionQuality",
     "Comprehensiveness",
     "EfficientMPRT",
     "Infidelity",
@@ -53,3 +56,8 @@ __all__ = [
     "register_metric",
     "unregister_metric",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # AttributionQuality runs the runner, a layer above the metrics: it moved to lit_attr.attribution_quality.
+    return _moved(__name__, name)
