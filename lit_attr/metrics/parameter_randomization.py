@@ -7,6 +7,7 @@ DDP-safe states and the check's registration (summary, headline and curves).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing
 from typing import TYPE_CHECKING, Any, Literal
@@ -415,13 +416,13 @@ def similarity_headline(details: Mapping[str, Any]) -> tuple[float, bool | None]
     return first.get("final", float("nan")), details.get("passed", first.get("passed"))
 
 
+def _similarity_figures(results: Results, when: str, *, stem: str, title: str) -> dict[str, Any]:
+    return {stem: viz.similarity_figure(results, title=f"{title} ({when})")}
+
+
 def similarity_curves(stem: str, title: str) -> CurveDrawer:
     """The curves of a stage-wise check: each method's similarity per stage, one panel per measure."""
-
-    def curves(results: Results, when: str) -> dict[str, Any]:
-        return {stem: viz.similarity_figure(results, title=f"{title} ({when})")}
-
-    return curves
+    return functools.partial(_similarity_figures, stem=stem, title=title)
 
 
 register_metric(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -262,10 +263,8 @@ class Presentation:
             )
         curves = self.curves
         if curves is DEFAULT:
-
-            def curves(results: Results, when: str) -> dict[str, Figure]:
-                return entry_curves(results, when, stem=f"{name}_curves", title=display)
-
+            # A partial, not a closure: specs travel to spawned processes, and a partial of a module function pickles.
+            curves = functools.partial(entry_curves, stem=f"{name}_curves", title=display)
         return dataclasses.replace(self, display_name=display, scores=scores, higher_is_better=direction, curves=curves)
 
     def scores_in(self, results: Results) -> tuple[Score, ...]:

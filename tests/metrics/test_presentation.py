@@ -276,3 +276,13 @@ def test_curves_of_real_results_are_the_figures_the_report_drew(form):
     for name, by_method in token_results().items():
         assert get_metric_spec(name).presentation.figures(by_method, "x") == {}
     assert get_metric_spec("insertion_deletion").presentation.figures({"saliency": {}}, "x") == {}
+
+
+def test_every_registered_presentation_pickles(error_profile):
+    # Metric specs travel to spawned DDP processes with the callbacks that hold them.
+    import pickle
+
+    for name in available_metrics():
+        presentation = get_metric_spec(name).presentation
+        # Same fields; functions (and the partials over them) come back as the same module-level objects.
+        assert repr(pickle.loads(pickle.dumps(presentation))) == repr(presentation), name
