@@ -64,10 +64,6 @@ LAYERS: dict[str, int] = {
 APART: frozenset[frozenset[str]] = frozenset({frozenset({"functional", "methods"})})
 
 KNOWN_VIOLATIONS: set[str] = {
-    "private: lit_attr/methods/_tokens.py imports lit_attr.inputs.tokens._check_ids",
-    "circle: lit_attr/methods/_tokens.py <-> lit_attr/methods/agi.py <-> lit_attr/methods/base.py <-> "
-    "lit_attr/methods/big.py <-> lit_attr/methods/captum.py <-> lit_attr/methods/fei.py <-> lit_attr/methods/ig2.py "
-    "<-> lit_attr/methods/mfaba.py <-> lit_attr/methods/registry.py",
     "circle: lit_attr/cli.py <-> lit_attr/demo.py",
     "up: lit_attr/demo.py (demo, 6) imports lit_attr/cli.py (cli, 7)",
     "long: lit_attr/evaluate.py",
@@ -75,7 +71,6 @@ KNOWN_VIOLATIONS: set[str] = {
     "long: lit_attr/viz.py",
     "long: lit_attr/functional/perturbation.py",
     "long: lit_attr/callbacks/attribution_monitor.py",
-    "long: lit_attr/methods/_tokens.py",
 }
 
 
