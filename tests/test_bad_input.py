@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from text_helpers import MASK, SPECIALS, plain_transformer, token_batch
+from text_helpers import MASK, SPECIALS, TOKEN_METHODS, plain_transformer, token_batch
 from torch import Tensor, nn
 from vit_helpers import torchvision_vit
 
@@ -27,7 +27,7 @@ from lit_attr.cli import main
 from lit_attr.data import ShapesDataModule
 from lit_attr.evaluate import evaluate
 from lit_attr.inputs.tokens import TokenOptions
-from lit_attr.methods import TOKEN_METHODS, available_methods, get_method
+from lit_attr.methods import available_methods, get_method
 from lit_attr.metrics import available_metrics, get_metric_spec
 from lit_attr.models import DemoClassifier
 from lit_attr.runner import AttributionRunner

@@ -14,7 +14,7 @@ import warnings
 
 import pytest
 import torch
-from text_helpers import MASK, SPECIALS, plain_transformer, token_batch
+from text_helpers import MASK, SPECIALS, TOKEN_METHODS, plain_transformer, token_batch
 from torch import Tensor, nn
 from vit_helpers import torchvision_vit
 
@@ -27,7 +27,7 @@ from lit_attr.functional.road import road
 from lit_attr.functional.token_activation_deviation import token_activation_deviation
 from lit_attr.functional.token_games import token_insertion_deletion
 from lit_attr.inputs.tokens import TokenOptions
-from lit_attr.methods import TOKEN_METHODS, available_methods, get_method
+from lit_attr.methods import available_methods, get_method
 
 VIT_ONLY = sorted(set(available_methods()) - set(available_methods(nn.Identity())))
 LIMIT = 4  # rows per forward pass

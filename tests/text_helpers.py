@@ -13,6 +13,8 @@ from torch import Tensor, nn
 PAD, CLS, SEP, MASK = 0, 2, 3, 4
 VOCAB = 100
 SPECIALS = (CLS, SEP)
+#: The registered methods that attribute token ids (every method whose `raw_inputs_only` is empty).
+TOKEN_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "mfaba", "ig2", "fei")
 
 
 class PlainTransformer(nn.Module):

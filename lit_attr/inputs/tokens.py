@@ -12,20 +12,26 @@ keyword, else as ``model(input_ids)``; Hugging Face outputs (``SequenceClassifie
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from lit_attr._checks import check_choice
+
 __all__ = [
+    "METHOD_TOKEN_DEFAULTS",
     "TOKEN_KEYWORDS",
+    "TOKEN_REDUCTIONS",
     "TokenBatch",
     "TokenOptions",
     "call_model",
+    "check_method_token_options",
     "check_token_batch",
     "check_token_id",
     "find_embedding_layer",
@@ -95,6 +101,68 @@ class TokenBatch(NamedTuple):
 def is_token_ids(x: Any) -> bool:
     """True for an integer tensor (token ids); floats, complex numbers and booleans are not token ids."""
     return isinstance(x, Tensor) and not (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool)
+
+
+#: How per-element embedding attributions ``(N, L, E)`` become per-token scores.
+TOKEN_REDUCTIONS = ("sum", "norm", "none")
+
+
+#: Per-call keywords of token attribution that a method's ``token_options`` may set besides :class:`TokenOptions`'
+#: fields (``special_token_ids``, ``mask_token_id``, ``pad_token_id``, ``embedding_layer``).
+METHOD_TOKEN_DEFAULTS = ("baseline_token_id", "token_reduction")
+
+
+def check_method_token_options(value: Any) -> tuple[TokenOptions | None, dict[str, Any]]:
+    """Split a method's ``token_options`` into tokenizer conventions and defaults of per-call keywords.
+
+    Args:
+        value: ``None``; a :class:`TokenOptions`; or a mapping (a YAML dict) with keys among ``TokenOptions``'
+            fields and :data:`METHOD_TOKEN_DEFAULTS` (``baseline_token_id``, ``token_reduction``).
+
+    Returns:
+        ``(options, defaults)``: the conventions as a ``TokenOptions`` (``None`` when none are given), and the
+        per-call keywords the mapping sets.
+
+    Raises:
+        TypeError: for another type, or a value of the wrong type.
+        ValueError: for an unknown key or an invalid value (negative id, unknown reduction).
+
+    Example:
+        >>> options, defaults = check_method_token_options({"special_token_ids": [2, 3], "token_reduction": "norm"})
+        >>> options.special_token_ids, defaults
+        ((2, 3), {'token_reduction': 'norm'})
+    """
+    if value is None:
+        return None, {}
+    if isinstance(value, TokenOptions):
+        fields, defaults = dict(vars(value)), {}
+    elif isinstance(value, Mapping):
+        allowed = (*(field.name for field in dataclasses.fields(TokenOptions)), *METHOD_TOKEN_DEFAULTS)
+        unknown = sorted(str(key) for key in value if key not in allowed)
+        if unknown:
+            raise ValueError(f"`token_options` has unknown keys {unknown}; accepted keys: {', '.join(allowed)}.")
+        fields = {key: v for key, v in value.items() if key not in METHOD_TOKEN_DEFAULTS}
+        defaults = {key: v for key, v in value.items() if key in METHOD_TOKEN_DEFAULTS and v is not None}
+    else:
+        raise TypeError(
+            "`token_options` must be a TokenOptions, a mapping such as {'special_token_ids': [2, 3], "
+            f"'baseline_token_id': 4}} or None, got {type(value).__name__}."
+        )
+    if "special_token_ids" in fields:
+        fields["special_token_ids"] = _check_ids("token_options['special_token_ids']", fields["special_token_ids"])
+    for key in ("mask_token_id", "pad_token_id"):
+        if fields.get(key) is not None:
+            check_token_id(f"token_options[{key!r}]", fields[key], None)
+    layer = fields.get("embedding_layer")
+    if layer is not None and not isinstance(layer, str):
+        raise TypeError(
+            f"`token_options['embedding_layer']` must be a module name (str) or None, got {type(layer).__name__}."
+        )
+    if "baseline_token_id" in defaults:
+        check_token_id("token_options['baseline_token_id']", defaults["baseline_token_id"], None)
+    if "token_reduction" in defaults:
+        check_choice("token_options['token_reduction']", defaults["token_reduction"], TOKEN_REDUCTIONS)
+    return TokenOptions(**fields) if fields else None, defaults
 
 
 # ------------------------------------------------------------------------------------------------------ checks

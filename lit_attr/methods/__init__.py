@@ -1,8 +1,9 @@
 """Attribution methods behind one contract; see :func:`get_method` and :func:`available_methods`."""
 
-from lit_attr.inputs.tokens import TokenOptions
+import warnings
+from typing import Any
+
 from lit_attr.methods import captum as _captum  # noqa: F401  (registers the Captum baselines)
-from lit_attr.methods._tokens import TOKEN_METHODS
 from lit_attr.methods.agi import AGI
 from lit_attr.methods.attention import AttentionRollout, GenericAttention
 from lit_attr.methods.base import AttributionMethod
@@ -15,7 +16,6 @@ from lit_attr.methods.registry import available_methods, get_method, register_me
 
 __all__ = [
     "AGI",
-    "TOKEN_METHODS",
     "BIG",
     "FEI",
     "IG2",
@@ -24,8 +24,25 @@ __all__ = [
     "AttributionMethod",
     "CaptumMethod",
     "GenericAttention",
-    "TokenOptions",
     "available_methods",
     "get_method",
     "register_method",
 ]
+
+#: Names that moved: importing them from here still works, with a DeprecationWarning saying where they went.
+_MOVED = {
+    "TokenOptions": ("lit_attr.inputs.TokenOptions", lambda: __import__("lit_attr.inputs").inputs.TokenOptions),
+    # Every method whose `raw_inputs_only` is empty takes token ids; this was the fixed list of the built-in ones.
+    "TOKEN_METHODS": (
+        "the methods whose `raw_inputs_only` is empty (every method written to the contract takes token ids)",
+        lambda: ("saliency", "input_x_gradient", "integrated_gradients", "mfaba", "ig2", "fei"),
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        where, value = _MOVED[name]
+        warnings.warn(f"lit_attr.methods.{name} is deprecated; use {where}.", DeprecationWarning, stacklevel=2)
+        return value()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -42,6 +42,8 @@ class AGI(AttributionMethod):
         torch.Size([2, 4])
     """
 
+    raw_inputs_only = "its sign steps have a size in input intensities"
+
     def __init__(
         self,
         model: nn.Module,

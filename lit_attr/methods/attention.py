@@ -236,6 +236,8 @@ def token_layout(model: nn.Module, patch_size: int | tuple[int, int] | None, pre
 class _AttentionMap(AttributionMethod):
     """Shared machinery: record attention, turn per-token relevance into a pixel map."""
 
+    raw_inputs_only = "it maps a vision transformer's patch tokens back to pixels"
+
     def __init__(
         self,
         model: nn.Module,

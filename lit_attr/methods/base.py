@@ -1,16 +1,21 @@
 """The contract every attribution method in lit-attr fulfils.
 
-:class:`AttributionMethod` validates the inputs, resolves targets, protects the user's model and the global
-random state, and runs the method in chunks bounded by ``internal_batch_size`` (halved when a chunk runs out of
-memory, see :mod:`lit_attr._memory`). Subclasses implement only
-:meth:`AttributionMethod._attribute`, which sees a fresh, non-inference, gradient-enabled copy of the inputs and
-a model in eval mode whose parameters do not require gradients.
+:class:`AttributionMethod` finds the kind of its inputs (:mod:`lit_attr.inputs`), validates them, resolves targets,
+protects the user's model and the global random state, and runs the method in chunks bounded by
+``internal_batch_size`` (halved when a chunk runs out of memory, see :mod:`lit_attr._memory`). Subclasses implement
+only :meth:`AttributionMethod._attribute`, which sees a fresh, non-inference, gradient-enabled tensor of continuous
+points (the inputs themselves, or for token ids their embeddings: :attr:`AttributionMethod.space` says which) and
+runs the model on any points through :meth:`AttributionMethod.logits`, in eval mode with parameters that do not
+require gradients. A method written to this contract works on every input kind.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
+import functools
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,8 +24,8 @@ from torch import Tensor, nn
 from lit_attr._checks import TargetType, check_bounds, resolve_target
 from lit_attr._hygiene import preserved_model_state, preserved_rng_state
 from lit_attr._memory import MemoryBackoff
-from lit_attr.inputs.tokens import TokenOptions, find_embedding_layer
-from lit_attr.methods._tokens import METHOD_TOKEN_DEFAULTS, attribute_tokens, check_method_token_options, is_token_call
+from lit_attr.inputs import MethodCall, Space, input_kind
+from lit_attr.inputs.tokens import TokenOptions, check_method_token_options
 
 if TYPE_CHECKING:
     from lit_attr.batch import Batch
@@ -66,6 +71,13 @@ class AttributionMethod(abc.ABC):
     name: str = ""
     #: Per-call keywords that may hold one entry per sample (a tensor with ``N`` rows); they are split with ``x``.
     per_sample_kwargs: tuple[str, ...] = ()
+    #: Whether the method's step lengths are options in input units (MFABA's ``step_size``, IG2's ``eta``): in a
+    #: space that is not the input itself (token embeddings) its points are then measured in units of each
+    #: sample's own scale (its mean token-embedding norm), so that the same options fit every model.
+    relative_steps: bool = False
+    #: Why the method needs the raw inputs (its radii or patches are in input units), or ``""`` when it works in
+    #: any space: a method with a reason refuses inputs that are attributed in a learned space (token ids).
+    raw_inputs_only: str = ""
 
     def __init__(
         self,
@@ -89,6 +101,7 @@ class AttributionMethod(abc.ABC):
         self.input_bounds = check_bounds("input_bounds", input_bounds)
         self.internal_batch_size = internal_batch_size
         self.token_options, self.token_defaults = check_method_token_options(token_options)
+        self._space: Space | None = None
 
     # ------------------------------------------------------------------ public API
     def attribute(
@@ -97,41 +110,47 @@ class AttributionMethod(abc.ABC):
         """Attribute the target logit of every sample in ``x`` to its input features.
 
         Args:
-            x: input batch ``(N, ...)`` of floating dtype, on the model's device. Inference tensors (from
-                Lightning's ``validate``/``test``) and calls inside ``torch.no_grad()`` are fine.
+            x: input batch ``(N, ...)`` on the model's device, of any registered input kind
+                (:func:`lit_attr.inputs.available_input_kinds`): float images ``(N, C, H, W)``, features ``(N, D)``,
+                any float ``(N, ...)``, or integer token ids ``(N, L)``. Inference tensors (from Lightning's
+                ``validate``/``test``) and calls inside ``torch.no_grad()`` are fine.
             target: class to explain, in any form :mod:`lit_attr._checks` lists: ``None`` (the model's top-1
                 prediction), an ``int`` for all samples, or ``N`` class indices.
             logits: the model's logits ``(N, K)`` for ``x`` if the caller already has them; the target is then
                 resolved and checked against them instead of running the model once more.
-            **kwargs: per-call options of the concrete method.
+            **kwargs: per-call options of the concrete method, and the keywords of the input kind.
 
         Returns:
             Signed attributions, detached, with the shape, dtype and device of ``x`` (positive = supports the
             target). Methods that report per-sample diagnostics (e.g. MFABA's ``return_info=True``) return
             ``(attributions, info)`` with ``info`` a dict of ``(N, ...)`` tensors.
 
-        Integer token ids ``x`` of shape ``(N, L)`` (with ``attention_mask=``, ``special_tokens_mask=`` and the
-        other keywords of :func:`~lit_attr.methods._tokens.attribute_tokens`) are attributed in the embedding space
-        of the model's input embedding layer and give ``(N, L)`` float per-token scores, exactly 0 on padding and
-        special tokens. The constructor's ``token_options`` give defaults for these keywords.
+        Integer token ids ``x`` of shape ``(N, L)`` (with ``attention_mask=``, ``special_tokens_mask=``,
+        ``special_token_ids=``, ``baseline_token_id=``, ``embedding_layer=``, ``token_reduction=``) are attributed in
+        the embedding space of the model's input embedding layer (:mod:`lit_attr.inputs.embedding`) and give
+        ``(N, L)`` float per-token scores, exactly 0 on padding and special tokens. The constructor's
+        ``token_options`` give defaults for these keywords.
         """
         chosen = self.internal_batch_size
         backoff = MemoryBackoff(self.name or type(self).__name__, chosen)
         try:
-            if is_token_call(x, kwargs):
-                given = {k: v for k, v in kwargs.items() if not (k in METHOD_TOKEN_DEFAULTS and v is None)}
-                result = attribute_tokens(self, x, target, backoff=backoff, **{**self.token_defaults, **given})
-            else:
-                try:
-                    result = self._attribute_inputs(x, target, logits, kwargs, backoff)
-                except RuntimeError as error:
-                    if isinstance(error, torch.OutOfMemoryError) or not self._looks_like_float_ids(x):
-                        raise
-                    raise TypeError(
-                        f"`input_ids` must be integer token ids (torch.long or torch.int), got dtype {x.dtype}: the "
-                        f"model failed on this 2-D {x.dtype} tensor of whole numbers, and it has a token embedding "
-                        "layer. Pass `input_ids.long()`."
-                    ) from error
+            if not isinstance(x, Tensor):
+                raise TypeError(f"`x` must be a torch.Tensor, got {type(x).__name__}.")
+            kind = input_kind(x, kwargs)
+            if self.raw_inputs_only and not kind.continuous:
+                raise ValueError(
+                    f"{self.name or type(self).__name__} needs the raw inputs ({self.raw_inputs_only}), but "
+                    f"{kind.name} inputs are attributed in {kind.space_name}."
+                )
+            call = kind.method_call(self, x, kwargs)
+            self._check_keywords(call.kwargs)
+            try:
+                result = self._run(call, target, logits, backoff)
+            except RuntimeError as error:
+                hint = None if isinstance(error, torch.OutOfMemoryError) else kind.failure_hint(self, x)
+                if hint is None:
+                    raise
+                raise TypeError(hint) from error
         except BaseException:
             self.internal_batch_size = chosen
             raise
@@ -139,45 +158,111 @@ class AttributionMethod(abc.ABC):
         self.internal_batch_size = backoff.finish()
         return result
 
-    def _looks_like_float_ids(self, x: Tensor) -> bool:
-        """Whether ``x`` is probably token ids cast to float: 2-D whole numbers >= 0, for a model with an embedding.
+    @property
+    def space(self) -> Space:
+        """The space of the chunk being attributed: the points, their forward, bounds, baseline and features.
 
-        Asked only after the model failed on ``x``, so a model that takes such floats (and casts them) still works.
+        Only defined inside :meth:`_attribute`; see :class:`lit_attr.inputs.Space`.
         """
-        if not isinstance(x, Tensor) or x.ndim != 2 or not x.is_floating_point() or x.numel() == 0:
-            return False
-        if not bool(torch.isfinite(x).all() and (x == x.round()).all() and (x >= 0).all()):
-            return False
-        layer = self.token_options.embedding_layer if self.token_options is not None else None
-        try:
-            find_embedding_layer(self.model, layer)
-        except (TypeError, ValueError):
-            return False
-        return True
+        if self._space is None:
+            raise RuntimeError("`space` is only defined while the method attributes a chunk (inside _attribute).")
+        return self._space
 
-    def _attribute_inputs(
-        self, x: Tensor, target: TargetType, logits: Tensor | None, kwargs: dict[str, Any], backoff: MemoryBackoff
-    ) -> ResultType:
-        """:meth:`attribute` for float inputs, in chunks whose bound ``backoff`` halves when one runs out of memory."""
-        self._check_input(x)
-        parts: list[ResultType] = []
-        with preserved_model_state(self.model), preserved_rng_state():
+    def _run(self, call: MethodCall, target: TargetType, logits: Tensor | None, backoff: MemoryBackoff) -> ResultType:
+        """Attribute every sample of ``call``, segment by segment, in chunks whose bound ``backoff`` halves."""
+        with preserved_model_state(self.model), preserved_rng_state(), call.installed():
             with torch.inference_mode(False), torch.enable_grad():
-                x = x.detach().clone()
-                target = self._resolve_target(x, target, logits, backoff)
-                backoff.run(
-                    x.shape[0],
-                    lambda start, size: self._attribute_chunk(x, target, kwargs, start, size, parts),
-                    unbounded=x.shape[0] * max(1, self.rows_per_sample(**kwargs)),
-                )
-        if isinstance(parts[0], tuple):
-            info = {key: torch.cat([part[1][key] for part in parts]).detach() for key in parts[0][1]}
-            return self._finish(torch.cat([part[0] for part in parts]), x), info
-        return self._finish(torch.cat(parts), x)
+                call.prepare()
+                logits = self._clean_logits(call, logits, backoff)
+                target = resolve_target(target, logits).to(logits.device)
+                rows_per_sample = max(1, self.rows_per_sample(**call.kwargs))
+                for samples in call.segments():
+                    step = functools.partial(self._attribute_chunk, call, samples, target, logits)
+                    backoff.run(samples.numel(), step, unbounded=samples.numel() * rows_per_sample)
+        return call.result()
 
-    @staticmethod
-    def _finish(attributions: Tensor, x: Tensor) -> Tensor:
-        return attributions.detach().to(dtype=x.dtype, device=x.device)
+    def _clean_logits(self, call: MethodCall, logits: Tensor | None, backoff: MemoryBackoff) -> Tensor:
+        """The caller's logits, checked, or the model's on the clean inputs (non-finite ones name the sample)."""
+        if logits is None:
+
+            def run(start: int, stop: int) -> Tensor:
+                try:
+                    return self.logits(call.x[start:stop])
+                except _NonFiniteLogitsError as error:  # here rows are samples
+                    raise self._non_finite_error(_which([start + row for row in error.rows])) from error
+
+            with torch.no_grad(), preserved_model_state(self.model):
+                return call.clean_logits(run, backoff).detach()
+        n = call.n
+        if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != n:
+            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+            raise ValueError(f"`logits` must be the model's logits (N, K) = ({n}, K) for `x`, got {shape}.")
+        bad = (~torch.isfinite(logits.detach()).all(dim=1)).nonzero()[:, 0].tolist()
+        if bad:
+            raise self._non_finite_error(_which(bad))
+        return logits.detach()
+
+    def _attribute_chunk(
+        self, call: MethodCall, samples: Tensor, target: Tensor, logits: Tensor, start: int, size: int | None
+    ) -> int:
+        """Attribute the samples from ``start`` that fit ``size`` forward rows; return where the next chunk starts.
+
+        ``size`` becomes ``internal_batch_size`` for the call, so the rows loops inside ``_attribute`` (IG2's, BIG's,
+        Captum's own batching) honour a bound that the memory back-off halved.
+        """
+        self.internal_batch_size = size
+        part = samples[start : start + self._samples_per_chunk(**call.kwargs)]
+        space = call.space(part, logits[part])
+        try:
+            with self._in_space(space):
+                result = self._attribute(space.z, target[part], **self._chunk_kwargs(call, part))
+        except _NonFiniteLogitsError as error:
+            culprits = self._culprits(call, part, target, logits)
+            which = f"sample {culprits[0]}" if len(culprits) == 1 else f"one of samples {culprits}"
+            raise self._non_finite_error(f"along the path of {which}") from error
+        call.collect(space, result)
+        return start + part.numel()
+
+    @contextmanager
+    def _in_space(self, space: Space) -> Iterator[None]:
+        outer, self._space = self._space, space
+        try:
+            yield
+        finally:
+            self._space = outer
+
+    def _culprits(self, call: MethodCall, part: Tensor, target: Tensor, logits: Tensor) -> list[int]:
+        """Samples of a chunk whose path meets non-finite logits, found by attributing them one at a time.
+
+        Path rows do not map back to samples in a way common to all methods, but methods are batch-independent.
+        Returns every sample of the chunk when a lone sample cannot be attributed (e.g. references drawn from
+        the batch).
+        """
+        chunk = part.tolist()
+        if len(chunk) == 1:
+            return chunk
+        for i in range(len(chunk)):
+            one = part[i : i + 1]
+            space = call.space(one, logits[one])
+            try:
+                with self._in_space(space):
+                    self._attribute(space.z, target[one], **self._chunk_kwargs(call, one))
+            except _NonFiniteLogitsError:
+                return [chunk[i]]
+            except Exception:  # noqa: BLE001 - cannot run alone: name the whole chunk
+                break
+        return chunk
+
+    def _chunk_kwargs(self, call: MethodCall, part: Tensor) -> dict[str, Any]:
+        """The per-call keywords of the samples ``part``: per-sample ones (:attr:`per_sample_kwargs`) are split."""
+        if part.numel() == call.n:
+            return call.kwargs
+        return {
+            key: value[part.to(value.device)]
+            if key in self.per_sample_kwargs and isinstance(value, Tensor) and value.ndim and value.shape[0] == call.n
+            else value
+            for key, value in call.kwargs.items()
+        }
 
     def __call__(self, x: Tensor, target: TargetType = None, **kwargs: Any) -> ResultType:
         """Alias of :meth:`attribute`."""
@@ -201,8 +286,11 @@ class AttributionMethod(abc.ABC):
     # ------------------------------------------------------------------ for subclasses
     @abc.abstractmethod
     def _attribute(self, x: Tensor, target: Tensor, **kwargs: Any) -> ResultType:
-        """Compute attributions for one chunk; ``x`` is a fresh copy, ``target`` an ``(n,)`` long tensor.
+        """Compute attributions for one chunk; ``x`` is a fresh copy of its points, ``target`` an ``(n,)`` long tensor.
 
+        ``x`` is :attr:`space`'s ``z``: the inputs themselves, or for token ids their embeddings (plus a feature
+        naming each row's sample, which no gradient reaches). Return maps of ``x``'s shape, or per-feature maps of
+        shape ``(n, *space.feature_shape)``; :meth:`Space.expand_features` gives the form ``attribute`` returns.
         May return ``(attributions, info)`` where every value of ``info`` has the chunk's samples first.
         """
 
@@ -210,12 +298,30 @@ class AttributionMethod(abc.ABC):
         """How many forward rows one sample costs at once; the base class chunks samples by it."""
         return 1
 
-    def logits(self, x: Tensor) -> Tensor:
-        """Run ``forward_fn`` and check that it returned ``(N, K)`` finite logits.
+    def call_keywords(self) -> set[str] | None:
+        """The per-call keywords :meth:`_attribute` takes (``None``: any); others are refused before any work."""
+        parameters = list(inspect.signature(self._attribute).parameters.values())[2:]
+        if any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return None
+        return {p.name for p in parameters}
 
-        Non-finite logits raise a ``ValueError`` from :meth:`attribute` that names the method and the sample.
+    def _check_keywords(self, kwargs: Mapping[str, Any]) -> None:
+        accepted = self.call_keywords()
+        unknown = sorted(set(kwargs) - accepted) if accepted is not None else []
+        if unknown:
+            raise TypeError(
+                f"{', '.join(f'`{key}`' for key in unknown)}: not an option of {self.name or type(self).__name__}, "
+                f"whose attribute() takes {sorted(accepted)} besides x, target and logits (and the keywords of "
+                "its input kind)."
+            )
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Run the model on points of the current space (the inputs outside ``_attribute``); check the logits.
+
+        The model's output must be ``(N, K)`` finite logits; non-finite logits raise a ``ValueError`` from
+        :meth:`attribute` that names the method and the sample.
         """
-        out = self.forward_fn(x)
+        out = (self._space.forward if self._space is not None else self.forward_fn)(x)
         if not isinstance(out, Tensor):
             raise TypeError(
                 f"The model returned {type(out).__name__}, but attribution needs a tensor of logits (N, K). "
@@ -232,90 +338,28 @@ class AttributionMethod(abc.ABC):
         return out
 
     def clip(self, x: Tensor) -> Tensor:
-        """Project ``x`` onto ``input_bounds`` (identity when unbounded)."""
-        if self.input_bounds is None:
+        """Project ``x`` onto the bounds of the current space (``input_bounds`` outside ``_attribute``)."""
+        bounds = self._space.bounds if self._space is not None else self.input_bounds
+        if bounds is None:
             return x
-        low, high = (b.to(x) if isinstance(b, Tensor) else b for b in self.input_bounds)
+        low, high = (b.to(x) if isinstance(b, Tensor) else b for b in bounds)
         return torch.clamp(x, low, high)
 
     def resolve_target(self, x: Tensor, target: TargetType, logits: Tensor | None = None) -> Tensor:
         """Turn ``target`` into an ``(N,)`` long tensor on ``x``'s device, validated against the model's logits.
 
         Args:
-            x: the batch.
+            x: a batch of float inputs.
             target: any form :func:`lit_attr._checks.resolve_target` accepts.
             logits: the logits of ``x`` if already computed (checked for shape); else the model runs once.
         """
-        return self._resolve_target(x, target, logits, None)
+        call = MethodCall(self, x, {})
+        backoff = MemoryBackoff(self.name or type(self).__name__, self.internal_batch_size)
+        logits = self._clean_logits(call, logits, backoff)
+        backoff.finish()
+        return resolve_target(target, logits).to(x.device)
 
     # ------------------------------------------------------------------ internals
-    def _resolve_target(
-        self, x: Tensor, target: TargetType, logits: Tensor | None, backoff: MemoryBackoff | None
-    ) -> Tensor:
-        n = x.shape[0]
-        if logits is None:
-            local = backoff is None
-            backoff = backoff or MemoryBackoff(self.name or type(self).__name__, self.internal_batch_size)
-            parts: list[Tensor] = []
-
-            def forward(start: int, stop: int) -> None:
-                try:
-                    parts.append(self.logits(x[start:stop]))
-                except _NonFiniteLogitsError as error:  # here rows are samples
-                    raise self._non_finite_error(_which([start + row for row in error.rows])) from error
-
-            with torch.no_grad(), preserved_model_state(self.model):
-                backoff.chunks(n, forward)
-            if local:
-                backoff.finish()
-            logits = torch.cat(parts)
-        elif not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != n:
-            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-            raise ValueError(f"`logits` must be the model's logits (N, K) = ({n}, K) for `x`, got {shape}.")
-        else:
-            bad = (~torch.isfinite(logits.detach()).all(dim=1)).nonzero()[:, 0].tolist()
-            if bad:
-                raise self._non_finite_error(_which(bad))
-        return resolve_target(target, logits.detach()).to(x.device)
-
-    def _attribute_chunk(
-        self, x: Tensor, target: Tensor, kwargs: dict[str, Any], start: int, size: int | None, parts: list[ResultType]
-    ) -> int:
-        """Attribute the samples from ``start`` that fit ``size`` forward rows; return where the next chunk starts.
-
-        ``size`` becomes ``internal_batch_size`` for the call, so the rows loops inside ``_attribute`` (IG2's, BIG's,
-        Captum's own batching) honour a bound that the memory back-off halved.
-        """
-        self.internal_batch_size = size
-        chunk = self._samples_per_chunk(**kwargs)
-        try:
-            options = self._chunk_kwargs(kwargs, x, start, chunk)
-            parts.append(self._attribute(x[start : start + chunk], target[start : start + chunk], **options))
-        except _NonFiniteLogitsError as error:
-            culprits = self._culprits(x, target, kwargs, start, chunk)
-            which = f"sample {culprits[0]}" if len(culprits) == 1 else f"one of samples {culprits}"
-            raise self._non_finite_error(f"along the path of {which}") from error
-        return min(start + chunk, x.shape[0])
-
-    def _culprits(self, x: Tensor, target: Tensor, kwargs: dict[str, Any], start: int, size: int) -> list[int]:
-        """Samples of a chunk whose path meets non-finite logits, found by attributing them one at a time.
-
-        Path rows do not map back to samples in a way common to all methods, but methods are batch-independent.
-        Returns every sample of the chunk when a lone sample cannot be attributed (e.g. references drawn from
-        the batch).
-        """
-        chunk = range(start, min(start + size, x.shape[0]))
-        if len(chunk) == 1:
-            return list(chunk)
-        for i in chunk:
-            try:
-                self._attribute(x[i : i + 1], target[i : i + 1], **self._chunk_kwargs(kwargs, x, i, 1))
-            except _NonFiniteLogitsError:
-                return [i]
-            except Exception:  # noqa: BLE001 - cannot run alone: name the whole chunk
-                break
-        return list(chunk)
-
     def _non_finite_error(self, where: str) -> ValueError:
         return ValueError(
             f"{self.name or type(self).__name__}: the model returned NaN or infinite logits {where} (position in "
@@ -326,43 +370,6 @@ class AttributionMethod(abc.ABC):
         if self.internal_batch_size is None:
             return 2**62
         return max(1, self.internal_batch_size // max(1, self.rows_per_sample(**kwargs)))
-
-    def _chunk_kwargs(self, kwargs: dict[str, Any], x: Tensor, start: int, size: int) -> dict[str, Any]:
-        n = x.shape[0]
-        if size >= n:
-            return kwargs
-        return {
-            key: value[start : start + size]
-            if key in self.per_sample_kwargs and isinstance(value, Tensor) and value.ndim and value.shape[0] == n
-            else value
-            for key, value in kwargs.items()
-        }
-
-    def _check_input(self, x: Tensor) -> None:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"`x` must be a torch.Tensor, got {type(x).__name__}.")
-        if not x.is_floating_point():
-            raise TypeError(f"`x` must be a floating-point tensor, got dtype {x.dtype}. Convert with `x.float()`.")
-        if x.ndim < 2 or x.shape[0] == 0:
-            raise ValueError(f"`x` must be a non-empty batch (N, ...) with N >= 1, got shape {tuple(x.shape)}.")
-        device = next((p.device for p in self.model.parameters()), None)
-        if device is not None and device != x.device:
-            raise ValueError(
-                f"`x` is on {x.device} but the model is on {device}; move them to the same device, "
-                f"e.g. `x.to({str(device)!r})`."
-            )
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("`x` contains NaN or infinite values; attribution needs finite inputs.")
-        if self.input_bounds is not None:
-            low, high = (b.to(x) if isinstance(b, Tensor) else b for b in self.input_bounds)
-            tol = 1e-6
-            if bool((x < torch.as_tensor(low, dtype=x.dtype, device=x.device) - tol).any()) or bool(
-                (x > torch.as_tensor(high, dtype=x.dtype, device=x.device) + tol).any()
-            ):
-                raise ValueError(
-                    f"`x` has values in [{float(x.min()):.4g}, {float(x.max()):.4g}], outside `input_bounds`; "
-                    "pass the bounds of the space the model sees (e.g. (0, 1) when normalisation is inside it)."
-                )
 
 
 def _which(rows: list[int]) -> str:

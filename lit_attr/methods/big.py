@@ -48,6 +48,8 @@ class BIG(AttributionMethod):
         torch.Size([2, 4])
     """
 
+    raw_inputs_only = "it attacks inside L-inf balls whose radii are input intensities"
+
     def __init__(
         self,
         model: nn.Module,

@@ -49,6 +49,8 @@ class CaptumMethod(AttributionMethod):
         rows_per_sample: forward rows one sample costs: an int, or the name of an attribute keyword holding it
             (e.g. ``"n_steps"``); used to honour ``internal_batch_size``.
         batch_kwargs: maps ``(internal_batch_size, samples_in_chunk)`` to Captum's own batching keywords.
+        raw_inputs_only: why the Captum method needs the raw inputs (see
+            :attr:`~lit_attr.methods.AttributionMethod.raw_inputs_only`), or ``""``.
         stochastic: the Captum method draws random numbers. Each sample is then attributed under its own seed,
             derived from ``seed`` and the sample's values, so results are reproducible and do not depend on
             which other samples share the batch; the global RNG state is restored afterwards.
@@ -77,6 +79,7 @@ class CaptumMethod(AttributionMethod):
         *,
         rows_per_sample: int | str = 1,
         batch_kwargs: BatchKwargs | None = None,
+        raw_inputs_only: str = "",
         stochastic: bool = False,
         seed: int = 0,
         forward_fn: Callable[[Tensor], Tensor] | None = None,
@@ -95,12 +98,18 @@ class CaptumMethod(AttributionMethod):
         if not callable(attribution):
             raise TypeError(f"`attribution` must be a Captum attribution class or factory, got {attribution!r}.")
         self._rows_per_sample = rows_per_sample
+        self.raw_inputs_only = raw_inputs_only
         self._batch_kwargs = batch_kwargs
         self.stochastic = stochastic
         self.seed = check_seed(seed)
         self.attribute_kwargs = attribute_kwargs
         self.captum = attribution(self._captum_forward_arg(attribution))
         _check_attribute_kwargs(self.captum, attribute_kwargs)
+        self._takes_baselines = "baselines" in (_attribute_parameters(self.captum) or ())
+
+    def call_keywords(self) -> set[str] | None:
+        """The keywords of the Captum ``attribute`` call (``None`` where it takes any)."""
+        return _attribute_parameters(self.captum)
 
     def _captum_forward_arg(self, attribution: Any) -> Any:
         wants_module = False
@@ -119,6 +128,14 @@ class CaptumMethod(AttributionMethod):
     def _attribute(self, x: Tensor, target: Tensor, **kwargs: Any) -> Tensor:
         x.requires_grad_(True)
         options = self._shape_options(x, {**self.attribute_kwargs, **kwargs})
+        baseline = self.space.baseline
+        if baseline is not None and self._takes_baselines:
+            if "baselines" in kwargs:
+                raise ValueError(
+                    "`baselines` does not apply to these inputs: their kind gives the baseline (for token ids, the "
+                    "embedding of `baseline_token_id` at every perturbable position)."
+                )
+            options["baselines"] = baseline
         if self.internal_batch_size is not None and self._batch_kwargs is not None:
             options.update(self._batch_kwargs(self.internal_batch_size, x.shape[0]))
         with warnings.catch_warnings():
@@ -214,6 +231,7 @@ def smoothgrad(model: nn.Module, *, nt_samples: int = 16, stdevs: float = 0.15, 
         lambda f: ca.NoiseTunnel(ca.Saliency(f)),
         rows_per_sample="nt_samples",
         batch_kwargs=lambda ibs, n: {"nt_samples_batch_size": max(1, ibs // n)},
+        raw_inputs_only="its noise's `stdevs` are in input units",
         stochastic=True,
         seed=seed,
         nt_type="smoothgrad",
@@ -232,7 +250,11 @@ class OcclusionMethod(CaptumMethod):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"`{arg}` must be a positive int or None, got {value!r}.")
         super().__init__(
-            model, ca.Occlusion, batch_kwargs=lambda ibs, n: {"perturbations_per_eval": max(1, ibs // n)}, **kwargs
+            model,
+            ca.Occlusion,
+            batch_kwargs=lambda ibs, n: {"perturbations_per_eval": max(1, ibs // n)},
+            raw_inputs_only="its patches are windows of input elements",
+            **kwargs,
         )
         self.window = window
         self.stride = stride
@@ -268,7 +290,14 @@ def deeplift(model: nn.Module, *, baselines: Any = None, **kwargs: Any) -> Captu
     """DeepLIFT rescale rule (Shrikumar et al. 2017); needs ReLUs as modules (Captum hooks them)."""
     baselines = _low_bound(kwargs) if baselines is None else baselines
     # Captum runs each input together with its baseline: two rows per sample.
-    return CaptumMethod(model, ca.DeepLift, rows_per_sample=2, baselines=baselines, **kwargs)
+    return CaptumMethod(
+        model,
+        ca.DeepLift,
+        rows_per_sample=2,
+        baselines=baselines,
+        raw_inputs_only="its rescale rule runs from the model's input",
+        **kwargs,
+    )
 
 
 class GradientShapMethod(CaptumMethod):
@@ -315,6 +344,7 @@ def gradient_shap(
         model,
         ca.GradientShap,
         rows_per_sample="n_samples",
+        raw_inputs_only="its baselines are a distribution of inputs",
         stochastic=True,
         seed=seed,
         baselines=baselines,

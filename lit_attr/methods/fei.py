@@ -15,8 +15,7 @@ clean ``z0 <= 0``; ``vm`` passes only gradients that move ``z`` back towards ``z
 
 from __future__ import annotations
 
-import sys
-from collections import defaultdict
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal, overload
@@ -29,158 +28,31 @@ from lit_attr._hygiene import row_seed
 from lit_attr.inputs.tokens import TokenOptions
 from lit_attr.methods._common import SCORES
 from lit_attr.methods.base import AttributionMethod, BoundsType, ResultType, TargetType
+from lit_attr.methods.fei_gates import (  # noqa: F401  (re-exported: the gates' public names)
+    GATES,
+    HF_GELU_NAMES,
+    ActivationGates,
+    ReluGates,
+    gate_gradient,
+    gated_types,
+    gelu_types,
+)
 from lit_attr.methods.registry import register_method
 
-#: Which incoming gradients ``g`` a gated ReLU lets through, given its clean (``a0``) and current (``a``) output.
-#: Gradient descent moves ``a`` against ``g``: ``g > 0`` pushes the unit down. At a GELU, ``a``, ``a0`` and ``g`` are
-#: its current and clean input (pre-activation) and the gradient with respect to that input (see the module text).
-GATES: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
-    "none": lambda a, a0, g: torch.ones_like(g, dtype=torch.bool),
-    "ibm": lambda a, a0, g: (g > 0) | (a0 > 0),
-    "vm": lambda a, a0, g: ((g > 0) & (a >= a0)) | ((g <= 0) & (a < a0)),
-    "ivm": lambda a, a0, g: (g > 0) | (a <= a0),
-    "avm": lambda a, a0, g: (g < 0) | (a >= a0),
-}
 OBJECTIVES = ("preservation", "hybrid")
-
-
-class _GatedIdentity(torch.autograd.Function):
-    """Identity in the forward pass; in the backward pass zeroes the gradients the gate rejects."""
-
-    @staticmethod
-    def forward(ctx: Any, a: Tensor, a0: Tensor, gate: str) -> Tensor:
-        ctx.save_for_backward(a, a0)
-        ctx.gate = gate
-        return a.clone()
-
-    @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:
-        a, a0 = ctx.saved_tensors
-        return g * GATES[ctx.gate](a, a0, g).to(g.dtype), None, None
-
-
-def gate_gradient(a: Tensor, a0: Tensor, gate: str) -> Tensor:
-    """Apply the selective gradient clipping ``gate`` to activation ``a`` with clean activation ``a0``.
-
-    Example:
-        >>> a = torch.tensor([1.0, 0.0], requires_grad=True)
-        >>> gate_gradient(a, torch.tensor([0.0, 0.0]), "ibm").mul(torch.tensor([-1.0, 2.0])).sum().backward()
-        >>> a.grad.tolist() == [0.0, 2.0]  # unit 0 was off on the clean image and may not be pushed up (g = -1 < 0)
-        True
-    """
-    check_choice("gate", gate, GATES)
-    return _GatedIdentity.apply(a, a0, gate)
-
-
-#: Hugging Face's GELU modules (``transformers.activations``: ``hidden_act="gelu"`` as in BERT, its tanh and sigmoid
-#: approximations), gated like ``nn.GELU`` at their input: each is close to the identity for ``z > 0`` and to 0 for
-#: ``z << 0``, as GELU is. Names missing from the installed transformers are skipped.
-HF_GELU_NAMES = (
-    "GELUActivation",
-    "GELUTanh",
-    "PytorchGELUTanh",
-    "NewGELUActivation",
-    "FastGELUActivation",
-    "AccurateGELUActivation",
-    "QuickGELUActivation",
-)
-
-
-def gelu_types() -> tuple[type, ...]:
-    """``nn.GELU`` and, when transformers is loaded, its GELU modules (:data:`HF_GELU_NAMES`).
-
-    A model holding a Hugging Face activation has imported ``transformers.activations``, so FEI looks the classes up
-    there and never imports transformers itself.
-
-    Example:
-        >>> nn.GELU in gelu_types()
-        True
-    """
-    hf = sys.modules.get("transformers.activations")
-    return (nn.GELU, *(getattr(hf, name) for name in HF_GELU_NAMES if hasattr(hf, name)))
-
-
-def gated_types() -> tuple[type, ...]:
-    """Every activation module type FEI can gate: ``nn.ReLU`` (at its output) and :func:`gelu_types` (at the input)."""
-    return (nn.ReLU, *gelu_types())
-
-
-class ActivationGates:
-    """Hooks that gate chosen ReLU and GELU modules, keyed by module and call order within one forward.
-
-    A ReLU is gated at its output (a forward hook), a GELU (``nn.GELU`` or one of Hugging Face's, see
-    :func:`gelu_types`) at its input (a forward pre-hook), so ``clean`` holds
-    ReLU outputs and GELU inputs. ``capture(x)`` records clean activations; inside ``active()`` every forward must
-    be preceded by ``new_forward()`` so that a module called several times per forward (torchvision's Bottleneck
-    ReLU) is matched call by call. ``inplace`` flags are switched off while hooked and restored on exit, even on
-    errors.
-    """
-
-    def __init__(self, modules: Sequence[nn.Module], gate: str) -> None:
-        self.modules = list(modules)
-        self.gate = gate
-        self.clean: dict[tuple[int, int], Tensor] = {}
-        self.calls: defaultdict[int, int] = defaultdict(int)
-        self._capturing = False
-
-    @contextmanager
-    def active(self) -> Iterator[ActivationGates]:
-        """Install the hooks (and no-inplace) for the duration of the block."""
-        flags = [(m, m.inplace) for m in self.modules if hasattr(m, "inplace")]
-        handles = []
-        try:
-            for m, _ in flags:
-                m.inplace = False
-            gelus = gelu_types()
-            for m in self.modules:
-                if isinstance(m, gelus):
-                    handles.append(m.register_forward_pre_hook(self._pre_hook))
-                else:
-                    handles.append(m.register_forward_hook(self._hook))
-            yield self
-        finally:
-            for h in handles:
-                h.remove()
-            for m, flag in flags:
-                m.inplace = flag
-
-    def new_forward(self, capture: bool = False) -> None:
-        """Reset call counters before a forward; ``capture=True`` records clean activations in it."""
-        self.calls.clear()
-        self._capturing = capture
-
-    def _gated(self, module: nn.Module, value: Tensor) -> Tensor | None:
-        """``value`` with its gradient gated against the clean value of this call (``None``: leave it)."""
-        key = (id(module), self.calls[id(module)])
-        self.calls[id(module)] += 1
-        if self._capturing:
-            self.clean[key] = value.detach()
-            return None
-        if self.gate == "none":
-            return None
-        return _GatedIdentity.apply(value, self.clean[key], self.gate)
-
-    def _hook(self, module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
-        return self._gated(module, output)
-
-    def _pre_hook(self, module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...] | None:
-        gated = self._gated(module, args[0])
-        return None if gated is None else (gated, *args[1:])
-
-
-#: The former name, from when only ReLUs were gated.
-ReluGates = ActivationGates
 
 
 class FEI(AttributionMethod):
     """FEI attribution with selective gradient clipping.
 
-    One mask value per spatial position (``(N, 1, H, W)`` for images, one per element otherwise), in [0, 1],
-    optimised directly with Adam (``lr``, cosine decay to 0 over ``iterations``) and clamped after every step.
-    The preserved input is ``x * m + r * (1 - m)`` with ``r`` a random flat colour per sample, redrawn every
-    iteration. For each level ``q`` in ``levels`` (in order) the mask grows from the previous level's by a
-    non-negative increment, minimising per sample ``beta * |sum(m) - q * units| - logit_c(preserved)``
-    (``objective="hybrid"`` adds ``+ logit_c(x * (1 - m) + r * m)``). The map is the mean of the nested masks.
+    One mask value per feature of the input kind (``space.feature_shape``: per pixel ``(N, 1, H, W)`` for images,
+    per token for token ids, one per element otherwise), in [0, 1], optimised directly with Adam (``lr``, cosine
+    decay to 0 over ``iterations``) and clamped after every step. The preserved input is ``x * m + r * (1 - m)``
+    with ``r`` a random flat colour per sample, redrawn every iteration, or the kind's own baseline where it has one
+    (token ids: the [MASK] embedding). For each level ``q`` in ``levels`` (in order) the mask grows from the previous
+    level's by a non-negative increment, minimising per sample ``beta * |sum(m) - q * units| - logit_c(preserved)``
+    (``objective="hybrid"`` adds ``+ logit_c(x * (1 - m) + r * m)``), where ``units`` counts the features that may
+    change (not padding or special tokens). The map is the mean of the nested masks.
 
     All masks of a batch optimise together; Adam is elementwise and the model runs in eval mode, so a sample's
     mask does not depend on its batch. Reference colours come from a generator seeded per sample.
@@ -384,14 +256,15 @@ class FEI(AttributionMethod):
     relu_modules = gated_modules
 
     # ------------------------------------------------------------------ optimisation
-    def _colours(self, x: Tensor, total: int) -> Tensor:
-        """``(total, N, ...)`` flat reference colours, one per image channel (one value for non-image inputs).
+    def _colours(self, x: Tensor, total: int, feature_shape: tuple[int, ...]) -> Tensor:
+        """``(total, N, ...)`` flat reference colours: one per channel (the axes a mask does not resolve).
 
-        Each sample draws from its own generator, seeded by ``seed`` and its values, so draws do not depend on the
-        batch. Colours are uniform in ``input_bounds``, or in the sample's own per-channel range without bounds.
+        Images get one colour per channel (a mask has one value per pixel), other inputs one value per sample. Each
+        sample draws from its own generator, seeded by ``seed`` and its values, so draws do not depend on the batch.
+        Colours are uniform in ``input_bounds``, or in the sample's own per-channel range without bounds.
         """
-        image = x.ndim == 4
-        channels = x.shape[1] if image else 1
+        shape = tuple(size if mask == 1 else 1 for size, mask in zip(x.shape[1:], feature_shape, strict=True))
+        channels = math.prod(shape)
         draws = [
             torch.rand(total, channels, generator=torch.Generator().manual_seed(row_seed(self.seed, row)))
             for row in x
@@ -400,26 +273,33 @@ class FEI(AttributionMethod):
         if self.input_bounds is not None:
             low, high = (torch.as_tensor(b).to(x).reshape(-1) for b in self.input_bounds)
         else:
-            flat = x.flatten(2) if image else x.flatten(1)[:, None]
-            low, high = flat.amin(dim=2), flat.amax(dim=2)  # (N, channels)
+            over = [d + 1 for d, size in enumerate(shape) if size == 1]  # the axes a colour is constant over
+            low, high = (x.amin(dim=over) if over else x, x.amax(dim=over) if over else x)
+            low, high = low.reshape(x.shape[0], channels), high.reshape(x.shape[0], channels)
         colours = low + u * (high - low)
-        return colours.reshape(total, x.shape[0], channels, *([1] * (x.ndim - 2)))
+        return colours.reshape(total, x.shape[0], *shape)
 
     def _attribute(self, x: Tensor, target: Tensor, return_masks: bool = False) -> Any:
+        space = self.space
         x = x.detach()
         n = x.shape[0]
-        mask_shape = (n, 1, *x.shape[2:]) if x.ndim == 4 else tuple(x.shape)
-        units = float(torch.tensor(mask_shape[1:]).prod())
-        gates = ActivationGates(self.gated_modules(x) if self.gate != "none" else [], self.gate)
-        colours = self._colours(x, len(self.levels) * self.iterations)
+        mask_shape = (n, *space.feature_shape)
+        support = space.support
+        units = support.flatten(1).sum(dim=1) if support is not None else float(math.prod(space.feature_shape))
+        # In a learned space (token embeddings) the activations sit in the encoder blocks, after the first nn.Linear.
+        gated = self.gated_modules(x, whole_model=not space.raw) if self.gate != "none" else []
+        gates = ActivationGates(gated, self.gate)
+        baseline = space.baseline
+        if baseline is None:
+            colours = self._colours(x, len(self.levels) * self.iterations, space.feature_shape)
 
         def blend(m: Tensor, step: int, preserve: bool) -> Tensor:
-            r = colours[step]
+            r = colours[step] if baseline is None else baseline
             return x * m + r * (1 - m) if preserve else x * (1 - m) + r * m
 
-        masks = self._nested_masks(x, blend, target, mask_shape, units, gates)
+        masks = self._nested_masks(x, blend, target, mask_shape, units, gates, support)
         heatmap = torch.stack(masks).mean(dim=0)
-        heatmap = heatmap.expand_as(x) if self.reduce else heatmap
+        heatmap = space.expand_features(heatmap) if self.reduce else heatmap
         return (heatmap, {"masks": torch.stack(masks, dim=1)}) if return_masks else heatmap
 
     def _nested_masks(

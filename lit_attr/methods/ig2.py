@@ -11,26 +11,30 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 from torch import Tensor, nn
 
 from lit_attr._checks import check_choice, check_flag, check_positive, check_seed
-from lit_attr._hygiene import row_seed
+from lit_attr.inputs import Space, input_kind
 from lit_attr.inputs.tokens import TokenOptions
 from lit_attr.methods._common import SCORES, unit_rows
-from lit_attr.methods._tokens import is_token_call
 from lit_attr.methods.base import AttributionMethod, BoundsType, ResultType, TargetType
+from lit_attr.methods.ig2_references import SAMPLERS, check_pool, check_references, draw_reference_indices
 from lit_attr.methods.registry import register_method
 
 if TYPE_CHECKING:
     from lit_attr.batch import Batch
 
-SAMPLERS = ("random_other_class", "confusers")
 #: eta of the authors (256 in [0, 255] at 299x299 RGB), converted to [0, 1] at 224x224 RGB.
 ETA_224 = 256 / 255 * 224 / 299
+#: The default step length in a learned space (token embeddings), in units of the sample's mean token-embedding norm
+#: (:attr:`~lit_attr.methods.AttributionMethod.relative_steps`): 201 steps then travel about ten token norms, a few
+#: times the distance between sentences of different classes that differ in a handful of tokens.
+REPRESENTATION_ETA = 0.05
 
 
 def default_eta(x: Tensor, input_bounds: BoundsType = None) -> float:
@@ -96,6 +100,8 @@ class IG2(AttributionMethod):
         torch.Size([2, 4])
     """
 
+    relative_steps = True
+
     def __init__(
         self,
         model: nn.Module,
@@ -146,7 +152,7 @@ class IG2(AttributionMethod):
 
     @reference_pool.setter
     def reference_pool(self, pool: tuple[Tensor, Tensor] | None) -> None:
-        self._reference_pool = _check_pool(pool)
+        self._reference_pool = check_pool(pool)
 
     @property
     def pool(self) -> tuple[Tensor, Tensor] | None:
@@ -166,7 +172,7 @@ class IG2(AttributionMethod):
                 "ig2 draws its references from labelled samples, but the data it was prepared with has no labels; "
                 "pass reference_pool=(inputs, labels) to the method."
             )
-        self._prepared_pool = _check_pool((data.x, data.y))
+        self._prepared_pool = check_pool((data.x, data.y))
 
     def _find_layer(self, layer: str | None) -> nn.Module:
         modules = dict(self.model.named_modules())
@@ -186,7 +192,7 @@ class IG2(AttributionMethod):
             raise ValueError(f"`layer` {layer!r} is not a module of the model.{hint}")
         return modules[layer]
 
-    per_sample_kwargs = ("references",)
+    per_sample_kwargs = ("references", "reference_attention_mask")
 
     def rows_per_sample(self, references: Tensor | None = None, **kwargs: Any) -> int:
         """One row per (sample, reference); rows are also chunked inside a sample."""
@@ -198,7 +204,7 @@ class IG2(AttributionMethod):
 
         From ``pool`` if given, else from ``reference_pool``, else from the data given to :meth:`prepare`.
         """
-        pool = _check_pool(pool) if pool is not None else self.pool
+        pool = check_pool(pool) if pool is not None else self.pool
         if pool is None:
             raise ValueError(
                 f"`references={self.references!r}` draws from `reference_pool`; pass reference_pool=(inputs, labels) "
@@ -224,39 +230,19 @@ class IG2(AttributionMethod):
             pool_y: ``(M,)`` labels of the pool.
             logits: ``(N, K)`` the model's logits of the samples; needed by ``"confusers"``.
         """
-        if self.references == "confusers":
-            if logits is None:
-                raise ValueError("The 'confusers' sampler needs the logits of the explained samples.")
-            ranked = logits.argsort(dim=1, descending=True)
-            # The target's own class is no counterfactual, even when the target is not the prediction.
-            ranked = torch.stack([row[row != c][: self.n_references] for row, c in zip(ranked, target, strict=True)])
-        chosen = []
-        for i, (row, c) in enumerate(zip(rows, target.tolist(), strict=True)):
-            if self.references == "random_other_class":
-                candidates = (pool_y != c).nonzero()[:, 0]
-                what = f"a class other than {c}"
-            else:
-                candidates = torch.isin(pool_y, ranked[i]).nonzero()[:, 0]
-                what = f"the confuser classes {ranked[i].tolist()}"
-            if candidates.numel() == 0:
-                source = (
-                    "`reference_pool`"
-                    if self.reference_pool is not None
-                    else "The reference pool (the data given to prepare(): the batch itself in AttributionQuality)"
-                )
-                raise ValueError(
-                    f"{source} has no sample of {what} (sample {i}): IG2 needs references of other classes; pass "
-                    "reference_pool=(inputs, labels) holding several classes."
-                )
-            generator = torch.Generator().manual_seed(row_seed(self.seed, row))
-            draw = torch.randint(candidates.numel(), (self.n_references,), generator=generator)
-            if candidates.numel() >= self.n_references:  # distinct references when the pool allows
-                draw = torch.randperm(candidates.numel(), generator=generator)[: self.n_references]
-            chosen.append(candidates[draw.to(candidates.device)])
-        return torch.stack(chosen)
+        source = (
+            "`reference_pool`"
+            if self.reference_pool is not None
+            else "The reference pool (the data given to prepare(): the batch itself in AttributionQuality)"
+        )
+        return draw_reference_indices(
+            self.references, rows, target, pool_y, self.n_references, self.seed, logits=logits, source=source
+        )
 
     # ------------------------------------------------------------------ path
-    def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    @contextmanager
+    def _capturing(self) -> Iterator[list[Tensor]]:
+        """The representation of every forward inside the block, appended to the yielded list."""
         captured: list[Tensor] = []
 
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
@@ -271,12 +257,36 @@ class IG2(AttributionMethod):
 
         handle = self.module.register_forward_hook(hook, with_kwargs=True)
         try:
-            logits = self.logits(z)
+            yield captured
         finally:
             handle.remove()
+
+    def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        with self._capturing() as captured:
+            logits = self.logits(z)
         if not captured:
             raise ValueError("The representation layer did not run in the forward pass; choose another `layer`.")
         return logits, captured[-1]
+
+    def _representations(self, space: Space, references: Tensor, **fields: Tensor) -> Tensor:
+        """``(M, H)``: the representation of every reference, each computed on its own (as the kind runs it)."""
+        space.check_samples(references, "references")
+        reps: Tensor | None = None
+        with torch.no_grad(), self._capturing() as captured:
+            for rows, _ in space.run_samples(references, self.internal_batch_size, **fields):
+                if not captured:
+                    raise ValueError(
+                        "The representation layer did not run in the forward pass; choose another `layer`."
+                    )
+                rep = captured.pop()
+                captured.clear()
+                if reps is None:
+                    reps = rep.new_zeros(references.shape[0], rep.shape[1])
+                elif rep.shape[1] != reps.shape[1]:
+                    raise ValueError(_SIZE_CHANGES.format(reps.shape[1], rep.shape[1]))
+                reps[rows] = rep
+        assert reps is not None  # B >= 1 references per sample
+        return reps
 
     def _path_rows(self, x0: Tensor, c: Tensor, ref_rep: Tensor, eta: float) -> tuple[Tensor, Tensor]:
         """Attribution and end point for rows (sample x reference), fused or in the authors' two passes."""
@@ -286,6 +296,7 @@ class IG2(AttributionMethod):
         for _ in range(self.steps):
             z = z.detach().requires_grad_(True)
             logits, rep = self._forward(z)
+            _check_sizes(rep, ref_rep)
             g_logit, u = self._gradients(z, SCORES["logit"](logits, c).sum(), ((rep - ref_rep) ** 2).sum())
             nxt = self._descend(z.detach(), u, eta)
             acc = acc + g_logit * (z.detach() - nxt)
@@ -306,7 +317,9 @@ class IG2(AttributionMethod):
         points = [x0]
         for _ in range(self.steps):
             z = points[-1].detach().requires_grad_(True)
-            (u,) = torch.autograd.grad(((self._forward(z)[1] - ref_rep) ** 2).sum(), z)
+            rep = self._forward(z)[1]
+            _check_sizes(rep, ref_rep)
+            (u,) = torch.autograd.grad(((rep - ref_rep) ** 2).sum(), z)
             points.append(self._descend(z.detach(), u, eta))
         acc = torch.zeros_like(x0)
         for z, nxt in zip(points[:-1], points[1:], strict=True):
@@ -370,29 +383,54 @@ class IG2(AttributionMethod):
                 ``return_baseline``.
             **token_kwargs: keywords of token inputs (``attention_mask``, ``reference_attention_mask``, ...).
         """
-        if references is not None and not is_token_call(x, token_kwargs):
-            _check_references(references, x)
+        if references is not None and isinstance(x, Tensor) and input_kind(x, token_kwargs).continuous:
+            check_references(references, x)
         return super().attribute(
             x, target, logits=logits, references=references, return_baseline=return_baseline, **token_kwargs
         )
 
     def _attribute(
-        self, x: Tensor, target: Tensor, references: Tensor | None = None, return_baseline: bool | None = None
+        self,
+        x: Tensor,
+        target: Tensor,
+        references: Tensor | None = None,
+        reference_attention_mask: Tensor | None = None,
+        return_baseline: bool | None = None,
     ) -> Any:
+        space = self.space
         n = x.shape[0]
-        references = self.sample_references(x, target) if references is None else references.to(x)
+        fields = {}
+        if references is None:
+            references = self._draw(space, target)
+        elif not isinstance(references, Tensor) or references.ndim < 3 or references.shape[0] != n:
+            shape = tuple(references.shape) if isinstance(references, Tensor) else type(references).__name__
+            raise ValueError(f"`references` must be per-sample references (N, B, ...) with N = {n}, got {shape}.")
+        elif reference_attention_mask is not None:
+            if not isinstance(reference_attention_mask, Tensor) or reference_attention_mask.shape != references.shape:
+                shape = getattr(reference_attention_mask, "shape", type(reference_attention_mask).__name__)
+                raise ValueError(
+                    f"`reference_attention_mask` must have the shape of references {tuple(references.shape)}, "
+                    f"got {tuple(shape) if isinstance(shape, torch.Size) else shape}."
+                )
+            fields["attention_mask"] = reference_attention_mask.flatten(0, 1)
         b = references.shape[1]
-        eta = self.eta if self.eta is not None else default_eta(x, self.input_bounds)
+        if b == 0:
+            raise ValueError(f"`references` must hold B >= 1 references per sample, got {tuple(references.shape)}.")
+        rows_ref = references.flatten(0, 1)
+        if space.raw:
+            rows_ref = rows_ref.to(x)
+        ref_rep = self._representations(space, rows_ref, **fields)
+        if self.eta is not None:
+            eta = self.eta
+        else:
+            eta = default_eta(x, self.input_bounds) if space.raw else REPRESENTATION_ETA
         rows_x = x.detach().repeat_interleave(b, dim=0)
         rows_c = target.repeat_interleave(b)
-        rows_ref = references.reshape(n * b, *x.shape[1:])
         chunk = self.internal_batch_size or n * b
         attributions, ends = [], []
         for start in range(0, n * b, chunk):
             part = slice(start, start + chunk)
-            with torch.no_grad():
-                ref_rep = self._forward(rows_ref[part])[1]
-            acc, end = self._path_rows(rows_x[part], rows_c[part], ref_rep, eta)
+            acc, end = self._path_rows(rows_x[part], rows_c[part], ref_rep[part], eta)
             attributions.append(acc)
             ends.append(end)
         attributions = torch.cat(attributions).view(n, b, *x.shape[1:]).mean(dim=1)
@@ -400,32 +438,29 @@ class IG2(AttributionMethod):
             return attributions
         return attributions, {"baseline": torch.cat(ends).view(n, b, *x.shape[1:])}
 
+    def _draw(self, space: Space, target: Tensor) -> Tensor:
+        """``(n, B, ...)`` references of the chunk's samples, drawn from the pool with the configured sampler."""
+        pool = self.pool
+        if pool is None:
+            raise ValueError(
+                f"`references={self.references!r}` draws from `reference_pool`; pass reference_pool=(inputs, labels) "
+                "or a tensor attribute(x, references=...) of shape (N, B, ...)."
+            )
+        pool_x, pool_y = (t.to(space.z.device) for t in pool)
+        space.check_samples(pool_x, "reference_pool")
+        logits = space.logits if self.references == "confusers" else None
+        return pool_x[self.reference_indices(space.keys(), target, pool_y, logits)]
 
-def _check_references(references: Any, x: Any) -> None:
-    if not isinstance(x, Tensor):
-        return  # AttributionMethod.attribute names the problem with x
-    if not isinstance(references, Tensor):
-        raise TypeError(f"`references` must be a tensor (N, B, ...) or None, got {type(references).__name__}.")
-    n, sample = x.shape[0], tuple(x.shape[1:])
-    if references.ndim != x.ndim + 1 or references.shape[0] != n or tuple(references.shape[2:]) != sample:
-        expected = ", ".join(map(str, (n, "B", *sample)))
-        raise ValueError(f"`references` must be a tensor ({expected}), got {tuple(references.shape)}.")
-    if references.shape[1] == 0:
-        raise ValueError(f"`references` must hold B >= 1 references per sample, got {tuple(references.shape)}.")
+
+_SIZE_CHANGES = (
+    "IG2 matches the representation of its `layer`, whose size must not depend on the input (on token inputs, its "
+    "length): pooled features do, per-token states do not. It gave {} values for one input and {} for another."
+)
 
 
-def _check_pool(pool: Any) -> tuple[Tensor, Tensor] | None:
-    if pool is None:
-        return None
-    if (
-        not isinstance(pool, (tuple, list))
-        or len(pool) != 2
-        or not all(isinstance(t, Tensor) for t in pool)
-        or pool[0].shape[0] != pool[1].shape[0]
-        or pool[1].ndim != 1
-    ):
-        raise ValueError("`reference_pool` must be a pair (inputs (M, ...), labels (M,)) of tensors.")
-    return pool[0].detach(), pool[1].detach().long()
+def _check_sizes(rep: Tensor, ref_rep: Tensor) -> None:
+    if rep.shape[1:] != ref_rep.shape[1:]:
+        raise ValueError(_SIZE_CHANGES.format(rep.shape[1], ref_rep.shape[1]))
 
 
 @register_method("ig2")

@@ -65,6 +65,8 @@ class MFABA(AttributionMethod):
         (torch.Size([2, 4]), ['flipped', 'score_drop', 'steps'])
     """
 
+    relative_steps = True
+
     def __init__(
         self,
         model: nn.Module,

@@ -1,17 +1,23 @@
 """torchmetrics ``Metric`` classes for attribution quality (thin wrappers over :mod:`lit_attr.functional`).
 
 Every metric is registered (:func:`register_metric`, :func:`available_metrics`) with what it consumes, so it works
-by name in ``AttributionMonitor(metrics=...)``, ``lit_attr evaluate --metrics`` and ``AttributionQuality``.
+by name in ``AttributionMonitor(metrics=...)``, ``lit_attr evaluate --metrics`` and
+:class:`~lit_attr.attribution_quality.AttributionQuality`, with the input kinds it accepts (``modalities``) and how its
+results are shown (:class:`Presentation`). ``lit_attr.metrics.AttributionQuality`` still works, with a
+``DeprecationWarning``.
 """
 
+from typing import Any
+
 from lit_attr.metrics.activation_deviation import ActivationDeviation
-from lit_attr.metrics.attribution_quality import AttributionQuality
+from lit_attr.metrics.attribution_quality import moved as _moved
 from lit_attr.metrics.eraser import Comprehensiveness, Sufficiency
 from lit_attr.metrics.infidelity import Infidelity, Sensitivity
 from lit_attr.metrics.insertion_deletion import InsertionDeletion
 from lit_attr.metrics.localization import LOCALIZATION_METRICS, Localization
 from lit_attr.metrics.mprt import EfficientMPRT, SmoothMPRT
 from lit_attr.metrics.parameter_randomization import SIMILARITIES, ParameterRandomization
+from lit_attr.metrics.presentation import Presentation, SanityCheck, Score
 from lit_attr.metrics.registry import (
     MetricSpec,
     available_metrics,
@@ -29,7 +35,6 @@ __all__ = [
     "ROAD",
     "SIMILARITIES",
     "ActivationDeviation",
-    "AttributionQuality",
     "Comprehensiveness",
     "EfficientMPRT",
     "Infidelity",
@@ -37,6 +42,9 @@ __all__ = [
     "Localization",
     "MetricSpec",
     "ParameterRandomization",
+    "Presentation",
+    "SanityCheck",
+    "Score",
     "Sensitivity",
     "SmoothMPRT",
     "Sufficiency",
@@ -48,3 +56,8 @@ __all__ = [
     "register_metric",
     "unregister_metric",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # AttributionQuality runs the runner, a layer above the metrics: it moved to lit_attr.attribution_quality.
+    return _moved(__name__, name)

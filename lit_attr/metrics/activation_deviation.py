@@ -19,6 +19,7 @@ from lit_attr.functional.perturbation import (
     resolve_protocol,
 )
 from lit_attr.metrics._model_ref import ModelRef
+from lit_attr.metrics.presentation import Presentation, Score
 from lit_attr.metrics.registry import register_metric
 
 __all__ = ["ActivationDeviation"]
@@ -212,4 +213,11 @@ register_metric(
     consumes=("model", "x", "attributions", "target"),
     summary=_summary,
     per_sample=True,
+    modalities={"images"},  # its games (functional.activation_deviation) take image batches only
+    # The per-layer entries run over layers, not along a game: no curves.
+    presentation=Presentation(
+        display_name="activation deviation",
+        scores=(Score("mean_mse", "activation dev. MSE", header="act.dev"),),
+        curves=None,
+    ),
 )

@@ -12,6 +12,7 @@ from lit_attr._checks import TargetType, check_choice
 from lit_attr.functional.eraser import DEFAULT_BINS, EraserResult, check_bins, comprehensiveness, sufficiency
 from lit_attr.metrics._plotting import figure_and_axes
 from lit_attr.metrics._token_metric import TokenGameMetric, add_rows
+from lit_attr.metrics.presentation import Presentation, Score
 from lit_attr.metrics.registry import register_metric
 
 __all__ = ["Comprehensiveness", "Sufficiency"]
@@ -152,12 +153,14 @@ register_metric(
     Comprehensiveness,
     consumes=("model", "x", "attributions", "target", "logits", "attention_mask", "special_tokens_mask"),
     per_sample=True,
-    tokens=True,
+    modalities={"tokens"},
+    presentation=Presentation(scores=(Score("comprehensiveness", header="comp."),), curves=None),
 )
 register_metric(
     "sufficiency",
     Sufficiency,
     consumes=("model", "x", "attributions", "target", "logits", "attention_mask", "special_tokens_mask"),
     per_sample=True,
-    tokens=True,
+    modalities={"tokens"},
+    presentation=Presentation(scores=(Score("sufficiency", header="suff."),), curves=None),
 )

@@ -26,6 +26,7 @@ from lit_attr.functional.infidelity import (
 from lit_attr.methods.base import AttributionMethod, TargetType
 from lit_attr.methods.registry import get_method
 from lit_attr.metrics._model_ref import ModelRef
+from lit_attr.metrics.presentation import Presentation, Score
 from lit_attr.metrics.registry import register_metric
 
 if TYPE_CHECKING:
@@ -255,6 +256,17 @@ class Sensitivity(_MeanOfScores):
 
 
 register_metric(
-    "infidelity", Infidelity, consumes=("model", "x", "attributions", "target", "logits"), per_sample=True
+    "infidelity",
+    Infidelity,
+    consumes=("model", "x", "attributions", "target", "logits"),
+    per_sample=True,
+    modalities={"continuous"},
+    presentation=Presentation(scores=(Score("infidelity"),), curves=None),
 )
-register_metric("sensitivity", Sensitivity, consumes=("method", "x", "target", "attributions"))
+register_metric(
+    "sensitivity",
+    Sensitivity,
+    consumes=("method", "x", "target", "attributions"),
+    modalities={"continuous"},
+    presentation=Presentation(scores=(Score("sensitivity", "max-sensitivity"),), curves=None),
+)

@@ -7,9 +7,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+import lit_attr.viz as viz
 from lit_attr._checks import TargetType, check_choice, check_optional_int
 from lit_attr.functional.insertion_deletion import insertion_deletion
 from lit_attr.functional.perturbation import (
@@ -25,6 +27,7 @@ from lit_attr.functional.perturbation import (
 )
 from lit_attr.metrics._model_ref import ModelRef
 from lit_attr.metrics._plotting import figure_and_axes
+from lit_attr.metrics.presentation import Presentation, Results, Score
 from lit_attr.metrics.registry import register_metric
 
 __all__ = ["InsertionDeletion"]
@@ -331,9 +334,30 @@ def _num_units(x: Tensor, attributions: Tensor, reduce: str) -> int:
     return math.prod(x.shape[2:])
 
 
+def _curves(results: Results, when: str) -> dict[str, Figure]:
+    # A metric configured with `games=` plays (and draws) only its own games.
+    games = [game for game in ("insertion", "deletion") if all(f"{game}_curve" in r for r in results.values())]
+    if not games:
+        return {}
+    title = f"Mean {' / '.join(games)} curves ({when})"
+    return {"insertion_deletion_curves": viz.insertion_deletion_figure(results, title=title, games=games)}
+
+
+PRESENTATION = Presentation(
+    display_name="insertion / deletion",
+    scores=(
+        Score("insertion", "insertion AUC", header="ins.", caption="ins {:.2f}"),
+        Score("deletion", "deletion AUC", header="del.", higher_is_better=False, caption="del {:.2f}"),
+        Score("difference", "ins. - del."),
+    ),
+    curves=_curves,
+)
+
 register_metric(
     "insertion_deletion",
     InsertionDeletion,
     consumes=("model", "x", "attributions", "target", "logits"),
     per_sample=True,
+    modalities={"continuous"},
+    presentation=PRESENTATION,
 )

@@ -18,6 +18,7 @@ from lit_attr.functional.localization import (
     saliency_map,
 )
 from lit_attr.metrics._plotting import figure_and_axes
+from lit_attr.metrics.presentation import Presentation, Score
 from lit_attr.metrics.registry import register_metric
 
 __all__ = ["LOCALIZATION_METRICS", "Localization"]
@@ -160,4 +161,19 @@ class Localization(Metric):
         return fig, ax
 
 
-register_metric("localization", Localization, consumes=("attributions", "masks"), per_sample=True)
+register_metric(
+    "localization",
+    Localization,
+    consumes=("attributions", "masks"),
+    per_sample=True,
+    modalities={"images"},  # the masks are (H, W) pixel planes
+    presentation=Presentation(
+        scores=(
+            Score("pointing_game", "pointing game", header="point", caption="point {:.0f}"),
+            Score("relevance_mass", "relevance mass", header="mass", caption="mass {:.2f}"),
+            Score("relevance_rank", "relevance rank"),
+            Score("auroc", "loc. AUROC"),
+        ),
+        curves=None,
+    ),
+)

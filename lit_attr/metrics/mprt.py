@@ -23,8 +23,15 @@ from lit_attr.functional.randomization import iter_randomized
 from lit_attr.methods.base import AttributionMethod, TargetType, attributions_of
 from lit_attr.methods.registry import get_method
 from lit_attr.metrics._plotting import figure_and_axes
-from lit_attr.metrics.parameter_randomization import ParameterRandomization, _check_batch, similarity_summary
+from lit_attr.metrics.parameter_randomization import (
+    ParameterRandomization,
+    similarity_curves,
+    similarity_headline,
+    similarity_summary,
+)
+from lit_attr.metrics.presentation import Presentation, SanityCheck
 from lit_attr.metrics.registry import register_metric
+from lit_attr.metrics.stagewise import check_maps_batch
 
 if TYPE_CHECKING:
     from lit_attr.batch import Batch
@@ -154,7 +161,7 @@ class EfficientMPRT(Metric):
             attributions: the original model's maps, if already computed (yielded as they are).
         """
         helper = self._randomization
-        _check_batch(x, helper._source.module, attributions)
+        check_maps_batch(x, helper._source.module, attributions)
         method = helper.method
         # Weights are loaded into the working copy and randomised in place, which needs normal tensors.
         with torch.inference_mode(False):
@@ -424,8 +431,23 @@ class SmoothMPRT(ParameterRandomization):
         self.noise_level = smoothed.noise_level
 
 
+def _emprt_headline(details: Mapping[str, Any]) -> tuple[float, bool | None]:
+    return details.get("emprt", float("nan")), details.get("passed")
+
+
 register_metric(
-    "emprt", EfficientMPRT, consumes=("method", "x", "target", "attributions"), details=EfficientMPRT.report
+    "emprt",
+    EfficientMPRT,
+    consumes=("method", "x", "target", "attributions"),
+    details=EfficientMPRT.report,
+    modalities={"continuous"},
+    # Its bar chart of entropies is one number per method, already in the table: no curves.
+    presentation=Presentation(
+        display_name="efficient MPRT",
+        scores=(),
+        sanity=SanityCheck("eMPRT (entropy rise)", "eMPRT", True, _emprt_headline),
+        curves=None,
+    ),
 )
 
 
@@ -441,4 +463,13 @@ register_metric(
     consumes=("method", "x", "target"),
     summary=smprt_summary,
     details=SmoothMPRT.report,
+    modalities={"continuous"},
+    presentation=Presentation(
+        display_name="smooth MPRT",
+        scores=(),
+        sanity=SanityCheck("sMPRT (final spearman |A|)", "sMPRT", False, similarity_headline),
+        curves=similarity_curves(
+            "smprt_curves", "Smooth MPRT (bottom-up, noise-averaged maps): similarity to the trained model's"
+        ),
+    ),
 )

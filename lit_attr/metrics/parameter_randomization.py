@@ -1,14 +1,13 @@
 """The parameter-randomisation sanity check (Adebayo et al. 2018) as a torchmetrics ``Metric``.
 
-The layer selection, re-initialisation and stage walk live in :mod:`lit_attr.functional.randomization`, the
-similarities in :mod:`lit_attr.functional.similarity`; this module adds the private model copy, the bookkeeping
-and the DDP-safe states.
+The layer selection, re-initialisation and stage walk live in :mod:`lit_attr.functional.randomization`, the private
+model copy and the similarities of maps in :mod:`lit_attr.metrics.stagewise`; this module adds the bookkeeping, the
+DDP-safe states and the check's registration (summary, headline and curves).
 """
 
 from __future__ import annotations
 
-import copy
-import itertools
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing
 from typing import TYPE_CHECKING, Any, Literal
@@ -17,8 +16,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from lit_attr._checks import check_batch, check_finite, check_names, check_number, check_seed
-from lit_attr._hygiene import preserved_model_state
+import lit_attr.viz as viz
+from lit_attr._checks import check_number, check_seed
 from lit_attr.functional.randomization import (
     GRANULARITIES,
     ORDERS,
@@ -27,22 +26,27 @@ from lit_attr.functional.randomization import (
     iter_randomized,
     randomizable_layers,
     randomization_stages,
-    sort_in_forward_order,
 )
-from lit_attr.functional.similarity import spearman, ssim_maps
 from lit_attr.methods.base import AttributionMethod, TargetType, attributions_of
-from lit_attr.methods.registry import get_method
 from lit_attr.metrics._model_ref import ModelRef
 from lit_attr.metrics._plotting import figure_and_axes
+from lit_attr.metrics.presentation import CurveDrawer, Presentation, Results, SanityCheck
 from lit_attr.metrics.registry import register_metric, scalar_entries
+from lit_attr.metrics.stagewise import (
+    SIMILARITIES,
+    bind_to_copy,
+    check_maps_batch,
+    check_similarity,
+    forward_ordered_layers,
+    heatmaps,
+    load_weights_into,
+    stage_similarities,
+)
 
 if TYPE_CHECKING:
     from lit_attr.batch import Batch
 
-__all__ = ["SIMILARITIES", "ParameterRandomization"]
-
-SIMILARITIES: tuple[str, ...] = ("spearman_abs", "spearman", "ssim")
-"""Similarity measures between original and randomised-model attributions."""
+__all__ = ["SIMILARITIES", "ParameterRandomization", "similarity_curves", "similarity_headline", "similarity_summary"]
 
 
 class ParameterRandomization(Metric):
@@ -167,14 +171,14 @@ class ParameterRandomization(Metric):
             raise ValueError("`stages='last'` (the fully randomised network) needs `order` 'top_down' or 'bottom_up'.")
         check_seed(seed)
         check_number("threshold", threshold)
-        self.similarity = _check_similarity(similarity)
+        self.similarity = check_similarity(similarity)
         self.order = order
         self.stages = stages
         self.seed = seed
         self.threshold = float(threshold)
         self.reset_running_stats = bool(reset_running_stats)
 
-        source, bound = _bind_to_copy(method, model, method_kwargs)
+        source, bound = bind_to_copy(method, model, method_kwargs)
         self._source = ModelRef(source)
         self._method = bound
         self._layers: list[Layer] = randomizable_layers(bound.model, layers, granularity)
@@ -226,7 +230,7 @@ class ParameterRandomization(Metric):
             >>> [(stage, a.shape) for stage, a in check.stage_attributions(torch.rand(1, 3, 4, 4))]
             [('original', torch.Size([1, 3, 4, 4])), ('1', torch.Size([1, 3, 4, 4]))]
         """
-        _check_batch(x, self._source.module)
+        check_maps_batch(x, self._source.module)
         for stage, maps in self._walk(x, target, reference=False):
             yield str(stage), maps
 
@@ -275,21 +279,21 @@ class ParameterRandomization(Metric):
             ValueError: if ``attributions`` has the wrong shape, ``"ssim"`` is requested for non-image
                 attributions, or the method's ``forward_fn`` does not call the model it was bound to.
         """
-        _check_batch(x, self._source.module, attributions)
+        check_maps_batch(x, self._source.module, attributions)
         if "ssim" in self.similarity and (x.ndim != 4 or min(x.shape[-2:]) < 6):
             raise ValueError(
                 f"similarity 'ssim' needs image inputs (N, C, H, W) of at least 6x6 pixels (its window is 11x11), "
                 f"got shape {tuple(x.shape)}; drop it from `similarity`."
             )
         rows = []
-        ref_abs = ref_signed = None
+        reference = None
         if attributions is not None:
-            ref_abs, ref_signed = _heatmaps(attributions.to(x))
+            reference = heatmaps(attributions.to(x))
         for stage, maps in self._walk(x, target, reference=attributions is None):
             if stage is None:
-                ref_abs, ref_signed = _heatmaps(maps)
+                reference = heatmaps(maps)
             else:
-                rows.append(self._similarities(ref_abs, ref_signed, *_heatmaps(maps)))
+                rows.append(stage_similarities(self.similarity, reference, heatmaps(maps), self.similarity_sum))
         values = torch.stack(rows, dim=2)  # (similarities, N, stages)
         scores: dict[str, Tensor] = {}
         for row, name in enumerate(self.similarity):
@@ -385,112 +389,12 @@ class ParameterRandomization(Metric):
 
     # ------------------------------------------------------------------ internals
     def _load_source_weights(self) -> None:
-        """Copy the user's current parameters and buffers into the working copy (reading the user's model only)."""
-        source, work = self._source.module, self._method.model
-        reference = next(itertools.chain(source.parameters(), source.buffers()), None)
-        current = next(itertools.chain(work.parameters(), work.buffers()), None)
-        if reference is not None and current is not None and reference.device != current.device:
-            work.to(reference.device)
-        floating = next((p for p in source.parameters() if p.is_floating_point()), None)
-        mine = next((p for p in work.parameters() if p.is_floating_point()), None)
-        if floating is not None and mine is not None and floating.dtype != mine.dtype:
-            work.to(floating.dtype)
-        # Only the working copy's own keys: the user's model may since have gained entries the copy never had
-        # (e.g. this metric as an attribute, with persistent states).
-        state = source.state_dict()
-        missing = [key for key in work.state_dict() if key not in state]
-        if missing:
-            raise RuntimeError(
-                f"The model no longer has {missing[:5]} (of {len(missing)} missing entries); its structure changed "
-                "after the metric was built. Build a new ParameterRandomization for the new model."
-            )
-        with torch.no_grad():
-            work.load_state_dict({key: state[key] for key in work.state_dict()})
+        load_weights_into(self._source.module, self._method.model)
 
     def _sort_layers(self, x: Tensor) -> list[Layer]:
-        method = self._method
-        sample = x[:1]
-        called: list[bool] = []
-        handles = [
-            module.register_forward_pre_hook(lambda module, args: called.append(True))
-            for module in method.model.modules()
-        ]
-        try:
-            with preserved_model_state(method.model), torch.no_grad():
-                method.forward_fn(sample)
-        finally:
-            for handle in handles:
-                handle.remove()
-        if not called:
-            raise ValueError(
-                "The attribution method's `forward_fn` never calls the model it is bound to, so randomising that "
-                "model would change nothing (typically a closure over the original model, e.g. "
-                "`lambda x: model(x)[...]`). Wrap the model in an nn.Module whose forward returns logits and pass "
-                "that module instead."
-            )
-        with preserved_model_state(method.model):
-            return sort_in_forward_order(self._layers, method.forward_fn, sample)
-
-    def _similarities(self, ref_abs: Tensor, ref_signed: Tensor, new_abs: Tensor, new_signed: Tensor) -> Tensor:
-        values = []
-        for name in self.similarity:
-            if name == "spearman_abs":
-                values.append(spearman(ref_abs, new_abs))
-            elif name == "spearman":
-                values.append(spearman(ref_signed, new_signed))
-            else:
-                values.append(ssim_maps(ref_abs, new_abs))
-        return torch.stack([v.to(self.similarity_sum.device, self.similarity_sum.dtype) for v in values])
+        return forward_ordered_layers(self._method, self._layers, x)
 
 
-def _check_batch(x: Any, model: nn.Module, attributions: Any = None) -> None:
-    """``x``: a finite floating batch on ``model``'s device; ``attributions`` (if given): finite maps of its shape."""
-    check_batch("x", x, model)
-    if attributions is None:
-        return
-    if not isinstance(attributions, Tensor):
-        raise TypeError(f"`attributions` must be a tensor or None, got {type(attributions).__name__}.")
-    if attributions.shape != x.shape:
-        shapes = f"{tuple(x.shape)}, got {tuple(attributions.shape)}"
-        raise ValueError(f"`attributions` must have the shape of `x`, {shapes}.")
-    if not attributions.is_floating_point():
-        raise TypeError(f"`attributions` must be a floating-point tensor, got dtype {attributions.dtype}.")
-    check_finite("attributions", attributions)
-
-
-def _heatmaps(attributions: Tensor) -> tuple[Tensor, Tensor]:
-    """``|A|`` and ``A`` summed over channels for images ``(N, C, H, W)``; unchanged otherwise."""
-    if attributions.ndim == 4:
-        return attributions.abs().sum(dim=1), attributions.sum(dim=1)
-    return attributions.abs(), attributions
-
-
-def _check_similarity(similarity: str | Sequence[str]) -> tuple[str, ...]:
-    return check_names("similarity", similarity, SIMILARITIES, what="similarity measure")
-
-
-def _bind_to_copy(
-    method: str | AttributionMethod, model: nn.Module | None, method_kwargs: dict[str, Any] | None
-) -> tuple[nn.Module, AttributionMethod]:
-    """Return ``(the user's model, a method bound to a private deep copy of it)``."""
-    if isinstance(method, str):
-        if model is None:
-            raise ValueError(f"`model` is required when `method` is a name ({method!r}).")
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
-        if method_kwargs is not None and not isinstance(method_kwargs, dict):
-            raise TypeError(f"`method_kwargs` must be a dict or None, got {type(method_kwargs).__name__}.")
-        return model, get_method(method, copy.deepcopy(model), **(method_kwargs or {}))
-    if isinstance(method, AttributionMethod):
-        if method_kwargs:
-            raise ValueError("`method_kwargs` only apply when `method` is a name; configure the instance instead.")
-        if model is not None and model is not method.model:
-            raise ValueError("`model` must be omitted or be `method.model` when `method` is an instance.")
-        # One deepcopy of the instance copies its model with it; the memo maps every reference the instance holds
-        # to the model (its forward_fn when that is the model or a bound method of it, Captum's wrappers) onto
-        # the same copy.
-        return method.model, copy.deepcopy(method)
-    raise TypeError(f"`method` must be a registered method name or an AttributionMethod, got {type(method).__name__}.")
 
 
 def _randomization(method: AttributionMethod, stages: str = "last", **options: Any) -> ParameterRandomization:
@@ -506,10 +410,35 @@ def similarity_summary(values: Mapping[str, Any], per_sample: bool) -> dict[str,
     return {name: entry["final"] for name, entry in values.items() if isinstance(entry, Mapping)}
 
 
+def similarity_headline(details: Mapping[str, Any]) -> tuple[float, bool | None]:
+    """A stage-wise check's headline: the final ``spearman_abs`` (else the first measure's) and the verdict."""
+    first = details.get("spearman_abs") or next((v for v in details.values() if isinstance(v, Mapping)), {})
+    return first.get("final", float("nan")), details.get("passed", first.get("passed"))
+
+
+def _similarity_figures(results: Results, when: str, *, stem: str, title: str) -> dict[str, Any]:
+    return {stem: viz.similarity_figure(results, title=f"{title} ({when})")}
+
+
+def similarity_curves(stem: str, title: str) -> CurveDrawer:
+    """The curves of a stage-wise check: each method's similarity per stage, one panel per measure."""
+    return functools.partial(_similarity_figures, stem=stem, title=title)
+
+
 register_metric(
     "randomization",
     _randomization,
     consumes=("method", "x", "target", "attributions"),
     summary=similarity_summary,
     details=ParameterRandomization.report,
+    modalities={"continuous"},  # similarity="ssim" (a default) needs images: it says so on other inputs
+    presentation=Presentation(
+        display_name="parameter randomisation (MPRT)",
+        scores=(),
+        sanity=SanityCheck("MPRT (final spearman |A|)", "MPRT", False, similarity_headline),
+        curves=similarity_curves(
+            "randomization_curves",
+            "Parameter randomisation: similarity to the trained model's maps, lower is better",
+        ),
+    ),
 )

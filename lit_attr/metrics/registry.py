@@ -11,23 +11,34 @@ An entry declares what its metric consumes, by the keyword names of its construc
   rationales; the metric is skipped for data without them), ``logits`` (the clean logits the runner already
   computed), and for token inputs ``attention_mask`` and ``special_tokens_mask``.
 
+An entry also declares the input kinds its metric accepts, as a set of tags (:data:`MODALITY_TAGS`): every input
+kind carries the tag of its name (``"images"``, ``"tabular"``, ``"tokens"``, or a user's kind such as ``"signals"``)
+and float kinds also ``"continuous"``; a metric accepts a batch whose kind has any of its tags. Localisation needs
+``(H, W)`` masks (``{"images"}``), insertion/deletion plays its games on any float input (``{"continuous"}``), the
+token metrics take token ids (``{"tokens"}``).
+
 Metrics that also implement ``score(**inputs) -> {name: per-sample tensor}`` and ``update(**inputs,
 scores=...)`` (every built-in one does) give the runner per-sample scores without computing anything twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+import enum
+import warnings
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
 from torchmetrics import Metric
 
 from lit_attr._checks import check_names
+from lit_attr.metrics.presentation import Presentation
 
 __all__ = [
     "BUILD_INPUTS",
+    "CONTINUOUS",
+    "MODALITY_TAGS",
     "UPDATE_INPUTS",
     "MetricSpec",
     "check_metric_names",
@@ -50,8 +61,20 @@ UPDATE_INPUTS: tuple[str, ...] = (
     "special_tokens_mask",
 )
 
+#: The tag every float input kind carries besides its name (images, tabular, a user's float kind).
+CONTINUOUS = "continuous"
+#: The built-in tags; a user's input kind adds the tag of its name.
+MODALITY_TAGS: tuple[str, ...] = ("images", "tabular", "tokens", CONTINUOUS)
+
 Summary = Callable[[Mapping[str, Any], bool], dict[str, Tensor]]
 _REGISTRY: dict[str, MetricSpec] = {}
+
+
+class _Unset(enum.Enum):
+    UNSET = "unset"
+
+
+_UNSET = _Unset.UNSET
 
 
 def scalar_entries(values: Mapping[str, Any], per_sample: bool) -> dict[str, Tensor]:
@@ -86,8 +109,11 @@ class MetricSpec:
         details: everything worth keeping in a report (``metrics.json``), default ``metric.compute()``.
         per_sample: ``score()`` of a sample depends on that sample alone (not on the rest of its batch), so the
             runner may score all methods' maps in one call, one stream of model chunks instead of one per method.
-        tokens: ``True`` for a metric of token ids, ``False`` for one of float inputs, ``None`` for either; the
-            runner names the metrics that fit when a batch does not.
+        modalities: the tags of the input kinds it accepts (see :meth:`accepts`); the runner names the metrics
+            that fit when a batch does not.
+        presentation: how its results are shown (:class:`~lit_attr.metrics.presentation.Presentation`), with its
+            defaults filled for this metric: the display name, the direction of the factory's
+            ``higher_is_better``, the default curves.
     """
 
     name: str
@@ -96,7 +122,36 @@ class MetricSpec:
     summary: Summary = scalar_entries
     details: Callable[[Metric], Mapping[str, Any]] = computed
     per_sample: bool = False
-    tokens: bool | None = False
+    modalities: frozenset[str] = frozenset({CONTINUOUS})
+    presentation: Presentation = field(default_factory=Presentation)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "modalities", _check_tags("modalities", self.modalities))
+        if not isinstance(self.presentation, Presentation):
+            raise TypeError(
+                f"`presentation` must be a lit_attr.metrics.presentation.Presentation, got {self.presentation!r}."
+            )
+        object.__setattr__(self, "presentation", self.presentation.resolve(self.name, _direction(self.factory)))
+
+    def accepts(self, tags: Collection[str]) -> bool:
+        """Whether the metric accepts a batch of an input kind with these tags (any of them declared).
+
+        Example:
+            >>> get_metric_spec("localization").accepts({"images", "continuous"})
+            True
+            >>> get_metric_spec("localization").accepts({"tabular", "continuous"})
+            False
+        """
+        return not self.modalities.isdisjoint(_check_tags("tags", tags))
+
+    @property
+    def tokens(self) -> bool | None:
+        """The former ``tokens`` flag, read from :attr:`modalities` (prefer :meth:`accepts`).
+
+        ``True`` for a metric of token ids only, ``False`` for one of float inputs only, ``None`` for both.
+        """
+        tokens, floats = "tokens" in self.modalities, bool(self.modalities - {"tokens"})
+        return None if tokens and floats else tokens
 
     @property
     def needs_masks(self) -> bool:
@@ -117,6 +172,29 @@ class MetricSpec:
         return self.factory(**given, **options)
 
 
+def _check_tags(name: str, tags: Any) -> frozenset[str]:
+    """A set of modality tags: one tag or a collection of them, non-empty strings, at least one."""
+    if isinstance(tags, str):
+        tags = (tags,)
+    if not isinstance(tags, Collection) or not tags or not all(isinstance(t, str) and t for t in tags):
+        raise TypeError(
+            f"`{name}` must be a non-empty set of input-kind tags (strings such as {MODALITY_TAGS} or a kind's own "
+            f"name), got {tags!r}."
+        )
+    return frozenset(tags)
+
+
+def _modalities_of(tokens: bool | None) -> frozenset[str]:
+    """The tags the deprecated ``tokens=`` flag meant."""
+    return {True: frozenset({"tokens"}), False: frozenset({CONTINUOUS})}.get(tokens, frozenset({"tokens", CONTINUOUS}))
+
+
+def _direction(factory: Any) -> bool | None:
+    """The ``higher_is_better`` of a Metric class (or of the class a ``functools.partial`` builds); else None."""
+    direction = getattr(getattr(factory, "func", factory), "higher_is_better", None)
+    return direction if direction in (True, False) else None
+
+
 def register_metric(
     name: str,
     factory: Callable[..., Metric],
@@ -125,7 +203,9 @@ def register_metric(
     summary: Summary | None = None,
     details: Callable[[Metric], Mapping[str, Any]] | None = None,
     per_sample: bool = False,
-    tokens: bool | None = False,
+    modalities: Collection[str] | None = None,
+    presentation: Presentation | None = None,
+    tokens: bool | None | _Unset = _UNSET,
 ) -> MetricSpec:
     """Register a metric under ``name``; it then works by name in the monitor, ``evaluate`` and ``AttributionQuality``.
 
@@ -138,7 +218,12 @@ def register_metric(
         summary: see :class:`MetricSpec` (default: the 0-d entries of ``compute()``).
         details: see :class:`MetricSpec` (default: ``compute()``).
         per_sample: see :class:`MetricSpec`; leave it False unless every sample's score is independent of its batch.
-        tokens: see :class:`MetricSpec` (default: float inputs).
+        modalities: the tags of the input kinds it accepts (default ``{"continuous"}``: every float input), e.g.
+            ``{"images"}`` or ``{"tokens"}``; see :meth:`MetricSpec.accepts`.
+        presentation: how its results are shown in the report, the console and the monitor (default: every scalar
+            entry a score, with the direction of ``factory.higher_is_better``, every 1-D entry a curve).
+        tokens: deprecated, use ``modalities``: ``True`` is ``{"tokens"}``, ``False`` ``{"continuous"}``, ``None``
+            both.
 
     Returns:
         The registered :class:`MetricSpec`.
@@ -166,10 +251,29 @@ def register_metric(
             f"`consumes` must name per-batch inputs from {UPDATE_INPUTS} (and optionally {BUILD_INPUTS}), got "
             f"{list(consumes)}."
         )
+    if tokens is not _UNSET:
+        if modalities is not None:
+            raise ValueError("Pass `modalities` only; `tokens` is its deprecated form.")
+        if tokens not in (True, False, None):
+            raise TypeError(f"`tokens` must be True, False or None, got {tokens!r}.")
+        warnings.warn(
+            "register_metric(tokens=...) is deprecated; declare the accepted input kinds with `modalities=` "
+            '({"tokens"} for True, {"continuous"} for False, both for None).',
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        modalities = _modalities_of(tokens)  # type: ignore[arg-type]
     if per_sample and "method" in consumes:
         raise ValueError(f"Metric {name!r} consumes the method, so the methods' maps cannot share one `score()` call.")
     spec = MetricSpec(
-        name, factory, consumes, summary or scalar_entries, details or computed, bool(per_sample), tokens
+        name,
+        factory,
+        consumes,
+        summary or scalar_entries,
+        details or computed,
+        bool(per_sample),
+        _check_tags("modalities", {CONTINUOUS} if modalities is None else modalities),
+        Presentation() if presentation is None else presentation,
     )
     _REGISTRY[name] = spec
     return spec

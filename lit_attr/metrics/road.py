@@ -6,9 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+import lit_attr.viz as viz
 from lit_attr._checks import check_choice, check_optional_int, check_seed
 from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE, OUTPUTS
 from lit_attr.functional.road import (
@@ -23,6 +25,7 @@ from lit_attr.functional.road import (
 from lit_attr.methods.base import TargetType
 from lit_attr.metrics._model_ref import ModelRef
 from lit_attr.metrics._plotting import figure_and_axes
+from lit_attr.metrics.presentation import Presentation, Results, Score
 from lit_attr.metrics.registry import register_metric
 
 __all__ = ["ROAD"]
@@ -223,6 +226,23 @@ def _details(metric: ROAD) -> dict[str, Any]:
     return {**metric.compute(), "percentiles": [float(p) for p in metric.percentiles]}
 
 
+def _curves(results: Results, when: str) -> dict[str, Figure]:
+    figure = viz.insertion_deletion_figure(
+        results,
+        title=f"ROAD: target probability after noisy linear imputation, most / least relevant first ({when})",
+        games=("morf", "lerf"),
+        x_values=[p / 100 for p in next(iter(results.values()))["percentiles"]],
+        x_label="fraction of pixels removed",
+    )
+    return {"road_curves": figure}
+
+
 register_metric(
-    "road", ROAD, consumes=("model", "x", "attributions", "target", "logits"), details=_details, per_sample=True
+    "road",
+    ROAD,
+    consumes=("model", "x", "attributions", "target", "logits"),
+    details=_details,
+    per_sample=True,
+    modalities={"images"},  # the imputation solves over the pixel grid's neighbours
+    presentation=Presentation(display_name="ROAD", scores=(Score("road", "ROAD"),), curves=_curves),
 )

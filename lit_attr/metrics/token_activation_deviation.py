@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from lit_attr._checks import TargetType, check_optional_int
 from lit_attr.functional.token_activation_deviation import encoder_layers, token_activation_deviation
 from lit_attr.metrics._token_metric import TokenGameMetric, add_rows
+from lit_attr.metrics.presentation import Presentation, Score
 from lit_attr.metrics.registry import register_metric
 
 __all__ = ["TokenActivationDeviation"]
@@ -126,5 +127,10 @@ register_metric(
     consumes=("model", "x", "attributions", "target", "logits", "attention_mask", "special_tokens_mask"),
     summary=_summary,
     per_sample=True,
-    tokens=True,
+    modalities={"tokens"},
+    presentation=Presentation(
+        display_name="token activation deviation",
+        scores=(Score("mean_mse", "hidden-state dev. MSE"),),
+        curves=None,
+    ),
 )

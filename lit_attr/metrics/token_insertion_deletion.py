@@ -13,6 +13,7 @@ from lit_attr.functional.perturbation import OUTPUTS
 from lit_attr.functional.token_games import DEFAULT_TOKEN_STEPS, token_insertion_deletion
 from lit_attr.metrics._plotting import figure_and_axes
 from lit_attr.metrics._token_metric import TokenGameMetric, add_rows
+from lit_attr.metrics.presentation import Presentation, Score
 from lit_attr.metrics.registry import register_metric
 
 __all__ = ["TokenInsertionDeletion"]
@@ -172,5 +173,13 @@ register_metric(
     TokenInsertionDeletion,
     consumes=("model", "x", "attributions", "target", "logits", "attention_mask", "special_tokens_mask"),
     per_sample=True,
-    tokens=True,
+    modalities={"tokens"},
+    presentation=Presentation(
+        display_name="token insertion / deletion",
+        scores=(
+            Score("insertion", "token insertion AUC"),
+            Score("deletion", "token deletion AUC", higher_is_better=False),
+        ),
+        curves=None,
+    ),
 )

@@ -11,6 +11,7 @@ from torchmetrics import Metric
 
 from lit_attr.functional.token_localization import TOKEN_LOCALIZATION_METRICS, token_localization_scores
 from lit_attr.metrics._token_metric import add_rows, checked_scores
+from lit_attr.metrics.presentation import Presentation, Score
 from lit_attr.metrics.registry import register_metric
 
 __all__ = ["TokenLocalization"]
@@ -103,5 +104,14 @@ register_metric(
     TokenLocalization,
     consumes=("attributions", "masks", "attention_mask", "special_tokens_mask"),
     per_sample=True,
-    tokens=True,
+    modalities={"tokens"},
+    presentation=Presentation(
+        display_name="token localization",
+        scores=(
+            Score("token_f1", "rationale F1", header="F1"),
+            Score("token_iou", "rationale IoU"),
+            Score("auprc", "rationale AUPRC"),
+        ),
+        curves=None,
+    ),
 )

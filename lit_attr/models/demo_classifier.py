@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from typing_extensions import override
 
-from lit_attr.metrics import AttributionQuality
+from lit_attr.attribution_quality import AttributionQuality
 
 __all__ = ["DEMO_EPOCHS", "DemoClassifier"]
 

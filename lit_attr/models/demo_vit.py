@@ -15,7 +15,7 @@ from lightning import LightningDataModule
 from torch import Tensor
 from torchvision.models import VisionTransformer
 
-from lit_attr.metrics import AttributionQuality
+from lit_attr.attribution_quality import AttributionQuality
 from lit_attr.models.demo_classifier import _SHAPES_MEAN, _SHAPES_STD, ShapesClassifierBase, _fit_quietly
 
 __all__ = ["DEMO_VIT_EPOCHS", "DEMO_VIT_TRAIN_SIZE", "DemoViT", "train_demo_vit"]

@@ -112,7 +112,7 @@ def test_gate_none_equals_reference_adam_loop():
     method = FEI(model, gate="none", levels=levels, iterations=iters, lr=lr, beta=beta, input_bounds=(0.0, 1.0))
     A, info = method.attribute(x, target=1, return_masks=True)
     assert all(p.grad is None for p in model.parameters())
-    colours = method._colours(x, len(levels) * iters)
+    colours = method._colours(x, len(levels) * iters, (1, 6, 6))  # one colour per channel: the masks are per pixel
     previous, masks = torch.zeros(3, 1, 6, 6), []
     for level, q in enumerate(levels):
         delta = torch.zeros_like(previous, requires_grad=True)

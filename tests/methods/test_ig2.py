@@ -205,35 +205,41 @@ def test_resnet18_fc_hook_and_layer_output():
         z = model.maxpool(model.relu(model.bn1(model.conv1(z))))
         return model.layer4(model.layer3(model.layer2(model.layer1(z))))
 
-    def spy(method):
-        """Record (inputs, representation) of every forward the method makes."""
-        seen, forward = [], method._forward
+    def spy(module, io):
+        """Record (input, representation, logits) of every forward of the model; the representation is `module`'s."""
+        seen, rep = [], []
 
-        def recording(z):
-            logits, rep = forward(z)
-            seen.append((z.detach().clone(), rep.detach().clone(), logits.detach().clone()))
-            return logits, rep
+        def record_rep(m, args, output):
+            rep.append((args[0] if io == "input" else output).detach().flatten(1).clone())
 
-        method._forward = recording
+        def record(m, args, output):
+            seen.append((args[0].detach().clone(), rep.pop(), output.detach().clone()))
+
+        module.register_forward_hook(record_rep)
+        model.register_forward_hook(record)
         return seen
 
     default = get_method("ig2", model, steps=3, n_references=2, reference_pool=p, input_bounds=(0.0, 1.0))
     assert default.module is model.fc and default.layer_io == "input"
-    seen = spy(default)
+    seen = spy(model.fc, "input")
     A = default.attribute(x)
     assert A.shape == x.shape and torch.isfinite(A).all() and A.abs().sum() > 0
-    assert len(seen) == 1 + 3  # the references' representation, then one forward per path step
+    assert len(seen) == 1 + 1 + 3  # the clean inputs (the target), the references, then one per path step
     with torch.no_grad():
         for z, rep, logits in seen:  # the fc input: pooled, flattened layer4 features, which fc maps to the logits
             torch.testing.assert_close(rep, torch.flatten(model.avgpool(layer4_by_hand(z)), 1))
             torch.testing.assert_close(logits, model.fc(rep))
+    for module in model.modules():
+        module._forward_hooks.clear()
     on_layer4 = IG2(model, steps=3, n_references=2, reference_pool=p, layer="layer4", layer_io="output")
-    seen = spy(on_layer4)
+    seen = spy(model.layer4, "output")
     B = on_layer4.attribute(x)
     assert B.shape == x.shape and not torch.allclose(A, B)
     with torch.no_grad():
         for z, rep, _ in seen:
             torch.testing.assert_close(rep, layer4_by_hand(z).flatten(1))
+    for module in model.modules():
+        module._forward_hooks.clear()
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 

@@ -7,7 +7,8 @@ from torch import nn
 
 from lit_attr.batch import Batch
 from lit_attr.functional.token_localization import token_auprc, token_f1
-from lit_attr.methods import TokenOptions, get_method
+from lit_attr.inputs import TokenOptions
+from lit_attr.methods import get_method
 from lit_attr.metrics import AttributionQuality
 from lit_attr.runner import AttributionRunner
 

@@ -10,6 +10,7 @@ from text_helpers import (
     MASK,
     SEP,
     SPECIALS,
+    TOKEN_METHODS,
     VOCAB,
     logits_of,
     plain_transformer,
@@ -22,7 +23,6 @@ from torch import nn
 from lit_attr.functional import completeness_error
 from lit_attr.inputs.tokens import TokenOptions, find_embedding_layer
 from lit_attr.methods import get_method
-from lit_attr.methods._tokens import TOKEN_METHODS
 
 MODELS = {"bert": tiny_bert, "plain": plain_transformer}
 
@@ -275,16 +275,16 @@ def test_errors_name_the_argument():
         method.attribute(torch.where(mask.bool(), ids, torch.full_like(ids, 100)), attention_mask=mask)
     with pytest.raises(ValueError, match="`baseline_token_id` must be a token id in the vocabulary"):
         method.attribute(ids, attention_mask=mask, baseline_token_id=100)
-    with pytest.raises(ValueError, match="needs image inputs"):
+    with pytest.raises(ValueError, match=r"big needs the raw inputs \(it attacks inside L-inf balls"):
         get_method("big", model).attribute(ids, attention_mask=mask)
-    with pytest.raises(ValueError, match="needs image inputs"):
+    with pytest.raises(ValueError, match="agi needs the raw inputs"):
         get_method("agi", model).attribute(ids, attention_mask=mask)
-    with pytest.raises(ValueError, match="does not take token ids"):
+    with pytest.raises(ValueError, match="smoothgrad needs the raw inputs"):
         get_method("smoothgrad", model).attribute(ids, attention_mask=mask)
     too_long = torch.full((1, 2, 40), 7)
     with pytest.raises(ValueError, match="`references` has sequences of 40 tokens, but the model accepts at most 32"):
         method_for("ig2", model).attribute(ids, attention_mask=mask, references=too_long.expand(4, 2, 40))
-    with pytest.raises(ValueError, match="`references` apply to IG2 only"):
+    with pytest.raises(TypeError, match="`references`: not an option of saliency"):
         method.attribute(ids, attention_mask=mask, references=too_long.expand(4, 2, 40))
 
 

@@ -5,9 +5,10 @@ import pytest
 import torch
 from torch import nn
 
+from lit_attr.attribution_quality import AttributionQuality
 from lit_attr.data import ShapesDataModule
 from lit_attr.methods import available_methods, get_method
-from lit_attr.metrics import AttributionQuality, InsertionDeletion, Localization
+from lit_attr.metrics import InsertionDeletion, Localization
 from lit_attr.models import DemoClassifier
 
 # The methods that apply to any model (attention maps need a transformer).
@@ -167,3 +168,14 @@ def test_every_registered_method_scores_under_no_grad(name):
     reference = InsertionDeletion(model, n_steps=4)
     reference.update(x, method.attribute(x, torch.arange(6) % 3, **extra), torch.arange(6) % 3)
     torch.testing.assert_close(result[f"attr/{name}/insertion_deletion/insertion"], reference.compute()["insertion"])
+
+
+def test_the_old_import_paths_still_give_the_class_with_a_deprecation_warning():
+    import lit_attr.metrics as metrics
+    import lit_attr.metrics.attribution_quality as old_module
+
+    for module in (metrics, old_module):
+        with pytest.warns(DeprecationWarning, match="moved to lit_attr.attribution_quality.AttributionQuality"):
+            assert module.AttributionQuality is AttributionQuality
+    with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
+        metrics.Nope  # noqa: B018

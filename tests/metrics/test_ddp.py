@@ -8,8 +8,8 @@ from ddp_helpers import assert_nested_close, compute_many_on_shards, compute_on_
 from text_helpers import game_metrics, plain_transformer, token_metric_inputs
 from torch import nn
 
+from lit_attr.attribution_quality import AttributionQuality
 from lit_attr.methods import get_method
-from lit_attr.metrics.attribution_quality import AttributionQuality
 from lit_attr.metrics.insertion_deletion import InsertionDeletion
 from lit_attr.metrics.localization import Localization
 from lit_attr.metrics.parameter_randomization import ParameterRandomization

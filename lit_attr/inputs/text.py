@@ -1,0 +1,156 @@
+"""Token ids ``(N, L)`` of text classifiers: attributed in the embedding space, scored per token, highlighted.
+
+The batch's ``attention_mask`` (1 = a real token) and ``special_tokens_mask`` travel with the ids; the model is
+called with the attention mask where its forward takes one (a Hugging Face ``SequenceClassifierOutput`` is reduced
+to its logits); records keep a sample's real tokens only; maps are drawn as per-token highlighting. The token games
+(:mod:`lit_attr.functional.token_games`) remove tokens by id rather than by blending, so this kind is not
+``"continuous"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+from torch import Tensor
+
+import lit_attr.viz as viz
+from lit_attr._checks import check_choice, check_device
+from lit_attr.inputs.base import InputKind, MethodCall, Rendering
+from lit_attr.inputs.embedding import TokenCall
+from lit_attr.inputs.tokens import (
+    METHOD_TOKEN_DEFAULTS,
+    TOKEN_KEYWORDS,
+    TOKEN_REDUCTIONS,
+    call_model,
+    check_ids_in_vocabulary,
+    check_length,
+    check_token_batch,
+    check_token_id,
+    find_embedding_layer,
+    is_token_ids,
+    position_limit,
+    resolve_token_options,
+    vocabulary_size,
+)
+
+__all__ = ["Tokens"]
+
+#: Keywords of ``attribute`` that the token kind takes for itself (the rest go to the method).
+_OWN_KEYWORDS = (
+    "attention_mask",
+    "special_tokens_mask",
+    "special_token_ids",
+    "baseline_token_id",
+    "embedding_layer",
+    "token_reduction",
+)
+
+
+class Tokens(InputKind):
+    """Integer token ids ``(N, L)`` with their ``attention_mask`` and ``special_tokens_mask``.
+
+    Example:
+        >>> import torch
+        >>> Tokens.accepts(torch.tensor([[101, 7, 102]])), sorted(Tokens().tags)
+        (True, ['tokens'])
+    """
+
+    name = "tokens"
+    continuous = False
+    space_name = "the embedding space of the model's input embedding layer"
+    keywords: ClassVar[tuple[str, ...]] = TOKEN_KEYWORDS
+    media_name = "tokens"
+    substrates: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def accepts(cls, x: Tensor) -> bool:
+        """Integer tensors ``(N, L)``."""
+        return is_token_ids(x) and x.ndim == 2
+
+    def model_logits(self, model: Callable[..., Any], x: Tensor, fields: Mapping[str, Tensor | None]) -> Tensor:
+        """The model on the ids, with the attention mask where its forward takes one; logits of HF outputs."""
+        return call_model(model, x, fields.get("attention_mask"))
+
+    def kept_sample(self, x: Tensor, fields: Mapping[str, Tensor | None]) -> Tensor:
+        """The sample's real token ids (padding dropped)."""
+        return x[_real(x, fields)].detach().cpu()
+
+    def kept_map(self, attributions: Tensor, fields: Mapping[str, Tensor | None]) -> Tensor:
+        """The scores of the sample's real tokens."""
+        return attributions.detach().float().cpu()[_real(attributions, fields).cpu()]
+
+    def method_call(self, method: Any, x: Tensor, kwargs: dict[str, Any]) -> MethodCall:
+        """Check the ids and their masks against the model's conventions; attribute in its embedding space."""
+        given = {key: value for key, value in kwargs.items() if not (key in METHOD_TOKEN_DEFAULTS and value is None)}
+        kwargs = {**method.token_defaults, **given}
+        own = {key: kwargs.pop(key) for key in _OWN_KEYWORDS if key in kwargs}
+        model = method.model
+        check_device("input_ids", x, model)  # first: ids on another device cannot even be inspected here
+        options = resolve_token_options(
+            model,
+            method.token_options,
+            special_token_ids=own.get("special_token_ids"),
+            embedding_layer=own.get("embedding_layer"),
+        )
+        batch = check_token_batch(
+            x, own.get("attention_mask"), own.get("special_tokens_mask"), options.special_token_ids
+        )
+        reduction = own.get("token_reduction", "sum")
+        check_choice("token_reduction", reduction, TOKEN_REDUCTIONS)
+        layer = find_embedding_layer(model, options.embedding_layer)
+        vocab = vocabulary_size(model, layer)
+        check_ids_in_vocabulary("input_ids", batch.input_ids, vocab)
+        baseline_id = own.get("baseline_token_id")
+        baseline_id = baseline_id if baseline_id is not None else options.replacement_id
+        if baseline_id is None:
+            raise ValueError(
+                "`baseline_token_id` is needed for token inputs and the model declares neither a mask nor a pad id; "
+                "pass the [MASK] (or [PAD]) id as `baseline_token_id=`."
+            )
+        check_token_id("baseline_token_id", baseline_id, vocab)
+        limit = position_limit(model)
+        check_length("input_ids", batch.input_ids, batch.attended, limit)
+        return TokenCall(
+            method,
+            batch,
+            kwargs,
+            options=options,
+            layer=layer,
+            baseline_id=baseline_id,
+            vocab=vocab,
+            limit=limit,
+            token_reduction=reduction,
+        )
+
+    def render(
+        self,
+        samples: Sequence[Tensor],
+        maps: Sequence[Tensor],
+        *,
+        captions: Sequence[str] | None = None,
+        titles: Sequence[str] | None = None,
+        title: str = "",
+        decode: Callable[[Tensor], list[str]] | None = None,
+    ) -> Rendering | None:
+        """Per-token highlighting, as HTML and as a figure (:func:`lit_attr.viz.token_highlights_html`)."""
+        if not samples:
+            return None
+        decode = decode or viz.token_decoder(None)
+        words = [decode(sample) for sample in samples]
+        html = viz.token_highlights_html(words, list(maps), captions=captions, title=title)
+        figure = viz.token_highlights_figure(words, list(maps), captions=captions, title=title)
+        return Rendering(figure, html)
+
+    def render_cell(
+        self, sample: Tensor, attributions: Tensor, decode: Callable[[Tensor], list[str]] | None = None
+    ) -> str | None:
+        """One sample's highlighting, for a table cell."""
+        decode = decode or viz.token_decoder(None)
+        return viz.token_highlights_html([decode(sample)], [attributions])
+
+
+def _real(x: Tensor, fields: Mapping[str, Tensor | None]) -> Tensor:
+    """The real (attended) positions of one sample."""
+    mask = fields.get("attention_mask")
+    return mask.bool().to(x.device) if mask is not None else x.new_ones(x.shape[0], dtype=bool)
