@@ -1,6 +1,8 @@
 """Figures, ``metrics.json`` and a self-contained ``report.html`` for an evaluation (see :mod:`lit_attr.evaluate`).
 
-Figures come from :mod:`lit_attr.viz` (matplotlib's object-oriented API, no pyplot state). The HTML report embeds
+What each metric's results look like (its scores, their directions, its sanity verdict, its curves) comes from the
+metric's own presentation (:mod:`lit_attr.presenting`); the maps are drawn by :mod:`lit_attr.viz` (matplotlib's
+object-oriented API, no pyplot state). The HTML report embeds
 every image as a base64 ``data:`` URI, so the single file can be mailed or attached to an issue; the same images
 are also written as PNG files next to it.
 """
@@ -19,54 +21,16 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
+import lit_attr.presenting as presenting
 import lit_attr.viz as viz
+from lit_attr.metrics.presentation import DEFAULT, Score
 
 __all__ = ["build_figures", "curve_figures", "render_html", "summary_table", "token_highlights", "write_outputs"]
-
-# (metric, key, label, higher is better) of the score table, in column order.
-_COLUMNS: tuple[tuple[str, str, str, bool], ...] = (
-    ("insertion_deletion", "insertion", "insertion AUC", True),
-    ("insertion_deletion", "deletion", "deletion AUC", False),
-    ("insertion_deletion", "difference", "ins. - del.", True),
-    ("localization", "pointing_game", "pointing game", True),
-    ("localization", "relevance_mass", "relevance mass", True),
-    ("localization", "relevance_rank", "relevance rank", True),
-    ("localization", "auroc", "loc. AUROC", True),
-    ("activation_deviation", "mean_mse", "activation dev. MSE", False),
-    ("road", "road", "ROAD", True),
-    ("infidelity", "infidelity", "infidelity", False),
-    ("sensitivity", "sensitivity", "max-sensitivity", False),
-    ("token_insertion_deletion", "insertion", "token insertion AUC", True),
-    ("token_insertion_deletion", "deletion", "token deletion AUC", False),
-    ("comprehensiveness", "comprehensiveness", "comprehensiveness", True),
-    ("sufficiency", "sufficiency", "sufficiency", False),
-    ("token_localization", "token_f1", "rationale F1", True),
-    ("token_localization", "token_iou", "rationale IoU", True),
-    ("token_localization", "auprc", "rationale AUPRC", True),
-    ("token_activation_deviation", "mean_mse", "hidden-state dev. MSE", False),
-)
-#: The sanity checks (metric, label): each gets a value column and a verdict column, after the scores.
-_SANITY: tuple[tuple[str, str], ...] = (
-    ("randomization", "MPRT (final spearman |A|) ↓"),
-    ("smprt", "sMPRT (final spearman |A|) ↓"),
-    ("emprt", "eMPRT (entropy rise) ↑"),
-)
-
-
-def _sanity(metric: str, details: Mapping[str, Any]) -> tuple[float, bool | None]:
-    """A sanity check's headline value and verdict (``None`` when it did not run)."""
-    if not details:
-        return float("nan"), None
-    if metric == "emprt":
-        return details.get("emprt", float("nan")), details.get("passed")
-    first = details.get("spearman_abs") or next((v for v in details.values() if isinstance(v, Mapping)), {})
-    return first.get("final", float("nan")), details.get("passed", first.get("passed"))
-
 
 def build_figures(
     result: Mapping[str, Any], samples: Mapping[int, Mapping[str, Any]], class_names: Sequence[str] | None = None
 ) -> dict[str, Figure]:
-    """The figures of a report: insertion/deletion curves, one heatmap grid per method, randomisation curves.
+    """The figures of a report: the metrics' curves, one heatmap grid per method, the sanity checks' curves.
 
     Args:
         result: the content of ``metrics.json`` (see :func:`lit_attr.evaluate.evaluate`).
@@ -81,11 +45,10 @@ def build_figures(
         >>> build_figures(res, {})
         {}
     """
-    figures: dict[str, Figure] = {}
     methods = result["methods"]
-    curves = curve_figures(methods, f"{result.get('num_samples', '?')} samples")
-    if "insertion_deletion_curves" in curves:
-        figures["insertion_deletion_curves"] = curves.pop("insertion_deletion_curves")
+    when = f"{result.get('num_samples', '?')} samples"
+    # The metrics' curves first, the maps, then the sanity checks' curves (each metric draws its own).
+    figures = presenting.curve_figures(methods, when, sanity=False)
     order = sorted(samples)
     if order and samples[order[0]]["x"].is_floating_point() and samples[order[0]]["x"].ndim == 3:
         images = torch.stack([samples[i]["x"] for i in order])
@@ -98,52 +61,26 @@ def build_figures(
             figures[f"heatmaps_{method}"] = viz.attribution_grid(
                 images, maps, captions=captions, titles=titles, title=f"{method}: attributions of the target class"
             )
-    figures.update(curves)
+    figures.update(presenting.curve_figures(methods, when, sanity=True))
     return figures
 
 
 def curve_figures(methods: Mapping[str, Mapping[str, Mapping[str, Any]]], when: str) -> dict[str, Figure]:
-    """The curve figures of a set of results: insertion/deletion, ROAD, and the sanity checks' stage curves.
-
-    Shared by ``report.html`` and the monitor's delivery, so both draw the same figures from the same results.
+    """The curve figures of a set of results: every metric's own (its presentation's ``curves``), in metric order.
 
     Args:
         methods: ``{method: {metric: details}}``, as in ``metrics.json`` or ``AttributionRunner.compute()``.
         when: what the figures are of, for their titles (``"32 samples"``, ``"epoch 3"``).
 
     Returns:
-        ``{name: figure}`` for the metrics present: ``insertion_deletion_curves``, ``road_curves``,
-        ``randomization_curves``, ``smprt_curves``.
+        ``{name: figure}`` for the metrics present that draw curves (``insertion_deletion_curves``,
+        ``road_curves``, ``randomization_curves``, ...).
 
     Example:
         >>> curve_figures({"saliency": {}}, "epoch 0")
         {}
     """
-    figures: dict[str, Figure] = {}
-    curves = {m: r["insertion_deletion"] for m, r in methods.items() if "insertion_deletion" in r}
-    # A metric configured with `games=` plays (and draws) only its own games.
-    games = [g for g in ("insertion", "deletion") if all(f"{g}_curve" in r for r in curves.values())]
-    if curves and games:
-        figures["insertion_deletion_curves"] = viz.insertion_deletion_figure(
-            curves, title=f"Mean {' / '.join(games)} curves ({when})", games=games
-        )
-    road = {m: r["road"] for m, r in methods.items() if "road" in r}
-    if road:
-        figures["road_curves"] = viz.insertion_deletion_figure(
-            road,
-            title=f"ROAD: target probability after noisy linear imputation, most / least relevant first ({when})",
-            games=("morf", "lerf"),
-            x_values=[p / 100 for p in next(iter(road.values()))["percentiles"]],
-            x_label="fraction of pixels removed",
-        )
-    for metric, title in (
-        ("randomization", "Parameter randomisation: similarity to the trained model's maps, lower is better"),
-        ("smprt", "Smooth MPRT (bottom-up, noise-averaged maps): similarity to the trained model's"),
-    ):
-        checks = {m: r[metric] for m, r in methods.items() if metric in r}
-        if checks:
-            figures[f"{metric}_curves"] = viz.similarity_figure(checks, title=f"{title} ({when})")
-    return figures
+    return presenting.curve_figures(methods, when)
 
 
 def token_highlights(
@@ -202,41 +139,45 @@ def _fmt(value: Any) -> str:
     return html.escape(str(value))
 
 
+def _score_columns(methods: Mapping[str, Mapping[str, Any]]) -> tuple[list[tuple[str, Score, str]], list]:
+    """The score columns ``(metric, score, title)`` and the sanity checks ``(metric, check)`` of the results."""
+    columns, checks = [], []
+    for metric in presenting.metrics_in(methods):
+        presentation = presenting.presentation_of(metric)
+        if presentation.sanity is not None:
+            checks.append((metric, presentation.sanity))
+            continue
+        for score in presentation.scores_in(presenting.of_metric(methods, metric)):
+            # Scores the metric does not declare are named by their keys: the metric's name tells them apart.
+            title = score.title if presentation.scores is not DEFAULT else f"{presentation.display_name}: {score.title}"
+            columns.append((metric, score, title))
+    return columns, checks
+
+
 def score_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    """Header and rows of the score table: one row per method, one column per available score.
+    """Header and rows of the score table: one row per method, one column per score its metrics declare.
+
+    Each column is headed by the score's label and direction (↑ higher is better, ↓ lower is better); every sanity
+    check gets a value column and a verdict column, after the scores.
 
     Example:
         >>> score_rows({"methods": {"m": {"localization": {"pointing_game": 1.0}}}})
         (['method', 'pointing game ↑'], [['m', 1.0]])
     """
     methods = result["methods"]
-    present = [c for c in _COLUMNS if any(c[1] in r.get(c[0], {}) for r in methods.values())]
-    known = {(metric, key) for metric, key, _, _ in _COLUMNS}
-    # Metrics the table does not know (registered by the user, say): their scalar results, as they are named.
-    others = sorted(
-        {
-            (metric, key)
-            for r in methods.values()
-            for metric, values in r.items()
-            if metric not in {c[0] for c in _SANITY} and metric not in {c[0] for c in _COLUMNS}
-            for key, value in values.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and (metric, key) not in known
-        }
-    )
-    header = ["method"] + [f"{label} {'↑' if up else '↓'}" for _, _, label, up in present]
-    header += [f"{metric}: {key}" for metric, key in others]
-    checks = [(metric, label) for metric, label in _SANITY if any(metric in r for r in methods.values())]
-    for _, label in checks:
-        header += [label, f"{label.split(' ')[0]} check"]
+    columns, checks = _score_columns(methods)
+    header = ["method"] + [title for *_, title in columns]
+    for _, check in checks:
+        header += [check.title, f"{check.short} check"]
     timing = result.get("timing", {})
     if timing:
         header.append("ms / sample")
     rows = []
     for method, scores in methods.items():
-        row: list[Any] = [method] + [scores.get(metric, {}).get(key, float("nan")) for metric, key, _, _ in present]
-        row += [scores.get(metric, {}).get(key, float("nan")) for metric, key in others]
-        for metric, _ in checks:
-            value, passed = _sanity(metric, scores.get(metric, {}))
+        row: list[Any] = [method]
+        row += [scores.get(metric, {}).get(score.key, float("nan")) for metric, score, _ in columns]
+        for metric, check in checks:
+            value, passed = check.read(scores.get(metric))
             row += [value, "" if passed is None else "passed" if passed else "FAILED"]
         if timing:
             row.append(1000 * timing.get(method, {}).get("seconds_per_sample", float("nan")))
@@ -331,19 +272,6 @@ def write_outputs(
     (directory / "report.html").write_text(render_html(result, images, html_sections), encoding="utf-8")
 
 
-# (metric, key, header) of the console table: the headline numbers only, so it fits an 80-column terminal.
-_CONSOLE_COLUMNS = (
-    ("insertion_deletion", "insertion", "ins.↑"),
-    ("insertion_deletion", "deletion", "del.↓"),
-    ("localization", "pointing_game", "point↑"),
-    ("localization", "relevance_mass", "mass↑"),
-    ("activation_deviation", "mean_mse", "act.dev↓"),
-    ("comprehensiveness", "comprehensiveness", "comp.↑"),
-    ("sufficiency", "sufficiency", "suff.↓"),
-    ("token_localization", "token_f1", "F1↑"),
-)
-
-
 def summary_table(result: Mapping[str, Any], title: str) -> Any:
     """A rich table of an evaluation's headline numbers per method, narrow enough for an 80-column terminal.
 
@@ -356,19 +284,20 @@ def summary_table(result: Mapping[str, Any], title: str) -> Any:
     from rich.table import Table
 
     methods = result["methods"]
-    columns = [c for c in _CONSOLE_COLUMNS if any(c[1] in r.get(c[0], {}) for r in methods.values())]
+    scored, checks = _score_columns(methods)
+    # The headline numbers only (the scores with a console header), so the table fits an 80-column terminal.
+    columns = [(metric, score) for metric, score, _ in scored if score.console_header is not None]
     table = Table(title=title)
     table.add_column("method")
-    for *_, header in columns:
-        table.add_column(header, justify="right")
-    checks = [(metric, label.split(" ")[0]) for metric, label in _SANITY if any(metric in r for r in methods.values())]
+    for _, score in columns:
+        table.add_column(score.console_header, justify="right")
     if checks:
         table.add_column("sanity", justify="right")
     table.add_column("ms/img", justify="right")
     for method, scores in methods.items():
-        row = [method] + [f"{scores.get(metric, {}).get(key, float('nan')):.3f}" for metric, key, _ in columns]
+        row = [method] + [f"{scores.get(metric, {}).get(score.key, float('nan')):.3f}" for metric, score in columns]
         if checks:
-            verdicts = {name: _sanity(metric, scores.get(metric, {}))[1] for metric, name in checks}
+            verdicts = {check.short: check.read(scores.get(metric))[1] for metric, check in checks}
             failed = [name for name, passed in verdicts.items() if passed is False]
             ran = any(passed is not None for passed in verdicts.values())
             row.append("FAIL " + ",".join(failed) if failed else "pass" if ran else "")

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 import lit_attr.delivery as delivery
-import lit_attr.report as report
+import lit_attr.presenting as presenting
 import lit_attr.viz as viz
 from lit_attr.runner import SampleRecord
 
@@ -60,7 +60,7 @@ def deliver_run(target: delivery.Destination, run: RunMedia) -> None:
     label = functools.partial(viz.class_label, class_names=run.class_names)
     shown = [record for record in run.records if record.x is not None]
     cells = _deliver_maps(target, run, shown, label, when)
-    for key, figure in report.curve_figures(run.results, when).items():
+    for key, figure in presenting.curve_figures(run.results, when).items():  # each metric draws its own
         delivery.log_figure(target, f"attr/{key}", figure)
     if run.records:
         _deliver_table(target, run, label, cells)
@@ -79,7 +79,7 @@ def _deliver_maps(
         cells: dict[tuple[int, str], delivery.HtmlCell] = {}
         words = [run.decode(record.x) for record in shown]
         for method in run.methods:
-            captions = [caption(record, method, label) for record in shown]
+            captions = [caption(record, method, label, run.results.get(method, {})) for record in shown]
             scores = [record.attributions[method] for record in shown]
             title = f"{method}, {when}"
             html = viz.token_highlights_html(words, scores, captions=captions, title=title)
@@ -96,7 +96,7 @@ def _deliver_maps(
             figure = viz.attribution_grid(
                 x,
                 torch.stack([record.attributions[method] for record in shown]),
-                captions=[caption(record, method, label) for record in shown],
+                captions=[caption(record, method, label, run.results.get(method, {})) for record in shown],
                 titles=titles,
                 title=f"{method}, {when}",
             )
@@ -135,21 +135,17 @@ def _deliver_table(
     delivery.log_table(target, "attr/samples", columns + score_names, rows)
 
 
-def caption(record: SampleRecord, method: str, label: Label) -> str:
-    """A kept sample's caption under its map: target, prediction and confidence, then its headline scores.
+def caption(record: SampleRecord, method: str, label: Label, metrics: Mapping[str, Any]) -> str:
+    """A kept sample's caption under its map: target, prediction and confidence, then its scores.
+
+    The scores are the caption parts its ``metrics`` declare (:meth:`~lit_attr.metrics.presentation.Presentation.
+    captions`), in metric order.
 
     Example:
         >>> record = SampleRecord(0, 1, 1, 1, 0.9, 0.9, scores={"m": {"pointing_game": 1.0}})
-        >>> caption(record, "m", str).splitlines()
+        >>> caption(record, "m", str, {"localization": {}}).splitlines()
         ['target 1, pred 1 0.90', 'point 1']
     """
-    scores = record.scores.get(method, {})
     head = f"target {label(record.target)}, pred {label(record.prediction)} {record.confidence:.2f}"
-    parts = []
-    if "insertion" in scores:
-        parts.append(f"ins {scores['insertion']:.2f} del {scores['deletion']:.2f}")
-    if "pointing_game" in scores:
-        parts.append(f"point {scores['pointing_game']:.0f}")
-    if "relevance_mass" in scores:
-        parts.append(f"mass {scores['relevance_mass']:.2f}")
+    parts = presenting.caption_parts(metrics, record.scores.get(method, {}))
     return "\n".join([head, " ".join(parts)]) if parts else head
