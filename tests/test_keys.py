@@ -8,12 +8,16 @@ import warnings
 
 import lightning as L
 import pytest
+import torch
 from callbacks._helpers import METRIC_KWARGS, TRAINER_DEFAULTS, datamodule, fit, model, read_metrics_csv
 from lightning.pytorch.loggers import CSVLogger
+from torch import Tensor
+from torchmetrics import Metric
 
 from lit_attr.callbacks import AttributionCheckpoint, AttributionEarlyStopping, AttributionMonitor, RandomizationCheck
 from lit_attr.evaluate import evaluate, flat_scalars
 from lit_attr.keys import former_key_matches, scalar_key, split_key
+from lit_attr.metrics import register_metric, unregister_metric
 
 # The scheme written out by hand for the metrics below (not derived from lit-attr's code).
 EXPECTED = {
@@ -108,3 +112,67 @@ def test_a_former_verdict_key_is_mapped_at_once_and_an_unmatched_key_refused(tmp
     message = str(raised.value)
     assert "\n" not in message and "`monitor='attr/saliency/insertoin'`" in message
     assert "attr/saliency/insertion_deletion/insertion" in message  # the keys there are, to choose from
+
+
+class _Recorder(L.Callback):
+    """What a checkpoint callback holds when the fit starts (after setup and the restore of a checkpoint)."""
+
+    def __init__(self, checkpoint: AttributionCheckpoint) -> None:
+        self.checkpoint, self.seen = checkpoint, []
+
+    def on_fit_start(self, trainer, pl_module):
+        self.seen.append((self.checkpoint.monitor, self.checkpoint.best_model_score))
+
+
+def test_a_declared_former_key_is_current_before_a_checkpoint_restores_its_state(tmp_path):
+    def run(ckpt_path=None):
+        monitor = AttributionMonitor(["saliency"], metrics="insertion_deletion", num_samples=4, log_heatmaps=0,
+                                     metric_kwargs=METRIC_KWARGS)  # fmt: skip
+        checkpoint = AttributionCheckpoint(dirpath=tmp_path / "ckpt", monitor="attr/saliency/insertion", mode="max")
+        recorder = _Recorder(checkpoint)
+        with pytest.warns(DeprecationWarning, match="'attr/saliency/insertion_deletion/insertion'"):
+            _, trainer, _ = fit(tmp_path, [monitor, checkpoint, recorder], max_epochs=2, enable_checkpointing=True,
+                                ckpt_path=ckpt_path)  # fmt: skip
+        return trainer, checkpoint, recorder
+
+    trainer, first, _ = run()
+    trainer.save_checkpoint(tmp_path / "resume.ckpt")
+    saved = torch.load(tmp_path / "resume.ckpt", weights_only=False)["callbacks"]
+    assert first.state_key in saved and "attr/saliency/insertion_deletion/insertion" in first.state_key
+    # Restored with the same former key: it is current again by the time the state is restored (the fit's setup
+    # comes before the restore), so the best score so far comes back.
+    _, _, recorder = run(tmp_path / "resume.ckpt")
+    assert recorder.seen == [("attr/saliency/insertion_deletion/insertion", first.best_model_score)]
+
+
+class MeanAbs(Metric):
+    """A metric without a presentation: its score names are known only once the monitor logged them."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, attributions: Tensor) -> None:
+        self.total += attributions.abs().flatten(1).mean(dim=1).sum()
+        self.count += attributions.shape[0]
+
+    def compute(self) -> dict[str, Tensor]:
+        return {"mean_abs": self.total / self.count}
+
+
+def test_an_undeclared_former_key_gets_its_current_form_from_the_logged_keys(tmp_path):
+    register_metric("mean_abs_of_keys", MeanAbs, consumes=("attributions",))
+    try:
+        monitor = AttributionMonitor(["saliency"], metrics="mean_abs_of_keys", num_samples=4, log_heatmaps=0)
+        checkpoint = AttributionCheckpoint(dirpath=tmp_path / "ckpt", monitor="attr/saliency/mean_abs", mode="max")
+        recorder = _Recorder(checkpoint)
+        with pytest.warns(DeprecationWarning, match="'attr/saliency/mean_abs_of_keys/mean_abs'"):
+            fit(tmp_path, [monitor, checkpoint, recorder], max_epochs=1, enable_checkpointing=True)
+    finally:
+        unregister_metric("mean_abs_of_keys")
+    assert recorder.seen == [("attr/saliency/mean_abs", None)]  # not declared: unknown when the fit started
+    assert checkpoint.monitor == "attr/saliency/mean_abs_of_keys/mean_abs"
+    assert checkpoint.best_model_score is not None

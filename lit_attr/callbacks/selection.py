@@ -6,8 +6,9 @@ would weigh the weights of that epoch by a score measured on earlier weights, an
 finds no key at all and raises. The two callbacks here are Lightning's own, except that for an ``attr/`` key they
 consider only the epochs the monitor ran: a checkpoint is saved (and patience counted) only where the score
 belongs to the weights. A key of the monitor's former scheme (``attr/<method>/<score>``) gets its current form
-``attr/<method>/<metric>/<score>`` (:mod:`lit_attr.keys`) with a DeprecationWarning, at the first epoch the monitor
-scores (``attr/<method>/<metric>_passed`` at once), or is refused if it matches none or several of the logged keys.
+``attr/<method>/<metric>/<score>`` (:mod:`lit_attr.keys`) with a DeprecationWarning: when the fit starts if the
+monitors' metrics declare that score (so a checkpoint's state is saved and restored under the current key), else at
+the first epoch the monitor scores, from the keys it logged; it is refused if it matches none or several of them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from typing_extensions import override
 
 from lit_attr._checks import check_int, check_number
 from lit_attr.keys import VERDICT, former_key_matches, is_former_key, scalar_key
+from lit_attr.metrics.presentation import DEFAULT
 from lit_attr.metrics.registry import available_metrics
+from lit_attr.presenting import presentation_of
 
 __all__ = ["AttributionCheckpoint", "AttributionEarlyStopping", "scored_this_epoch"]
 
@@ -41,15 +44,31 @@ def scored_this_epoch(trainer: Trainer, key: str | None) -> bool:
         >>> scored_this_epoch(L.Trainer(logger=False), "val_loss")
         True
     """
-    from lit_attr.callbacks.attribution_monitor import AttributionMonitor
-
     if key is None or not key.startswith("attr/"):
         return True
-    monitors = [callback for callback in trainer.callbacks if isinstance(callback, AttributionMonitor)]
+    monitors = _monitors(trainer)
     # attr/<method>/... belongs to the monitor of that method; attr/overhead (or an unknown method) to all.
     parts = key.split("/")
     owners = [monitor for monitor in monitors if len(parts) > 2 and parts[1] in monitor.method_names] or monitors
     return any(monitor.last_epoch == trainer.current_epoch for monitor in owners)
+
+
+def _monitors(trainer: Trainer) -> list[Any]:
+    from lit_attr.callbacks.attribution_monitor import AttributionMonitor
+
+    return [callback for callback in trainer.callbacks if isinstance(callback, AttributionMonitor)]
+
+
+def _declared_keys(trainer: Trainer) -> list[str]:
+    """The keys the trainer's monitors will log, as far as their metrics' presentations declare their scores."""
+    keys = []
+    for monitor in _monitors(trainer):
+        for metric in monitor.metric_names:
+            presentation = presentation_of(metric)
+            scores = [] if presentation.scores is DEFAULT else [score.key for score in presentation.scores]
+            scores += [VERDICT] if presentation.sanity is not None else []
+            keys += [scalar_key(method, metric, score) for method in monitor.method_names for score in scores]
+    return keys
 
 
 def _init_lightning(init: Callable[..., None], callback: Any, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -65,12 +84,15 @@ def _init_lightning(init: Callable[..., None], callback: Any, args: tuple, kwarg
     return bound
 
 
-def _upgrade_former_key(callback: ModelCheckpoint | EarlyStopping, current: list[str] | None = None) -> None:
+def _upgrade_former_key(
+    callback: ModelCheckpoint | EarlyStopping, current: list[str] | None = None, strict: bool = True
+) -> None:
     """Replace a ``monitor`` key of the former scheme by its current form, with a DeprecationWarning naming it.
 
     ``attr/<method>/<metric>_passed`` of a registered metric is mapped at once; ``attr/<method>/<score>`` when the
-    ``current`` keys (those the monitor logged) are known, to the one ``attr/<method>/<metric>/<score>`` among
-    them; none or several are refused.
+    ``current`` keys are known, to the one ``attr/<method>/<metric>/<score>`` among them. With the logged keys
+    (``strict``), none or several are refused; with the declared ones (at ``setup``, before a checkpoint's callback
+    states are restored under the key) they leave the decision to the logged keys.
     """
     key = callback.monitor
     if not isinstance(key, str) or not is_former_key(key):
@@ -84,6 +106,8 @@ def _upgrade_former_key(callback: ModelCheckpoint | EarlyStopping, current: list
         matches = [scalar_key(method, metric, VERDICT)]
     else:
         matches = former_key_matches(key, current)
+    if len(matches) != 1 and not strict:
+        return
     if len(matches) != 1:
         logged = sorted(k for k in current or () if k.startswith(f"attr/{method}/"))
         raise ValueError(
@@ -125,6 +149,12 @@ class AttributionCheckpoint(ModelCheckpoint):
         _upgrade_former_key(self)
 
     @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """A former-form ``monitor`` key gets its current form here if the monitors' metrics declare it."""
+        _upgrade_former_key(self, _declared_keys(trainer), strict=False)
+        super().setup(trainer, pl_module, stage)
+
+    @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Save as ``ModelCheckpoint`` does, at the epochs where the monitored score is current."""
         if _scored(self, trainer):
@@ -156,6 +186,12 @@ class AttributionEarlyStopping(EarlyStopping):
         check_int("patience", self.patience, 0)
         check_number("min_delta", bound.get("min_delta", 0.0))
         _upgrade_former_key(self)
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """A former-form ``monitor`` key gets its current form here if the monitors' metrics declare it."""
+        _upgrade_former_key(self, _declared_keys(trainer), strict=False)
+        super().setup(trainer, pl_module, stage)
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
