@@ -124,6 +124,7 @@ class _Recorder(L.Callback):
         self.seen.append((self.checkpoint.monitor, self.checkpoint.best_model_score))
 
 
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")  # the same dirpath, on purpose
 def test_a_declared_former_key_is_current_before_a_checkpoint_restores_its_state(tmp_path):
     def run(ckpt_path=None):
         monitor = AttributionMonitor(["saliency"], metrics="insertion_deletion", num_samples=4, log_heatmaps=0,

@@ -9,11 +9,11 @@ import lightning as L
 import pytest
 import torch
 
+from lit_attr.attribution_quality import AttributionQuality
 from lit_attr.callbacks import AttributionMonitor
 from lit_attr.data import SyntheticTextDataModule
 from lit_attr.data.text import collate_tokens
 from lit_attr.evaluate import check_logits, evaluate
-from lit_attr.metrics import AttributionQuality
 from lit_attr.runner import AttributionRunner
 
 N = 8
