@@ -1,10 +1,10 @@
 """Figures, ``metrics.json`` and a self-contained ``report.html`` for an evaluation (see :mod:`lit_attr.evaluate`).
 
 What each metric's results look like (its scores, their directions, its sanity verdict, its curves) comes from the
-metric's own presentation (:mod:`lit_attr.presenting`); the maps are drawn by :mod:`lit_attr.viz` (matplotlib's
-object-oriented API, no pyplot state). The HTML report embeds
-every image as a base64 ``data:`` URI, so the single file can be mailed or attached to an issue; the same images
-are also written as PNG files next to it.
+metric's own presentation (:mod:`lit_attr.presenting`); the maps are drawn by the samples' input kind
+(:meth:`lit_attr.inputs.InputKind.render`: matplotlib's object-oriented API, no pyplot state, and HTML where the
+kind has it). The HTML report embeds every image as a base64 ``data:`` URI, so the single file can be mailed or
+attached to an issue; the same images are also written as PNG files next to it.
 """
 
 from __future__ import annotations
@@ -17,52 +17,119 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
 import lit_attr.presenting as presenting
 import lit_attr.viz as viz
+from lit_attr.inputs import Rendering, get_input_kind, input_kind
 from lit_attr.metrics.presentation import DEFAULT, Score
 
-__all__ = ["build_figures", "curve_figures", "render_html", "summary_table", "token_highlights", "write_outputs"]
+__all__ = [
+    "build_figures",
+    "curve_figures",
+    "map_renderings",
+    "render_html",
+    "report_figures",
+    "summary_table",
+    "token_highlights",
+    "write_outputs",
+]
+
+def map_renderings(
+    samples: Mapping[int, Mapping[str, Any]],
+    decode: Callable[[Tensor], list[str]] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> dict[str, Rendering]:
+    """Each method's maps of the kept samples, drawn by their input kind: ``{"<media name>_<method>": rendering}``.
+
+    Args:
+        samples: ``{index: {"x": kept input, "target": int, "label": int | None, "maps": {method: map}, "kind":
+            input kind name}}`` (without ``"kind"``, the kind of the kept input, see ``lit_attr.inputs.input_kind``).
+        decode: token ids -> token strings, for kinds that show words (:func:`lit_attr.viz.token_decoder`).
+        class_names: names for the captions.
+
+    Returns:
+        :class:`~lit_attr.inputs.Rendering` per method (``heatmaps_<method>`` for images, ``tokens_<method>`` for
+        token ids, with their HTML); empty for kinds that draw nothing.
+
+    Example:
+        >>> import torch
+        >>> maps = {"saliency": torch.tensor([0.5, -1.0])}
+        >>> sample = {"x": torch.tensor([1, 2]), "target": 0, "label": 0, "maps": maps, "kind": "tokens"}
+        >>> sorted(map_renderings({0: sample}, lambda ids: ["good", "film"]))
+        ['tokens_saliency']
+    """
+    order = sorted(samples)
+    if not order:
+        return {}
+    first = samples[order[0]]
+    kind = get_input_kind(first["kind"]) if first.get("kind") else input_kind(first["x"][None])
+    inputs = [samples[i]["x"] for i in order]
+    captions = [
+        f"#{i} label {viz.class_label(samples[i]['label'], class_names)}, "
+        f"target {viz.class_label(samples[i]['target'], class_names)}"
+        for i in order
+    ]
+    renderings = {}
+    for method in dict.fromkeys(method for i in order for method in samples[i].get("maps", {})):
+        if not all(method in samples[i].get("maps", {}) for i in order):
+            continue
+        maps = [samples[i]["maps"][method] for i in order]
+        title = f"{method}: attributions of the target class"
+        rendering = kind.render(inputs, maps, captions=captions, title=title, decode=decode)
+        if rendering is not None:
+            renderings[f"{kind.media_name}_{method}"] = rendering
+    return renderings
+
+
+def report_figures(
+    result: Mapping[str, Any],
+    samples: Mapping[int, Mapping[str, Any]],
+    class_names: Sequence[str] | None = None,
+    decode: Callable[[Tensor], list[str]] | None = None,
+) -> tuple[dict[str, Figure], dict[str, str]]:
+    """The figures of a report in display order, and the HTML shown instead of some (per-token highlighting).
+
+    The metrics' curves come first, then each method's maps (:func:`map_renderings`), then the sanity checks'
+    curves; each metric draws its own curves (its presentation).
+
+    Returns:
+        ``({file stem: figure}, {file stem: HTML})``.
+
+    Example:
+        >>> report_figures({"methods": {"saliency": {}}}, {})
+        ({}, {})
+    """
+    methods = result["methods"]
+    when = f"{result.get('num_samples', '?')} samples"
+    figures = presenting.curve_figures(methods, when, sanity=False)
+    renderings = map_renderings(samples, decode, class_names)
+    figures.update({stem: rendering.figure for stem, rendering in renderings.items()})
+    figures.update(presenting.curve_figures(methods, when, sanity=True))
+    html_sections = {stem: rendering.html for stem, rendering in renderings.items() if rendering.html is not None}
+    return figures, html_sections
+
 
 def build_figures(
     result: Mapping[str, Any], samples: Mapping[int, Mapping[str, Any]], class_names: Sequence[str] | None = None
 ) -> dict[str, Figure]:
-    """The figures of a report: the metrics' curves, one heatmap grid per method, the sanity checks' curves.
+    """The figures of a report: the metrics' curves, the maps of every method, the sanity checks' curves.
 
     Args:
         result: the content of ``metrics.json`` (see :func:`lit_attr.evaluate.evaluate`).
-        samples: ``{index: {"x": (C, H, W), "target": int, "label": int | None, "maps": {method: tensor}}}``.
+        samples: see :func:`map_renderings`.
         class_names: names for the captions.
 
     Returns:
-        ``{file stem: figure}``, in display order.
+        ``{file stem: figure}``, in display order (:func:`report_figures` also gives the HTML of token inputs).
 
     Example:
         >>> res = {"methods": {"saliency": {}}}
         >>> build_figures(res, {})
         {}
     """
-    methods = result["methods"]
-    when = f"{result.get('num_samples', '?')} samples"
-    # The metrics' curves first, the maps, then the sanity checks' curves (each metric draws its own).
-    figures = presenting.curve_figures(methods, when, sanity=False)
-    order = sorted(samples)
-    if order and samples[order[0]]["x"].is_floating_point() and samples[order[0]]["x"].ndim == 3:
-        images = torch.stack([samples[i]["x"] for i in order])
-        titles = [f"#{i} {viz.class_label(samples[i]['label'], class_names)}" for i in order]
-        for method in methods:
-            if not all(method in samples[i].get("maps", {}) for i in order):
-                continue
-            maps = torch.stack([samples[i]["maps"][method] for i in order])
-            captions = [f"target {viz.class_label(samples[i]['target'], class_names)}" for i in order]
-            figures[f"heatmaps_{method}"] = viz.attribution_grid(
-                images, maps, captions=captions, titles=titles, title=f"{method}: attributions of the target class"
-            )
-    figures.update(presenting.curve_figures(methods, when, sanity=True))
-    return figures
+    return report_figures(result, samples, class_names)[0]
 
 
 def curve_figures(methods: Mapping[str, Mapping[str, Mapping[str, Any]]], when: str) -> dict[str, Figure]:
@@ -88,41 +155,25 @@ def token_highlights(
     decode: Callable[[Tensor], list[str]],
     class_names: Sequence[str] | None = None,
 ) -> dict[str, tuple[str, Figure]]:
-    """Per-token highlighting of the kept samples of token inputs, one ``(HTML, figure)`` per method.
+    """The maps of the kept samples whose input kind also draws HTML (per-token highlighting), per method.
 
     Args:
-        samples: ``{index: {"x": token ids (L,), "target": int, "label": int | None, "maps": {method: (L,)}}}``.
+        samples: see :func:`map_renderings`.
         decode: token ids -> token strings (:func:`lit_attr.viz.token_decoder`).
         class_names: names for the captions.
 
     Returns:
-        ``{"tokens_<method>": (html, figure)}``; empty for image samples.
+        ``{"<media name>_<method>": (html, figure)}`` (``tokens_<method>``); empty for image samples.
 
     Example:
+        >>> import torch
         >>> maps = {"saliency": torch.tensor([0.5, -1.0])}
         >>> sample = {"x": torch.tensor([1, 2]), "target": 0, "label": 0, "maps": maps}
         >>> sorted(token_highlights({0: sample}, lambda ids: ["good", "film"]))
         ['tokens_saliency']
     """
-    order = sorted(samples)
-    if not order or samples[order[0]]["x"].is_floating_point():
-        return {}
-
-    words = [decode(samples[i]["x"]) for i in order]
-    captions = [
-        f"#{i} label {viz.class_label(samples[i]['label'], class_names)}, "
-        f"target {viz.class_label(samples[i]['target'], class_names)}"
-        for i in order
-    ]
-    sections: dict[str, tuple[str, Figure]] = {}
-    methods = dict.fromkeys(method for i in order for method in samples[i].get("maps", {}))
-    for method in methods:
-        scores = [samples[i]["maps"][method] for i in order]
-        title = f"{method}: attributions of the target class"
-        html_text = viz.token_highlights_html(words, scores, captions=captions, title=title)
-        figure = viz.token_highlights_figure(words, scores, captions=captions, title=title)
-        sections[f"tokens_{method}"] = (html_text, figure)
-    return sections
+    renderings = map_renderings(samples, decode, class_names)
+    return {stem: (r.html, r.figure) for stem, r in renderings.items() if r.html is not None}
 
 
 def _png(figure: Figure) -> bytes:

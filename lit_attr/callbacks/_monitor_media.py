@@ -1,5 +1,8 @@
 """What the monitor delivers after a run, rendered from plain data: maps per method, curves, a per-sample table.
 
+The maps are drawn by the samples' input kind (:meth:`lit_attr.inputs.InputKind.render`), the curves and captions
+by each metric's presentation (:mod:`lit_attr.presenting`): nothing here names a modality or a metric.
+
 :func:`deliver_run` is the job the monitor hands its :class:`~lit_attr.delivery.DeliveryWorker` (or runs at once):
 a plain function of a :class:`RunMedia` (copies of the run's results and records, and what the captions need) and a
 :class:`~lit_attr.delivery.Destination` snapshot of the trainer, so nothing it reads belongs to the callback or can
@@ -9,16 +12,18 @@ change under it while it runs on the worker thread.
 from __future__ import annotations
 
 import functools
+import html
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 
 import lit_attr.delivery as delivery
 import lit_attr.presenting as presenting
 import lit_attr.viz as viz
+from lit_attr.inputs import InputKind, get_input_kind, input_kind
 from lit_attr.runner import SampleRecord
 
 __all__ = ["RunMedia", "deliver_run"]
@@ -66,56 +71,66 @@ def deliver_run(target: delivery.Destination, run: RunMedia) -> None:
         _deliver_table(target, run, label, cells)
 
 
+Cells = dict[tuple[int, str], delivery.HtmlCell]
+
+
 def _deliver_maps(
     target: delivery.Destination, run: RunMedia, shown: list[SampleRecord], label: Label, when: str
-) -> dict[tuple[int, str], delivery.HtmlCell] | None:
-    """Each method's maps of the kept samples, drawn for their kind of input.
+) -> tuple[str, Cells] | None:
+    """Each method's maps of the kept samples, drawn by their input kind (``attr/<method>/<media name>``).
 
-    Returns the per-sample table cells of inputs that have one (token highlighting), else None.
+    Returns the table column and cells of a kind that also draws one sample in a table cell (token highlighting),
+    else None.
     """
     if not shown:
         return None
-    if not shown[0].x.is_floating_point():  # token ids
-        cells: dict[tuple[int, str], delivery.HtmlCell] = {}
-        words = [run.decode(record.x) for record in shown]
-        for method in run.methods:
-            captions = [caption(record, method, label, run.results.get(method, {})) for record in shown]
-            scores = [record.attributions[method] for record in shown]
-            title = f"{method}, {when}"
-            html = viz.token_highlights_html(words, scores, captions=captions, title=title)
-            figure = viz.token_highlights_figure(words, scores, captions=captions, title=title)
-            delivery.log_html(target, f"attr/{method}/tokens", html, figure)
-            for record, row_words, row_scores in zip(shown, words, scores, strict=True):
-                cell = viz.token_highlights_html([row_words], [row_scores])
-                cells[record.index, method] = delivery.HtmlCell(cell, " ".join(row_words))
-        return cells
-    if shown[0].x.ndim == 3:  # images
-        x = torch.stack([record.x for record in shown])
-        titles = [f"#{run.dataset_indices[record.index]} {label(record.label)}" for record in shown]
-        for method in run.methods:
-            figure = viz.attribution_grid(
-                x,
-                torch.stack([record.attributions[method] for record in shown]),
-                captions=[caption(record, method, label, run.results.get(method, {})) for record in shown],
-                titles=titles,
-                title=f"{method}, {when}",
-            )
-            delivery.log_image(target, f"attr/{method}/heatmaps", figure, caption=f"{method}, {when}")
-    return None
+    kind = kind_of(shown[0])
+    samples = [record.x for record in shown]
+    titles = [f"#{run.dataset_indices[record.index]} {label(record.label)}" for record in shown]
+    cells: Cells = {}
+    for method in run.methods:
+        maps = [record.attributions[method] for record in shown]
+        captions = [caption(record, method, label, run.results.get(method, {})) for record in shown]
+        title = f"{method}, {when}"
+        rendering = kind.render(samples, maps, captions=captions, titles=titles, title=title, decode=run.decode)
+        if rendering is None:
+            continue
+        key = f"attr/{method}/{kind.media_name}"
+        if rendering.html is not None:
+            delivery.log_html(target, key, rendering.html, rendering.figure)
+        else:
+            delivery.log_image(target, key, rendering.figure, caption=title)
+        for record, sample, attributions in zip(shown, samples, maps, strict=True):
+            cell = kind.render_cell(sample, attributions, decode=run.decode)
+            if cell is not None:
+                cells[record.index, method] = delivery.HtmlCell(cell, _text(cell))
+    return (kind.media_name, cells) if cells else None
 
 
-def _deliver_table(
-    target: delivery.Destination,
-    run: RunMedia,
-    label: Label,
-    cells: dict[tuple[int, str], delivery.HtmlCell] | None,
-) -> None:
+def kind_of(record: SampleRecord) -> InputKind:
+    """The input kind of a record (its ``kind``; for a record without one, the kind of its kept input).
+
+    Example:
+        >>> import torch
+        >>> kind_of(SampleRecord(0, None, 0, 0, 1.0, 1.0, x=torch.rand(3, 8, 8))).media_name
+        'heatmaps'
+    """
+    name = getattr(record, "kind", "")
+    return get_input_kind(name) if name else input_kind(record.x[None])
+
+
+def _text(html_text: str) -> str:
+    """The plain text of an HTML cell, for loggers that show text (CSV files, TensorBoard)."""
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", html_text)).split())
+
+
+def _deliver_table(target: delivery.Destination, run: RunMedia, label: Label, cells: tuple[str, Cells] | None) -> None:
     """The ``attr/samples`` table: one row per probe sample and method, with every per-sample score."""
     records = run.records
     score_names = list(dict.fromkeys(key for r in records for s in r.scores.values() for key in s))
     columns = ["epoch", "dataset_index", "label", "prediction", "confidence", "method", "target", "p_target"]
     if cells is not None:
-        columns.append("tokens")
+        columns.append(cells[0])
     rows = [
         [
             -1 if run.epoch is None else run.epoch,
@@ -126,7 +141,7 @@ def _deliver_table(
             method,
             label(record.target),
             round(record.target_probability, 4),
-            *([cells.get((record.index, method))] if cells is not None else []),
+            *([cells[1].get((record.index, method))] if cells is not None else []),
             *(record.scores.get(method, {}).get(key, float("nan")) for key in score_names),
         ]
         for record in records

@@ -92,14 +92,17 @@ def write_and_log(
         write_and_log(trainer, Path("out"), result, scalars, records, ["circle", "square"], viz.token_decoder(None))
     """
     samples = {
-        record.index: {"x": record.x, "target": record.target, "label": record.label, "maps": record.attributions}
+        record.index: {
+            "x": record.x,
+            "target": record.target,
+            "label": record.label,
+            "maps": record.attributions,
+            "kind": getattr(record, "kind", ""),
+        }
         for record in records
         if record.x is not None
     }
-    figures = report.build_figures(result, samples, class_names=class_names)
-    highlights = report.token_highlights(samples, decode, class_names)
-    figures.update({stem: figure for stem, (_, figure) in highlights.items()})
-    html_sections = {stem: text for stem, (text, _) in highlights.items()}
+    figures, html_sections = report.report_figures(result, samples, class_names, decode)
     _log_to_loggers(trainer, scalars, figures, html_sections)
     write_result(output, lambda tmp: report.write_outputs(tmp, result, figures, html_sections))
 
