@@ -69,7 +69,6 @@ KNOWN_VIOLATIONS: set[str] = {
     "long: lit_attr/evaluate.py",
     "long: lit_attr/runner.py",
     "long: lit_attr/viz.py",
-    "long: lit_attr/functional/perturbation.py",
     "long: lit_attr/callbacks/attribution_monitor.py",
 }
 

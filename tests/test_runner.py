@@ -14,12 +14,12 @@ from callbacks._helpers import TRAINER_DEFAULTS, datamodule, fit, model
 from torch import Tensor
 from torchmetrics import Metric
 
+from lit_attr.attribution_quality import AttributionQuality
 from lit_attr.batch import Batch
 from lit_attr.callbacks import AttributionMonitor, RandomizationCheck
 from lit_attr.evaluate import evaluate
 from lit_attr.methods import get_method
 from lit_attr.metrics import (
-    AttributionQuality,
     InsertionDeletion,
     Localization,
     ParameterRandomization,

@@ -5,11 +5,11 @@ import torch
 from text_helpers import CLS, MASK, SEP, SPECIALS, plain_transformer, tiny_bert, token_batch
 from torch import nn
 
+from lit_attr.attribution_quality import AttributionQuality
 from lit_attr.batch import Batch
 from lit_attr.functional.token_localization import token_auprc, token_f1
 from lit_attr.inputs import TokenOptions
 from lit_attr.methods import get_method
-from lit_attr.metrics import AttributionQuality
 from lit_attr.runner import AttributionRunner
 
 FAST = {"integrated_gradients": {"n_steps": 16}, "mfaba": {"max_steps": 8}}
