@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lit_attr.inputs import InputKind, input_kind
+
 __all__ = ["INPUT_KEYS", "LABEL_KEYS", "MASK_KEYS", "Batch", "BatchAdapter", "adapt_batch", "default_batch_adapter"]
 
 #: Dict keys that hold the inputs, labels and ground-truth masks, in the order they are looked up. Token batches
@@ -48,9 +50,19 @@ class Batch:
     special_tokens_mask: Tensor | None = None
 
     @property
+    def kind(self) -> InputKind:
+        """The kind of the inputs (:func:`lit_attr.inputs.input_kind`): images, tabular, tokens, or a user's."""
+        return input_kind(self.x)
+
+    @property
     def tokens(self) -> bool:
-        """Whether ``x`` holds token ids (an integer tensor) rather than float inputs."""
+        """Whether ``x`` holds token ids (an integer tensor) rather than float inputs (prefer :attr:`kind`)."""
         return not (self.x.is_floating_point() or self.x.is_complex())
+
+    def fields(self) -> dict[str, Tensor]:
+        """The batch's inputs besides ``x`` that the model and the methods take (the token masks of token batches)."""
+        masks = {"attention_mask": self.attention_mask, "special_tokens_mask": self.special_tokens_mask}
+        return {key: value for key, value in masks.items() if value is not None}
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -67,23 +79,18 @@ class Batch:
     def logits(self, model: Callable[..., Any]) -> Tensor:
         """The model's output on ``x``, called as the methods call it.
 
-        Token ids go in with the attention mask where the forward takes one, and a Hugging Face output is reduced
-        to its ``logits``.
+        The input kind calls it (token ids go in with the attention mask where the forward takes one, and a Hugging
+        Face output is reduced to its ``logits``).
 
         Example:
             >>> Batch(torch.ones(2, 3)).logits(torch.nn.Linear(3, 4)).shape
             torch.Size([2, 4])
         """
-        if not self.tokens:
-            return model(self.x)
-        from lit_attr.inputs.tokens import call_model  # lit_attr.methods imports this module
-
-        return call_model(model, self.x, self.attention_mask)
+        return self.kind.model_logits(model, self.x, self.fields())
 
     def method_inputs(self) -> dict[str, Tensor]:
-        """Keyword inputs of ``AttributionMethod.attribute`` besides ``x`` (the token masks of token batches)."""
-        masks = {"attention_mask": self.attention_mask, "special_tokens_mask": self.special_tokens_mask}
-        return {key: value for key, value in masks.items() if value is not None}
+        """Keyword inputs of ``AttributionMethod.attribute`` besides ``x``: the batch's :meth:`fields`."""
+        return self.fields()
 
     def with_inputs(self, x: Tensor) -> Batch:
         """The same samples with other inputs (e.g. converted to the Trainer's precision)."""
@@ -172,10 +179,7 @@ def adapt_batch(batch: Any, adapter: BatchAdapter | None = None) -> Batch:
             read = Batch(*(*out, None, None)[:3])
     if not isinstance(read.x, Tensor) or any(t is not None and not isinstance(t, Tensor) for t in (read.y, read.mask)):
         raise TypeError("`batch_adapter` must return tensors (or None for the labels and masks).")
-    n = read.x.shape[0]
-    mask = None if read.mask is None else read.mask.detach().bool()
-    if mask is not None and not read.tokens:  # image masks (N, 1, H, W) or (N, H, W): one (H, W) plane per sample
-        mask = mask.reshape(n, *mask.shape[-2:])
+    mask = None if read.mask is None else read.kind.ground_truth(read.mask.detach().bool(), read.x)
     return Batch(
         read.x.detach(),
         None if read.y is None else read.y.detach().long().reshape(-1),

@@ -39,6 +39,7 @@ from lit_attr._checks import (
 )
 from lit_attr._hygiene import preserved_model_state, preserved_rng_state
 from lit_attr.batch import Batch
+from lit_attr.inputs import InputKind
 from lit_attr.keys import VERDICT, scalar_key
 from lit_attr.methods.base import AttributionMethod, attributions_of
 from lit_attr.methods.registry import available_methods, get_method
@@ -74,8 +75,10 @@ class SampleRecord:
         scores: ``{method: {score name: value}}``: each metric's per-sample headline numbers (the ``<score>`` of
             the keys of :meth:`AttributionRunner.scalars`, whose values are their means).
         seconds: ``{method: seconds}``: the method's time on the sample's batch, divided by the batch size.
-        x: the input (CPU, float32) for samples the runner was asked to keep, else None.
-        attributions: ``{method: map}`` (CPU, float32) for kept samples, else empty.
+        x: the input for samples the runner was asked to keep (as its input kind keeps it: float32 on the CPU, or
+            the real token ids), else None.
+        attributions: ``{method: map}`` (CPU, float32, aligned with ``x``) for kept samples, else empty.
+        kind: the name of the sample's input kind (:func:`lit_attr.inputs.get_input_kind` renders its ``x`` and maps).
     """
 
     index: int
@@ -88,6 +91,7 @@ class SampleRecord:
     seconds: dict[str, float] = field(default_factory=dict)
     x: Tensor | None = None
     attributions: dict[str, Tensor] = field(default_factory=dict)
+    kind: str = ""
 
 
 def normalize_methods(methods: MethodsArg) -> dict[str, MethodSpec]:
@@ -374,6 +378,7 @@ class AttributionRunner:
             )
         check_device("x", batch.x, self.model)
         n = len(batch)
+        kind = batch.kind
         indices = list(range(n)) if indices is None else [int(i) for i in indices]
         if len(indices) != n:
             raise ValueError(f"`indices` must have one entry per sample (N={n}), got {len(indices)}.")
@@ -399,7 +404,8 @@ class AttributionRunner:
                     prediction=int(predicted),
                     confidence=float(score),
                     target_probability=float(probability),
-                    x=_kept(batch, row) if index < self.keep_attributions else None,
+                    x=kind.kept_sample(batch.x[row], _row(batch, row)) if index < self.keep_attributions else None,
+                    kind=kind.name,
                 )
                 # One transfer per field and batch, not one per sample and field (each a device sync on a GPU).
                 for row, (index, label, target_class, predicted, score, probability) in enumerate(
@@ -426,7 +432,7 @@ class AttributionRunner:
                     record.seconds[name] = seconds
                     record.scores[name] = {}
                     if record.x is not None:
-                        record.attributions[name] = _kept_map(batch, attributions[name], row)
+                        record.attributions[name] = kind.kept_map(attributions[name][row], _row(batch, row))
             inputs = {
                 "x": batch.x,
                 "target": target,
@@ -436,7 +442,7 @@ class AttributionRunner:
                 "special_tokens_mask": batch.special_tokens_mask,
             }
             for metric in self.metric_names:
-                self._feed(metric, inputs, attributions, indices, records)
+                self._feed(metric, kind, inputs, attributions, indices, records)
         if self.progress is not None:
             self.progress("", n)
         return records
@@ -444,6 +450,7 @@ class AttributionRunner:
     def _feed(
         self,
         metric: str,
+        kind: InputKind,
         inputs: dict[str, Any],
         attributions: dict[str, Tensor],
         indices: list[int],
@@ -451,13 +458,11 @@ class AttributionRunner:
     ) -> None:
         """Score every method's attributions with one metric and add the per-sample scores to the records."""
         spec = self.specs[metric]
-        tokens = not inputs["x"].is_floating_point()
-        if spec.tokens is not None and spec.tokens != tokens:
-            kind = "token ids" if spec.tokens else "float inputs (images, features)"
-            alternatives = [name for name in available_metrics() if get_metric_spec(name).tokens in (None, tokens)]
+        if not spec.accepts(kind.tags):
+            alternatives = [name for name in available_metrics() if get_metric_spec(name).accepts(kind.tags)]
             raise ValueError(
-                f"metric {metric!r} needs {kind}, but this batch has {'token ids' if tokens else 'float inputs'}; "
-                f"metrics for it: {', '.join(alternatives)}."
+                f"metric {metric!r} does not take {kind.name} inputs (it takes {sorted(spec.modalities)}); metrics "
+                f"for them: {', '.join(alternatives)}."
             )
         if spec.needs_masks and inputs["masks"] is None:
             self.skipped.add(metric)
@@ -559,24 +564,9 @@ def _check_unique_keys(numbers: Mapping[str, Any], metric: str, owners: dict[str
             )
 
 
-def _kept(batch: Batch, row: int) -> Tensor:
-    """A sample's input as records keep it: float32 on the CPU, or its token ids without padding."""
-    if not batch.tokens:
-        return batch.x[row].detach().float().cpu()
-    real = _real_tokens(batch, row)
-    return batch.x[row][real].detach().cpu()
-
-
-def _kept_map(batch: Batch, attributions: Tensor, row: int) -> Tensor:
-    """A sample's map as records keep it, aligned with :func:`_kept`."""
-    kept = attributions[row].detach().float().cpu()
-    return kept[_real_tokens(batch, row).cpu()] if batch.tokens else kept
-
-
-def _real_tokens(batch: Batch, row: int) -> Tensor:
-    if batch.attention_mask is None:
-        return torch.ones(batch.x.shape[1], dtype=torch.bool, device=batch.x.device)
-    return batch.attention_mask[row].bool()
+def _row(batch: Batch, row: int) -> dict[str, Tensor]:
+    """One sample's fields (its attention mask, ...), without the batch dimension."""
+    return {key: value[row] for key, value in batch.fields().items()}
 
 
 def _repeat(inputs: dict[str, Any], times: int) -> dict[str, Any]:

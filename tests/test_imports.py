@@ -67,7 +67,6 @@ APART: frozenset[frozenset[str]] = frozenset({frozenset({"functional", "methods"
 
 KNOWN_VIOLATIONS: set[str] = {
     "long: lit_attr/runner.py",
-    "long: lit_attr/functional/perturbation.py",
 }
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lit_attr.attribution_quality import AttributionQuality
+from lit_attr.batch import Batch
 from lit_attr.callbacks import AttributionMonitor
 from lit_attr.data import SyntheticTextDataModule
 from lit_attr.data.text import collate_tokens
@@ -84,8 +85,8 @@ def test_token_metrics_refuse_images_and_image_metrics_refuse_tokens(text):
     runner = AttributionRunner(model, ["saliency"], ["insertion_deletion"])
     from lit_attr.batch import adapt_batch
 
-    with pytest.raises(ValueError, match=r"metric 'insertion_deletion' needs float inputs .* metrics for it: .*"
-                                         r"comprehensiveness"):  # fmt: skip
+    with pytest.raises(ValueError, match=r"metric 'insertion_deletion' does not take tokens inputs .* metrics for "
+                                         r"them: .*comprehensiveness"):  # fmt: skip
         runner.run(adapt_batch(batch))
 
 
@@ -127,3 +128,24 @@ def test_a_hugging_face_classifier_runs_as_it_is(tmp_path):
         scores[name] = quality.compute()
     torch.testing.assert_close(scores["bert"], scores["wrapped"])
     assert check_logits(bert, ids, mask) == 3
+
+
+def test_two_forwards_per_runner_batch_of_equal_length_token_ids(text):
+    """The runner's clean forward, then saliency's gradient pass: the embedding space reuses the runner's logits
+    and takes the clean embeddings from one call of the embedding layer, as images reuse them (test_runner)."""
+    model, data = text
+    batch = collate_tokens([data.val_set[i] for i in range(N)])
+    lengths = batch["attention_mask"].sum(dim=1)
+    length = int(lengths.mode().values)
+    keep = (lengths == length).nonzero()[:2, 0]
+    ids, mask = batch["input_ids"][keep, :length], batch["attention_mask"][keep, :length]
+    labels, rationales = batch["labels"][keep], batch["rationale_mask"][keep, :length]
+    calls = []
+    handle = model.register_forward_pre_hook(lambda module, args: calls.append(args))
+    try:
+        runner = AttributionRunner(model, ["saliency"], ["token_localization"])
+        runner.run(Batch(ids, labels, rationales, mask))
+    finally:
+        handle.remove()
+    assert ids.shape[0] == 2 and bool(mask.all())  # two sentences of one length, no padding
+    assert len(calls) == 2

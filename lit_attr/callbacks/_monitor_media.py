@@ -115,8 +115,7 @@ def kind_of(record: SampleRecord) -> InputKind:
         >>> kind_of(SampleRecord(0, None, 0, 0, 1.0, 1.0, x=torch.rand(3, 8, 8))).media_name
         'heatmaps'
     """
-    name = getattr(record, "kind", "")
-    return get_input_kind(name) if name else input_kind(record.x[None])
+    return get_input_kind(record.kind) if record.kind else input_kind(record.x[None])
 
 
 def _text(html_text: str) -> str:

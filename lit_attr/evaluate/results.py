@@ -97,7 +97,7 @@ def write_and_log(
             "target": record.target,
             "label": record.label,
             "maps": record.attributions,
-            "kind": getattr(record, "kind", ""),
+            "kind": record.kind,
         }
         for record in records
         if record.x is not None

@@ -11,16 +11,15 @@ from lit_attr.functional.insertion_deletion import InsertionDeletionResult, inse
 from lit_attr.functional.localization import localization_auroc, pointing_game, relevance_mass, relevance_rank
 from lit_attr.functional.mprt import discrete_entropy, entropy_rise, noisy_copies
 from lit_attr.functional.perturbation import (
-    PRESETS,
     auc,
     blur,
     iter_perturbed_batches,
     make_substrate,
     perturbation_schedule,
     rank_map,
-    resolve_protocol,
     rise_blur_kernel,
 )
+from lit_attr.functional.protocol import PRESETS, resolve_protocol
 from lit_attr.functional.randomization import (
     iter_randomized,
     randomizable_layers,

@@ -36,8 +36,8 @@ from lit_attr.functional.perturbation import (
     SubstrateType,
     make_substrate,
     perturbed_rows,
-    prepare_games,
 )
+from lit_attr.functional.protocol import prepare_games
 
 __all__ = ["ActivationDeviationResult", "activation_deviation", "resolve_probe_layers"]
 
@@ -344,6 +344,7 @@ def activation_deviation(
         reduce=reduce,
         internal_batch_size=internal_batch_size,
         substrate_value=substrate_value,
+        kinds={"images"},
     )
     names = resolve_probe_layers(model, layers)
     n, points = x.shape[0], schedule.numel()

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from lit_attr._checks import TargetType, check_choice, resolve_target
 from lit_attr._hygiene import preserved_model_state
 from lit_attr._memory import MemoryBackoff
-from lit_attr.functional import perturbation
+from lit_attr.functional import perturbation, protocol
 from lit_attr.functional.perturbation import (
     DEFAULT_INTERNAL_BATCH_SIZE,
     GAMES,
@@ -37,49 +37,48 @@ from lit_attr.functional.perturbation import (
     SubstrateType,
     auc,
     check_clean_logits,
-    check_games,
     make_substrate,
     model_logits,
     perturbed_rows,
-    prepare_games,
 )
+from lit_attr.functional.protocol import check_games, prepare_games
 
 __all__ = ["InsertionDeletionResult", "insertion_deletion"]
 
-#: Names that moved to :mod:`lit_attr.functional.perturbation`; importing them from here still works, with a warning.
-_MOVED = frozenset(
-    {
-        "DEFAULT_INTERNAL_BATCH_SIZE",
-        "DEFAULT_N_STEPS",
-        "GAMES",
-        "OUTPUTS",
-        "PRESETS",
-        "REDUCTIONS",
-        "SUBSTRATES",
-        "Protocol",
-        "auc",
-        "blur",
-        "check_games",
-        "iter_perturbed_batches",
-        "make_substrate",
-        "perturbation_schedule",
-        "perturbed_rows",
-        "rank_map",
-        "resolve_protocol",
-        "rise_blur_kernel",
-    }
-)
+#: Names that moved to :mod:`lit_attr.functional.perturbation` or ``.protocol``; importing them from here still works,
+#: with a warning.
+_MOVED = {
+    "DEFAULT_INTERNAL_BATCH_SIZE": "perturbation",
+    "DEFAULT_N_STEPS": "perturbation",
+    "GAMES": "perturbation",
+    "OUTPUTS": "perturbation",
+    "PRESETS": "protocol",
+    "REDUCTIONS": "perturbation",
+    "SUBSTRATES": "perturbation",
+    "Protocol": "protocol",
+    "auc": "perturbation",
+    "blur": "perturbation",
+    "check_games": "protocol",
+    "iter_perturbed_batches": "perturbation",
+    "make_substrate": "perturbation",
+    "perturbation_schedule": "perturbation",
+    "perturbed_rows": "perturbation",
+    "rank_map": "perturbation",
+    "resolve_protocol": "protocol",
+    "rise_blur_kernel": "perturbation",
+}
 
 
 def __getattr__(name: str) -> Any:
     if name in _MOVED:
+        module = _MOVED[name]
         warnings.warn(
-            f"lit_attr.functional.insertion_deletion.{name} moved to lit_attr.functional.perturbation.{name} "
+            f"lit_attr.functional.insertion_deletion.{name} moved to lit_attr.functional.{module}.{name} "
             "(also exported by lit_attr.functional).",
             DeprecationWarning,
             stacklevel=2,
         )
-        return getattr(perturbation, name)
+        return getattr(perturbation if module == "perturbation" else protocol, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -136,15 +135,17 @@ def insertion_deletion(
     **Single games.** ``games="deletion"`` (or ``"insertion"``) plays that game alone: the other game's substrate
     is not built and its ``N * (T + 1)`` forward rows are not run; its fields of the result are ``None``.
 
-    **Tabular inputs.** ``x`` may be ``(N, D)`` features with ``(N, D)`` attributions: the units are the features
-    (ranked by ``|A|`` with ``reduce="abs_sum"``, by the signed values otherwise) and ``pixels_per_step`` counts
-    features. Substrates: ``"zero"``, ``"constant"``
-    with a scalar or ``D`` per-feature values (e.g. the training mean), ``"noise"`` or a callable; a substrate left
-    ``None`` is ``"zero"`` for features, whatever the preset (RISE's blur needs images).
+    **Every continuous input kind** (:mod:`lit_attr.inputs`) plays: its kind says what a unit is and which substrates
+    exist. ``x`` may be ``(N, D)`` features with ``(N, D)`` attributions: the units are the features (ranked by
+    ``|A|`` with ``reduce="abs_sum"``, by the signed values otherwise) and ``pixels_per_step`` counts features;
+    substrates ``"zero"``, ``"constant"`` with a scalar or ``D`` per-feature values (e.g. the training mean),
+    ``"noise"`` or a callable; a substrate left ``None`` is ``"zero"`` for features, whatever the preset (RISE's blur
+    needs images). A kind registered by a user plays with its own units and substrates.
 
     Args:
         model: classifier returning logits ``(N, K)``.
-        x: ``(N, C, H, W)`` inputs in the model's input space, on the model's device, or ``(N, D)`` features.
+        x: ``(N, C, H, W)`` inputs in the model's input space, on the model's device, ``(N, D)`` features, or a
+            batch of another continuous input kind.
         attributions: ``(N, C, H, W)`` (same shape as ``x``) or ``(N, H, W)`` maps; ``(N, D)`` for features.
         target: tracked class: ``None`` (clean top-1 prediction), an int, or ``N`` ints.
         pixels_per_step: units changed per step.
@@ -190,9 +191,6 @@ def insertion_deletion(
     """
     check_choice("output", output, OUTPUTS)
     played = check_games(games)
-    if isinstance(x, Tensor) and x.ndim == 2:
-        insertion_substrate = "zero" if insertion_substrate is None else insertion_substrate
-        deletion_substrate = "zero" if deletion_substrate is None else deletion_substrate
     protocol, ranks, schedule, chunk = prepare_games(
         model,
         x,
@@ -205,7 +203,6 @@ def insertion_deletion(
         reduce=reduce,
         internal_batch_size=internal_batch_size,
         substrate_value=substrate_value,
-        tabular=True,
     )
     n, points = x.shape[0], schedule.numel()
 

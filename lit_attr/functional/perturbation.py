@@ -11,42 +11,36 @@ tabular inputs); at step ``t`` the first ``n_t`` units are taken from a *substra
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Collection, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
-from lit_attr._checks import check_choice, check_device, check_finite, check_names, check_optional_int, check_seed
+from lit_attr._checks import check_choice, check_finite, check_optional_int
+from lit_attr.inputs import CONTINUOUS, InputKind, available_substrates, input_kind
+from lit_attr.inputs.images import blur, check_images, rise_blur_kernel
 
 __all__ = [
     "DEFAULT_INTERNAL_BATCH_SIZE",
     "DEFAULT_N_STEPS",
     "GAMES",
-    "IMAGE_SUBSTRATES",
     "OUTPUTS",
-    "PRESETS",
     "REDUCTIONS",
     "SUBSTRATES",
-    "Protocol",
     "auc",
     "blur",
     "check_attributions",
     "check_clean_logits",
-    "check_games",
     "check_images",
-    "check_inputs",
     "check_substrate",
-    "check_substrate_value",
     "iter_perturbed_batches",
     "make_substrate",
     "model_logits",
     "perturbation_schedule",
     "perturbed_rows",
-    "prepare_games",
+    "game_kind",
+    "rank_units",
     "rank_map",
-    "resolve_protocol",
     "rise_blur_kernel",
 ]
 
@@ -59,140 +53,15 @@ DEFAULT_N_STEPS = 28
 #: CPU (caches) and, at 224x224, runs a GPU out of memory; 128 rows keep a GPU busy (benchmarks/).
 DEFAULT_INTERNAL_BATCH_SIZE = 128
 
-#: Protocol defaults of the published evaluations. A preset only fills the options left as ``None``.
-PRESETS: dict[str, dict[str, Any]] = {
-    "rise": {"insertion_substrate": "blur", "deletion_substrate": "zero", "n_steps": DEFAULT_N_STEPS},
-    "mfaba": {"insertion_substrate": "zero", "deletion_substrate": "zero", "n_steps": DEFAULT_N_STEPS},
-    "fei": {"insertion_substrate": "blur", "deletion_substrate": "zero", "n_steps": DEFAULT_N_STEPS},
-}
-
-#: Substrate names understood by :func:`make_substrate` (a callable is accepted too).
+#: Substrate names of the built-in input kinds (a callable is accepted too; a kind a user registers may add its own:
+#: :func:`lit_attr.inputs.available_substrates`).
 SUBSTRATES = ("zero", "blur", "mean", "noise", "constant")
-#: Substrates that need images (N, C, H, W); tabular inputs (N, D) accept the others.
-IMAGE_SUBSTRATES = ("blur", "mean")
 #: Scores a curve can track.
 OUTPUTS = ("prob", "logit", "prob_ratio")
 #: Channel reductions that turn a map into units.
 REDUCTIONS = ("sum", "abs_sum", "none")
 #: The two games, in the order they are played.
 GAMES = ("insertion", "deletion")
-
-# RISE's blur: scipy's gaussian_filter(sigma=5, mode="reflect") of an 11x11 delta. The reflection folds the
-# truncated Gaussian back into the window, so these taps are flatter than a sampled Gaussian and cannot be
-# reproduced with torchvision's gaussian_blur; the 2-D kernel is exactly their outer product.
-_RISE_HALF_TAPS = (
-    0.08795814577727815,
-    0.08889611977709484,
-    0.09047419654910865,
-    0.09219111781938806,
-    0.09348938844291409,
-    0.09398206326843249,
-)
-_RISE_TAPS = _RISE_HALF_TAPS + _RISE_HALF_TAPS[-2::-1]
-
-
-class Protocol(NamedTuple):
-    """Resolved options of an insertion/deletion evaluation (see :func:`resolve_protocol`)."""
-
-    insertion_substrate: SubstrateType
-    deletion_substrate: SubstrateType
-    pixels_per_step: int | None
-    n_steps: int | None
-
-
-# ---------------------------------------------------------------------------------------------- building blocks
-def resolve_protocol(
-    preset: str | None = None,
-    *,
-    insertion_substrate: SubstrateType | None = None,
-    deletion_substrate: SubstrateType | None = None,
-    pixels_per_step: int | None = None,
-    n_steps: int | None = None,
-) -> Protocol:
-    """Combine a preset with explicitly given options; explicit (non-``None``) options win.
-
-    Without a preset the defaults are RISE's: insertion ``"blur"``, deletion ``"zero"``, ``n_steps=28``. An
-    explicit ``pixels_per_step`` replaces the preset's ``n_steps``; giving both ``pixels_per_step`` and
-    ``n_steps`` explicitly is an error.
-
-    Args:
-        preset: ``"rise"``, ``"mfaba"`` (zeros for both games), ``"fei"`` (RISE protocol) or ``None``.
-        insertion_substrate: substrate the insertion game starts from (see :func:`make_substrate`).
-        deletion_substrate: substrate the deletion game replaces units with.
-        pixels_per_step: units changed per step.
-        n_steps: number of steps, turned into ``pixels_per_step = ceil(units / n_steps)``.
-
-    Returns:
-        The resolved :class:`Protocol`; exactly one of ``pixels_per_step`` and ``n_steps`` is set.
-
-    Raises:
-        ValueError: for an unknown preset or substrate name, or both step options given.
-
-    Example:
-        >>> resolve_protocol("mfaba", pixels_per_step=16)
-        Protocol(insertion_substrate='zero', deletion_substrate='zero', pixels_per_step=16, n_steps=None)
-    """
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"`preset` must be one of {tuple(PRESETS)} or None, got {preset!r}.")
-    if pixels_per_step is not None and n_steps is not None:
-        raise ValueError(
-            f"Give at most one of `pixels_per_step` and `n_steps`, got pixels_per_step={pixels_per_step!r} and "
-            f"n_steps={n_steps!r}."
-        )
-    check_optional_int("pixels_per_step", pixels_per_step)
-    check_optional_int("n_steps", n_steps)
-    defaults = PRESETS[preset or "rise"]
-    insertion_substrate = defaults["insertion_substrate"] if insertion_substrate is None else insertion_substrate
-    deletion_substrate = defaults["deletion_substrate"] if deletion_substrate is None else deletion_substrate
-    check_substrate("insertion_substrate", insertion_substrate)
-    check_substrate("deletion_substrate", deletion_substrate)
-    if pixels_per_step is None and n_steps is None:
-        n_steps = defaults["n_steps"]
-    return Protocol(insertion_substrate, deletion_substrate, pixels_per_step, n_steps)
-
-
-def rise_blur_kernel(dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Tensor:
-    """The 11 one-dimensional taps of RISE's blur; the 2-D kernel is ``torch.outer(taps, taps)``.
-
-    Args:
-        dtype: floating dtype of the result (the taps are exact in float64).
-        device: device of the result.
-
-    Returns:
-        ``(11,)`` symmetric taps that sum to 1.
-
-    Example:
-        >>> taps = rise_blur_kernel()
-        >>> taps.shape, round(float(taps.sum()), 12)
-        (torch.Size([11]), 1.0)
-    """
-    return torch.tensor(_RISE_TAPS, dtype=torch.float64, device=device).to(dtype)
-
-
-def blur(x: Tensor) -> Tensor:
-    """RISE's blur substrate: the separable 11x11 kernel per channel, with zero padding 5 (same size output).
-
-    Zero padding darkens a 5-pixel border, as in RISE's ``conv2d(..., padding=5)``; it is kept for fidelity.
-
-    Args:
-        x: ``(N, C, H, W)`` floating-point images.
-
-    Returns:
-        Blurred images with the shape, dtype and device of ``x``.
-
-    Example:
-        >>> x = torch.ones(1, 3, 32, 32, dtype=torch.float64)
-        >>> round(float(blur(x)[0, 0, 16, 16]), 12)  # a constant stays constant away from the border
-        1.0
-    """
-    check_images("x", x)
-    channels = x.shape[1]
-    taps = rise_blur_kernel(x.dtype, x.device)
-    # Two 1-D depthwise passes instead of one 11x11 pass: 22 instead of 121 multiply-adds per value, and zero
-    # padding commutes with separability, so the result equals the 2-D convolution.
-    out = F.conv2d(x, taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1), padding=(5, 0), groups=channels)
-    return F.conv2d(out, taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1), padding=(0, 5), groups=channels)
-
 
 def make_substrate(
     substrate: SubstrateType,
@@ -202,10 +71,11 @@ def make_substrate(
     seed: int = 0,
     name: str = "substrate",
 ) -> Tensor:
-    """The image (or feature vector) that perturbed units are taken from, one per sample.
+    """The inputs that perturbed units are taken from, one per sample, as the inputs' kind builds them.
 
-    Tabular inputs ``(N, D)`` accept ``"zero"``, ``"noise"``, ``"constant"`` (a scalar or ``D`` per-feature values,
-    e.g. the training mean) and callables; ``"blur"`` and ``"mean"`` need images.
+    Every continuous kind (:mod:`lit_attr.inputs`) offers ``"zero"``, ``"noise"``, ``"constant"`` and callables;
+    images add ``"blur"`` and ``"mean"``. Tabular inputs ``(N, D)`` take a scalar or ``D`` per-feature values (e.g.
+    the training mean) as ``"constant"``.
 
     Args:
         substrate: ``"zero"`` (zeros in the model's input space: the dataset mean colour when the model expects
@@ -213,7 +83,7 @@ def make_substrate(
             (N(0, 1) from a ``torch.Generator`` seeded with ``seed``; one draw shared by all samples, so a
             sample's result does not depend on its batch), ``"constant"`` (``substrate_value``), or a callable
             mapping ``x`` to a tensor broadcastable to ``x``.
-        x: ``(N, C, H, W)`` floating-point images or ``(N, D)`` features.
+        x: ``(N, C, H, W)`` floating-point images, ``(N, D)`` features, or a batch of another continuous kind.
         substrate_value: for ``"constant"``: a scalar, ``C`` per-channel values, or a tensor broadcastable to
             ``(C, H, W)``; for features, a scalar or ``D`` values.
         seed: seed of the ``"noise"`` substrate; the global random state is never used.
@@ -231,50 +101,9 @@ def make_substrate(
         >>> make_substrate("mean", x).flatten().tolist()
         [1.5, 1.5, 1.5, 1.5]
     """
-    check_inputs("x", x)
     check_substrate(name, substrate)
-    if x.ndim == 2 and not callable(substrate) and substrate in IMAGE_SUBSTRATES:
-        raise ValueError(
-            f"`{name}` {substrate!r} needs images (N, C, H, W); for features (N, D) use 'zero', 'constant' (e.g. "
-            "the training mean per feature), 'noise' or a callable."
-        )
-    if callable(substrate):
-        out = substrate(x)
-        if not isinstance(out, Tensor):
-            raise TypeError(f"A callable `{name}` must return a tensor, got {type(out).__name__}.")
-        try:
-            return torch.broadcast_to(out.to(dtype=x.dtype, device=x.device), x.shape)
-        except RuntimeError as err:
-            raise ValueError(
-                f"A callable `{name}` must return a tensor broadcastable to x's shape {tuple(x.shape)}, "
-                f"got {tuple(out.shape)}."
-            ) from err
-    if substrate == "zero":
-        return torch.zeros_like(x)
-    if substrate == "blur":
-        return blur(x)
-    if substrate == "mean":
-        return x.mean(dim=(2, 3), keepdim=True).expand_as(x)
-    if substrate == "noise":
-        check_seed(seed)
-        # Drawn on the CPU so that a seed gives the same substrate on every device.
-        generator = torch.Generator().manual_seed(seed)
-        noise = torch.randn((1, *x.shape[1:]), generator=generator, dtype=x.dtype)
-        return noise.to(x.device).expand_as(x)
-    # "constant"
-    if substrate_value is None:
-        raise ValueError(f'`substrate_value` must be given when `{name}` is "constant", got None.')
-    fill = torch.as_tensor(substrate_value, dtype=x.dtype, device=x.device)
-    if x.ndim == 4 and fill.ndim == 1 and fill.numel() == x.shape[1]:
-        fill = fill.view(-1, 1, 1)
-    try:
-        return torch.broadcast_to(fill, x.shape)
-    except RuntimeError as err:
-        per = "per-channel values" if x.ndim == 4 else "per-feature values"
-        raise ValueError(
-            f"`substrate_value` must be a scalar, {x.shape[1]} {per} or broadcastable to "
-            f"{tuple(x.shape[1:])}, got shape {tuple(fill.shape)}."
-        ) from err
+    kind = game_kind(x)
+    return kind.substrate(substrate, x, value=substrate_value, seed=seed, argument=name)
 
 
 def rank_map(attributions: Tensor, reduce: str = "sum") -> Tensor:
@@ -312,6 +141,16 @@ def rank_map(attributions: Tensor, reduce: str = "sum") -> Tensor:
     scores = attributions.abs() if reduce == "abs_sum" else attributions
     if attributions.ndim == 4 and reduce != "none":
         scores = scores.sum(dim=1)
+    return rank_units(scores)
+
+
+def rank_units(scores: Tensor) -> Tensor:
+    """Rank of every unit of ``scores`` ``(N, *units)`` by descending score, 0 the first; ties in index order.
+
+    Example:
+        >>> rank_units(torch.tensor([[0.5, 2.0, 0.5]]))
+        tensor([[1, 0, 2]])
+    """
     flat = scores.reshape(scores.shape[0], -1)
     order = torch.sort(flat, dim=1, descending=True, stable=True).indices
     positions = torch.arange(flat.shape[1], device=flat.device).expand_as(order)
@@ -452,131 +291,66 @@ def auc(curve: Tensor) -> Tensor:
     return (curve.sum(dim=-1) - (curve[..., 0] + curve[..., -1]) / 2) / steps
 
 
-def prepare_games(
-    model: nn.Module,
-    x: Tensor,
-    attributions: Tensor,
-    *,
-    preset: str | None,
-    insertion_substrate: SubstrateType | None,
-    deletion_substrate: SubstrateType | None,
-    pixels_per_step: int | None,
-    n_steps: int | None,
-    reduce: str,
-    internal_batch_size: int | None,
-    substrate_value: object = None,
-    tabular: bool = False,
-) -> tuple[Protocol, Tensor, Tensor, int]:
-    """Validate the inputs of a perturbation game and resolve its protocol, unit ranks, schedule and chunk size.
-
-    Shared by every metric that plays the insertion/deletion games (insertion/deletion, activation deviation), so
-    they see the same perturbed inputs and reject the same bad input. ``tabular=True`` also accepts ``(N, D)``
-    features with ``(N, D)`` attributions.
-
-    Returns:
-        ``(protocol, ranks, schedule, chunk)``: the resolved :class:`Protocol`, per-unit ranks from
-        :func:`rank_map`, units changed at each step from :func:`perturbation_schedule`, and the most rows per
-        forward pass.
-    """
-    protocol = resolve_protocol(
-        preset,
-        insertion_substrate=insertion_substrate,
-        deletion_substrate=deletion_substrate,
-        pixels_per_step=pixels_per_step,
-        n_steps=n_steps,
-    )
-    check_substrate_value(protocol, substrate_value)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
-    if tabular:
-        check_inputs("x", x)
-    else:
-        check_images("x", x)
-    check_attributions(attributions, x)
-    check_choice("reduce", reduce, REDUCTIONS)
-    check_optional_int("internal_batch_size", internal_batch_size)
-    check_device("x", x, model)
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("`x` contains NaN or infinite values; the games need finite inputs.")
-    ranks = rank_map(attributions.to(x.device), reduce)
-    schedule = perturbation_schedule(ranks[0].numel(), protocol.pixels_per_step, protocol.n_steps, device=x.device)
-    return protocol, ranks, schedule, internal_batch_size or x.shape[0] * schedule.numel()
-
-
-# ------------------------------------------------------------------------------------------------- validation
-def check_games(games: object) -> tuple[str, ...]:
-    """The games to play, in the order of :data:`GAMES`: ``"insertion"``, ``"deletion"`` or both.
+def check_attributions(attributions: object, x: Tensor, kind: InputKind | None = None) -> None:
+    """Refuse maps that are not floats of a shape the games take for ``x`` (``kind``: ``x``'s, found if ``None``).
 
     Example:
-        >>> check_games(["deletion", "insertion"])
-        ('insertion', 'deletion')
+        >>> check_attributions(torch.zeros(2, 8, 8), torch.zeros(2, 3, 8, 8))  # one value per pixel
     """
-    names = check_names("games", games, GAMES, what="game")
-    return tuple(game for game in GAMES if game in names)
-
-
-def check_substrate_value(protocol: Protocol, substrate_value: object) -> None:
-    """Refuse a ``"constant"`` substrate without ``substrate_value`` (at construction, not at the first update)."""
-    games = [g for g in GAMES if getattr(protocol, f"{g}_substrate") == "constant"]
-    if games and substrate_value is None:
-        raise ValueError(
-            f'`substrate_value` must be given when a substrate is "constant" ({", ".join(games)}), got None.'
-        )
-
-
-def check_substrate(name: str, value: object) -> None:
-    """Refuse a substrate that is neither one of :data:`SUBSTRATES` nor a callable; ``name`` is the argument."""
-    if callable(value):
-        return
-    if not isinstance(value, str):
-        raise TypeError(f"`{name}` must be one of {SUBSTRATES} or a callable, got {type(value).__name__}.")
-    if value not in SUBSTRATES:
-        raise ValueError(f"`{name}` must be one of {SUBSTRATES} or a callable, got {value!r}.")
-
-
-def check_images(name: str, x: object) -> None:
-    """Refuse anything but a non-empty floating-point image batch ``(N, C, H, W)``; ``name`` is the argument."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}.")
-    if not x.is_floating_point():
-        raise TypeError(f"`{name}` must be a floating-point tensor, got dtype {x.dtype}.")
-    if x.ndim != 4 or x.shape[0] == 0:
-        raise ValueError(f"`{name}` must be a non-empty image batch (N, C, H, W), got shape {tuple(x.shape)}.")
-
-
-def check_inputs(name: str, x: object) -> None:
-    """Images ``(N, C, H, W)`` or features ``(N, D)``."""
-    if isinstance(x, Tensor) and x.ndim == 2:
-        if not x.is_floating_point():
-            raise TypeError(f"`{name}` must be a floating-point tensor, got dtype {x.dtype}.")
-        if x.shape[0] == 0 or x.shape[1] == 0:
-            raise ValueError(f"`{name}` must be a non-empty feature batch (N, D), got shape {tuple(x.shape)}.")
-        return
-    try:
-        check_images(name, x)
-    except ValueError as err:
-        raise ValueError(f"{err} Features (N, D) are accepted too.") from None
-
-
-def check_attributions(attributions: object, x: Tensor) -> None:
-    """Refuse maps that are not floats of the shape of ``x`` (or ``(N, H, W)`` for images)."""
     if not isinstance(attributions, Tensor):
         raise TypeError(f"`attributions` must be a torch.Tensor, got {type(attributions).__name__}.")
     if not attributions.is_floating_point():
         raise TypeError(f"`attributions` must be a floating-point tensor, got dtype {attributions.dtype}.")
-    if x.ndim == 2:
-        if attributions.shape != x.shape:
-            raise ValueError(
-                f"`attributions` of features must have the shape of x {tuple(x.shape)}, got "
-                f"{tuple(attributions.shape)}."
-            )
-        return
-    per_pixel = (x.shape[0], *x.shape[2:])
-    if attributions.shape != x.shape and attributions.shape != per_pixel:
-        raise ValueError(
-            f"`attributions` must have the shape of x {tuple(x.shape)} or (N, H, W) = {per_pixel}, got "
-            f"{tuple(attributions.shape)}."
+    (kind or game_kind(x)).check_game_inputs(x, attributions)
+
+
+def game_kind(x: object, kinds: Collection[str] | None = None, name: str = "x") -> InputKind:
+    """The kind of a game's inputs: a non-empty float batch of a continuous kind (the games blend it).
+
+    Args:
+        x: the inputs.
+        kinds: the kind tags accepted (``None``: every continuous kind).
+        name: the argument named in errors.
+
+    Example:
+        >>> game_kind(torch.zeros(2, 6)).name
+        'tabular'
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}.")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"`{name}` must be a floating-point tensor, got dtype {x.dtype} (the games of token ids are "
+            "lit_attr.functional.token_insertion_deletion and the ERASER metrics)."
         )
+    if x.ndim < 2 or 0 in x.shape:
+        raise ValueError(f"`{name}` must be a non-empty batch (N, ...), got shape {tuple(x.shape)}.")
+    kind = input_kind(x)
+    accepted = {CONTINUOUS} if kinds is None else set(kinds)
+    if accepted.isdisjoint(kind.tags):
+        wanted = (
+            "a non-empty image batch (N, C, H, W), features (N, D) or a batch of a registered continuous input kind"
+            if CONTINUOUS in accepted
+            else " or ".join(f"a batch of {tag}" for tag in sorted(accepted))
+            + (" (N, C, H, W)" if accepted == {"images"} else "")
+        )
+        raise ValueError(f"`{name}` must be {wanted}, got {kind.name} inputs of shape {tuple(x.shape)}.")
+    return kind
+
+
+# ------------------------------------------------------------------------------------------------- validation
+def check_substrate(name: str, value: object) -> None:
+    """Refuse a substrate that no registered input kind offers and that is not a callable; ``name`` is the argument.
+
+    Which substrates fit which inputs is the inputs' kind's to say, when the game runs (:func:`make_substrate`).
+    """
+    if callable(value):
+        return
+    known = available_substrates()
+    if not isinstance(value, str):
+        raise TypeError(f"`{name}` must be one of {known} or a callable, got {type(value).__name__}.")
+    if value not in known:
+        raise ValueError(f"`{name}` must be one of {known} or a callable, got {value!r}.")
 
 
 def check_clean_logits(logits: object, x: Tensor) -> None:

@@ -11,16 +11,15 @@ from lit_attr.inputs.base import (
     CONTINUOUS,
     ContinuousKind,
     InputKind,
-    MethodCall,
-    Rendering,
-    Space,
     available_input_kinds,
+    available_substrates,
     get_input_kind,
     input_kind,
     register_input_kind,
     unregister_input_kind,
 )
 from lit_attr.inputs.images import Images
+from lit_attr.inputs.space import MethodCall, Rendering, Space
 from lit_attr.inputs.tabular import Tabular, Tensors
 from lit_attr.inputs.text import Tokens
 from lit_attr.inputs.tokens import TokenOptions
@@ -42,6 +41,7 @@ __all__ = [
     "TokenOptions",
     "Tokens",
     "available_input_kinds",
+    "available_substrates",
     "get_input_kind",
     "input_kind",
     "register_input_kind",

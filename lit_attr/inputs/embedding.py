@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_attr._memory import MemoryBackoff
-from lit_attr.inputs.base import MethodCall, Space
+from lit_attr.inputs.space import MethodCall, Space
 from lit_attr.inputs.tokens import (
     TokenBatch,
     TokenOptions,

@@ -8,14 +8,15 @@ and the per-image channel mean.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 import lit_attr.viz as viz
-from lit_attr.inputs.base import GENERIC_SUBSTRATES, ContinuousKind, MethodCall, Rendering, Space
+from lit_attr.inputs.base import GENERIC_SUBSTRATES, ContinuousKind
+from lit_attr.inputs.space import Rendering
 
 __all__ = ["Images", "blur", "rise_blur_kernel"]
 
@@ -86,20 +87,6 @@ def check_images(name: str, x: object) -> None:
         raise ValueError(f"`{name}` must be a non-empty image batch (N, C, H, W), got shape {tuple(x.shape)}.")
 
 
-class _ImageCall(MethodCall):
-    """Images as they are, with one mask value per pixel (FEI)."""
-
-    def space(self, samples: Tensor, logits: Tensor) -> Space:
-        return Space(
-            self.x[samples],
-            samples,
-            self.method.forward_fn,
-            bounds=self.method.input_bounds,
-            feature_shape=(1, *self.x.shape[2:]),
-            logits=logits,
-        )
-
-
 class Images(ContinuousKind):
     """Float image batches ``(N, C, H, W)``.
 
@@ -117,10 +104,9 @@ class Images(ContinuousKind):
         """Floating-point tensors with four dimensions."""
         return x.is_floating_point() and x.ndim == 4
 
-    def method_call(self, method: Any, x: Tensor, kwargs: dict[str, Any]) -> MethodCall:
-        """Images are attributed as they are; FEI's masks have one value per pixel."""
-        super().method_call(method, x, kwargs)
-        return _ImageCall(method, x, kwargs)
+    def feature_shape(self, x: Tensor) -> tuple[int, ...]:
+        """One mask value per pixel: ``(1, H, W)``."""
+        return (1, *x.shape[2:])
 
     def ground_truth(self, mask: Tensor, x: Tensor) -> Tensor:
         """Masks ``(N, 1, H, W)`` or ``(N, H, W)`` as one boolean ``(H, W)`` plane per sample."""

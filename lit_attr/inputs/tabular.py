@@ -55,9 +55,19 @@ class Tabular(ContinuousKind):
 
 
 class Tensors(ContinuousKind):
-    """Any other float batch ``(N, ...)`` (no registered kind claims it): attributed as it is, element by element."""
+    """Any other float batch ``(N, ...)`` that no registered kind claims: methods attribute it as it is.
+
+    Nothing is known about its units, so no metric's modalities match it (its only tag is its name): a ``(C, H, W)``
+    image without its batch dimension is refused by the games instead of being read as ``C`` samples. Register a
+    kind for such inputs (``lit_attr.inputs.register_input_kind``) to score them.
+    """
 
     name = "tensors"
+
+    @property
+    def tags(self) -> frozenset[str]:
+        """Only its name: the games and metrics do not take inputs whose units nobody declared."""
+        return frozenset({self.name})
 
     @classmethod
     def accepts(cls, x: Tensor) -> bool:

@@ -16,8 +16,9 @@ from torch import Tensor
 
 import lit_attr.viz as viz
 from lit_attr._checks import check_choice, check_device
-from lit_attr.inputs.base import InputKind, MethodCall, Rendering
+from lit_attr.inputs.base import InputKind
 from lit_attr.inputs.embedding import TokenCall
+from lit_attr.inputs.space import MethodCall, Rendering
 from lit_attr.inputs.tokens import (
     METHOD_TOKEN_DEFAULTS,
     TOKEN_KEYWORDS,

@@ -11,13 +11,8 @@ from torchmetrics import Metric
 
 from lit_attr._checks import TargetType, check_choice, check_optional_int
 from lit_attr.functional.activation_deviation import activation_deviation, resolve_probe_layers
-from lit_attr.functional.perturbation import (
-    DEFAULT_INTERNAL_BATCH_SIZE,
-    REDUCTIONS,
-    SubstrateType,
-    check_substrate_value,
-    resolve_protocol,
-)
+from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE, REDUCTIONS, SubstrateType
+from lit_attr.functional.protocol import check_substrate_value, resolve_protocol
 from lit_attr.metrics._model_ref import ModelRef
 from lit_attr.metrics.presentation import Presentation, Score
 from lit_attr.metrics.registry import register_metric

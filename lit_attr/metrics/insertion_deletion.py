@@ -20,11 +20,9 @@ from lit_attr.functional.perturbation import (
     OUTPUTS,
     REDUCTIONS,
     SubstrateType,
-    check_games,
-    check_substrate_value,
     perturbation_schedule,
-    resolve_protocol,
 )
+from lit_attr.functional.protocol import check_games, check_substrate_value, resolve_protocol
 from lit_attr.metrics._model_ref import ModelRef
 from lit_attr.metrics._plotting import figure_and_axes
 from lit_attr.metrics.presentation import Presentation, Results, Score

@@ -8,16 +8,15 @@ from torch.nn import functional as F
 
 from lit_attr.functional.insertion_deletion import insertion_deletion
 from lit_attr.functional.perturbation import (
-    PRESETS,
     auc,
     blur,
     iter_perturbed_batches,
     make_substrate,
     perturbation_schedule,
     rank_map,
-    resolve_protocol,
     rise_blur_kernel,
 )
+from lit_attr.functional.protocol import PRESETS, resolve_protocol
 
 TAPS_HALF = [
     0.08795814577727815,
