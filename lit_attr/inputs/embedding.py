@@ -264,7 +264,9 @@ class TokenCall(MethodCall):
         self.caller = lambda ids: call_model(forward, ids, torch.ones_like(ids))
         self.dtype = torch.float32
         self.groups: list[_Group] = []
-        self._where: dict[int, tuple[int, int]] = {}
+        self._group_of: Tensor | None = None  # (N,) each sample's length group
+        self._row_of: Tensor | None = None  # (N,) its row in that group
+        self._groups_of_cpu: list[int] = []
         self._scores: Tensor | None = None
         self._info: dict[str, Tensor] = {}
 
@@ -277,11 +279,14 @@ class TokenCall(MethodCall):
         self.batch = TokenBatch(*(t.clone() for t in self.batch))
         self.x = self.batch.input_ids
         self.groups = []
+        self._group_of = torch.empty(self.n, dtype=torch.long, device=self.x.device)
+        self._row_of = torch.empty_like(self._group_of)
         for length, samples in length_groups(self.batch.attended):
             positions = real_positions(self.batch.attended, samples, length)
             self.groups.append(_Group(samples, positions, self.batch.input_ids[samples[:, None], positions], None))
-            for row, sample in enumerate(samples.tolist()):
-                self._where[sample] = (len(self.groups) - 1, row)
+            self._group_of[samples] = len(self.groups) - 1
+            self._row_of[samples] = torch.arange(samples.numel(), device=samples.device)
+        self._groups_of_cpu = self._group_of.tolist()
 
     def clean_logits(self, run: Callable[[int, int], Tensor], backoff: MemoryBackoff) -> Tensor:
         """One clean forward per length group (chunked by ``backoff``), keeping the clean embeddings it sees."""
@@ -306,7 +311,7 @@ class TokenCall(MethodCall):
 
     def space(self, samples: Tensor, logits: Tensor) -> TokenSpace:
         """The embedding space of ``samples`` (all of one length group)."""
-        number = self._where[int(samples[0])][0]
+        number = self._groups_of_cpu[int(samples[0])]
         group = self.groups[number]
         if group.clean is None:  # the caller gave the clean logits: one call of the embedding layer per group
             group = self.groups[number] = group._replace(clean=self.swap.embed(self.caller, group.ids))
@@ -318,7 +323,8 @@ class TokenCall(MethodCall):
 
     def _rows(self, samples: Tensor) -> Tensor:
         """The rows of ``samples`` in their length group."""
-        return torch.tensor([self._where[int(s)][1] for s in samples.tolist()], device=samples.device)
+        assert self._row_of is not None  # set by prepare()
+        return self._row_of[samples]
 
     def collect(self, space: Space, result: Any) -> None:
         """Scatter a chunk's maps (and info) back to the padded ``(N, L, ...)`` layout."""
@@ -326,7 +332,7 @@ class TokenCall(MethodCall):
         maps, info = result if isinstance(result, tuple) else (result, None)
         values = self._values(space, maps)
         n, length = self.batch.input_ids.shape
-        pos = self.groups[self._where[int(space.samples[0])][0]].positions[self._rows(space.samples)]
+        pos = self.groups[self._groups_of_cpu[int(space.samples[0])]].positions[self._rows(space.samples)]
         if self._scores is None:
             self._scores = values.new_zeros(n, length, *values.shape[2:])
         self._scores[space.samples[:, None], pos] = values.detach()

@@ -191,7 +191,7 @@ class AttributionMethod(abc.ABC):
                 except _NonFiniteLogitsError as error:  # here rows are samples
                     raise self._non_finite_error(_which([start + row for row in error.rows])) from error
 
-            with torch.no_grad(), preserved_model_state(self.model):
+            with torch.no_grad():  # inside the caller's preserved_model_state (one snapshot of the model per call)
                 return call.clean_logits(run, backoff).detach()
         n = call.n
         if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != n:
@@ -306,6 +306,8 @@ class AttributionMethod(abc.ABC):
         return {p.name for p in parameters}
 
     def _check_keywords(self, kwargs: Mapping[str, Any]) -> None:
+        if not kwargs:
+            return
         accepted = self.call_keywords()
         unknown = sorted(set(kwargs) - accepted) if accepted is not None else []
         if unknown:
@@ -355,7 +357,8 @@ class AttributionMethod(abc.ABC):
         """
         call = MethodCall(self, x, {})
         backoff = MemoryBackoff(self.name or type(self).__name__, self.internal_batch_size)
-        logits = self._clean_logits(call, logits, backoff)
+        with preserved_model_state(self.model):
+            logits = self._clean_logits(call, logits, backoff)
         backoff.finish()
         return resolve_target(target, logits).to(x.device)
 

@@ -128,8 +128,8 @@ class CaptumMethod(AttributionMethod):
     def _attribute(self, x: Tensor, target: Tensor, **kwargs: Any) -> Tensor:
         x.requires_grad_(True)
         options = self._shape_options(x, {**self.attribute_kwargs, **kwargs})
-        baseline = self.space.baseline
-        if baseline is not None and self._takes_baselines:
+        baseline = self.space.baseline if self._takes_baselines else None
+        if baseline is not None:
             if "baselines" in kwargs:
                 raise ValueError(
                     "`baselines` does not apply to these inputs: their kind gives the baseline (for token ids, the "
