@@ -2,20 +2,25 @@
 
 The kind below is the whole definition: what a unit is (a time step, its channels summed), one mask value per time
 step for FEI, a substrate of its own ("smooth", a moving average) and a renderer. Every method registered for the
-model, the insertion/deletion game (against a naive loop written here) and the runner with its metrics work on it.
+model, the insertion/deletion game (against a naive loop written here), the runner with its metrics, and the monitor
+during training (its scores equal to the functional's, its maps drawn by the renderer below) work on it.
 """
 
 from __future__ import annotations
 
 import math
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.loggers import CSVLogger
 from matplotlib.figure import Figure
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
 from lit_attr.batch import Batch
+from lit_attr.callbacks import AttributionMonitor
 from lit_attr.functional import auc, insertion_deletion
 from lit_attr.inputs import ContinuousKind, Rendering, input_kind, register_input_kind, unregister_input_kind
 from lit_attr.inputs.base import GENERIC_SUBSTRATES
@@ -164,3 +169,54 @@ def test_the_runner_scores_signals_with_the_metrics_that_take_them():
     masks = torch.ones(4, C, T, dtype=torch.bool)
     with pytest.raises(ValueError, match=r"metric 'localization' does not take signals inputs"):
         AttributionRunner(model, ["saliency"], ["localization"]).run(Batch(x, y, masks))
+
+
+class SignalClassifier(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = signal_model().train()
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class SignalData(L.LightningDataModule):
+    def setup(self, stage=None):
+        self.train_set = TensorDataset(*signal_batch(16, seed=4))
+        self.val_set = TensorDataset(*signal_batch(8, seed=5))
+
+    def train_dataloader(self):
+        return DataLoader(self.train_set, batch_size=8)
+
+    def val_dataloader(self):
+        return DataLoader(self.val_set, batch_size=8)
+
+
+def test_the_monitor_scores_and_draws_signals_while_training(tmp_path):
+    Signals.rendered.clear()
+    games = {"insertion_deletion": {"n_steps": 4}}
+    monitor = AttributionMonitor(["saliency"], metrics=["insertion_deletion"], num_samples=8, log_heatmaps=2,
+                                 metric_kwargs=games, background_delivery=False)  # fmt: skip
+    model, data = SignalClassifier(), SignalData()
+    trainer = L.Trainer(max_epochs=1, logger=CSVLogger(tmp_path), callbacks=[monitor], log_every_n_steps=1,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
+    trainer.fit(model, datamodule=data)
+    x, y = data.val_set.tensors
+    maps = get_method("saliency", model.net).attribute(x, target=y)
+    expected = insertion_deletion(model.net, x, maps, y, n_steps=4)
+    logged = trainer.callback_metrics
+    for game, aucs in (("insertion", expected.insertion_auc), ("deletion", expected.deletion_auc)):
+        torch.testing.assert_close(logged[f"attr/saliency/insertion_deletion/{game}"].float(), aucs.mean())
+    assert Signals.rendered == [2]  # the monitor drew the first two probe samples with the kind's renderer
+    assert list((tmp_path / "lightning_logs" / "version_0" / "media" / "attr" / "saliency" / "heatmaps").glob("*.png"))
