@@ -88,7 +88,7 @@ class PartTimer(L.Callback):
         return timed(fn, lambda seconds: self.seconds.update({part: self.seconds[part] + seconds}))
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # After the monitor's own on_validation_start built its runner. The private _deliver: this script measures
+        # After the monitor's own on_validation_start built its runner. The private _submit: this script measures
         # the monitor from the inside; nothing else should.
         for method in self.monitor.runner.methods.values():
             method.attribute = self._timed("attribution", method.attribute)
@@ -96,7 +96,7 @@ class PartTimer(L.Callback):
             for metric in metrics.values():
                 metric.score = self._timed("metric updates", metric.score)
                 metric.update = self._timed("metric updates", metric.update)
-        self.monitor._deliver = self._timed("delivery", self.monitor._deliver)
+        time_jobs(self.monitor, self._timed("delivery", lambda job: job()))
 
 
 class PassCounter(L.Callback):
@@ -145,10 +145,16 @@ def make_monitor(num_samples: int, max_overhead: float | None = None) -> Attribu
     )
 
 
+def time_jobs(monitor: AttributionMonitor, run: Callable[[Callable[[], None]], None]) -> None:
+    """Run every delivery job ``monitor`` submits (on its background thread, or at once) through ``run``."""
+    submit = monitor._submit
+    monitor._submit = lambda job, when: submit(lambda: run(job), when)
+
+
 def time_deliveries(monitor: AttributionMonitor) -> list[float]:
-    """Time every delivery of ``monitor`` (on its background thread); the private _deliver, as PartTimer does."""
+    """Time every delivery of ``monitor`` (the jobs it submits to its background thread), as PartTimer does."""
     seconds: list[float] = []
-    monitor._deliver = timed(monitor._deliver, seconds.append)
+    time_jobs(monitor, timed(lambda job: job(), seconds.append))
     return seconds
 
 

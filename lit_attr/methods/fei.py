@@ -69,9 +69,10 @@ class FEI(AttributionMethod):
         beta: weight of the area term.
         objective: ``"preservation"`` (the released code) or ``"hybrid"``.
         gate_layers: activation modules to gate: ``None`` = every ReLU module the forward calls before the first
-            ``nn.Linear`` or, when there is none, every GELU module it calls before the last ``nn.Linear`` (the
-            head), which on a vision transformer or BERT are the GELUs of the encoder blocks' MLPs; a list of ReLU
-            or GELU module names; or ``(start, stop)``, a window over the ReLU and GELU modules in forward
+            ``nn.Linear`` (a CNN's feature extractor), else every ReLU module it calls before the last ``nn.Linear``
+            (the hidden layers of an MLP, the blocks of a ReLU transformer), else every GELU module it calls before
+            the last ``nn.Linear`` (on a vision transformer or BERT, the GELUs of the encoder blocks' MLPs); a list
+            of ReLU or GELU module names; or ``(start, stop)``, a window over the ReLU and GELU modules in forward
             order.
         seed: base seed of the reference colours.
         reduce: ``True`` broadcasts the map to the input's shape; ``False`` returns ``(N, 1, H, W)``.
@@ -177,9 +178,8 @@ class FEI(AttributionMethod):
     def gated_modules(self, x: Tensor, whole_model: bool = False) -> list[nn.Module]:
         """The ReLU/GELU modules to gate, resolved on a forward pass of ``x[:1]`` (forward order).
 
-        ``whole_model=True`` (token inputs) makes the default every ReLU module the forward calls: a transformer
-        has no convolutional feature extractor before its first ``nn.Linear``, its ReLUs sit in the blocks.
-        GELUs are ``nn.GELU`` or Hugging Face's GELU modules (:func:`gelu_types`).
+        ``whole_model=True`` makes the default every ReLU module the forward calls (see ``gate_layers`` for the
+        default otherwise). GELUs are ``nn.GELU`` or Hugging Face's GELU modules (:func:`gelu_types`).
         """
         order: list[tuple[str, nn.Module]] = []
         names = {m: n for n, m in self.model.named_modules()}
@@ -212,10 +212,11 @@ class FEI(AttributionMethod):
         if self.gate_layers is None:
             linears = [i for i, (_, m) in enumerate(order) if isinstance(m, nn.Linear)]
             before_first = {id(m) for _, m in order[: linears[0] if linears else len(order)]}
+            before_last = {id(m) for _, m in order[: linears[-1] if linears else len(order)]}
             relus = [m for _, m in activations if isinstance(m, nn.ReLU)]
             chosen = relus if whole_model else [m for m in relus if id(m) in before_first]
+            chosen = chosen or [m for m in relus if id(m) in before_last]  # an MLP, a ReLU transformer
             if not chosen:  # a GELU network (a vision transformer, BERT): the GELUs of every block, not of the head
-                before_last = {id(m) for _, m in order[: linears[-1] if linears else len(order)]}
                 chosen = [m for _, m in activations if isinstance(m, gelus) and id(m) in before_last]
         elif (
             isinstance(self.gate_layers, tuple)
@@ -243,7 +244,8 @@ class FEI(AttributionMethod):
                 "nn.TransformerEncoderLayer(..., activation=nn.ReLU()))."
             )
         where = (
-            "the default range (the ReLUs before the first nn.Linear, else the GELUs before the last nn.Linear)"
+            "the default range (the ReLUs before the first nn.Linear, else those before the last nn.Linear, else the "
+            "GELUs before the last nn.Linear)"
             if self.gate_layers is None
             else f"gate_layers={self.gate_layers!r}"
         )
@@ -286,8 +288,7 @@ class FEI(AttributionMethod):
         mask_shape = (n, *space.feature_shape)
         support = space.support
         units = support.flatten(1).sum(dim=1) if support is not None else float(math.prod(space.feature_shape))
-        # In a learned space (token embeddings) the activations sit in the encoder blocks, after the first nn.Linear.
-        gated = self.gated_modules(x, whole_model=not space.raw) if self.gate != "none" else []
+        gated = self.gated_modules(x) if self.gate != "none" else []
         gates = ActivationGates(gated, self.gate)
         baseline = space.baseline
         if baseline is None:

@@ -187,3 +187,13 @@ def test_progress_callback_counts_levels_times_iterations():
     assert calls == [(i, 8) for i in range(1, 9)]
     with pytest.raises(TypeError, match="`progress` must be a bool or a callable"):
         FEI(small_cnn(), progress="yes")
+
+
+def test_an_mlp_gates_its_hidden_relus_by_default():
+    # No ReLU before the first nn.Linear (no convolutional stem): the ReLUs before the head are the hidden layers'.
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    x = torch.rand(4, 6)
+    assert FEI(mlp).gated_modules(x) == [mlp[1], mlp[3]]
+    gated = FEI(mlp, iterations=3, levels=(0.5,), input_bounds=(0.0, 1.0)).attribute(x, target=0)
+    assert gated.shape == x.shape and bool(torch.isfinite(gated).all())
