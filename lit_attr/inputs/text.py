@@ -97,7 +97,7 @@ class Tokens(InputKind):
         batch = check_token_batch(
             x, own.get("attention_mask"), own.get("special_tokens_mask"), options.special_token_ids
         )
-        reduction = own.get("token_reduction", "sum")
+        reduction = own.get("token_reduction", getattr(method, "reduction", "sum"))
         check_choice("token_reduction", reduction, TOKEN_REDUCTIONS)
         layer = find_embedding_layer(model, options.embedding_layer)
         vocab = vocabulary_size(model, layer)

@@ -75,6 +75,12 @@ class AttributionMethod(abc.ABC):
     #: space that is not the input itself (token embeddings) its points are then measured in units of each
     #: sample's own scale (its mean token-embedding norm), so that the same options fit every model.
     relative_steps: bool = False
+    #: How a map in a learned space (token embeddings) becomes one score per feature, unless the call or the method's
+    #: ``token_options`` says otherwise: ``"sum"`` (signed) for maps that are a gradient times a displacement (input x
+    #: gradient, integrated gradients, MFABA, IG2), ``"norm"`` (L2) for plain gradients, whose signed sum over the
+    #: embedding is float noise after a LayerNorm (BERT-style models: its input gradient is orthogonal to the ones
+    #: vector). Per-feature maps (FEI's masks, an ablation's scores) need none.
+    reduction: str = "sum"
     #: Why the method needs the raw inputs (its radii or patches are in input units), or ``""`` when it works in
     #: any space: a method with a reason refuses inputs that are attributed in a learned space (token ids).
     raw_inputs_only: str = ""

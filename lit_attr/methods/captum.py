@@ -49,6 +49,8 @@ class CaptumMethod(AttributionMethod):
         rows_per_sample: forward rows one sample costs: an int, or the name of an attribute keyword holding it
             (e.g. ``"n_steps"``); used to honour ``internal_batch_size``.
         batch_kwargs: maps ``(internal_batch_size, samples_in_chunk)`` to Captum's own batching keywords.
+        reduction: how a map in a learned space becomes one score per feature (see
+            :attr:`~lit_attr.methods.AttributionMethod.reduction`): ``"sum"``, or ``"norm"`` for plain gradients.
         raw_inputs_only: why the Captum method needs the raw inputs (see
             :attr:`~lit_attr.methods.AttributionMethod.raw_inputs_only`), or ``""``.
         stochastic: the Captum method draws random numbers. Each sample is then attributed under its own seed,
@@ -79,6 +81,7 @@ class CaptumMethod(AttributionMethod):
         *,
         rows_per_sample: int | str = 1,
         batch_kwargs: BatchKwargs | None = None,
+        reduction: str = "sum",
         raw_inputs_only: str = "",
         stochastic: bool = False,
         seed: int = 0,
@@ -98,6 +101,7 @@ class CaptumMethod(AttributionMethod):
         if not callable(attribution):
             raise TypeError(f"`attribution` must be a Captum attribution class or factory, got {attribution!r}.")
         self._rows_per_sample = rows_per_sample
+        self.reduction = check_choice("reduction", reduction, ("sum", "norm"))
         self.raw_inputs_only = raw_inputs_only
         self._batch_kwargs = batch_kwargs
         self.stochastic = stochastic
@@ -192,8 +196,11 @@ def _low_bound(method_kwargs: dict[str, Any]) -> Any:
 
 @register_method("saliency")
 def saliency(model: nn.Module, *, abs: bool = False, **kwargs: Any) -> CaptumMethod:  # noqa: A002
-    """Input gradient (Simonyan et al. 2014), signed by default (``abs=True`` gives Captum's absolute map)."""
-    return CaptumMethod(model, ca.Saliency, abs=abs, **kwargs)
+    """Input gradient (Simonyan et al. 2014), signed by default (``abs=True`` gives Captum's absolute map).
+
+    On token ids its per-token score is the L2 norm of the embedding gradient (``reduction="norm"``).
+    """
+    return CaptumMethod(model, ca.Saliency, abs=abs, reduction="norm", **kwargs)
 
 
 @register_method("input_x_gradient")
@@ -232,6 +239,7 @@ def smoothgrad(model: nn.Module, *, nt_samples: int = 16, stdevs: float = 0.15, 
         rows_per_sample="nt_samples",
         batch_kwargs=lambda ibs, n: {"nt_samples_batch_size": max(1, ibs // n)},
         raw_inputs_only="its noise's `stdevs` are in input units",
+        reduction="norm",
         stochastic=True,
         seed=seed,
         nt_type="smoothgrad",

@@ -69,7 +69,8 @@ def test_internal_batch_size_and_reductions(name, model):
     ids, mask = token_batch()
     method = method_for(name, model)
     full = method.attribute(ids, target=1, attention_mask=mask, token_reduction="none")
-    summed = method.attribute(ids, target=1, attention_mask=mask)
+    default = method.attribute(ids, target=1, attention_mask=mask)
+    summed = method.attribute(ids, target=1, attention_mask=mask, token_reduction="sum")
     norms = method.attribute(ids, target=1, attention_mask=mask, token_reduction="norm")
     assert full.shape == (*ids.shape, 32)
     if name == "fei":  # one mask value per token, shown on every embedding feature; every reduction gives it
@@ -78,8 +79,10 @@ def test_internal_batch_size_and_reductions(name, model):
     else:
         torch.testing.assert_close(summed, full.sum(-1))
         torch.testing.assert_close(norms, full.norm(dim=-1))
+    # Plain gradients reduce to their L2 norm by default, maps that are gradient x displacement to their signed sum.
+    torch.testing.assert_close(default, norms if name == "saliency" else summed)
     chunked = method_for(name, model, internal_batch_size=2).attribute(ids, target=1, attention_mask=mask)
-    torch.testing.assert_close(chunked, summed, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(chunked, default, atol=1e-5, rtol=1e-5)
 
 
 def test_special_tokens_mask_and_special_ids_agree(model):
