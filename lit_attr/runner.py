@@ -317,7 +317,7 @@ class AttributionRunner:
                 if self.progress is not None:
                     self.progress(name, 0)
                 start = time.perf_counter()
-                result = method.attribute(batch.x, target, logits=logits, **batch.method_inputs())
+                result = method.attribute(batch.x, target, logits=logits, **batch.method_inputs(self.model))
                 attributions[name] = attributions_of(result)
                 seconds = (time.perf_counter() - start) / n
                 for row, record in enumerate(records):

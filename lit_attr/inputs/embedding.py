@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
@@ -42,12 +42,15 @@ from lit_attr.inputs.tokens import (
     is_token_ids,
     length_groups,
     real_positions,
+    split_model_inputs,
 )
 
 __all__ = ["EmbeddingSwap", "TokenCall", "TokenSpace", "pads_invariantly"]
 
-#: The model on token ids ``(n, l)`` with an attention mask ``(n, l)`` (``None``: every token is real).
-Caller = Callable[[Tensor, Tensor | None], Tensor]
+#: The model on token ids ``(n, l)`` with an attention mask ``(n, l)`` (``None``: every token is real) and the batch's
+#: other model inputs of those rows (``token_type_ids`` ``(n, l)``, ...; ``None``: none).
+Caller = Callable[[Tensor, Tensor | None, Mapping[str, Tensor] | None], Tensor]
+Fields = Mapping[str, Tensor]
 
 #: Distance between the sample-index values of consecutive rows in the last feature of ``z``: far beyond any noise
 #: a method adds (SmoothGrad's 0.15), and exact in float32 for batches of up to 16k samples.
@@ -90,7 +93,9 @@ class EmbeddingSwap:
             )
         return self.replacement.to(output.dtype)
 
-    def embed(self, caller: Caller, ids: Tensor, attended: Tensor | None = None) -> Tensor:
+    def embed(
+        self, caller: Caller, ids: Tensor, attended: Tensor | None = None, fields: Fields | None = None
+    ) -> Tensor:
         """The layer's output on ``ids`` ``(n, l)``.
 
         One call of the layer itself where it is an ``nn.Embedding`` (its output depends on the ids alone), else what
@@ -99,13 +104,15 @@ class EmbeddingSwap:
         if isinstance(self.layer, nn.Embedding):
             with torch.no_grad():
                 return self.layer(ids).detach()
-        return self.capture(caller, ids, attended)[1]
+        return self.capture(caller, ids, attended, fields)[1]
 
-    def capture(self, caller: Caller, ids: Tensor, attended: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def capture(
+        self, caller: Caller, ids: Tensor, attended: Tensor | None = None, fields: Fields | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Logits and the embedding layer's output on ``ids`` (one forward, no gradient)."""
         self.captured = None
         with torch.no_grad():
-            logits = caller(ids, attended)
+            logits = caller(ids, attended, fields)
         if self.captured is None:
             raise ValueError("The embedding layer did not run in the model's forward; pass `embedding_layer=`.")
         if tuple(self.captured.shape[:2]) != tuple(ids.shape):
@@ -119,7 +126,8 @@ class EmbeddingSwap:
 class TokenSpace(Space):
     """The embedding space of a chunk of one segment (see the module docstring); built by :class:`TokenCall`.
 
-    ``attended`` is ``(n, l)``: all ones for a length group, the attention mask in a padded segment.
+    ``attended`` is ``(n, l)``: all ones for a length group, the attention mask in a padded segment; ``fields`` are
+    the rows' other model inputs (``token_type_ids`` cut to the same positions, ...), kept with every row.
     """
 
     def __init__(
@@ -128,6 +136,7 @@ class TokenSpace(Space):
         samples: Tensor,
         ids: Tensor,
         attended: Tensor,
+        fields: dict[str, Tensor],
         perturbable: Tensor,
         clean: Tensor,
         logits: Tensor,
@@ -136,6 +145,7 @@ class TokenSpace(Space):
         self.call = call
         self.ids = ids
         self.attended = attended
+        self.fields = fields
         self.perturbable = perturbable
         self.clean = clean.to(call.dtype)
         self.dtype = call.dtype
@@ -156,7 +166,7 @@ class TokenSpace(Space):
         """The baseline token's embedding ([MASK], else [PAD]) at perturbable positions, the clean one elsewhere."""
         if self._baseline is None:
             ids = torch.where(self.perturbable, torch.full_like(self.ids, self.call.baseline_id), self.ids)
-            embedded = self.call.swap.embed(self.call.caller, ids, self.attended)
+            embedded = self.call.swap.embed(self.call.caller, ids, self.attended, self.fields)
             self._baseline = self.to_z(torch.where(self.perturbable[..., None], embedded, self.clean))
         return self._baseline
 
@@ -190,7 +200,8 @@ class TokenSpace(Space):
         swap.replacement, swap.calls = self.embeddings_of(z), 0
         try:
             rows = self.rows_of(z)
-            out = self.call.caller(self.ids[rows], self.attended[rows])
+            fields = {key: value[rows] for key, value in self.fields.items()}
+            out = self.call.caller(self.ids[rows], self.attended[rows], fields)
         finally:
             swap.replacement = None
         if swap.calls == 0:
@@ -232,7 +243,7 @@ class TokenSpace(Space):
             ids = refs.input_ids[rows[:, None], real_positions(refs.attended, rows, length)]
             step = chunk or rows.numel()
             for start in range(0, rows.numel(), step):
-                yield rows[start : start + step], self.call.caller(ids[start : start + step])
+                yield rows[start : start + step], self.call.caller(ids[start : start + step], None, None)
 
 
 class _Group(NamedTuple):
@@ -242,6 +253,7 @@ class _Group(NamedTuple):
     positions: Tensor
     ids: Tensor
     attended: Tensor
+    fields: dict[str, Tensor]
     clean: Tensor | None
 
 
@@ -262,8 +274,10 @@ class TokenCall(MethodCall):
         vocab: int | None,
         limit: int | None,
         token_reduction: str,
+        model_inputs: Fields | None = None,
     ) -> None:
         super().__init__(method, batch.input_ids, kwargs)
+        self.model_inputs = dict(model_inputs or {})
         self.batch = batch
         self.options = options
         self.baseline_id = baseline_id
@@ -272,8 +286,8 @@ class TokenCall(MethodCall):
         self.token_reduction = token_reduction
         self.swap = EmbeddingSwap(layer)
         forward = method.forward_fn
-        self.caller: Caller = lambda ids, attended=None: call_model(
-            forward, ids, torch.ones_like(ids) if attended is None else attended.long()
+        self.caller: Caller = lambda ids, attended=None, fields=None: call_model(
+            forward, ids, torch.ones_like(ids) if attended is None else attended.long(), **(fields or {})
         )
         self.dtype = torch.float32
         self.groups: list[_Group] = []
@@ -293,16 +307,21 @@ class TokenCall(MethodCall):
         self.x = ids = self.batch.input_ids
         attended = self.batch.attended
         lengths = list(length_groups(attended))
-        if len(lengths) > 1 and pads_invariantly(self.method, self.caller, ids, attended):
+        self.model_inputs = {key: value.clone() for key, value in self.model_inputs.items()}
+        per_token, per_sample = split_model_inputs(self.model_inputs, *ids.shape)
+        if len(lengths) > 1 and pads_invariantly(self.method, self.caller, ids, attended, self.model_inputs):
             positions = torch.arange(ids.shape[1], device=ids.device).expand(self.n, -1)
             samples = torch.arange(self.n, device=ids.device)
-            self.groups = [_Group(samples, positions, ids, attended, None)]
+            self.groups = [_Group(samples, positions, ids, attended, dict(self.model_inputs), None)]
         else:
             self.groups = []
             for length, samples in lengths:
                 positions = real_positions(attended, samples, length)
                 real = ids[samples[:, None], positions]
-                self.groups.append(_Group(samples, positions, real, torch.ones_like(real, dtype=torch.bool), None))
+                fields = {key: value[samples[:, None], positions] for key, value in per_token.items()}
+                fields.update({key: value[samples] for key, value in per_sample.items()})
+                ones = torch.ones_like(real, dtype=torch.bool)
+                self.groups.append(_Group(samples, positions, real, ones, fields, None))
         self._group_of = torch.empty(self.n, dtype=torch.long, device=ids.device)
         self._row_of = torch.empty_like(self._group_of)
         for number, group in enumerate(self.groups):
@@ -325,7 +344,8 @@ class TokenCall(MethodCall):
         return logits
 
     def _capture_rows(self, group: _Group, parts: list[tuple[Tensor, Tensor]], start: int, stop: int) -> None:
-        parts.append(self.swap.capture(self.caller, group.ids[start:stop], group.attended[start:stop]))
+        fields = {key: value[start:stop] for key, value in group.fields.items()}
+        parts.append(self.swap.capture(self.caller, group.ids[start:stop], group.attended[start:stop], fields))
 
     def segments(self) -> list[Tensor]:
         """The samples of each segment (one padded batch, or the length groups)."""
@@ -336,15 +356,15 @@ class TokenCall(MethodCall):
         number = self._groups_of_cpu[int(samples[0])]
         group = self.groups[number]
         if group.clean is None:  # the caller gave the clean logits: one call of the embedding layer per group
-            clean = self.swap.embed(self.caller, group.ids, group.attended)
+            clean = self.swap.embed(self.caller, group.ids, group.attended, group.fields)
             group = self.groups[number] = group._replace(clean=clean)
         self.dtype = torch.promote_types(group.clean.dtype, torch.float32)
         rows = self._rows(samples)
         perturbable = self.batch.perturbable[samples[:, None], group.positions[rows]]
         scaled = bool(getattr(self.method, "relative_steps", False))
-        return TokenSpace(
-            self, samples, group.ids[rows], group.attended[rows], perturbable, group.clean[rows], logits, scaled
-        )
+        fields = {key: value[rows] for key, value in group.fields.items()}
+        ids, attended, clean = group.ids[rows], group.attended[rows], group.clean[rows]
+        return TokenSpace(self, samples, ids, attended, fields, perturbable, clean, logits, scaled)
 
     def _rows(self, samples: Tensor) -> Tensor:
         """The rows of ``samples`` in their length group."""
@@ -410,7 +430,9 @@ class TokenCall(MethodCall):
 _INVARIANT: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
 
 
-def pads_invariantly(method: Any, caller: Caller, ids: Tensor, attended: Tensor) -> bool:
+def pads_invariantly(
+    method: Any, caller: Caller, ids: Tensor, attended: Tensor, model_inputs: Fields | None = None
+) -> bool:
     """Whether the model's logits for a sentence do not depend on the padding after it, under its attention mask.
 
     Checked once per model (when the method runs the model itself) on the most padded sentence of the first batch
@@ -425,8 +447,12 @@ def pads_invariantly(method: Any, caller: Caller, ids: Tensor, attended: Tensor)
     sample = int(attended.sum(dim=1).argmin())
     real = attended[sample]
     with torch.no_grad():
-        alone = caller(ids[sample : sample + 1, real], None)
-        padded = caller(ids[sample : sample + 1], attended[sample : sample + 1])
+        per_token, per_sample = split_model_inputs(model_inputs or {}, *ids.shape)
+        own = {key: value[sample : sample + 1] for key, value in per_sample.items()}
+        cut = {key: value[sample, real][None] for key, value in per_token.items()}
+        whole = {key: value[sample : sample + 1] for key, value in per_token.items()}
+        alone = caller(ids[sample : sample + 1, real], None, {**own, **cut})
+        padded = caller(ids[sample : sample + 1], attended[sample : sample + 1], {**own, **whole})
     scale = float(alone.abs().max().clamp_min(1.0))
     invariant = bool(torch.allclose(alone.float(), padded.float(), rtol=0.0, atol=1e-4 * scale))
     if cached:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -35,9 +36,11 @@ __all__ = [
     "check_token_batch",
     "check_token_id",
     "find_embedding_layer",
+    "forward_parameters",
     "is_token_ids",
     "position_limit",
     "resolve_token_options",
+    "split_model_inputs",
     "vocabulary_size",
 ]
 
@@ -374,29 +377,51 @@ def resolve_token_options(model: nn.Module, *layers: TokenOptions | None, **over
     return replace(options, special_token_ids=_check_ids("special_token_ids", options.special_token_ids))
 
 
-def _takes_attention_mask(fn: Callable[..., Any]) -> bool:
+def forward_parameters(fn: Callable[..., Any]) -> frozenset[str]:
+    """The keywords the forward of ``fn`` names (``**kwargs`` does not count: an unknown name is not guessed).
+
+    Example:
+        >>> sorted(forward_parameters(lambda input_ids, attention_mask=None: input_ids))
+        ['attention_mask', 'input_ids']
+    """
     target = fn.forward if isinstance(fn, nn.Module) else fn
+    # The function, not a bound method: the cache must not keep models alive.
+    return _parameters(getattr(target, "__func__", target))
+
+
+@functools.lru_cache(maxsize=256)
+def _parameters(target: Callable[..., Any]) -> frozenset[str]:
     try:
-        parameters = inspect.signature(target).parameters
+        parameters = inspect.signature(target).parameters.values()
     except (TypeError, ValueError):
-        return False
-    return "attention_mask" in parameters
+        return frozenset()
+    return frozenset(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
-def call_model(fn: Callable[..., Any], input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+def call_model(
+    fn: Callable[..., Any], input_ids: Tensor, attention_mask: Tensor | None = None, **model_inputs: Tensor
+) -> Tensor:
     """Logits ``(N, K)`` of ``fn`` on token ids, passing ``attention_mask`` where the forward takes it.
 
-    Hugging Face outputs are reduced to their ``logits``; anything else that is not a tensor ``(N, K)`` is an error.
+    ``model_inputs`` (``token_type_ids``, ``position_ids``, ...) go to the forward by name; one it does not name is an
+    error. Hugging Face outputs are reduced to their ``logits``; anything else that is not a tensor ``(N, K)`` is an
+    error.
 
     Example:
         >>> net = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(8, 3))
         >>> call_model(net, torch.tensor([[1, 2]])).shape
         torch.Size([1, 3])
     """
-    if attention_mask is not None and _takes_attention_mask(fn):
-        out = fn(input_ids, attention_mask=attention_mask.long())
-    else:
-        out = fn(input_ids)
+    accepted = forward_parameters(fn)
+    unknown = sorted(set(model_inputs) - accepted)
+    if unknown:
+        raise ValueError(
+            f"The model's forward does not take {unknown} (it names {sorted(accepted)}); leave these inputs out or "
+            "pass `forward_fn=` taking them."
+        )
+    if attention_mask is not None and "attention_mask" in accepted:
+        model_inputs = {**model_inputs, "attention_mask": attention_mask.long()}
+    out = fn(input_ids, **model_inputs)
     if not isinstance(out, Tensor):
         out = getattr(out, "logits", out)
         if isinstance(out, dict) and "logits" in out:
@@ -408,6 +433,14 @@ def call_model(fn: Callable[..., Any], input_ids: Tensor, attention_mask: Tensor
             f"`logits` field, got {shape}. Pass `forward_fn=` mapping (input_ids, attention_mask) to logits."
         )
     return out
+
+
+def split_model_inputs(
+    fields: Mapping[str, Tensor], n: int, length: int
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Extra model inputs of ``n`` sequences of ``length``: ``(per token (n, length, ...), per sample (n, ...))``."""
+    per_token = {k: v for k, v in fields.items() if v.ndim >= 2 and tuple(v.shape[:2]) == (n, length)}
+    return per_token, {k: v for k, v in fields.items() if k not in per_token}
 
 
 # ----------------------------------------------------------------------------------------------------- layout

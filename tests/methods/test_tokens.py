@@ -371,7 +371,9 @@ def test_sentences_of_different_lengths_run_padded_only_where_padding_changes_no
     bert, mean = tiny_bert(), MeanOfAllPositions().eval()
     for model, invariant in ((bert, True), (mean, False)):
         method = method_for("saliency", model)
-        caller = lambda i, a=None, m=model: logits_of(m, i, a)  # noqa: E731
+        def caller(i, a=None, fields=None, m=model):
+            return logits_of(m, i, a)
+
         assert pads_invariantly(method, caller, ids, mask.bool()) is invariant
         scores = method.attribute(ids, target=1, attention_mask=mask)
         for i in range(len(ids)):  # either way a sentence's scores are those it gets alone, without padding
