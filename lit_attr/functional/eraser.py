@@ -1,7 +1,9 @@
 """ERASER's comprehensiveness and sufficiency (DeYoung et al., ACL 2020), as AOPC over top-k% bins, batched.
 
 For a bin of k%, the rationale ``r_k`` is a sample's ``ceil(k / 100 * u)`` highest-scoring perturbable tokens (``u``
-of them in the sample; ties in sentence order), and ``m(.)`` the probability of the tracked class:
+of them in the sample; ties in sentence order), and ``m(.)`` the probability of the tracked class (its softmax
+probability, or with ``output="sigmoid"`` the sigmoid of its logit alone, for multi-label heads whose labels are
+each their own binary problem):
 
 * comprehensiveness: ``m(x) - m(x without r_k)``, how much the prediction loses without the rationale (higher is
   better);
@@ -25,12 +27,14 @@ from lit_attr._checks import TargetType, check_choice, resolve_target
 from lit_attr._hygiene import preserved_model_state
 from lit_attr._memory import MemoryBackoff
 from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE
-from lit_attr.functional.token_games import clean_logits, prepare_token_game, score_rows
+from lit_attr.functional.token_games import clean_logits, prepare_token_game, score_rows, target_scores
 
-__all__ = ["DEFAULT_BINS", "EraserResult", "check_bins", "comprehensiveness", "sufficiency"]
+__all__ = ["DEFAULT_BINS", "ERASER_OUTPUTS", "EraserResult", "check_bins", "comprehensiveness", "sufficiency"]
 
 #: The ERASER benchmark's bins, in percent of a sample's tokens.
 DEFAULT_BINS: tuple[float, ...] = (1, 5, 10, 20, 50)
+#: What ERASER's ``m(.)`` may be: the softmax probability (ERASER), the logit, or the sigmoid of the logit.
+ERASER_OUTPUTS = ("prob", "logit", "sigmoid")
 
 
 class EraserResult(NamedTuple):
@@ -82,7 +86,7 @@ def _eraser(
     internal_batch_size: int | None,
     logits: Tensor | None,
 ) -> EraserResult:
-    check_choice("output", output, ("prob", "logit"))
+    check_choice("output", output, ERASER_OUTPUTS)
     fractions = check_bins(bins)
     game = prepare_token_game(
         model, input_ids, attributions, attention_mask=attention_mask, special_tokens_mask=special_tokens_mask,
@@ -99,9 +103,7 @@ def _eraser(
         clean = clean_logits(model, game, logits, backoff)
         target = resolve_target(target, clean)
         perturbed = score_rows(model, game, samples, counts.flatten(), keep_top, target, clean, output, backoff)
-        perturbed = perturbed.view(n, b)
-        scores = clean if output == "logit" else clean.softmax(dim=1)
-        per_bin = scores.gather(1, target[:, None]) - perturbed
+        per_bin = target_scores(clean, target, output)[:, None] - perturbed.view(n, b)
     return EraserResult(per_bin.mean(dim=1), per_bin, target)
 
 
@@ -128,7 +130,8 @@ def comprehensiveness(
         model: classifier of token ids returning logits ``(N, K)`` (or a Hugging Face output with ``logits``).
         input_ids: ``(N, L)`` token ids on the model's device.
         attributions: ``(N, L)`` per-token scores.
-        target: tracked class: ``None`` (clean top-1 prediction, as in ERASER), an int, or ``N`` ints.
+        target: tracked class (the label explained): ``None`` (clean top-1 prediction, as in ERASER), an int, or
+            ``N`` ints.
         attention_mask: ``(N, L)`` 1 on real tokens, 0 on padding.
         special_tokens_mask: ``(N, L)`` 1 on special tokens (never removed).
         special_token_ids: ids that are special wherever they occur; default: the model's ``token_options``.
@@ -136,7 +139,8 @@ def comprehensiveness(
         replacement: ``"mask"`` or ``"remove"`` (see :mod:`lit_attr.functional.token_games`).
         replacement_id: the id of a removed token; default: the model's mask id, else its pad id.
         pad_token_id: padding id of re-packed rows; default: the model's.
-        output: ``"prob"`` (ERASER) or ``"logit"``.
+        output: ``"prob"`` (ERASER's softmax probability), ``"logit"``, or ``"sigmoid"`` (``sigmoid(logit)`` of the
+            target label alone, for multi-label heads).
         internal_batch_size: most rows (samples x bins) per forward pass; ``None``: all at once.
         logits: the clean logits ``(N, K)`` of ``input_ids``, if already computed (skips a forward pass).
 

@@ -13,6 +13,11 @@ target class's score. Removing a token means, on token ids directly (never decod
 
 Padding and special tokens are never removed. The (sample x step) rows of a batch go through the model together, in
 chunks of at most ``internal_batch_size`` rows, each chunk cut to its longest row.
+
+The tracked score of a row (``output``, :data:`TOKEN_OUTPUTS`) is the target class's softmax probability
+(``"prob"``), its logit (``"logit"``), the probability over the clean sentence's (``"prob_ratio"``), or, for
+multi-label heads, ``sigmoid(logit)`` of the target label alone (``"sigmoid"``): each label is its own binary
+problem, and a softmax across labels would let the other labels' logits move the explained one's score.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from torch import Tensor, nn
 from lit_attr._checks import TargetType, check_choice, check_device, check_finite, check_optional_int, resolve_target
 from lit_attr._hygiene import preserved_model_state
 from lit_attr._memory import MemoryBackoff
-from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE, OUTPUTS, auc
+from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE, auc
 from lit_attr.inputs.tokens import (
     TokenBatch,
     TokenOptions,
@@ -43,12 +48,14 @@ from lit_attr.inputs.tokens import (
 __all__ = [
     "DEFAULT_TOKEN_STEPS",
     "REPLACEMENTS",
+    "TOKEN_OUTPUTS",
     "TokenGame",
     "TokenInsertionDeletionResult",
     "clean_logits",
     "perturb_tokens",
     "prepare_token_game",
     "score_rows",
+    "target_scores",
     "token_insertion_deletion",
     "token_ranks",
     "token_schedule",
@@ -56,6 +63,8 @@ __all__ = [
 
 #: Ways to remove a token (see the module docstring).
 REPLACEMENTS = ("mask", "remove")
+#: What a token game tracks of the target class (see the module docstring).
+TOKEN_OUTPUTS = ("prob", "logit", "prob_ratio", "sigmoid")
 #: Steps of a token game when neither ``n_steps`` nor ``tokens_per_step`` is given.
 DEFAULT_TOKEN_STEPS = 20
 
@@ -317,6 +326,23 @@ def perturbed_token_rows(
     return rows, ids, mask
 
 
+def target_scores(logits: Tensor, target: Tensor, output: str) -> Tensor:
+    """The tracked score of each row's target class: ``(R,)`` from logits ``(R, K)`` and targets ``(R,)``.
+
+    ``"prob"`` (and ``"prob_ratio"``, whose division by the clean score is the caller's) is the softmax probability,
+    ``"logit"`` the logit, ``"sigmoid"`` the sigmoid of the target's logit alone (multi-label heads).
+
+    Example:
+        >>> logits, target = torch.tensor([[0.0, 2.0, 0.0]]), torch.tensor([1])
+        >>> [round(float(target_scores(logits, target, o)), 4) for o in ("prob", "logit", "sigmoid")]
+        [0.787, 2.0, 0.8808]
+    """
+    if output in ("prob", "prob_ratio"):
+        return logits.softmax(dim=1).gather(1, target[:, None]).squeeze(1)
+    chosen = logits.gather(1, target[:, None]).squeeze(1)
+    return chosen.sigmoid() if output == "sigmoid" else chosen
+
+
 def score_rows(
     model: nn.Module,
     game: TokenGame,
@@ -333,21 +359,21 @@ def score_rows(
     Row r removes its sample's ``counts[r]`` most important tokens (``keep_top=False``) or keeps only them and
     removes the other perturbable tokens (``keep_top=True``). Rows run in chunks of ``game.chunk`` (halved on
     out-of-memory errors, see :class:`~lit_attr._memory.MemoryBackoff`; ``backoff`` shares that size between passes).
+    ``output`` is one of :data:`TOKEN_OUTPUTS` (see :func:`target_scores`).
 
     Returns:
         ``(R,)`` scores in the dtype of ``clean``, the clean logits ``(N, K)`` (``output="prob_ratio"`` divides by
         their probability).
     """
+    check_choice("output", output, TOKEN_OUTPUTS)
     out: list[Tensor] = []
-    clean_probability = clean.softmax(dim=1).gather(1, target[:, None]).squeeze(1) if output == "prob_ratio" else None
+    clean_probability = target_scores(clean, target, "prob") if output == "prob_ratio" else None
 
     def score(start: int, stop: int) -> None:
         rows, ids, mask = perturbed_token_rows(game, samples, counts, keep_top, start, stop)
         width = int(mask.nonzero()[:, 1].max()) + 1  # the chunk's longest row: padding beyond it changes nothing
         logits = call_model(model, ids[:, :width], mask[:, :width]).to(clean.dtype)
-        if output != "logit":
-            logits = logits.softmax(dim=1)
-        score = logits.gather(1, target[rows, None]).squeeze(1)
+        score = target_scores(logits, target[rows], output)
         if clean_probability is not None:
             score = score / clean_probability[rows]
         out.append(score)
@@ -393,7 +419,8 @@ def token_insertion_deletion(
         model: classifier of token ids returning logits ``(N, K)`` (or a Hugging Face output with ``logits``).
         input_ids: ``(N, L)`` token ids on the model's device.
         attributions: ``(N, L)`` per-token scores.
-        target: tracked class: ``None`` (clean top-1 prediction), an int, or ``N`` ints.
+        target: tracked class (the label explained): ``None`` (clean top-1 prediction, the highest logit), an int,
+            or ``N`` ints.
         attention_mask: ``(N, L)`` 1 on real tokens, 0 on padding.
         special_tokens_mask: ``(N, L)`` 1 on special tokens (never removed).
         special_token_ids: ids that are special wherever they occur; default: the model's ``token_options``.
@@ -403,7 +430,8 @@ def token_insertion_deletion(
         replacement: ``"mask"`` or ``"remove"`` (see the module docstring).
         replacement_id: the id of a removed token; default: the model's mask id, else its pad id.
         pad_token_id: padding id of re-packed rows; default: the model's.
-        output: ``"prob"`` (softmax probability), ``"logit"`` or ``"prob_ratio"`` (``p(x_t) / p(x)``).
+        output: ``"prob"`` (softmax probability), ``"logit"``, ``"prob_ratio"`` (``p(x_t) / p(x)``) or
+            ``"sigmoid"`` (``sigmoid(logit)`` of the target label alone, for multi-label heads).
         internal_batch_size: most rows (samples x steps) per forward pass; ``None``: all at once.
         logits: the clean logits ``(N, K)`` of ``input_ids``, if already computed (skips a forward pass).
 
@@ -418,7 +446,7 @@ def token_insertion_deletion(
         >>> result.insertion_curve.shape, result.deletion_auc.shape
         (torch.Size([2, 5]), torch.Size([2]))
     """
-    check_choice("output", output, OUTPUTS)
+    check_choice("output", output, TOKEN_OUTPUTS)
     game = prepare_token_game(
         model, input_ids, attributions, attention_mask=attention_mask, special_tokens_mask=special_tokens_mask,
         special_token_ids=special_token_ids, replacement=replacement, replacement_id=replacement_id,
