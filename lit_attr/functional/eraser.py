@@ -17,7 +17,7 @@ always stay. The (sample x bin) rows go through the model together, in chunks of
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -27,7 +27,7 @@ from lit_attr._checks import TargetType, check_choice, resolve_target
 from lit_attr._hygiene import preserved_model_state
 from lit_attr._memory import MemoryBackoff
 from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE
-from lit_attr.functional.token_games import clean_logits, prepare_token_game, score_rows, target_scores
+from lit_attr.functional.token_perturbation import clean_logits, prepare_token_game, score_rows, target_scores
 
 __all__ = ["DEFAULT_BINS", "ERASER_OUTPUTS", "EraserResult", "check_bins", "comprehensiveness", "sufficiency"]
 
@@ -85,13 +85,14 @@ def _eraser(
     output: str,
     internal_batch_size: int | None,
     logits: Tensor | None,
+    model_inputs: Mapping[str, Tensor] | None,
 ) -> EraserResult:
     check_choice("output", output, ERASER_OUTPUTS)
     fractions = check_bins(bins)
     game = prepare_token_game(
         model, input_ids, attributions, attention_mask=attention_mask, special_tokens_mask=special_tokens_mask,
         special_token_ids=special_token_ids, replacement=replacement, replacement_id=replacement_id,
-        pad_token_id=pad_token_id, internal_batch_size=internal_batch_size,
+        pad_token_id=pad_token_id, internal_batch_size=internal_batch_size, model_inputs=model_inputs,
     )  # fmt: skip
     n, b = game.counts.numel(), len(fractions)
     # ceil(k% of u) in exact arithmetic: k is given to a hundredth of a percent at most.
@@ -123,6 +124,7 @@ def comprehensiveness(
     output: str = "prob",
     internal_batch_size: int | None = DEFAULT_INTERNAL_BATCH_SIZE,
     logits: Tensor | None = None,
+    model_inputs: Mapping[str, Tensor] | None = None,
 ) -> EraserResult:
     """ERASER comprehensiveness: the drop of the tracked class's probability when the top-k% tokens are removed.
 
@@ -143,6 +145,8 @@ def comprehensiveness(
             target label alone, for multi-label heads).
         internal_batch_size: most rows (samples x bins) per forward pass; ``None``: all at once.
         logits: the clean logits ``(N, K)`` of ``input_ids``, if already computed (skips a forward pass).
+        model_inputs: the batch's other inputs of the model by name (``token_type_ids`` ``(N, L)`` of sentence pairs,
+            ...); each per-token input stays with its token in every perturbed row.
 
     Returns:
         :class:`EraserResult`: per-sample AOPC ``(N,)`` and per-bin scores ``(N, B)``.
@@ -158,7 +162,7 @@ def comprehensiveness(
         model, input_ids, attributions, target, False, attention_mask=attention_mask,
         special_tokens_mask=special_tokens_mask, special_token_ids=special_token_ids, bins=bins,
         replacement=replacement, replacement_id=replacement_id, pad_token_id=pad_token_id, output=output,
-        internal_batch_size=internal_batch_size, logits=logits,
+        internal_batch_size=internal_batch_size, logits=logits, model_inputs=model_inputs,
     )  # fmt: skip
 
 
@@ -178,6 +182,7 @@ def sufficiency(
     output: str = "prob",
     internal_batch_size: int | None = DEFAULT_INTERNAL_BATCH_SIZE,
     logits: Tensor | None = None,
+    model_inputs: Mapping[str, Tensor] | None = None,
 ) -> EraserResult:
     """ERASER sufficiency: the drop of the tracked class's probability when only the top-k% tokens are kept.
 
@@ -193,5 +198,5 @@ def sufficiency(
         model, input_ids, attributions, target, True, attention_mask=attention_mask,
         special_tokens_mask=special_tokens_mask, special_token_ids=special_token_ids, bins=bins,
         replacement=replacement, replacement_id=replacement_id, pad_token_id=pad_token_id, output=output,
-        internal_batch_size=internal_batch_size, logits=logits,
+        internal_batch_size=internal_batch_size, logits=logits, model_inputs=model_inputs,
     )  # fmt: skip

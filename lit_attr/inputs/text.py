@@ -73,9 +73,11 @@ class Tokens(InputKind):
     def model_logits(self, model: Callable[..., Any], x: Tensor, fields: Mapping[str, Tensor | None]) -> Tensor:
         """The model on the ids, with the attention mask and the other model inputs (``token_type_ids``, ...).
 
-        Each goes in where the forward names it; a Hugging Face output is reduced to its logits.
+        Each goes in where the forward names it (a batch may carry others, such as a dataset index); a Hugging Face
+        output is reduced to its logits.
         """
-        extra = {key: value for key, value in fields.items() if key not in _MASKS and value is not None}
+        names = forward_parameters(model)
+        extra = {key: value for key, value in fields.items() if key in names and key not in _MASKS}
         return call_model(model, x, fields.get("attention_mask"), **extra)
 
     def kept_sample(self, x: Tensor, fields: Mapping[str, Tensor | None]) -> Tensor:

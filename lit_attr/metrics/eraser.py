@@ -18,7 +18,7 @@ from lit_attr.functional.eraser import (
     sufficiency,
 )
 from lit_attr.metrics._plotting import figure_and_axes
-from lit_attr.metrics._token_metric import TokenGameMetric, add_rows
+from lit_attr.metrics._token_metric import TOKEN_GAME_INPUTS, TokenGameMetric, add_rows
 from lit_attr.metrics.presentation import Presentation, Score
 from lit_attr.metrics.registry import register_metric
 
@@ -65,7 +65,7 @@ class _Eraser(TokenGameMetric):
         """The AOPC and the per-bin scores."""
         return self.key, f"{self.key}_curve"
 
-    def _score(self, x: Tensor, attributions: Tensor, target: TargetType, **tokens: Tensor | None) -> dict[str, Tensor]:
+    def _score(self, x: Tensor, attributions: Tensor, target: TargetType, **tokens: Any) -> dict[str, Tensor]:
         result = self.function(self.model, x, attributions, target, **tokens, **self._options)
         return {self.key: result.aopc, f"{self.key}_curve": result.per_bin}
 
@@ -159,7 +159,7 @@ class Sufficiency(_Eraser):
 register_metric(
     "comprehensiveness",
     Comprehensiveness,
-    consumes=("model", "x", "attributions", "target", "logits", "attention_mask", "special_tokens_mask"),
+    consumes=TOKEN_GAME_INPUTS,
     per_sample=True,
     modalities={"tokens"},
     presentation=Presentation(scores=(Score("comprehensiveness", header="comp."),), curves=None),
@@ -167,7 +167,7 @@ register_metric(
 register_metric(
     "sufficiency",
     Sufficiency,
-    consumes=("model", "x", "attributions", "target", "logits", "attention_mask", "special_tokens_mask"),
+    consumes=TOKEN_GAME_INPUTS,
     per_sample=True,
     modalities={"tokens"},
     presentation=Presentation(scores=(Score("sufficiency", header="suff."),), curves=None),

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from lit_attr._checks import TargetType, check_choice, check_optional_int
 from lit_attr.functional.token_games import DEFAULT_TOKEN_STEPS, TOKEN_OUTPUTS, token_insertion_deletion
 from lit_attr.metrics._plotting import figure_and_axes
-from lit_attr.metrics._token_metric import TokenGameMetric, add_rows
+from lit_attr.metrics._token_metric import TOKEN_GAME_INPUTS, TokenGameMetric, add_rows
 from lit_attr.metrics.presentation import Presentation, Score
 from lit_attr.metrics.registry import register_metric
 
@@ -108,7 +108,7 @@ class TokenInsertionDeletion(TokenGameMetric):
 
     score_keys = _KEYS
 
-    def _score(self, x: Tensor, attributions: Tensor, target: TargetType, **tokens: Tensor | None) -> dict[str, Tensor]:
+    def _score(self, x: Tensor, attributions: Tensor, target: TargetType, **tokens: Any) -> dict[str, Tensor]:
         result = token_insertion_deletion(self.model, x, attributions, target, **tokens, **self._options)
         return {
             "insertion": result.insertion_auc,
@@ -172,7 +172,7 @@ class TokenInsertionDeletion(TokenGameMetric):
 register_metric(
     "token_insertion_deletion",
     TokenInsertionDeletion,
-    consumes=("model", "x", "attributions", "target", "logits", "attention_mask", "special_tokens_mask"),
+    consumes=TOKEN_GAME_INPUTS,
     per_sample=True,
     modalities={"tokens"},
     presentation=Presentation(
