@@ -27,6 +27,9 @@ from lit_attr.inputs.tokens import (
     check_token_batch,
     check_token_id,
     find_embedding_layer,
+    forward_parameters,
+    original_position_ids,
+    position_padding,
     resolve_token_options,
     split_model_inputs,
     vocabulary_size,
@@ -258,6 +261,10 @@ def prepare_token_game(
     counts = batch.perturbable.sum(dim=1)
     chunk = internal_batch_size or 2**62
     inputs = check_model_inputs(model_inputs, batch.input_ids)
+    padding = position_padding(model)
+    if replacement == "mask" and chosen == padding and "position_ids" in forward_parameters(model):
+        # A RoBERTa-style model would read a token replaced by the pad id as padding: it keeps its position.
+        inputs.setdefault("position_ids", original_position_ids(batch.attended, padding))
     return TokenGame(batch, ranks, counts, replacement, chosen, pad, chunk, MappingProxyType(inputs))
 
 

@@ -32,17 +32,14 @@ from torch import Tensor, nn
 
 from lit_attr._memory import MemoryBackoff
 from lit_attr.inputs.space import MethodCall, Space
+from lit_attr.inputs.token_calls import call_model, length_groups, real_positions, split_model_inputs
 from lit_attr.inputs.tokens import (
     TokenBatch,
     TokenOptions,
-    call_model,
     check_ids_in_vocabulary,
     check_length,
     check_token_batch,
     is_token_ids,
-    length_groups,
-    real_positions,
-    split_model_inputs,
 )
 
 __all__ = ["EmbeddingSwap", "TokenCall", "TokenSpace", "pads_invariantly"]
