@@ -22,6 +22,13 @@ from lit_attr.methods.registry import register_method
 
 VARIANTS = ("sharp", "smooth", "norm", "cos")
 RULES = ("left", "trapezoid")
+#: The sharp step's L2 length on raw inputs (100 x the authors' alpha = 0.001, for inputs in [0, 1]).
+STEP_SIZE = 0.1
+#: The sharp step's L2 length in a learned space, in units of the sample's mean token-embedding norm
+#: (:attr:`~lit_attr.methods.AttributionMethod.relative_steps`), with the trapezoid rule: on the trained text demo
+#: (64 validation sentences, ``max_steps=50``) the median completeness gap |sum(A) - score drop| is 0.03 against a
+#: median drop of 0.65, where the raw defaults (0.1, left rule) gave 0.32 against 0.83, at the same token F1 (0.984).
+EMBEDDING_STEP_SIZE = 0.06
 
 
 class MFABA(AttributionMethod):
@@ -44,10 +51,13 @@ class MFABA(AttributionMethod):
         variant: ``"sharp"`` (L2-normalised gradient steps of length ``step_size``), ``"smooth"`` (sign steps of
             size ``alpha`` inside an L-inf ball of radius ``eps``), ``"norm"`` or ``"cos"`` (sharp path, IG-style
             weighting with tau from the distance or the projection onto ``x_T - x_0``).
-        rule: ``"left"`` or ``"trapezoid"`` (one extra backward at the last point); sharp/smooth only.
+        rule: ``"left"`` or ``"trapezoid"`` (one extra backward at the last point); sharp/smooth only. ``None``:
+            ``"left"`` on raw inputs (the released code), ``"trapezoid"`` in a learned space (token embeddings),
+            where a left sum over the few large steps that cross the boundary misses much of the score drop.
         score: ``"prob"``, ``"logit"`` or ``"logprob"`` of the target class.
         max_steps: at most this many steps per sample (samples that never flip stop here).
-        step_size: L2 length of a sharp step (100 x the authors' alpha = 0.001, for inputs in [0, 1]).
+        step_size: L2 length of a sharp step; ``None``: :data:`STEP_SIZE` on raw inputs (100 x the authors' alpha =
+            0.001, for inputs in [0, 1]), :data:`EMBEDDING_STEP_SIZE` in a learned space (token embeddings).
         alpha: L-inf step of the smooth variant.
         eps: L-inf radius of the smooth variant.
         compact_below: compact the working batch when fewer than this fraction of its rows are active.
@@ -72,10 +82,10 @@ class MFABA(AttributionMethod):
         model: nn.Module,
         *,
         variant: str = "sharp",
-        rule: str = "left",
+        rule: str | None = None,
         score: str = "prob",
         max_steps: int = 50,
-        step_size: float = 0.1,
+        step_size: float | None = None,
         alpha: float = 0.001,
         eps: float = 0.3,
         compact_below: float = 0.5,
@@ -93,13 +103,13 @@ class MFABA(AttributionMethod):
             token_options=token_options,
         )
         self.variant = check_choice("variant", variant, VARIANTS)
-        self.rule = check_choice("rule", rule, RULES)
+        self.rule = None if rule is None else check_choice("rule", rule, RULES)
         self.score = check_choice("score", score, SCORES)
         self.max_steps = check_positive("max_steps", max_steps, int)
-        self.step_size = check_positive("step_size", step_size)
+        self.step_size = None if step_size is None else check_positive("step_size", step_size)
         self.alpha = check_positive("alpha", alpha)
         self.eps = check_positive("eps", eps)
-        if variant in ("norm", "cos") and rule != "left":
+        if variant in ("norm", "cos") and rule not in (None, "left"):
             raise ValueError(f"`rule` applies to the sharp and smooth variants; {variant!r} always averages gradients.")
         if not 0.0 <= compact_below <= 1.0:
             raise ValueError(f"`compact_below` must be in [0, 1], got {compact_below!r}.")
@@ -145,11 +155,11 @@ class MFABA(AttributionMethod):
         return super().attribute(x, target, logits=logits, return_info=info, **token_kwargs)
 
     # ------------------------------------------------------------------ path step
-    def _step(self, x: Tensor, x0: Tensor, g: Tensor) -> Tensor:
+    def _step(self, x: Tensor, x0: Tensor, g: Tensor, step_size: float) -> Tensor:
         """Next path point, lowering the score (the attack)."""
         if self.variant == "smooth":
             return self.clip(x0 + torch.clamp(x - self.alpha * g.sign() - x0, -self.eps, self.eps))
-        return self.clip(x - self.step_size * unit_rows(g))
+        return self.clip(x - step_size * unit_rows(g))
 
     def _forward(self, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         x = x.detach().requires_grad_(True)
@@ -160,7 +170,10 @@ class MFABA(AttributionMethod):
     def _attribute(self, x: Tensor, target: Tensor, return_info: bool = False) -> Any:
         n = x.shape[0]
         weighted = self.variant in ("norm", "cos")
-        needs_last_grad = weighted or self.rule == "trapezoid"
+        raw = self.space.raw
+        rule = self.rule or ("left" if raw or weighted else "trapezoid")
+        step_size = self.step_size if self.step_size is not None else STEP_SIZE if raw else EMBEDDING_STEP_SIZE
+        needs_last_grad = weighted or rule == "trapezoid"
         out = torch.zeros_like(x)
         steps = torch.zeros(n, dtype=torch.long, device=x.device)
         flipped = torch.zeros(n, dtype=torch.bool, device=x.device)
@@ -186,14 +199,14 @@ class MFABA(AttributionMethod):
             if bool(moves.any()) or (needs_last_grad and bool(ends.any())):
                 (g,) = torch.autograd.grad(s.sum(), leaf)
             act = expand_rows(active, x)
-            if t > 0 and self.rule == "trapezoid" and not weighted:
+            if t > 0 and rule == "trapezoid" and not weighted:
                 acc = torch.where(act, acc - prev_dx * (prev_g + g) / 2, acc)
             if weighted:
                 path.append((rows[active], cur[active], g[active]))
             if bool(moves.any()):
-                nxt = self._step(cur, x0, g)
+                nxt = self._step(cur, x0, g, step_size)
                 dx = torch.where(expand_rows(moves, x), nxt - cur, torch.zeros_like(cur))
-                if self.rule == "left" and not weighted:
+                if rule == "left" and not weighted:
                     acc = acc - dx * g
                 prev_g, prev_dx, cur = g, dx, cur + dx
             if bool(ends.any()):
