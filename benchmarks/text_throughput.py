@@ -6,7 +6,10 @@ Two tables:
    * the text demo model (DemoTextClassifier trained for ``--demo-epochs`` epochs on 1000 synthetic sentences,
      ``--demo-batch`` validation sentences of mixed lengths), and
    * a BERT-base-sized ``BertForSequenceClassification`` with random weights (hidden 768, 12 layers, 12 heads,
-     vocabulary 30522), ``--bert-batch`` sequences of ``--bert-length`` random tokens.
+     vocabulary 30522), ``--bert-batch`` sentences of random tokens whose lengths run evenly from
+     ``--bert-min-length`` to ``--bert-length`` (8 sentences of 16-128 tokens by default), padded to the longest, and
+     Captum's ``LayerIntegratedGradients`` on the same sentences, budget and baseline ([MASK] at every token but
+     [CLS] and [SEP]) for the ratio of the two IG times.
    Budgets are small and printed in the table (BERT-base: IG 8 steps, MFABA at most 10 steps, IG2 5 steps x 2
    references, FEI 2 levels x 3 iterations, gate "none" as BERT has GELUs), so everything runs in about five
    minutes on a shared CPU. Time is the median of ``--repeats`` runs after one warm-up (one run for BERT-base),
@@ -34,7 +37,6 @@ from rich.table import Table
 from lit_attr.data import SyntheticTextDataModule
 from lit_attr.data.text import collate_tokens
 from lit_attr.functional.eraser import DEFAULT_BINS, comprehensiveness, sufficiency
-from lit_attr.inputs.tokens import TokenOptions
 from lit_attr.methods import get_method
 from lit_attr.models import train_demo_text_classifier
 
@@ -66,17 +68,38 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def bert_base(length: int, batch: int) -> tuple[torch.nn.Module, dict[str, torch.Tensor], TokenOptions]:
+#: BERT's [CLS], [SEP], [MASK] and [PAD] ids, as a method's token options (a dict, as in a YAML config).
+BERT_OPTIONS = {"special_token_ids": [101, 102], "mask_token_id": 103, "pad_token_id": 0}
+
+
+def bert_base(shortest: int, longest: int, batch: int) -> tuple[torch.nn.Module, dict[str, torch.Tensor], dict]:
+    """BERT-base with random weights and ``batch`` sentences of evenly spread lengths, right-padded."""
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(num_labels=2)).eval()
     generator = torch.Generator().manual_seed(1)
-    ids = torch.randint(1000, 30000, (batch, length), generator=generator)
-    ids[:, 0], ids[:, -1] = 101, 102  # [CLS] ... [SEP]
-    mask = torch.ones_like(ids)
-    pool = torch.randint(1000, 30000, (8, length), generator=generator)
-    return model, {"input_ids": ids, "attention_mask": mask, "pool": pool}, TokenOptions((101, 102), 103, 0)
+    lengths = torch.linspace(shortest, longest, batch).round().long()
+    ids = torch.randint(1000, 30000, (batch, longest), generator=generator)
+    mask = (torch.arange(longest)[None] < lengths[:, None]).long()
+    ids[:, 0], ids[torch.arange(batch), lengths - 1] = 101, 102  # [CLS] ... [SEP]
+    ids = torch.where(mask.bool(), ids, torch.zeros_like(ids))
+    pool = torch.randint(1000, 30000, (8, longest), generator=generator)
+    return model, {"input_ids": ids, "attention_mask": mask, "pool": pool}, BERT_OPTIONS
+
+
+def captum_layer_ig(model: torch.nn.Module, inputs: dict[str, torch.Tensor], n_steps: int) -> Callable[[], object]:
+    """Captum's LayerIntegratedGradients on the word embeddings, from [MASK] at every token but [CLS] and [SEP]."""
+    from captum.attr import LayerIntegratedGradients
+
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    frozen = (ids == 101) | (ids == 102) | (mask == 0)
+    baselines = torch.where(frozen, ids, torch.full_like(ids, 103))
+    layer = LayerIntegratedGradients(
+        lambda i, m: model(i, attention_mask=m).logits, model.bert.embeddings.word_embeddings
+    )
+    return lambda: layer.attribute(ids, baselines=baselines, target=0, additional_forward_args=(mask,),
+                                   n_steps=n_steps, method="gausslegendre")  # fmt: skip
 
 
 def throughput_rows(model, inputs, options, budgets, repeats) -> list[tuple[str, str, float, float]]:
@@ -88,8 +111,7 @@ def throughput_rows(model, inputs, options, budgets, repeats) -> list[tuple[str,
         if name == "ig2":
             labels = torch.arange(len(inputs["pool"])) % 2
             kwargs["reference_pool"] = (inputs["pool"], labels)
-        method = get_method(name, model, **kwargs)
-        method.token_options = options
+        method = get_method(name, model, token_options=options, **kwargs)
         seconds = median_time(lambda m=method: m.attribute(ids, attention_mask=mask), repeats)
         shown = ", ".join(f"{k}={v}" for k, v in budget.items()) or "-"
         rows.append((name, shown, tokens / seconds, seconds))
@@ -122,8 +144,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo-batch", type=int, default=16)
     parser.add_argument("--demo-epochs", type=int, default=4)
-    parser.add_argument("--bert-batch", type=int, default=2)
-    parser.add_argument("--bert-length", type=int, default=128)
+    parser.add_argument("--bert-batch", type=int, default=8)
+    parser.add_argument("--bert-min-length", type=int, default=16)
+    parser.add_argument("--bert-length", type=int, default=128, help="the longest sentence")
     parser.add_argument("--games-batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-bert", action="store_true")
@@ -145,14 +168,23 @@ def main() -> None:
         table.add_column(column, justify="right" if column in ("tokens/s", "s per call") else "left")
     lengths = demo_inputs["attention_mask"].sum(dim=1)
     label = f"demo ({args.demo_batch} x {int(lengths.min())}-{int(lengths.max())} tokens)"
-    demo_rows = throughput_rows(demo, demo_inputs, demo.token_options, DEMO_BUDGETS, args.repeats)
+    demo_options = {"special_token_ids": list(data.special_token_ids), "mask_token_id": data.mask_token_id}
+    demo_rows = throughput_rows(demo, demo_inputs, demo_options, DEMO_BUDGETS, args.repeats)
     for name, budget, rate, seconds in demo_rows:
         table.add_row(label, name, budget, f"{rate:.0f}", f"{seconds:.3f}")
     if not args.skip_bert:
-        model, inputs, options = bert_base(args.bert_length, args.bert_batch)
-        label = f"BERT-base ({args.bert_batch} x {args.bert_length})"
+        model, inputs, options = bert_base(args.bert_min_length, args.bert_length, args.bert_batch)
+        label = f"BERT-base ({args.bert_batch} x {args.bert_min_length}-{args.bert_length})"
+        ig_seconds = None
         for name, budget, rate, seconds in throughput_rows(model, inputs, options, BERT_BUDGETS, 1):
             table.add_row(label, name, budget, f"{rate:.1f}", f"{seconds:.2f}")
+            ig_seconds = seconds if name == "integrated_gradients" else ig_seconds
+        steps = BERT_BUDGETS["integrated_gradients"]["n_steps"]
+        captum = median_time(captum_layer_ig(model, inputs, steps), 1)
+        tokens = int(inputs["attention_mask"].sum())
+        table.add_row(label, "Captum LayerIG", f"n_steps={steps}", f"{tokens / captum:.1f}", f"{captum:.2f}")
+        if ig_seconds is not None:
+            table.caption = f"integrated_gradients / Captum LayerIG on BERT-base: {ig_seconds / captum:.2f}x the time"
     console.print(table)
 
     games = collate_tokens([val[i] for i in range(args.games_batch)])
