@@ -12,6 +12,7 @@ from lit_attr.methods.captum import CaptumMethod
 from lit_attr.methods.fei import FEI
 from lit_attr.methods.ig2 import IG2
 from lit_attr.methods.mfaba import MFABA
+from lit_attr.methods.perturbation import FeatureAblationMethod, KernelShapMethod
 from lit_attr.methods.registry import available_methods, get_method, register_method
 
 __all__ = [
@@ -23,7 +24,9 @@ __all__ = [
     "AttentionRollout",
     "AttributionMethod",
     "CaptumMethod",
+    "FeatureAblationMethod",
     "GenericAttention",
+    "KernelShapMethod",
     "available_methods",
     "get_method",
     "register_method",
