@@ -14,6 +14,7 @@ from lit_attr.methods.ig2 import IG2
 from lit_attr.methods.mfaba import MFABA
 from lit_attr.methods.perturbation import FeatureAblationMethod, KernelShapMethod
 from lit_attr.methods.registry import available_methods, get_method, register_method
+from lit_attr.methods.text_attention import TextAttentionRollout
 
 __all__ = [
     "AGI",
@@ -27,6 +28,7 @@ __all__ = [
     "FeatureAblationMethod",
     "GenericAttention",
     "KernelShapMethod",
+    "TextAttentionRollout",
     "available_methods",
     "get_method",
     "register_method",
