@@ -36,7 +36,7 @@ def _hugging_face_models(model: nn.Module) -> list[nn.Module]:
     """The Hugging Face ``PreTrainedModel`` modules of ``model``, outermost first."""
     # Without transformers' modeling code imported, no Hugging Face model can exist: nothing to import for that.
     modeling = sys.modules.get("transformers.modeling_utils")
-    if modeling is None:
+    if modeling is None or not isinstance(model, nn.Module):
         return []
     return [module for module in model.modules() if isinstance(module, modeling.PreTrainedModel)]
 
