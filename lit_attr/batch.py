@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from lit_attr.inputs import InputKind, input_kind
+from lit_attr.inputs.tokens import forward_parameters
 
 __all__ = ["INPUT_KEYS", "LABEL_KEYS", "MASK_KEYS", "Batch", "BatchAdapter", "adapt_batch", "default_batch_adapter"]
 
@@ -35,7 +36,9 @@ class Batch:
 
     For token inputs, ``x`` holds the token ids ``(N, L)``, ``mask`` the rationale marks ``(N, L)``, and
     ``attention_mask`` (1 on real tokens, 0 on padding) and ``special_tokens_mask`` (1 on [CLS], [SEP], ...) the
-    collator's masks; the runner passes them to the model, the methods and the metrics that take them.
+    collator's masks; ``model_inputs`` holds the batch's other inputs of the model by name (``token_type_ids`` of
+    sentence pairs, ``position_ids``, ...). The runner passes them to the model, the methods and the metrics that
+    take them.
 
     Example:
         >>> batch = Batch(torch.zeros(3, 1, 2, 2), torch.tensor([0, 1, 2]))
@@ -48,6 +51,7 @@ class Batch:
     mask: Tensor | None = None
     attention_mask: Tensor | None = None
     special_tokens_mask: Tensor | None = None
+    model_inputs: Mapping[str, Tensor] | None = None
 
     @property
     def kind(self) -> InputKind:
@@ -60,9 +64,9 @@ class Batch:
         return not (self.x.is_floating_point() or self.x.is_complex())
 
     def fields(self) -> dict[str, Tensor]:
-        """The batch's inputs besides ``x`` that the model and the methods take (the token masks of token batches)."""
+        """The batch's inputs besides ``x``: the token masks of token batches and the other model inputs by name."""
         masks = {"attention_mask": self.attention_mask, "special_tokens_mask": self.special_tokens_mask}
-        return {key: value for key, value in masks.items() if value is not None}
+        return {**{key: value for key, value in masks.items() if value is not None}, **(self.model_inputs or {})}
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -70,11 +74,11 @@ class Batch:
     def select(self, rows: Sequence[int] | Tensor) -> Batch:
         """The samples at ``rows`` (positions in this batch)."""
         index = torch.as_tensor(rows, dtype=torch.long) if not isinstance(rows, Tensor) else rows.long()
-        return Batch(*(None if t is None else t[index.to(t.device)] for t in self._tensors()))
+        return self._map(lambda t: t[index.to(t.device)])
 
     def to(self, device: torch.device | str) -> Batch:
         """Every tensor moved to ``device``."""
-        return Batch(*(None if t is None else t.to(device) for t in self._tensors()))
+        return self._map(lambda t: t.to(device))
 
     def logits(self, model: Callable[..., Any]) -> Tensor:
         """The model's output on ``x``, called as the methods call it.
@@ -88,23 +92,36 @@ class Batch:
         """
         return self.kind.model_logits(model, self.x, self.fields())
 
-    def method_inputs(self) -> dict[str, Tensor]:
-        """Keyword inputs of ``AttributionMethod.attribute`` besides ``x``: the batch's :meth:`fields`."""
-        return self.fields()
+    def method_inputs(self, model: Callable[..., Any] | None = None) -> dict[str, Tensor]:
+        """Keyword inputs of ``AttributionMethod.attribute`` besides ``x``: the batch's :meth:`fields`.
+
+        Given the ``model``, only the model inputs its forward names go with the masks (a batch may carry others,
+        such as a dataset index).
+        """
+        if model is None or not self.model_inputs:
+            return self.fields()
+        names = forward_parameters(model)
+        return {key: value for key, value in self.fields().items() if key in names or key not in self.model_inputs}
 
     def with_inputs(self, x: Tensor) -> Batch:
         """The same samples with other inputs (e.g. converted to the Trainer's precision)."""
         return replace(self, x=x)
 
-    def _tensors(self) -> list[Tensor | None]:
-        return [getattr(self, f.name) for f in fields(self)]
+    def _map(self, fn: Callable[[Tensor], Tensor]) -> Batch:
+        """The batch with ``fn`` applied to every tensor (those of ``model_inputs`` too)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model_inputs"}
+        mapped = {name: None if value is None else fn(value) for name, value in values.items()}
+        inputs = None if self.model_inputs is None else {key: fn(value) for key, value in self.model_inputs.items()}
+        return Batch(**mapped, model_inputs=inputs)
 
 
 def default_batch_adapter(batch: Any) -> Batch:
     """Read a collated batch: a tensor ``x``; a tuple/list ``(x,)``, ``(x, y)`` or ``(x, y, mask)``; a dict; a Batch.
 
     A dict holds the inputs under one of :data:`INPUT_KEYS`, labels under one of :data:`LABEL_KEYS` and masks under
-    one of :data:`MASK_KEYS` (all but the inputs optional).
+    one of :data:`MASK_KEYS` (all but the inputs optional); its ``attention_mask`` and ``special_tokens_mask`` are
+    read as they are, and every other tensor with one row per sample (``token_type_ids``, ...) is kept in
+    ``model_inputs``.
 
     Args:
         batch: a batch as the dataloader yields it.
@@ -130,12 +147,20 @@ def default_batch_adapter(batch: Any) -> Batch:
                 f"A dict batch needs its inputs under one of {list(INPUT_KEYS)}, got keys {sorted(map(str, batch))}; "
                 "pass `batch_adapter=lambda batch: (x, y, mask)`."
             )
+        known = {*INPUT_KEYS, *LABEL_KEYS, *MASK_KEYS, "attention_mask", "special_tokens_mask"}
+        others = {
+            key: value
+            for key, value in batch.items()
+            if key not in known and isinstance(value, Tensor) and value.ndim and value.shape[0] == len(x)
+            and isinstance(x, Tensor)
+        }
         return Batch(
             x,
             _first_key(batch, LABEL_KEYS),
             _first_key(batch, MASK_KEYS),
             batch.get("attention_mask"),
             batch.get("special_tokens_mask"),
+            others or None,
         )
     if isinstance(batch, (tuple, list)) and 1 <= len(batch) <= 3 and all(isinstance(t, Tensor) for t in batch):
         x, y, mask = (*batch, None, None)[:3]
@@ -186,6 +211,7 @@ def adapt_batch(batch: Any, adapter: BatchAdapter | None = None) -> Batch:
         mask,
         None if read.attention_mask is None else read.attention_mask.detach(),
         None if read.special_tokens_mask is None else read.special_tokens_mask.detach(),
+        None if not read.model_inputs else {key: value.detach() for key, value in read.model_inputs.items()},
     )
 
 

@@ -35,6 +35,7 @@ from lit_attr._checks import (
     resolve_target,
 )
 from lit_attr._hygiene import preserved_model_state, preserved_rng_state
+from lit_attr._states import state_device, state_to_cpu, state_to_device
 from lit_attr.batch import Batch
 from lit_attr.inputs import InputKind
 from lit_attr.keys import VERDICT, scalar_key
@@ -212,7 +213,7 @@ class AttributionRunner:
         for method, instances in self.metrics.items():
             metrics[method] = {}
             for name, metric in instances.items():
-                states = {key: _to_cpu(value) for key, value in metric.metric_state.items()}
+                states = {key: state_to_cpu(value) for key, value in metric.metric_state.items()}
                 metrics[method][name] = {"states": states, "update_count": int(metric._update_count)}
         updates = {m: {k: self._updates[m, k] for k in self.metric_names} for m in self.methods}
         return {"metrics": metrics, "updates": updates, "skipped": sorted(self.skipped)}
@@ -236,7 +237,7 @@ class AttributionRunner:
                         f"metric has {sorted(metric.metric_state)}."
                     )
                 for key, value in saved["states"].items():
-                    setattr(metric, key, _to_device(value, _device_of(getattr(metric, key))))
+                    setattr(metric, key, state_to_device(value, state_device(getattr(metric, key))))
                 metric._update_count = int(saved["update_count"])
                 metric._computed = None
         self._updates = {(m, k): int(state["updates"][m][k]) for m in self.methods for k in self.metric_names}
@@ -317,7 +318,7 @@ class AttributionRunner:
                 if self.progress is not None:
                     self.progress(name, 0)
                 start = time.perf_counter()
-                result = method.attribute(batch.x, target, logits=logits, **batch.method_inputs())
+                result = method.attribute(batch.x, target, logits=logits, **batch.method_inputs(self.model))
                 attributions[name] = attributions_of(result)
                 seconds = (time.perf_counter() - start) / n
                 for row, record in enumerate(records):
@@ -332,6 +333,7 @@ class AttributionRunner:
                 "logits": logits,
                 "attention_mask": batch.attention_mask,
                 "special_tokens_mask": batch.special_tokens_mask,
+                "model_inputs": _model_inputs(batch, self.model),
             }
             for metric in self.metric_names:
                 self._feed(metric, kind, inputs, attributions, indices, records)
@@ -365,7 +367,7 @@ class AttributionRunner:
             if not rows:
                 return
             index = torch.as_tensor(rows, device=inputs["x"].device)
-            inputs = {key: None if value is None else value[index] for key, value in inputs.items()}
+            inputs = {key: _apply(value, lambda t: t[index]) for key, value in inputs.items()}
             attributions = {name: maps[index] for name, maps in attributions.items()}
         instances = {name: self.metrics[name][metric] for name in self.methods}
         if not all(callable(getattr(instance, "score", None)) for instance in instances.values()):
@@ -463,9 +465,21 @@ def _row(batch: Batch, row: int) -> dict[str, Tensor]:
 
 def _repeat(inputs: dict[str, Any], times: int) -> dict[str, Any]:
     """Every per-sample input repeated ``times`` over the batch dimension (in blocks, as the methods are stacked)."""
-    return {
-        key: None if value is None else value.repeat(times, *([1] * (value.ndim - 1))) for key, value in inputs.items()
-    }
+    return {key: _apply(value, lambda t: t.repeat(times, *([1] * (t.ndim - 1)))) for key, value in inputs.items()}
+
+
+def _apply(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    """``fn`` on a per-sample input: a tensor, or every tensor of a mapping (``model_inputs``); ``None`` stays."""
+    if value is None:
+        return None
+    return {key: fn(tensor) for key, tensor in value.items()} if isinstance(value, Mapping) else fn(value)
+
+
+def _model_inputs(batch: Batch, model: nn.Module) -> dict[str, Tensor] | None:
+    """The batch's other model inputs that the model's forward names (``None`` without any)."""
+    names = batch.method_inputs(model)
+    inputs = {key: value for key, value in (batch.model_inputs or {}).items() if key in names}
+    return inputs or None
 
 
 def _check_options_ints(limits: Mapping[str, int] | None, names: Sequence[str]) -> Mapping[str, int]:
@@ -479,22 +493,3 @@ def _check_options_ints(limits: Mapping[str, int] | None, names: Sequence[str]) 
     if unknown:
         raise ValueError(f"`metric_samples` has limits for {unknown}, which are not among the metrics {list(names)}.")
     return limits
-
-
-def _to_cpu(value: Any) -> Any:
-    """A metric state (a tensor, or a list of tensors for ``cat`` states) detached on the CPU."""
-    if isinstance(value, Tensor):
-        return value.detach().cpu().clone()
-    return [_to_cpu(item) for item in value]
-
-
-def _to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, Tensor):
-        return value.to(device)
-    return [_to_device(item, device) for item in value]
-
-
-def _device_of(value: Any) -> torch.device:
-    if isinstance(value, Tensor):
-        return value.device
-    return next((item.device for item in value if isinstance(item, Tensor)), torch.device("cpu"))

@@ -291,6 +291,8 @@ TOKEN_ATTRIBUTE = {
     "target_too_large": ({"target": 5}, "`target`"),
     "token_reduction": ({"token_reduction": "max"}, "`token_reduction`"),
     "baseline_token_id_out_of_vocabulary": ({"baseline_token_id": 1000}, "`baseline_token_id`"),
+    "model_input_the_forward_does_not_take": ({"token_type_ids": torch.zeros(2, 6, dtype=torch.long)},
+                                              "`token_type_ids`"),
 }
 for method in TOKEN_METHODS:
     for label, (bad, expected) in TOKEN_ATTRIBUTE.items():
@@ -310,6 +312,7 @@ def update_token_metric(name: str, **bad: Any) -> None:
         "logits": text_model()(ids, mask).detach(),
         "attention_mask": mask,
         "special_tokens_mask": None,
+        "model_inputs": None,
     }
     options = {"comprehensiveness": {"bins": (10, 50)}, "token_insertion_deletion": {"n_steps": 3}}.get(name, {})
     if "model" in spec.consumes:
@@ -338,6 +341,9 @@ TOKEN_UPDATE: dict[str, tuple[dict[str, Any], str]] = {
     "masks_not_binary": ({"masks": torch.full((2, 6), 3)}, "`masks`"),
     "logits_wrong_shape": ({"logits": torch.zeros(1, 3)}, "`logits`"),
     "logits_nan": ({"logits": nan_at(torch.zeros(2, 3))}, "`logits`"),
+    "model_inputs_wrong_rows": ({"model_inputs": {"token_type_ids": torch.zeros(3, 6, dtype=torch.long)}},
+                                "`model_inputs['token_type_ids']`"),
+    "model_inputs_not_a_mapping": ({"model_inputs": torch.zeros(2, 6)}, "`model_inputs`"),
 }
 for metric in TOKEN_METRICS:
     consumed = get_metric_spec(metric).update_inputs

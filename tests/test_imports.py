@@ -58,6 +58,7 @@ LAYERS: dict[str, int] = {
     "_memory": 1,
     "_optional": 1,
     "_probe": 1,
+    "_states": 1,
     "keys": 1,
 }
 #: Same-layer units that must not import each other.

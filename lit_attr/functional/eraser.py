@@ -1,7 +1,9 @@
 """ERASER's comprehensiveness and sufficiency (DeYoung et al., ACL 2020), as AOPC over top-k% bins, batched.
 
 For a bin of k%, the rationale ``r_k`` is a sample's ``ceil(k / 100 * u)`` highest-scoring perturbable tokens (``u``
-of them in the sample; ties in sentence order), and ``m(.)`` the probability of the tracked class:
+of them in the sample; ties in sentence order), and ``m(.)`` the probability of the tracked class (its softmax
+probability, or with ``output="sigmoid"`` the sigmoid of its logit alone, for multi-label heads whose labels are
+each their own binary problem):
 
 * comprehensiveness: ``m(x) - m(x without r_k)``, how much the prediction loses without the rationale (higher is
   better);
@@ -15,7 +17,7 @@ always stay. The (sample x bin) rows go through the model together, in chunks of
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -25,12 +27,14 @@ from lit_attr._checks import TargetType, check_choice, resolve_target
 from lit_attr._hygiene import preserved_model_state
 from lit_attr._memory import MemoryBackoff
 from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE
-from lit_attr.functional.token_games import clean_logits, prepare_token_game, score_rows
+from lit_attr.functional.token_perturbation import clean_logits, prepare_token_game, score_rows, target_scores
 
-__all__ = ["DEFAULT_BINS", "EraserResult", "check_bins", "comprehensiveness", "sufficiency"]
+__all__ = ["DEFAULT_BINS", "ERASER_OUTPUTS", "EraserResult", "check_bins", "comprehensiveness", "sufficiency"]
 
 #: The ERASER benchmark's bins, in percent of a sample's tokens.
 DEFAULT_BINS: tuple[float, ...] = (1, 5, 10, 20, 50)
+#: What ERASER's ``m(.)`` may be: the softmax probability (ERASER), the logit, or the sigmoid of the logit.
+ERASER_OUTPUTS = ("prob", "logit", "sigmoid")
 
 
 class EraserResult(NamedTuple):
@@ -81,13 +85,14 @@ def _eraser(
     output: str,
     internal_batch_size: int | None,
     logits: Tensor | None,
+    model_inputs: Mapping[str, Tensor] | None,
 ) -> EraserResult:
-    check_choice("output", output, ("prob", "logit"))
+    check_choice("output", output, ERASER_OUTPUTS)
     fractions = check_bins(bins)
     game = prepare_token_game(
         model, input_ids, attributions, attention_mask=attention_mask, special_tokens_mask=special_tokens_mask,
         special_token_ids=special_token_ids, replacement=replacement, replacement_id=replacement_id,
-        pad_token_id=pad_token_id, internal_batch_size=internal_batch_size,
+        pad_token_id=pad_token_id, internal_batch_size=internal_batch_size, model_inputs=model_inputs,
     )  # fmt: skip
     n, b = game.counts.numel(), len(fractions)
     # ceil(k% of u) in exact arithmetic: k is given to a hundredth of a percent at most.
@@ -99,9 +104,7 @@ def _eraser(
         clean = clean_logits(model, game, logits, backoff)
         target = resolve_target(target, clean)
         perturbed = score_rows(model, game, samples, counts.flatten(), keep_top, target, clean, output, backoff)
-        perturbed = perturbed.view(n, b)
-        scores = clean if output == "logit" else clean.softmax(dim=1)
-        per_bin = scores.gather(1, target[:, None]) - perturbed
+        per_bin = target_scores(clean, target, output)[:, None] - perturbed.view(n, b)
     return EraserResult(per_bin.mean(dim=1), per_bin, target)
 
 
@@ -121,6 +124,7 @@ def comprehensiveness(
     output: str = "prob",
     internal_batch_size: int | None = DEFAULT_INTERNAL_BATCH_SIZE,
     logits: Tensor | None = None,
+    model_inputs: Mapping[str, Tensor] | None = None,
 ) -> EraserResult:
     """ERASER comprehensiveness: the drop of the tracked class's probability when the top-k% tokens are removed.
 
@@ -128,7 +132,8 @@ def comprehensiveness(
         model: classifier of token ids returning logits ``(N, K)`` (or a Hugging Face output with ``logits``).
         input_ids: ``(N, L)`` token ids on the model's device.
         attributions: ``(N, L)`` per-token scores.
-        target: tracked class: ``None`` (clean top-1 prediction, as in ERASER), an int, or ``N`` ints.
+        target: tracked class (the label explained): ``None`` (clean top-1 prediction, as in ERASER), an int, or
+            ``N`` ints.
         attention_mask: ``(N, L)`` 1 on real tokens, 0 on padding.
         special_tokens_mask: ``(N, L)`` 1 on special tokens (never removed).
         special_token_ids: ids that are special wherever they occur; default: the model's ``token_options``.
@@ -136,9 +141,12 @@ def comprehensiveness(
         replacement: ``"mask"`` or ``"remove"`` (see :mod:`lit_attr.functional.token_games`).
         replacement_id: the id of a removed token; default: the model's mask id, else its pad id.
         pad_token_id: padding id of re-packed rows; default: the model's.
-        output: ``"prob"`` (ERASER) or ``"logit"``.
+        output: ``"prob"`` (ERASER's softmax probability), ``"logit"``, or ``"sigmoid"`` (``sigmoid(logit)`` of the
+            target label alone, for multi-label heads).
         internal_batch_size: most rows (samples x bins) per forward pass; ``None``: all at once.
         logits: the clean logits ``(N, K)`` of ``input_ids``, if already computed (skips a forward pass).
+        model_inputs: the batch's other inputs of the model by name (``token_type_ids`` ``(N, L)`` of sentence pairs,
+            ...); each per-token input stays with its token in every perturbed row.
 
     Returns:
         :class:`EraserResult`: per-sample AOPC ``(N,)`` and per-bin scores ``(N, B)``.
@@ -154,7 +162,7 @@ def comprehensiveness(
         model, input_ids, attributions, target, False, attention_mask=attention_mask,
         special_tokens_mask=special_tokens_mask, special_token_ids=special_token_ids, bins=bins,
         replacement=replacement, replacement_id=replacement_id, pad_token_id=pad_token_id, output=output,
-        internal_batch_size=internal_batch_size, logits=logits,
+        internal_batch_size=internal_batch_size, logits=logits, model_inputs=model_inputs,
     )  # fmt: skip
 
 
@@ -174,6 +182,7 @@ def sufficiency(
     output: str = "prob",
     internal_batch_size: int | None = DEFAULT_INTERNAL_BATCH_SIZE,
     logits: Tensor | None = None,
+    model_inputs: Mapping[str, Tensor] | None = None,
 ) -> EraserResult:
     """ERASER sufficiency: the drop of the tracked class's probability when only the top-k% tokens are kept.
 
@@ -189,5 +198,5 @@ def sufficiency(
         model, input_ids, attributions, target, True, attention_mask=attention_mask,
         special_tokens_mask=special_tokens_mask, special_token_ids=special_token_ids, bins=bins,
         replacement=replacement, replacement_id=replacement_id, pad_token_id=pad_token_id, output=output,
-        internal_batch_size=internal_batch_size, logits=logits,
+        internal_batch_size=internal_batch_size, logits=logits, model_inputs=model_inputs,
     )  # fmt: skip

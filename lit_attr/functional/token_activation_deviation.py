@@ -13,7 +13,7 @@ where they were, which dropping tokens would not.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -25,7 +25,7 @@ from lit_attr._memory import MemoryBackoff
 from lit_attr.functional._transformer import transformer_blocks
 from lit_attr.functional.activation_deviation import recorded_outputs, resolve_probe_layers
 from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE
-from lit_attr.functional.token_games import (
+from lit_attr.functional.token_perturbation import (
     TokenGame,
     clean_logits,
     perturbed_token_rows,
@@ -90,8 +90,8 @@ def _play_rows(
     stop: int,
 ) -> None:
     """Fill ``stats[start:stop]``: each probe's masked MSE to the clean states for the rows ``start .. stop - 1``."""
-    rows, ids, mask = perturbed_token_rows(game, samples, counts, keep_top, start, stop)
-    call_model(model, ids, mask)
+    rows, ids, mask, inputs = perturbed_token_rows(game, samples, counts, keep_top, start, stop)
+    call_model(model, ids, mask, **inputs)
     weights = mask.to(stats.dtype)[..., None]
     for j, name in enumerate(names):
         squared = (_hidden(store, name).to(stats.dtype) - clean[j][rows].to(stats.dtype)).square()
@@ -122,6 +122,7 @@ def token_activation_deviation(
     replacement_id: int | None = None,
     internal_batch_size: int | None = DEFAULT_INTERNAL_BATCH_SIZE,
     logits: Tensor | None = None,
+    model_inputs: Mapping[str, Tensor] | None = None,
 ) -> TokenActivationDeviationResult:
     """How far the token insertion and deletion games push the encoder layers' hidden states from the clean ones.
 
@@ -146,6 +147,8 @@ def token_activation_deviation(
         replacement_id: the id of a masked token; default: the model's mask id, else its pad id.
         internal_batch_size: most rows (samples x steps) per forward pass.
         logits: the clean logits ``(N, K)``, used to check ``target`` instead of the clean forward's.
+        model_inputs: the batch's other inputs of the model by name (``token_type_ids`` ``(N, L)`` of sentence pairs,
+            ...); each per-token input stays with its token in every perturbed row.
 
     Returns:
         :class:`TokenActivationDeviationResult` with ``(N, L)`` tensors (at least float32).
@@ -162,7 +165,7 @@ def token_activation_deviation(
     game = prepare_token_game(
         model, input_ids, attributions, attention_mask=attention_mask, special_tokens_mask=special_tokens_mask,
         special_token_ids=special_token_ids, replacement="mask", replacement_id=replacement_id,
-        internal_batch_size=internal_batch_size,
+        internal_batch_size=internal_batch_size, model_inputs=model_inputs,
     )  # fmt: skip
     batch = game.batch
     schedule = token_schedule(game.counts, n_steps, tokens_per_step, max_tokens)
@@ -173,7 +176,8 @@ def token_activation_deviation(
         parts: list[Tensor] = []
 
         def clean_pass(start: int, stop: int) -> None:
-            parts.append(call_model(model, batch.input_ids[start:stop], batch.attended[start:stop].long()))
+            inputs = {key: value[start:stop] for key, value in game.model_inputs.items()}
+            parts.append(call_model(model, batch.input_ids[start:stop], batch.attended[start:stop].long(), **inputs))
             clean_states.append([_hidden(store, name) for name in names])
 
         backoff.chunks(n, clean_pass)

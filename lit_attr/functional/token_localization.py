@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lit_attr.functional.token_games import token_ranks
+from lit_attr.functional.token_perturbation import token_ranks
 from lit_attr.inputs.tokens import check_token_batch
 
 __all__ = [

@@ -22,7 +22,8 @@ contributes ``grad_z * dz = grad_E * dE``.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
@@ -31,19 +32,22 @@ from torch import Tensor, nn
 
 from lit_attr._memory import MemoryBackoff
 from lit_attr.inputs.space import MethodCall, Space
+from lit_attr.inputs.token_calls import call_model, length_groups, real_positions, split_model_inputs
 from lit_attr.inputs.tokens import (
     TokenBatch,
     TokenOptions,
-    call_model,
     check_ids_in_vocabulary,
     check_length,
     check_token_batch,
     is_token_ids,
-    length_groups,
-    real_positions,
 )
 
-__all__ = ["EmbeddingSwap", "TokenCall", "TokenSpace"]
+__all__ = ["EmbeddingSwap", "TokenCall", "TokenSpace", "pads_invariantly"]
+
+#: The model on token ids ``(n, l)`` with an attention mask ``(n, l)`` (``None``: every token is real) and the batch's
+#: other model inputs of those rows (``token_type_ids`` ``(n, l)``, ...; ``None``: none).
+Caller = Callable[[Tensor, Tensor | None, Mapping[str, Tensor] | None], Tensor]
+Fields = Mapping[str, Tensor]
 
 #: Distance between the sample-index values of consecutive rows in the last feature of ``z``: far beyond any noise
 #: a method adds (SmoothGrad's 0.15), and exact in float32 for batches of up to 16k samples.
@@ -86,7 +90,9 @@ class EmbeddingSwap:
             )
         return self.replacement.to(output.dtype)
 
-    def embed(self, caller: Callable[[Tensor], Tensor], ids: Tensor) -> Tensor:
+    def embed(
+        self, caller: Caller, ids: Tensor, attended: Tensor | None = None, fields: Fields | None = None
+    ) -> Tensor:
         """The layer's output on ``ids`` ``(n, l)``.
 
         One call of the layer itself where it is an ``nn.Embedding`` (its output depends on the ids alone), else what
@@ -95,13 +101,15 @@ class EmbeddingSwap:
         if isinstance(self.layer, nn.Embedding):
             with torch.no_grad():
                 return self.layer(ids).detach()
-        return self.capture(caller, ids)[1]
+        return self.capture(caller, ids, attended, fields)[1]
 
-    def capture(self, caller: Callable[[Tensor], Tensor], ids: Tensor) -> tuple[Tensor, Tensor]:
+    def capture(
+        self, caller: Caller, ids: Tensor, attended: Tensor | None = None, fields: Fields | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Logits and the embedding layer's output on ``ids`` (one forward, no gradient)."""
         self.captured = None
         with torch.no_grad():
-            logits = caller(ids)
+            logits = caller(ids, attended, fields)
         if self.captured is None:
             raise ValueError("The embedding layer did not run in the model's forward; pass `embedding_layer=`.")
         if tuple(self.captured.shape[:2]) != tuple(ids.shape):
@@ -113,13 +121,19 @@ class EmbeddingSwap:
 
 
 class TokenSpace(Space):
-    """The embedding space of equal-length samples (see the module docstring); built by :class:`TokenCall`."""
+    """The embedding space of a chunk of one segment (see the module docstring); built by :class:`TokenCall`.
+
+    ``attended`` is ``(n, l)``: all ones for a length group, the attention mask in a padded segment; ``fields`` are
+    the rows' other model inputs (``token_type_ids`` cut to the same positions, ...), kept with every row.
+    """
 
     def __init__(
         self,
         call: TokenCall,
         samples: Tensor,
         ids: Tensor,
+        attended: Tensor,
+        fields: dict[str, Tensor],
         perturbable: Tensor,
         clean: Tensor,
         logits: Tensor,
@@ -127,6 +141,8 @@ class TokenSpace(Space):
     ) -> None:
         self.call = call
         self.ids = ids
+        self.attended = attended
+        self.fields = fields
         self.perturbable = perturbable
         self.clean = clean.to(call.dtype)
         self.dtype = call.dtype
@@ -147,7 +163,7 @@ class TokenSpace(Space):
         """The baseline token's embedding ([MASK], else [PAD]) at perturbable positions, the clean one elsewhere."""
         if self._baseline is None:
             ids = torch.where(self.perturbable, torch.full_like(self.ids, self.call.baseline_id), self.ids)
-            embedded = self.call.swap.embed(self.call.caller, ids)
+            embedded = self.call.swap.embed(self.call.caller, ids, self.attended, self.fields)
             self._baseline = self.to_z(torch.where(self.perturbable[..., None], embedded, self.clean))
         return self._baseline
 
@@ -180,7 +196,9 @@ class TokenSpace(Space):
         swap = self.call.swap
         swap.replacement, swap.calls = self.embeddings_of(z), 0
         try:
-            out = self.call.caller(self.ids[self.rows_of(z)])
+            rows = self.rows_of(z)
+            fields = {key: value[rows] for key, value in self.fields.items()}
+            out = self.call.caller(self.ids[rows], self.attended[rows], fields)
         finally:
             swap.replacement = None
         if swap.calls == 0:
@@ -189,7 +207,7 @@ class TokenSpace(Space):
 
     def keys(self) -> list[Tensor]:
         """Each sample's real token ids: its random draws do not depend on its batch or its padding."""
-        return list(self.ids)
+        return [row[real] for row, real in zip(self.ids, self.attended, strict=True)]
 
     def expand_features(self, maps: Tensor) -> Tensor:
         """Per-token maps are the maps of the input (one value per token id)."""
@@ -222,15 +240,17 @@ class TokenSpace(Space):
             ids = refs.input_ids[rows[:, None], real_positions(refs.attended, rows, length)]
             step = chunk or rows.numel()
             for start in range(0, rows.numel(), step):
-                yield rows[start : start + step], self.call.caller(ids[start : start + step])
+                yield rows[start : start + step], self.call.caller(ids[start : start + step], None, None)
 
 
 class _Group(NamedTuple):
-    """Samples with the same number of real tokens: their indices, real positions, ids and clean embeddings."""
+    """A segment: samples run together (one length, or all of them padded), their positions, ids and embeddings."""
 
     samples: Tensor
     positions: Tensor
     ids: Tensor
+    attended: Tensor
+    fields: dict[str, Tensor]
     clean: Tensor | None
 
 
@@ -251,8 +271,10 @@ class TokenCall(MethodCall):
         vocab: int | None,
         limit: int | None,
         token_reduction: str,
+        model_inputs: Fields | None = None,
     ) -> None:
         super().__init__(method, batch.input_ids, kwargs)
+        self.model_inputs = dict(model_inputs or {})
         self.batch = batch
         self.options = options
         self.baseline_id = baseline_id
@@ -261,7 +283,9 @@ class TokenCall(MethodCall):
         self.token_reduction = token_reduction
         self.swap = EmbeddingSwap(layer)
         forward = method.forward_fn
-        self.caller = lambda ids: call_model(forward, ids, torch.ones_like(ids))
+        self.caller: Caller = lambda ids, attended=None, fields=None: call_model(
+            forward, ids, torch.ones_like(ids) if attended is None else attended.long(), **(fields or {})
+        )
         self.dtype = torch.float32
         self.groups: list[_Group] = []
         self._group_of: Tensor | None = None  # (N,) each sample's length group
@@ -275,17 +299,31 @@ class TokenCall(MethodCall):
         return self.swap.installed()
 
     def prepare(self) -> None:
-        """Fresh copies of the ids and masks, and the length groups."""
+        """Fresh copies of the ids and masks, and the segments: one padded batch, or one group per length."""
         self.batch = TokenBatch(*(t.clone() for t in self.batch))
-        self.x = self.batch.input_ids
-        self.groups = []
-        self._group_of = torch.empty(self.n, dtype=torch.long, device=self.x.device)
+        self.x = ids = self.batch.input_ids
+        attended = self.batch.attended
+        lengths = list(length_groups(attended))
+        self.model_inputs = {key: value.clone() for key, value in self.model_inputs.items()}
+        per_token, per_sample = split_model_inputs(self.model_inputs, *ids.shape)
+        if len(lengths) > 1 and pads_invariantly(self.method, self.caller, ids, attended, self.model_inputs):
+            positions = torch.arange(ids.shape[1], device=ids.device).expand(self.n, -1)
+            samples = torch.arange(self.n, device=ids.device)
+            self.groups = [_Group(samples, positions, ids, attended, dict(self.model_inputs), None)]
+        else:
+            self.groups = []
+            for length, samples in lengths:
+                positions = real_positions(attended, samples, length)
+                real = ids[samples[:, None], positions]
+                fields = {key: value[samples[:, None], positions] for key, value in per_token.items()}
+                fields.update({key: value[samples] for key, value in per_sample.items()})
+                ones = torch.ones_like(real, dtype=torch.bool)
+                self.groups.append(_Group(samples, positions, real, ones, fields, None))
+        self._group_of = torch.empty(self.n, dtype=torch.long, device=ids.device)
         self._row_of = torch.empty_like(self._group_of)
-        for length, samples in length_groups(self.batch.attended):
-            positions = real_positions(self.batch.attended, samples, length)
-            self.groups.append(_Group(samples, positions, self.batch.input_ids[samples[:, None], positions], None))
-            self._group_of[samples] = len(self.groups) - 1
-            self._row_of[samples] = torch.arange(samples.numel(), device=samples.device)
+        for number, group in enumerate(self.groups):
+            self._group_of[group.samples] = number
+            self._row_of[group.samples] = torch.arange(group.samples.numel(), device=ids.device)
         self._groups_of_cpu = self._group_of.tolist()
 
     def clean_logits(self, run: Callable[[int, int], Tensor], backoff: MemoryBackoff) -> Tensor:
@@ -293,7 +331,7 @@ class TokenCall(MethodCall):
         logits = None
         for number, group in enumerate(self.groups):
             parts: list[tuple[Tensor, Tensor]] = []
-            backoff.chunks(group.ids.shape[0], functools.partial(self._capture_rows, group.ids, parts))
+            backoff.chunks(group.ids.shape[0], functools.partial(self._capture_rows, group, parts))
             found, clean = (torch.cat(part) for part in zip(*parts, strict=True))
             self.groups[number] = group._replace(clean=clean)
             if logits is None:
@@ -302,11 +340,12 @@ class TokenCall(MethodCall):
         assert logits is not None  # a batch has a group
         return logits
 
-    def _capture_rows(self, ids: Tensor, parts: list[tuple[Tensor, Tensor]], start: int, stop: int) -> None:
-        parts.append(self.swap.capture(self.caller, ids[start:stop]))
+    def _capture_rows(self, group: _Group, parts: list[tuple[Tensor, Tensor]], start: int, stop: int) -> None:
+        fields = {key: value[start:stop] for key, value in group.fields.items()}
+        parts.append(self.swap.capture(self.caller, group.ids[start:stop], group.attended[start:stop], fields))
 
     def segments(self) -> list[Tensor]:
-        """The length groups."""
+        """The samples of each segment (one padded batch, or the length groups)."""
         return [group.samples for group in self.groups]
 
     def space(self, samples: Tensor, logits: Tensor) -> TokenSpace:
@@ -314,12 +353,15 @@ class TokenCall(MethodCall):
         number = self._groups_of_cpu[int(samples[0])]
         group = self.groups[number]
         if group.clean is None:  # the caller gave the clean logits: one call of the embedding layer per group
-            group = self.groups[number] = group._replace(clean=self.swap.embed(self.caller, group.ids))
+            clean = self.swap.embed(self.caller, group.ids, group.attended, group.fields)
+            group = self.groups[number] = group._replace(clean=clean)
         self.dtype = torch.promote_types(group.clean.dtype, torch.float32)
         rows = self._rows(samples)
         perturbable = self.batch.perturbable[samples[:, None], group.positions[rows]]
         scaled = bool(getattr(self.method, "relative_steps", False))
-        return TokenSpace(self, samples, group.ids[rows], perturbable, group.clean[rows], logits, scaled)
+        fields = {key: value[rows] for key, value in group.fields.items()}
+        ids, attended, clean = group.ids[rows], group.attended[rows], group.clean[rows]
+        return TokenSpace(self, samples, ids, attended, fields, perturbable, clean, logits, scaled)
 
     def _rows(self, samples: Tensor) -> Tensor:
         """The rows of ``samples`` in their length group."""
@@ -379,3 +421,37 @@ class TokenCall(MethodCall):
             width = next(group.clean.shape[-1] for group in self.groups if group.clean is not None)
             scores = scores[..., None].expand(*scores.shape, width)
         return (scores, self._info) if self._info else scores
+
+
+#: Whether a model's output for a sentence ignores right padding (under its attention mask), found once per model.
+_INVARIANT: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+
+
+def pads_invariantly(
+    method: Any, caller: Caller, ids: Tensor, attended: Tensor, model_inputs: Fields | None = None
+) -> bool:
+    """Whether the model's logits for a sentence do not depend on the padding after it, under its attention mask.
+
+    Checked once per model (when the method runs the model itself) on the most padded sentence of the first batch
+    with padding: its logits alone, cut to its real tokens, against its logits in the padded layout. Models that
+    ignore the attention mask (a mean over every position, say) fail the check, and their sentences then run in
+    groups of one length, where no forward sees padding.
+    """
+    model = method.model
+    cached = method.forward_fn is model
+    if cached and model in _INVARIANT:
+        return _INVARIANT[model]
+    sample = int(attended.sum(dim=1).argmin())
+    real = attended[sample]
+    with torch.no_grad():
+        per_token, per_sample = split_model_inputs(model_inputs or {}, *ids.shape)
+        own = {key: value[sample : sample + 1] for key, value in per_sample.items()}
+        cut = {key: value[sample, real][None] for key, value in per_token.items()}
+        whole = {key: value[sample : sample + 1] for key, value in per_token.items()}
+        alone = caller(ids[sample : sample + 1, real], None, {**own, **cut})
+        padded = caller(ids[sample : sample + 1], attended[sample : sample + 1], {**own, **whole})
+    scale = float(alone.abs().max().clamp_min(1.0))
+    invariant = bool(torch.allclose(alone.float(), padded.float(), rtol=0.0, atol=1e-4 * scale))
+    if cached:
+        _INVARIANT[model] = invariant
+    return invariant

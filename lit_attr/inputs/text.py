@@ -29,6 +29,7 @@ from lit_attr.inputs.tokens import (
     check_token_batch,
     check_token_id,
     find_embedding_layer,
+    forward_parameters,
     is_token_ids,
     position_limit,
     resolve_token_options,
@@ -70,8 +71,14 @@ class Tokens(InputKind):
         return is_token_ids(x) and x.ndim == 2
 
     def model_logits(self, model: Callable[..., Any], x: Tensor, fields: Mapping[str, Tensor | None]) -> Tensor:
-        """The model on the ids, with the attention mask where its forward takes one; logits of HF outputs."""
-        return call_model(model, x, fields.get("attention_mask"))
+        """The model on the ids, with the attention mask and the other model inputs (``token_type_ids``, ...).
+
+        Each goes in where the forward names it (a batch may carry others, such as a dataset index); a Hugging Face
+        output is reduced to its logits.
+        """
+        names = forward_parameters(model)
+        extra = {key: value for key, value in fields.items() if key in names and key not in _MASKS}
+        return call_model(model, x, fields.get("attention_mask"), **extra)
 
     def kept_sample(self, x: Tensor, fields: Mapping[str, Tensor | None]) -> Tensor:
         """The sample's real token ids (padding dropped)."""
@@ -88,6 +95,7 @@ class Tokens(InputKind):
         own = {key: kwargs.pop(key) for key in _OWN_KEYWORDS if key in kwargs}
         model = method.model
         check_device("input_ids", x, model)  # first: ids on another device cannot even be inspected here
+        model_inputs = _model_inputs(method.forward_fn, x, kwargs)
         options = resolve_token_options(
             model,
             method.token_options,
@@ -122,6 +130,7 @@ class Tokens(InputKind):
             vocab=vocab,
             limit=limit,
             token_reduction=reduction,
+            model_inputs=model_inputs,
         )
 
     def render(
@@ -155,3 +164,27 @@ def _real(x: Tensor, fields: Mapping[str, Tensor | None]) -> Tensor:
     """The real (attended) positions of one sample."""
     mask = fields.get("attention_mask")
     return mask.bool().to(x.device) if mask is not None else x.new_ones(x.shape[0], dtype=bool)
+
+
+#: The batch fields that are not inputs of the model itself (the attention mask goes in as itself).
+_MASKS = ("attention_mask", "special_tokens_mask")
+
+
+def _model_inputs(forward: Callable[..., Any], input_ids: Tensor, kwargs: dict[str, Any]) -> dict[str, Tensor]:
+    """Take the keywords that the model's forward names (``token_type_ids``, ``position_ids``, ...) out of ``kwargs``.
+
+    Each is a tensor with one row per sample: ``(N, L, ...)`` per token (kept with its token through every layout the
+    methods and games use) or ``(N, ...)`` per sample.
+    """
+    names = forward_parameters(forward) - {"input_ids", *_MASKS}
+    taken = {key: kwargs.pop(key) for key in list(kwargs) if key in names}
+    for key, value in taken.items():
+        if not isinstance(value, Tensor) or value.ndim == 0 or value.shape[0] != input_ids.shape[0]:
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(
+                f"`{key}` (an input of the model) must be a tensor with one row per sample, (N, ...) with "
+                f"N = {input_ids.shape[0]}, got {shape}."
+            )
+        if value.device != input_ids.device:
+            raise ValueError(f"`{key}` is on {value.device} but `input_ids` on {input_ids.device}; move them together.")
+    return taken

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import inspect
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
@@ -23,6 +22,11 @@ import torch
 from torch import Tensor, nn
 
 from lit_attr._checks import check_choice
+from lit_attr.inputs.token_calls import (  # re-exported: their home before the model calls had a module of their own
+    call_model,
+    forward_parameters,
+    split_model_inputs,
+)
 
 __all__ = [
     "METHOD_TOKEN_DEFAULTS",
@@ -35,9 +39,13 @@ __all__ = [
     "check_token_batch",
     "check_token_id",
     "find_embedding_layer",
+    "forward_parameters",
     "is_token_ids",
+    "original_position_ids",
     "position_limit",
+    "position_padding",
     "resolve_token_options",
+    "split_model_inputs",
     "vocabulary_size",
 ]
 
@@ -83,6 +91,35 @@ class TokenOptions:
     def replacement_id(self) -> int | None:
         """The id that replaces removed tokens: the mask id, else the pad id."""
         return self.mask_token_id if self.mask_token_id is not None else self.pad_token_id
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any, embedding_layer: str | None = None) -> TokenOptions:
+        """The conventions of a tokenizer: its special ids, mask id and pad id.
+
+        Args:
+            tokenizer: a Hugging Face tokenizer (``all_special_ids``, ``mask_token_id``, ``pad_token_id``), or any
+                object with ``special_token_ids`` and those ids (lit-attr's text data modules).
+            embedding_layer: see the class.
+
+        Raises:
+            TypeError: for an object that declares none of them.
+
+        Example:
+            >>> from types import SimpleNamespace
+            >>> tokenizer = SimpleNamespace(all_special_ids=[0, 101, 102, 103], mask_token_id=103, pad_token_id=0)
+            >>> TokenOptions.from_tokenizer(tokenizer).special_token_ids
+            (0, 101, 102, 103)
+        """
+        special = getattr(tokenizer, "all_special_ids", None)
+        special = special if special is not None else getattr(tokenizer, "special_token_ids", None)
+        mask, pad = getattr(tokenizer, "mask_token_id", None), getattr(tokenizer, "pad_token_id", None)
+        if special is None and mask is None and pad is None:
+            raise TypeError(
+                f"`tokenizer` must declare its special ids (all_special_ids or special_token_ids), mask_token_id or "
+                f"pad_token_id, as Hugging Face tokenizers do; got {type(tokenizer).__name__}."
+            )
+        ids = tuple(dict.fromkeys(int(i) for i in special or ()))
+        return cls(ids, None if mask is None else int(mask), None if pad is None else int(pad), embedding_layer)
 
 
 class TokenBatch(NamedTuple):
@@ -328,8 +365,37 @@ def vocabulary_size(model: nn.Module, layer: nn.Module | None = None) -> int | N
 
 
 def position_limit(model: nn.Module) -> int | None:
-    """Longest sequence the model accepts (Hugging Face ``config.max_position_embeddings``); None if unknown."""
-    return _config_value(model, "max_position_embeddings")
+    """Longest sequence the model accepts; None if unknown.
+
+    Hugging Face ``config.max_position_embeddings``, less the positions a RoBERTa-style model keeps for padding (its
+    positions start after ``padding_idx``: ``max_position_embeddings - padding_idx - 1``).
+    """
+    limit = _config_value(model, "max_position_embeddings")
+    offset = position_padding(model)
+    return limit if limit is None or offset is None else limit - offset - 1
+
+
+def position_padding(model: nn.Module) -> int | None:
+    """The ``padding_idx`` of a RoBERTa-style position embedding (positions count from it; None: plain positions).
+
+    Such models derive the positions from the ids (``padding_idx + 1`` onward, ``padding_idx`` where the id is the pad
+    id), so replacing a token by the pad id would move it to the padding position.
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding) and name.endswith("position_embeddings") and module.padding_idx is not None:
+            return module.padding_idx
+    return None
+
+
+def original_position_ids(attended: Tensor, padding_idx: int) -> Tensor:
+    """The positions a RoBERTa-style model gives the real tokens of ``attended`` ``(N, L)``, and padding elsewhere.
+
+    Example:
+        >>> original_position_ids(torch.tensor([[1, 1, 1, 0]]), padding_idx=1).tolist()
+        [[2, 3, 4, 1]]
+    """
+    real = attended.long()
+    return real.cumsum(dim=1) * real + padding_idx
 
 
 def check_length(name: str, input_ids: Tensor, attended: Tensor, limit: int | None) -> None:
@@ -347,8 +413,11 @@ def check_length(name: str, input_ids: Tensor, attended: Tensor, limit: int | No
 def resolve_token_options(model: nn.Module, *layers: TokenOptions | None, **overrides: Any) -> TokenOptions:
     """The token conventions in effect: the model's ``token_options``, then each of ``layers``, then ``overrides``.
 
-    A missing ``pad_token_id`` is read from the model (Hugging Face config, or the embedding's ``padding_idx``).
-    ``None`` entries of ``overrides`` leave the value as it is.
+    Where nothing declares special ids, those the model's Hugging Face config names (``cls``, ``sep``, ``bos``,
+    ``eos``, ``pad``, ``mask`` token ids; RoBERTa's ``<s>``, ``</s>`` and ``<pad>``) are special, so they are frozen and
+    score 0 by default (BERT's config names only its pad id: pass :meth:`TokenOptions.from_tokenizer` there). A
+    missing ``mask_token_id`` is read from the config, a missing ``pad_token_id`` from the config or the embedding's
+    ``padding_idx``. ``None`` entries of ``overrides`` leave the value as it is.
 
     Example:
         >>> emb = nn.Embedding(10, 4, padding_idx=0)
@@ -363,6 +432,11 @@ def resolve_token_options(model: nn.Module, *layers: TokenOptions | None, **over
                 raise TypeError(f"`token_options` must be a TokenOptions or None, got {type(layer).__name__}.")
             options = replace(options, **{k: v for k, v in vars(layer).items() if v not in (None, ())})
     options = replace(options, **{k: v for k, v in overrides.items() if v is not None})
+    if not options.special_token_ids:  # nothing declared: the ids the model's config names are special
+        found = (_config_value(model, f"{name}_token_id") for name in ("cls", "sep", "bos", "eos", "pad", "mask"))
+        options = replace(options, special_token_ids=tuple(dict.fromkeys(i for i in found if i is not None)))
+    if options.mask_token_id is None:
+        options = replace(options, mask_token_id=_config_value(model, "mask_token_id"))
     if options.pad_token_id is None:
         pad = _config_value(model, "pad_token_id")
         if pad is None:
@@ -372,52 +446,3 @@ def resolve_token_options(model: nn.Module, *layers: TokenOptions | None, **over
             )
         options = replace(options, pad_token_id=pad)
     return replace(options, special_token_ids=_check_ids("special_token_ids", options.special_token_ids))
-
-
-def _takes_attention_mask(fn: Callable[..., Any]) -> bool:
-    target = fn.forward if isinstance(fn, nn.Module) else fn
-    try:
-        parameters = inspect.signature(target).parameters
-    except (TypeError, ValueError):
-        return False
-    return "attention_mask" in parameters
-
-
-def call_model(fn: Callable[..., Any], input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-    """Logits ``(N, K)`` of ``fn`` on token ids, passing ``attention_mask`` where the forward takes it.
-
-    Hugging Face outputs are reduced to their ``logits``; anything else that is not a tensor ``(N, K)`` is an error.
-
-    Example:
-        >>> net = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(8, 3))
-        >>> call_model(net, torch.tensor([[1, 2]])).shape
-        torch.Size([1, 3])
-    """
-    if attention_mask is not None and _takes_attention_mask(fn):
-        out = fn(input_ids, attention_mask=attention_mask.long())
-    else:
-        out = fn(input_ids)
-    if not isinstance(out, Tensor):
-        out = getattr(out, "logits", out)
-        if isinstance(out, dict) and "logits" in out:
-            out = out["logits"]
-    if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != input_ids.shape[0]:
-        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(
-            f"The model must return logits (N, K) = ({input_ids.shape[0]}, K) for token ids, or an output with a "
-            f"`logits` field, got {shape}. Pass `forward_fn=` mapping (input_ids, attention_mask) to logits."
-        )
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------- layout
-def length_groups(attended: Tensor) -> Iterator[tuple[int, Tensor]]:
-    """``(length, sample indices)`` of the samples with each number of real tokens, shortest first."""
-    lengths = attended.sum(dim=1)
-    for length in torch.unique(lengths).tolist():
-        yield int(length), (lengths == length).nonzero().flatten()
-
-
-def real_positions(attended: Tensor, samples: Tensor, length: int) -> Tensor:
-    """``(n, length)`` positions of the real tokens of ``samples``, which all have ``length`` of them, in order."""
-    return attended[samples].nonzero()[:, 1].view(samples.numel(), length)

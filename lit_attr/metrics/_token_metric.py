@@ -9,8 +9,13 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from lit_attr._checks import TargetType
-from lit_attr.functional.token_games import resolve_game_conventions
+from lit_attr.functional.token_perturbation import resolve_game_conventions
 from lit_attr.metrics._model_ref import ModelRef
+
+#: What the token games' metrics consume (their registry entries).
+TOKEN_GAME_INPUTS = (
+    "model", "x", "attributions", "target", "logits", "attention_mask", "special_tokens_mask", "model_inputs",
+)  # fmt: skip
 
 
 class TokenGameMetric(Metric):
@@ -64,6 +69,7 @@ class TokenGameMetric(Metric):
         attention_mask: Tensor | None = None,
         special_tokens_mask: Tensor | None = None,
         logits: Tensor | None = None,
+        model_inputs: Mapping[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """Per-sample scores of a batch (samples first), keyed as :meth:`compute`; the states are left as they are.
 
@@ -74,10 +80,11 @@ class TokenGameMetric(Metric):
             attention_mask: ``(N, L)`` 1 on real tokens, 0 on padding.
             special_tokens_mask: ``(N, L)`` 1 on special tokens (never removed).
             logits: the clean logits ``(N, K)`` of ``x`` if already computed (skips a forward pass).
+            model_inputs: the batch's other inputs of the model by name (``token_type_ids`` ``(N, L)``, ...).
         """
         return self._score(
             x, attributions, target, attention_mask=attention_mask, special_tokens_mask=special_tokens_mask,
-            logits=logits,
+            logits=logits, model_inputs=model_inputs,
         )  # fmt: skip
 
     def update(
@@ -89,17 +96,18 @@ class TokenGameMetric(Metric):
         attention_mask: Tensor | None = None,
         special_tokens_mask: Tensor | None = None,
         logits: Tensor | None = None,
+        model_inputs: Mapping[str, Tensor] | None = None,
         scores: dict[str, Tensor] | None = None,
     ) -> None:
         """Add a batch's scores (``scores`` from :meth:`score`, or computed here) to the states."""
         if scores is None:
             scores = self.score(
                 x, attributions, target, attention_mask=attention_mask, special_tokens_mask=special_tokens_mask,
-                logits=logits,
+                logits=logits, model_inputs=model_inputs,
             )  # fmt: skip
         self._add(checked_scores(scores, self.score_keys, type(self).__name__))
 
-    def _score(self, x: Tensor, attributions: Tensor, target: TargetType, **tokens: Tensor | None) -> dict[str, Tensor]:
+    def _score(self, x: Tensor, attributions: Tensor, target: TargetType, **tokens: Any) -> dict[str, Tensor]:
         """The game's per-sample scores (the functional with the metric's options)."""
         raise NotImplementedError
 

@@ -9,9 +9,16 @@ import torch
 from torch import Tensor, nn
 
 from lit_attr._checks import TargetType, check_choice
-from lit_attr.functional.eraser import DEFAULT_BINS, EraserResult, check_bins, comprehensiveness, sufficiency
+from lit_attr.functional.eraser import (
+    DEFAULT_BINS,
+    ERASER_OUTPUTS,
+    EraserResult,
+    check_bins,
+    comprehensiveness,
+    sufficiency,
+)
 from lit_attr.metrics._plotting import figure_and_axes
-from lit_attr.metrics._token_metric import TokenGameMetric, add_rows
+from lit_attr.metrics._token_metric import TOKEN_GAME_INPUTS, TokenGameMetric, add_rows
 from lit_attr.metrics.presentation import Presentation, Score
 from lit_attr.metrics.registry import register_metric
 
@@ -47,7 +54,7 @@ class _Eraser(TokenGameMetric):
             special_token_ids=special_token_ids, internal_batch_size=internal_batch_size, **kwargs,
         )  # fmt: skip
         self.bins = check_bins(bins)
-        check_choice("output", output, ("prob", "logit"))
+        self.output = check_choice("output", output, ERASER_OUTPUTS)
         self._options = {**self._game_options, "bins": self.bins, "output": output}
         self.add_state("aopc_sum", torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("bin_sum", torch.zeros(len(self.bins)), dist_reduce_fx="sum")
@@ -58,7 +65,7 @@ class _Eraser(TokenGameMetric):
         """The AOPC and the per-bin scores."""
         return self.key, f"{self.key}_curve"
 
-    def _score(self, x: Tensor, attributions: Tensor, target: TargetType, **tokens: Tensor | None) -> dict[str, Tensor]:
+    def _score(self, x: Tensor, attributions: Tensor, target: TargetType, **tokens: Any) -> dict[str, Tensor]:
         result = self.function(self.model, x, attributions, target, **tokens, **self._options)
         return {self.key: result.aopc, f"{self.key}_curve": result.per_bin}
 
@@ -88,7 +95,7 @@ class _Eraser(TokenGameMetric):
         ax.set_xscale("log")
         ax.set_xticks(list(self.bins), [f"{b:g}%" for b in self.bins])
         ax.set_xlabel("top tokens (share of the sentence)")
-        ax.set_ylabel("probability drop")
+        ax.set_ylabel("logit drop" if self.output == "logit" else "probability drop")
         ax.set_title(f"{self.key} (AOPC {float(val[self.key]):.3f})")
         ax.grid(alpha=0.3)
         return fig, ax
@@ -112,7 +119,8 @@ class Comprehensiveness(_Eraser):
         replacement_id: id of a removed token; default: the model's mask id, else its pad id.
         pad_token_id: padding id of re-packed rows; default: the model's.
         special_token_ids: ids never removed; default: the model's ``token_options``.
-        output: ``"prob"`` (ERASER) or ``"logit"``.
+        output: ``"prob"`` (ERASER's softmax probability), ``"logit"``, or ``"sigmoid"`` (``sigmoid(logit)`` of the
+            target label alone, for multi-label heads).
         internal_batch_size: most rows (samples x bins) per forward pass (default 128); ``None``: all at once.
         kwargs: options of :class:`torchmetrics.Metric`.
 
@@ -151,7 +159,7 @@ class Sufficiency(_Eraser):
 register_metric(
     "comprehensiveness",
     Comprehensiveness,
-    consumes=("model", "x", "attributions", "target", "logits", "attention_mask", "special_tokens_mask"),
+    consumes=TOKEN_GAME_INPUTS,
     per_sample=True,
     modalities={"tokens"},
     presentation=Presentation(scores=(Score("comprehensiveness", header="comp."),), curves=None),
@@ -159,7 +167,7 @@ register_metric(
 register_metric(
     "sufficiency",
     Sufficiency,
-    consumes=("model", "x", "attributions", "target", "logits", "attention_mask", "special_tokens_mask"),
+    consumes=TOKEN_GAME_INPUTS,
     per_sample=True,
     modalities={"tokens"},
     presentation=Presentation(scores=(Score("sufficiency", header="suff."),), curves=None),

@@ -9,7 +9,8 @@ An entry declares what its metric consumes, by the keyword names of its construc
 * built from ``model`` (the classifier) and/or ``method`` (the attribution method being scored);
 * fed ``x`` (inputs), ``attributions``, ``target`` (resolved classes), ``masks`` (ground-truth masks or token
   rationales; the metric is skipped for data without them), ``logits`` (the clean logits the runner already
-  computed), and for token inputs ``attention_mask`` and ``special_tokens_mask``.
+  computed), and for token inputs ``attention_mask``, ``special_tokens_mask`` and ``model_inputs`` (the batch's other
+  inputs of the model by name, such as ``token_type_ids``; ``None`` when it has none).
 
 An entry also declares the input kinds its metric accepts, as a set of tags (:data:`MODALITY_TAGS`): every input
 kind carries the tag of its name (``"images"``, ``"tabular"``, ``"tokens"``, or a user's kind such as ``"signals"``)
@@ -59,6 +60,7 @@ UPDATE_INPUTS: tuple[str, ...] = (
     "logits",
     "attention_mask",
     "special_tokens_mask",
+    "model_inputs",
 )
 
 #: The tag every float input kind carries besides its name (images, tabular, a user's float kind).

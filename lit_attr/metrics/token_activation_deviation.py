@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from lit_attr._checks import TargetType, check_optional_int
 from lit_attr.functional.token_activation_deviation import encoder_layers, token_activation_deviation
-from lit_attr.metrics._token_metric import TokenGameMetric, add_rows
+from lit_attr.metrics._token_metric import TOKEN_GAME_INPUTS, TokenGameMetric, add_rows
 from lit_attr.metrics.presentation import Presentation, Score
 from lit_attr.metrics.registry import register_metric
 
@@ -92,7 +92,7 @@ class TokenActivationDeviation(TokenGameMetric):
 
     score_keys = ("insertion_mse", "deletion_mse")
 
-    def _score(self, x: Tensor, attributions: Tensor, target: TargetType, **tokens: Tensor | None) -> dict[str, Tensor]:
+    def _score(self, x: Tensor, attributions: Tensor, target: TargetType, **tokens: Any) -> dict[str, Tensor]:
         # The attributions only rank the tokens; the target is checked against the logits, the result ignores it.
         result = token_activation_deviation(self.model, x, attributions, target, **tokens, **self._options)
         return {"insertion_mse": result.insertion_mse, "deletion_mse": result.deletion_mse}
@@ -124,7 +124,7 @@ def _summary(values: dict[str, Any], per_sample: bool) -> dict[str, Tensor]:
 register_metric(
     "token_activation_deviation",
     TokenActivationDeviation,
-    consumes=("model", "x", "attributions", "target", "logits", "attention_mask", "special_tokens_mask"),
+    consumes=TOKEN_GAME_INPUTS,
     summary=_summary,
     per_sample=True,
     modalities={"tokens"},

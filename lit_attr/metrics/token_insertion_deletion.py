@@ -9,10 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from lit_attr._checks import TargetType, check_choice, check_optional_int
-from lit_attr.functional.perturbation import OUTPUTS
-from lit_attr.functional.token_games import DEFAULT_TOKEN_STEPS, token_insertion_deletion
+from lit_attr.functional.token_games import DEFAULT_TOKEN_STEPS, TOKEN_OUTPUTS, token_insertion_deletion
 from lit_attr.metrics._plotting import figure_and_axes
-from lit_attr.metrics._token_metric import TokenGameMetric, add_rows
+from lit_attr.metrics._token_metric import TOKEN_GAME_INPUTS, TokenGameMetric, add_rows
 from lit_attr.metrics.presentation import Presentation, Score
 from lit_attr.metrics.registry import register_metric
 
@@ -43,7 +42,8 @@ class TokenInsertionDeletion(TokenGameMetric):
         replacement_id: id of a removed token; default: the model's mask id, else its pad id.
         pad_token_id: padding id of re-packed rows; default: the model's.
         special_token_ids: ids never removed; default: the model's ``token_options``.
-        output: ``"prob"``, ``"logit"`` or ``"prob_ratio"``.
+        output: ``"prob"``, ``"logit"``, ``"prob_ratio"`` or ``"sigmoid"`` (``sigmoid(logit)`` of the target label
+            alone, for multi-label heads).
         internal_batch_size: most rows (samples x steps) per forward pass (default 128); ``None``: all at once.
         kwargs: options of :class:`torchmetrics.Metric`.
 
@@ -84,7 +84,7 @@ class TokenInsertionDeletion(TokenGameMetric):
             model, replacement=replacement, replacement_id=replacement_id, pad_token_id=pad_token_id,
             special_token_ids=special_token_ids, internal_batch_size=internal_batch_size, **kwargs,
         )  # fmt: skip
-        check_choice("output", output, OUTPUTS)
+        check_choice("output", output, TOKEN_OUTPUTS)
         for name, value in (("n_steps", n_steps), ("tokens_per_step", tokens_per_step), ("max_tokens", max_tokens)):
             check_optional_int(name, value)
         if n_steps is not None and tokens_per_step is not None:
@@ -108,7 +108,7 @@ class TokenInsertionDeletion(TokenGameMetric):
 
     score_keys = _KEYS
 
-    def _score(self, x: Tensor, attributions: Tensor, target: TargetType, **tokens: Tensor | None) -> dict[str, Tensor]:
+    def _score(self, x: Tensor, attributions: Tensor, target: TargetType, **tokens: Any) -> dict[str, Tensor]:
         result = token_insertion_deletion(self.model, x, attributions, target, **tokens, **self._options)
         return {
             "insertion": result.insertion_auc,
@@ -161,7 +161,8 @@ class TokenInsertionDeletion(TokenGameMetric):
             ax.plot(fraction, curve, color=color, label=f"{game} (AUC {float(val[game]):.3f})")
             ax.fill_between(fraction, curve, alpha=0.15, color=color)
         ax.set_xlabel("fraction of tokens removed / inserted")
-        ax.set_ylabel({"prob": "probability", "logit": "logit", "prob_ratio": "p(x_t) / p(x)"}[self.output])
+        labels = {"prob": "probability", "logit": "logit", "prob_ratio": "p(x_t) / p(x)", "sigmoid": "sigmoid(logit)"}
+        ax.set_ylabel(labels[self.output])
         ax.set_title(f"{type(self).__name__} (difference {float(val['difference']):.3f})")
         ax.legend(loc="best")
         ax.grid(alpha=0.3)
@@ -171,7 +172,7 @@ class TokenInsertionDeletion(TokenGameMetric):
 register_metric(
     "token_insertion_deletion",
     TokenInsertionDeletion,
-    consumes=("model", "x", "attributions", "target", "logits", "attention_mask", "special_tokens_mask"),
+    consumes=TOKEN_GAME_INPUTS,
     per_sample=True,
     modalities={"tokens"},
     presentation=Presentation(

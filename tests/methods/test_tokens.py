@@ -349,3 +349,60 @@ def test_model_without_a_single_embedding_layer_needs_a_name():
             expected = (model.words(ids[i, :length]) * model.head.weight[c] / length).sum(-1)
         expected_rows.append(torch.cat([expected, torch.zeros(ids.shape[1] - length)]))
     torch.testing.assert_close(scores, torch.stack(expected_rows))
+
+
+class MeanOfAllPositions(nn.Module):
+    """Embeddings averaged over every position, padding included: the output depends on the padding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(VOCAB, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.head(self.embed(input_ids).mean(dim=1))
+
+
+def test_sentences_of_different_lengths_run_padded_only_where_padding_changes_nothing():
+    from lit_attr.inputs.embedding import pads_invariantly
+
+    ids, mask = token_batch()
+    bert, mean = tiny_bert(), MeanOfAllPositions().eval()
+    for model, invariant in ((bert, True), (mean, False)):
+        method = method_for("saliency", model)
+        def caller(i, a=None, fields=None, m=model):
+            return logits_of(m, i, a)
+
+        assert pads_invariantly(method, caller, ids, mask.bool()) is invariant
+        scores = method.attribute(ids, target=1, attention_mask=mask)
+        for i in range(len(ids)):  # either way a sentence's scores are those it gets alone, without padding
+            length = int(mask[i].sum())
+            alone = method.attribute(ids[i : i + 1, :length], target=1)
+            torch.testing.assert_close(alone[0], scores[i, :length], rtol=1e-5, atol=1e-5 * float(scores.abs().max()))
+
+
+def test_integrated_gradients_on_four_lengths_costs_no_more_forwards_than_captum_plus_one(model):
+    from captum.attr import LayerIntegratedGradients
+
+    ids, mask = token_batch()  # four sentences of four lengths
+    calls = []
+    handle = model.register_forward_pre_hook(lambda module, args: calls.append(args))
+    try:
+        with torch.no_grad():
+            logits = logits_of(model, ids, mask)
+        base = torch.where(mask.bool() & (ids != CLS) & (ids != SEP), torch.full_like(ids, MASK), ids)
+        calls.clear()
+        LayerIntegratedGradients(lambda i, a: logits_of(model, i, a), find_embedding_layer(model)).attribute(
+            ids, baselines=base, target=1, additional_forward_args=(mask,), n_steps=16, internal_batch_size=None
+        )
+        captum = len(calls)
+        method = method_for("integrated_gradients", model)
+        calls.clear()
+        method.attribute(ids, target=1, attention_mask=mask, logits=logits)
+        first = len(calls)  # with the once-per-model check of padding
+        calls.clear()
+        method.attribute(ids, target=1, attention_mask=mask, logits=logits)
+    finally:
+        handle.remove()
+    assert first <= captum + 1 and len(calls) <= captum + 1

@@ -8,7 +8,7 @@ import pytest
 import torch
 from ddp_helpers import assert_nested_close
 from matplotlib.figure import Figure
-from text_helpers import CONVENTIONS, MASK, SPECIALS, game_metrics, plain_transformer, token_metric_inputs
+from text_helpers import CONVENTIONS, MASK, SPECIALS, game_metrics, logits_of, plain_transformer, token_metric_inputs
 
 from lit_attr.functional.eraser import comprehensiveness, sufficiency
 from lit_attr.functional.token_activation_deviation import token_activation_deviation
@@ -82,6 +82,27 @@ def test_score_is_pure_and_update_takes_its_scores():
         TokenInsertionDeletion(model, n_steps=4, **CONVENTIONS).update(ids, scores, scores=short)
 
 
+def test_sigmoid_output_reaches_the_functional():
+    model = plain_transformer(dtype=torch.float64)
+    ids, mask, scores, _ = token_metric_inputs(seed=3)
+    scores = scores.double()
+    with torch.no_grad():
+        target = logits_of(model, ids, mask).argmin(dim=1)  # a multi-label head explains any label
+    options = {"attention_mask": mask, "special_token_ids": SPECIALS, "replacement_id": MASK, "output": "sigmoid"}
+    for metric_class, function in ((Comprehensiveness, comprehensiveness), (Sufficiency, sufficiency)):
+        metric = metric_class(model, bins=(10, 50), output="sigmoid", **CONVENTIONS)
+        metric.update(ids, scores, target, attention_mask=mask)
+        want = function(model, ids, scores, target, bins=(10, 50), **options)
+        torch.testing.assert_close(metric.compute()[metric.key], want.aopc.mean().float())
+        torch.testing.assert_close(metric.compute()[f"{metric.key}_curve"], want.per_bin.mean(0).float())
+    games = TokenInsertionDeletion(model, n_steps=4, output="sigmoid", **CONVENTIONS)
+    games.update(ids, scores, target, attention_mask=mask)
+    want = token_insertion_deletion(model, ids, scores, target, n_steps=4, **options)
+    torch.testing.assert_close(games.compute()["insertion_curve"], want.insertion_curve.mean(0).float())
+    torch.testing.assert_close(games.compute()["deletion"], want.deletion_auc.mean().float())
+    assert games.plot()[1].get_ylabel() == "sigmoid(logit)"
+
+
 def test_plots_draw_the_curves():
     model = plain_transformer()
     ids, mask, scores, _ = token_metric_inputs(seed=2)
@@ -100,6 +121,10 @@ def test_bad_options_fail_when_the_metric_is_built():
         Comprehensiveness(model, replacement="drop", **CONVENTIONS)
     with pytest.raises(ValueError, match="`replacement_id` must be a token id in the vocabulary"):
         Sufficiency(model, replacement_id=100)
+    with pytest.raises(ValueError, match=r"`output` must be one of \('prob', 'logit', 'sigmoid'\), got 'softmax'"):
+        Comprehensiveness(model, output="softmax", **CONVENTIONS)
+    with pytest.raises(ValueError, match=r"`output` must be one of \('prob', 'logit', 'prob_ratio', 'sigmoid'\)"):
+        TokenInsertionDeletion(model, output="multi_label", **CONVENTIONS)
     bare = torch.nn.Sequential(torch.nn.EmbeddingBag(10, 4), torch.nn.Linear(4, 2))
     with pytest.raises(ValueError, match="`replacement_id` \\(the \\[MASK\\] or \\[PAD\\] id"):
         TokenInsertionDeletion(bare)
