@@ -6,9 +6,10 @@ that runs, a forward hook takes ``attentions`` from its output (the caller still
 the models' attention implementation is switched to ``"eager"`` for the pass (fused kernels compute no
 probabilities). Hooks are removed and implementations restored on exit, also when the pass raises.
 
-Token ids reach the model through the token kind (:mod:`lit_attr.inputs.embedding`): every sentence runs on its real
-tokens alone, with an all-ones attention mask, so padding neither receives nor passes attention and a sentence's
-scores do not depend on its batch.
+Token ids reach the model through the token kind (:mod:`lit_attr.inputs.embedding`): a sentence runs on its real
+tokens alone, or padded under its attention mask where the model ignores right padding. Either way no real token
+attends to padding, so padding passes no attention into a real token's row, and the mean row averages the rows of
+real tokens only: a sentence's scores do not depend on its batch.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_attr._checks import check_choice
+from lit_attr.inputs.embedding import TokenSpace
 from lit_attr.inputs.tokens import TokenOptions
 from lit_attr.methods.base import AttributionMethod
 from lit_attr.methods.rollout import HEAD_FUSIONS, rollout
@@ -143,9 +145,10 @@ class TextAttentionRollout(AttributionMethod):
     The encoder's attention probabilities of every layer are rolled out as by
     :class:`~lit_attr.methods.AttentionRollout` (heads fused, ``A' = (A + I) / 2`` with rows renormalised, layers
     multiplied from the input up), and a token's score is its entry in the first token's row ([CLS] or ``<s>``,
-    which BERT-style classification heads read), or in the mean row with ``row="mean"`` (mean-pooled heads).
-    Scores are non-negative, do not depend on ``target``, and are exactly 0 on padding and special tokens (which
-    still take part in the rollout: they are attended to). Registered as ``attention_rollout`` for such models.
+    which BERT-style classification heads read), or with ``row="mean"`` in the mean of the real tokens' rows
+    (mean-pooled heads). Scores are non-negative, do not depend on ``target``, and are exactly 0 on padding and
+    special tokens (special tokens still take part in the rollout: they are attended to). Registered as
+    ``attention_rollout`` for such models.
 
     Args:
         model: a classifier holding a Hugging Face text encoder (:func:`text_encoder`): BERT, RoBERTa, DistilBERT
@@ -209,5 +212,9 @@ class TextAttentionRollout(AttributionMethod):
                 "rollout needs the model to embed the token ids it is given, one position per token."
             )
         rolled = rollout(layers, self.head_fusion)
-        scores = rolled[:, 0] if self.row == "first" else rolled.mean(dim=1)
+        if self.row == "first":
+            scores = rolled[:, 0]
+        else:  # the rows of real tokens: in a padded segment, padding rows are attended by nothing real
+            real = space.attended.to(rolled.dtype) if isinstance(space, TokenSpace) else torch.ones_like(rolled[:, 0])
+            scores = (rolled * real[..., None]).sum(dim=1) / real.sum(dim=1, keepdim=True)
         return scores[..., None].to(x.dtype)

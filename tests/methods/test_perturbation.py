@@ -193,3 +193,29 @@ def test_bad_options_name_the_argument():
         get_method("feature_ablation", nn.Linear(5, 2)).attribute(torch.rand(3, 5), baselines=torch.zeros(2, 5))
     with pytest.raises(TypeError, match="n_steps"):
         get_method("feature_ablation", nn.Linear(5, 2), n_steps=4)
+
+
+def test_sentence_pairs_are_ablated_with_their_segments():
+    from test_sentence_pairs import pairs
+
+    model = tiny_bert(seed=3)
+    ids, mask, segments = pairs()
+    method = get_method("feature_ablation", model, token_options=OPTIONS)
+    scores = method.attribute(ids, target=1, attention_mask=mask, token_type_ids=segments)
+    with torch.no_grad():
+        for i in range(len(ids)):
+            length = int(mask[i].sum())
+            sentence, types = ids[i : i + 1, :length], segments[i : i + 1, :length]
+            ones = torch.ones_like(sentence)
+            clean = model(sentence, attention_mask=ones, token_type_ids=types).logits[0, 1]
+            for j in range(length):
+                if int(sentence[0, j]) in SPECIALS:
+                    assert scores[i, j] == 0
+                    continue
+                masked = sentence.clone()
+                masked[0, j] = MASK
+                drop = clean - model(masked, attention_mask=ones, token_type_ids=types).logits[0, 1]
+                torch.testing.assert_close(scores[i, j], drop, rtol=1e-4, atol=1e-5)
+    # Read as one segment, the pairs score differently: the segments did reach the model.
+    alike = method.attribute(ids, target=1, attention_mask=mask)
+    assert float((alike - scores).abs().max()) > 1e-3 * float(scores.abs().max())
