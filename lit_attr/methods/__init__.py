@@ -12,7 +12,9 @@ from lit_attr.methods.captum import CaptumMethod
 from lit_attr.methods.fei import FEI
 from lit_attr.methods.ig2 import IG2
 from lit_attr.methods.mfaba import MFABA
+from lit_attr.methods.perturbation import FeatureAblationMethod, KernelShapMethod
 from lit_attr.methods.registry import available_methods, get_method, register_method
+from lit_attr.methods.text_attention import TextAttentionRollout
 
 __all__ = [
     "AGI",
@@ -23,7 +25,10 @@ __all__ = [
     "AttentionRollout",
     "AttributionMethod",
     "CaptumMethod",
+    "FeatureAblationMethod",
     "GenericAttention",
+    "KernelShapMethod",
+    "TextAttentionRollout",
     "available_methods",
     "get_method",
     "register_method",

@@ -9,7 +9,8 @@ model, and turn the class token's row into patch scores that are upsampled to pi
 * timm-style ``Attention`` modules (an ``attn_drop`` submodule applied to the softmax and a ``fused_attn`` flag):
   ``fused_attn`` is switched off for the pass, so the softmax is computed explicitly, and recorded at ``attn_drop``.
 
-Hooks are removed and flags restored on exit, also when the pass raises.
+Hooks are removed and flags restored on exit, also when the pass raises. The registered ``attention_rollout`` gives
+one score per token on Hugging Face text encoders (:mod:`lit_attr.methods.text_attention`).
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from lit_attr._checks import check_choice
 from lit_attr.methods._common import SCORES
 from lit_attr.methods.base import AttributionMethod, BoundsType
 from lit_attr.methods.registry import register_method
+from lit_attr.methods.rollout import HEAD_FUSIONS, rollout
+from lit_attr.methods.text_attention import TextAttentionRollout, text_encoder
 
-HEAD_FUSIONS = ("mean", "max", "min")
-_FUSE = {"mean": Tensor.mean, "max": Tensor.amax, "min": Tensor.amin}
 UPSAMPLING = ("bilinear", "nearest")
 # Positional parameters of nn.MultiheadAttention.forward after (query, key, value).
 _MHA_OPTIONS = ("key_padding_mask", "need_weights", "attn_mask", "average_attn_weights", "is_causal")
@@ -333,16 +334,8 @@ class AttentionRollout(_AttentionMap):
     def _attribute(self, x: Tensor, target: Tensor) -> Tensor:
         with torch.no_grad():
             _, records = self._record(x)
-            tokens = records[0].weights.shape[-1]
-            eye = torch.eye(tokens, dtype=records[0].weights.dtype, device=x.device)
-            rollout = eye.expand(x.shape[0], tokens, tokens)
-            for record in records:
-                weights = record.weights
-                fused = _FUSE[self.head_fusion](weights, dim=1)
-                layer = (fused + eye) / 2
-                layer = layer / layer.sum(dim=-1, keepdim=True)
-                rollout = layer @ rollout
-        return self._to_pixels(rollout, x)
+            rolled = rollout([record.weights for record in records], self.head_fusion)
+        return self._to_pixels(rolled, x)
 
 
 class GenericAttention(_AttentionMap):
@@ -390,9 +383,20 @@ def _has_attention(model: nn.Module) -> bool:
     return bool(attention_modules(model))
 
 
-@register_method("attention_rollout", applies_to=_has_attention)
-def attention_rollout(model: nn.Module, **kwargs: Any) -> AttentionRollout:
-    """Attention rollout with the paper's choices (head mean, ``(A + I) / 2``), bilinear upsampling."""
+def _rolls_out(model: nn.Module) -> bool:
+    return _has_attention(model) or text_encoder(model) is not None
+
+
+@register_method("attention_rollout", applies_to=_rolls_out)
+def attention_rollout(model: nn.Module, **kwargs: Any) -> AttentionRollout | TextAttentionRollout:
+    """Attention rollout with the paper's choices (head mean, ``(A + I) / 2``).
+
+    On a vision transformer, patch scores upsampled to pixels (:class:`AttentionRollout`, bilinear); on a Hugging
+    Face BERT-family text encoder (BERT, RoBERTa, DistilBERT, ...), one score per token of token ids
+    (:class:`~lit_attr.methods.text_attention.TextAttentionRollout`).
+    """
+    if text_encoder(model) is not None:
+        return TextAttentionRollout(model, **kwargs)
     return AttentionRollout(model, **kwargs)
 
 

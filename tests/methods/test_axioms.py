@@ -47,7 +47,8 @@ def test_saturation_gradient_zero_ig_one():
 
 
 # FEI's masks answer a different question (which area preserves the logit): its area term touches every feature.
-@pytest.mark.parametrize("name", [m for m in GENERIC_METHODS if m != "fei"])
+# Kernel SHAP estimates every player's value by a regression on sampled coalitions: a dummy's is 0 only on average.
+@pytest.mark.parametrize("name", [m for m in GENERIC_METHODS if m not in ("fei", "kernel_shap")])
 def test_dummy_feature_gets_exactly_zero(name):
     torch.manual_seed(1)
     inner = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2)).double()

@@ -127,7 +127,8 @@ def _batch(culprit: int, n: int = 4) -> Tensor:
 
 
 PATH_METHODS = [
-    "agi", "big", "fei", "gradient_shap", "ig2", "integrated_gradients", "mfaba", "occlusion", "smoothgrad"
+    "agi", "big", "feature_ablation", "fei", "gradient_shap", "ig2", "integrated_gradients", "kernel_shap", "mfaba",
+    "occlusion", "smoothgrad",
 ]
 # saliency and input_x_gradient evaluate the model at the input only; deeplift at the input and its baseline.
 assert set(available_methods(small_cnn())) - set(PATH_METHODS) == {"saliency", "input_x_gradient", "deeplift"}
