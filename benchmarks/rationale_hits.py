@@ -38,6 +38,9 @@ BUDGETS = {
     "mfaba": {"max_steps": 50},
     "ig2": {"steps": 50, "n_references": 4},
     "fei": {"iterations": 20},
+    "feature_ablation": {},
+    "kernel_shap": {"n_samples": 200},
+    "attention_rollout": {},
 }
 POOL = range(100, 164)  # validation sentences that IG2 draws its references from (apart from the scored ones)
 
