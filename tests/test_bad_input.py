@@ -21,7 +21,7 @@ from text_helpers import MASK, SPECIALS, TOKEN_METHODS, plain_transformer, token
 from torch import Tensor, nn
 from vit_helpers import torchvision_vit
 
-from lit_attr.batch import Batch
+from lit_attr.batch import Batch, adapt_batch
 from lit_attr.callbacks import AttributionCheckpoint, AttributionEarlyStopping, AttributionMonitor, RandomizationCheck
 from lit_attr.cli import main
 from lit_attr.data import ShapesDataModule
@@ -431,6 +431,31 @@ for label, expected, call in RUNNER:
     case(f"runner-{label}", expected, call)
 
 
+@functools.cache
+def single_logit() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 1)).eval()
+
+
+# Outputs no score can be honest about, and labels that would be truncated to another class (one check for all).
+SCORING = [
+    ("runner-run-single_logit", "model_output='sigmoid'",
+     lambda: AttributionRunner(single_logit(), ["saliency"]).run(Batch(x_for()))),
+    ("runner-run-probabilities", "probabilities",
+     lambda: AttributionRunner(nn.Sequential(cnn(), nn.Softmax(dim=1)), ["saliency"]).run(Batch(x_for()))),
+    ("runner-model_output", "`model_output`", lambda: AttributionRunner(cnn(), ["saliency"], model_output="softmax")),
+    ("runner-run-sigmoid_with_four_logits", "`model_output='sigmoid'`",
+     lambda: AttributionRunner(cnn(), ["saliency"], model_output="sigmoid").run(Batch(x_for()))),
+    ("monitor-model_output", "`model_output`", lambda: AttributionMonitor(["saliency"], model_output="probs")),
+    ("randomization_check-model_output", "`model_output`",
+     lambda: RandomizationCheck(["saliency"], model_output="probs")),
+    ("batch-labels_with_a_fraction", "`labels`", lambda: adapt_batch((x_for(), torch.tensor([0.0, 1.9])))),
+    ("batch-labels_nan", "`labels`", lambda: adapt_batch((x_for(), torch.tensor([0.0, float("nan")])))),
+]
+for label, expected, call in SCORING:
+    case(label, expected, call)
+
+
 # ---------------------------------------------------------------------------------------------------- evaluate
 def run_evaluate_with(**bad: Any) -> None:
     arguments: dict[str, Any] = {
@@ -470,6 +495,9 @@ EVALUATE = [
     ("resume", {"resume": "yes"}, "`resume`"),
     ("overwrite", {"overwrite": 1}, "`overwrite`"),
     ("progress", {"progress": None}, "`progress`"),
+    ("model_output", {"model_output": "softmax"}, "`model_output`"),
+    ("randomization_samples_0_with_randomization", {"metrics": ["randomization"], "randomization_samples": 0},
+     "`randomization_samples`"),
 ]
 for label, bad, expected in EVALUATE:
     case(f"evaluate-{label}", expected, lambda b=bad: run_evaluate_with(**b))
@@ -515,6 +543,7 @@ CLI_CASES = [
     ("input_bounds_reversed", ["--input_bounds", "[1, 0]"], "input_bounds"),
     ("resume_not_bool", ["--resume", "maybe"], "resume"),
     ("target", ["--target", "both"], "target"),
+    ("model_output", ["--model_output", "softmax"], "model_output"),
     ("unknown_option", ["--bogus", "1"], "bogus"),
     ("missing_checkpoint", ["--ckpt_path", "missing.ckpt"], "--ckpt_path"),
     ("method_option_out_of_range", ["--methods", "[mfaba]", "--method_kwargs", "{mfaba: {max_steps: 0}}"],

@@ -20,12 +20,12 @@ from lit_attr._checks import check_callable, check_flag, check_int, check_option
 from lit_attr._hygiene import preserved_rng_state
 from lit_attr._probe import find_dataset
 from lit_attr.batch import BatchAdapter
-from lit_attr.callbacks._base import AttributionCallback
+from lit_attr.callbacks._base import AttributionCallback, warn_about_missing
 from lit_attr.callbacks._budget import TimeBudget, fit_progress
 from lit_attr.callbacks._monitor_media import RunMedia, deliver_run
 from lit_attr.delivery import DeliveryWorker
 from lit_attr.keys import OVERHEAD
-from lit_attr.metrics.registry import check_metric_names, get_metric_spec
+from lit_attr.metrics.registry import check_metric_names
 from lit_attr.runner import MethodsArg, SampleRecord, gather_records
 
 __all__ = ["AttributionMonitor"]
@@ -108,6 +108,9 @@ class AttributionMonitor(AttributionCallback):
         clock: the clock the budget is measured with (seconds; default ``time.perf_counter``); tests inject one.
         tokenizer: turns token ids into the words shown in the highlighting of token inputs (a Hugging Face
             tokenizer, or anything :func:`lit_attr.viz.token_decoder` takes); defaults to the datamodule.
+        model_output: ``"logits"`` (class logits ``(N, K >= 2)``) or ``"sigmoid"`` (a binary classifier's one logit
+            ``z``: class 1 scores ``sigmoid(z)``, class 0 ``1 - sigmoid(z)``). A single output without it, or outputs
+            that are probabilities, are refused at the first run.
 
     Raises:
         TypeError/ValueError: for arguments of the wrong type or range (here); in :meth:`setup` for an unknown
@@ -145,6 +148,7 @@ class AttributionMonitor(AttributionCallback):
         background_delivery: bool = True,
         clock: Callable[[], float] | None = None,
         tokenizer: Any = None,
+        model_output: Literal["logits", "sigmoid"] = "logits",
     ) -> None:
         super().__init__(
             methods,
@@ -157,6 +161,7 @@ class AttributionMonitor(AttributionCallback):
             target=target,
             batch_size=batch_size,
             dataloader_idx=dataloader_idx,
+            model_output=model_output,
         )
         self.metric_names = check_metric_names(metrics)
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, 1)
@@ -411,7 +416,7 @@ class AttributionMonitor(AttributionCallback):
         try:
             probe = self._probes[split].load(trainer, self.batch_adapter)
             if not self._checked_data[split]:
-                self._warn_about_missing(split, probe.mask is None, probe.y is None)
+                warn_about_missing(split, probe, self.metric_names, self.target)
                 self._checked_data[split] = True
             self._prepare_runner(runner, split, probe)
             records = self._run_on_probe(trainer, pl_module, runner, probe)
@@ -489,12 +494,3 @@ class AttributionMonitor(AttributionCallback):
             errors = [error]
         for error in errors:
             self._fail(error, "an earlier run", "logging the attribution images")
-
-    def _warn_about_missing(self, split: str, no_masks: bool, no_labels: bool) -> None:
-        needs_masks = [name for name in self.metric_names if get_metric_spec(name).needs_masks]
-        if no_masks and needs_masks:
-            rank_zero_warn(
-                f"AttributionMonitor: the {split} probe batches have no ground-truth masks; skipping {needs_masks}."
-            )
-        if no_labels and self.target == "label":
-            rank_zero_warn("AttributionMonitor: the probe batches have no labels; explaining the predictions instead.")

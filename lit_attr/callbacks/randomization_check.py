@@ -72,6 +72,8 @@ class RandomizationCheck(AttributionCallback):
         batch_size: probe samples checked at once.
         dataloader_idx: which validation loader (of several) the probe set comes from, by position as Lightning
             numbers them or by key of a dict of loaders.
+        model_output: ``"logits"`` (class logits) or ``"sigmoid"`` (a binary classifier's one logit), as in
+            :class:`~lit_attr.callbacks.AttributionMonitor`.
 
     Example:
         >>> check = RandomizationCheck(["saliency", "integrated_gradients"], num_samples=8, stages="last")
@@ -99,6 +101,7 @@ class RandomizationCheck(AttributionCallback):
         target: Literal["label", "prediction"] = "label",
         batch_size: int = 16,
         dataloader_idx: int | str = 0,
+        model_output: Literal["logits", "sigmoid"] = "logits",
     ) -> None:
         super().__init__(
             methods,
@@ -111,6 +114,7 @@ class RandomizationCheck(AttributionCallback):
             target=target,
             batch_size=batch_size,
             dataloader_idx=dataloader_idx,
+            model_output=model_output,
         )
         self.order = check_choice("order", order, ORDERS)
         self.stages = check_choice("stages", stages, STAGE_MODES)

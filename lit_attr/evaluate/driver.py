@@ -141,6 +141,7 @@ class EvaluationModule(LightningModule):
             keep_attributions=s["heatmap_samples"],
             metric_samples=metric_samples,
             progress=self.progress,
+            model_output=s["model_output"],
         )
         # Data beyond the batch (IG2's reference pool): the first samples of the split, the same on every rank, so
         # the results do not depend on the number of processes.

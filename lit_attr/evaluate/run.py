@@ -19,7 +19,9 @@ from torch import nn
 
 import lit_attr.viz as viz
 from lit_attr._checks import (
+    MODEL_OUTPUTS,
     check_bounds,
+    check_bounds_fit,
     check_callable,
     check_choice,
     check_flag,
@@ -35,7 +37,7 @@ from lit_attr.evaluate.checks import STAGES, EvaluationError, check_logits, spli
 from lit_attr.evaluate.driver import QUIET_TRAINER, EvaluationModule, ProgressBar
 from lit_attr.evaluate.results import package_versions, to_plain, write_and_log
 from lit_attr.methods import available_methods
-from lit_attr.metrics import available_metrics
+from lit_attr.metrics import available_metrics, get_metric_spec
 
 __all__ = ["evaluate"]
 
@@ -63,6 +65,7 @@ def evaluate(
     overwrite: bool = False,
     checkpoint_every: int = 10,
     batch_adapter: BatchAdapter | None = None,
+    model_output: Literal["logits", "sigmoid"] = "logits",
 ) -> dict[str, Any]:
     """Attribute one split with every method, score the maps and write ``metrics.json``, PNGs and ``report.html``.
 
@@ -102,6 +105,9 @@ def evaluate(
         batch_adapter: turns a collated batch of the split into :class:`~lit_attr.batch.Batch` (the callbacks'
             ``batch_adapter``); ``None`` reads ``(x, y[, mask])`` tuples and dicts
             (:func:`~lit_attr.batch.default_batch_adapter`).
+        model_output: ``"logits"`` for class logits ``(N, K >= 2)``; ``"sigmoid"`` for a binary classifier that
+            returns one logit ``z`` per sample: class 1 is scored by ``sigmoid(z)``, class 0 by ``1 - sigmoid(z)``.
+            A single output is refused without it, and so are outputs that look like probabilities.
 
     Returns:
         The content of ``metrics.json`` (on every rank; only rank 0 writes files).
@@ -125,6 +131,12 @@ def evaluate(
     _check_arguments(locals())  # every parameter, before anything is built or read
     methods = check_names("methods", methods, available_methods(), what="method")
     metrics = check_names("metrics", metrics, available_metrics(), what="metric") if metrics else ()
+    rerunning = [name for name in metrics if "method" in get_metric_spec(name).consumes]
+    if rerunning and randomization_samples == 0:
+        raise ValueError(
+            f"`randomization_samples` is 0, so the metrics that re-run the method ({', '.join(rerunning)}) would see "
+            "no sample and be left out; pass randomization_samples >= 1 or leave them out of `metrics`."
+        )
     output = Path(output_dir).resolve()
     refusal = check_output_dir(output, overwrite)
     if refusal:
@@ -136,7 +148,13 @@ def evaluate(
         raise EvaluationError(f"the {split!r} split has no samples to evaluate")
     collate = split_collate(datamodule, split)
     first = load_probe(dataset, [0, 0], batch_adapter, collate)
-    num_classes = check_logits(model, first.x.float() if first.x.is_floating_point() else first.x, first.attention_mask)
+    num_classes = check_logits(
+        model, first.x.float() if first.x.is_floating_point() else first.x, first.attention_mask, model_output
+    )
+    try:
+        check_bounds_fit("input_bounds", input_bounds, first.x)
+    except ValueError as error:
+        raise ValueError(f"{error} (the split's samples have shape {tuple(first.x.shape[1:])})") from error
 
     if trainer is None:
         trainer = Trainer(accelerator="cpu", devices=1, logger=False, **QUIET_TRAINER)
@@ -153,6 +171,7 @@ def evaluate(
         "heatmap_samples": int(heatmap_samples),
         "randomization_samples": int(randomization_samples),
         "reference_pool_size": int(reference_pool_size),
+        "model_output": model_output,
     }
     fingerprint = {
         **settings,
@@ -217,6 +236,7 @@ def _check_arguments(arguments: Mapping[str, Any]) -> None:
     for name in ("progress", "resume", "overwrite"):
         check_flag(name, arguments[name])
     check_callable("batch_adapter", arguments["batch_adapter"])
+    check_choice("model_output", arguments["model_output"], MODEL_OUTPUTS)
 
 
 _RUN_CONTROL = ("output_dir", "resume", "overwrite", "checkpoint_every", "trainer", "ckpt_path", "trust_checkpoint")
