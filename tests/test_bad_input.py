@@ -456,6 +456,38 @@ for label, expected, call in SCORING:
     case(label, expected, call)
 
 
+class _Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        return iter([(x_for(n=1)[0], torch.tensor(0))])
+
+
+def fit_with(callback: Any, val: str, **options: Any) -> None:
+    """One step of a tiny fit with ``callback``; ``val``: "none", "stream" (an IterableDataset) or "loader"."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    data = ShapesDataModule(num_train=4, num_val=4, image_size=16)
+    data.setup("fit")
+    loaders = {"none": None, "stream": DataLoader(_Stream()), "loader": DataLoader(data.val_set)}
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[callback], **options)  # fmt: skip
+    trainer.fit(DemoClassifier(width=4), DataLoader(data.train_set, batch_size=4), loaders[val])
+
+
+# What the callbacks will not do, refused when the fit starts (on_error="raise").
+NO_DATA = [
+    ("monitor-no_validation_data", "no validation data", lambda: fit_with(AttributionMonitor(["saliency"]), "none")),
+    ("monitor-limit_val_batches_0", "`limit_val_batches=0`",
+     lambda: fit_with(AttributionMonitor(["saliency"]), "loader", limit_val_batches=0)),
+    ("monitor-iterable_validation_data", "map-style dataset",
+     lambda: fit_with(AttributionMonitor(["saliency"]), "stream")),
+    ("randomization_check-no_validation_data", "no validation data",
+     lambda: fit_with(RandomizationCheck(["saliency"]), "none")),
+]
+for label, expected, call in NO_DATA:
+    case(label, expected, call)
+
+
 # ---------------------------------------------------------------------------------------------------- evaluate
 def run_evaluate_with(**bad: Any) -> None:
     arguments: dict[str, Any] = {

@@ -18,7 +18,6 @@ import lit_attr.delivery as delivery
 import lit_attr.viz as viz
 from lit_attr._checks import check_callable, check_flag, check_int, check_option_dicts
 from lit_attr._hygiene import preserved_rng_state
-from lit_attr._probe import find_dataset
 from lit_attr.batch import BatchAdapter
 from lit_attr.callbacks._base import AttributionCallback, warn_about_missing
 from lit_attr.callbacks._budget import TimeBudget, fit_progress
@@ -116,7 +115,9 @@ class AttributionMonitor(AttributionCallback):
         TypeError/ValueError: for arguments of the wrong type or range (here); in :meth:`setup` for an unknown
             metric name or ``validate``/``test`` under ``Trainer(inference_mode=True)``; when ``fit`` (``validate``,
             ``test``) starts, before any batch, for an unknown method name or a loader that does not exist (loaders
-            handed straight to ``trainer.fit`` are checked when validation starts).
+            handed straight to ``trainer.fit`` are checked when validation starts); when ``fit`` starts, for no
+            validation data, an ``IterableDataset`` or ``limit_val_batches=0`` (``on_error="warn"``: a warning,
+            and the monitor stays idle).
 
     Example:
         >>> import lightning as L
@@ -125,6 +126,8 @@ class AttributionMonitor(AttributionCallback):
         "AttributionMonitor{'methods': ['saliency', 'mfaba'], 'metrics': ['insertion_deletion', 'localization']}"
         >>> trainer = L.Trainer(callbacks=[monitor], max_epochs=1, logger=False)  # then trainer.fit(model, dm)
     """
+
+    runs_after_validation = True
 
     def __init__(
         self,
@@ -240,7 +243,7 @@ class AttributionMonitor(AttributionCallback):
         self._budget = TimeBudget()
         if self._worker is not None:  # deliveries of an earlier validate/test are not this fit's
             self._worker.busy_seconds()
-        self._prepare(trainer, pl_module, "fit")
+        self._prepare(trainer, pl_module, "fit", fit_start=True)
 
     @override
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -267,7 +270,7 @@ class AttributionMonitor(AttributionCallback):
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Run on the probe set after the scheduled validation epochs of ``fit`` and after ``validate``."""
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or "val" in self._refused:
             return
         if trainer.state.fn == TrainerFn.FITTING:
             epoch = trainer.current_epoch
@@ -288,7 +291,8 @@ class AttributionMonitor(AttributionCallback):
     @override
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Run on the test probe set after ``trainer.test``."""
-        self._run(trainer, pl_module, "test", None)
+        if "test" not in self._refused:
+            self._run(trainer, pl_module, "test", None)
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -348,11 +352,10 @@ class AttributionMonitor(AttributionCallback):
             "keep_attributions": self.log_heatmaps,
         }
 
-    def _prepare(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+    def _prepare(self, trainer: Trainer, pl_module: LightningModule, stage: str, fit_start: bool = False) -> None:
         self._runner_for(pl_module)
         split = "test" if stage == "test" else "val"
-        probes = self._probes[split]
-        probes.attach(find_dataset(trainer, pl_module, stage, probes.dataloader_idx))
+        self._find_probe_data(trainer, pl_module, stage, fit_start=fit_start)
         # Each run may bring other data: whether it has masks and labels is found out again.
         self._checked_data[split] = False
 
