@@ -487,6 +487,17 @@ NO_DATA = [
 for label, expected, call in NO_DATA:
     case(label, expected, call)
 
+# Shapes checked where what they must fit is first known.
+FOUR_CHANNEL_BOUNDS = (torch.zeros(4, 1, 1), torch.ones(4, 1, 1))
+SHAPES = [
+    ("batch-masks_two_of_three_channels", "`masks`",
+     lambda: adapt_batch((x_for(), torch.tensor([0, 1]), torch.ones(2, 2, 8, 8, dtype=torch.bool)))),
+    ("runner-run-input_bounds_per_channel", "`input_bounds` of method `mfaba`",
+     lambda: AttributionRunner(cnn(), ["mfaba"], input_bounds=FOUR_CHANNEL_BOUNDS).run(Batch(x_for()))),
+]
+for label, expected, call in SHAPES:
+    case(label, expected, call)
+
 
 # ---------------------------------------------------------------------------------------------------- evaluate
 def run_evaluate_with(**bad: Any) -> None:
@@ -528,6 +539,7 @@ EVALUATE = [
     ("overwrite", {"overwrite": 1}, "`overwrite`"),
     ("progress", {"progress": None}, "`progress`"),
     ("model_output", {"model_output": "softmax"}, "`model_output`"),
+    ("input_bounds_per_channel", {"input_bounds": FOUR_CHANNEL_BOUNDS}, "`input_bounds`"),
     ("randomization_samples_0_with_randomization", {"metrics": ["randomization"], "randomization_samples": 0},
      "`randomization_samples`"),
 ]
