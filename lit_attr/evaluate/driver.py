@@ -2,9 +2,11 @@
 
 Under DDP every sample is counted exactly once: the split is sharded by index without padding (rank ``r`` of ``W``
 takes samples ``r, r + W, ...``; Lightning's distributed sampler, which pads, is switched off by
-:data:`QUIET_TRAINER`), and every metric state is a ``sum``. Every ``checkpoint_every`` batches each rank saves
-its partial state in the work directory, and a resumed run reloads it and skips the finished batches
-(:mod:`lit_attr._resume`).
+:data:`QUIET_TRAINER`), and every metric state is a ``sum``. A rank without samples (more processes than samples)
+takes one empty step and every collective call. Every ``checkpoint_every`` batches, and after its last one, each
+rank saves its partial state in the work directory, and a resumed run reloads it and skips the finished batches
+(:mod:`lit_attr._resume`). :func:`limited_samples` turns the trainer's test limits into the number of samples
+scored.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from lightning import LightningModule
+from lightning import LightningModule, Trainer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 from typing_extensions import override
@@ -28,7 +30,7 @@ from lit_attr.evaluate.results import to_plain
 from lit_attr.metrics import get_metric_spec
 from lit_attr.runner import AttributionRunner, SampleRecord, gather_records
 
-__all__ = ["QUIET_TRAINER", "EvaluationModule", "ProgressBar"]
+__all__ = ["QUIET_TRAINER", "EvaluationModule", "ProgressBar", "limited_samples"]
 
 QUIET_TRAINER: dict[str, Any] = {
     "enable_progress_bar": False,
@@ -45,6 +47,10 @@ def _collate_indexed(collate: Callable[[list], Any], items: list[tuple[int, Any]
     return torch.tensor([index for index, _ in items]), collate([sample for _, sample in items])
 
 
+def _nothing(items: list) -> None:
+    return None
+
+
 class _Indexed(Dataset):
     """``(global index, sample)`` for the given indices of a dataset: one rank's shard."""
 
@@ -58,6 +64,39 @@ class _Indexed(Dataset):
     def __getitem__(self, position: int) -> tuple[int, Any]:
         index = self.indices[position]
         return index, self.dataset[index]
+
+
+def limited_samples(trainer: Trainer, num_samples: int, batch_size: int) -> tuple[int, dict[str, Any]]:
+    """The samples that the trainer's test limits leave (a prefix of the split), and the limits that cut it.
+
+    Lightning caps each process's test batches with ``limit_test_batches`` (``fast_dev_run=n`` sets it to n): an int
+    keeps that many batches per process, i.e. the first ``limit * batch_size * world_size`` samples of the strided
+    shards; a fraction keeps that fraction of the samples (of the split, so the same samples for any number of
+    processes). The evaluation cuts the split itself, so that it knows what it scores.
+
+    Raises:
+        EvaluationError: if the limits leave no sample.
+
+    Example:
+        >>> limited_samples(Trainer(limit_test_batches=2, logger=False), 8, 2)
+        (4, {'limit_test_batches': 2})
+    """
+    limit = trainer.limit_test_batches
+    if isinstance(limit, float):
+        kept = num_samples if limit >= 1.0 else int(num_samples * limit)
+    else:
+        kept = min(num_samples, int(limit) * batch_size * trainer.world_size)
+    if kept == num_samples:
+        return num_samples, {}
+    limits: dict[str, Any] = {"limit_test_batches": limit}
+    if trainer.fast_dev_run:
+        limits["fast_dev_run"] = trainer.fast_dev_run
+    if kept < 1:
+        raise EvaluationError(
+            f"the trainer's limit_test_batches={limit} leaves none of the {num_samples} samples to evaluate; raise "
+            "it, or leave it out (--limit_samples chooses how many samples to evaluate)"
+        )
+    return kept, limits
 
 
 class EvaluationModule(LightningModule):
@@ -113,9 +152,17 @@ class EvaluationModule(LightningModule):
             raise EvaluationError(message)
         self._start = self._restored["batches_done"] if self._restored is not None else 0
 
+    def _batches(self) -> int:
+        """The number of batches of this rank's shard."""
+        return math.ceil(len(self._shard()) / self.settings["batch_size"])
+
     @override
     def test_dataloader(self) -> DataLoader:
         shard = self._shard()[self._start * self.settings["batch_size"] :]
+        if not shard:
+            # Nothing left for this rank (more processes than samples, or a resumed rank whose part is done): one
+            # empty step, so that it still reaches the collective calls at the epoch's end with the others.
+            return DataLoader([None], batch_size=1, collate_fn=_nothing)
         return DataLoader(
             _Indexed(self.dataset, shard),
             batch_size=self.settings["batch_size"],
@@ -152,6 +199,7 @@ class EvaluationModule(LightningModule):
                 self._runner.prepare(pool.to(self.device))
             except ValueError as error:
                 raise EvaluationError(f"{error} (the pool is the split's first {len(pool)} samples)") from error
+        self._runner.to(self.device)  # also on a rank without samples: its states take part in compute()
         if self._restored is not None:  # after prepare(), exactly as in the interrupted run
             self._runner.load_state_dict(self._restored["runner"])
             self._runner.to(self.device)
@@ -162,14 +210,16 @@ class EvaluationModule(LightningModule):
 
     @override
     def test_step(self, batch: Any, batch_idx: int) -> None:
+        if batch is None:  # the empty step of a rank without samples left
+            return
         indices, sample = batch
         data = adapt_batch(sample, self.adapter)
         if data.x.is_floating_point():
             data = data.with_inputs(data.x.float())
         self.records += self._runner.run(data, indices=[int(i) for i in indices])
         done = self._start + batch_idx + 1
-        every, total = self.resume["checkpoint_every"], math.ceil(len(self._shard()) / self.settings["batch_size"])
-        if done % every == 0 and done < total:
+        # The last batch too: if the final write fails, a resumed run only computes and writes.
+        if done % self.resume["checkpoint_every"] == 0 or done == self._batches():
             state = self._runner.state_dict()
             self.work.save(self.global_rank, self.trainer.world_size, done, self.records, state)
 

@@ -8,13 +8,15 @@ killed run from it (:mod:`lit_attr._resume`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from lightning import LightningDataModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 import lit_attr.viz as viz
@@ -34,7 +36,7 @@ from lit_attr._probe import load_probe
 from lit_attr._resume import WorkDirectory, check_output_dir, model_digest
 from lit_attr.batch import BatchAdapter
 from lit_attr.evaluate.checks import STAGES, EvaluationError, check_logits, split_collate, split_dataset
-from lit_attr.evaluate.driver import QUIET_TRAINER, EvaluationModule, ProgressBar
+from lit_attr.evaluate.driver import QUIET_TRAINER, EvaluationModule, ProgressBar, limited_samples
 from lit_attr.evaluate.results import package_versions, to_plain, write_and_log
 from lit_attr.methods import available_methods
 from lit_attr.metrics import available_metrics, get_metric_spec
@@ -90,7 +92,9 @@ def evaluate(
             weights or inputs (``randomization``, ``emprt``, ``smprt``, ``sensitivity``): they cost many passes.
         reference_pool_size: IG2's reference pool: the first N samples of the split.
         trainer: runs the loop (devices, strategy, loggers); forced to ``inference_mode=False`` semantics by
-            construction. ``None`` builds a single-process CPU trainer.
+            construction. ``None`` builds a single-process CPU trainer. Its ``limit_test_batches`` (or
+            ``fast_dev_run``) cuts the evaluated samples to a prefix of the split, with a warning; the limit is
+            recorded under ``trainer_limits`` and ``num_samples`` counts the samples actually scored.
         config: the resolved configuration, stored in ``metrics.json``.
         progress: show rich progress bars on rank 0.
         tokenizer: turns token ids into the words of the report's highlighting (see
@@ -160,6 +164,9 @@ def evaluate(
         trainer = Trainer(accelerator="cpu", devices=1, logger=False, **QUIET_TRAINER)
     if trainer.test_loop.inference_mode:
         raise EvaluationError("attribution needs gradients: build the Trainer with inference_mode=False")
+    split_samples, (num_samples, limits) = num_samples, limited_samples(trainer, num_samples, batch_size)
+    if limits:
+        rank_zero_warn(_limit_warning(limits, num_samples, split_samples), category=UserWarning)
     settings = {
         "methods": list(methods),
         "method_kwargs": {k: dict(v) for k, v in (method_kwargs or {}).items() if k in methods},
@@ -177,7 +184,9 @@ def evaluate(
         **settings,
         "split": split,
         "num_samples": num_samples,
+        "trainer_limits": limits,
         "world_size": trainer.world_size,
+        "accelerator": trainer.strategy.root_device.type,
         "precision": str(trainer.precision),
         "model": model_digest(model),
         "config": {k: v for k, v in (config or {}).items() if k not in _RUN_CONTROL},
@@ -188,17 +197,19 @@ def evaluate(
     # The bar follows rank 0's shard, which is representative of every rank's.
     bar = ProgressBar(enabled=progress and trainer.is_global_zero, total=math.ceil(num_samples / trainer.world_size))
     wrapper.progress = bar.update if bar.enabled else None
-    with bar:
+    with bar, _lifted_test_limits(trainer):
         trainer.test(wrapper, verbose=False)
 
+    scored = len(wrapper.records)  # every rank's records: what was scored, counted
     result: dict[str, Any] = {
         "split": split,
-        "num_samples": num_samples,
+        "num_samples": scored,
+        "trainer_limits": limits,
         "num_classes": num_classes,
         "world_size": trainer.world_size,
         "methods": wrapper.results,
         "timing": {
-            name: {"seconds_per_sample": sum(record.seconds[name] for record in wrapper.records) / num_samples}
+            name: {"seconds_per_sample": sum(record.seconds[name] for record in wrapper.records) / max(scored, 1)}
             for name in wrapper.results
         },
         "config": to_plain(dict(config)) if config is not None else None,
@@ -207,10 +218,32 @@ def evaluate(
     if trainer.is_global_zero:
         decode = viz.token_decoder(tokenizer or datamodule)
         class_names = getattr(datamodule, "class_names", None)
+        # Rank 0 removes the work directory, every rank's states with it, once the result is in place; the other
+        # ranks keep theirs until then, so that a failed write is completed by --resume true.
         write_and_log(trainer, output, result, wrapper.scalars, wrapper.records, class_names, decode)
-    else:
-        work.discard(trainer.global_rank, trainer.world_size)
     return result
+
+
+@contextlib.contextmanager
+def _lifted_test_limits(trainer: Trainer) -> Iterator[None]:
+    """Lightning's own cut of the test batches lifted: :func:`limited_samples` has cut the split already."""
+    limit = trainer.limit_test_batches
+    trainer.limit_test_batches = 1.0
+    try:
+        yield
+    finally:
+        trainer.limit_test_batches = limit
+
+
+def _limit_warning(limits: Mapping[str, Any], kept: int, total: int) -> str:
+    if "fast_dev_run" in limits:
+        given = f"fast_dev_run={limits['fast_dev_run']} ({limits['limit_test_batches']} batch(es) per process)"
+    else:
+        given = f"limit_test_batches={limits['limit_test_batches']}"
+    return (
+        f"lit_attr evaluate: the trainer's {given} limits the evaluation to {kept} of the {total} samples; "
+        f"metrics.json records num_samples={kept} and the limit under trainer_limits"
+    )
 
 
 def _check_arguments(arguments: Mapping[str, Any]) -> None:
