@@ -40,7 +40,15 @@ from torch import Tensor, nn
 
 from lit_attr.runner import SampleRecord
 
-__all__ = ["WorkDirectory", "agree", "check_output_dir", "model_digest", "write_result"]
+__all__ = [
+    "WorkDirectory",
+    "agree",
+    "check_output_dir",
+    "model_digest",
+    "recover_interrupted_swap",
+    "work_dir",
+    "write_result",
+]
 
 STATE_VERSION = 2
 _STATE_NAME = re.compile(r"^rank-(\d+)-of-(\d+)\.pt$")
@@ -290,6 +298,55 @@ def write_result(output_dir: Path, write: Callable[[Path], None]) -> None:
         raise
     shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def recover_interrupted_swap(output_dir: Path) -> str | None:
+    """Finish what a run that died while swapping its result in (``--overwrite``) left; say what was done, or None.
+
+    :func:`write_result` renames the old result to ``.<name>.old-<pid>`` before renaming the new one into place. If
+    process ``<pid>`` is dead, a death between the renames left no ``output_dir``: the old result is put back; a
+    death after them left both: the old one is removed. A running process's swap is left alone.
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> (root / ".out.old-999999999").mkdir()  # no such process
+        >>> "restored the previous result" in recover_interrupted_swap(root / "out"), (root / "out").is_dir()
+        (True, True)
+    """
+    olds = []
+    for old in output_dir.parent.glob(f".{output_dir.name}.old-*"):
+        pid = old.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            olds.append(old)
+    if not olds:
+        return None
+    olds.sort(key=lambda path: path.stat().st_mtime)
+    newest, out = olds[-1], repr(str(output_dir))
+    try:  # another run may be recovering the same directories: whoever renames first wins
+        if not output_dir.exists():
+            newest.rename(output_dir)
+            olds.pop()
+            note = f"restored the previous result in {out}: an --overwrite that replaced it died before its new one"
+        else:
+            note = f"removed the previous result of {out} that an interrupted --overwrite left in {str(newest)!r}"
+        for old in olds:
+            shutil.rmtree(old)
+    except OSError:
+        return None
+    return f"lit_attr evaluate: {note}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except OverflowError:  # a number no process has
+        return False
+    return True
 
 
 def _record_path(state: Path) -> Path:

@@ -27,6 +27,7 @@ from lit_attr._resume import WorkDirectory, agree
 from lit_attr.batch import BatchAdapter, adapt_batch
 from lit_attr.evaluate.checks import EvaluationError
 from lit_attr.evaluate.results import to_plain
+from lit_attr.evaluate.storage import storage_error
 from lit_attr.metrics import get_metric_spec
 from lit_attr.runner import AttributionRunner, SampleRecord, gather_records
 
@@ -126,9 +127,12 @@ class EvaluationModule(LightningModule):
         self.scalars: dict[str, float] = {}  # the headline numbers, under the keys the monitor logs them
         self.records: list[SampleRecord] = []
         self.progress: Callable[[str, int], None] | None = None
+        # Global rank 0's claim on the output before it judges the work directory (lock, checks): a refusal or None.
+        self.claim: Callable[[], str | None] | None = None
         self._runner: AttributionRunner | None = None
         self._restored: dict[str, Any] | None = None
         self._start = 0  # batches of this rank's shard finished by an earlier, interrupted run
+        self._saved = 0  # batches of this rank's shard in its saved state
 
     @override
     def forward(self, x: Tensor) -> Tensor:
@@ -143,14 +147,17 @@ class EvaluationModule(LightningModule):
         # The process group exists here: global rank 0 judges the work directory, then every rank loads its state.
         rank, world_size = self.global_rank, self.trainer.world_size
         resume = self.resume["resume"]
-        message = self.work.decide(resume, self.resume["overwrite"], world_size) if rank == 0 else None
+        message = None
+        if rank == 0:
+            message = self.claim() if self.claim is not None else None
+            message = message or self.work.decide(resume, self.resume["overwrite"], world_size)
         message = self.trainer.strategy.broadcast(message, src=0)
         if message is None and resume:
             self._restored, message = self.work.load(rank, world_size)
         message = agree(message)
         if message:
             raise EvaluationError(message)
-        self._start = self._restored["batches_done"] if self._restored is not None else 0
+        self._start = self._saved = self._restored["batches_done"] if self._restored is not None else 0
 
     def _batches(self) -> int:
         """The number of batches of this rank's shard."""
@@ -220,8 +227,23 @@ class EvaluationModule(LightningModule):
         done = self._start + batch_idx + 1
         # The last batch too: if the final write fails, a resumed run only computes and writes.
         if done % self.resume["checkpoint_every"] == 0 or done == self._batches():
-            state = self._runner.state_dict()
-            self.work.save(self.global_rank, self.trainer.world_size, done, self.records, state)
+            self._save(done, self.records, self._runner.state_dict())
+
+    def _save(self, done: int, records: list[SampleRecord], state: dict[str, Any]) -> None:
+        """Save this rank's state after ``done`` batches; a storage fault is one line saying what stays."""
+        rank, world_size = self.global_rank, self.trainer.world_size
+        try:
+            self.work.save(rank, world_size, done, records, state)
+        except OSError as error:
+            kept = (
+                f"the state saved after {self._saved} of {self._batches()} batches stays in {str(self.work.path)!r}: "
+                "fix that and rerun with --resume true"
+                if self._saved
+                else "nothing was saved yet"
+            )
+            path = self.work.state_path(rank, world_size)
+            raise EvaluationError(f"{storage_error(error, 'save the partial state', path)}; {kept}") from error
+        self._saved = done
 
     @override
     def on_test_epoch_end(self) -> None:

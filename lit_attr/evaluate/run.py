@@ -9,6 +9,7 @@ killed run from it (:mod:`lit_attr._resume`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -33,11 +34,12 @@ from lit_attr._checks import (
     check_optional_int,
 )
 from lit_attr._probe import load_probe
-from lit_attr._resume import WorkDirectory, check_output_dir, model_digest
+from lit_attr._resume import WorkDirectory, check_output_dir, model_digest, recover_interrupted_swap
 from lit_attr.batch import BatchAdapter
 from lit_attr.evaluate.checks import STAGES, EvaluationError, check_logits, split_collate, split_dataset
 from lit_attr.evaluate.driver import QUIET_TRAINER, EvaluationModule, ProgressBar, limited_samples
 from lit_attr.evaluate.results import package_versions, to_plain, write_and_log
+from lit_attr.evaluate.storage import OutputLock, check_storage, expected_bytes
 from lit_attr.methods import available_methods
 from lit_attr.metrics import available_metrics, get_metric_spec
 
@@ -142,6 +144,9 @@ def evaluate(
             "no sample and be left out; pass randomization_samples >= 1 or leave them out of `metrics`."
         )
     output = Path(output_dir).resolve()
+    note = recover_interrupted_swap(output)
+    if note:
+        rank_zero_warn(note, category=UserWarning)
     refusal = check_output_dir(output, overwrite)
     if refusal:
         raise EvaluationError(refusal)
@@ -167,6 +172,8 @@ def evaluate(
     split_samples, (num_samples, limits) = num_samples, limited_samples(trainer, num_samples, batch_size)
     if limits:
         rank_zero_warn(_limit_warning(limits, num_samples, split_samples), category=UserWarning)
+    kept = min(heatmap_samples, num_samples)
+    check_storage(output, expected_bytes(first.x[0].numel(), num_samples, kept, len(methods)))
     settings = {
         "methods": list(methods),
         "method_kwargs": {k: dict(v) for k, v in (method_kwargs or {}).items() if k in methods},
@@ -197,9 +204,42 @@ def evaluate(
     # The bar follows rank 0's shard, which is representative of every rank's.
     bar = ProgressBar(enabled=progress and trainer.is_global_zero, total=math.ceil(num_samples / trainer.world_size))
     wrapper.progress = bar.update if bar.enabled else None
-    with bar, _lifted_test_limits(trainer):
-        trainer.test(wrapper, verbose=False)
+    lock = OutputLock(output)
+    wrapper.claim = functools.partial(_claim, lock, output, overwrite)
+    try:
+        with bar, _lifted_test_limits(trainer):
+            trainer.test(wrapper, verbose=False)
+        return _finish(trainer, wrapper, output, split, num_classes, limits, config, datamodule, tokenizer)
+    finally:
+        lock.release()
 
+
+def _claim(lock: OutputLock, output: Path, overwrite: bool) -> str | None:
+    """Global rank 0's claim on ``output_dir`` before it touches the work directory: a refusal, or None.
+
+    It takes the output's lock and judges ``output_dir`` again, now that no other run can change it.
+    """
+    try:
+        taken_over = lock.acquire()
+    except EvaluationError as error:
+        return str(error)
+    if taken_over:
+        rank_zero_warn(taken_over, category=UserWarning)
+    return check_output_dir(output, overwrite)
+
+
+def _finish(
+    trainer: Trainer,
+    wrapper: EvaluationModule,
+    output: Path,
+    split: str,
+    num_classes: int,
+    limits: Mapping[str, Any],
+    config: Mapping[str, Any] | None,
+    datamodule: LightningDataModule,
+    tokenizer: Any,
+) -> dict[str, Any]:
+    """The result of a finished run; on global rank 0 also its files and its logs."""
     scored = len(wrapper.records)  # every rank's records: what was scored, counted
     result: dict[str, Any] = {
         "split": split,
