@@ -66,6 +66,7 @@ class _Watched(Dataset):
             if self.gate is None:
                 raise RuntimeError(f"simulated crash reading sample {index}")
             deadline = time.monotonic() + 300
+            Path(f"{self.gate}.waiting").touch()  # tells the test that every earlier batch is done
             while not Path(self.gate).exists():  # the test kills the process while it waits here
                 if time.monotonic() > deadline:
                     raise RuntimeError("the gate never opened")
@@ -75,13 +76,15 @@ class _Watched(Dataset):
 
 
 class GatedShapes(ShapesDataModule):
-    """Shapes whose validation samples from index 2 on wait for the file named by $LIT_ATTR_TEST_GATE, if set."""
+    """Shapes whose validation samples from index 2 ($LIT_ATTR_TEST_GATE_AT) on wait for the file named by
+    $LIT_ATTR_TEST_GATE, if set."""
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
         if self.val_set is not None and not isinstance(self.val_set, _Watched):
             gate = os.environ.get(GATE_ENV)
-            self.val_set = _Watched(self.val_set, 2 if gate else None, gate)
+            at = int(os.environ.get(f"{GATE_ENV}_AT", "2"))
+            self.val_set = _Watched(self.val_set, at if gate else None, gate)
 
 
 class CrashingShapes(ShapesDataModule):

@@ -26,6 +26,7 @@ from lit_attr._probe import load_probe
 from lit_attr._resume import WorkDirectory, agree
 from lit_attr.batch import BatchAdapter, adapt_batch
 from lit_attr.evaluate.checks import EvaluationError
+from lit_attr.evaluate.preemption import Preemption
 from lit_attr.evaluate.results import to_plain
 from lit_attr.evaluate.storage import storage_error
 from lit_attr.metrics import get_metric_spec
@@ -129,6 +130,10 @@ class EvaluationModule(LightningModule):
         self.progress: Callable[[str, int], None] | None = None
         # Global rank 0's claim on the output before it judges the work directory (lock, checks): a refusal or None.
         self.claim: Callable[[], str | None] | None = None
+        self.preemption: Preemption | None = None
+        # After every finished batch: (batches done, the records list, how many of them, the runner's state), the
+        # state saved when a signal abandons the batch in flight.
+        self._snapshot: tuple[int, list[SampleRecord], int, dict[str, Any]] | None = None
         self._runner: AttributionRunner | None = None
         self._restored: dict[str, Any] | None = None
         self._start = 0  # batches of this rank's shard finished by an earlier, interrupted run
@@ -179,6 +184,12 @@ class EvaluationModule(LightningModule):
 
     @override
     def on_test_start(self) -> None:
+        if self.preemption is not None:
+            # Lightning registered its own SIGTERM handler when the run started (a notifier that makes the loop stop
+            # with exit code 0); ours raises at once and passes the signal on to the ranks Lightning started.
+            self.preemption.install()
+            children = getattr(self.trainer.strategy.launcher, "procs", None) or []
+            self.preemption.forward = lambda signum: [p.send_signal(signum) for p in children if p.poll() is None]
         s = self.settings
         # Checks that re-run the method (randomisation, eMPRT, sMPRT, sensitivity) see only the first samples.
         metric_samples = {
@@ -211,6 +222,7 @@ class EvaluationModule(LightningModule):
             self._runner.load_state_dict(self._restored["runner"])
             self._runner.to(self.device)
             self.records = list(self._restored["records"])
+            self._snapshot = (self._start, self.records, len(self.records), self._restored["runner"])
             if self.progress is not None:
                 self.progress("", len(self.records))
             self._restored = None
@@ -225,9 +237,27 @@ class EvaluationModule(LightningModule):
             data = data.with_inputs(data.x.float())
         self.records += self._runner.run(data, indices=[int(i) for i in indices])
         done = self._start + batch_idx + 1
+        self._snapshot = (done, self.records, len(self.records), self._runner.state_dict())
         # The last batch too: if the final write fails, a resumed run only computes and writes.
         if done % self.resume["checkpoint_every"] == 0 or done == self._batches():
-            self._save(done, self.records, self._runner.state_dict())
+            self._save(done, self.records, self._snapshot[3])
+
+    def save_interrupted(self) -> tuple[int, int]:
+        """Save the state after the last finished batch if it is newer than the saved one (a signal came).
+
+        Returns:
+            This rank's samples done, and its shard's size.
+
+        Raises:
+            EvaluationError: if the save meets a storage fault (one line, saying what stays).
+        """
+        total = len(self._shard()) if self._trainer is not None else self.num_samples
+        if self._snapshot is None:
+            return 0, total
+        done, records, count, state = self._snapshot
+        if done > self._saved:
+            self._save(done, records[:count], state)
+        return count, total
 
     def _save(self, done: int, records: list[SampleRecord], state: dict[str, Any]) -> None:
         """Save this rank's state after ``done`` batches; a storage fault is one line saying what stays."""

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import math
 import os
+import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +39,14 @@ from lit_attr._resume import WorkDirectory, check_output_dir, model_digest, reco
 from lit_attr.batch import BatchAdapter
 from lit_attr.evaluate.checks import STAGES, EvaluationError, check_logits, split_collate, split_dataset
 from lit_attr.evaluate.driver import QUIET_TRAINER, EvaluationModule, ProgressBar, limited_samples
+from lit_attr.evaluate.preemption import (
+    EvaluationInterruptedError,
+    Preemption,
+    Stop,
+    preemption_signals,
+    requeue_slurm_job,
+    signal_name,
+)
 from lit_attr.evaluate.results import package_versions, to_plain, write_and_log
 from lit_attr.evaluate.storage import OutputLock, check_storage, expected_bytes
 from lit_attr.methods import available_methods
@@ -206,12 +215,36 @@ def evaluate(
     wrapper.progress = bar.update if bar.enabled else None
     lock = OutputLock(output)
     wrapper.claim = functools.partial(_claim, lock, output, overwrite)
+    signums, slurm = preemption_signals(trainer)
+    with Preemption(signums) as wrapper.preemption:
+        try:
+            with bar, _lifted_test_limits(trainer):
+                trainer.test(wrapper, verbose=False)
+            return _finish(trainer, wrapper, output, split, num_classes, limits, config, datamodule, tokenizer)
+        except Stop as stop:
+            raise _interrupted(stop.signum, trainer, wrapper, slurm) from None
+        finally:
+            lock.release()
+
+
+def _interrupted(signum: int, trainer: Trainer, wrapper: EvaluationModule, slurm: Any) -> EvaluationInterruptedError:
+    """Save what a signal interrupted and say so in one line (with the exit code ``128 + signal``)."""
+    name = signal_name(signum)
     try:
-        with bar, _lifted_test_limits(trainer):
-            trainer.test(wrapper, verbose=False)
-        return _finish(trainer, wrapper, output, split, num_classes, limits, config, datamodule, tokenizer)
-    finally:
-        lock.release()
+        done, total = wrapper.save_interrupted()
+    except EvaluationError as error:  # a storage fault: the message says what stays
+        return EvaluationInterruptedError(f"interrupted by {name}, but {error}", signum)
+    # The ranks Lightning started got the signal from rank 0: their states are saved once they have exited.
+    for child in getattr(trainer.strategy.launcher, "procs", None) or []:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=120)
+    where = f"{done} of {total} samples"
+    if trainer.world_size > 1:
+        where += f" of process {trainer.global_rank} of {trainer.world_size} (each saves its own part)"
+    message = f"interrupted by {name} after {where}; resume with --resume true"
+    if slurm is not None and slurm.auto_requeue and signum == slurm.requeue_signal and trainer.is_global_zero:
+        message += f" ({requeue_slurm_job()})"
+    return EvaluationInterruptedError(message, signum)
 
 
 def _claim(lock: OutputLock, output: Path, overwrite: bool) -> str | None:
