@@ -573,7 +573,20 @@ def cli_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "limit_samples": 2,
     }
     (root / "evaluate.yaml").write_text(yaml.safe_dump(config))
+    (root / "junk.ckpt").write_bytes(bytes(range(256)) * 4)
+    (root / "notes.txt").write_text("a file where a directory is expected")
+    evil = {"state_dict": torch.load(root / "model.pt"), "extra": _ShellCommand()}
+    torch.save(evil, root / "legacy.ckpt", _use_new_zipfile_serialization=False)
     return {"config": root / "evaluate.yaml", "ckpt": root / "model.pt", "root": root}
+
+
+class _ShellCommand:
+    """Unpickles by calling os.system (never here: safe loading refuses it)."""
+
+    def __reduce__(self) -> tuple:
+        import os
+
+        return os.system, ("true",)
 
 
 CLI_CASES = [
@@ -592,6 +605,13 @@ CLI_CASES = [
     ("missing_checkpoint", ["--ckpt_path", "missing.ckpt"], "--ckpt_path"),
     ("method_option_out_of_range", ["--methods", "[mfaba]", "--method_kwargs", "{mfaba: {max_steps: 0}}"],
      "max_steps"),
+    ("not_a_checkpoint", ["--ckpt_path", "{root}/junk.ckpt"], "is not a PyTorch checkpoint"),
+    ("legacy_checkpoint_calling_os_system", ["--ckpt_path", "{root}/legacy.ckpt"], "posix.system"),
+    ("output_dir_under_a_file", ["--output_dir", "{root}/notes.txt/out"], "is a file, not a directory"),
+    ("model_output_sigmoid_with_four_logits", ["--model_output", "sigmoid"], "model_output"),
+    ("trainer_limit_leaving_no_sample", ["--trainer.limit_test_batches", "0.01"], "limit_test_batches=0.01"),
+    ("randomization_samples_0", ["--metrics", "[randomization]", "--randomization_samples", "0"],
+     "randomization_samples"),
 ]
 
 
@@ -602,7 +622,7 @@ def test_cli_bad_input_is_one_line_on_stderr_and_a_non_zero_exit(
     output_dir = cli_files["root"] / "out"
     code = main([
         "evaluate", "--config", str(cli_files["config"]), "--ckpt_path", str(cli_files["ckpt"]),
-        "--output_dir", str(output_dir), *arguments,
+        "--output_dir", str(output_dir), *(a.replace("{root}", str(cli_files["root"])) for a in arguments),
     ])  # fmt: skip
     stderr = capsys.readouterr().err.strip()
     assert code != 0

@@ -118,3 +118,30 @@ def test_slurm_requeue_signal_is_handled_and_the_job_requeued(tmp_path, monkeypa
         time.sleep(5)  # the handler interrupts this at once
     assert stop.value.signum == preemption.received == signal.SIGUSR1
     assert signal.getsignal(signal.SIGUSR1) is not preemption._handle  # the previous handler is back
+
+
+def test_the_monitor_leaves_the_signal_handling_of_fit_as_it_is(tmp_path):
+    import lightning as L
+    from callbacks._helpers import METRIC_KWARGS, fit
+
+    from lit_attr.callbacks import AttributionMonitor
+
+    class Handlers(L.Callback):
+        """The SIGTERM handler when training starts and after each validation epoch (after the monitor ran)."""
+
+        def __init__(self) -> None:
+            self.seen: list = []
+
+        def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            self.seen.append(signal.getsignal(signal.SIGTERM))
+
+        def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            self.seen.append(signal.getsignal(signal.SIGTERM))
+
+    before = signal.getsignal(signal.SIGTERM)
+    handlers = Handlers()
+    monitor = AttributionMonitor(["saliency"], num_samples=4, metric_kwargs=METRIC_KWARGS)
+    fit(tmp_path, [monitor, handlers], logger=False, max_epochs=2)
+    assert sorted(monitor.history) == [0, 1] and len(handlers.seen) == 3
+    assert all(handler is handlers.seen[0] for handler in handlers.seen)  # Lightning's, untouched by the monitor
+    assert type(handlers.seen[0]).__name__ == "_HandlersCompose" and signal.getsignal(signal.SIGTERM) is before
