@@ -304,8 +304,10 @@ def test_cli_run_killed_after_its_first_saved_state_resumes_to_the_uninterrupted
     assert not out.exists()
     assert torch.load(_state(out), weights_only=True)["batches_done"] == 1
 
-    with pytest.raises(CLIError, match="an unfinished evaluation") as error:  # no --resume: one line, no change
-        run_evaluate([*base, "--output_dir", str(out)], progress=False)
+    # no --resume: one line, no change; the killed run's lock is stale and taken over with a warning
+    with pytest.raises(CLIError, match="an unfinished evaluation") as error:
+        with pytest.warns(UserWarning, match=f"left by PID {killed.pid}, which is no longer running"):
+            run_evaluate([*base, "--output_dir", str(out)], progress=False)
     assert "\n" not in str(error.value) and _state(out).is_file()
 
     resumed = subprocess.run(
@@ -317,7 +319,8 @@ def test_cli_run_killed_after_its_first_saved_state_resumes_to_the_uninterrupted
     result = json.loads((out / "metrics.json").read_text())
     _assert_same_numbers(result, reference)
     assert result["num_samples"] == 9 and result["config"]["resume"] is True
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["evaluate.yaml", "model.pt", "out", "reference"]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["evaluate.yaml", "model.pt", "never.waiting", "out", "reference"]  # .waiting: the gate's marker
     with pytest.raises(CLIError, match="holds a finished evaluation; pass --overwrite true"):
         run_evaluate([*base, "--output_dir", str(out)], progress=False)
 
