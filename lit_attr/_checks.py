@@ -29,21 +29,30 @@ from torch import Tensor, nn
 
 TargetType = int | Sequence[int] | Tensor | None
 
+#: How a model's outputs are scored: ``"logits"``, K >= 2 class logits under a softmax; ``"sigmoid"``, the one logit
+#: ``z`` of a binary classifier, class 1 scoring ``sigmoid(z)`` and class 0 ``1 - sigmoid(z)``.
+MODEL_OUTPUTS = ("logits", "sigmoid")
+
 __all__ = [
+    "MODEL_OUTPUTS",
     "TargetType",
     "check_batch",
     "check_bounds",
+    "check_bounds_fit",
     "check_callable",
     "check_choice",
     "check_device",
     "check_finite",
     "check_flag",
     "check_int",
+    "check_labels",
     "check_names",
     "check_number",
     "check_option_dicts",
     "check_optional_int",
     "check_positive",
+    "check_sample_limits",
+    "check_scorable",
     "check_seed",
     "resolve_target",
 ]
@@ -163,6 +172,103 @@ def check_bounds(name: str, bounds: Any) -> tuple[float | Tensor, float | Tensor
     if bool(torch.as_tensor(low >= high).any()):
         raise ValueError(f"`{name}` must satisfy low < high everywhere, got {bounds!r}.")
     return low, high
+
+
+def check_bounds_fit(name: str, bounds: Any, x: Tensor) -> None:
+    """Refuse per-sample ``bounds`` (tensors) that do not broadcast to one sample of the batch ``x``.
+
+    Scalar bounds, ``None`` and inputs that are not floating-point (token ids: their bounds live in the embedding
+    space) always fit.
+
+    Raises:
+        ValueError: naming the argument, the sample shape and the shape given.
+
+    Example:
+        >>> check_bounds_fit("input_bounds", (torch.zeros(3, 1, 1), torch.ones(3, 1, 1)), torch.rand(2, 3, 4, 4))
+    """
+    if bounds is None or not x.is_floating_point():
+        return
+    sample = tuple(x.shape[1:])
+    for bound in bounds:
+        if not isinstance(bound, Tensor):
+            continue
+        try:
+            fits = torch.broadcast_shapes(bound.shape, sample) == sample
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"`{name}` must be scalars or tensors broadcastable to one sample {sample} (per channel: "
+                f"({sample[0]}, 1, 1) for images), got a bound of shape {tuple(bound.shape)}."
+            )
+
+
+def check_scorable(logits: Tensor, model_output: str = "logits") -> int:
+    """Refuse model outputs that no score can be honest about; return the number of classes they score.
+
+    ``model_output="logits"`` takes K >= 2 class logits (a softmax over them gives the class probabilities): one
+    output per sample would give every class the probability 1 whatever the input, and outputs that already are
+    probabilities (in [0, 1], rows summing to 1) would be squashed by a second softmax. ``model_output="sigmoid"``
+    takes the single logit ``z`` of a binary classifier (2 classes: ``sigmoid(z)`` and ``1 - sigmoid(z)``).
+
+    Args:
+        logits: the model's output on a batch, ``(N, K)``.
+        model_output: one of :data:`MODEL_OUTPUTS`.
+
+    Raises:
+        ValueError: naming what the model returned and what to pass instead.
+
+    Example:
+        >>> check_scorable(torch.tensor([[2.0, -1.0]])), check_scorable(torch.tensor([[0.3]]), "sigmoid")
+        (2, 2)
+    """
+    check_choice("model_output", model_output, MODEL_OUTPUTS)
+    if not isinstance(logits, Tensor) or logits.ndim != 2 or not logits.is_floating_point():
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"The model must return floating-point logits (N, K), got {shape}.")
+    shape, k = tuple(logits.shape), logits.shape[1]
+    if model_output == "sigmoid":
+        if k != 1:
+            raise ValueError(
+                f"`model_output='sigmoid'` is for a binary classifier with one logit per sample, but the model "
+                f"returns {k} per sample (shape {shape}); pass model_output='logits' for class logits."
+            )
+        return 2
+    if k == 1:
+        raise ValueError(
+            f"The model returns one output per sample (shape {shape}): a softmax over one logit is 1 for every "
+            "input, so every score would be 1.0. If it is a binary classifier's logit, pass model_output='sigmoid' "
+            "(--model_output sigmoid): class 1 then scores sigmoid(z) and class 0 scores 1 - sigmoid(z)."
+        )
+    values = logits.detach().float()
+    if bool(((values >= 0) & (values <= 1)).all()) and bool((values.sum(dim=1) - 1).abs().max() <= 1e-4):
+        raise ValueError(
+            f"The model's outputs look like probabilities (shape {shape}, in [0, 1], rows sum to 1): a softmax over "
+            "them would flatten every score; return the logits (remove the final softmax)."
+        )
+    return k
+
+
+def check_labels(name: str, labels: Tensor) -> Tensor:
+    """Labels as an ``(N,)`` long tensor of class indices; float labels must hold whole numbers.
+
+    Raises:
+        ValueError: for floating-point labels with a fraction (or NaN): truncating them would explain other classes.
+
+    Example:
+        >>> check_labels("y", torch.tensor([[1.0], [0.0]]))
+        tensor([1, 0])
+    """
+    if labels.is_floating_point():
+        bad = labels != labels.trunc()
+        if bool(bad.any()):
+            example = float(labels[bad].flatten()[0])
+            raise ValueError(
+                f"`{name}` must be integer class indices, got floating-point labels with a fraction (e.g. "
+                f"{example:.6g}); pass `batch_adapter=` returning class indices (soft or multi-label targets have no "
+                "single class to explain)."
+            )
+    return labels.detach().long().reshape(-1)
 
 
 def check_device(name: str, value: Tensor, model: nn.Module) -> None:
@@ -305,6 +411,25 @@ def check_option_dicts(
     if unknown:
         raise ValueError(f"`{argument}` has options for {unknown}, which are not among the {what}s {list(names)}.")
     return {name: dict(options.get(name, {})) for name in names}
+
+
+def check_sample_limits(name: str, limits: Any, names: Sequence[str]) -> dict[str, int]:
+    """``{name: n}`` with ints >= 0 for some of ``names`` (None: no limits), else a TypeError/ValueError.
+
+    Example:
+        >>> check_sample_limits("metric_samples", {"randomization": 8}, ["randomization", "localization"])
+        {'randomization': 8}
+    """
+    if limits is None:
+        return {}
+    if not isinstance(limits, Mapping) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in limits.values()
+    ):
+        raise TypeError(f"`{name}` must map metric names to ints >= 0, got {limits!r}.")
+    unknown = [key for key in limits if key not in names]
+    if unknown:
+        raise ValueError(f"`{name}` has limits for {unknown}, which are not among the metrics {list(names)}.")
+    return dict(limits)
 
 
 def resolve_target(target: TargetType, logits: Tensor) -> Tensor:

@@ -25,19 +25,32 @@ def find_dataset(
 ) -> tuple[Dataset, Callable[[list], Any]] | None:
     """The map-style dataset and collate function of a validation (``"fit"``/``"validate"``) or test loader.
 
-    Looks, through public APIs only, at the loaders Lightning already loaded (``trainer.val_dataloaders`` /
-    ``test_dataloaders``), else at the datamodule's or the module's own ``*_dataloader()`` (constructed, never
-    iterated). Loaders handed straight to ``trainer.fit`` are known once Lightning loads them, when validation
-    starts. ``dataloader_idx`` picks one of several (see :func:`dataset_of`). Returns None if none is known yet.
+    Looks at the loaders Lightning already loaded (``trainer.val_dataloaders`` / ``test_dataloaders``), else at the
+    datamodule's or the module's own ``*_dataloader()`` (constructed, never iterated), else at the loaders handed
+    straight to ``trainer.fit`` (``validate``, ``test``). ``dataloader_idx`` picks one of several (see
+    :func:`dataset_of`). Returns None if there is no such data.
     """
     split = "test" if stage == "test" else "val"
     loaders = trainer.test_dataloaders if split == "test" else trainer.val_dataloaders
     if loaders is None:
         hook = f"{split}_dataloader"
         owner = trainer.datamodule if _overrides(trainer.datamodule, hook) else pl_module
-        if _overrides(owner, hook):
-            loaders = getattr(owner, hook)()
+        loaders = getattr(owner, hook)() if _overrides(owner, hook) else _given_loaders(trainer, stage)
     return dataset_of(loaders, split, dataloader_idx)
+
+
+def _given_loaders(trainer: Trainer, stage: str) -> Any:
+    """The loaders handed straight to ``trainer.fit``/``validate``/``test``, or None.
+
+    Lightning loads them only when their loop starts (validation may never run: ``limit_val_batches=0``); until then
+    it keeps them in the loop's data source, which has no public accessor.
+    """
+    from lightning.pytorch import LightningDataModule
+
+    loops = {"test": trainer.test_loop, "validate": trainer.validate_loop}
+    loop = loops.get(stage) or trainer.fit_loop.epoch_loop.val_loop
+    instance = getattr(getattr(loop, "_data_source", None), "instance", None)
+    return None if isinstance(instance, (LightningModule, LightningDataModule)) else instance
 
 
 def dataset_of(

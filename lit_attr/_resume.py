@@ -2,10 +2,15 @@
 
 ``evaluate(output_dir="out")`` works in the hidden sibling ``.out.work/``:
 
-* ``state/rank-<r>-of-<W>.pt``: every ``checkpoint_every`` batches each rank saves its runner state (the metric
-  states and update counts), its per-sample records (for the report's heatmaps and timing) and the number of
-  batches of its shard that are done. A file is written to a temporary name, fsync-ed and renamed, so it is whole
-  or absent, whenever the process dies.
+* ``state/rank-<r>-of-<W>.pt``: every ``checkpoint_every`` batches (and after its last one) each rank saves its
+  runner state (the metric states and update counts), its per-sample records (for the report's heatmaps and timing)
+  and the number of batches of its shard that are done. A file is written to a temporary name, fsync-ed and renamed,
+  so it is whole or absent, whenever the process dies.
+* ``state/rank-<r>-of-<W>.pt.sha256``: the integrity record of that file (JSON): its schema version and the SHA-256
+  of its bytes. It is replaced just before the file and also accepts the file it replaces, so a death between the
+  two renames leaves the earlier, whole state usable. A state whose bytes match neither digest, whose schema is
+  another, or whose position is impossible for its shard is refused in one line naming the file, and never
+  deleted.
 * ``result/``: the final files; when they are complete the directory is renamed to ``out/`` and the work directory
   is removed.
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -34,9 +40,17 @@ from torch import Tensor, nn
 
 from lit_attr.runner import SampleRecord
 
-__all__ = ["WorkDirectory", "agree", "check_output_dir", "model_digest", "write_result"]
+__all__ = [
+    "WorkDirectory",
+    "agree",
+    "check_output_dir",
+    "model_digest",
+    "recover_interrupted_swap",
+    "work_dir",
+    "write_result",
+]
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 _STATE_NAME = re.compile(r"^rank-(\d+)-of-(\d+)\.pt$")
 
 
@@ -152,20 +166,37 @@ class WorkDirectory:
         """``(state, None)`` for this rank's saved state, ``(None, None)`` if it has none, ``(None, why)`` if unusable.
 
         The state holds ``batches_done``, ``records`` (:class:`~lit_attr.runner.SampleRecord` objects) and
-        ``runner`` (:meth:`~lit_attr.runner.AttributionRunner.state_dict`).
+        ``runner`` (:meth:`~lit_attr.runner.AttributionRunner.state_dict`). It is refused, and left where it is, if
+        its bytes do not match its integrity record, if another schema wrote it, if it was saved under another
+        fingerprint, or if its position does not fit this rank's shard.
         """
         path = self.state_path(rank, world_size)
         if not path.is_file():
             return None, None
         start_over = "pass --overwrite true without --resume to start over"
+        refused = f"cannot resume from {str(path)!r}:"
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            data, record = path.read_bytes(), _read_record(_record_path(path))
+        except OSError as error:
+            return None, f"{refused} it cannot be read ({error.strerror or error}); {start_over}"
+        side = _record_path(path).name
+        if record is None:
+            return None, f"{refused} its integrity record {side!r} is missing or unreadable; {start_over}"
+        if record.get("schema") != STATE_VERSION:
+            return None, (
+                f"{refused} it has schema {record.get('schema')!r}, this version of lit-attr reads schema "
+                f"{STATE_VERSION}; {start_over}"
+            )
+        if hashlib.sha256(data).hexdigest() not in (record.get("sha256"), record.get("previous_sha256")):
+            return None, f"{refused} its SHA-256 does not match {side!r}: the file is damaged; {start_over}"
+        try:
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             saved = json.loads(state["fingerprint"])
         except Exception as error:  # noqa: BLE001 - any unreadable file is refused the same way
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            return None, f"cannot resume from {str(path)!r}: the file is unreadable ({first}); {start_over}"
+            return None, f"{refused} the file is unreadable ({first}); {start_over}"
         if state.get("version") != STATE_VERSION:
-            return None, f"cannot resume from {str(path)!r}: another version of lit-attr wrote it; {start_over}"
+            return None, f"{refused} another version of lit-attr wrote it; {start_over}"
         difference = _first_difference(saved, self.fingerprint)
         if difference is not None:
             key, was, now = difference
@@ -173,8 +204,24 @@ class WorkDirectory:
                 f"cannot resume the evaluation in {str(self.path)!r}: its {key} was {_short(was)}, this run's is "
                 f"{_short(now)}; rerun with the same configuration, or {start_over}"
             )
+        impossible = self._impossible_position(state, rank, world_size)
+        if impossible:
+            return None, f"{refused} {impossible}; {start_over}"
         state["records"] = [SampleRecord(**record) for record in state["records"]]
         return state, None
+
+    def _impossible_position(self, state: Mapping[str, Any], rank: int, world_size: int) -> str | None:
+        """Why a state's position cannot belong to this rank's shard, or None (a whole, matching file always fits)."""
+        shard = range(rank, int(self.fingerprint["num_samples"]), world_size)
+        batch_size = int(self.fingerprint["batch_size"])
+        total = -(-len(shard) // batch_size)
+        done = state.get("batches_done")
+        if not isinstance(done, int) or isinstance(done, bool) or not 1 <= done <= total:
+            return f"it says {done!r} batches are done, but this process's shard has {total}"
+        indices = [record.get("index") for record in state.get("records", [])]
+        if indices != list(shard[: done * batch_size]):
+            return f"its records are not the first {done} batches of this process's shard"
+        return None
 
     def save(
         self,
@@ -184,7 +231,7 @@ class WorkDirectory:
         records: Sequence[SampleRecord],
         runner_state: Mapping[str, Any],
     ) -> None:
-        """Save one rank's partial state atomically (temporary file, fsync, rename)."""
+        """Save one rank's partial state atomically (temporary file, fsync, rename), after its integrity record."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         payload = {
             "version": STATE_VERSION,
@@ -193,11 +240,26 @@ class WorkDirectory:
             "records": [{f.name: getattr(record, f.name) for f in fields(SampleRecord)} for record in records],
             "runner": dict(runner_state),
         }
-        _save_atomically(payload, self.state_path(rank, world_size))
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)  # in memory: a full disk then fails in our write, not inside torch's writer
+        data = buffer.getvalue()
+        path = self.state_path(rank, world_size)
+        previous = _read_record(_record_path(path)) if path.is_file() else None
+        record = {
+            "schema": STATE_VERSION,
+            "file": path.name,
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            # The file this save replaces stays valid until it is replaced: a death between the renames keeps it.
+            "previous_sha256": None if previous is None else previous.get("sha256"),
+        }
+        _write_atomically(json.dumps(record).encode(), _record_path(path))
+        _write_atomically(data, path)
 
     def discard(self, rank: int, world_size: int) -> None:
         """Remove this rank's state once its part is done (and the directories, if nothing else is left)."""
         self.state_path(rank, world_size).unlink(missing_ok=True)
+        _record_path(self.state_path(rank, world_size)).unlink(missing_ok=True)
         for directory in (self.state_dir, self.path):
             with contextlib.suppress(OSError):  # not empty, or already removed by rank 0
                 directory.rmdir()
@@ -238,17 +300,80 @@ def write_result(output_dir: Path, write: Callable[[Path], None]) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def _save_atomically(payload: Any, path: Path) -> None:
+def recover_interrupted_swap(output_dir: Path) -> str | None:
+    """Finish what a run that died while swapping its result in (``--overwrite``) left; say what was done, or None.
+
+    :func:`write_result` renames the old result to ``.<name>.old-<pid>`` before renaming the new one into place. If
+    process ``<pid>`` is dead, a death between the renames left no ``output_dir``: the old result is put back; a
+    death after them left both: the old one is removed. A running process's swap is left alone.
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> (root / ".out.old-999999999").mkdir()  # no such process
+        >>> "restored the previous result" in recover_interrupted_swap(root / "out"), (root / "out").is_dir()
+        (True, True)
+    """
+    olds = []
+    for old in output_dir.parent.glob(f".{output_dir.name}.old-*"):
+        pid = old.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            olds.append(old)
+    if not olds:
+        return None
+    olds.sort(key=lambda path: path.stat().st_mtime)
+    newest, out = olds[-1], repr(str(output_dir))
+    try:  # another run may be recovering the same directories: whoever renames first wins
+        if not output_dir.exists():
+            newest.rename(output_dir)
+            olds.pop()
+            note = f"restored the previous result in {out}: an --overwrite that replaced it died before its new one"
+        else:
+            note = f"removed the previous result of {out} that an interrupted --overwrite left in {str(newest)!r}"
+        for old in olds:
+            shutil.rmtree(old)
+    except OSError:
+        return None
+    return f"lit_attr evaluate: {note}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except OverflowError:  # a number no process has
+        return False
+    return True
+
+
+def _record_path(state: Path) -> Path:
+    return state.with_name(f"{state.name}.sha256")
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """A state's integrity record, or None if it is missing or not one."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _write_atomically(data: bytes, path: Path) -> None:
+    """Write ``data`` to a temporary file, fsync it, rename it to ``path`` and fsync the directory (POSIX)."""
     temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
         with open(temporary, "wb") as stream:
-            torch.save(payload, stream)
+            stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
         descriptor = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(descriptor)

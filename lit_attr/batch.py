@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lit_attr._checks import check_labels
 from lit_attr.inputs import InputKind, input_kind
 from lit_attr.inputs.tokens import forward_parameters
 
@@ -182,6 +183,7 @@ def adapt_batch(batch: Any, adapter: BatchAdapter | None = None) -> Batch:
 
     Raises:
         TypeError: if the adapter returns anything else.
+        ValueError: for float labels with a fraction (:func:`lit_attr._checks.check_labels`).
 
     Example:
         >>> adapt_batch((torch.zeros(2, 1, 3, 3), torch.tensor([[1], [0]]))).y
@@ -207,7 +209,7 @@ def adapt_batch(batch: Any, adapter: BatchAdapter | None = None) -> Batch:
     mask = None if read.mask is None else read.kind.ground_truth(read.mask.detach().bool(), read.x)
     return Batch(
         read.x.detach(),
-        None if read.y is None else read.y.detach().long().reshape(-1),
+        None if read.y is None else check_labels("labels", read.y),
         mask,
         None if read.attention_mask is None else read.attention_mask.detach(),
         None if read.special_tokens_mask is None else read.special_tokens_mask.detach(),

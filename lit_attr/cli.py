@@ -85,11 +85,20 @@ def _is_rank_zero() -> bool:
 
 # ---------------------------------------------------------------------------------------------------- evaluate
 def _evaluate_command(argv: Sequence[str]) -> int:
+    import signal
+
     from rich.console import Console
 
+    from lit_attr.evaluate.preemption import Preemption, Stop, signal_name
     from lit_attr.report import summary_table
 
-    result, output_dir = run_evaluate(argv)
+    # The evaluation handles the signals while it runs (it saves its state); before and after it, they stop the
+    # command with one line too.
+    try:
+        with Preemption([signal.SIGTERM, signal.SIGINT]):
+            result, output_dir = run_evaluate(argv)
+    except Stop as stop:
+        raise CLIError(f"interrupted by {signal_name(stop.signum)} outside the evaluation", 128 + stop.signum) from None
     if _is_rank_zero():
         console = Console()
         console.print(summary_table(result, f"{result['num_samples']} {result['split']} samples"))
@@ -149,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return demo_command(rest)
     except CLIError as error:
         sys.stderr.write(f"lit_attr {command}: error: {error}\n")
-        return 1
+        return error.exit_code
     sys.stderr.write(
         f"lit_attr: error: unknown command {command!r}; choose from fit, validate, test, predict, "
         "evaluate, demo (see lit_attr --help)\n"

@@ -25,13 +25,17 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from lit_attr._binary import scoring_model
 from lit_attr._checks import (
     TargetType,
+    check_bounds_fit,
     check_callable,
     check_choice,
     check_device,
     check_int,
     check_option_dicts,
+    check_sample_limits,
+    check_scorable,
     resolve_target,
 )
 from lit_attr._hygiene import preserved_model_state, preserved_rng_state
@@ -84,6 +88,8 @@ class AttributionRunner:
         progress: ``progress(description, samples_done)``, called when a method starts on a batch (0 samples)
             and when a batch is done; methods built here that report their own progress (a ``progress``
             attribute, e.g. FEI's iterations) report through it too.
+        model_output: ``"logits"`` (K >= 2) or ``"sigmoid"`` (a binary classifier's one logit; class 1 scores
+            ``sigmoid(z)``, class 0 ``1 - sigmoid(z)``); other outputs are refused (``_checks.check_scorable``).
 
     Example:
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
@@ -110,16 +116,19 @@ class AttributionRunner:
         keep_attributions: int = 0,
         metric_samples: Mapping[str, int] | None = None,
         progress: Callable[[str, int], None] | None = None,
+        model_output: str = "logits",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+        self.model_output = model_output
+        model = scoring_model(model, model_output)
         specs = normalize_methods(methods)
         self.metric_names = check_metric_names(metrics) if metrics else ()
         options = check_option_dicts("method_kwargs", method_kwargs, list(specs), what="method")
         self._metric_options = check_option_dicts("metric_kwargs", metric_kwargs, self.metric_names, what="metric")
         self.target = check_choice("target", target, TARGETS)
         self.keep_attributions = check_int("keep_attributions", keep_attributions, 0)
-        self.metric_samples = dict(_check_options_ints(metric_samples, self.metric_names))
+        self.metric_samples = check_sample_limits("metric_samples", metric_samples, self.metric_names)
         self.progress = check_callable("progress", progress)
         self.model = model
         self.specs: dict[str, MetricSpec] = {name: get_metric_spec(name) for name in self.metric_names}
@@ -145,7 +154,8 @@ class AttributionRunner:
                     "AttributionMethod instance; configure the instance instead."
                 )
             if spec.model is not self.model:
-                raise ValueError(f"The AttributionMethod {name!r} is bound to another model than the runner's.")
+                hint = "" if self.model_output == "logits" else " (with model_output='sigmoid', give methods by name)"
+                raise ValueError(f"The AttributionMethod {name!r} is bound to another model than the runner's{hint}.")
             return spec
         options = dict(options)
         if input_bounds is not None:
@@ -284,6 +294,9 @@ class AttributionRunner:
             if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != n:
                 shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
                 raise ValueError(f"The model must return logits of shape (N, K) = ({n}, K), got {shape}.")
+            check_scorable(logits)  # a binary model's single logit arrives here as two (model_output="sigmoid")
+            for name, method in self.methods.items():
+                check_bounds_fit(f"input_bounds` of method `{name}", method.input_bounds, batch.x)
             probabilities = logits.float().softmax(dim=1)
             confidence, prediction = probabilities.max(dim=1)
             if target is None and self.target == "label" and batch.y is not None:
@@ -481,15 +494,3 @@ def _model_inputs(batch: Batch, model: nn.Module) -> dict[str, Tensor] | None:
     inputs = {key: value for key, value in (batch.model_inputs or {}).items() if key in names}
     return inputs or None
 
-
-def _check_options_ints(limits: Mapping[str, int] | None, names: Sequence[str]) -> Mapping[str, int]:
-    if limits is None:
-        return {}
-    if not isinstance(limits, Mapping) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in limits.values()
-    ):
-        raise TypeError(f"`metric_samples` must map metric names to ints >= 0, got {limits!r}.")
-    unknown = [key for key in limits if key not in names]
-    if unknown:
-        raise ValueError(f"`metric_samples` has limits for {unknown}, which are not among the metrics {list(names)}.")
-    return limits

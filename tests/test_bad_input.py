@@ -21,7 +21,7 @@ from text_helpers import MASK, SPECIALS, TOKEN_METHODS, plain_transformer, token
 from torch import Tensor, nn
 from vit_helpers import torchvision_vit
 
-from lit_attr.batch import Batch
+from lit_attr.batch import Batch, adapt_batch
 from lit_attr.callbacks import AttributionCheckpoint, AttributionEarlyStopping, AttributionMonitor, RandomizationCheck
 from lit_attr.cli import main
 from lit_attr.data import ShapesDataModule
@@ -431,6 +431,74 @@ for label, expected, call in RUNNER:
     case(f"runner-{label}", expected, call)
 
 
+@functools.cache
+def single_logit() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 1)).eval()
+
+
+# Outputs no score can be honest about, and labels that would be truncated to another class (one check for all).
+SCORING = [
+    ("runner-run-single_logit", "model_output='sigmoid'",
+     lambda: AttributionRunner(single_logit(), ["saliency"]).run(Batch(x_for()))),
+    ("runner-run-probabilities", "probabilities",
+     lambda: AttributionRunner(nn.Sequential(cnn(), nn.Softmax(dim=1)), ["saliency"]).run(Batch(x_for()))),
+    ("runner-model_output", "`model_output`", lambda: AttributionRunner(cnn(), ["saliency"], model_output="softmax")),
+    ("runner-run-sigmoid_with_four_logits", "`model_output='sigmoid'`",
+     lambda: AttributionRunner(cnn(), ["saliency"], model_output="sigmoid").run(Batch(x_for()))),
+    ("monitor-model_output", "`model_output`", lambda: AttributionMonitor(["saliency"], model_output="probs")),
+    ("randomization_check-model_output", "`model_output`",
+     lambda: RandomizationCheck(["saliency"], model_output="probs")),
+    ("batch-labels_with_a_fraction", "`labels`", lambda: adapt_batch((x_for(), torch.tensor([0.0, 1.9])))),
+    ("batch-labels_nan", "`labels`", lambda: adapt_batch((x_for(), torch.tensor([0.0, float("nan")])))),
+]
+for label, expected, call in SCORING:
+    case(label, expected, call)
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        return iter([(x_for(n=1)[0], torch.tensor(0))])
+
+
+def fit_with(callback: Any, val: str, **options: Any) -> None:
+    """One step of a tiny fit with ``callback``; ``val``: "none", "stream" (an IterableDataset) or "loader"."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    data = ShapesDataModule(num_train=4, num_val=4, image_size=16)
+    data.setup("fit")
+    loaders = {"none": None, "stream": DataLoader(_Stream()), "loader": DataLoader(data.val_set)}
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[callback], **options)  # fmt: skip
+    trainer.fit(DemoClassifier(width=4), DataLoader(data.train_set, batch_size=4), loaders[val])
+
+
+# What the callbacks will not do, refused when the fit starts (on_error="raise").
+NO_DATA = [
+    ("monitor-no_validation_data", "no validation data", lambda: fit_with(AttributionMonitor(["saliency"]), "none")),
+    ("monitor-limit_val_batches_0", "`limit_val_batches=0`",
+     lambda: fit_with(AttributionMonitor(["saliency"]), "loader", limit_val_batches=0)),
+    ("monitor-iterable_validation_data", "map-style dataset",
+     lambda: fit_with(AttributionMonitor(["saliency"]), "stream")),
+    ("randomization_check-no_validation_data", "no validation data",
+     lambda: fit_with(RandomizationCheck(["saliency"]), "none")),
+]
+for label, expected, call in NO_DATA:
+    case(label, expected, call)
+
+# Shapes checked where what they must fit is first known.
+FOUR_CHANNEL_BOUNDS = (torch.zeros(4, 1, 1), torch.ones(4, 1, 1))
+SHAPES = [
+    ("batch-masks_two_of_three_channels", "`masks`",
+     lambda: adapt_batch((x_for(), torch.tensor([0, 1]), torch.ones(2, 2, 8, 8, dtype=torch.bool)))),
+    ("runner-run-input_bounds_per_channel", "`input_bounds` of method `mfaba`",
+     lambda: AttributionRunner(cnn(), ["mfaba"], input_bounds=FOUR_CHANNEL_BOUNDS).run(Batch(x_for()))),
+]
+for label, expected, call in SHAPES:
+    case(label, expected, call)
+
+
 # ---------------------------------------------------------------------------------------------------- evaluate
 def run_evaluate_with(**bad: Any) -> None:
     arguments: dict[str, Any] = {
@@ -470,6 +538,10 @@ EVALUATE = [
     ("resume", {"resume": "yes"}, "`resume`"),
     ("overwrite", {"overwrite": 1}, "`overwrite`"),
     ("progress", {"progress": None}, "`progress`"),
+    ("model_output", {"model_output": "softmax"}, "`model_output`"),
+    ("input_bounds_per_channel", {"input_bounds": FOUR_CHANNEL_BOUNDS}, "`input_bounds`"),
+    ("randomization_samples_0_with_randomization", {"metrics": ["randomization"], "randomization_samples": 0},
+     "`randomization_samples`"),
 ]
 for label, bad, expected in EVALUATE:
     case(f"evaluate-{label}", expected, lambda b=bad: run_evaluate_with(**b))
@@ -501,7 +573,20 @@ def cli_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "limit_samples": 2,
     }
     (root / "evaluate.yaml").write_text(yaml.safe_dump(config))
+    (root / "junk.ckpt").write_bytes(bytes(range(256)) * 4)
+    (root / "notes.txt").write_text("a file where a directory is expected")
+    evil = {"state_dict": torch.load(root / "model.pt"), "extra": _ShellCommand()}
+    torch.save(evil, root / "legacy.ckpt", _use_new_zipfile_serialization=False)
     return {"config": root / "evaluate.yaml", "ckpt": root / "model.pt", "root": root}
+
+
+class _ShellCommand:
+    """Unpickles by calling os.system (never here: safe loading refuses it)."""
+
+    def __reduce__(self) -> tuple:
+        import os
+
+        return os.system, ("true",)
 
 
 CLI_CASES = [
@@ -515,10 +600,18 @@ CLI_CASES = [
     ("input_bounds_reversed", ["--input_bounds", "[1, 0]"], "input_bounds"),
     ("resume_not_bool", ["--resume", "maybe"], "resume"),
     ("target", ["--target", "both"], "target"),
+    ("model_output", ["--model_output", "softmax"], "model_output"),
     ("unknown_option", ["--bogus", "1"], "bogus"),
     ("missing_checkpoint", ["--ckpt_path", "missing.ckpt"], "--ckpt_path"),
     ("method_option_out_of_range", ["--methods", "[mfaba]", "--method_kwargs", "{mfaba: {max_steps: 0}}"],
      "max_steps"),
+    ("not_a_checkpoint", ["--ckpt_path", "{root}/junk.ckpt"], "is not a PyTorch checkpoint"),
+    ("legacy_checkpoint_calling_os_system", ["--ckpt_path", "{root}/legacy.ckpt"], "posix.system"),
+    ("output_dir_under_a_file", ["--output_dir", "{root}/notes.txt/out"], "is a file, not a directory"),
+    ("model_output_sigmoid_with_four_logits", ["--model_output", "sigmoid"], "model_output"),
+    ("trainer_limit_leaving_no_sample", ["--trainer.limit_test_batches", "0.01"], "limit_test_batches=0.01"),
+    ("randomization_samples_0", ["--metrics", "[randomization]", "--randomization_samples", "0"],
+     "randomization_samples"),
 ]
 
 
@@ -529,7 +622,7 @@ def test_cli_bad_input_is_one_line_on_stderr_and_a_non_zero_exit(
     output_dir = cli_files["root"] / "out"
     code = main([
         "evaluate", "--config", str(cli_files["config"]), "--ckpt_path", str(cli_files["ckpt"]),
-        "--output_dir", str(output_dir), *arguments,
+        "--output_dir", str(output_dir), *(a.replace("{root}", str(cli_files["root"])) for a in arguments),
     ])  # fmt: skip
     stderr = capsys.readouterr().err.strip()
     assert code != 0

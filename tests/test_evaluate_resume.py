@@ -23,10 +23,12 @@ import torch
 import yaml
 from torch.utils.data import Dataset
 
+from lit_attr._resume import WorkDirectory
 from lit_attr.cli import CLIError, run_evaluate
 from lit_attr.data import ShapesDataModule
 from lit_attr.evaluate import EvaluationError, evaluate
 from lit_attr.models import DemoClassifier
+from lit_attr.runner import SampleRecord
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -64,6 +66,7 @@ class _Watched(Dataset):
             if self.gate is None:
                 raise RuntimeError(f"simulated crash reading sample {index}")
             deadline = time.monotonic() + 300
+            Path(f"{self.gate}.waiting").touch()  # tells the test that every earlier batch is done
             while not Path(self.gate).exists():  # the test kills the process while it waits here
                 if time.monotonic() > deadline:
                     raise RuntimeError("the gate never opened")
@@ -73,13 +76,15 @@ class _Watched(Dataset):
 
 
 class GatedShapes(ShapesDataModule):
-    """Shapes whose validation samples from index 2 on wait for the file named by $LIT_ATTR_TEST_GATE, if set."""
+    """Shapes whose validation samples from index 2 ($LIT_ATTR_TEST_GATE_AT) on wait for the file named by
+    $LIT_ATTR_TEST_GATE, if set."""
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
         if self.val_set is not None and not isinstance(self.val_set, _Watched):
             gate = os.environ.get(GATE_ENV)
-            self.val_set = _Watched(self.val_set, 2 if gate else None, gate)
+            at = int(os.environ.get(f"{GATE_ENV}_AT", "2"))
+            self.val_set = _Watched(self.val_set, at if gate else None, gate)
 
 
 class CrashingShapes(ShapesDataModule):
@@ -299,8 +304,10 @@ def test_cli_run_killed_after_its_first_saved_state_resumes_to_the_uninterrupted
     assert not out.exists()
     assert torch.load(_state(out), weights_only=True)["batches_done"] == 1
 
-    with pytest.raises(CLIError, match="an unfinished evaluation") as error:  # no --resume: one line, no change
-        run_evaluate([*base, "--output_dir", str(out)], progress=False)
+    # no --resume: one line, no change; the killed run's lock is stale and taken over with a warning
+    with pytest.raises(CLIError, match="an unfinished evaluation") as error:
+        with pytest.warns(UserWarning, match=f"left by PID {killed.pid}, which is no longer running"):
+            run_evaluate([*base, "--output_dir", str(out)], progress=False)
     assert "\n" not in str(error.value) and _state(out).is_file()
 
     resumed = subprocess.run(
@@ -312,6 +319,61 @@ def test_cli_run_killed_after_its_first_saved_state_resumes_to_the_uninterrupted
     result = json.loads((out / "metrics.json").read_text())
     _assert_same_numbers(result, reference)
     assert result["num_samples"] == 9 and result["config"]["resume"] is True
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["evaluate.yaml", "model.pt", "out", "reference"]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["evaluate.yaml", "model.pt", "never.waiting", "out", "reference"]  # .waiting: the gate's marker
     with pytest.raises(CLIError, match="holds a finished evaluation; pass --overwrite true"):
         run_evaluate([*base, "--output_dir", str(out)], progress=False)
+
+
+# ---------------------------------------------------------------------------------------------------- integrity
+def _refused_resume(out: Path) -> str:
+    with pytest.raises(EvaluationError, match="cannot resume from") as error:
+        _evaluate(out, resume=True)
+    message = str(error.value)
+    assert str(_state(out)) in message and "\n" not in message and "--overwrite true" in message
+    return message
+
+
+def test_a_flipped_bit_in_a_saved_state_is_refused_and_the_state_kept(crashed, tmp_path):
+    out = _copy_of(crashed, tmp_path)
+    data = bytearray(_state(out).read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit, in the middle of the metric states' bytes
+    _state(out).write_bytes(data)
+    assert "its SHA-256 does not match 'rank-0-of-1.pt.sha256'" in _refused_resume(out)
+    assert _state(out).read_bytes() == data and not out.exists()  # refused, not deleted
+
+
+def test_a_state_of_another_schema_or_without_its_integrity_record_is_refused(crashed, tmp_path):
+    out = _copy_of(crashed, tmp_path)
+    record_path = _state(out).with_name("rank-0-of-1.pt.sha256")
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "schema": 99}))
+    assert "it has schema 99, this version of lit-attr reads schema 2" in _refused_resume(out)
+    record_path.unlink()
+    assert "its integrity record 'rank-0-of-1.pt.sha256' is missing" in _refused_resume(out)
+    assert _state(out).is_file()
+
+
+def test_an_impossible_position_is_refused_even_in_a_whole_file(crashed, tmp_path):
+    out = _copy_of(crashed, tmp_path)
+    saved = torch.load(_state(out), weights_only=True)
+    work = WorkDirectory(out, json.loads(saved["fingerprint"]))
+    records = [SampleRecord(**record) for record in saved["records"]]
+    # A whole, checksummed file (as a writer with a bug would leave it) that claims more batches than the shard has.
+    work.save(0, 1, 7, records, saved["runner"])
+    assert "it says 7 batches are done, but this process's shard has 5" in _refused_resume(out)
+    work.save(0, 1, 2, records, saved["runner"])  # 6 records for 2 batches of 2
+    assert "its records are not the first 2 batches" in _refused_resume(out)
+    assert torch.load(_state(out), weights_only=True)["batches_done"] == 2  # kept as it was
+
+
+def test_a_death_between_the_two_renames_leaves_the_earlier_state_usable(crashed, tmp_path):
+    out = _copy_of(crashed, tmp_path)
+    saved = torch.load(_state(out), weights_only=True)
+    work = WorkDirectory(out, json.loads(saved["fingerprint"]))
+    earlier = _state(out).read_bytes()
+    records = [SampleRecord(**record) for record in saved["records"]]
+    work.save(0, 1, 2, records[:4], saved["runner"])  # the next save: its record first, then the file ...
+    _state(out).write_bytes(earlier)  # ... whose rename never happened
+    state, refusal = work.load(0, 1)
+    assert refusal is None and state["batches_done"] == 3  # the earlier state, whole and accepted

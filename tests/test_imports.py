@@ -54,6 +54,7 @@ LAYERS: dict[str, int] = {
     "viz": 1,
     "data": 1,
     "_checks": 1,
+    "_binary": 1,
     "_hygiene": 1,
     "_memory": 1,
     "_optional": 1,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import zipfile
 from pathlib import Path
 
 import lightning as L
@@ -105,11 +107,53 @@ def test_a_legacy_format_checkpoint_names_the_refused_global(tmp_path: Path):
     assert "\n" not in str(info.value) and "--trust_checkpoint true" in str(info.value)
 
 
-def test_a_file_that_is_no_checkpoint_is_one_line_without_the_trust_hint(tmp_path: Path):
-    path = tmp_path / "junk.ckpt"
-    path.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(EvaluationError, match="cannot read checkpoint") as info:
+class _ShellCommand:
+    """Unpickles by calling ``os.system``: the classic malicious pickle (the command only leaves a marker)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_a_checkpoint_calling_os_system_is_refused_naming_it_in_both_formats(tmp_path: Path, legacy: bool):
+    path, marker = tmp_path / "evil.ckpt", tmp_path / "code_ran"
+    torch.save({"state_dict": nn.Linear(2, 2).state_dict(), "extra": _ShellCommand(marker)}, path,
+               _use_new_zipfile_serialization=not legacy)  # fmt: skip
+    with pytest.raises(EvaluationError) as info:
         load_checkpoint(nn.Linear(2, 2), path)
+    message = str(info.value)
+    assert f"refuses: {_global_name(os.system)}; if you trust the file" in message  # posix.system on Linux
+    assert "\n" not in message and "will likely succeed" not in message
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"this is not a checkpoint", bytes(range(256)) * 16, "zip"],
+    ids=["text", "random_bytes", "zip_of_something_else"],
+)
+def test_a_file_that_is_no_checkpoint_says_so_without_the_trust_hint(tmp_path: Path, content):
+    path = tmp_path / "junk.ckpt"
+    if content == "zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("notes.txt", "hello")
+    else:
+        path.write_bytes(content)
+    for trusted in (False, True):  # trusting it would not make it a checkpoint: nothing is unpickled
+        with pytest.raises(EvaluationError, match="is not a PyTorch checkpoint") as info:
+            load_checkpoint(nn.Linear(2, 2), path, trust_checkpoint=trusted)
+        assert "\n" not in str(info.value) and "trust" not in str(info.value) and "weights_only" not in str(info.value)
+
+
+def test_a_truncated_checkpoint_is_one_line_without_the_trust_hint(tmp_path: Path):
+    whole, cut = tmp_path / "whole.pt", tmp_path / "cut.pt"
+    torch.save(nn.Linear(2, 2).state_dict(), whole, _use_new_zipfile_serialization=False)
+    cut.write_bytes(whole.read_bytes()[:-40])  # the legacy format's header is intact, its storage bytes are not
+    with pytest.raises(EvaluationError, match="cannot read checkpoint") as info:
+        load_checkpoint(nn.Linear(2, 2), cut)
     assert "\n" not in str(info.value) and "trust" not in str(info.value)
 
 

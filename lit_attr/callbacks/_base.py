@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lit_attr._checks import check_bounds, check_callable, check_choice, check_int, check_option_dicts, check_seed
-from lit_attr._probe import ProbeSet, chunks
+from lit_attr._checks import (
+    MODEL_OUTPUTS,
+    check_bounds,
+    check_callable,
+    check_choice,
+    check_int,
+    check_option_dicts,
+    check_seed,
+)
+from lit_attr._probe import ProbeSet, chunks, find_dataset
 from lit_attr._probe import shard as shard_of
 from lit_attr.batch import Batch, BatchAdapter
+from lit_attr.metrics.registry import get_metric_spec
 from lit_attr.runner import AttributionRunner, MethodsArg, SampleRecord, normalize_methods
 
 ON_ERROR = ("raise", "warn")
@@ -24,6 +33,17 @@ def check_dataloader_idx(value: Any) -> int | str:
     if isinstance(value, str):
         return value
     return check_int("dataloader_idx", value, 0)
+
+
+def warn_about_missing(split: str, probe: Batch, metric_names: Sequence[str], target: str) -> None:
+    """Warn once that the probe set lacks masks (metrics that need them are skipped) or labels (predictions)."""
+    needs_masks = [name for name in metric_names if get_metric_spec(name).needs_masks]
+    if probe.mask is None and needs_masks:
+        rank_zero_warn(
+            f"AttributionMonitor: the {split} probe batches have no ground-truth masks; skipping {needs_masks}."
+        )
+    if probe.y is None and target == "label":
+        rank_zero_warn("AttributionMonitor: the probe batches have no labels; explaining the predictions instead.")
 
 
 class AttributionCallback(Callback):
@@ -47,6 +67,7 @@ class AttributionCallback(Callback):
         target: Literal["label", "prediction"],
         batch_size: int,
         dataloader_idx: int | str,
+        model_output: str = "logits",
     ) -> None:
         super().__init__()
         self._specs = normalize_methods(methods)
@@ -60,6 +81,7 @@ class AttributionCallback(Callback):
         self.target = check_choice("target", target, ("label", "prediction"))
         self.batch_size = check_int("batch_size", batch_size, 1)
         self.dataloader_idx = check_dataloader_idx(dataloader_idx)
+        self.model_output = check_choice("model_output", model_output, MODEL_OUTPUTS)
         owner = type(self).__name__
         self._probes = {
             "val": ProbeSet(num_samples, seed, owner, split="val", dataloader_idx=self.dataloader_idx),
@@ -67,6 +89,7 @@ class AttributionCallback(Callback):
         }
         self._runner: AttributionRunner | None = None
         self._model: LightningModule | None = None
+        self._refused: dict[str, str] = {}  # split -> why the callback does not run on it (said once)
 
     @property
     def method_names(self) -> list[str]:
@@ -85,6 +108,48 @@ class AttributionCallback(Callback):
         return None if indices is None else list(indices)
 
     # ------------------------------------------------------------------ for subclasses
+    #: Whether the callback runs after validation epochs of ``fit`` (so that ``limit_val_batches=0`` silences it).
+    runs_after_validation = False
+
+    def _find_probe_data(
+        self, trainer: Trainer, pl_module: LightningModule, stage: str, fit_start: bool = False
+    ) -> None:
+        """Attach the split's dataset to its probe set; where there is none to read by index, say so once.
+
+        At ``fit`` start the callback refuses (``on_error="raise"``) or warns and stays idle (``"warn"``) when the
+        validation data is missing, is an ``IterableDataset`` (a fixed probe set is read by index), or is switched
+        off by ``limit_val_batches=0`` for a callback that runs after validation epochs: before any training step,
+        never in the middle of ``fit``.
+        """
+        split = "test" if stage == "test" else "val"
+        if fit_start:
+            self._refused.pop(split, None)
+        if split in self._refused:
+            return
+        probes = self._probes[split]
+        try:
+            probes.attach(find_dataset(trainer, pl_module, stage, probes.dataloader_idx))
+        except TypeError as error:  # not a map-style dataset
+            self._refuse(split, str(error), TypeError)
+            return
+        if not fit_start:
+            return
+        if self.runs_after_validation and trainer.limit_val_batches == 0:
+            self._refuse(split, "`limit_val_batches=0` switches validation off, and it runs after validation epochs")
+        elif probes.dataset is None:
+            self._refuse(
+                split,
+                "there is no validation data to draw its probe set from (no `val_dataloader` on the datamodule or "
+                "the module, none given to `trainer.fit`)",
+            )
+
+    def _refuse(self, split: str, reason: str, kind: type[Exception] = ValueError) -> None:
+        self._refused[split] = reason
+        message = f"{type(self).__name__} will not run: {reason[:1].lower()}{reason[1:].rstrip('.')}"
+        if self.on_error == "raise":
+            raise kind(f"{message}.")
+        rank_zero_warn(f"{message}; training goes on without it (on_error='warn').")
+
     def _runner_options(self) -> dict[str, Any]:
         """Options of the :class:`~lit_attr.runner.AttributionRunner` beyond the methods (metrics, ...)."""
         return {}
@@ -99,6 +164,7 @@ class AttributionCallback(Callback):
                     method_kwargs=self._method_kwargs,
                     input_bounds=self.input_bounds,
                     target=self.target,
+                    model_output=self.model_output,
                     **self._runner_options(),
                 )
             except (TypeError, ValueError) as error:

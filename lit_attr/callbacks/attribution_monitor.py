@@ -18,14 +18,13 @@ import lit_attr.delivery as delivery
 import lit_attr.viz as viz
 from lit_attr._checks import check_callable, check_flag, check_int, check_option_dicts
 from lit_attr._hygiene import preserved_rng_state
-from lit_attr._probe import find_dataset
 from lit_attr.batch import BatchAdapter
-from lit_attr.callbacks._base import AttributionCallback
+from lit_attr.callbacks._base import AttributionCallback, warn_about_missing
 from lit_attr.callbacks._budget import TimeBudget, fit_progress
 from lit_attr.callbacks._monitor_media import RunMedia, deliver_run
 from lit_attr.delivery import DeliveryWorker
 from lit_attr.keys import OVERHEAD
-from lit_attr.metrics.registry import check_metric_names, get_metric_spec
+from lit_attr.metrics.registry import check_metric_names
 from lit_attr.runner import MethodsArg, SampleRecord, gather_records
 
 __all__ = ["AttributionMonitor"]
@@ -108,12 +107,17 @@ class AttributionMonitor(AttributionCallback):
         clock: the clock the budget is measured with (seconds; default ``time.perf_counter``); tests inject one.
         tokenizer: turns token ids into the words shown in the highlighting of token inputs (a Hugging Face
             tokenizer, or anything :func:`lit_attr.viz.token_decoder` takes); defaults to the datamodule.
+        model_output: ``"logits"`` (class logits ``(N, K >= 2)``) or ``"sigmoid"`` (a binary classifier's one logit
+            ``z``: class 1 scores ``sigmoid(z)``, class 0 ``1 - sigmoid(z)``). A single output without it, or outputs
+            that are probabilities, are refused at the first run.
 
     Raises:
         TypeError/ValueError: for arguments of the wrong type or range (here); in :meth:`setup` for an unknown
             metric name or ``validate``/``test`` under ``Trainer(inference_mode=True)``; when ``fit`` (``validate``,
             ``test``) starts, before any batch, for an unknown method name or a loader that does not exist (loaders
-            handed straight to ``trainer.fit`` are checked when validation starts).
+            handed straight to ``trainer.fit`` are checked when validation starts); when ``fit`` starts, for no
+            validation data, an ``IterableDataset`` or ``limit_val_batches=0`` (``on_error="warn"``: a warning,
+            and the monitor stays idle).
 
     Example:
         >>> import lightning as L
@@ -122,6 +126,8 @@ class AttributionMonitor(AttributionCallback):
         "AttributionMonitor{'methods': ['saliency', 'mfaba'], 'metrics': ['insertion_deletion', 'localization']}"
         >>> trainer = L.Trainer(callbacks=[monitor], max_epochs=1, logger=False)  # then trainer.fit(model, dm)
     """
+
+    runs_after_validation = True
 
     def __init__(
         self,
@@ -145,6 +151,7 @@ class AttributionMonitor(AttributionCallback):
         background_delivery: bool = True,
         clock: Callable[[], float] | None = None,
         tokenizer: Any = None,
+        model_output: Literal["logits", "sigmoid"] = "logits",
     ) -> None:
         super().__init__(
             methods,
@@ -157,6 +164,7 @@ class AttributionMonitor(AttributionCallback):
             target=target,
             batch_size=batch_size,
             dataloader_idx=dataloader_idx,
+            model_output=model_output,
         )
         self.metric_names = check_metric_names(metrics)
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, 1)
@@ -235,7 +243,7 @@ class AttributionMonitor(AttributionCallback):
         self._budget = TimeBudget()
         if self._worker is not None:  # deliveries of an earlier validate/test are not this fit's
             self._worker.busy_seconds()
-        self._prepare(trainer, pl_module, "fit")
+        self._prepare(trainer, pl_module, "fit", fit_start=True)
 
     @override
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -262,7 +270,7 @@ class AttributionMonitor(AttributionCallback):
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Run on the probe set after the scheduled validation epochs of ``fit`` and after ``validate``."""
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or "val" in self._refused:
             return
         if trainer.state.fn == TrainerFn.FITTING:
             epoch = trainer.current_epoch
@@ -283,7 +291,8 @@ class AttributionMonitor(AttributionCallback):
     @override
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Run on the test probe set after ``trainer.test``."""
-        self._run(trainer, pl_module, "test", None)
+        if "test" not in self._refused:
+            self._run(trainer, pl_module, "test", None)
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -343,11 +352,10 @@ class AttributionMonitor(AttributionCallback):
             "keep_attributions": self.log_heatmaps,
         }
 
-    def _prepare(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+    def _prepare(self, trainer: Trainer, pl_module: LightningModule, stage: str, fit_start: bool = False) -> None:
         self._runner_for(pl_module)
         split = "test" if stage == "test" else "val"
-        probes = self._probes[split]
-        probes.attach(find_dataset(trainer, pl_module, stage, probes.dataloader_idx))
+        self._find_probe_data(trainer, pl_module, stage, fit_start=fit_start)
         # Each run may bring other data: whether it has masks and labels is found out again.
         self._checked_data[split] = False
 
@@ -411,7 +419,7 @@ class AttributionMonitor(AttributionCallback):
         try:
             probe = self._probes[split].load(trainer, self.batch_adapter)
             if not self._checked_data[split]:
-                self._warn_about_missing(split, probe.mask is None, probe.y is None)
+                warn_about_missing(split, probe, self.metric_names, self.target)
                 self._checked_data[split] = True
             self._prepare_runner(runner, split, probe)
             records = self._run_on_probe(trainer, pl_module, runner, probe)
@@ -489,12 +497,3 @@ class AttributionMonitor(AttributionCallback):
             errors = [error]
         for error in errors:
             self._fail(error, "an earlier run", "logging the attribution images")
-
-    def _warn_about_missing(self, split: str, no_masks: bool, no_labels: bool) -> None:
-        needs_masks = [name for name in self.metric_names if get_metric_spec(name).needs_masks]
-        if no_masks and needs_masks:
-            rank_zero_warn(
-                f"AttributionMonitor: the {split} probe batches have no ground-truth masks; skipping {needs_masks}."
-            )
-        if no_labels and self.target == "label":
-            rank_zero_warn("AttributionMonitor: the probe batches have no labels; explaining the predictions instead.")

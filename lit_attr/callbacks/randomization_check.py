@@ -13,7 +13,6 @@ import lit_attr.delivery as delivery
 import lit_attr.viz as viz
 from lit_attr._checks import check_choice, check_int, check_names, check_number
 from lit_attr._hygiene import preserved_rng_state
-from lit_attr._probe import find_dataset
 from lit_attr.batch import Batch, BatchAdapter
 from lit_attr.callbacks._base import AttributionCallback
 from lit_attr.functional.randomization import ORDERS, STAGE_MODES
@@ -72,6 +71,8 @@ class RandomizationCheck(AttributionCallback):
         batch_size: probe samples checked at once.
         dataloader_idx: which validation loader (of several) the probe set comes from, by position as Lightning
             numbers them or by key of a dict of loaders.
+        model_output: ``"logits"`` (class logits) or ``"sigmoid"`` (a binary classifier's one logit), as in
+            :class:`~lit_attr.callbacks.AttributionMonitor`.
 
     Example:
         >>> check = RandomizationCheck(["saliency", "integrated_gradients"], num_samples=8, stages="last")
@@ -99,6 +100,7 @@ class RandomizationCheck(AttributionCallback):
         target: Literal["label", "prediction"] = "label",
         batch_size: int = 16,
         dataloader_idx: int | str = 0,
+        model_output: Literal["logits", "sigmoid"] = "logits",
     ) -> None:
         super().__init__(
             methods,
@@ -111,6 +113,7 @@ class RandomizationCheck(AttributionCallback):
             target=target,
             batch_size=batch_size,
             dataloader_idx=dataloader_idx,
+            model_output=model_output,
         )
         self.order = check_choice("order", order, ORDERS)
         self.stages = check_choice("stages", stages, STAGE_MODES)
@@ -156,13 +159,13 @@ class RandomizationCheck(AttributionCallback):
         where modules may create their data and layers, and the checks copy the layers.
         """
         self._runner_for(pl_module)
-        self._probes["val"].attach(find_dataset(trainer, pl_module, "fit", self.dataloader_idx))
+        self._find_probe_data(trainer, pl_module, "fit", fit_start=True)
 
     @override
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Attach the validation loaders given straight to ``trainer.fit``, once Lightning has loaded them."""
         if self._probes["val"].dataset is None:
-            self._probes["val"].attach(find_dataset(trainer, pl_module, "fit", self.dataloader_idx))
+            self._find_probe_data(trainer, pl_module, "validate")
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -191,6 +194,8 @@ class RandomizationCheck(AttributionCallback):
         return {"metrics": (METRIC,), "metric_kwargs": {METRIC: options}}
 
     def _run(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
+        if "val" in self._refused:  # said once when the fit started
+            return
         runner = self._runner_for(pl_module)
         error: BaseException | None = None
         stage_maps: dict[str, dict[str, Tensor]] = {}

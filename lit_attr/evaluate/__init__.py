@@ -7,6 +7,8 @@ PNG figures and a self-contained ``report.html`` into ``output_dir``. One concer
 
 * :mod:`~lit_attr.evaluate.checks`: the set-up checks (the split, its collate function, the model's logits);
 * :mod:`~lit_attr.evaluate.checkpoint`: loading a checkpoint, safely unless trusted;
+* :mod:`~lit_attr.evaluate.storage`: where it writes: checks before the work, the output's lock, storage errors;
+* :mod:`~lit_attr.evaluate.preemption`: SIGTERM, SIGINT and SLURM's requeue signal stop it with its state saved;
 * :mod:`~lit_attr.evaluate.driver`: the Lightning driver, sharding and resuming;
 * :mod:`~lit_attr.evaluate.results`: the results and their output (files, loggers);
 * :mod:`~lit_attr.evaluate.run`: :func:`evaluate` itself, tying them together;
@@ -16,12 +18,14 @@ PNG figures and a self-contained ``report.html`` into ``output_dir``. One concer
 from lit_attr.evaluate.checkpoint import load_checkpoint
 from lit_attr.evaluate.checks import EvaluationError, check_logits, split_collate, split_dataset
 from lit_attr.evaluate.driver import QUIET_TRAINER
+from lit_attr.evaluate.preemption import EvaluationInterruptedError
 from lit_attr.evaluate.results import flat_scalars, package_versions
 from lit_attr.evaluate.run import evaluate
 
 __all__ = [
     "QUIET_TRAINER",
     "EvaluationError",
+    "EvaluationInterruptedError",
     "check_logits",
     "evaluate",
     "flat_scalars",

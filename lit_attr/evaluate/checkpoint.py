@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,8 +35,9 @@ def load_checkpoint(model: nn.Module, ckpt_path: str | os.PathLike, trust_checkp
         trust_checkpoint: unpickle with ``weights_only=False`` and allow URLs: arbitrary code in the file runs.
 
     Raises:
-        EvaluationError: if the file does not exist, is an untrusted URL, needs Python objects that safe loading
-            refuses, or its weights do not match ``model``. The message is one line.
+        EvaluationError: if the file does not exist, is not a PyTorch checkpoint at all, is an untrusted URL, needs
+            Python objects that safe loading refuses (named, in the zip and the legacy format), or its weights do
+            not match ``model``. The message is one line.
 
     Example:
         >>> import tempfile
@@ -44,12 +47,6 @@ def load_checkpoint(model: nn.Module, ckpt_path: str | os.PathLike, trust_checkp
         >>> torch.equal(net.weight, torch.load(path)["weight"])
         True
     """
-
-    def reason(error: Exception) -> str:
-        # torch's weights_only errors span several lines; the one naming the cause starts "WeightsUnpickler error".
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
-        return next((line for line in lines if line.startswith("WeightsUnpickler error")), lines[0])
-
     source = str(ckpt_path)
     if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", source):
         if not trust_checkpoint:
@@ -63,27 +60,32 @@ def load_checkpoint(model: nn.Module, ckpt_path: str | os.PathLike, trust_checkp
             with fsspec.open(source, "rb") as stream:
                 checkpoint = torch.load(stream, map_location="cpu", weights_only=False)
         except Exception as error:  # noqa: BLE001 - a missing backend, a network error or a bad file alike
-            raise EvaluationError(f"cannot read checkpoint {source!r}: {reason(error)}") from error
+            raise EvaluationError(f"cannot read checkpoint {source!r}: {_reason(error)}") from error
     else:
         path = Path(ckpt_path)
         if not path.is_file():
             raise EvaluationError(f"checkpoint not found: {source!r} is not a file")
+        if not _is_torch_file(path):  # before unpickling anything, trusted or not
+            raise EvaluationError(
+                f"{source!r} is not a PyTorch checkpoint (neither the zip archive that torch.save writes nor its "
+                "legacy pickle format); check --ckpt_path"
+            )
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
         except pickle.UnpicklingError as error:
             try:
                 unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-            except ValueError:  # not a zip checkpoint: the legacy format names the first refused global only
-                unsafe = re.findall(r"Unsupported global: GLOBAL (\S+)", str(error))
+            except ValueError:  # the legacy format: torch names the first refused global in its message
+                unsafe = re.findall(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(error), flags=re.IGNORECASE)[:1]
             if not unsafe:
-                raise EvaluationError(f"cannot read checkpoint {source!r}: {reason(error)}") from error
+                raise EvaluationError(f"cannot read checkpoint {source!r}: {_reason(error)}") from error
             raise EvaluationError(
                 f"checkpoint {source!r} needs Python objects that safe loading (weights_only=True) refuses: "
                 f"{', '.join(unsafe)}; if you trust the file, pass --trust_checkpoint true (trust_checkpoint=True "
                 "in Python) to load it with weights_only=False"
             ) from error
-        except Exception as error:  # noqa: BLE001 - any other unpickling failure means "not a checkpoint"
-            raise EvaluationError(f"cannot read checkpoint {source!r}: {reason(error)}") from error
+        except Exception as error:  # noqa: BLE001 - a damaged checkpoint (truncated, ...)
+            raise EvaluationError(f"cannot read checkpoint {source!r}: {_reason(error)}") from error
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else None
     if not isinstance(state, Mapping):
         raise EvaluationError(f"checkpoint {source!r} holds no state dict")
@@ -94,3 +96,36 @@ def load_checkpoint(model: nn.Module, ckpt_path: str | os.PathLike, trust_checkp
         raise EvaluationError(
             f"checkpoint {source!r} does not fit {type(model).__name__}: {' '.join(first[:2])}"
         ) from error
+
+
+class _NoGlobals(pickle.Unpickler):
+    """Reads plain pickled values only: a file's first object is inspected without importing anything."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"global {module}.{name} refused")
+
+
+def _is_torch_file(path: Path) -> bool:
+    """Whether ``path`` has the layout of a ``torch.save`` file.
+
+    The zip format holds ``<archive>/data.pkl``; the legacy format starts with a pickle of torch's magic number.
+    """
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                return any(name.split("/")[-1] == "data.pkl" for name in archive.namelist())
+        with open(path, "rb") as stream:
+            return _NoGlobals(stream).load() == torch.serialization.MAGIC_NUMBER
+    except Exception:  # noqa: BLE001 - anything unreadable is not a checkpoint
+        return False
+
+
+def _reason(error: Exception) -> str:
+    """The line of an unpickling error that names its cause.
+
+    torch's weights-only errors open with a paragraph suggesting ``weights_only=False``; the cause comes after it.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    boilerplate = ("Weights only load failed", "Check the documentation")
+    informative = [line for line in lines if not line.startswith(boilerplate)]
+    return (informative or lines)[0]

@@ -10,6 +10,7 @@ from lightning import LightningDataModule
 from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
+from lit_attr._checks import check_scorable
 from lit_attr.batch import Batch
 
 __all__ = ["STAGES", "EvaluationError", "check_logits", "split_collate", "split_dataset"]
@@ -75,19 +76,25 @@ def split_collate(datamodule: LightningDataModule, split: str) -> Callable[[list
     return collate or default_collate
 
 
-def check_logits(model: nn.Module, x: Tensor, attention_mask: Tensor | None = None) -> int:
-    """Check that ``model`` maps a batch ``x`` to raw logits ``(N, K)``; return ``K``.
+def check_logits(
+    model: nn.Module, x: Tensor, attention_mask: Tensor | None = None, model_output: str = "logits"
+) -> int:
+    """Check that ``model`` maps a batch ``x`` to outputs that can be scored honestly; return the number of classes.
 
     Token ids ``x`` go in as the methods pass them (:meth:`lit_attr.batch.Batch.logits`): with ``attention_mask``
-    where the forward takes one, a Hugging Face output reduced to its ``logits``.
+    where the forward takes one, a Hugging Face output reduced to its ``logits``. What can be scored is decided by
+    :func:`lit_attr._checks.check_scorable`: raw logits ``(N, K >= 2)``, or with ``model_output="sigmoid"`` a binary
+    classifier's single logit ``(N, 1)`` (2 classes).
 
     Raises:
-        EvaluationError: for outputs that are not a 2-D float tensor with one row per sample and >= 2 columns, or
-            that look like probabilities (non-negative rows summing to 1).
+        EvaluationError: for outputs that are not a 2-D float tensor with one row per sample, a single output
+            without ``model_output="sigmoid"``, or outputs that look like probabilities (rows in [0, 1] summing to 1).
 
     Example:
         >>> check_logits(nn.Linear(3, 4), torch.rand(2, 3))
         4
+        >>> check_logits(nn.Linear(3, 1), torch.rand(2, 3), model_output="sigmoid")
+        2
     """
     was_training = model.training
     model.eval()
@@ -103,14 +110,12 @@ def check_logits(model: nn.Module, x: Tensor, attention_mask: Tensor | None = No
             f"the model must return a logits tensor (N, num_classes), got {type(out).__name__}; wrap it in a module "
             "whose forward returns the logits"
         )
-    if out.ndim != 2 or out.shape[0] != x.shape[0] or out.shape[1] < 2 or not out.is_floating_point():
+    if out.ndim != 2 or out.shape[0] != x.shape[0] or not out.is_floating_point():
         raise EvaluationError(
-            f"the model must return logits of shape (N, num_classes >= 2) for inputs of shape {tuple(x.shape)}, "
+            f"the model must return logits of shape (N, num_classes) for inputs of shape {tuple(x.shape)}, "
             f"got a {out.dtype} tensor of shape {tuple(out.shape)}"
         )
-    if bool((out >= 0).all()) and torch.allclose(out.sum(dim=1), torch.ones(out.shape[0], dtype=out.dtype), atol=1e-4):
-        raise EvaluationError(
-            "the model's outputs look like probabilities (non-negative, rows sum to 1); attribution methods and "
-            "metrics expect raw logits: remove the final softmax"
-        )
-    return int(out.shape[1])
+    try:
+        return check_scorable(out, model_output)
+    except ValueError as error:
+        raise EvaluationError(str(error)) from error

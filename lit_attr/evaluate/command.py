@@ -41,7 +41,8 @@ can be combined with an evaluation config: --config fit.yaml --config evaluate.y
 Results are written to a hidden work directory next to --output_dir and moved there when complete; a finished
 --output_dir is only replaced with --overwrite true. Every --checkpoint_every batches each process saves its
 partial state in the work directory: --resume true continues a killed run (same configuration and number of
-processes) where it stopped.
+processes) where it stopped. SIGTERM or SIGINT (and SLURM's requeue signal) stop a run at once with its state saved
+and exit code 128 + the signal (143, 130); one run at a time works on an --output_dir (a lock next to it).
 Checkpoints are loaded with torch.load(weights_only=True): tensors and plain values only. A checkpoint that needs
 other Python objects, or a URL, is refused unless you pass --trust_checkpoint true (only for files you trust: it
 unpickles with weights_only=False, which can run code).
@@ -49,7 +50,11 @@ unpickles with weights_only=False, which can run code).
 
 
 class CLIError(Exception):
-    """A user error reported as one line on stderr with a non-zero exit code."""
+    """A user error reported as one line on stderr with a non-zero exit code (``exit_code``, 1 by default)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def help_formatter() -> type:
@@ -157,7 +162,8 @@ def run_evaluate(argv: Sequence[str], progress: bool = True) -> tuple[dict[str, 
         load_checkpoint(init.model, cfg.ckpt_path, trust_checkpoint=cfg.trust_checkpoint)
         result = evaluate(init.model, init.data, trainer=init.trainer, config=resolved, progress=progress, **options)
     except (EvaluationError, ValueError, TypeError) as error:
-        raise CLIError(str(error).splitlines()[0] if str(error) else type(error).__name__) from error
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CLIError(message, exit_code=getattr(error, "exit_code", 1)) from error
     finally:
         finish_wandb(init.trainer)
     return result, Path(cfg.output_dir)

@@ -14,7 +14,9 @@ from torch import Tensor
 
 import lit_attr.delivery as delivery
 import lit_attr.report as report
-from lit_attr._resume import write_result
+from lit_attr._resume import work_dir, write_result
+from lit_attr.evaluate.checks import EvaluationError
+from lit_attr.evaluate.storage import storage_error
 from lit_attr.keys import scalar_key
 from lit_attr.runner import SampleRecord
 
@@ -104,7 +106,13 @@ def write_and_log(
     }
     figures, html_sections = report.report_figures(result, samples, class_names, decode)
     _log_to_loggers(trainer, scalars, figures, html_sections)
-    write_result(output, lambda tmp: report.write_outputs(tmp, result, figures, html_sections))
+    try:
+        write_result(output, lambda tmp: report.write_outputs(tmp, result, figures, html_sections))
+    except OSError as error:
+        raise EvaluationError(
+            f"{storage_error(error, 'write the result', output)}; every sample is scored and saved in "
+            f"{str(work_dir(output))!r}: fix that and rerun with --resume true to write it"
+        ) from error
 
 
 def _log_to_loggers(

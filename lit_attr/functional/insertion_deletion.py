@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from lit_attr._checks import TargetType, check_choice, resolve_target
+from lit_attr._checks import TargetType, check_choice, check_scorable, resolve_target
 from lit_attr._hygiene import preserved_model_state
 from lit_attr._memory import MemoryBackoff
 from lit_attr.functional import perturbation, protocol
@@ -216,6 +216,8 @@ def insertion_deletion(
             check_clean_logits(logits, x)
             clean = logits.detach()
         clean = clean.to(torch.promote_types(clean.dtype, torch.float32))
+        if output != "logit":  # a softmax over one logit, or over probabilities, tracks nothing honest
+            check_scorable(clean)
         target = resolve_target(target, clean)
         clean_prob = clean.softmax(dim=1).gather(1, target[:, None]).squeeze(1)
         curves: dict[str, Tensor | None] = {game: None for game in GAMES}

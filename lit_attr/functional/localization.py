@@ -29,7 +29,7 @@ def saliency_map(attributions: Tensor, masks: Tensor) -> Tensor:
     if masks.shape != attributions.shape:
         raise ValueError(
             f"`masks` must have shape (N, H, W) = {tuple(attributions.shape)}, got {tuple(masks.shape)}: the samples "
-            "and pixels of `attributions`."
+            "and pixels of `attributions` ((N, 1, H, W), or one plane per channel of `attributions`, also work)."
         )
     if masks.dtype != torch.bool and not bool(((masks == 0) | (masks == 1)).all()):
         raise ValueError("`masks` must be boolean or contain only 0 and 1.")
@@ -41,12 +41,32 @@ def saliency_map(attributions: Tensor, masks: Tensor) -> Tensor:
     return attributions
 
 
+def mask_planes(masks: Tensor, attributions: Tensor) -> Tensor:
+    """Masks ``(N, 1, H, W)``, or one plane per channel of ``(N, C, H, W)`` attributions, as ``(N, H, W)``.
+
+    A pixel is ground truth where any plane marks it; other shapes are returned as they are (for
+    :func:`saliency_map` to judge).
+
+    Example:
+        >>> planes = torch.tensor([[[[True, False]], [[False, False]], [[False, True]]]])  # (1, 3, 1, 2)
+        >>> mask_planes(planes, torch.zeros(1, 3, 1, 2))
+        tensor([[[True, True]]])
+    """
+    if not isinstance(masks, Tensor) or not isinstance(attributions, Tensor) or masks.ndim != 4:
+        return masks
+    channels = attributions.shape[1] if attributions.ndim == 4 else 1
+    if masks.shape[1] not in (1, channels):
+        return masks
+    return masks.any(dim=1) if masks.dtype == torch.bool else masks.amax(dim=1)
+
+
 def relevance_mass(attributions: Tensor, masks: Tensor) -> Tensor:
     """Fraction of positive relevance that falls inside the mask, per sample (Arras et al. 2022).
 
     Args:
         attributions: ``(N, C, H, W)`` (summed over channels) or ``(N, H, W)``.
-        masks: ``(N, H, W)`` boolean (or 0/1) ground-truth masks, none empty.
+        masks: ``(N, H, W)`` boolean (or 0/1) ground-truth masks, none empty (or ``(N, 1|C, H, W)``, see
+            :func:`mask_planes`).
 
     Returns:
         ``(N,)`` values in [0, 1]; 0 for a map with no positive relevance.
@@ -56,6 +76,7 @@ def relevance_mass(attributions: Tensor, masks: Tensor) -> Tensor:
         >>> relevance_mass(a, torch.tensor([[[False, True], [True, False]]]))
         tensor([0.7500])
     """
+    masks = mask_planes(masks, attributions)
     a = saliency_map(attributions, masks).clamp(min=0).flatten(1)
     inside = (a * masks.flatten(1).to(a.dtype)).sum(dim=1)
     total = a.sum(dim=1)
@@ -80,7 +101,8 @@ def pointing_game(attributions: Tensor, masks: Tensor, tolerance: int = 0) -> Te
 
     Args:
         attributions: ``(N, C, H, W)`` (summed over channels) or ``(N, H, W)``.
-        masks: ``(N, H, W)`` boolean (or 0/1) ground-truth masks, none empty.
+        masks: ``(N, H, W)`` boolean (or 0/1) ground-truth masks, none empty (or ``(N, 1|C, H, W)``, see
+            :func:`mask_planes`).
         tolerance: non-negative int, in pixels.
 
     Returns:
@@ -104,6 +126,7 @@ def pointing_game(attributions: Tensor, masks: Tensor, tolerance: int = 0) -> Te
         raise TypeError(f"`tolerance` must be an int (pixels), got {type(tolerance).__name__}.")
     if tolerance < 0:
         raise ValueError(f"`tolerance` must be >= 0 pixels, got {tolerance}.")
+    masks = mask_planes(masks, attributions)
     a = saliency_map(attributions, masks)
     target = masks.bool()
     if tolerance > 0:
@@ -126,7 +149,8 @@ def relevance_rank(attributions: Tensor, masks: Tensor) -> Tensor:
 
     Args:
         attributions: ``(N, C, H, W)`` (summed over channels) or ``(N, H, W)``.
-        masks: ``(N, H, W)`` boolean (or 0/1) ground-truth masks, none empty.
+        masks: ``(N, H, W)`` boolean (or 0/1) ground-truth masks, none empty (or ``(N, 1|C, H, W)``, see
+            :func:`mask_planes`).
 
     Returns:
         ``(N,)`` values in [0, 1], in the floating dtype of ``attributions`` (float32 for integer inputs).
@@ -140,6 +164,7 @@ def relevance_rank(attributions: Tensor, masks: Tensor) -> Tensor:
         >>> relevance_rank(a, torch.tensor([[[True, False], [True, False]]]))  # top 2 = {4, 3}; 4 is inside
         tensor([0.5000])
     """
+    masks = mask_planes(masks, attributions)
     a = saliency_map(attributions, masks).flatten(1)
     inside = masks.flatten(1).bool()
     order = torch.sort(a, dim=1, descending=True, stable=True).indices
@@ -176,6 +201,7 @@ def localization_auroc(attributions: Tensor, masks: Tensor) -> Tensor:
         >>> localization_auroc(a, torch.tensor([[[True, False], [True, False]]]))  # pairs: 3>1, 3>2, 2>1, 2=2
         tensor([0.8750])
     """
+    masks = mask_planes(masks, attributions)
     a = saliency_map(attributions, masks).flatten(1)
     inside = masks.flatten(1).bool()
     n_pos = inside.sum(dim=1)

@@ -109,8 +109,19 @@ class Images(ContinuousKind):
         return (1, *x.shape[2:])
 
     def ground_truth(self, mask: Tensor, x: Tensor) -> Tensor:
-        """Masks ``(N, 1, H, W)`` or ``(N, H, W)`` as one boolean ``(H, W)`` plane per sample."""
-        return mask.reshape(mask.shape[0], *mask.shape[-2:])
+        """Masks ``(N, H, W)``, ``(N, 1, H, W)`` or per channel ``(N, C, H, W)`` as one ``(H, W)`` plane per sample.
+
+        A pixel of a per-channel mask is ground truth where any channel marks it.
+        """
+        n, channels, height, width = x.shape
+        if mask.ndim == 4 and mask.shape[1] in (1, channels):
+            mask = mask.any(dim=1) if mask.dtype == torch.bool else mask.amax(dim=1)
+        if tuple(mask.shape) != (n, height, width):
+            raise ValueError(
+                f"`masks` must be (N, H, W), (N, 1, H, W) or (N, C, H, W) for images of shape {tuple(x.shape)}, "
+                f"got {tuple(mask.shape)}."
+            )
+        return mask
 
     def check_game_inputs(self, x: Tensor, attributions: Tensor) -> None:
         """Maps have the shape of ``x`` or one value per pixel ``(N, H, W)``."""

@@ -12,6 +12,7 @@ from torchmetrics import Metric
 from lit_attr._checks import check_names
 from lit_attr.functional.localization import (
     localization_auroc,
+    mask_planes,
     pointing_game,
     relevance_mass,
     relevance_rank,
@@ -92,13 +93,15 @@ class Localization(Metric):
 
         Args:
             attributions: ``(N, C, H, W)`` (summed over channels) or ``(N, H, W)``.
-            masks: ``(N, H, W)`` boolean (or 0/1) masks, none empty.
+            masks: ``(N, H, W)`` boolean (or 0/1) masks, none empty; ``(N, 1, H, W)`` or one plane per channel
+                ``(N, C, H, W)`` count a pixel where any plane marks it.
 
         Raises:
             TypeError: if an input is not a tensor.
             ValueError: if the shapes do not match, or a mask is not boolean/0-1, empty, or (with ``"auroc"``)
                 covers the whole image.
         """
+        masks = mask_planes(masks, attributions)
         heatmap = saliency_map(attributions, masks)  # validates once; the functions below get (N, H, W)
         functions: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
             "pointing_game": lambda a, s: pointing_game(a, s, tolerance=self.tolerance),
