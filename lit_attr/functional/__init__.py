@@ -6,6 +6,7 @@ from lit_attr.functional.activation_deviation import (
     resolve_probe_layers,
 )
 from lit_attr.functional.completeness import completeness_error
+from lit_attr.functional.complexity import complexity, effective_complexity, sparseness
 from lit_attr.functional.eraser import comprehensiveness, sufficiency
 from lit_attr.functional.insertion_deletion import InsertionDeletionResult, insertion_deletion
 from lit_attr.functional.localization import localization_auroc, pointing_game, relevance_mass, relevance_rank
@@ -43,6 +44,8 @@ __all__ = [
     "auc",
     "blur",
     "completeness_error",
+    "complexity",
+    "effective_complexity",
     "discrete_entropy",
     "entropy_rise",
     "comprehensiveness",
@@ -65,6 +68,7 @@ __all__ = [
     "road",
     "rise_blur_kernel",
     "sort_in_forward_order",
+    "sparseness",
     "spearman",
     "ssim_maps",
     "sufficiency",

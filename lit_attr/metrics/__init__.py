@@ -11,6 +11,7 @@ from typing import Any
 
 from lit_attr.metrics.activation_deviation import ActivationDeviation
 from lit_attr.metrics.attribution_quality import moved as _moved
+from lit_attr.metrics.complexity import Complexity, EffectiveComplexity, Sparseness
 from lit_attr.metrics.eraser import Comprehensiveness, Sufficiency
 from lit_attr.metrics.infidelity import Infidelity, Sensitivity
 from lit_attr.metrics.insertion_deletion import InsertionDeletion
@@ -35,7 +36,9 @@ __all__ = [
     "ROAD",
     "SIMILARITIES",
     "ActivationDeviation",
+    "Complexity",
     "Comprehensiveness",
+    "EffectiveComplexity",
     "EfficientMPRT",
     "Infidelity",
     "InsertionDeletion",
@@ -47,6 +50,7 @@ __all__ = [
     "Score",
     "Sensitivity",
     "SmoothMPRT",
+    "Sparseness",
     "Sufficiency",
     "TokenActivationDeviation",
     "TokenInsertionDeletion",
