@@ -14,6 +14,22 @@ FAST: dict[str, dict] = {
     "sparseness": {},
     "complexity": {},
     "effective_complexity": {},
+    "faithfulness_correlation": {"subset_size": 0.25, "n_subsets": 4},
+    "faithfulness_estimate": {"features_per_step": 16},
+    "sensitivity_n": {"sizes": (0.1, 0.5), "n_subsets": 3},
+    "monotonicity": {"features_per_step": 16},
+    "monotonicity_correlation": {"features_per_step": 16, "n_samples": 2},
+    "region_perturbation": {"patch_size": 4, "regions": 3, "orders": ("morf", "lerf")},
+    "selectivity": {"patch_size": 4},
+    "irof": {"patch_size": 4},
+    "sufficiency_dasgupta": {"threshold": 2.0},  # every pair of unit-norm maps of magnitudes is within sqrt(2)
+    "consistency": {"top_k": 1.0},  # every unit: all samples share one explanation (plumbing, not a verdict)
+}
+
+#: The figures each new metric with curves draws (the default presentation: one panel per 1-D entry).
+CURVE_STEMS = {
+    "sensitivity_n": {"sensitivity_n_curves"},
+    "region_perturbation": {"region_perturbation_curves"},
 }
 
 

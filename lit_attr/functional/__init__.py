@@ -7,9 +7,12 @@ from lit_attr.functional.activation_deviation import (
 )
 from lit_attr.functional.completeness import completeness_error
 from lit_attr.functional.complexity import complexity, effective_complexity, sparseness
+from lit_attr.functional.dasgupta import consistency, sufficiency_dasgupta
 from lit_attr.functional.eraser import comprehensiveness, sufficiency
+from lit_attr.functional.faithfulness import faithfulness_correlation, faithfulness_estimate, sensitivity_n
 from lit_attr.functional.insertion_deletion import InsertionDeletionResult, insertion_deletion
 from lit_attr.functional.localization import localization_auroc, pointing_game, relevance_mass, relevance_rank
+from lit_attr.functional.monotonicity import monotonicity, monotonicity_correlation
 from lit_attr.functional.mprt import discrete_entropy, entropy_rise, noisy_copies
 from lit_attr.functional.perturbation import (
     auc,
@@ -28,6 +31,7 @@ from lit_attr.functional.randomization import (
     randomize_,
     sort_in_forward_order,
 )
+from lit_attr.functional.regions import irof, region_perturbation, selectivity
 from lit_attr.functional.road import ROADResult, noisy_linear_imputation, road
 from lit_attr.functional.similarity import spearman, ssim_maps
 from lit_attr.functional.token_activation_deviation import token_activation_deviation
@@ -48,12 +52,18 @@ __all__ = [
     "effective_complexity",
     "discrete_entropy",
     "entropy_rise",
+    "faithfulness_correlation",
+    "faithfulness_estimate",
     "comprehensiveness",
+    "consistency",
     "insertion_deletion",
+    "irof",
     "iter_perturbed_batches",
     "iter_randomized",
     "localization_auroc",
     "make_substrate",
+    "monotonicity",
+    "monotonicity_correlation",
     "noisy_copies",
     "noisy_linear_imputation",
     "perturbation_schedule",
@@ -61,17 +71,21 @@ __all__ = [
     "randomizable_layers",
     "randomization_stages",
     "randomize_",
+    "region_perturbation",
     "rank_map",
     "relevance_mass",
     "relevance_rank",
     "resolve_protocol",
     "road",
     "rise_blur_kernel",
+    "selectivity",
+    "sensitivity_n",
     "sort_in_forward_order",
     "sparseness",
     "spearman",
     "ssim_maps",
     "sufficiency",
+    "sufficiency_dasgupta",
     "token_activation_deviation",
     "token_auprc",
     "token_f1",

@@ -12,13 +12,22 @@ from typing import Any
 from lit_attr.metrics.activation_deviation import ActivationDeviation
 from lit_attr.metrics.attribution_quality import moved as _moved
 from lit_attr.metrics.complexity import Complexity, EffectiveComplexity, Sparseness
+from lit_attr.metrics.dasgupta import Consistency, SufficiencyDasgupta
 from lit_attr.metrics.eraser import Comprehensiveness, Sufficiency
+from lit_attr.metrics.faithfulness import (
+    FaithfulnessCorrelation,
+    FaithfulnessEstimate,
+    Monotonicity,
+    MonotonicityCorrelation,
+    SensitivityN,
+)
 from lit_attr.metrics.infidelity import Infidelity, Sensitivity
 from lit_attr.metrics.insertion_deletion import InsertionDeletion
 from lit_attr.metrics.localization import LOCALIZATION_METRICS, Localization
 from lit_attr.metrics.mprt import EfficientMPRT, SmoothMPRT
 from lit_attr.metrics.parameter_randomization import SIMILARITIES, ParameterRandomization
 from lit_attr.metrics.presentation import Presentation, SanityCheck, Score
+from lit_attr.metrics.regions import IROF, RegionPerturbation, Selectivity
 from lit_attr.metrics.registry import (
     MetricSpec,
     available_metrics,
@@ -38,20 +47,30 @@ __all__ = [
     "ActivationDeviation",
     "Complexity",
     "Comprehensiveness",
+    "Consistency",
     "EffectiveComplexity",
     "EfficientMPRT",
+    "FaithfulnessCorrelation",
+    "FaithfulnessEstimate",
+    "IROF",
     "Infidelity",
     "InsertionDeletion",
     "Localization",
     "MetricSpec",
+    "Monotonicity",
+    "MonotonicityCorrelation",
     "ParameterRandomization",
     "Presentation",
+    "RegionPerturbation",
     "SanityCheck",
     "Score",
+    "Selectivity",
+    "SensitivityN",
     "Sensitivity",
     "SmoothMPRT",
     "Sparseness",
     "Sufficiency",
+    "SufficiencyDasgupta",
     "TokenActivationDeviation",
     "TokenInsertionDeletion",
     "TokenLocalization",

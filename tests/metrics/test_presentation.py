@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from breadth_helpers import CURVE_STEMS as BREADTH_CURVE_STEMS
 from breadth_helpers import FAST as BREADTH_FAST
 from matplotlib.figure import Figure
 from text_helpers import SPECIALS, game_metrics, plain_transformer, token_metric_inputs
@@ -28,6 +29,7 @@ CURVE_STEMS = {
     "road": {"road_curves"},
     "randomization": {"randomization_curves"},
     "smprt": {"smprt_curves"},
+    **BREADTH_CURVE_STEMS,
 }
 SANITY = {"randomization": "MPRT", "smprt": "sMPRT", "emprt": "eMPRT"}
 FAST = {
