@@ -24,6 +24,9 @@ FAST: dict[str, dict] = {
     "irof": {"patch_size": 4},
     "sufficiency_dasgupta": {"threshold": 2.0},  # every pair of unit-norm maps of magnitudes is within sqrt(2)
     "consistency": {"top_k": 1.0},  # every unit: all samples share one explanation (plumbing, not a verdict)
+    "attribution_localisation": {},
+    "top_k_intersection": {"k": 5},
+    "focus": {"tile": "half"},  # the registry-wide tests' models take 8x8 inputs only
 }
 
 #: The figures each new metric with curves draws (the default presentation: one panel per 1-D entry).

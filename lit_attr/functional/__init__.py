@@ -10,8 +10,10 @@ from lit_attr.functional.complexity import complexity, effective_complexity, spa
 from lit_attr.functional.dasgupta import consistency, sufficiency_dasgupta
 from lit_attr.functional.eraser import comprehensiveness, sufficiency
 from lit_attr.functional.faithfulness import faithfulness_correlation, faithfulness_estimate, sensitivity_n
+from lit_attr.functional.focus import focus
 from lit_attr.functional.insertion_deletion import InsertionDeletionResult, insertion_deletion
 from lit_attr.functional.localization import localization_auroc, pointing_game, relevance_mass, relevance_rank
+from lit_attr.functional.mask_scores import attribution_localisation, top_k_intersection
 from lit_attr.functional.monotonicity import monotonicity, monotonicity_correlation
 from lit_attr.functional.mprt import discrete_entropy, entropy_rise, noisy_copies
 from lit_attr.functional.perturbation import (
@@ -43,6 +45,7 @@ __all__ = [
     "ROADResult",
     "ActivationDeviationResult",
     "activation_deviation",
+    "attribution_localisation",
     "resolve_probe_layers",
     "InsertionDeletionResult",
     "auc",
@@ -54,6 +57,7 @@ __all__ = [
     "entropy_rise",
     "faithfulness_correlation",
     "faithfulness_estimate",
+    "focus",
     "comprehensiveness",
     "consistency",
     "insertion_deletion",
@@ -91,4 +95,5 @@ __all__ = [
     "token_f1",
     "token_insertion_deletion",
     "token_iou",
+    "top_k_intersection",
 ]

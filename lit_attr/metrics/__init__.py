@@ -21,9 +21,11 @@ from lit_attr.metrics.faithfulness import (
     MonotonicityCorrelation,
     SensitivityN,
 )
+from lit_attr.metrics.focus import Focus
 from lit_attr.metrics.infidelity import Infidelity, Sensitivity
 from lit_attr.metrics.insertion_deletion import InsertionDeletion
 from lit_attr.metrics.localization import LOCALIZATION_METRICS, Localization
+from lit_attr.metrics.mask_scores import AttributionLocalisation, TopKIntersection
 from lit_attr.metrics.mprt import EfficientMPRT, SmoothMPRT
 from lit_attr.metrics.parameter_randomization import SIMILARITIES, ParameterRandomization
 from lit_attr.metrics.presentation import Presentation, SanityCheck, Score
@@ -45,6 +47,7 @@ __all__ = [
     "ROAD",
     "SIMILARITIES",
     "ActivationDeviation",
+    "AttributionLocalisation",
     "Complexity",
     "Comprehensiveness",
     "Consistency",
@@ -52,6 +55,7 @@ __all__ = [
     "EfficientMPRT",
     "FaithfulnessCorrelation",
     "FaithfulnessEstimate",
+    "Focus",
     "IROF",
     "Infidelity",
     "InsertionDeletion",
@@ -74,6 +78,7 @@ __all__ = [
     "TokenActivationDeviation",
     "TokenInsertionDeletion",
     "TokenLocalization",
+    "TopKIntersection",
     "available_metrics",
     "get_metric_spec",
     "register_metric",
