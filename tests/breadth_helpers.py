@@ -27,6 +27,10 @@ FAST: dict[str, dict] = {
     "attribution_localisation": {},
     "top_k_intersection": {"k": 5},
     "focus": {"tile": "half"},  # the registry-wide tests' models take 8x8 inputs only
+    "random_logit": {"similarity": "spearman_abs"},  # "ssim" needs images and says so
+    "completeness": {},
+    "non_sensitivity": {"features_per_step": 16, "n_samples": 2},
+    "input_invariance": {},
 }
 
 #: The figures each new metric with curves draws (the default presentation: one panel per 1-D entry).

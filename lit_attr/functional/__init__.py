@@ -5,6 +5,7 @@ from lit_attr.functional.activation_deviation import (
     activation_deviation,
     resolve_probe_layers,
 )
+from lit_attr.functional.axioms import completeness, input_invariance, non_sensitivity, random_logit
 from lit_attr.functional.completeness import completeness_error
 from lit_attr.functional.complexity import complexity, effective_complexity, sparseness
 from lit_attr.functional.dasgupta import consistency, sufficiency_dasgupta
@@ -50,6 +51,7 @@ __all__ = [
     "InsertionDeletionResult",
     "auc",
     "blur",
+    "completeness",
     "completeness_error",
     "complexity",
     "effective_complexity",
@@ -60,6 +62,7 @@ __all__ = [
     "focus",
     "comprehensiveness",
     "consistency",
+    "input_invariance",
     "insertion_deletion",
     "irof",
     "iter_perturbed_batches",
@@ -69,9 +72,11 @@ __all__ = [
     "monotonicity",
     "monotonicity_correlation",
     "noisy_copies",
+    "non_sensitivity",
     "noisy_linear_imputation",
     "perturbation_schedule",
     "pointing_game",
+    "random_logit",
     "randomizable_layers",
     "randomization_stages",
     "randomize_",

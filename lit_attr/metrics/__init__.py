@@ -11,6 +11,7 @@ from typing import Any
 
 from lit_attr.metrics.activation_deviation import ActivationDeviation
 from lit_attr.metrics.attribution_quality import moved as _moved
+from lit_attr.metrics.axioms import Completeness, InputInvariance, NonSensitivity, RandomLogit
 from lit_attr.metrics.complexity import Complexity, EffectiveComplexity, Sparseness
 from lit_attr.metrics.dasgupta import Consistency, SufficiencyDasgupta
 from lit_attr.metrics.eraser import Comprehensiveness, Sufficiency
@@ -48,6 +49,7 @@ __all__ = [
     "SIMILARITIES",
     "ActivationDeviation",
     "AttributionLocalisation",
+    "Completeness",
     "Complexity",
     "Comprehensiveness",
     "Consistency",
@@ -58,13 +60,16 @@ __all__ = [
     "Focus",
     "IROF",
     "Infidelity",
+    "InputInvariance",
     "InsertionDeletion",
     "Localization",
     "MetricSpec",
     "Monotonicity",
     "MonotonicityCorrelation",
+    "NonSensitivity",
     "ParameterRandomization",
     "Presentation",
+    "RandomLogit",
     "RegionPerturbation",
     "SanityCheck",
     "Score",
