@@ -31,6 +31,10 @@ FAST: dict[str, dict] = {
     "completeness": {},
     "non_sensitivity": {"features_per_step": 16, "n_samples": 2},
     "input_invariance": {},
+    "local_lipschitz": {"n_perturb_samples": 2},
+    "avg_sensitivity": {"n_perturb_samples": 2},
+    "continuity": {"n_perturb_samples": 2},
+    "relative_stability": {"n_perturb_samples": 2, "noise": 0.01},  # small copies keep their predictions
 }
 
 #: The figures each new metric with curves draws (the default presentation: one panel per 1-D entry).

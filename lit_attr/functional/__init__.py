@@ -36,6 +36,7 @@ from lit_attr.functional.randomization import (
 )
 from lit_attr.functional.regions import irof, region_perturbation, selectivity
 from lit_attr.functional.road import ROADResult, noisy_linear_imputation, road
+from lit_attr.functional.robustness import avg_sensitivity, continuity, local_lipschitz, relative_stability
 from lit_attr.functional.similarity import spearman, ssim_maps
 from lit_attr.functional.token_activation_deviation import token_activation_deviation
 from lit_attr.functional.token_games import token_insertion_deletion
@@ -50,6 +51,7 @@ __all__ = [
     "resolve_probe_layers",
     "InsertionDeletionResult",
     "auc",
+    "avg_sensitivity",
     "blur",
     "completeness",
     "completeness_error",
@@ -62,11 +64,13 @@ __all__ = [
     "focus",
     "comprehensiveness",
     "consistency",
+    "continuity",
     "input_invariance",
     "insertion_deletion",
     "irof",
     "iter_perturbed_batches",
     "iter_randomized",
+    "local_lipschitz",
     "localization_auroc",
     "make_substrate",
     "monotonicity",
@@ -84,6 +88,7 @@ __all__ = [
     "rank_map",
     "relevance_mass",
     "relevance_rank",
+    "relative_stability",
     "resolve_protocol",
     "road",
     "rise_blur_kernel",

@@ -39,6 +39,7 @@ from lit_attr.metrics.registry import (
     unregister_metric,
 )
 from lit_attr.metrics.road import ROAD
+from lit_attr.metrics.robustness import AvgSensitivity, Continuity, LocalLipschitz, RelativeStability
 from lit_attr.metrics.token_activation_deviation import TokenActivationDeviation
 from lit_attr.metrics.token_insertion_deletion import TokenInsertionDeletion
 from lit_attr.metrics.token_localization import TokenLocalization
@@ -49,10 +50,12 @@ __all__ = [
     "SIMILARITIES",
     "ActivationDeviation",
     "AttributionLocalisation",
+    "AvgSensitivity",
     "Completeness",
     "Complexity",
     "Comprehensiveness",
     "Consistency",
+    "Continuity",
     "EffectiveComplexity",
     "EfficientMPRT",
     "FaithfulnessCorrelation",
@@ -62,6 +65,7 @@ __all__ = [
     "Infidelity",
     "InputInvariance",
     "InsertionDeletion",
+    "LocalLipschitz",
     "Localization",
     "MetricSpec",
     "Monotonicity",
@@ -71,6 +75,7 @@ __all__ = [
     "Presentation",
     "RandomLogit",
     "RegionPerturbation",
+    "RelativeStability",
     "SanityCheck",
     "Score",
     "Selectivity",
