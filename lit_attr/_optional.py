@@ -6,7 +6,7 @@ import importlib
 from types import ModuleType
 
 #: Optional extra of each optional top-level package.
-EXTRAS = {"transformers": "text", "tokenizers": "text"}
+EXTRAS = {"transformers": "text", "tokenizers": "text", "skimage.segmentation": "segmentation"}
 
 
 def import_optional(name: str) -> ModuleType:

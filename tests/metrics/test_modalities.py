@@ -12,6 +12,7 @@ import warnings
 
 import pytest
 import torch
+from breadth_helpers import FAST as BREADTH_FAST
 from text_helpers import game_metrics, plain_transformer, token_metric_inputs
 from torch import nn
 
@@ -42,6 +43,7 @@ FAST = {
     "sensitivity": {"n_perturb_samples": 2},
     "smprt": {"n_noise": 2},
     "randomization": {"similarity": "spearman_abs"},  # "ssim" needs images and says so; the check itself does not
+    **BREADTH_FAST,
 }
 TOKEN_METRICS = {*game_metrics(nn.Identity()), "token_localization"}
 FLOAT_METRICS = [name for name in available_metrics() if name not in TOKEN_METRICS]
@@ -118,7 +120,8 @@ def _float_batch(kind: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     model.eval()
     target = torch.tensor([0, 1, 2, 0])
     attributions = get_method("saliency", model).attribute(x, target)
-    return model, {"x": x, "attributions": attributions, "target": target, "masks": masks, "logits": model(x).detach()}
+    given = {"x": x, "attributions": attributions, "target": target, "masks": masks, "logits": model(x).detach()}
+    return model, {**given, "attention_mask": None, "special_tokens_mask": None}  # as the runner feeds float batches
 
 
 @pytest.mark.parametrize("kind", ["images", "tabular"])
@@ -156,5 +159,8 @@ def test_token_metrics_accept_token_ids_only():
         with pytest.raises(TypeError, match="must hold integer token ids"):
             factory().update(torch.rand(ids.shape), scores, attention_mask=mask)
     assert get_metric_spec("token_localization").modalities == frozenset({"tokens"})
-    assert not any(get_metric_spec(name).accepts(KIND_TAGS["tokens"]) for name in FLOAT_METRICS)
+    # Only the metrics that declare token ids beside floats (those of maps alone) accept them.
+    both = {name for name in FLOAT_METRICS if get_metric_spec(name).accepts(KIND_TAGS["tokens"])}
+    assert all(get_metric_spec(name).tokens is None for name in both)
+    assert {"sparseness", "complexity", "effective_complexity"} <= both
     TokenLocalization().update(scores, rationale, attention_mask=mask)

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import torch
+from breadth_helpers import CURVE_STEMS as BREADTH_CURVE_STEMS
+from breadth_helpers import FAST as BREADTH_FAST
 from matplotlib.figure import Figure
 from text_helpers import SPECIALS, game_metrics, plain_transformer, token_metric_inputs
 from torch import Tensor, nn
@@ -27,6 +29,7 @@ CURVE_STEMS = {
     "road": {"road_curves"},
     "randomization": {"randomization_curves"},
     "smprt": {"smprt_curves"},
+    **BREADTH_CURVE_STEMS,
 }
 SANITY = {"randomization": "MPRT", "smprt": "sMPRT", "emprt": "eMPRT"}
 FAST = {
@@ -36,6 +39,7 @@ FAST = {
     "infidelity": {"n_perturb_samples": 2},
     "sensitivity": {"n_perturb_samples": 2},
     "smprt": {"n_noise": 2},
+    **BREADTH_FAST,
 }
 METHODS = ("saliency", "input_x_gradient")
 
@@ -197,6 +201,7 @@ def float_results() -> dict[str, dict[str, Any]]:
     masks[:, 2:6, 2:6] = True
     target = torch.tensor([0, 1, 2, 0])
     given = {"x": x, "target": target, "masks": masks, "logits": model(x).detach()}
+    given.update(attention_mask=None, special_tokens_mask=None)  # as the runner feeds float batches
     results: dict[str, dict[str, Any]] = {}
     for name in available_metrics():
         spec = get_metric_spec(name)

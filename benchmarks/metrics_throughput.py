@@ -1,0 +1,141 @@
+"""Samples per second of every metric of issue #26, batched against a per-sample loop of the same code.
+
+Run ``python benchmarks/metrics_throughput.py --help`` for options. For each model (the demo CNN at 32 x 32, an
+untrained torchvision resnet18 at 224 x 224) and each metric, the metric scores a batch of images with saliency maps
+in one ``score()`` call (its rows go through the model ``internal_batch_size`` at a time, its copies through the
+method in blocks), then once per image; the table reports both times, samples per second, the speed-up and the
+largest relative difference between the two results' per-sample values (float rounding only: a sample's value does
+not depend on its batch; relative stability divides by near-zero map entries and magnifies the rounding of a float32
+model's batched convolutions). "batch" marks the metrics that compare the samples of a batch, focus and Dasgupta's,
+whose values do depend on it (focus builds no mosaic for a batch of one image: its loop computes nothing).
+
+The budgets below are smaller than the papers' defaults (noted per metric in the README's table of metrics) so that
+a CPU run takes minutes: the cost of a metric scales with them (forwards or attributions per sample).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from lit_attr.methods import get_method
+from lit_attr.metrics import get_metric_spec
+
+#: Per metric: options with a CPU-sized budget; every size is a fraction of the units, so both models take them.
+BUDGETS: dict[str, dict[str, Any]] = {
+    "sparseness": {},
+    "complexity": {},
+    "effective_complexity": {},
+    "faithfulness_correlation": {"subset_size": 0.05, "n_subsets": 20},
+    "faithfulness_estimate": {"features_per_step": 64},
+    "sensitivity_n": {"sizes": (0.01, 0.1, 0.5), "n_subsets": 10},
+    "monotonicity": {"features_per_step": 64},
+    "monotonicity_correlation": {"features_per_step": 128, "n_samples": 2},
+    "region_perturbation": {"patch_size": 8, "regions": 16},
+    "selectivity": {"patch_size": 16},
+    "irof": {"patch_size": 16},
+    "sufficiency_dasgupta": {},
+    "consistency": {},
+    "attribution_localisation": {},
+    "top_k_intersection": {"k": 0.1},
+    "focus": {},
+    "random_logit": {"similarity": "spearman_abs"},
+    "completeness": {},
+    "non_sensitivity": {"features_per_step": 128, "n_samples": 2},
+    "input_invariance": {},
+    "local_lipschitz": {"n_perturb_samples": 4},
+    "avg_sensitivity": {"n_perturb_samples": 4},
+    "continuity": {"n_perturb_samples": 4},
+    "relative_stability": {"n_perturb_samples": 4, "noise": 0.01},
+}
+DEFAULT_IMAGES = {"demo": 16, "resnet18": 4}
+#: The metrics that compare the samples of a batch: a sample's value depends on its batch.
+BATCH_DEPENDENT = {"focus", "sufficiency_dasgupta", "consistency"}
+
+
+def build_model(name: str, device: torch.device) -> tuple[torch.nn.Module, int]:
+    """The model and its input side."""
+    if name == "demo":
+        from lit_attr.models import DemoClassifier
+
+        return DemoClassifier().to(device).eval(), 32
+    if name == "resnet18":
+        from torchvision.models import resnet18
+
+        return resnet18(weights=None).to(device).eval(), 224
+    raise ValueError(f"--models accepts demo and resnet18, got {name!r}")
+
+
+def inputs(name: str, model: torch.nn.Module, side: int, n: int, device: torch.device) -> dict[str, Any]:
+    """Images, their saliency maps, targets, logits and a central square as the ground-truth mask."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 3, side, side, generator=gen).to(device)
+    with torch.no_grad():
+        logits = model(x)
+    target = logits.argmax(dim=1)
+    masks = torch.zeros(n, side, side, dtype=torch.bool, device=device)
+    masks[:, side // 4 : 3 * side // 4, side // 4 : 3 * side // 4] = True
+    attributions = get_method("saliency", model).attribute(x, target, logits=logits)
+    given = {"x": x, "attributions": attributions, "target": target, "masks": masks, "logits": logits}
+    return {**given, "attention_mask": None, "special_tokens_mask": None}
+
+
+def per_sample(values: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The per-sample entries of a score() result, stacked ``(N, k)``."""
+    return torch.stack([value.double() for value in values.values() if value.ndim == 1], dim=1)
+
+
+def timed(call: Any, device: torch.device) -> tuple[Any, float]:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = call()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["demo", "resnet18"], choices=["demo", "resnet18"])
+    parser.add_argument("--metrics", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
+    parser.add_argument("--images", type=int, default=None, help="images per model (default: 16 demo, 4 resnet18)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    table = Table(title=f"Metrics of issue #26: batched score() vs a per-sample loop ({device})")
+    for column in ("model", "metric", "images", "batched s", "loop s", "samples/s", "speed-up", "max rel. diff"):
+        table.add_column(column, justify="left" if column in ("model", "metric") else "right")
+    for model_name in args.models:
+        model, side = build_model(model_name, device)
+        n = args.images or DEFAULT_IMAGES[model_name]
+        for metric_name in args.metrics:
+            spec = get_metric_spec(metric_name)
+            given = inputs(metric_name, model, side, n, device)
+            metric = spec.build(BUDGETS[metric_name], model=model, method=get_method("saliency", model))
+            batch = {key: given[key] for key in spec.update_inputs}
+            singles = [{k: v if v is None else v[i : i + 1] for k, v in batch.items()} for i in range(n)]
+            whole, batched = timed(lambda metric=metric, batch=batch: metric.score(**batch), device)
+            rows, looped = timed(lambda metric=metric, singles=singles: [metric.score(**s) for s in singles], device)
+            if metric_name not in BATCH_DEPENDENT:
+                together, alone = per_sample(whole), torch.cat([per_sample(row) for row in rows])
+                scale = torch.maximum(together.abs(), alone.abs()).clamp(min=1e-12)
+                diff = ((together - alone).abs() / scale).nan_to_num(0.0).max()
+                difference = f"{float(diff):.1e}"
+            else:
+                difference = "batch"
+            table.add_row(model_name, metric_name, str(n), f"{batched:.2f}", f"{looped:.2f}", f"{n / batched:.1f}",
+                          f"{looped / batched:.2f}x", difference)  # fmt: skip
+    Console(width=130).print(table)
+
+
+if __name__ == "__main__":
+    main()

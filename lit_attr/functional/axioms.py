@@ -1,0 +1,370 @@
+"""Randomisation and axiom checks of issue #26: random logit, completeness, non-sensitivity, input invariance.
+
+* :func:`random_logit` (Sixt et al. 2020): how similar the map of the target is to the map of a random other class;
+* :func:`completeness` (Sundararajan et al. 2017): how far the map's sum is from ``f(x) - f(baseline)``;
+* :func:`non_sensitivity` (Nguyen & Martinez 2020): how many units have zero attribution but move the output, or the
+  reverse;
+* :func:`input_invariance` (Kindermans et al. 2017): whether the method gives the same map to a model that sees every
+  input shifted by a constant and undoes the shift first.
+
+:func:`random_logit` and :func:`input_invariance` run the attribution method (any object with ``attribute`` and
+``resolve_target``: :class:`lit_attr.methods.AttributionMethod`); the others run the model on perturbed inputs like
+the unit games (:mod:`lit_attr.functional.unit_games`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lit_attr._checks import TargetType, check_batch, check_finite, check_int, check_names, check_number, check_seed
+from lit_attr._hygiene import preserved_model_state, row_seed
+from lit_attr.functional.completeness import completeness_error
+from lit_attr.functional.infidelity import Explainer
+from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE, SubstrateType, check_clean_logits
+from lit_attr.functional.similarity import spearman, ssim_maps
+from lit_attr.functional.unit_games import draw_outputs, fill_of, kind_substrate, prepare_game, target_scores
+from lit_attr.functional.units import map_units
+
+__all__ = [
+    "MAP_SIMILARITIES",
+    "completeness",
+    "input_invariance",
+    "map_similarity",
+    "non_sensitivity",
+    "random_logit",
+    "shifted_method",
+]
+
+#: Similarities of two maps: Spearman of the absolute or signed unit scores, SSIM of image heatmaps.
+MAP_SIMILARITIES = ("ssim", "spearman_abs", "spearman")
+
+
+def map_similarity(a: Tensor, b: Tensor, similarity: str = "ssim") -> Tensor:
+    """``(N,)`` similarity of ``a[i]`` and ``b[i]``, the randomisation check's measures (higher: more alike).
+
+    ``"spearman_abs"``/``"spearman"``: Spearman's rank correlation of the absolute / signed unit scores (an image
+    pixel's channels summed); ``"ssim"``: SSIM of the min-max normalised absolute heatmaps (images only).
+
+    Example:
+        >>> a = torch.arange(64.0).view(1, 8, 8)
+        >>> map_similarity(a, 2 * a, "spearman_abs"), map_similarity(a, 2 * a)
+        (tensor([1.]), tensor([1.]))
+    """
+    names = check_names("similarity", similarity, MAP_SIMILARITIES, what="similarity measure")
+    if len(names) != 1:
+        raise ValueError(f"`similarity` must name one measure of {MAP_SIMILARITIES}, got {similarity!r}.")
+    reduce = "sum" if similarity == "spearman" else "abs_sum"
+    ua, ub = map_units(a, reduce), map_units(b, reduce)
+    if similarity == "ssim":
+        if a.ndim not in (3, 4) or len(ua.shape) != 2:
+            raise ValueError(
+                f"similarity 'ssim' needs image maps (N, C, H, W) or (N, H, W), got shape {tuple(a.shape)}; use "
+                "'spearman_abs' for other inputs."
+            )
+        return ssim_maps(ua.scores.view(-1, *ua.shape), ub.scores.view(-1, *ub.shape))
+    return spearman(ua.scores, ub.scores)
+
+
+def _check_method(method: object) -> Explainer:
+    if not all(callable(getattr(method, name, None)) for name in ("attribute", "resolve_target")):
+        raise TypeError(
+            f"`method` must be an attribution method (lit_attr.methods.get_method(...)), got {type(method).__name__}."
+        )
+    return method  # type: ignore[return-value]
+
+
+def _maps(result: Any) -> Tensor:
+    return result[0] if isinstance(result, tuple) else result
+
+
+def _check_given(x: Tensor, attributions: object, logits: object) -> None:
+    """Refuse maps (when given) that are not finite floats of ``x``'s shape, and logits that are not ``x``'s."""
+    if attributions is not None:
+        if not isinstance(attributions, Tensor):
+            raise TypeError(f"`attributions` must be a tensor or None, got {type(attributions).__name__}.")
+        if attributions.shape != x.shape:
+            shapes = f"{tuple(x.shape)}, got {tuple(attributions.shape)}"
+            raise ValueError(f"`attributions` must have the shape of x {shapes}.")
+        if not attributions.is_floating_point():
+            raise TypeError(f"`attributions` must be a floating-point tensor, got dtype {attributions.dtype}.")
+        check_finite("attributions", attributions)
+    if logits is not None:
+        check_clean_logits(logits, x)
+
+
+def random_logit(
+    method: Explainer,
+    x: Tensor,
+    target: TargetType = None,
+    *,
+    attributions: Tensor | None = None,
+    similarity: str = "ssim",
+    seed: int = 0,
+    logits: Tensor | None = None,
+    **attribute_kwargs: Any,
+) -> Tensor:
+    """Random logit test of Sixt et al. (2020) per sample: lower is better (the map depends on the class).
+
+    The method explains every sample for its target and for a class drawn uniformly among the others (from a
+    generator seeded by ``seed`` and the sample's values; Quantus draws from NumPy's global state); the score is the
+    similarity of the two maps, SSIM as in the paper by default. Cost: one attribution per sample.
+
+    Args:
+        method: the attribution method.
+        x: ``(N, ...)`` inputs on the model's device.
+        target: ``None`` (clean top-1 prediction), an int, or ``N`` class indices.
+        attributions: the method's maps of ``x`` for ``target`` if already computed.
+        similarity: ``"ssim"`` (images), ``"spearman_abs"`` or ``"spearman"`` (:func:`map_similarity`).
+        seed: seed of the other classes.
+        logits: the model's logits for ``x`` if already computed.
+        **attribute_kwargs: per-call options of ``method.attribute``.
+
+    Returns:
+        ``(N,)`` similarities.
+
+    Example:
+        >>> from lit_attr.methods import get_method
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
+        >>> random_logit(get_method("saliency", net), torch.rand(2, 3, 8, 8)).shape
+        torch.Size([2])
+    """
+    method = _check_method(method)
+    check_batch("x", x, method.model)
+    _check_given(x, attributions, logits)
+    check_names("similarity", similarity, MAP_SIMILARITIES, what="similarity measure")
+    check_seed(seed)
+    if logits is None:
+        with torch.no_grad(), preserved_model_state(method.model):
+            logits = getattr(method, "forward_fn", method.model)(x)
+    target = method.resolve_target(x, target, logits)
+    classes = logits.shape[1]
+    if classes < 2:
+        raise ValueError(f"The random logit test needs a model with at least 2 classes, got {classes}.")
+    draws = [int(torch.randint(classes - 1, (1,), generator=torch.Generator().manual_seed(row_seed(seed, row))))
+             for row in x]  # fmt: skip
+    other = torch.tensor(draws, device=target.device)
+    other = other + (other >= target).long()  # a class among the K - 1 others
+    own = _maps(method.attribute(x, target, **attribute_kwargs)) if attributions is None else attributions
+    return map_similarity(own.to(x), _maps(method.attribute(x, other, **attribute_kwargs)), similarity)
+
+
+def completeness(
+    model: nn.Module,
+    x: Tensor,
+    attributions: Tensor,
+    target: TargetType = None,
+    *,
+    substrate: SubstrateType = "zero",
+    substrate_value: object = None,
+    seed: int = 0,
+    logits: Tensor | None = None,
+) -> Tensor:
+    """Relative completeness error per sample, ``|sum(A) - (f(x) - f(x'))| / |f(x) - f(x')|``: lower is better.
+
+    ``f`` is the target's logit and ``x'`` the baseline, the kind's substrate (zeros by default: the baseline of
+    integrated gradients, for which the error is 0 up to the integral's approximation). The error is undefined
+    where ``f(x) = f(x')`` (NaN there). Quantus reports whether the two are close (a bool); the relative error says
+    how far. See :func:`~lit_attr.functional.completeness.completeness_error`.
+
+    Args:
+        model: classifier returning logits ``(N, K)``.
+        x: ``(N, ...)`` inputs of a continuous kind on the model's device.
+        attributions: maps of ``x``'s shape.
+        target: ``None`` (clean top-1 prediction), an int, or ``N`` class indices.
+        substrate: the baseline (see :func:`~lit_attr.functional.perturbation.make_substrate`).
+        substrate_value: the fill of ``"constant"``.
+        seed: seed of a ``"noise"`` baseline.
+        logits: the model's logits for ``x`` if already computed.
+
+    Returns:
+        ``(N,)`` relative errors, NaN where the output does not change.
+
+    Example:
+        >>> net = nn.Linear(4, 2)
+        >>> x = torch.rand(3, 4)
+        >>> completeness(net, x, x * net.weight[net(x).argmax(dim=1)].detach()).abs().max() < 1e-5
+        tensor(True)
+    """
+    if not isinstance(attributions, Tensor) or attributions.shape != getattr(x, "shape", None):
+        shape = tuple(attributions.shape) if isinstance(attributions, Tensor) else type(attributions).__name__
+        raise ValueError(f"`attributions` must have the shape of x {tuple(getattr(x, 'shape', ()))}, got {shape}.")
+    game = prepare_game(model, x, attributions, target, logits, reduce="none", output="logit", internal_batch_size=None)
+    baseline = fill_of(substrate, x, value=substrate_value, seed=seed, name="substrate")
+    with torch.no_grad(), preserved_model_state(model):
+        delta = game.clean - target_scores(model(baseline), game.target, "logit")
+    defined = delta != 0
+    errors = torch.full_like(game.clean, float("nan"))
+    if bool(defined.any()):
+        errors[defined] = completeness_error(attributions[defined].to(errors), delta[defined]).to(errors)
+    return errors
+
+
+def non_sensitivity(
+    model: nn.Module,
+    x: Tensor,
+    attributions: Tensor,
+    target: TargetType = None,
+    *,
+    features_per_step: int = 1,
+    eps: float = 1e-5,
+    tolerance: float = 1e-5,
+    n_samples: int = 10,
+    substrate: SubstrateType | None = None,
+    substrate_value: object = None,
+    output: str = "prob",
+    seed: int = 0,
+    internal_batch_size: int | None = DEFAULT_INTERNAL_BATCH_SIZE,
+    logits: Tensor | None = None,
+) -> Tensor:
+    """Non-sensitivity of Nguyen & Martinez (2020) per sample: lower is better, 0 at best.
+
+    The units (in index order, ``features_per_step`` at a time) split two ways: zero attribution (every unit's
+    ``|a|`` at most ``eps`` times the map's largest) or not, and the model not sensitive to them (the target's score
+    moves by at most ``tolerance`` over ``n_samples`` random draws of them: the kind's seeded ``"noise"``) or
+    sensitive. The score counts the groups where the two disagree (a symmetric difference): a unit with zero
+    attribution that moves the model, or one with attribution that does not. Quantus replaces a unit once by a fixed
+    baseline. Cost: ``G x n_samples`` forwards for ``G`` groups.
+
+    Args:
+        model: classifier returning logits ``(N, K)``.
+        x: ``(N, ...)`` inputs of a continuous kind on the model's device.
+        attributions: maps of ``x``'s shape (images also ``(N, H, W)``).
+        target: ``None`` (clean top-1 prediction), an int, or ``N`` class indices.
+        features_per_step: units per group.
+        eps: relative threshold of a zero attribution, in ``[0, 1)``.
+        tolerance: the largest change of the score that counts as none, ``>= 0``.
+        n_samples: random draws per group.
+        substrate: the draws (``None``: ``"noise"``).
+        substrate_value: the fill of ``"constant"``.
+        output: ``"prob"`` (default) or ``"logit"``.
+        seed: seed of the draws.
+        internal_batch_size: most rows per forward pass; ``None``: all at once.
+        logits: the model's logits for ``x`` if already computed.
+
+    Returns:
+        ``(N,)`` counts of groups (as floats).
+
+    Example:
+        >>> net = nn.Linear(4, 2)
+        >>> with torch.no_grad():
+        ...     net.weight[:, 3] = 0.0  # the model ignores feature 3
+        >>> x = torch.rand(2, 4)
+        >>> non_sensitivity(net, x, x * net.weight[net(x).argmax(dim=1)].detach(), n_samples=3)
+        tensor([0., 0.])
+    """
+    check_int("features_per_step", features_per_step, 1)
+    check_int("n_samples", n_samples, 1)
+    eps, tolerance = check_number("eps", eps), check_number("tolerance", tolerance)
+    if not 0 <= eps < 1:
+        raise ValueError(f"`eps` must be a relative threshold in [0, 1), got {eps!r}.")
+    if tolerance < 0:
+        raise ValueError(f"`tolerance` must be >= 0, got {tolerance!r}.")
+    check_seed(seed)
+    game = prepare_game(
+        model, x, attributions, target, logits, reduce="abs_sum", output=output, internal_batch_size=internal_batch_size
+    )
+    n, units = x.shape[0], game.units[0].numel()
+    groups = (torch.arange(units, device=x.device) // features_per_step).expand(n, units).view_as(game.units)
+    count = -(-units // features_per_step)
+    scores = draw_outputs(
+        model, game, x, groups, count, substrate=kind_substrate(game.kind, substrate, "noise"),
+        substrate_value=substrate_value, n_draws=n_samples, seed=seed, output=output,
+        internal_batch_size=internal_batch_size, who="non_sensitivity",
+    )  # fmt: skip
+    moved = (scores.double() - game.clean[:, None, None].double()).abs().amax(dim=2) > tolerance
+    magnitudes = game.units.reshape(n, -1).double()
+    largest = torch.zeros(n, count, dtype=magnitudes.dtype, device=magnitudes.device).scatter_reduce_(
+        1, groups.reshape(n, -1), magnitudes, reduce="amax"
+    )
+    zero = largest <= eps * magnitudes.amax(dim=1, keepdim=True)
+    return (zero == moved).sum(dim=1).to(game.clean.dtype)
+
+
+class _Shifted:
+    """``forward(z - shift)``: a model that undoes a constant shift of its inputs (picklable)."""
+
+    def __init__(self, forward: Callable[[Tensor], Tensor], shift: float) -> None:
+        self.forward = forward
+        self.shift = shift
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return self.forward(z - self.shift)
+
+
+def shifted_method(method: Any, shift: float) -> Any:
+    """A copy of ``method`` whose model sees inputs shifted by ``shift`` and undoes the shift first.
+
+    Kindermans et al. absorb the shift into the first layer's bias; undoing it before the model is the same function
+    for any architecture. The copy shares the method's model (read, never changed: its forward is wrapped, so the
+    copy follows the model's current weights) and its ``input_bounds`` move with the inputs.
+
+    Example:
+        >>> from lit_attr.methods import get_method
+        >>> net = nn.Linear(3, 2)
+        >>> shifted = shifted_method(get_method("saliency", net, input_bounds=(0.0, 1.0)), -1.0)
+        >>> shifted.input_bounds, torch.allclose(shifted.forward_fn(torch.zeros(1, 3) - 1), net(torch.zeros(1, 3)))
+        ((-1.0, 0.0), True)
+    """
+    shift = check_number("shift", shift)
+    # Everything the method holds is copied (Captum's objects are bound to the copy) except the model itself.
+    copied = copy.deepcopy(method, memo={id(method.model): method.model})
+    copied.forward_fn = _Shifted(copied.forward_fn, shift)
+    if copied.input_bounds is not None:
+        copied.input_bounds = tuple(bound + shift for bound in copied.input_bounds)
+    return copied
+
+
+def input_invariance(
+    method: Explainer,
+    x: Tensor,
+    target: TargetType = None,
+    *,
+    attributions: Tensor | None = None,
+    shift: float = -1.0,
+    logits: Tensor | None = None,
+    **attribute_kwargs: Any,
+) -> Tensor:
+    """Input invariance of Kindermans et al. (2017) per sample: the relative change of the map under a constant shift.
+
+    ``||A_g(x + c) - A_f(x)||_1 / (||A_g(x + c)||_1 + ||A_f(x)||_1)``, with ``g`` the model that takes ``x + c`` and
+    computes ``f(x)`` (:func:`shifted_method`): 0 for an input-invariant method (gradients), positive for methods
+    whose reference point does not move with the inputs (input x gradient, integrated gradients from zero); 0 too
+    when both maps are 0. Quantus's default shift is -1, as here (Kindermans et al. shift [0, 1] MNIST images to
+    [-1, 0]). Cost: one attribution per sample.
+
+    Args:
+        method: the attribution method.
+        x: ``(N, ...)`` inputs on the model's device.
+        target: ``None`` (clean top-1 prediction), an int, or ``N`` class indices.
+        attributions: ``method``'s maps of ``x`` for ``target`` if already computed.
+        shift: the constant ``c`` added to every input value.
+        logits: the model's logits for ``x`` if already computed.
+        **attribute_kwargs: per-call options of ``method.attribute``.
+
+    Returns:
+        ``(N,)`` relative changes in [0, 1].
+
+    Example:
+        >>> from lit_attr.methods import get_method
+        >>> net = nn.Linear(3, 2)
+        >>> x = torch.rand(2, 3)
+        >>> input_invariance(get_method("saliency", net), x), input_invariance(get_method("input_x_gradient", net), x)
+        (tensor([0., 0.]), tensor([1., 1.]))
+    """
+    method = _check_method(method)
+    check_batch("x", x, method.model)
+    _check_given(x, attributions, logits)
+    shift = check_number("shift", shift)
+    target = method.resolve_target(x, target, logits)
+    own = _maps(method.attribute(x, target, **attribute_kwargs)) if attributions is None else attributions.to(x)
+    moved = _maps(shifted_method(method, shift).attribute(x + shift, target, **attribute_kwargs))
+    n = x.shape[0]
+    change = (moved - own).abs().reshape(n, -1).double().sum(dim=1)
+    scale = own.abs().reshape(n, -1).double().sum(dim=1) + moved.abs().reshape(n, -1).double().sum(dim=1)
+    result = torch.where(scale > 0, change / scale.clamp(min=torch.finfo(scale.dtype).tiny), 0.0)
+    return result.to(torch.promote_types(x.dtype, torch.float32))
