@@ -377,7 +377,12 @@ def _progress(progress: bool | Callable[[int, int], None], total: int) -> Iterat
         yield lambda: None
 
 
-@register_method("fei")
+def _has_gateable_activation(model: nn.Module) -> bool:
+    return any(gate_rule_of(module) is not None for module in model.modules())
+
+
+# gate="none" runs on any model, but the default gate needs an activation module to hook.
+@register_method("fei", applies_to=_has_gateable_activation)
 def fei(model: nn.Module, **kwargs: Any) -> FEI:
     """FEI with the paper's defaults: ibm gate, levels 0.1 .. 0.9, 100 Adam steps each, preservation objective."""
     return FEI(model, **kwargs)
