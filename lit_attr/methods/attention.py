@@ -28,7 +28,7 @@ from lit_attr.methods.attention_capture import (  # noqa: F401  (re-exported: th
 )
 from lit_attr.methods.base import AttributionMethod, BoundsType
 from lit_attr.methods.registry import register_method
-from lit_attr.methods.rollout import HEAD_FUSIONS, rollout
+from lit_attr.methods.rollout import HEAD_FUSIONS, check_discard_ratio, rollout
 from lit_attr.methods.text_attention import TextAttentionRollout, text_encoder
 
 UPSAMPLING = ("bilinear", "nearest")
@@ -114,6 +114,9 @@ class AttentionRollout(_AttentionMap):
         model: a vision transformer with ``nn.MultiheadAttention`` (torchvision) or timm-style attention; it is
             not modified.
         head_fusion: ``"mean"``, ``"max"`` or ``"min"`` over heads.
+        discard_ratio: fraction of each layer's fused attention entries to zero, smallest first (Gildenblat's
+            ``vit-explain`` option, 0.9 there; see :func:`~lit_attr.methods.rollout.rollout`). The default 0 is the
+            paper's rollout: discarding sharpens the map, but which entries go depends on the ratio alone.
         patch_size: patch size in pixels; ``None`` reads it from the torchvision/timm model.
         prefix_tokens: tokens before the patch tokens (class and register tokens); ``None`` reads it likewise.
         upsample: ``"bilinear"`` (smooth, as in the authors' figures) or ``"nearest"`` (one value per patch).
@@ -128,14 +131,17 @@ class AttentionRollout(_AttentionMap):
         torch.Size([2, 3, 16, 16])
     """
 
-    def __init__(self, model: nn.Module, *, head_fusion: str = "mean", **kwargs: Any) -> None:
+    def __init__(
+        self, model: nn.Module, *, head_fusion: str = "mean", discard_ratio: float = 0.0, **kwargs: Any
+    ) -> None:
         super().__init__(model, **kwargs)
         self.head_fusion = check_choice("head_fusion", head_fusion, HEAD_FUSIONS)
+        self.discard_ratio = check_discard_ratio(discard_ratio)
 
     def _attribute(self, x: Tensor, target: Tensor) -> Tensor:
         with torch.no_grad():
             _, records = self._record(x)
-            rolled = rollout([record.weights for record in records], self.head_fusion)
+            rolled = rollout([record.weights for record in records], self.head_fusion, self.discard_ratio)
         return self._to_pixels(rolled, x)
 
 
@@ -143,7 +149,7 @@ class GenericAttention(_AttentionMap):
     """Generic attention-model explainability (Chefer, Gur & Wolf, ICCV 2021), for self-attention encoders.
 
     With ``A_l`` the per-head attention of layer ``l`` and ``dA_l`` the gradient of the target's logit with respect
-    to it, the relevance starts as ``R = I`` and every layer, from the input up, adds
+    to it, the relevance starts as ``R = I`` and every layer from ``start_layer`` up adds
     ``R <- R + mean_heads((dA_l * A_l)^+) @ R``. The class token's row of ``R`` over the patch tokens (the mean row
     without a class token) is upsampled to pixels and broadcast over channels.
 
@@ -152,6 +158,9 @@ class GenericAttention(_AttentionMap):
     Args:
         model: a vision transformer with ``nn.MultiheadAttention`` (torchvision) or timm-style attention; it is
             not modified.
+        start_layer: the first layer (0-based, from the input) that contributes; the layers below it are skipped,
+            as with ``start_layer`` of Chefer et al.'s code (Transformer-Explainability, ``generate_LRP`` and
+            ``compute_rollout_attention``). 0 (default) uses every layer, as the generic-attention paper does.
         patch_size: patch size in pixels; ``None`` reads it from the torchvision/timm model.
         prefix_tokens: tokens before the patch tokens (class and register tokens); ``None`` reads it likewise.
         upsample: ``"bilinear"`` (as in the authors' code) or ``"nearest"`` (one value per patch).
@@ -166,9 +175,20 @@ class GenericAttention(_AttentionMap):
         torch.Size([2, 3, 16, 16])
     """
 
+    def __init__(self, model: nn.Module, *, start_layer: int = 0, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        if isinstance(start_layer, bool) or not isinstance(start_layer, int) or start_layer < 0:
+            raise ValueError(f"`start_layer` must be an int >= 0, got {start_layer!r}.")
+        self.start_layer = start_layer
+
     def _attribute(self, x: Tensor, target: Tensor) -> Tensor:
         # The input must require grad for the forward pass to build a graph through the attention at all.
         logits, records = self._record(x.detach().requires_grad_(True))
+        if self.start_layer >= len(records):
+            raise ValueError(
+                f"`start_layer` must be below the number of attention layers ({len(records)}), got {self.start_layer}."
+            )
+        records = records[self.start_layer :]
         score = SCORES["logit"](logits, target).sum()
         grads = torch.autograd.grad(score, [r.node for r in records], allow_unused=True)
         tokens = records[0].weights.shape[-1]
