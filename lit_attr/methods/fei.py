@@ -31,6 +31,7 @@ from lit_attr._checks import check_choice, check_positive, check_seed
 from lit_attr._hygiene import row_seed
 from lit_attr.inputs.tokens import TokenOptions
 from lit_attr.methods._common import SCORES
+from lit_attr.methods._independence import warn_if_zero_gradient
 from lit_attr.methods.base import AttributionMethod, BoundsType, ResultType, TargetType
 from lit_attr.methods.fei_activations import (  # noqa: F401  (re-exported: the activation families' public names)
     GATE_RULES,
@@ -327,8 +328,11 @@ class FEI(AttributionMethod):
         masks = []
         with gates.active(), _progress(self.progress, len(self.levels) * self.iterations) as advance:
             gates.new_forward(capture=True)
-            with torch.no_grad():
-                self.logits(clean)
+            # The clean forward also tells whether the target logit depends on the input at all: FEI's masks never
+            # come out all zero (the area term moves them), so a zero head would otherwise pass unnoticed.
+            clean_points = clean.detach().requires_grad_(True)
+            clean_score = score(self.logits(clean_points), target).sum()
+            warn_if_zero_gradient(self, torch.autograd.grad(clean_score, clean_points, allow_unused=True)[0])
             previous = torch.zeros(mask_shape, dtype=clean.dtype, device=clean.device)
             for level, q in enumerate(self.levels):
                 delta = torch.zeros_like(previous, requires_grad=True)
