@@ -10,6 +10,7 @@ from lit_attr.methods.base import AttributionMethod
 from lit_attr.methods.big import BIG
 from lit_attr.methods.captum import CaptumMethod
 from lit_attr.methods.fei import FEI
+from lit_attr.methods.fei_activations import register_activation
 from lit_attr.methods.ig2 import IG2
 from lit_attr.methods.mfaba import MFABA
 from lit_attr.methods.perturbation import FeatureAblationMethod, KernelShapMethod
@@ -31,6 +32,7 @@ __all__ = [
     "TextAttentionRollout",
     "available_methods",
     "get_method",
+    "register_activation",
     "register_method",
 ]
 

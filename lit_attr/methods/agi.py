@@ -13,6 +13,7 @@ from lit_attr._hygiene import row_seed
 from lit_attr.methods._common import SCORES, expand_rows
 from lit_attr.methods.base import AttributionMethod, BoundsType
 from lit_attr.methods.registry import register_method
+from lit_attr.methods.structure import takes_raw_inputs
 
 
 class AGI(AttributionMethod):
@@ -106,7 +107,7 @@ class AGI(AttributionMethod):
         return acc.view(n, m, *x.shape[1:]).mean(dim=1)
 
 
-@register_method("agi")
+@register_method("agi", applies_to=takes_raw_inputs)
 def agi(model: nn.Module, **kwargs: Any) -> AGI:
     """AGI with one seeded false class per sample, 20 steps of 0.05."""
     return AGI(model, **kwargs)

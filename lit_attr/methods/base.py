@@ -26,6 +26,7 @@ from lit_attr._hygiene import preserved_model_state, preserved_rng_state
 from lit_attr._memory import MemoryBackoff
 from lit_attr.inputs import MethodCall, Space, input_kind
 from lit_attr.inputs.tokens import TokenOptions, check_method_token_options
+from lit_attr.methods._independence import check_input_dependence
 
 if TYPE_CHECKING:
     from lit_attr.batch import Batch
@@ -222,6 +223,8 @@ class AttributionMethod(abc.ABC):
         try:
             with self._in_space(space):
                 result = self._attribute(space.z, target[part], **self._chunk_kwargs(call, part))
+                # All-zero maps: say so when the cause is a target logit that ignores the input (a zero head).
+                check_input_dependence(self, target[part], result[0] if isinstance(result, tuple) else result)
         except _NonFiniteLogitsError as error:
             culprits = self._culprits(call, part, target, logits)
             which = f"sample {culprits[0]}" if len(culprits) == 1 else f"one of samples {culprits}"

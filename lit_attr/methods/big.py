@@ -13,6 +13,7 @@ from lit_attr._checks import check_choice, check_positive
 from lit_attr.methods._common import SCORES, expand_rows
 from lit_attr.methods.base import AttributionMethod, BoundsType
 from lit_attr.methods.registry import register_method
+from lit_attr.methods.structure import takes_raw_inputs
 
 #: The attack radii of the BIG paper, for inputs in [0, 1].
 BIG_EPSILONS = tuple(v / 255 for v in (36, 64, 76.5, 127.5, 178.5, 229.5, 280.5))
@@ -126,7 +127,7 @@ class BIG(AttributionMethod):
         return diff * total
 
 
-@register_method("big")
+@register_method("big", applies_to=takes_raw_inputs)
 def big(model: nn.Module, **kwargs: Any) -> BIG:
     """BIG with the paper's radii (attacks deduplicated unless ``dedupe_attacks=False``)."""
     return BIG(model, **kwargs)

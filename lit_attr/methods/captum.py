@@ -13,6 +13,7 @@ from typing import Any
 
 import captum.attr as ca
 import torch
+from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
 from torch import Tensor, nn
 
 from lit_attr._checks import check_choice, check_number, check_positive, check_seed
@@ -20,6 +21,7 @@ from lit_attr._hygiene import row_seed, seed_everything_locally
 from lit_attr.inputs.tokens import TokenOptions
 from lit_attr.methods.base import AttributionMethod, BoundsType
 from lit_attr.methods.registry import register_method
+from lit_attr.methods.structure import reused_modules, takes_raw_inputs
 
 BatchKwargs = Callable[[int, int], dict[str, int]]
 #: Captum's integration rules for integrated gradients.
@@ -228,7 +230,7 @@ def integrated_gradients(
     )
 
 
-@register_method("smoothgrad")
+@register_method("smoothgrad", applies_to=takes_raw_inputs)
 def smoothgrad(model: nn.Module, *, nt_samples: int = 16, stdevs: float = 0.15, seed: int = 0, **kwargs: Any) -> Any:
     """SmoothGrad (Smilkov et al. 2017): signed gradients averaged over ``nt_samples`` noisy copies."""
     check_positive("nt_samples", nt_samples, int)
@@ -279,7 +281,7 @@ class OcclusionMethod(CaptumMethod):
         return {**shapes, **options}
 
 
-@register_method("occlusion")
+@register_method("occlusion", applies_to=takes_raw_inputs)
 def occlusion(
     model: nn.Module, *, window: int | None = None, stride: int | None = None, baselines: Any = None, **kwargs: Any
 ) -> CaptumMethod:
@@ -293,7 +295,12 @@ def occlusion(
     return OcclusionMethod(model, window=window, stride=stride, baselines=baselines, **kwargs)
 
 
-@register_method("deeplift")
+def _deeplift_runs(model: nn.Module) -> bool:
+    """Raw inputs, and no nonlinearity Captum's DeepLift hooks is called twice per forward (it keeps one input each)."""
+    return takes_raw_inputs(model) and not reused_modules(model, tuple(SUPPORTED_NON_LINEAR))
+
+
+@register_method("deeplift", applies_to=_deeplift_runs)
 def deeplift(model: nn.Module, *, baselines: Any = None, **kwargs: Any) -> CaptumMethod:
     """DeepLIFT rescale rule (Shrikumar et al. 2017); needs ReLUs as modules (Captum hooks them)."""
     baselines = _low_bound(kwargs) if baselines is None else baselines
@@ -323,7 +330,7 @@ class GradientShapMethod(CaptumMethod):
         return {**options, "baselines": baselines}
 
 
-@register_method("gradient_shap")
+@register_method("gradient_shap", applies_to=takes_raw_inputs)
 def gradient_shap(
     model: nn.Module,
     *,

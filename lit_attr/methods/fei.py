@@ -1,16 +1,20 @@
 """FEI: faithfulness-guided ensemble interpretation (Zhang & McMillan, arXiv 2509.04588).
 
 A mask that preserves the target logit is optimised at nested area budgets (ensemble quantile optimisation) while
-ReLU (or GELU) gradients are gated so that the mask cannot win by switching on units the clean image never used
+activation gradients are gated so that the mask cannot win by switching on units the clean image never used
 (selective gradient clipping, for internal faithfulness). The attribution is the mean of the nested masks.
 
-GELU networks (vision transformers) are gated at the GELU's *input*, the pre-activation ``z``: a unit is active on
-the clean image when ``z0 > 0``, and every rule of :data:`GATES` reads ``a, a0`` as ``z, z0`` and ``g`` as the
-gradient with respect to ``z``. GELU is not monotonic (its minimum is near ``z = -0.75``), so its output does not
-order a unit's states the way a ReLU's does; its input does, and ``z > 0`` is where GELU passes its input almost
-unchanged, the counterpart of an open ReLU. So, per rule: ``ibm`` lets no gradient raise ``z`` of a unit whose
-clean ``z0 <= 0``; ``vm`` passes only gradients that move ``z`` back towards ``z0``; ``ivm`` lets no gradient raise
-``z`` above ``z0``; ``avm`` lets no gradient lower ``z`` below ``z0``; ``none`` passes everything.
+The paper's gate is defined for ReLU. Rectifiers (ReLU, ReLU6, LeakyReLU, PReLU, ELU, ...) are gated at their output
+as the paper says. Self-gated activations ``f(z) = z * s(z)`` (GELU in vision transformers and BERT, SiLU/Swish in
+EfficientNet, Hardswish in MobileNetV3, Mish, QuickGELU, ...; :mod:`lit_attr.methods.fei_activations` says how each
+module is recognised) are gated at their *input*, the pre-activation ``z``: a unit is active on the clean image when
+``z0 > 0``, and every rule of :data:`GATES` reads ``a, a0`` as ``z, z0`` and ``g`` as the gradient with respect to
+``z``. These functions are not monotonic (GELU's minimum is near ``z = -0.75``, SiLU's near ``-1.28``), so their
+output does not order a unit's states the way a ReLU's does; their input does, and ``z > 0`` is where the gate
+``s(z)`` is open and the unit passes its input almost unchanged, the counterpart of an open ReLU. So, per rule:
+``ibm`` lets no gradient raise ``z`` of a unit whose clean ``z0 <= 0``; ``vm`` passes only gradients that move ``z``
+back towards ``z0``; ``ivm`` lets no gradient raise ``z`` above ``z0``; ``avm`` lets no gradient lower ``z`` below
+``z0``; ``none`` passes everything.
 """
 
 from __future__ import annotations
@@ -27,16 +31,17 @@ from lit_attr._checks import check_choice, check_positive, check_seed
 from lit_attr._hygiene import row_seed
 from lit_attr.inputs.tokens import TokenOptions
 from lit_attr.methods._common import SCORES
+from lit_attr.methods._independence import warn_if_zero_gradient
 from lit_attr.methods.base import AttributionMethod, BoundsType, ResultType, TargetType
-from lit_attr.methods.fei_gates import (  # noqa: F401  (re-exported: the gates' public names)
-    GATES,
+from lit_attr.methods.fei_activations import (  # noqa: F401  (re-exported: the activation families' public names)
+    GATE_RULES,
     HF_GELU_NAMES,
-    ActivationGates,
-    ReluGates,
-    gate_gradient,
+    gate_rule_of,
     gated_types,
     gelu_types,
+    register_activation,
 )
+from lit_attr.methods.fei_gates import GATES, ActivationGates, ReluGates, gate_gradient  # noqa: F401  (re-exported)
 from lit_attr.methods.registry import register_method
 
 OBJECTIVES = ("preservation", "hybrid")
@@ -59,21 +64,21 @@ class FEI(AttributionMethod):
     ``attribute(x, return_masks=True)`` also returns ``{"masks": (N, len(levels), ...)}``, the nested masks.
 
     Args:
-        model: classifier returning logits, with ReLUs as ``nn.ReLU`` (or GELUs as ``nn.GELU`` or Hugging Face
-            GELU, e.g. BERT's ``GELUActivation``) modules when a gate is used; activations applied as functions
-            (``F.relu``) cannot be gated, use ``gate="none"`` there.
+        model: classifier returning logits, with its activations as modules when a gate is used: torch's
+            (``nn.ReLU``, ``nn.GELU``, ``nn.SiLU``, ...), Hugging Face's, timm's, or any module recognised by what it
+            computes or registered with :func:`~lit_attr.methods.fei_activations.register_activation`; activations
+            applied as functions (``F.relu``) cannot be gated, use ``gate="none"`` there.
         gate: ``"ibm"`` (default), ``"vm"``, ``"none"``, or the ablations ``"ivm"``, ``"avm"`` (see ``GATES``).
         levels: increasing area fractions in (0, 1].
         iterations: Adam steps per level.
         lr: Adam learning rate (cosine-decayed to 0 within each level).
         beta: weight of the area term.
         objective: ``"preservation"`` (the released code) or ``"hybrid"``.
-        gate_layers: activation modules to gate: ``None`` = every ReLU module the forward calls before the first
-            ``nn.Linear`` (a CNN's feature extractor), else every ReLU module it calls before the last ``nn.Linear``
-            (the hidden layers of an MLP, the blocks of a ReLU transformer), else every GELU module it calls before
-            the last ``nn.Linear`` (on a vision transformer or BERT, the GELUs of the encoder blocks' MLPs); a list
-            of ReLU or GELU module names; or ``(start, stop)``, a window over the ReLU and GELU modules in forward
-            order.
+        gate_layers: activation modules to gate: ``None`` = every activation module the forward calls before the
+            first ``nn.Linear`` (a CNN's feature extractor: ResNet's ReLUs, EfficientNet's SiLUs), else every one it
+            calls before the last ``nn.Linear`` (the hidden layers of an MLP; on a vision transformer, ConvNeXt or
+            BERT, the activations of the blocks' MLPs); a list of activation module names; or ``(start, stop)``, a
+            window over the activation modules in forward order.
         seed: base seed of the reference colours.
         reduce: ``True`` broadcasts the map to the input's shape; ``False`` returns ``(N, 1, H, W)``.
         progress: ``True`` shows a rich progress bar over levels x iterations; a callable ``progress(done, total)``
@@ -176,19 +181,19 @@ class FEI(AttributionMethod):
 
     # ------------------------------------------------------------------ gated layers
     def gated_modules(self, x: Tensor, whole_model: bool = False) -> list[nn.Module]:
-        """The ReLU/GELU modules to gate, resolved on a forward pass of ``x[:1]`` (forward order).
+        """The activation modules to gate, resolved on a forward pass of ``x[:1]`` (forward order).
 
-        ``whole_model=True`` makes the default every ReLU module the forward calls (see ``gate_layers`` for the
-        default otherwise). GELUs are ``nn.GELU`` or Hugging Face's GELU modules (:func:`gelu_types`).
+        ``whole_model=True`` makes the default every activation module the forward calls (see ``gate_layers`` for
+        the default otherwise). Activation modules are those :func:`gate_rule_of` gives a rule.
         """
         order: list[tuple[str, nn.Module]] = []
         names = {m: n for n, m in self.model.named_modules()}
-        gateable, gelus = gated_types(), gelu_types()
+        gateable = {id(m) for m in self.model.modules() if gate_rule_of(m) is not None}
 
         def record(module: nn.Module, args: Any, output: Any) -> None:
             order.append((names[module], module))
 
-        watched = [m for m in self.model.modules() if isinstance(m, (*gateable, nn.Linear))]
+        watched = [m for m in self.model.modules() if id(m) in gateable or isinstance(m, nn.Linear)]
         handles = [m.register_forward_hook(record) for m in watched]
         try:
             with torch.no_grad():
@@ -198,26 +203,25 @@ class FEI(AttributionMethod):
                 h.remove()
         activations: list[tuple[str, nn.Module]] = []
         for name, module in order:
-            if isinstance(module, gateable) and all(module is not m for _, m in activations):
+            if id(module) in gateable and all(module is not m for _, m in activations):
                 activations.append((name, module))
         if isinstance(self.gate_layers, (list, tuple)) and all(isinstance(v, str) for v in self.gate_layers):
             modules = dict(self.model.named_modules())
-            missing = [n for n in self.gate_layers if n not in modules or not isinstance(modules[n], gateable)]
+            missing = [n for n in self.gate_layers if n not in modules or id(modules[n]) not in gateable]
             if missing:
                 raise ValueError(
-                    f"`gate_layers` must name nn.ReLU modules (or GELU modules: nn.GELU, Hugging Face's GELUs) of the "
-                    f"model; not ReLU or GELU modules: {missing}."
+                    f"`gate_layers` must name activation modules of the model (rectifiers such as nn.ReLU, self-gated "
+                    f"ones such as nn.GELU or nn.SiLU, see lit_attr.methods.fei_activations); not such modules: "
+                    f"{missing}."
                 )
             return [modules[n] for n in self.gate_layers]
         if self.gate_layers is None:
             linears = [i for i, (_, m) in enumerate(order) if isinstance(m, nn.Linear)]
             before_first = {id(m) for _, m in order[: linears[0] if linears else len(order)]}
             before_last = {id(m) for _, m in order[: linears[-1] if linears else len(order)]}
-            relus = [m for _, m in activations if isinstance(m, nn.ReLU)]
-            chosen = relus if whole_model else [m for m in relus if id(m) in before_first]
-            chosen = chosen or [m for m in relus if id(m) in before_last]  # an MLP, a ReLU transformer
-            if not chosen:  # a GELU network (a vision transformer, BERT): the GELUs of every block, not of the head
-                chosen = [m for _, m in activations if isinstance(m, gelus) and id(m) in before_last]
+            chosen = [m for _, m in activations if whole_model or id(m) in before_first]
+            # An MLP, a transformer (ViT, BERT), ConvNeXt: the activations of every block, not of the head.
+            chosen = chosen or [m for _, m in activations if id(m) in before_last]
         elif (
             isinstance(self.gate_layers, tuple)
             and len(self.gate_layers) == 2
@@ -226,7 +230,7 @@ class FEI(AttributionMethod):
             chosen = [m for _, m in activations[slice(*self.gate_layers)]]
         else:
             raise ValueError(
-                f"`gate_layers` must be None, a list of ReLU/GELU module names or a (start, stop) window, "
+                f"`gate_layers` must be None, a list of activation module names or a (start, stop) window, "
                 f"got {self.gate_layers!r}."
             )
         if self.gate != "none" and not chosen:
@@ -237,15 +241,15 @@ class FEI(AttributionMethod):
         """Why no module is gated: the forward calls no activation module at all, or none in the gated range."""
         if not called:
             return (
-                f"FEI's gate={self.gate!r} hooks activation modules (nn.ReLU, nn.GELU, Hugging Face's GELUs), but the "
-                "model's forward calls none: its activations are applied as functions (F.relu, F.gelu; "
-                "nn.TransformerEncoderLayer does so with its default activation), which cannot be hooked. Pass "
+                f"FEI's gate={self.gate!r} hooks activation modules (rectifiers such as nn.ReLU, self-gated ones such "
+                "as nn.GELU, nn.SiLU, Hugging Face's and timm's activation classes), but the model's forward calls "
+                "none: its activations are applied as functions (F.relu, F.gelu; nn.TransformerEncoderLayer does so "
+                "with its default activation) or inside TorchScript modules, which cannot be hooked. Pass "
                 "gate='none' to run FEI without gating, or build the model with activation modules (e.g. "
                 "nn.TransformerEncoderLayer(..., activation=nn.ReLU()))."
             )
         where = (
-            "the default range (the ReLUs before the first nn.Linear, else those before the last nn.Linear, else the "
-            "GELUs before the last nn.Linear)"
+            "the default range (the activations before the first nn.Linear, else those before the last nn.Linear)"
             if self.gate_layers is None
             else f"gate_layers={self.gate_layers!r}"
         )
@@ -324,8 +328,11 @@ class FEI(AttributionMethod):
         masks = []
         with gates.active(), _progress(self.progress, len(self.levels) * self.iterations) as advance:
             gates.new_forward(capture=True)
-            with torch.no_grad():
-                self.logits(clean)
+            # The clean forward also tells whether the target logit depends on the input at all: FEI's masks never
+            # come out all zero (the area term moves them), so a zero head would otherwise pass unnoticed.
+            clean_points = clean.detach().requires_grad_(True)
+            clean_score = score(self.logits(clean_points), target).sum()
+            warn_if_zero_gradient(self, torch.autograd.grad(clean_score, clean_points, allow_unused=True)[0])
             previous = torch.zeros(mask_shape, dtype=clean.dtype, device=clean.device)
             for level, q in enumerate(self.levels):
                 delta = torch.zeros_like(previous, requires_grad=True)
@@ -374,7 +381,12 @@ def _progress(progress: bool | Callable[[int, int], None], total: int) -> Iterat
         yield lambda: None
 
 
-@register_method("fei")
+def _has_gateable_activation(model: nn.Module) -> bool:
+    return any(gate_rule_of(module) is not None for module in model.modules())
+
+
+# gate="none" runs on any model, but the default gate needs an activation module to hook.
+@register_method("fei", applies_to=_has_gateable_activation)
 def fei(model: nn.Module, **kwargs: Any) -> FEI:
     """FEI with the paper's defaults: ibm gate, levels 0.1 .. 0.9, 100 Adam steps each, preservation objective."""
     return FEI(model, **kwargs)

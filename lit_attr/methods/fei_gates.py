@@ -1,13 +1,14 @@
 """Selective gradient clipping at activation modules, FEI's gate (Zhang & McMillan, arXiv 2509.04588).
 
-GELU networks (vision transformers, BERT) are gated at the GELU's *input*, the pre-activation ``z``: a unit is active
-on the clean input when ``z0 > 0``, and every rule of :data:`GATES` reads ``a, a0`` as ``z, z0`` and ``g`` as the
-gradient with respect to ``z`` (see :mod:`lit_attr.methods.fei` for why). ReLUs are gated at their output.
+Rectifiers (ReLU and its kin) are gated at their output. Self-gated activations (GELU, SiLU, Hardswish, Mish, ...:
+vision transformers, BERT, ConvNeXt, EfficientNet) are gated at their *input*, the pre-activation ``z``: a unit is
+active on the clean input when ``z0 > 0``, and every rule of :data:`GATES` reads ``a, a0`` as ``z, z0`` and ``g`` as
+the gradient with respect to ``z``. Which module belongs to which family: :mod:`lit_attr.methods.fei_activations`;
+why: :mod:`lit_attr.methods.fei`.
 """
 
 from __future__ import annotations
 
-import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_attr._checks import check_choice
+from lit_attr.methods.fei_activations import HF_GELU_NAMES, gate_rule_of, gated_types, gelu_types
 
 __all__ = ["GATES", "HF_GELU_NAMES", "ActivationGates", "ReluGates", "gate_gradient", "gated_types", "gelu_types"]
 
@@ -61,53 +63,22 @@ def gate_gradient(a: Tensor, a0: Tensor, gate: str) -> Tensor:
     return _GatedIdentity.apply(a, a0, gate)
 
 
-#: Hugging Face's GELU modules (``transformers.activations``: ``hidden_act="gelu"`` as in BERT, its tanh and sigmoid
-#: approximations), gated like ``nn.GELU`` at their input: each is close to the identity for ``z > 0`` and to 0 for
-#: ``z << 0``, as GELU is. Names missing from the installed transformers are skipped.
-HF_GELU_NAMES = (
-    "GELUActivation",
-    "GELUTanh",
-    "PytorchGELUTanh",
-    "NewGELUActivation",
-    "FastGELUActivation",
-    "AccurateGELUActivation",
-    "QuickGELUActivation",
-)
-
-
-def gelu_types() -> tuple[type, ...]:
-    """``nn.GELU`` and, when transformers is loaded, its GELU modules (:data:`HF_GELU_NAMES`).
-
-    A model holding a Hugging Face activation has imported ``transformers.activations``, so FEI looks the classes up
-    there and never imports transformers itself.
-
-    Example:
-        >>> nn.GELU in gelu_types()
-        True
-    """
-    hf = sys.modules.get("transformers.activations")
-    return (nn.GELU, *(getattr(hf, name) for name in HF_GELU_NAMES if hasattr(hf, name)))
-
-
-def gated_types() -> tuple[type, ...]:
-    """Every activation module type FEI can gate: ``nn.ReLU`` (at its output) and :func:`gelu_types` (at the input)."""
-    return (nn.ReLU, *gelu_types())
-
-
 class ActivationGates:
-    """Hooks that gate chosen ReLU and GELU modules, keyed by module and call order within one forward.
+    """Hooks that gate chosen activation modules, keyed by module and call order within one forward.
 
-    A ReLU is gated at its output (a forward hook), a GELU (``nn.GELU`` or one of Hugging Face's, see
-    :func:`gelu_types`) at its input (a forward pre-hook), so ``clean`` holds
-    ReLU outputs and GELU inputs. ``capture(x)`` records clean activations; inside ``active()`` every forward must
-    be preceded by ``new_forward()`` so that a module called several times per forward (torchvision's Bottleneck
-    ReLU) is matched call by call. ``inplace`` flags are switched off while hooked and restored on exit, even on
-    errors.
+    A rectifier (ReLU and its kin) is gated at its output (a forward hook), a self-gated activation (GELU, SiLU,
+    Hardswish, Mish, ...; see :func:`~lit_attr.methods.fei_activations.gate_rule_of`) at its input (a forward
+    pre-hook), so ``clean`` holds rectifier outputs and self-gated inputs; a module of neither family is gated at
+    its output. ``new_forward(capture=True)`` before a forward records clean activations; inside ``active()`` every
+    forward must be preceded by ``new_forward()`` so that a module called several times per forward (torchvision's
+    Bottleneck ReLU) is matched call by call. ``inplace`` flags are switched off while hooked and restored on exit,
+    even on errors.
     """
 
     def __init__(self, modules: Sequence[nn.Module], gate: str) -> None:
         self.modules = list(modules)
         self.gate = gate
+        self._at_input = {id(m) for m in self.modules if gate_rule_of(m) == "self_gated"}
         self.clean: dict[tuple[int, int], Tensor] = {}
         self.calls: defaultdict[int, int] = defaultdict(int)
         self._capturing = False
@@ -120,9 +91,8 @@ class ActivationGates:
         try:
             for m, _ in flags:
                 m.inplace = False
-            gelus = gelu_types()
             for m in self.modules:
-                if isinstance(m, gelus):
+                if id(m) in self._at_input:
                     handles.append(m.register_forward_pre_hook(self._pre_hook))
                 else:
                     handles.append(m.register_forward_hook(self._hook))
@@ -143,7 +113,8 @@ class ActivationGates:
         key = (id(module), self.calls[id(module)])
         self.calls[id(module)] += 1
         if self._capturing:
-            self.clean[key] = value.detach()
+            # A copy: an in-place operation after the hook (a residual sum) must not change the clean value.
+            self.clean[key] = value.detach().clone()
             return None
         if self.gate == "none":
             return None

@@ -25,6 +25,7 @@ from lit_attr.methods._common import SCORES, unit_rows
 from lit_attr.methods.base import AttributionMethod, BoundsType, ResultType, TargetType
 from lit_attr.methods.ig2_references import SAMPLERS, check_pool, check_references, draw_reference_indices
 from lit_attr.methods.registry import register_method
+from lit_attr.methods.structure import has_linear
 
 if TYPE_CHECKING:
     from lit_attr.batch import Batch
@@ -463,7 +464,7 @@ def _check_sizes(rep: Tensor, ref_rep: Tensor) -> None:
         raise ValueError(_SIZE_CHANGES.format(rep.shape[1], ref_rep.shape[1]))
 
 
-@register_method("ig2")
+@register_method("ig2", applies_to=has_linear)
 def ig2(model: nn.Module, **kwargs: Any) -> IG2:
     """IG2 with the paper's defaults (201 steps, 8 references of another class, penultimate features)."""
     return IG2(model, **kwargs)

@@ -21,8 +21,10 @@ def register_method(
 
     Args:
         name: the registry name.
-        applies_to: for methods that only explain some architectures (attention maps need a transformer), a
-            predicate telling whether a model is one of them; :func:`available_methods` uses it.
+        applies_to: for methods that only run on some models (attention maps need a vision transformer with global
+            attention, radii in input units need raw inputs), a predicate telling from the model's structure,
+            without running it, whether the method built with its defaults runs on the model
+            (:mod:`lit_attr.methods.structure` has the shared ones); :func:`available_methods` uses it.
 
     Example:
         >>> @register_method("my_saliency")
@@ -45,7 +47,11 @@ def register_method(
 
 
 def available_methods(model: nn.Module | None = None) -> list[str]:
-    """Sorted names accepted by :func:`get_method`; given a ``model``, only the methods that can explain it.
+    """Sorted names accepted by :func:`get_method`; given a ``model``, only the methods that run on it.
+
+    A method is listed for ``model`` when its ``applies_to`` predicate (see :func:`register_method`) accepts the
+    model: built with its defaults, on the inputs the model takes (token ids for a text encoder, raw inputs
+    otherwise), it would run. The predicates read the model's structure only; no forward pass is made.
 
     Example:
         >>> "attention_rollout" in available_methods(), "attention_rollout" in available_methods(nn.Linear(2, 2))

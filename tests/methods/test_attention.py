@@ -171,3 +171,60 @@ class _FirstRow(nn.Module):
 
     def forward(self, x):
         return self.attn(x, x, x, need_weights=False)[0][:, 0]
+
+
+def _naive_discard(fused, ratio):
+    """Gildenblat's discarding on one (T, T) matrix, by sorting: the int(ratio * T * T) smallest entries become 0,
+    the first token's attention to itself excepted."""
+    values = fused.flatten().tolist()
+    order = sorted(range(len(values)), key=values.__getitem__)[: int(ratio * len(values))]
+    kept = fused.flatten().clone()
+    for index in order:
+        if index != 0:
+            kept[index] = 0.0
+    return kept.view_as(fused)
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.9])
+def test_rollout_discard_ratio_against_a_naive_loop(ratio):
+    model, x = torchvision_vit(layers=2), inputs(2)
+    with torch.no_grad():
+        _, weights = hand_forward(model, x)
+    maps = AttentionRollout(model, discard_ratio=ratio, upsample="nearest").attribute(x)
+    plain = AttentionRollout(model, upsample="nearest").attribute(x)
+    for i in range(2):  # every sample of the batch is discarded on its own
+        rollout = torch.eye(17)
+        for layer in weights:
+            mixed = 0.5 * _naive_discard(layer[i].mean(dim=0), ratio) + 0.5 * torch.eye(17)
+            rollout = (mixed / mixed.sum(dim=1, keepdim=True)) @ rollout
+        torch.testing.assert_close(patch_values(maps)[i], rollout[0, 1:].reshape(4, 4), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(maps, plain)
+    assert torch.equal(AttentionRollout(model, discard_ratio=0.0, upsample="nearest").attribute(x), plain)
+
+
+@pytest.mark.parametrize("kind", BUILDERS)
+def test_generic_attention_start_layer_skips_the_layers_below(kind):
+    model, x, target = BUILDERS[kind](layers=3), inputs(2), torch.tensor([1, 2])
+    maps = GenericAttention(model, start_layer=1, upsample="nearest").attribute(x, target=target)
+    for i in range(2):
+        logits, weights = hand_forward(model, x[i : i + 1])
+        grads = torch.autograd.grad(logits[0, target[i]], weights)
+        relevance = torch.eye(17)
+        for a, g in list(zip(weights, grads, strict=True))[1:]:
+            relevance = relevance + (g[0] * a[0]).clamp(min=0).mean(dim=0) @ relevance
+        torch.testing.assert_close(patch_values(maps)[i], relevance[0, 1:].reshape(4, 4), rtol=1e-4, atol=1e-6)
+    everything = GenericAttention(model, upsample="nearest").attribute(x, target=target)
+    assert not torch.allclose(maps, everything)
+
+
+def test_rollout_options_errors():
+    model = torchvision_vit()
+    for ratio in (1.0, -0.1, True, "0.9"):
+        with pytest.raises(ValueError, match=r"`discard_ratio` must be a number in \[0, 1\), got"):
+            AttentionRollout(model, discard_ratio=ratio)
+    for start in (-1, True, 1.5):
+        with pytest.raises(ValueError, match=r"`start_layer` must be an int >= 0, got"):
+            GenericAttention(model, start_layer=start)
+    with pytest.raises(ValueError, match=r"`start_layer` must be below the number of attention layers \(2\), got 2"):
+        GenericAttention(model, start_layer=2).attribute(inputs(1), target=0)
+    assert get_method("attention_rollout", model, discard_ratio=0.9).discard_ratio == 0.9

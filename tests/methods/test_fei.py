@@ -173,7 +173,7 @@ def test_errors():
         FEI(functional, gate="x")
     with pytest.raises(ValueError, match=r"`levels` must be increasing fractions in \(0, 1\]"):
         FEI(functional, levels=(0.5, 0.3))
-    with pytest.raises(ValueError, match=r"`gate_layers` must name nn.ReLU modules.*\['0'\]"):
+    with pytest.raises(ValueError, match=r"`gate_layers` must name activation modules of the model.*\['0'\]"):
         FEI(small_cnn(), gate_layers=["0"]).attribute(torch.rand(1, 3, 6, 6))
     with pytest.raises(ValueError, match=r"`objective` must be one of \('preservation', 'hybrid'\)"):
         get_method("fei", functional, objective="deletion")
