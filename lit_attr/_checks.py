@@ -241,7 +241,8 @@ def check_scorable(logits: Tensor, model_output: str = "logits") -> int:
             "(--model_output sigmoid): class 1 then scores sigmoid(z) and class 0 scores 1 - sigmoid(z)."
         )
     values = logits.detach().float()
-    if bool(((values >= 0) & (values <= 1)).all()) and bool((values.sum(dim=1) - 1).abs().max() <= 1e-4):
+    in_unit = bool(((values >= 0) & (values <= 1)).all())
+    if values.shape[0] and in_unit and bool((values.sum(dim=1) - 1).abs().max() <= 1e-4):  # no rows: nothing to judge
         raise ValueError(
             f"The model's outputs look like probabilities (shape {shape}, in [0, 1], rows sum to 1): a softmax over "
             "them would flatten every score; return the logits (remove the final softmax)."

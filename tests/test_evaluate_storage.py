@@ -269,7 +269,8 @@ def test_a_second_run_on_the_same_output_is_refused_with_the_holders_pid(tmp_pat
         first.kill()
     assert first.returncode == 0, stderr.decode()[-3000:]
     assert json.loads((out / "metrics.json").read_text())["num_samples"] == 6
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["evaluate.yaml", "gate", "model.pt", "out"]  # no lock left
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["evaluate.yaml", "gate", "gate.waiting", "model.pt", "out"]  # no lock left; .waiting: the gate's
 
 
 def test_a_lock_left_by_a_dead_process_is_taken_over_with_a_warning(tmp_path: Path):

@@ -29,7 +29,6 @@ from lit_attr.functional.token_games import token_insertion_deletion
 from lit_attr.inputs.tokens import TokenOptions
 from lit_attr.methods import available_methods, get_method
 
-VIT_ONLY = sorted(set(available_methods()) - set(available_methods(nn.Identity())))
 LIMIT = 4  # rows per forward pass
 N = 6  # samples per batch: the whole batch does not fit
 
@@ -57,6 +56,10 @@ def small_cnn() -> nn.Module:
         nn.Linear(6 * 4 * 4, 4),
     ).eval()  # fmt: skip
 
+
+#: The methods that need a vision transformer: the others run on the small CNN (listed from its structure alone).
+_CNN_STRUCTURE = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6, 4))
+VIT_ONLY = sorted(set(available_methods()) - set(available_methods(_CNN_STRUCTURE)))
 
 FAST = {
     "ig2": {"steps": 3, "n_references": 2},

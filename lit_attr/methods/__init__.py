@@ -4,6 +4,7 @@ import warnings
 from typing import Any
 
 from lit_attr.methods import captum as _captum  # noqa: F401  (registers the Captum baselines)
+from lit_attr.methods._independence import InputIndependenceWarning
 from lit_attr.methods.agi import AGI
 from lit_attr.methods.attention import AttentionRollout, GenericAttention
 from lit_attr.methods.base import AttributionMethod
@@ -28,6 +29,7 @@ __all__ = [
     "CaptumMethod",
     "FeatureAblationMethod",
     "GenericAttention",
+    "InputIndependenceWarning",
     "KernelShapMethod",
     "TextAttentionRollout",
     "available_methods",

@@ -171,6 +171,7 @@ class GenericAttention(_AttentionMap):
     Example:
         >>> from torchvision.models import VisionTransformer
         >>> vit = VisionTransformer(16, 8, num_layers=2, num_heads=2, hidden_dim=8, mlp_dim=8, num_classes=2)
+        >>> _ = torch.nn.init.normal_(vit.heads.head.weight)  # built without weights, the head is zero
         >>> GenericAttention(vit).attribute(torch.rand(2, 3, 16, 16), target=1).shape
         torch.Size([2, 3, 16, 16])
     """

@@ -9,8 +9,7 @@ from torch import nn
 from torchvision.models import VisionTransformer
 
 from lit_attr.batch import Batch
-from lit_attr.methods import get_method
-from lit_attr.methods._independence import InputIndependenceWarning
+from lit_attr.methods import InputIndependenceWarning, get_method
 
 OPTIONS = {
     "saliency": {},
