@@ -4,10 +4,12 @@ Run ``python benchmarks/metrics_throughput.py --help`` for options. For each mod
 untrained torchvision resnet18 at 224 x 224) and each metric, the metric scores a batch of images with saliency maps
 in one ``score()`` call (its rows go through the model ``internal_batch_size`` at a time, its copies through the
 method in blocks), then once per image; the table reports both times, samples per second, the speed-up and the
-largest relative difference between the two results' per-sample values (float rounding only: a sample's value does
-not depend on its batch; relative stability divides by near-zero map entries and magnifies the rounding of a float32
-model's batched convolutions). "batch" marks the metrics that compare the samples of a batch, focus and Dasgupta's,
-whose values do depend on it (focus builds no mosaic for a batch of one image: its loop computes nothing).
+largest relative difference between the two results' per-sample values, with 1e-6 as the smallest scale (values
+that are float noise around 0, such as input invariance's change for a gradient method, do not count). It is float
+rounding only: a sample's value does not depend on its batch; relative stability divides by near-zero map entries and
+magnifies the rounding of a float32 model's batched convolutions. "batch" marks the metrics that compare the samples
+of a batch, focus and Dasgupta's, whose values do depend on it (focus builds no mosaic for a batch of one image: its
+loop computes nothing).
 
 The budgets below are smaller than the papers' defaults (noted per metric in the README's table of metrics) so that
 a CPU run takes minutes: the cost of a metric scales with them (forwards or attributions per sample).
@@ -16,6 +18,7 @@ a CPU run takes minutes: the cost of a metric scales with them (forwards or attr
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
@@ -127,13 +130,15 @@ def main() -> None:
             rows, looped = timed(lambda metric=metric, singles=singles: [metric.score(**s) for s in singles], device)
             if metric_name not in BATCH_DEPENDENT:
                 together, alone = per_sample(whole), torch.cat([per_sample(row) for row in rows])
-                scale = torch.maximum(together.abs(), alone.abs()).clamp(min=1e-12)
+                scale = torch.maximum(together.abs(), alone.abs()).clamp(min=1e-6)  # below: float noise
                 diff = ((together - alone).abs() / scale).nan_to_num(0.0).max()
                 difference = f"{float(diff):.1e}"
             else:
                 difference = "batch"
-            table.add_row(model_name, metric_name, str(n), f"{batched:.2f}", f"{looped:.2f}", f"{n / batched:.1f}",
-                          f"{looped / batched:.2f}x", difference)  # fmt: skip
+            row = (model_name, metric_name, str(n), f"{batched:.2f}", f"{looped:.2f}", f"{n / batched:.1f}",
+                   f"{looped / batched:.2f}x", difference)  # fmt: skip
+            table.add_row(*row)
+            print(" | ".join(row), file=sys.stderr, flush=True)  # long runs: each row as soon as it is measured
     Console(width=130).print(table)
 
 
