@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +34,7 @@ __all__ = [
     "CONTINUOUS",
     "GENERIC_SUBSTRATES",
     "ContinuousKind",
+    "GameInputs",
     "InputKind",
     "available_input_kinds",
     "available_substrates",
@@ -48,6 +49,20 @@ CONTINUOUS = "continuous"
 GENERIC_SUBSTRATES: tuple[str, ...] = ("zero", "noise", "constant")
 
 SubstrateType = str | Callable[[Tensor], Tensor]
+
+
+class GameInputs(NamedTuple):
+    """What a unit game needs of a batch besides its values (:meth:`InputKind.game_inputs`).
+
+    Attributes:
+        valid: ``(N, *units)`` bool: the units a game may replace and that it counts (a sample's real tokens that
+            are not special); ``None``: every unit of every sample.
+        fields: per-sample tensors (first dimension N) that every perturbed row of a sample carries into
+            :meth:`InputKind.model_logits` (the attention mask, ``token_type_ids``, ...).
+    """
+
+    valid: Tensor | None
+    fields: Mapping[str, Tensor]
 
 
 class InputKind(abc.ABC):
@@ -138,6 +153,27 @@ class InputKind(abc.ABC):
     def unit_view(self, ranks: Tensor, x: Tensor) -> Tensor:
         """Per-unit ranks ``(N, *units)`` viewed to broadcast against ``x``."""
         return ranks
+
+    def game_inputs(self, model: nn.Module, x: Tensor, fields: Mapping[str, Any]) -> GameInputs:
+        """The units a unit game may replace and the per-sample inputs of its rows' model calls.
+
+        ``fields`` holds the batch's other inputs (``attention_mask``, ``special_tokens_mask``, ``model_inputs``:
+        a mapping name -> tensor), each ``None`` when absent. By default every unit counts and a row is ``x`` alone.
+        """
+        return GameInputs(None, {})
+
+    def game_substrate(
+        self,
+        model: nn.Module,
+        substrate: SubstrateType,
+        x: Tensor,
+        *,
+        value: Any = None,
+        seed: int = 0,
+        argument: str = "substrate",
+    ) -> Tensor:
+        """The substrate of a unit game on ``model``: :meth:`substrate` unless the kind's depends on the model."""
+        return self.substrate(substrate, x, value=value, seed=seed, argument=argument)
 
     def substrate(
         self,
@@ -307,7 +343,7 @@ def available_substrates() -> tuple[str, ...]:
 
     Example:
         >>> available_substrates()
-        ('zero', 'noise', 'constant', 'blur', 'mean')
+        ('mask', 'constant', 'zero', 'noise', 'blur', 'mean')
     """
     names = (name for kind in (*_KINDS, *_BUILT_IN) for name in kind.substrates)
     return tuple(dict.fromkeys(names))

@@ -21,7 +21,7 @@ from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE, Substr
 from lit_attr.functional.unit_games import check_game_options
 from lit_attr.methods.base import AttributionMethod
 from lit_attr.metrics._method_scores import MethodScores
-from lit_attr.metrics.faithfulness import GameMetric
+from lit_attr.metrics.faithfulness import GAME_INPUTS, GAME_MODALITIES, GameMetric
 from lit_attr.metrics.presentation import Presentation, Score
 from lit_attr.metrics.registry import register_metric
 
@@ -171,6 +171,7 @@ class Completeness(GameMetric):
     higher_is_better = False
     keys = ("completeness",)
     function = completeness
+    takes_fields = False
 
     def __init__(
         self,
@@ -263,8 +264,8 @@ register_metric(
 register_metric(
     "non_sensitivity",
     NonSensitivity,
-    consumes=_GAME_INPUTS,
+    consumes=GAME_INPUTS,
     per_sample=True,
-    modalities={"continuous"},
+    modalities=GAME_MODALITIES,
     presentation=Presentation(scores=(Score("non_sensitivity", "non-sensitivity"),), curves=None),
 )
