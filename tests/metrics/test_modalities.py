@@ -3,7 +3,8 @@
 An input kind carries the tag of its name and, for float kinds, ``"continuous"``; a metric accepts a kind with any of
 its tags. Every built-in float metric is run on images and on tabular features: it must compute exactly where its
 declaration accepts the kind and refuse the rest with a ValueError; every one that does not declare token ids refuses
-them (the unit games that do refuse them on a model of features), and every token metric refuses float inputs. (A user's 1-D signal kind is the lead's toy-modality test.)
+them (the unit games that do refuse them on a model of features), and every token metric refuses float inputs. (A
+user's 1-D signal kind is the lead's toy-modality test.)
 """
 
 from __future__ import annotations
