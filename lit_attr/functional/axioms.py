@@ -359,7 +359,7 @@ def input_invariance(
     computes ``f(x)`` (:func:`shifted_method`): 0 for an input-invariant method (gradients), positive for methods
     whose reference point does not move with the inputs (input x gradient, integrated gradients from zero); 0 too
     when both maps are 0. Quantus's default shift is -1, as here (Kindermans et al. shift [0, 1] MNIST images to
-    [-1, 0]). Cost: one attribution per sample.
+    [-1, 0]). Cost: one attribution per sample. Continuous kinds only: token ids cannot be shifted by a constant.
 
     Args:
         method: the attribution method.
