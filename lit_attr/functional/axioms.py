@@ -21,7 +21,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lit_attr._checks import TargetType, check_batch, check_finite, check_int, check_names, check_number, check_seed
+from lit_attr._checks import (
+    TargetType,
+    check_batch,
+    check_device,
+    check_finite,
+    check_int,
+    check_names,
+    check_number,
+    check_seed,
+)
 from lit_attr._hygiene import preserved_model_state, row_seed
 from lit_attr.functional.completeness import completeness_error
 from lit_attr.functional.infidelity import Explainer
@@ -36,8 +45,8 @@ from lit_attr.functional.unit_games import (
     prepare_game,
     target_scores,
 )
-from lit_attr.functional.units import map_units
-from lit_attr.inputs import CONTINUOUS
+from lit_attr.functional.units import map_units, valid_units
+from lit_attr.inputs import CONTINUOUS, input_kind
 
 __all__ = [
     "MAP_SIMILARITIES",
@@ -121,7 +130,10 @@ def random_logit(
 
     The method explains every sample for its target and for a class drawn uniformly among the others (from a
     generator seeded by ``seed`` and the sample's values; Quantus draws from NumPy's global state); the score is the
-    similarity of the two maps, SSIM as in the paper by default. Cost: one attribution per sample.
+    similarity of the two maps, SSIM as in the paper by default. Cost: one attribution per sample. Token ids ``(N, L)``
+    take their ``attention_mask`` / ``special_tokens_mask`` and other model inputs as ``attribute_kwargs``: the maps
+    are compared over a sentence's real tokens that are not special (``"spearman_abs"`` or ``"spearman"``; SSIM
+    needs images), and the other class is drawn from those tokens' ids, so padding changes nothing.
 
     Args:
         method: the attribution method.
@@ -143,23 +155,40 @@ def random_logit(
         torch.Size([2])
     """
     method = _check_method(method)
-    check_batch("x", x, method.model)
+    kind = input_kind(x, attribute_kwargs) if isinstance(x, Tensor) else None
+    if kind is None or kind.continuous:
+        check_batch("x", x, method.model)
+    else:
+        check_device("x", x, method.model)
     _check_given(x, attributions, logits)
     check_names("similarity", similarity, MAP_SIMILARITIES, what="similarity measure")
     check_seed(seed)
     if logits is None:
         with torch.no_grad(), preserved_model_state(method.model):
-            logits = getattr(method, "forward_fn", method.model)(x)
+            logits = kind.model_logits(getattr(method, "forward_fn", method.model), x, attribute_kwargs)
     target = method.resolve_target(x, target, logits)
     classes = logits.shape[1]
     if classes < 2:
         raise ValueError(f"The random logit test needs a model with at least 2 classes, got {classes}.")
+    valid = valid_units(attribute_kwargs.get("attention_mask"), attribute_kwargs.get("special_tokens_mask"))
+    rows = x if valid is None else [row[keep.to(row.device)] for row, keep in zip(x, valid.bool(), strict=True)]
     draws = [int(torch.randint(classes - 1, (1,), generator=torch.Generator().manual_seed(row_seed(seed, row))))
-             for row in x]  # fmt: skip
+             for row in rows]  # fmt: skip
     other = torch.tensor(draws, device=target.device)
     other = other + (other >= target).long()  # a class among the K - 1 others
     own = _maps(method.attribute(x, target, **attribute_kwargs)) if attributions is None else attributions
-    return map_similarity(own.to(x), _maps(method.attribute(x, other, **attribute_kwargs)), similarity)
+    own = own.to(x) if x.is_floating_point() else own
+    theirs = _maps(method.attribute(x, other, **attribute_kwargs))
+    if valid is None:
+        return map_similarity(own, theirs, similarity)
+    # A sentence's own tokens only: the zeros of padding and special tokens would rank alike in any two maps.
+    if similarity == "ssim":
+        raise ValueError(
+            f"similarity 'ssim' needs image maps (N, C, H, W) or (N, H, W), got token maps {tuple(own.shape)}; use "
+            "'spearman_abs' for other inputs."
+        )
+    pairs = zip(own, theirs, valid.to(own.device).bool(), strict=True)
+    return torch.cat([map_similarity(a[keep][None], b[keep][None], similarity) for a, b, keep in pairs])
 
 
 def completeness(

@@ -13,11 +13,12 @@ from text_helpers import CLS, MASK, PAD, SEP, VOCAB, PairClassifier, pair_batch
 from torch import nn
 
 from lit_attr._hygiene import row_seed
-from lit_attr.functional.axioms import completeness, non_sensitivity
+from lit_attr.functional.axioms import completeness, non_sensitivity, random_logit
 from lit_attr.functional.faithfulness import faithfulness_correlation, faithfulness_estimate, sensitivity_n
 from lit_attr.functional.monotonicity import monotonicity, monotonicity_correlation, monotonicity_curves
 from lit_attr.functional.regions import irof, region_perturbation, selectivity
 from lit_attr.inputs import TokenOptions
+from lit_attr.methods import get_method
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +199,28 @@ def test_moving_the_padding_changes_no_score():
         left_scores = game(x=left["ids"], attributions=left["scores"],
                            **options(left["mask"], left["special"], left["types"]))  # fmt: skip
         torch.testing.assert_close(left_scores, right_scores, rtol=0, atol=1e-9, msg=name)
+
+
+def test_random_logit_compares_the_maps_of_a_sentence_own_tokens():
+    from scipy.stats import spearmanr
+
+    model = PairClassifier().double().eval()
+    model.token_options = TokenOptions((CLS, SEP), MASK, PAD, embedding_layer="embed")
+    method = get_method("saliency", model)
+    ids, mask, special, types, _ = pair_batch()
+    fields = {"attention_mask": mask, "special_tokens_mask": special, "token_type_ids": types}
+    got = random_logit(method, ids, similarity="spearman_abs", **fields)
+    for i in range(ids.shape[0]):
+        s = Sentence(model, ids, mask, types, i)
+        units = torch.tensor(s.units)
+        generator = torch.Generator().manual_seed(row_seed(0, ids[i, units]))
+        other = int(torch.randint(2, (1,), generator=generator))
+        other += int(other >= s.target)  # one of the two other classes
+        one = {key: value[i : i + 1] for key, value in fields.items()}
+        own, theirs = (method.attribute(ids[i : i + 1], c, **one)[0, units].abs() for c in (s.target, other))
+        assert got[i].item() == pytest.approx(spearmanr(own, theirs).statistic, abs=1e-9)
+    with pytest.raises(ValueError, match="'ssim' needs image maps"):
+        random_logit(method, ids, **fields)
 
 
 def test_games_that_need_continuous_values_refuse_token_ids(model):

@@ -14,7 +14,7 @@ from text_helpers import CLS, MASK, PAD, SEP, PairClassifier, pair_batch
 from lit_attr.attribution_quality import AttributionQuality
 from lit_attr.batch import Batch
 from lit_attr.data.text import TextDataset, collate_tokens
-from lit_attr.functional.axioms import non_sensitivity
+from lit_attr.functional.axioms import non_sensitivity, random_logit
 from lit_attr.functional.dasgupta import consistency, sufficiency_dasgupta
 from lit_attr.functional.faithfulness import faithfulness_correlation, faithfulness_estimate, sensitivity_n
 from lit_attr.functional.monotonicity import monotonicity
@@ -36,6 +36,7 @@ OPTIONS = {
     "non_sensitivity": {"n_samples": 1, "tolerance": 1e-4},
     "sufficiency_dasgupta": {"threshold": 1.0},
     "consistency": {"top_k": 1},
+    "random_logit": {"similarity": "spearman_abs"},
 }
 GAMES = {
     "faithfulness_correlation": lambda *a, **k: {"faithfulness_correlation": faithfulness_correlation(*a, **k)},
@@ -70,6 +71,10 @@ def test_the_runner_scores_every_token_metric_by_name_as_the_functionals_do():
         assert get_metric_spec(name).accepts({"tokens"}), name
         if name in GAMES:
             expected = GAMES[name](model, ids, maps, labels, **OPTIONS[name], **tokens)
+        elif name == "random_logit":
+            method = get_method("saliency", model)
+            fields = {"attention_mask": mask, "special_tokens_mask": special, "token_type_ids": types}
+            expected = {name: random_logit(method, ids, labels, **fields, **OPTIONS[name])}
         else:
             functional = sufficiency_dasgupta if name == "sufficiency_dasgupta" else consistency
             logits = model(ids, attention_mask=mask, token_type_ids=types).detach()
