@@ -5,8 +5,10 @@ An :class:`InputKind` owns everything that depends on the kind of input and noth
 * the continuous space attribution methods work in (the input itself, or the model's token embeddings) and how a
   map in that space becomes per-feature scores (:meth:`InputKind.method_call`, :class:`Space`);
 * which positions carry no information (padding, special tokens): they are held fixed and scored 0;
-* the perturbation games' *units* (pixel, feature, token: :meth:`InputKind.unit_scores`) and *substrates*
-  (:meth:`InputKind.substrate`);
+* the perturbation games' *units* (pixel, feature, token: :meth:`InputKind.unit_scores`), the units that count and
+  what a perturbed row carries into the model call (:meth:`InputKind.game_inputs`: a sentence's real tokens that are
+  not special, its attention mask and ``token_type_ids``) and *substrates* (:meth:`InputKind.substrate`, or
+  :meth:`InputKind.game_substrate` where the substrate is the model's, as the [MASK] id of token ids);
 * how a sample and its map are kept and rendered (:meth:`InputKind.render`).
 
 Methods see only a continuous tensor and a ``forward`` on it; metrics declare the kinds' tags they accept (every
