@@ -49,6 +49,7 @@ __all__ = [
     "game_fill",
     "group_sums",
     "index_groups",
+    "kind_logits",
     "kind_substrate",
     "masked_outputs",
     "prepare_game",
