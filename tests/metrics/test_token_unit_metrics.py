@@ -5,12 +5,15 @@ every row); the text demo model scores them all by name; sufficiency (Dasgupta) 
 per-sentence loop over the sentences' own tokens.
 """
 
+import functools
 import math
 
 import pytest
 import torch
+from ddp_helpers import assert_nested_close, compute_many_on_shards, compute_on_all, run_ddp
 from text_helpers import CLS, MASK, PAD, SEP, PairClassifier, pair_batch
 
+import lit_attr.metrics as metrics
 from lit_attr.attribution_quality import AttributionQuality
 from lit_attr.batch import Batch
 from lit_attr.data.text import TextDataset, collate_tokens
@@ -127,3 +130,40 @@ def test_sufficiency_and_consistency_of_token_maps_use_each_sentence_own_tokens(
             expected = sum(int(predictions[j] == predictions[i]) for j in alike) / len(alike) if alike else math.nan
             assert (math.isnan(expected) and math.isnan(got.item())) or got.item() == pytest.approx(expected)
     assert not math.isnan(got_consistency[1].item())  # sentences 1 and 3 share their explanation
+
+
+#: The Metric class of every token-capable #26 metric that needs no method (random_logit re-runs one).
+CLASSES = {
+    "faithfulness_correlation": "FaithfulnessCorrelation", "faithfulness_estimate": "FaithfulnessEstimate",
+    "sensitivity_n": "SensitivityN", "monotonicity": "Monotonicity", "region_perturbation": "RegionPerturbation",
+    "selectivity": "Selectivity", "irof": "IROF", "non_sensitivity": "NonSensitivity",
+    "sufficiency_dasgupta": "SufficiencyDasgupta", "consistency": "Consistency",
+}  # fmt: skip
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_token_metrics_on_two_processes_equal_one_process():
+    model = declared_pair_classifier()
+    ids, mask, special, types, scores = pair_batch(lengths=(9, 6, 7, 5, 8, 6))
+    factories = {
+        name: functools.partial(getattr(metrics, cls), **({} if "dasgupta" in name or name == "consistency"
+                                                         else {"model": model}), **OPTIONS[name])
+        for name, cls in CLASSES.items()
+    }  # fmt: skip
+    given = {"x": ids, "attributions": scores, "attention_mask": mask, "special_tokens_mask": special,
+             "model_inputs": {"token_type_ids": types}}  # fmt: skip
+    logits = model(ids, attention_mask=mask, token_type_ids=types).detach()
+    batches = {}
+    for name in CLASSES:
+        wanted = get_metric_spec(name).update_inputs
+        shards = []
+        for rows in (slice(0, 4), slice(4, 6)):  # uneven shards
+            shard = {key: {k: v[rows] for k, v in value.items()} if isinstance(value, dict) else value[rows]
+                     for key, value in {**given, "logits": logits}.items() if key in wanted}  # fmt: skip
+            shards.append(shard)
+        batches[name] = shards
+    per_rank = run_ddp(compute_many_on_shards, 2, factories, batches)
+    for name, factory in factories.items():
+        expected = compute_on_all(factory, batches[name])
+        for rank, results in enumerate(per_rank):
+            assert_nested_close(results[name], expected, f"{name} on rank {rank}", equal_nan=True)
