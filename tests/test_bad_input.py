@@ -187,6 +187,7 @@ def update_metric(name: str, **bad: Any) -> None:
         "logits": cnn()(x).detach(),
         "attention_mask": None,  # as the runner feeds float batches
         "special_tokens_mask": None,
+        "model_inputs": None,
     }
     inputs = {key: bad.get(key, good[key]) for key in get_metric_spec(name).update_inputs}
     build_metric(name).update(**inputs)

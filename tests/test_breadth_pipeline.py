@@ -68,9 +68,10 @@ def test_metrics_of_maps_alone_score_token_ids_through_the_runner():
     text = plain_transformer()
     ids, attention, _, rationale = token_metric_inputs(seed=2)
     special = torch.isin(ids, torch.tensor(SPECIALS))
-    names = [name for name in METRICS if get_metric_spec(name).accepts({"tokens"})]
+    names = [name for name in METRICS if get_metric_spec(name).accepts({"tokens"})
+             and not {"model", "method"} & set(get_metric_spec(name).consumes)]  # fmt: skip
     assert set(names) == {"attribution_localisation", "complexity", "effective_complexity", "sparseness",
-                          "top_k_intersection"}  # fmt: skip
+                          "top_k_intersection", "consistency", "sufficiency_dasgupta"}  # fmt: skip
     options = {name: {"k": 1} if name == "top_k_intersection" else {} for name in names}
     method_options = {"saliency": {"token_options": TokenOptions(special_token_ids=SPECIALS, mask_token_id=MASK)}}
     runner = AttributionRunner(text, ["saliency"], names, metric_kwargs=options, method_kwargs=method_options)

@@ -124,3 +124,39 @@ def game_metrics(model: torch.nn.Module) -> dict:
         "token_insertion_deletion": functools.partial(TokenInsertionDeletion, model, n_steps=4, **CONVENTIONS),
         "token_activation_deviation": functools.partial(TokenActivationDeviation, model, n_steps=3, **CONVENTIONS),
     }
+
+
+class PairClassifier(nn.Module):
+    """Token, token-type and (optionally) position embeddings, tanh, masked mean pooling and a linear head.
+
+    Without positions it is a bag of tokens: moving the padding changes nothing but float rounding.
+    """
+
+    def __init__(self, positions: bool = True, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = nn.Embedding(VOCAB, 8, padding_idx=PAD)
+        self.types = nn.Embedding(2, 8)
+        self.pos = nn.Parameter(torch.randn(16, 8)) if positions else None
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        h = self.embed(input_ids) + 2 * self.types(types)
+        if self.pos is not None:
+            h = h + self.pos[: input_ids.shape[1]]
+        weights = attention_mask.to(h.dtype)[..., None]
+        return self.head((torch.tanh(h) * weights).sum(dim=1) / weights.sum(dim=1))
+
+
+def pair_batch(lengths=(9, 6, 7, 5), seed=1):
+    """Padded sentences, their special-token mask, token types (the second half of a sentence is type 1), a map."""
+    ids, mask = token_batch(lengths, seed=seed)
+    special = (ids == CLS) | (ids == SEP)
+    types = torch.zeros_like(ids)
+    for row, length in enumerate(lengths):
+        types[row, length // 2 : length] = 1
+    scores = torch.randn(ids.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    scores[~mask.bool() | special] = 50.0  # large scores on padding and special tokens: they must not count
+    return ids, mask, special, types, scores

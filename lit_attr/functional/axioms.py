@@ -15,20 +15,38 @@ the unit games (:mod:`lit_attr.functional.unit_games`).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lit_attr._checks import TargetType, check_batch, check_finite, check_int, check_names, check_number, check_seed
+from lit_attr._checks import (
+    TargetType,
+    check_batch,
+    check_device,
+    check_finite,
+    check_int,
+    check_names,
+    check_number,
+    check_seed,
+)
 from lit_attr._hygiene import preserved_model_state, row_seed
 from lit_attr.functional.completeness import completeness_error
 from lit_attr.functional.infidelity import Explainer
 from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE, SubstrateType, check_clean_logits
 from lit_attr.functional.similarity import spearman, ssim_maps
-from lit_attr.functional.unit_games import draw_outputs, fill_of, kind_substrate, prepare_game, target_scores
-from lit_attr.functional.units import map_units
+from lit_attr.functional.unit_games import (
+    batch_fields,
+    draw_outputs,
+    fill_of,
+    index_groups,
+    kind_substrate,
+    prepare_game,
+    target_scores,
+)
+from lit_attr.functional.units import map_units, valid_units
+from lit_attr.inputs import CONTINUOUS, input_kind
 
 __all__ = [
     "MAP_SIMILARITIES",
@@ -112,7 +130,10 @@ def random_logit(
 
     The method explains every sample for its target and for a class drawn uniformly among the others (from a
     generator seeded by ``seed`` and the sample's values; Quantus draws from NumPy's global state); the score is the
-    similarity of the two maps, SSIM as in the paper by default. Cost: one attribution per sample.
+    similarity of the two maps, SSIM as in the paper by default. Cost: one attribution per sample. Token ids ``(N, L)``
+    take their ``attention_mask`` / ``special_tokens_mask`` and other model inputs as ``attribute_kwargs``: the maps
+    are compared over a sentence's real tokens that are not special (``"spearman_abs"`` or ``"spearman"``; SSIM
+    needs images), and the other class is drawn from those tokens' ids, so padding changes nothing.
 
     Args:
         method: the attribution method.
@@ -134,23 +155,40 @@ def random_logit(
         torch.Size([2])
     """
     method = _check_method(method)
-    check_batch("x", x, method.model)
+    kind = input_kind(x, attribute_kwargs) if isinstance(x, Tensor) else None
+    if kind is None or kind.continuous:
+        check_batch("x", x, method.model)
+    else:
+        check_device("x", x, method.model)
     _check_given(x, attributions, logits)
     check_names("similarity", similarity, MAP_SIMILARITIES, what="similarity measure")
     check_seed(seed)
     if logits is None:
         with torch.no_grad(), preserved_model_state(method.model):
-            logits = getattr(method, "forward_fn", method.model)(x)
+            logits = kind.model_logits(getattr(method, "forward_fn", method.model), x, attribute_kwargs)
     target = method.resolve_target(x, target, logits)
     classes = logits.shape[1]
     if classes < 2:
         raise ValueError(f"The random logit test needs a model with at least 2 classes, got {classes}.")
+    valid = valid_units(attribute_kwargs.get("attention_mask"), attribute_kwargs.get("special_tokens_mask"))
+    rows = x if valid is None else [row[keep.to(row.device)] for row, keep in zip(x, valid.bool(), strict=True)]
     draws = [int(torch.randint(classes - 1, (1,), generator=torch.Generator().manual_seed(row_seed(seed, row))))
-             for row in x]  # fmt: skip
+             for row in rows]  # fmt: skip
     other = torch.tensor(draws, device=target.device)
     other = other + (other >= target).long()  # a class among the K - 1 others
     own = _maps(method.attribute(x, target, **attribute_kwargs)) if attributions is None else attributions
-    return map_similarity(own.to(x), _maps(method.attribute(x, other, **attribute_kwargs)), similarity)
+    own = own.to(x) if x.is_floating_point() else own
+    theirs = _maps(method.attribute(x, other, **attribute_kwargs))
+    if valid is None:
+        return map_similarity(own, theirs, similarity)
+    # A sentence's own tokens only: the zeros of padding and special tokens would rank alike in any two maps.
+    if similarity == "ssim":
+        raise ValueError(
+            f"similarity 'ssim' needs image maps (N, C, H, W) or (N, H, W), got token maps {tuple(own.shape)}; use "
+            "'spearman_abs' for other inputs."
+        )
+    pairs = zip(own, theirs, valid.to(own.device).bool(), strict=True)
+    return torch.cat([map_similarity(a[keep][None], b[keep][None], similarity) for a, b, keep in pairs])
 
 
 def completeness(
@@ -169,7 +207,9 @@ def completeness(
     ``f`` is the target's logit and ``x'`` the baseline, the kind's substrate (zeros by default: the baseline of
     integrated gradients, for which the error is 0 up to the integral's approximation). The error is undefined
     where ``f(x) = f(x')`` (NaN there). Quantus reports whether the two are close (a bool); the relative error says
-    how far. See :func:`~lit_attr.functional.completeness.completeness_error`.
+    how far. See :func:`~lit_attr.functional.completeness.completeness_error`. Continuous kinds only: the
+    definition integrates along a path from the baseline to ``x``, which token ids do not have (methods attribute
+    them in the embedding space).
 
     Args:
         model: classifier returning logits ``(N, K)``.
@@ -193,7 +233,10 @@ def completeness(
     if not isinstance(attributions, Tensor) or attributions.shape != getattr(x, "shape", None):
         shape = tuple(attributions.shape) if isinstance(attributions, Tensor) else type(attributions).__name__
         raise ValueError(f"`attributions` must have the shape of x {tuple(getattr(x, 'shape', ()))}, got {shape}.")
-    game = prepare_game(model, x, attributions, target, logits, reduce="none", output="logit", internal_batch_size=None)
+    game = prepare_game(
+        model, x, attributions, target, logits, reduce="none", output="logit", internal_batch_size=None,
+        kinds=(CONTINUOUS,),
+    )  # fmt: skip
     baseline = fill_of(substrate, x, value=substrate_value, seed=seed, name="substrate")
     with torch.no_grad(), preserved_model_state(model):
         delta = game.clean - target_scores(model(baseline), game.target, "logit")
@@ -220,6 +263,9 @@ def non_sensitivity(
     seed: int = 0,
     internal_batch_size: int | None = DEFAULT_INTERNAL_BATCH_SIZE,
     logits: Tensor | None = None,
+    attention_mask: Tensor | None = None,
+    special_tokens_mask: Tensor | None = None,
+    model_inputs: Mapping[str, Tensor] | None = None,
 ) -> Tensor:
     """Non-sensitivity of Nguyen & Martinez (2020) per sample: lower is better, 0 at best.
 
@@ -232,19 +278,23 @@ def non_sensitivity(
 
     Args:
         model: classifier returning logits ``(N, K)``.
-        x: ``(N, ...)`` inputs of a continuous kind on the model's device.
-        attributions: maps of ``x``'s shape (images also ``(N, H, W)``).
+        x: ``(N, ...)`` inputs on the model's device (any kind: images, features, token ids ``(N, L)``).
+        attributions: maps of ``x``'s shape (images also ``(N, H, W)``; token ids ``(N, L)`` per token).
         target: ``None`` (clean top-1 prediction), an int, or ``N`` class indices.
         features_per_step: units per group.
         eps: relative threshold of a zero attribution, in ``[0, 1)``.
         tolerance: the largest change of the score that counts as none, ``>= 0``.
         n_samples: random draws per group.
-        substrate: the draws (``None``: ``"noise"``).
+        substrate: the draws (``None``: ``"noise"``, or the [MASK] id of token ids: every draw the same).
         substrate_value: the fill of ``"constant"``.
         output: ``"prob"`` (default) or ``"logit"``.
         seed: seed of the draws.
         internal_batch_size: most rows per forward pass; ``None``: all at once.
         logits: the model's logits for ``x`` if already computed.
+        attention_mask: token ids: ``(N, L)`` 1 on real tokens (padding is never a unit; the rows keep the mask).
+        special_tokens_mask: token ids: ``(N, L)`` 1 on special tokens (never units; nor the model's special ids).
+        model_inputs: token ids: the batch's other inputs of the model by name (``token_type_ids``, ...), kept with
+            every row.
 
     Returns:
         ``(N,)`` counts of groups (as floats).
@@ -266,11 +316,11 @@ def non_sensitivity(
         raise ValueError(f"`tolerance` must be >= 0, got {tolerance!r}.")
     check_seed(seed)
     game = prepare_game(
-        model, x, attributions, target, logits, reduce="abs_sum", output=output, internal_batch_size=internal_batch_size
-    )
-    n, units = x.shape[0], game.units[0].numel()
-    groups = (torch.arange(units, device=x.device) // features_per_step).expand(n, units).view_as(game.units)
-    count = -(-units // features_per_step)
+        model, x, attributions, target, logits, reduce="abs_sum", output=output,
+        internal_batch_size=internal_batch_size, fields=batch_fields(attention_mask, special_tokens_mask, model_inputs),
+    )  # fmt: skip
+    n = x.shape[0]
+    groups, count, own = index_groups(game, features_per_step)
     scores = draw_outputs(
         model, game, x, groups, count, substrate=kind_substrate(game.kind, substrate, "noise"),
         substrate_value=substrate_value, n_draws=n_samples, seed=seed, output=output,
@@ -278,11 +328,14 @@ def non_sensitivity(
     )  # fmt: skip
     moved = (scores.double() - game.clean[:, None, None].double()).abs().amax(dim=2) > tolerance
     magnitudes = game.units.reshape(n, -1).double()
-    largest = torch.zeros(n, count, dtype=magnitudes.dtype, device=magnitudes.device).scatter_reduce_(
+    if game.valid is not None:  # padding and special tokens neither set the scale nor form a group
+        magnitudes = magnitudes * game.valid.reshape(n, -1)
+    largest = torch.zeros(n, count + 1, dtype=magnitudes.dtype, device=magnitudes.device).scatter_reduce_(
         1, groups.reshape(n, -1), magnitudes, reduce="amax"
-    )
+    )[:, :count]
     zero = largest <= eps * magnitudes.amax(dim=1, keepdim=True)
-    return (zero == moved).sum(dim=1).to(game.clean.dtype)
+    present = torch.arange(count, device=own.device)[None] < own[:, None]
+    return ((zero == moved) & present).sum(dim=1).to(game.clean.dtype)
 
 
 class _Shifted:
@@ -335,7 +388,7 @@ def input_invariance(
     computes ``f(x)`` (:func:`shifted_method`): 0 for an input-invariant method (gradients), positive for methods
     whose reference point does not move with the inputs (input x gradient, integrated gradients from zero); 0 too
     when both maps are 0. Quantus's default shift is -1, as here (Kindermans et al. shift [0, 1] MNIST images to
-    [-1, 0]). Cost: one attribution per sample.
+    [-1, 0]). Cost: one attribution per sample. Continuous kinds only: token ids cannot be shifted by a constant.
 
     Args:
         method: the attribution method.

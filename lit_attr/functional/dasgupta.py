@@ -9,6 +9,8 @@ every batch's values; evaluate with the batches the data loader gives):
   units), the share predicted as that sample.
 
 A sample that no other sample of its batch resembles has no value (NaN; the metrics leave it out of their means).
+Maps of token ids ``(N, L)`` come with their ``attention_mask`` / ``special_tokens_mask``: padding and special tokens
+are no units (scored 0 in a distance, never in an explanation); units are compared by position, as for any map.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import torch
 from torch import Tensor
 
 from lit_attr._checks import check_choice, check_number
-from lit_attr.functional.unit_games import check_size, resolve_size
-from lit_attr.functional.units import check_map, map_units
+from lit_attr.functional.unit_games import check_size, sample_sizes
+from lit_attr.functional.units import UnitMap, check_map, map_units, valid_units
 
 __all__ = ["DISTANCES", "NORMALIZATIONS", "consistency", "sufficiency_dasgupta"]
 
@@ -37,6 +39,12 @@ def _predictions(logits: object, n: int) -> Tensor:
     return logits.argmax(dim=1)
 
 
+def _units(attributions: Tensor, reduce: str, attention_mask: Tensor | None, special: Tensor | None) -> UnitMap:
+    """The maps' absolute unit scores, 0 on the units that do not count (padding and special tokens)."""
+    units = map_units(attributions, reduce, valid=valid_units(attention_mask, special))
+    return units._replace(scores=torch.where(units.valid, units.scores.abs(), 0.0))
+
+
 def _shared(same_explanation: Tensor, predictions: Tensor) -> Tensor:
     """Per sample, the share of the *other* samples with the same explanation that have its prediction (else NaN)."""
     others = same_explanation & ~torch.eye(predictions.numel(), dtype=torch.bool, device=predictions.device)
@@ -53,6 +61,8 @@ def sufficiency_dasgupta(
     distance: str = "euclidean",
     normalize: str = "l2",
     reduce: str = "abs_sum",
+    attention_mask: Tensor | None = None,
+    special_tokens_mask: Tensor | None = None,
 ) -> Tensor:
     """Local sufficiency (Dasgupta et al. 2022) of every sample of a batch: higher is better.
 
@@ -70,6 +80,8 @@ def sufficiency_dasgupta(
         distance: ``"euclidean"`` or ``"seuclidean"``.
         normalize: ``"l2"``, ``"max"`` or ``"none"``.
         reduce: how a map becomes unit scores (``"abs_sum"``, ``"sum"``, ``"none"``).
+        attention_mask: token maps: ``(N, L)`` 1 on real tokens (padding scores 0).
+        special_tokens_mask: token maps: ``(N, L)`` 1 on special tokens (scored 0).
 
     Returns:
         ``(N,)`` shares in [0, 1], NaN for a sample without a neighbour.
@@ -86,7 +98,7 @@ def sufficiency_dasgupta(
     check_choice("distance", distance, DISTANCES)
     check_choice("normalize", normalize, NORMALIZATIONS)
     predictions = _predictions(logits, attributions.shape[0])
-    units = map_units(attributions, reduce).scores.double().abs()
+    units = _units(attributions, reduce, attention_mask, special_tokens_mask).scores.double()
     if normalize != "none":
         scale = units.norm(dim=1, keepdim=True) if normalize == "l2" else units.amax(dim=1, keepdim=True)
         units = units / scale.clamp(min=torch.finfo(units.dtype).tiny)
@@ -98,7 +110,15 @@ def sufficiency_dasgupta(
     return _shared(close, predictions.to(close.device)).to(torch.promote_types(attributions.dtype, torch.float32))
 
 
-def consistency(attributions: Tensor, logits: Tensor, *, top_k: int | float = 5, reduce: str = "abs_sum") -> Tensor:
+def consistency(
+    attributions: Tensor,
+    logits: Tensor,
+    *,
+    top_k: int | float = 5,
+    reduce: str = "abs_sum",
+    attention_mask: Tensor | None = None,
+    special_tokens_mask: Tensor | None = None,
+) -> Tensor:
     """Local consistency (Dasgupta et al. 2022) of every sample of a batch: higher is better.
 
     Dasgupta et al. discretise the explanations and ask how often two samples with the same explanation share their
@@ -109,8 +129,11 @@ def consistency(attributions: Tensor, logits: Tensor, *, top_k: int | float = 5,
     Args:
         attributions: ``(N, ...)`` maps of one batch.
         logits: ``(N, K)`` the model's logits of the same samples.
-        top_k: units in an explanation: an int (at most the units of a map) or a float fraction of them.
+        top_k: units in an explanation: an int (at most the units of a map) or a float fraction of them (of a
+            sentence's own tokens for token maps; an int beyond them is all of them).
         reduce: how a map becomes unit scores (``"abs_sum"``, ``"sum"``, ``"none"``).
+        attention_mask: token maps: ``(N, L)`` 1 on real tokens (padding is never in an explanation).
+        special_tokens_mask: token maps: ``(N, L)`` 1 on special tokens (never in an explanation).
 
     Returns:
         ``(N,)`` shares in [0, 1], NaN for a sample whose explanation is its own.
@@ -123,10 +146,13 @@ def consistency(attributions: Tensor, logits: Tensor, *, top_k: int | float = 5,
     check_map(attributions)
     check_size("top_k", top_k)
     predictions = _predictions(logits, attributions.shape[0])
-    units = map_units(attributions, reduce).scores.abs()
-    top_k = resolve_size("top_k", top_k, units.shape[1])
-    # A stable sort: tied units are taken in index order on every device.
-    top = torch.sort(units, dim=1, descending=True, stable=True).indices[:, :top_k]
+    units = _units(attributions, reduce, attention_mask, special_tokens_mask)
+    sizes = sample_sizes("top_k", top_k, units.valid.sum(dim=1).cpu()).to(units.scores.device)
+    # A stable sort: tied units are taken in index order on every device; units that do not count come last.
+    scores = torch.where(units.valid, units.scores, -1.0)
+    top = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, : int(sizes.max())]
+    # A sentence with fewer units than top_k explains itself with all of them (-1 fills the rest of its set).
+    top = torch.where(torch.arange(top.shape[1], device=top.device)[None] < sizes[:, None], top, -1)
     chosen = torch.sort(top, dim=1).values
     same = (chosen[:, None, :] == chosen[None, :, :]).all(dim=2)
     return _shared(same, predictions.to(same.device)).to(torch.promote_types(attributions.dtype, torch.float32))

@@ -5,11 +5,14 @@
 * :func:`monotonicity_correlation` (Nguyen & Martinez 2020): the Spearman correlation between the units' absolute
   attributions and how much the score moves when each is replaced by random values.
 
-Units are the input kind's, taken ``features_per_step`` at a time (one by default, as in both papers): every
-continuous kind plays.
+Units are the input kind's, taken ``features_per_step`` at a time (one by default, as in both papers).
+:func:`monotonicity` plays on every kind (a sentence's real tokens that are not special, replaced by the [MASK] id);
+:func:`monotonicity_correlation` needs inputs that take random values, so continuous kinds only.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -18,14 +21,16 @@ from lit_attr._checks import TargetType, check_int, check_seed
 from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE, SubstrateType
 from lit_attr.functional.similarity import spearman
 from lit_attr.functional.unit_games import (
+    batch_fields,
     draw_outputs,
-    fill_of,
+    game_fill,
     group_sums,
     kind_substrate,
     masked_outputs,
     prepare_game,
     rank_groups,
 )
+from lit_attr.inputs import CONTINUOUS
 
 __all__ = ["monotonicity", "monotonicity_correlation", "monotonicity_curves"]
 
@@ -37,35 +42,71 @@ def monotonicity_curves(
     target: TargetType = None,
     *,
     features_per_step: int = 1,
-    substrate: SubstrateType = "zero",
+    substrate: SubstrateType | None = None,
     substrate_value: object = None,
     output: str = "prob",
     reduce: str = "sum",
     seed: int = 0,
     internal_batch_size: int | None = DEFAULT_INTERNAL_BATCH_SIZE,
     logits: Tensor | None = None,
+    attention_mask: Tensor | None = None,
+    special_tokens_mask: Tensor | None = None,
+    model_inputs: Mapping[str, Tensor] | None = None,
 ) -> Tensor:
     """``(N, G + 1)`` scores of the target while the ``G`` groups are put back, least attributed first.
 
     Point ``t`` is the input with the ``t`` least attributed groups taken from ``x`` and the rest from the substrate:
-    point 0 is the substrate alone, point ``G`` is ``x``. See :func:`monotonicity` for the arguments.
+    point 0 is the substrate alone, point ``G`` is ``x``. A sample with fewer groups ``G_i`` (a shorter sentence) has
+    NaN after its point ``G_i``. See :func:`monotonicity` for the arguments.
 
     Example:
         >>> net = nn.Linear(4, 2)
         >>> monotonicity_curves(net, torch.rand(3, 4), torch.rand(3, 4)).shape
         torch.Size([3, 5])
     """
+    curves, groups = _curves(
+        model, x, attributions, target, features_per_step=features_per_step, substrate=substrate,
+        substrate_value=substrate_value, output=output, reduce=reduce, seed=seed,
+        internal_batch_size=internal_batch_size, logits=logits,
+        fields=batch_fields(attention_mask, special_tokens_mask, model_inputs),
+    )  # fmt: skip
+    points = torch.arange(curves.shape[1], device=curves.device)[None]
+    return torch.where(points <= groups[:, None], curves, torch.nan)
+
+
+def _curves(
+    model: nn.Module,
+    x: Tensor,
+    attributions: Tensor,
+    target: TargetType,
+    *,
+    features_per_step: int,
+    substrate: SubstrateType | None,
+    substrate_value: object,
+    output: str,
+    reduce: str,
+    seed: int,
+    internal_batch_size: int | None,
+    logits: Tensor | None,
+    fields: Mapping[str, object],
+) -> tuple[Tensor, Tensor]:
+    """The curves of :func:`monotonicity_curves` (every point played) and every sample's own number of groups."""
     check_int("features_per_step", features_per_step, 1)
     check_seed(seed)
     game = prepare_game(
-        model, x, attributions, target, logits, reduce=reduce, output=output, internal_batch_size=internal_batch_size
-    )
-    groups, count = rank_groups(game.units, features_per_step, ascending=True)
-    fill = fill_of(substrate, x, value=substrate_value, seed=seed, name="substrate")
-    return masked_outputs(
+        model, x, attributions, target, logits, reduce=reduce, output=output, internal_batch_size=internal_batch_size,
+        fields=fields,
+    )  # fmt: skip
+    groups, count = rank_groups(game.units, features_per_step, ascending=True, valid=game.valid)
+    fill = game_fill(model, game, substrate, x, value=substrate_value, seed=seed)
+    curves = masked_outputs(
         model, game, x, fill, lambda samples, rows: groups[samples] >= rows.view(-1, *([1] * (groups.ndim - 1))),
         count + 1, output=output, internal_batch_size=internal_batch_size, who="monotonicity",
     )  # fmt: skip
+    own = torch.full((x.shape[0],), count, device=curves.device)
+    if game.valid is not None:
+        own = -(-game.valid.reshape(x.shape[0], -1).sum(dim=1) // features_per_step)
+    return curves, own
 
 
 def monotonicity(
@@ -75,13 +116,16 @@ def monotonicity(
     target: TargetType = None,
     *,
     features_per_step: int = 1,
-    substrate: SubstrateType = "zero",
+    substrate: SubstrateType | None = None,
     substrate_value: object = None,
     output: str = "prob",
     reduce: str = "sum",
     seed: int = 0,
     internal_batch_size: int | None = DEFAULT_INTERNAL_BATCH_SIZE,
     logits: Tensor | None = None,
+    attention_mask: Tensor | None = None,
+    special_tokens_mask: Tensor | None = None,
+    model_inputs: Mapping[str, Tensor] | None = None,
 ) -> Tensor:
     """Monotonicity of Arya et al. (2019) per sample: 1.0 when the score never falls, else 0.0; higher is better.
 
@@ -92,17 +136,21 @@ def monotonicity(
 
     Args:
         model: classifier returning logits ``(N, K)``.
-        x: ``(N, ...)`` inputs of a continuous kind on the model's device.
-        attributions: maps of ``x``'s shape (images also ``(N, H, W)``).
+        x: ``(N, ...)`` inputs on the model's device (any kind: images, features, token ids ``(N, L)``).
+        attributions: maps of ``x``'s shape (images also ``(N, H, W)``; token ids ``(N, L)`` per token).
         target: ``None`` (clean top-1 prediction), an int, or ``N`` class indices.
         features_per_step: units put back per step.
-        substrate: the baseline the game starts from (zeros by default).
+        substrate: the baseline the game starts from (``None``: zeros, or the [MASK] id of token ids).
         substrate_value: the fill of ``"constant"``.
         output: ``"prob"`` (default, the paper's) or ``"logit"``.
         reduce: ``"sum"`` (signed channel sum, default), ``"abs_sum"`` (Quantus) or ``"none"``.
         seed: seed of a ``"noise"`` substrate.
         internal_batch_size: most rows per forward pass; ``None``: all at once.
         logits: the model's logits for ``x`` if already computed.
+        attention_mask: token ids: ``(N, L)`` 1 on real tokens (padding is never a unit; the rows keep the mask).
+        special_tokens_mask: token ids: ``(N, L)`` 1 on special tokens (never units; nor the model's special ids).
+        model_inputs: token ids: the batch's other inputs of the model by name (``token_type_ids``, ...), kept with
+            every row.
 
     Returns:
         ``(N,)`` 1.0 (monotonic) or 0.0.
@@ -115,12 +163,15 @@ def monotonicity(
         >>> monotonicity(net, x, a, target=1), monotonicity(net, x, -a, target=1, reduce="abs_sum")
         (tensor([1., 1., 1.]), tensor([1., 1., 1.]))
     """
-    curves = monotonicity_curves(
+    curves, groups = _curves(
         model, x, attributions, target, features_per_step=features_per_step, substrate=substrate,
         substrate_value=substrate_value, output=output, reduce=reduce, seed=seed,
         internal_batch_size=internal_batch_size, logits=logits,
+        fields=batch_fields(attention_mask, special_tokens_mask, model_inputs),
     )  # fmt: skip
-    return torch.all(curves.diff(dim=1) >= 0, dim=1).to(curves.dtype)
+    # A sample's own steps only: after its last group (a shorter sentence) its rows replaced nothing.
+    steps = torch.arange(1, curves.shape[1], device=curves.device)[None] <= groups[:, None]
+    return torch.all((curves.diff(dim=1) >= 0) | ~steps, dim=1).to(curves.dtype)
 
 
 def monotonicity_correlation(
@@ -145,7 +196,8 @@ def monotonicity_correlation(
     takes random values, ``E_j[(f(x) - f(x_[group = draw j]))^2]`` over ``n_samples`` draws; the score is the Spearman
     correlation between the groups' absolute attributions and these expectations. The draws are the kind's
     ``"noise"`` substrate (seeded N(0, 1), one seed per draw; Quantus draws uniform values, 100 of them). Cost:
-    ``G x n_samples`` forwards for ``G`` groups.
+    ``G x n_samples`` forwards for ``G`` groups. Continuous kinds only: the definition takes random input values,
+    which token ids do not have (a token is there or masked; :func:`monotonicity` plays on them).
 
     Args:
         model: classifier returning logits ``(N, K)``.
@@ -175,8 +227,9 @@ def monotonicity_correlation(
     check_int("n_samples", n_samples, 1)
     check_seed(seed)
     game = prepare_game(
-        model, x, attributions, target, logits, reduce=reduce, output=output, internal_batch_size=internal_batch_size
-    )
+        model, x, attributions, target, logits, reduce=reduce, output=output, internal_batch_size=internal_batch_size,
+        kinds=(CONTINUOUS,),
+    )  # fmt: skip
     groups, count = rank_groups(game.units, features_per_step)
     scores = draw_outputs(
         model, game, x, groups, count, substrate=kind_substrate(game.kind, substrate, "noise"),

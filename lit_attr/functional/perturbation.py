@@ -320,8 +320,8 @@ def game_kind(x: object, kinds: Collection[str] | None = None, name: str = "x") 
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}.")
     if not x.is_floating_point():
         raise TypeError(
-            f"`{name}` must be a floating-point tensor, got dtype {x.dtype} (the games of token ids are "
-            "lit_attr.functional.token_insertion_deletion and the ERASER metrics)."
+            f"`{name}` must be a floating-point tensor, got dtype {x.dtype}: this game needs inputs of a continuous "
+            "kind (token ids play the token games and the unit games that replace tokens by an id)."
         )
     if x.ndim < 2 or 0 in x.shape:
         raise ValueError(f"`{name}` must be a non-empty batch (N, ...), got shape {tuple(x.shape)}.")

@@ -6,15 +6,17 @@
 * :func:`irof` (Rieger & Hansen 2020): superpixels by mean relevance, the area over the curve of ``p(x_t) / p(x)``.
 
 Regions are :func:`patch_labels` by default: blocks of ``patch_size`` units along every unit axis (squares of an
-image's pixels, runs of consecutive features), so every continuous kind plays. :func:`irof` also takes
+image's pixels, runs of consecutive features), so every kind plays. Of token ids, a region is a run of ``patch_size``
+consecutive real tokens that are not special (counted in order, so padding and special tokens leave no gap and never
+belong to a region); a sentence has its own number of regions, and its curve ends with them. :func:`irof` also takes
 ``segmentation="slic"`` (superpixels of scikit-image's SLIC, images only; ``pip install lit-attr[segmentation]``) or
-a callable returning one label per unit.
+a callable returning one label per unit (units that do not count are left out of their region).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +24,7 @@ from torch import Tensor, nn
 from lit_attr._checks import TargetType, check_choice, check_int, check_names, check_seed
 from lit_attr._optional import import_optional
 from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE, SubstrateType, auc
-from lit_attr.functional.unit_games import Game, fill_of, kind_substrate, masked_outputs, prepare_game
+from lit_attr.functional.unit_games import Game, batch_fields, game_fill, masked_outputs, prepare_game
 
 __all__ = ["ORDERS", "irof", "patch_labels", "region_perturbation", "segment_labels", "selectivity"]
 
@@ -82,6 +84,29 @@ def _slic(x: Tensor, unit_shape: tuple[int, ...]) -> Tensor:
     return torch.stack(labels).long().to(x.device)
 
 
+def _game_labels(segmentation: Segmentation, x: Tensor, game: Game, patch_size: int) -> Tensor:
+    """``(N, *units)`` region labels ``0 .. S_i - 1`` of every sample over its units that count.
+
+    Units that do not count get label 0 and are left out by :func:`_region_curves`. With one unit axis, the grid
+    numbers the units that count in order first, so a run of ``patch_size`` of them is a region wherever the padding.
+    """
+    shape = tuple(game.units.shape[1:])
+    if game.valid is None:
+        return segment_labels(segmentation, x, shape, patch_size)
+    valid = game.valid
+    if isinstance(segmentation, str) and segmentation == "grid" and len(shape) == 1:
+        check_int("patch_size", patch_size, 1)
+        labels = (valid.long().cumsum(dim=1) - 1).clamp(min=0) // patch_size
+    else:
+        labels = segment_labels(segmentation, x, shape, patch_size)
+    n = x.shape[0]
+    flat, keep = labels.reshape(n, -1), valid.reshape(n, -1)
+    out = torch.zeros_like(flat)
+    for row in range(n):  # numbered 0 .. S_i - 1 over the units that count, whatever the segmenter numbered
+        out[row, keep[row]] = flat[row, keep[row]].unique(return_inverse=True)[1]
+    return out.view_as(labels)
+
+
 def _region_curves(
     model: nn.Module,
     game: Game,
@@ -99,12 +124,19 @@ def _region_curves(
     """``(curves (N, steps + 1), segments (N,))``: the score after removing the first ``t`` regions in order."""
     n = x.shape[0]
     flat = labels.reshape(n, -1)
-    segments = flat.amax(dim=1) + 1
-    count = int(segments.max())
     units = game.units.reshape(n, -1).double()
+    if game.valid is None:
+        segments = flat.amax(dim=1) + 1
+        weights = torch.ones_like(units)
+    else:
+        keep = game.valid.reshape(n, -1)
+        segments = torch.where(keep, flat, -1).amax(dim=1) + 1
+        weights = keep.to(units.dtype)
+        units = units * weights
+    count = max(int(segments.max()), 1)
     totals = torch.zeros(n, count, dtype=units.dtype, device=units.device).scatter_add_(1, flat, units)
     if statistic == "mean":
-        sizes = torch.zeros_like(totals).scatter_add_(1, flat, torch.ones_like(units))
+        sizes = torch.zeros_like(totals).scatter_add_(1, flat, weights)
         totals = totals / sizes.clamp(min=1)
     # Regions a sample lacks go last in either order.
     absent = torch.arange(count, device=units.device)[None] >= segments[:, None]
@@ -119,6 +151,15 @@ def _region_curves(
     return curves, segments
 
 
+def _ragged_auc(curves: Tensor, last: Tensor) -> Tensor:
+    """The normalised trapezoid of every sample's points ``0 .. last_i`` (its own regions), in float64."""
+    curves = curves.double()
+    points = torch.arange(curves.shape[1], device=curves.device)[None]
+    curves = torch.where(points <= last[:, None], curves, 0.0)
+    end = curves.gather(1, last[:, None]).squeeze(1)
+    return (curves.sum(dim=1) - (curves[:, 0] + end) / 2) / last.clamp(min=1).double()
+
+
 def region_perturbation(
     model: nn.Module,
     x: Tensor,
@@ -128,13 +169,16 @@ def region_perturbation(
     patch_size: int = 9,
     regions: int = 100,
     orders: str | Sequence[str] = ("morf",),
-    substrate: SubstrateType = "noise",
+    substrate: SubstrateType | None = None,
     substrate_value: object = None,
     output: str = "prob",
     reduce: str = "sum",
     seed: int = 0,
     internal_batch_size: int | None = DEFAULT_INTERNAL_BATCH_SIZE,
     logits: Tensor | None = None,
+    attention_mask: Tensor | None = None,
+    special_tokens_mask: Tensor | None = None,
+    model_inputs: Mapping[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Region perturbation of Samek et al. (2017): AOPC of removing regions in order of relevance, per sample.
 
@@ -147,19 +191,23 @@ def region_perturbation(
 
     Args:
         model: classifier returning logits ``(N, K)``.
-        x: ``(N, ...)`` inputs of a continuous kind on the model's device.
-        attributions: maps of ``x``'s shape (images also ``(N, H, W)``).
+        x: ``(N, ...)`` inputs on the model's device (any kind: images, features, token ids ``(N, L)``).
+        attributions: maps of ``x``'s shape (images also ``(N, H, W)``; token ids ``(N, L)`` per token).
         target: ``None`` (clean top-1 prediction), an int, or ``N`` class indices.
         patch_size: units per block side.
         regions: most regions removed.
         orders: ``"morf"``, ``"lerf"`` or both.
-        substrate: what removed regions become.
+        substrate: what removed regions become (``None``: the seeded ``"noise"``, or the [MASK] id of token ids).
         substrate_value: the fill of ``"constant"``.
         output: ``"prob"`` (default) or ``"logit"``.
         reduce: ``"sum"`` (default), ``"abs_sum"`` or ``"none"``.
         seed: seed of the noise.
         internal_batch_size: most rows per forward pass; ``None``: all at once.
         logits: the model's logits for ``x`` if already computed.
+        attention_mask: token ids: ``(N, L)`` 1 on real tokens (padding is never a unit; the rows keep the mask).
+        special_tokens_mask: token ids: ``(N, L)`` 1 on special tokens (never units; nor the model's special ids).
+        model_inputs: token ids: the batch's other inputs of the model by name (``token_type_ids``, ...), kept with
+            every row.
 
     Returns:
         ``{order: (N,) AOPC, f"{order}_curve": (N, L + 1) scores}`` for every order played.
@@ -174,21 +222,34 @@ def region_perturbation(
     check_int("regions", regions, 1)
     check_seed(seed)
     game = prepare_game(
-        model, x, attributions, target, logits, reduce=reduce, output=output, internal_batch_size=internal_batch_size
-    )
-    labels = segment_labels("grid", x, tuple(game.units.shape[1:]), patch_size)
-    steps = min(regions, int(labels.amax()) + 1)
-    fill = fill_of(substrate, x, value=substrate_value, seed=seed, name="substrate")
+        model, x, attributions, target, logits, reduce=reduce, output=output, internal_batch_size=internal_batch_size,
+        fields=batch_fields(attention_mask, special_tokens_mask, model_inputs),
+    )  # fmt: skip
+    labels = _game_labels("grid", x, game, patch_size)
+    fill = game_fill(model, game, substrate, x, value=substrate_value, seed=seed, preferred="noise")
     result: dict[str, Tensor] = {}
+    steps = min(regions, int(_segments(labels, game).max()))
     for order in ORDERS:
         if order in played:
-            curves, _ = _region_curves(
+            curves, segments = _region_curves(
                 model, game, x, fill, labels, steps=steps, statistic="sum", descending=order == "morf",
                 output=output, internal_batch_size=internal_batch_size, who="region_perturbation",
             )  # fmt: skip
-            result[order] = (curves[:, :1] - curves).mean(dim=1)
-            result[f"{order}_curve"] = curves
+            # A sample's own L_i + 1 points: a sentence with fewer regions ends its curve (NaN after).
+            last = segments.clamp(max=regions)
+            reached = torch.arange(steps + 1, device=curves.device)[None] <= last[:, None]
+            drops = torch.where(reached, curves[:, :1] - curves, 0.0)
+            result[order] = drops.sum(dim=1) / (last + 1).to(drops.dtype)
+            result[f"{order}_curve"] = torch.where(reached, curves, torch.nan)
     return result
+
+
+def _segments(labels: Tensor, game: Game) -> Tensor:
+    """``(N,)`` every sample's number of regions (of its units that count)."""
+    flat = labels.reshape(labels.shape[0], -1)
+    if game.valid is not None:
+        flat = torch.where(game.valid.reshape(flat.shape), flat, -1)
+    return flat.amax(dim=1) + 1
 
 
 def selectivity(
@@ -198,13 +259,16 @@ def selectivity(
     target: TargetType = None,
     *,
     patch_size: int = 8,
-    substrate: SubstrateType = "zero",
+    substrate: SubstrateType | None = None,
     substrate_value: object = None,
     output: str = "prob",
     reduce: str = "sum",
     seed: int = 0,
     internal_batch_size: int | None = DEFAULT_INTERNAL_BATCH_SIZE,
     logits: Tensor | None = None,
+    attention_mask: Tensor | None = None,
+    special_tokens_mask: Tensor | None = None,
+    model_inputs: Mapping[str, Tensor] | None = None,
 ) -> Tensor:
     """Selectivity of Montavon et al. (2018) per sample: lower is better (the score should fall fast).
 
@@ -217,17 +281,21 @@ def selectivity(
 
     Args:
         model: classifier returning logits ``(N, K)``.
-        x: ``(N, ...)`` inputs of a continuous kind on the model's device.
-        attributions: maps of ``x``'s shape (images also ``(N, H, W)``).
+        x: ``(N, ...)`` inputs on the model's device (any kind: images, features, token ids ``(N, L)``).
+        attributions: maps of ``x``'s shape (images also ``(N, H, W)``; token ids ``(N, L)`` per token).
         target: ``None`` (clean top-1 prediction), an int, or ``N`` class indices.
         patch_size: units per block side.
-        substrate: what removed patches become (zeros by default).
+        substrate: what removed patches become (``None``: zeros, or the [MASK] id of token ids).
         substrate_value: the fill of ``"constant"``.
         output: ``"prob"`` (default) or ``"logit"``.
         reduce: ``"sum"`` (default), ``"abs_sum"`` or ``"none"``.
         seed: seed of a ``"noise"`` substrate.
         internal_batch_size: most rows per forward pass; ``None``: all at once.
         logits: the model's logits for ``x`` if already computed.
+        attention_mask: token ids: ``(N, L)`` 1 on real tokens (padding is never a unit; the rows keep the mask).
+        special_tokens_mask: token ids: ``(N, L)`` 1 on special tokens (never units; nor the model's special ids).
+        model_inputs: token ids: the batch's other inputs of the model by name (``token_type_ids``, ...), kept with
+            every row.
 
     Returns:
         ``(N,)`` areas.
@@ -239,15 +307,18 @@ def selectivity(
     """
     check_seed(seed)
     game = prepare_game(
-        model, x, attributions, target, logits, reduce=reduce, output=output, internal_batch_size=internal_batch_size
-    )
-    labels = segment_labels("grid", x, tuple(game.units.shape[1:]), patch_size)
-    fill = fill_of(substrate, x, value=substrate_value, seed=seed, name="substrate")
-    curves, _ = _region_curves(
-        model, game, x, fill, labels, steps=int(labels.amax()) + 1, statistic="sum", descending=True,
+        model, x, attributions, target, logits, reduce=reduce, output=output, internal_batch_size=internal_batch_size,
+        fields=batch_fields(attention_mask, special_tokens_mask, model_inputs),
+    )  # fmt: skip
+    labels = _game_labels("grid", x, game, patch_size)
+    fill = game_fill(model, game, substrate, x, value=substrate_value, seed=seed)
+    curves, segments = _region_curves(
+        model, game, x, fill, labels, steps=int(_segments(labels, game).max()), statistic="sum", descending=True,
         output=output, internal_batch_size=internal_batch_size, who="selectivity",
     )  # fmt: skip
-    return auc(curves)
+    if game.valid is None:
+        return auc(curves)
+    return _ragged_auc(curves, segments).to(curves.dtype)  # a sentence's own S_i + 1 points
 
 
 def irof(
@@ -264,6 +335,9 @@ def irof(
     seed: int = 0,
     internal_batch_size: int | None = DEFAULT_INTERNAL_BATCH_SIZE,
     logits: Tensor | None = None,
+    attention_mask: Tensor | None = None,
+    special_tokens_mask: Tensor | None = None,
+    model_inputs: Mapping[str, Tensor] | None = None,
 ) -> Tensor:
     """Iterative removal of features (IROF, Rieger & Hansen 2020) per sample: higher is better.
 
@@ -276,17 +350,22 @@ def irof(
 
     Args:
         model: classifier returning logits ``(N, K)``.
-        x: ``(N, ...)`` inputs of a continuous kind on the model's device.
-        attributions: maps of ``x``'s shape (images also ``(N, H, W)``).
+        x: ``(N, ...)`` inputs on the model's device (any kind: images, features, token ids ``(N, L)``).
+        attributions: maps of ``x``'s shape (images also ``(N, H, W)``; token ids ``(N, L)`` per token).
         target: ``None`` (clean top-1 prediction), an int, or ``N`` class indices.
         segmentation: ``"grid"``, ``"slic"`` (images, needs scikit-image) or ``callable(x) -> (N, *units)`` labels.
         patch_size: units per block side of the grid.
-        substrate: what removed regions become (``None``: ``"mean"`` where the kind has it, else its default).
+        substrate: what removed regions become (``None``: ``"mean"`` where the kind has it, else its default: zeros,
+            the [MASK] id of token ids).
         substrate_value: the fill of ``"constant"``.
         reduce: ``"sum"`` (default), ``"abs_sum"`` or ``"none"``.
         seed: seed of a ``"noise"`` substrate.
         internal_batch_size: most rows per forward pass; ``None``: all at once.
         logits: the model's logits for ``x`` if already computed.
+        attention_mask: token ids: ``(N, L)`` 1 on real tokens (padding is never a unit; the rows keep the mask).
+        special_tokens_mask: token ids: ``(N, L)`` 1 on special tokens (never units; nor the model's special ids).
+        model_inputs: token ids: the batch's other inputs of the model by name (``token_type_ids``, ...), kept with
+            every row.
 
     Returns:
         ``(N,)`` areas over the curve.
@@ -300,19 +379,15 @@ def irof(
     if not (callable(segmentation) or isinstance(segmentation, str)):
         raise TypeError(f"`segmentation` must be 'grid', 'slic' or a callable, got {type(segmentation).__name__}.")
     game = prepare_game(
-        model, x, attributions, target, logits, reduce=reduce, output="prob", internal_batch_size=internal_batch_size
-    )
-    labels = segment_labels(segmentation, x, tuple(game.units.shape[1:]), patch_size)
-    chosen = kind_substrate(game.kind, substrate, "mean")
-    fill = fill_of(chosen, x, value=substrate_value, seed=seed, name="substrate")
+        model, x, attributions, target, logits, reduce=reduce, output="prob", internal_batch_size=internal_batch_size,
+        fields=batch_fields(attention_mask, special_tokens_mask, model_inputs),
+    )  # fmt: skip
+    labels = _game_labels(segmentation, x, game, patch_size)
+    fill = game_fill(model, game, substrate, x, value=substrate_value, seed=seed, preferred="mean")
     curves, segments = _region_curves(
-        model, game, x, fill, labels, steps=int(labels.amax()) + 1, statistic="mean", descending=True,
+        model, game, x, fill, labels, steps=int(_segments(labels, game).max()), statistic="mean", descending=True,
         output="prob", internal_batch_size=internal_batch_size, who="irof",
     )  # fmt: skip
-    ratio = curves.double() / game.clean[:, None].double()
     # Each sample's own S points: regions it lacks add no step.
-    points = torch.arange(ratio.shape[1], device=ratio.device)[None]
-    ratio = torch.where(points <= segments[:, None], ratio, 0.0)
-    last = ratio.gather(1, segments[:, None]).squeeze(1)
-    area = (ratio.sum(dim=1) - (ratio[:, 0] + last) / 2) / segments.double()
+    area = _ragged_auc(curves.double() / game.clean[:, None].double(), segments)
     return (1 - area).to(game.clean.dtype)

@@ -11,6 +11,9 @@ All of them explain ``n_perturb`` perturbed copies of every sample with the meth
 generator seeded by ``seed`` and the sample's values: the same copies in any batch, on any process and device;
 clipped to the method's ``input_bounds``), ``internal_batch_size`` copies per ``attribute`` call, whose own chunks
 back off when the device runs out of memory (:class:`~lit_attr._memory.MemoryBackoff`). Lower is better.
+
+Continuous kinds only: every definition divides by (or draws) a small continuous change of the input, and token ids
+have none (a token is there or replaced; the methods attribute them in the embedding space).
 """
 
 from __future__ import annotations
@@ -202,7 +205,8 @@ def local_lipschitz(
 
     ``max_k ||A(x) - A(x'_k)||_2 / ||x - x'_k||_2`` over ``n_perturb_samples`` copies ``x'_k = x + noise * e_k``
     (Gaussian, std 0.1, as Quantus; the paper searches the neighbourhood, Quantus samples 200 copies). A copy equal
-    to ``x`` (clipped back onto it) adds 0. Cost: ``n_perturb_samples`` attributions per sample.
+    to ``x`` (clipped back onto it) adds 0. Cost: ``n_perturb_samples`` attributions per sample. Continuous kinds
+    only (Gaussian neighbours of the input).
 
     Args:
         method: the attribution method (it explains the copies, and ``x`` unless ``attributions`` is given).
@@ -248,7 +252,7 @@ def continuity(
     Montavon et al. ask that nearly equivalent inputs get nearly equivalent explanations and measure the largest
     ratio over such pairs; the near-equivalent inputs here are ``n_perturb_samples`` copies in the uniform ball of
     radius ``noise``. Quantus translates images and correlates patch-wise changes instead (not offered). Cost:
-    ``n_perturb_samples`` attributions per sample.
+    ``n_perturb_samples`` attributions per sample. Continuous kinds only (a ball around the input).
 
     Args:
         method: the attribution method.
@@ -294,7 +298,7 @@ def avg_sensitivity(
     Over ``n_perturb_samples`` copies in the uniform L-infinity ball of radius ``noise`` (the copies of the max
     ``sensitivity`` metric, whose Captum implementation divides by ``||A(x)||``: ``normalize="attributions"`` does
     so here too, as Quantus; Yeh et al.'s average does not). A map of zeros under ``"attributions"`` scores 0.
-    Cost: ``n_perturb_samples`` attributions per sample.
+    Cost: ``n_perturb_samples`` attributions per sample. Continuous kinds only (a ball around the input).
 
     Args:
         method: the attribution method.
@@ -376,6 +380,7 @@ def relative_stability(
     ``L`` the input of ``layer`` (default: of the model's last ``nn.Linear``, what its head sees). The maximum runs
     over the copies that keep the prediction of ``x`` (the paper's neighbourhood; a sample without one has no value,
     NaN). The copies are Gaussian (std ``noise``). Cost: ``n_perturb_samples`` attributions and forwards per sample.
+    Continuous kinds only (relative input changes).
 
     Args:
         method: the attribution method.

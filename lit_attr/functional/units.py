@@ -118,8 +118,10 @@ def map_units(
     return UnitMap(flat, valid.reshape(flat.shape).to(device=flat.device, dtype=torch.bool), shape)
 
 
-def pearson_rows(a: Tensor, b: Tensor) -> Tensor:
+def pearson_rows(a: Tensor, b: Tensor, valid: Tensor | None = None) -> Tensor:
     """Pearson correlation of ``a[i]`` and ``b[i]`` per row, in float64; 0 for a row where either is constant.
+
+    ``valid`` ``(N, S)`` bool restricts every row to its own entries (a sentence's groups of tokens); ``None``: all.
 
     The 0 (instead of NaN) follows :func:`~lit_attr.functional.similarity.spearman`: a constant map (no ranking at
     all) is not correlated with anything, and one such sample cannot turn a dataset mean into NaN.
@@ -127,6 +129,7 @@ def pearson_rows(a: Tensor, b: Tensor) -> Tensor:
     Args:
         a: ``(N, S)`` values.
         b: ``(N, S)`` values.
+        valid: ``(N, S)`` bool entries that count, or ``None``.
 
     Returns:
         ``(N,)`` float64 correlations in [-1, 1].
@@ -136,8 +139,13 @@ def pearson_rows(a: Tensor, b: Tensor) -> Tensor:
         >>> pearson_rows(a, b)
         tensor([0.9934, 0.0000], dtype=torch.float64)
     """
-    a = a.double() - a.double().mean(dim=1, keepdim=True)
-    b = b.double() - b.double().mean(dim=1, keepdim=True)
+    if valid is None:
+        a = a.double() - a.double().mean(dim=1, keepdim=True)
+        b = b.double() - b.double().mean(dim=1, keepdim=True)
+    else:
+        size = valid.sum(dim=1, keepdim=True).clamp(min=1)
+        a, b = (torch.where(valid, t.double(), 0.0) for t in (a, b))
+        a, b = (torch.where(valid, t - t.sum(dim=1, keepdim=True) / size, 0.0) for t in (a, b))
     var = (a * a).sum(dim=1) * (b * b).sum(dim=1)
     cov = (a * b).sum(dim=1)
     rho = torch.where(var > 0, cov / var.clamp(min=torch.finfo(torch.float64).tiny).sqrt(), torch.zeros_like(cov))

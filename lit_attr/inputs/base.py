@@ -5,8 +5,10 @@ An :class:`InputKind` owns everything that depends on the kind of input and noth
 * the continuous space attribution methods work in (the input itself, or the model's token embeddings) and how a
   map in that space becomes per-feature scores (:meth:`InputKind.method_call`, :class:`Space`);
 * which positions carry no information (padding, special tokens): they are held fixed and scored 0;
-* the perturbation games' *units* (pixel, feature, token: :meth:`InputKind.unit_scores`) and *substrates*
-  (:meth:`InputKind.substrate`);
+* the perturbation games' *units* (pixel, feature, token: :meth:`InputKind.unit_scores`), the units that count and
+  what a perturbed row carries into the model call (:meth:`InputKind.game_inputs`: a sentence's real tokens that are
+  not special, its attention mask and ``token_type_ids``) and *substrates* (:meth:`InputKind.substrate`, or
+  :meth:`InputKind.game_substrate` where the substrate is the model's, as the [MASK] id of token ids);
 * how a sample and its map are kept and rendered (:meth:`InputKind.render`).
 
 Methods see only a continuous tensor and a ``forward`` on it; metrics declare the kinds' tags they accept (every
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +36,7 @@ __all__ = [
     "CONTINUOUS",
     "GENERIC_SUBSTRATES",
     "ContinuousKind",
+    "GameInputs",
     "InputKind",
     "available_input_kinds",
     "available_substrates",
@@ -48,6 +51,20 @@ CONTINUOUS = "continuous"
 GENERIC_SUBSTRATES: tuple[str, ...] = ("zero", "noise", "constant")
 
 SubstrateType = str | Callable[[Tensor], Tensor]
+
+
+class GameInputs(NamedTuple):
+    """What a unit game needs of a batch besides its values (:meth:`InputKind.game_inputs`).
+
+    Attributes:
+        valid: ``(N, *units)`` bool: the units a game may replace and that it counts (a sample's real tokens that
+            are not special); ``None``: every unit of every sample.
+        fields: per-sample tensors (first dimension N) that every perturbed row of a sample carries into
+            :meth:`InputKind.model_logits` (the attention mask, ``token_type_ids``, ...).
+    """
+
+    valid: Tensor | None
+    fields: Mapping[str, Tensor]
 
 
 class InputKind(abc.ABC):
@@ -138,6 +155,27 @@ class InputKind(abc.ABC):
     def unit_view(self, ranks: Tensor, x: Tensor) -> Tensor:
         """Per-unit ranks ``(N, *units)`` viewed to broadcast against ``x``."""
         return ranks
+
+    def game_inputs(self, model: nn.Module, x: Tensor, fields: Mapping[str, Any]) -> GameInputs:
+        """The units a unit game may replace and the per-sample inputs of its rows' model calls.
+
+        ``fields`` holds the batch's other inputs (``attention_mask``, ``special_tokens_mask``, ``model_inputs``:
+        a mapping name -> tensor), each ``None`` when absent. By default every unit counts and a row is ``x`` alone.
+        """
+        return GameInputs(None, {})
+
+    def game_substrate(
+        self,
+        model: nn.Module,
+        substrate: SubstrateType,
+        x: Tensor,
+        *,
+        value: Any = None,
+        seed: int = 0,
+        argument: str = "substrate",
+    ) -> Tensor:
+        """The substrate of a unit game on ``model``: :meth:`substrate` unless the kind's depends on the model."""
+        return self.substrate(substrate, x, value=value, seed=seed, argument=argument)
 
     def substrate(
         self,
@@ -307,7 +345,7 @@ def available_substrates() -> tuple[str, ...]:
 
     Example:
         >>> available_substrates()
-        ('zero', 'noise', 'constant', 'blur', 'mean')
+        ('mask', 'constant', 'zero', 'noise', 'blur', 'mean')
     """
     names = (name for kind in (*_KINDS, *_BUILT_IN) for name in kind.substrates)
     return tuple(dict.fromkeys(names))

@@ -4,7 +4,9 @@ The batch's ``attention_mask`` (1 = a real token) and ``special_tokens_mask`` tr
 called with the attention mask where its forward takes one (a Hugging Face ``SequenceClassifierOutput`` is reduced
 to its logits); records keep a sample's real tokens only; maps are drawn as per-token highlighting. The token games
 (:mod:`lit_attr.functional.token_games`) remove tokens by id rather than by blending, so this kind is not
-``"continuous"``.
+``"continuous"``. The unit games (:mod:`lit_attr.functional.unit_games`) replace tokens by an id: a sample's real
+tokens that are not special are its units, the substrate is the model's [MASK] id (else its [PAD] id: ``"mask"``) or
+a given id (``"constant"``), and every row keeps its sample's attention mask and other model inputs.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 import lit_attr.viz as viz
 from lit_attr._checks import check_choice, check_device
-from lit_attr.inputs.base import InputKind
+from lit_attr.inputs.base import GameInputs, InputKind, SubstrateType
 from lit_attr.inputs.embedding import TokenCall
 from lit_attr.inputs.space import MethodCall, Rendering
 from lit_attr.inputs.tokens import (
@@ -31,7 +34,9 @@ from lit_attr.inputs.tokens import (
     find_embedding_layer,
     forward_parameters,
     is_token_ids,
+    original_position_ids,
     position_limit,
+    position_padding,
     resolve_token_options,
     vocabulary_size,
 )
@@ -63,7 +68,9 @@ class Tokens(InputKind):
     space_name = "the embedding space of the model's input embedding layer"
     keywords: ClassVar[tuple[str, ...]] = TOKEN_KEYWORDS
     media_name = "tokens"
-    substrates: ClassVar[tuple[str, ...]] = ()
+    #: ``"mask"``: the model's [MASK] id, else its [PAD] id; ``"constant"``: the id given as ``substrate_value``.
+    substrates: ClassVar[tuple[str, ...]] = ("mask", "constant")
+    default_substrate: ClassVar[str] = "mask"
 
     @classmethod
     def accepts(cls, x: Tensor) -> bool:
@@ -79,6 +86,77 @@ class Tokens(InputKind):
         names = forward_parameters(model)
         extra = {key: value for key, value in fields.items() if key in names and key not in _MASKS}
         return call_model(model, x, fields.get("attention_mask"), **extra)
+
+    def game_inputs(self, model: nn.Module, x: Tensor, fields: Mapping[str, Any]) -> GameInputs:
+        """Units: the real tokens that are not special; a row carries its sample's attention mask and model inputs.
+
+        Special tokens are the batch's ``special_tokens_mask`` and the model's declared special ids; the model inputs
+        (``token_type_ids``, ...) must be ones its forward names.
+        """
+        if not any(isinstance(m, _EMBEDDINGS) or hasattr(m, "get_input_embeddings") for m in model.modules()):
+            raise TypeError(
+                f"`x` holds integers {tuple(x.shape)}, read as token ids, but the model embeds no tokens (no "
+                "nn.Embedding); pass float inputs (`x.float()`) to a model of features."
+            )
+        options = resolve_token_options(model)
+        batch = check_token_batch(
+            x, fields.get("attention_mask"), fields.get("special_tokens_mask"), options.special_token_ids
+        )
+        given = fields.get("model_inputs") or {}
+        if not isinstance(given, Mapping):
+            raise TypeError(f"`model_inputs` must be a mapping name -> tensor or None, got {type(given).__name__}.")
+        names = forward_parameters(model)
+        for key, value in given.items():
+            if not isinstance(value, Tensor) or value.ndim == 0 or value.shape[0] != x.shape[0]:
+                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(
+                    f"`model_inputs[{key!r}]` must be a tensor (N, ...) with N = {x.shape[0]}, got {shape}."
+                )
+            if key not in names:
+                raise ValueError(
+                    f"`model_inputs[{key!r}]` is not an input of the model's forward (it names {sorted(names)})."
+                )
+        rows = {"attention_mask": batch.attended.long(), **{key: value.to(x.device) for key, value in given.items()}}
+        padding = position_padding(model)
+        if options.replacement_id == padding and "position_ids" in names:
+            # A RoBERTa-style model would read a token replaced by the pad id as padding: it keeps its position.
+            rows.setdefault("position_ids", original_position_ids(batch.attended, padding))
+        return GameInputs(batch.perturbable, rows)
+
+    def game_substrate(
+        self,
+        model: nn.Module,
+        substrate: SubstrateType,
+        x: Tensor,
+        *,
+        value: Any = None,
+        seed: int = 0,
+        argument: str = "substrate",
+    ) -> Tensor:
+        """Every token replaced by one id: the model's [MASK] (else [PAD]) id, or ``value`` for ``"constant"``."""
+        if callable(substrate) or substrate not in self.substrates:
+            return self.substrate(substrate, x, value=value, seed=seed, argument=argument)
+        try:
+            vocab = vocabulary_size(model, find_embedding_layer(model, resolve_token_options(model).embedding_layer))
+        except ValueError:
+            vocab = vocabulary_size(model)
+        if substrate == "constant":
+            if value is None:
+                raise ValueError(f'`substrate_value` (a token id) must be given when `{argument}` is "constant".')
+            token = check_token_id("substrate_value", value, vocab)
+        else:
+            token = resolve_token_options(model).replacement_id
+            if token is None:
+                raise ValueError(
+                    f"`{argument}` 'mask' is the model's [MASK] (else [PAD]) id and the model declares neither; "
+                    "declare its `token_options` or pass substrate='constant' with the id as `substrate_value`."
+                )
+            token = check_token_id("the model's mask id", token, vocab)
+        return torch.full_like(x, token)
+
+    def own_substrate(self, substrate: str, x: Tensor) -> Tensor:
+        """Refused: the ``"mask"`` id is the model's (:meth:`game_substrate` knows the model)."""
+        raise ValueError(f"The {substrate!r} substrate of token ids is the model's id: build it with game_substrate().")
 
     def kept_sample(self, x: Tensor, fields: Mapping[str, Tensor | None]) -> Tensor:
         """The sample's real token ids (padding dropped)."""
@@ -165,6 +243,9 @@ def _real(x: Tensor, fields: Mapping[str, Tensor | None]) -> Tensor:
     mask = fields.get("attention_mask")
     return mask.bool().to(x.device) if mask is not None else x.new_ones(x.shape[0], dtype=bool)
 
+
+#: Modules that read token ids: a model without one cannot take them.
+_EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
 
 #: The batch fields that are not inputs of the model itself (the attention mask goes in as itself).
 _MASKS = ("attention_mask", "special_tokens_mask")

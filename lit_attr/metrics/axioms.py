@@ -5,6 +5,7 @@ Random logit, completeness, non-sensitivity and input invariance; the math lives
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
@@ -21,7 +22,7 @@ from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE, Substr
 from lit_attr.functional.unit_games import check_game_options
 from lit_attr.methods.base import AttributionMethod
 from lit_attr.metrics._method_scores import MethodScores
-from lit_attr.metrics.faithfulness import GameMetric
+from lit_attr.metrics.faithfulness import GAME_INPUTS, GAME_MODALITIES, GameMetric
 from lit_attr.metrics.presentation import Presentation, Score
 from lit_attr.metrics.registry import register_metric
 
@@ -73,18 +74,27 @@ class RandomLogit(MethodScores):
         target: TargetType = None,
         *,
         logits: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        special_tokens_mask: Tensor | None = None,
+        model_inputs: Mapping[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """``{"random_logit": (N,)}`` of a batch; the states are left as they are.
 
         Args:
-            x: ``(N, ...)`` inputs on the model's device.
+            x: ``(N, ...)`` inputs on the model's device (or token ids ``(N, L)``).
             attributions: the method's maps of ``x`` for ``target`` if already computed.
             target: ``None`` (clean top-1 prediction), an int, or ``N`` class indices.
             logits: the model's logits for ``x`` if already computed.
+            attention_mask: token ids: ``(N, L)`` 1 on real tokens.
+            special_tokens_mask: token ids: ``(N, L)`` 1 on special tokens.
+            model_inputs: token ids: the batch's other inputs of the model by name (``token_type_ids``, ...).
         """
+        masks = {"attention_mask": attention_mask, "special_tokens_mask": special_tokens_mask}
+        # Only what the batch has: a token keyword, even None, would make the method read the inputs as token ids.
+        given = {key: value for key, value in {**masks, **(model_inputs or {})}.items() if value is not None}
         return {
             "random_logit": random_logit(
-                self.method, x, target, attributions=attributions, logits=logits, **self._options
+                self.method, x, target, attributions=attributions, logits=logits, **self._options, **given
             )
         }
 
@@ -171,6 +181,7 @@ class Completeness(GameMetric):
     higher_is_better = False
     keys = ("completeness",)
     function = completeness
+    takes_fields = False
 
     def __init__(
         self,
@@ -235,8 +246,8 @@ _METHOD_INPUTS = ("method", "x", "attributions", "target", "logits")
 register_metric(
     "random_logit",
     RandomLogit,
-    consumes=_METHOD_INPUTS,
-    modalities={"continuous"},  # similarity="ssim" (the default) needs images: it says so on other inputs
+    consumes=(*_METHOD_INPUTS, "attention_mask", "special_tokens_mask", "model_inputs"),
+    modalities={"continuous", "tokens"},  # similarity="ssim" (the default) needs images: it says so on other inputs
     presentation=Presentation(scores=(Score("random_logit", "random logit (similarity)"),), curves=None),
 )
 register_metric(
@@ -263,8 +274,8 @@ register_metric(
 register_metric(
     "non_sensitivity",
     NonSensitivity,
-    consumes=_GAME_INPUTS,
+    consumes=GAME_INPUTS,
     per_sample=True,
-    modalities={"continuous"},
+    modalities=GAME_MODALITIES,
     presentation=Presentation(scores=(Score("non_sensitivity", "non-sensitivity"),), curves=None),
 )

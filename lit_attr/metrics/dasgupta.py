@@ -65,14 +65,24 @@ class SufficiencyDasgupta(MeanScores):
         check_choice("reduce", reduce, MAP_REDUCTIONS)
         self._options = {"threshold": threshold, "distance": distance, "normalize": normalize, "reduce": reduce}
 
-    def score(self, attributions: Tensor, logits: Tensor) -> dict[str, Tensor]:
+    def score(
+        self,
+        attributions: Tensor,
+        logits: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        special_tokens_mask: Tensor | None = None,
+    ) -> dict[str, Tensor]:
         """``{"sufficiency_dasgupta": (N,)}`` of one batch (NaN for samples without neighbours).
 
         Args:
             attributions: ``(N, ...)`` maps.
             logits: ``(N, K)`` the model's logits of the same samples.
+            attention_mask: token maps: ``(N, L)`` 1 on real tokens.
+            special_tokens_mask: token maps: ``(N, L)`` 1 on special tokens.
         """
-        return {"sufficiency_dasgupta": sufficiency_dasgupta(attributions, logits, **self._options)}
+        masks = {"attention_mask": attention_mask, "special_tokens_mask": special_tokens_mask}
+        return {"sufficiency_dasgupta": sufficiency_dasgupta(attributions, logits, **self._options, **masks)}
 
 
 class Consistency(MeanScores):
@@ -103,14 +113,24 @@ class Consistency(MeanScores):
         check_size("top_k", top_k)
         self._options = {"top_k": top_k, "reduce": check_choice("reduce", reduce, MAP_REDUCTIONS)}
 
-    def score(self, attributions: Tensor, logits: Tensor) -> dict[str, Tensor]:
+    def score(
+        self,
+        attributions: Tensor,
+        logits: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        special_tokens_mask: Tensor | None = None,
+    ) -> dict[str, Tensor]:
         """``{"consistency": (N,)}`` of one batch (NaN for samples whose explanation is their own).
 
         Args:
             attributions: ``(N, ...)`` maps.
             logits: ``(N, K)`` the model's logits of the same samples.
+            attention_mask: token maps: ``(N, L)`` 1 on real tokens.
+            special_tokens_mask: token maps: ``(N, L)`` 1 on special tokens.
         """
-        return {"consistency": consistency(attributions, logits, **self._options)}
+        masks = {"attention_mask": attention_mask, "special_tokens_mask": special_tokens_mask}
+        return {"consistency": consistency(attributions, logits, **self._options, **masks)}
 
 
 for _name, _factory, _label in (
@@ -120,8 +140,8 @@ for _name, _factory, _label in (
     register_metric(
         _name,
         _factory,
-        consumes=("attributions", "logits"),
-        # Maps of different samples are compared unit by unit: units must line up across samples (not tokens).
-        modalities={"continuous"},
+        consumes=("attributions", "logits", "attention_mask", "special_tokens_mask"),
+        # Maps alone: token maps too, their padding and special tokens no units (compared by position).
+        modalities={"continuous", "tokens"},
         presentation=Presentation(scores=(Score(_name, _label),), curves=None),
     )

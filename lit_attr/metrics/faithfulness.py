@@ -3,13 +3,14 @@
 The math lives in :mod:`lit_attr.functional.faithfulness` and :mod:`lit_attr.functional.monotonicity`; each Metric
 holds the model by reference and its options, and adds the per-sample values of a batch to ``sum`` states
 (:class:`~lit_attr.metrics._scores.MeanScores`), so the result under DDP equals the single-process result. Every one
-plays on any continuous input kind (images, features, a user's float kind) through the kind's units and substrates.
+plays on any input kind (images, features, token ids, a user's kind) through the kind's units, substrates and model
+call, except monotonicity correlation, whose random values need a continuous kind.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -22,8 +23,9 @@ from lit_attr.functional.faithfulness import (
 )
 from lit_attr.functional.monotonicity import monotonicity, monotonicity_correlation
 from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE, SubstrateType
-from lit_attr.functional.unit_games import check_game_options, check_size
+from lit_attr.functional.unit_games import batch_fields, check_game_options, check_size
 from lit_attr.metrics._scores import MeanScores
+from lit_attr.metrics._token_metric import TOKEN_GAME_INPUTS
 from lit_attr.metrics.presentation import Presentation, Score
 from lit_attr.metrics.registry import register_metric
 
@@ -44,6 +46,8 @@ class GameMetric(MeanScores):
     """
 
     function: Callable[..., Any]
+    #: Whether the functional takes the batch's token fields (``attention_mask``, ...): it plays on token ids.
+    takes_fields: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, options: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
@@ -55,18 +59,37 @@ class GameMetric(MeanScores):
         return {self.keys[0]: result}
 
     def score(
-        self, x: Tensor, attributions: Tensor, target: TargetType = None, *, logits: Tensor | None = None
+        self,
+        x: Tensor,
+        attributions: Tensor,
+        target: TargetType = None,
+        *,
+        logits: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        special_tokens_mask: Tensor | None = None,
+        model_inputs: Mapping[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """Play the game on a batch; its per-sample values, the states left as they are.
 
         Args:
-            x: ``(N, ...)`` inputs of a continuous kind on the model's device.
-            attributions: maps of ``x``'s shape (images also ``(N, H, W)``).
+            x: ``(N, ...)`` inputs on the model's device (token ids ``(N, L)`` where :attr:`takes_fields`).
+            attributions: maps of ``x``'s shape (images also ``(N, H, W)``; token ids ``(N, L)`` per token).
             target: ``None`` (clean top-1 prediction), an int, or ``N`` class indices.
             logits: the model's logits for ``x`` if already computed (saves one forward pass).
+            attention_mask: token ids: ``(N, L)`` 1 on real tokens.
+            special_tokens_mask: token ids: ``(N, L)`` 1 on special tokens.
+            model_inputs: token ids: the batch's other inputs of the model by name (``token_type_ids``, ...).
         """
         function = type(self).function
-        return self.values(function(self.model, x, attributions, target, logits=logits, **self._options))
+        fields = batch_fields(attention_mask, special_tokens_mask, model_inputs)
+        if self.takes_fields:
+            options = {**self._options, **fields}
+        elif any(value is not None for value in fields.values()):
+            given = sorted(key for key, value in fields.items() if value is not None)
+            raise ValueError(f"{type(self).__name__} takes inputs of a continuous kind only, without {given}.")
+        else:
+            options = self._options
+        return self.values(function(self.model, x, attributions, target, logits=logits, **options))
 
 
 _SHARED = ("substrate", "substrate_value", "output", "reduce", "seed", "internal_batch_size")
@@ -100,7 +123,7 @@ class FaithfulnessCorrelation(GameMetric):
         *,
         subset_size: int | float = 224,
         n_subsets: int = 100,
-        substrate: SubstrateType = "zero",
+        substrate: SubstrateType | None = None,
         substrate_value: object = None,
         output: str = "logit",
         reduce: str = "sum",
@@ -143,7 +166,7 @@ class SensitivityN(GameMetric):
         *,
         sizes: Sequence[int | float] = DEFAULT_SENSITIVITY_N_SIZES,
         n_subsets: int = 100,
-        substrate: SubstrateType = "zero",
+        substrate: SubstrateType | None = None,
         substrate_value: object = None,
         output: str = "logit",
         reduce: str = "sum",
@@ -191,7 +214,7 @@ class FaithfulnessEstimate(GameMetric):
         model: nn.Module,
         *,
         features_per_step: int = 1,
-        substrate: SubstrateType = "zero",
+        substrate: SubstrateType | None = None,
         substrate_value: object = None,
         output: str = "prob",
         reduce: str = "sum",
@@ -231,7 +254,7 @@ class Monotonicity(GameMetric):
         model: nn.Module,
         *,
         features_per_step: int = 1,
-        substrate: SubstrateType = "zero",
+        substrate: SubstrateType | None = None,
         substrate_value: object = None,
         output: str = "prob",
         reduce: str = "sum",
@@ -263,6 +286,7 @@ class MonotonicityCorrelation(GameMetric):
     higher_is_better = True
     keys = ("monotonicity_correlation",)
     function = monotonicity_correlation
+    takes_fields = False
 
     def __init__(
         self,
@@ -286,7 +310,11 @@ class MonotonicityCorrelation(GameMetric):
         super().__init__(model, options, **kwargs)
 
 
-_GAME_INPUTS = ("model", "x", "attributions", "target", "logits")
+#: What the unit games consume: a token batch's masks and model inputs too (``None`` for other kinds).
+GAME_INPUTS = TOKEN_GAME_INPUTS
+#: The kinds the unit games replacing units by a substrate play on (the kind says what a unit and a substrate are).
+GAME_MODALITIES = frozenset({"continuous", "tokens"})
+_CONTINUOUS_INPUTS = ("model", "x", "attributions", "target", "logits")
 for _name, _factory, _label in (
     ("faithfulness_correlation", FaithfulnessCorrelation, "faithfulness correlation"),
     ("faithfulness_estimate", FaithfulnessEstimate, "faithfulness estimate"),
@@ -299,8 +327,8 @@ for _name, _factory, _label in (
     register_metric(
         _name,
         _factory,
-        consumes=_GAME_INPUTS,
+        consumes=GAME_INPUTS if _factory.takes_fields else _CONTINUOUS_INPUTS,
         per_sample=True,
-        modalities={"continuous"},
+        modalities=GAME_MODALITIES if _factory.takes_fields else {"continuous"},
         presentation=Presentation(scores=(Score(_name, _label),), **_curves),
     )

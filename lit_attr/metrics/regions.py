@@ -1,7 +1,7 @@
 """Region games as torchmetrics ``Metric`` classes: region perturbation (AOPC), selectivity and IROF.
 
 The math lives in :mod:`lit_attr.functional.regions`; the regions are a grid of patches over the units of any
-continuous input kind (IROF also SLIC superpixels of images).
+input kind (runs of tokens of token ids; IROF also SLIC superpixels of images).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from lit_attr._checks import check_int, check_names
 from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE, SubstrateType
 from lit_attr.functional.regions import ORDERS, Segmentation, irof, region_perturbation, selectivity
-from lit_attr.metrics.faithfulness import GameMetric
+from lit_attr.metrics.faithfulness import GAME_INPUTS, GAME_MODALITIES, GameMetric
 from lit_attr.metrics.presentation import Presentation, Score
 from lit_attr.metrics.registry import register_metric
 
@@ -52,7 +52,7 @@ class RegionPerturbation(GameMetric):
         patch_size: int = 9,
         regions: int = 100,
         orders: str | Sequence[str] = ("morf",),
-        substrate: SubstrateType = "noise",
+        substrate: SubstrateType | None = None,
         substrate_value: object = None,
         output: str = "prob",
         reduce: str = "sum",
@@ -103,7 +103,7 @@ class Selectivity(GameMetric):
         model: nn.Module,
         *,
         patch_size: int = 8,
-        substrate: SubstrateType = "zero",
+        substrate: SubstrateType | None = None,
         substrate_value: object = None,
         output: str = "prob",
         reduce: str = "sum",
@@ -157,13 +157,12 @@ class IROF(GameMetric):
         super().__init__(model, options, **kwargs)
 
 
-_GAME_INPUTS = ("model", "x", "attributions", "target", "logits")
 register_metric(
     "region_perturbation",
     RegionPerturbation,
-    consumes=_GAME_INPUTS,
+    consumes=GAME_INPUTS,
     per_sample=True,
-    modalities={"continuous"},
+    modalities=GAME_MODALITIES,
     presentation=Presentation(
         display_name="region perturbation",
         scores=(
@@ -175,16 +174,16 @@ register_metric(
 register_metric(
     "selectivity",
     Selectivity,
-    consumes=_GAME_INPUTS,
+    consumes=GAME_INPUTS,
     per_sample=True,
-    modalities={"continuous"},
+    modalities=GAME_MODALITIES,
     presentation=Presentation(scores=(Score("selectivity", "selectivity AUC"),), curves=None),
 )
 register_metric(
     "irof",
     IROF,
-    consumes=_GAME_INPUTS,
+    consumes=GAME_INPUTS,
     per_sample=True,
-    modalities={"continuous"},
+    modalities=GAME_MODALITIES,
     presentation=Presentation(scores=(Score("irof", "IROF (area over curve)"),), curves=None),
 )

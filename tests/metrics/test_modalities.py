@@ -2,8 +2,9 @@
 
 An input kind carries the tag of its name and, for float kinds, ``"continuous"``; a metric accepts a kind with any of
 its tags. Every built-in float metric is run on images and on tabular features: it must compute exactly where its
-declaration accepts the kind and refuse the rest with a ValueError; every one refuses token ids, and every token
-metric refuses float inputs. (A user's 1-D signal kind is the lead's toy-modality test.)
+declaration accepts the kind and refuse the rest with a ValueError; every one that does not declare token ids refuses
+them (the unit games that do refuse them on a model of features), and every token metric refuses float inputs. (A
+user's 1-D signal kind is the lead's toy-modality test.)
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def _float_batch(kind: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     target = torch.tensor([0, 1, 2, 0])
     attributions = get_method("saliency", model).attribute(x, target)
     given = {"x": x, "attributions": attributions, "target": target, "masks": masks, "logits": model(x).detach()}
-    return model, {**given, "attention_mask": None, "special_tokens_mask": None}  # as the runner feeds float batches
+    return model, {**given, "attention_mask": None, "special_tokens_mask": None, "model_inputs": None}  # as the runner
 
 
 @pytest.mark.parametrize("kind", ["images", "tabular"])
@@ -142,11 +143,14 @@ def test_a_float_metric_computes_exactly_on_the_kinds_it_declares(name, kind):
 @pytest.mark.parametrize("name", [name for name in FLOAT_METRICS if "x" in get_metric_spec(name).update_inputs])
 def test_float_metrics_refuse_token_ids(name):
     spec = get_metric_spec(name)
-    assert not spec.accepts(KIND_TAGS["tokens"])
+    assert not spec.accepts(KIND_TAGS["tokens"]) or spec.modalities == {"tokens", CONTINUOUS}
     model, given = _float_batch("tabular")
     given["x"] = torch.randint(0, 5, (4, 10))
     metric = spec.build(FAST.get(name, {}), model=model, method=get_method("saliency", model))
-    with pytest.raises(TypeError, match="`x`"):
+    # A metric that re-runs the method on token ids meets the method's refusal: the model embeds no tokens.
+    rerun = "method" in spec.consumes and spec.accepts(KIND_TAGS["tokens"])
+    refusal = (ValueError, "embeds the tokens") if rerun else (TypeError, "`x`")
+    with pytest.raises(refusal[0], match=refusal[1]):
         metric.update(**{key: given[key] for key in spec.update_inputs})
 
 

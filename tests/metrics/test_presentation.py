@@ -201,7 +201,7 @@ def float_results() -> dict[str, dict[str, Any]]:
     masks[:, 2:6, 2:6] = True
     target = torch.tensor([0, 1, 2, 0])
     given = {"x": x, "target": target, "masks": masks, "logits": model(x).detach()}
-    given.update(attention_mask=None, special_tokens_mask=None)  # as the runner feeds float batches
+    given.update(attention_mask=None, special_tokens_mask=None, model_inputs=None)  # as the runner feeds float batches
     results: dict[str, dict[str, Any]] = {}
     for name in available_metrics():
         spec = get_metric_spec(name)
