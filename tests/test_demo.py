@@ -53,10 +53,11 @@ def test_a_demo_below_the_accuracy_bar_warns_and_writes_to_its_own_directory(
 
 
 def test_a_rerun_into_a_demo_directory_refuses_in_one_line_and_overwrite_replaces_it(
-    tiny_cnn_demo, tmp_path: Path, capsys: pytest.CaptureFixture
+    tiny_cnn_demo, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture
 ):
+    monkeypatch.chdir(tmp_path)
+    run_demo("mine", fast=True, model="cnn")  # a relative --output_dir is taken as it is, not under lit_attr_demo/
     own = tmp_path / "mine"
-    run_demo(own, fast=True, model="cnn")
     stale = own / "evaluation" / "stale.txt"
     stale.write_text("from the first run")
     unrelated = own / "notes.txt"  # not the demo's: a rerun leaves it alone

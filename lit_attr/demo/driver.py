@@ -70,7 +70,7 @@ def run_demo(
         raise ValueError(f"`model` must be one of {tuple(DEMO_TABLE)}, got {model!r}.")
     demo = DEMO_TABLE[model]
     budget = demo.budget(fast)
-    out = Path("lit_attr_demo", model if output_dir is None else output_dir).resolve()
+    out = (Path("lit_attr_demo", model) if output_dir is None else Path(output_dir)).resolve()
     _claim_output_dir(out, overwrite)
     console = Console()
     started = time.perf_counter()
