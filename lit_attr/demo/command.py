@@ -27,7 +27,8 @@ options:
                     attention maps (attention_rollout, generic_attention) among the methods
   --output_dir DIR  where everything goes (default: lit_attr_demo/cnn, lit_attr_demo/vit or lit_attr_demo/text)
   --overwrite BOOL  replace a previous demo run in that directory (default: false: a rerun is refused)
-  --fast            small budgets (a smoke test, about a minute on 2 CPU cores)
+  --fast            small budgets: a smoke test of 22 s (text) to 57 s (vit) of CPU time with one thread
+                    (OMP_NUM_THREADS=1), measured on a 2-core CPU VM (the README says how)
   --seed SEED       seed of the data, the weights and the training (default: 0)
 
 {budgets}
