@@ -15,8 +15,7 @@ import yaml
 
 import lit_attr.demo.driver as driver
 from lit_attr.cli import main
-from lit_attr.demo import DEMO_TABLE, run_demo
-from lit_attr.demo.driver import MIN_ACCURACY, accuracy_warning
+from lit_attr.demo import DEMO_TABLE, MIN_ACCURACY, accuracy_warning, run_demo
 
 _TINY_BUDGET = driver.Budget(
     epochs=1, num_train=64, num_val=32, limit_samples=2, batch_size=2, randomization_samples=0,
