@@ -50,7 +50,7 @@ Run `lit_attr COMMAND --help` for the options of a command.
 examples:
   lit_attr demo --fast
   lit_attr fit --config configs/demo.yaml
-  lit_attr evaluate --config configs/evaluate_demo.yaml --ckpt_path lit_attr_demo/checkpoints/demo.ckpt
+  lit_attr evaluate --config configs/evaluate_demo.yaml --ckpt_path lit_attr_demo/cnn/checkpoints/demo.ckpt
   lit_attr evaluate --config configs/evaluate_demo.yaml --ckpt_path m.ckpt --trainer.devices 2 \\
       --trainer.strategy ddp --trainer.accelerator cpu
   torchrun --nproc_per_node 4 -m lit_attr.cli evaluate --config configs/imagenet_resnet50.yaml --ckpt_path r50.ckpt

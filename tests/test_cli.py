@@ -252,6 +252,23 @@ def test_demo_fast_end_to_end(demo_run: tuple[Path, subprocess.CompletedProcess]
     assert logged_by_evaluate >= {f"heatmaps_{m}" for m in methods} | {"insertion_deletion_curves"}
     assert "wandb sync" in out.stdout and "report.html" in out.stdout
     assert not _leftovers(tmp_path / "demo")
+    # The runs are offline and named after the demo and the model; the configs say offline, as the runs are
+    # (Lightning's offline WandbLogger leaves WANDB_MODE=dryrun behind, which once read as online).
+    logger = yaml.safe_load((tmp_path / "demo" / "evaluate.yaml").read_text())["trainer"]["logger"]
+    assert logger["init_args"]["offline"] is True and logger["init_args"]["name"] == "demo-cnn-DemoClassifier-evaluate"
+    recorded = json.loads((evaluation / "metrics.json").read_text())["config"]["trainer"]["logger"]["init_args"]
+    assert recorded["offline"] is True and recorded["name"] == "demo-cnn-DemoClassifier-evaluate"
+    names = {name for run in runs for log in run.glob("*.wandb") for name in (b"demo-cnn-DemoClassifier-fit",
+             b"demo-cnn-DemoClassifier-evaluate") if name in log.read_bytes()}  # fmt: skip
+    assert len(runs) == 2 and names == {b"demo-cnn-DemoClassifier-fit", b"demo-cnn-DemoClassifier-evaluate"}
+    assert _accuracy(out.stdout) >= 0.8 and "warning:" not in out.stdout
+
+
+def _accuracy(stdout: str) -> float:
+    """The validation accuracy a demo printed after training."""
+    match = re.search(r"validation accuracy after \d+ epochs: ([0-9.]+)", stdout)
+    assert match is not None, stdout[-2000:]
+    return float(match.group(1))
 
 
 def test_vit_demo_fast_end_to_end(tmp_path: Path):
@@ -264,6 +281,8 @@ def test_vit_demo_fast_end_to_end(tmp_path: Path):
     _check_result(result, methods)
     _check_report(evaluation, methods)
     assert result["config"]["model"]["class_path"] == "lit_attr.models.DemoViT"
+    # #27: the fast ViT explains a model that works (it was at 0.41), so no accuracy warning.
+    assert _accuracy(out.stdout) >= 0.85 and "warning:" not in out.stdout
     # The monitor and the check ran on the ViT during training, the attention maps among their methods.
     logs = tmp_path / "vit" / "logs"
     assert list(logs.rglob("media/attr/attention_rollout/heatmaps/*.png"))
@@ -302,6 +321,7 @@ def test_text_demo_fast_end_to_end(tmp_path: Path):
     out = _run("demo", "--task", "text", "--fast", "--output_dir", str(tmp_path / "text"), WANDB_MODE="offline",
                timeout=300)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
+    assert _accuracy(out.stdout) >= 0.8 and "warning:" not in out.stdout
     evaluation = tmp_path / "text" / "evaluation"
     result = json.loads((evaluation / "metrics.json").read_text())
     methods = ["saliency", "integrated_gradients", "mfaba", "ig2", "fei"]

@@ -6,7 +6,18 @@ trains and evaluates and its budgets (data only), :mod:`~lit_attr.demo.driver` r
 """
 
 from lit_attr.demo.command import demo_command, demo_help
-from lit_attr.demo.driver import run_demo
+from lit_attr.demo.driver import MIN_ACCURACY, accuracy_warning, run_demo
 from lit_attr.demo.table import DEMO_BUDGETS, DEMO_TABLE, DEMOS, Budget, Demo
 
-__all__ = ["DEMOS", "DEMO_BUDGETS", "DEMO_TABLE", "Budget", "Demo", "demo_command", "demo_help", "run_demo"]
+__all__ = [
+    "DEMOS",
+    "DEMO_BUDGETS",
+    "DEMO_TABLE",
+    "MIN_ACCURACY",
+    "Budget",
+    "Demo",
+    "accuracy_warning",
+    "demo_command",
+    "demo_help",
+    "run_demo",
+]

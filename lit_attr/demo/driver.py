@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,26 +19,45 @@ from lit_attr.demo.table import DEMO_TABLE, Budget, Demo
 from lit_attr.evaluate.command import default_wandb_offline, finish_wandb, run_evaluate
 from lit_attr.report import summary_table
 
-__all__ = ["run_demo"]
+__all__ = ["MIN_ACCURACY", "accuracy_warning", "run_demo"]
+
+#: Validation accuracy under which a demo warns that the model it explains barely works.
+MIN_ACCURACY: float = 0.8
+
+#: What a demo writes in its directory, which ``overwrite`` removes before a rerun; the markers tell a demo's
+#: directory from one that merely holds a ``wandb/`` or ``logs/`` of its own (never removed then).
+_DEMO_MARKERS = ("checkpoints/demo.ckpt", "fit_config.yaml", "evaluate.yaml")
+_DEMO_OUTPUTS = (*_DEMO_MARKERS, "evaluation", "wandb", "logs")
 
 
 def run_demo(
-    output_dir: str | os.PathLike = "lit_attr_demo", fast: bool = False, seed: int = 0, model: str = "cnn"
+    output_dir: str | os.PathLike | None = None,
+    fast: bool = False,
+    seed: int = 0,
+    model: str = "cnn",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train a demo model, save a checkpoint, evaluate it and print a summary.
 
+    A model below :data:`MIN_ACCURACY` validation accuracy is explained all the same, under a printed warning: its
+    maps describe a model that does not work.
+
     Args:
         output_dir: receives ``checkpoints/demo.ckpt``, ``fit_config.yaml``, ``evaluate.yaml``, ``wandb/`` (or
-            ``logs/``) and ``evaluation/`` (``metrics.json``, PNGs, ``report.html``).
+            ``logs/``) and ``evaluation/`` (``metrics.json``, PNGs, ``report.html``); default
+            ``lit_attr_demo/<model>``, so that the demos do not replace each other's results.
         fast: use the demo's ``fast`` budget (:class:`~lit_attr.demo.table.Budget`) instead of its ``full`` one.
         seed: seed of data, weights and training.
         model: which demo of :data:`~lit_attr.demo.table.DEMO_TABLE`: ``"cnn"`` or ``"vit"`` (images), ``"text"``.
+        overwrite: replace a previous demo run in ``output_dir`` (its checkpoint, configs, evaluation, W&B runs and
+            logs; nothing else there is touched).
 
     Returns:
         The evaluation result (the content of ``evaluation/metrics.json``).
 
     Raises:
         ValueError: for an unknown ``model``.
+        FileExistsError: if ``output_dir`` holds a previous demo run and ``overwrite`` is False.
 
     Example::
 
@@ -50,17 +70,21 @@ def run_demo(
         raise ValueError(f"`model` must be one of {tuple(DEMO_TABLE)}, got {model!r}.")
     demo = DEMO_TABLE[model]
     budget = demo.budget(fast)
-    out = Path(output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = (Path("lit_attr_demo", model) if output_dir is None else Path(output_dir)).resolve()
+    _claim_output_dir(out, overwrite)
     console = Console()
     started = time.perf_counter()
     default_wandb_offline()
+    # Read before any WandbLogger runs: an offline one rewrites WANDB_MODE to "dryrun" for the whole process.
+    wandb_mode = _wandb_mode()
     L.seed_everything(seed, verbose=False)
 
     data_args = {"num_train": budget.num_train, "num_val": budget.num_val, "num_test": 64, "seed": seed}
+    data_args.update(budget.data_kwargs)
     data = _load(demo.data)(**data_args)
-    net = _load(demo.model)(num_classes=data.num_classes)
-    logger, run_hint = _demo_logger(out)
+    net = _load(demo.model)(num_classes=data.num_classes, **budget.model_kwargs)
+    run_name = f"demo-{model}-{demo.model.rsplit('.', 1)[1]}"
+    logger, run_hint = _demo_logger(out, wandb_mode, f"{run_name}-fit")
     trainer = L.Trainer(
         max_epochs=budget.epochs,
         accelerator="cpu",
@@ -81,12 +105,16 @@ def run_demo(
     trainer.save_checkpoint(ckpt)
     finish_wandb(trainer)
 
-    config_path = _write_configs(out, demo, budget, dict(net.hparams), data_args, seed)
+    logger_cfg = _evaluate_logger_cfg(out, wandb_mode, f"{run_name}-evaluate")
+    config_path = _write_configs(out, demo, budget, dict(net.hparams), data_args, seed, logger_cfg)
     console.rule("[bold]lit-attr demo: evaluating the checkpoint")
     console.print(f"$ lit_attr evaluate --config {config_path} --ckpt_path {ckpt}", soft_wrap=True)
     result, evaluation_dir = run_evaluate(["--config", str(config_path), "--ckpt_path", str(ckpt)])
 
     console.print(summary_table(result, f"Attribution quality on {result['num_samples']} validation {demo.unit}"))
+    warning = accuracy_warning(accuracy, demo.title, fast)
+    if warning:
+        console.print(f"[bold yellow]warning:[/bold yellow] {warning}", soft_wrap=True)
     # soft_wrap: paths must stay whole (copy-pasteable) on narrow terminals and in logs.
     console.print(f"checkpoint:  {ckpt}", soft_wrap=True)
     console.print(f"report:      [bold]{evaluation_dir / 'report.html'}[/bold]", soft_wrap=True)
@@ -103,8 +131,55 @@ def _load(path: str) -> Any:
     return getattr(importlib.import_module(module_path), class_name)
 
 
+def accuracy_warning(accuracy: float, title: str, fast: bool) -> str | None:
+    """The warning a demo prints under its results when its model is below :data:`MIN_ACCURACY`, else None.
+
+    Args:
+        accuracy: the model's validation accuracy (NaN when none was measured: also warned about).
+        title: what was trained (:attr:`~lit_attr.demo.table.Demo.title`).
+        fast: whether the ``--fast`` budget trained it (the advice then is to drop ``--fast``).
+
+    Example:
+        >>> accuracy_warning(0.95, "the demo CNN", fast=True) is None
+        True
+        >>> print(accuracy_warning(0.41, "the demo ViT", fast=True))  # doctest: +ELLIPSIS
+        the demo ViT reached 0.410 validation accuracy (below 0.8): these maps explain a model that ...
+    """
+    if accuracy >= MIN_ACCURACY:
+        return None
+    advice = "run it without --fast" if fast else "train it longer"
+    return (
+        f"{title} reached {accuracy:.3f} validation accuracy (below {MIN_ACCURACY}): these maps explain a model that "
+        f"mostly fails, so judge the methods on a better one ({advice})."
+    )
+
+
+def _claim_output_dir(out: Path, overwrite: bool) -> None:
+    """Refuse a directory that holds a previous demo run unless ``overwrite``; with it, remove that run."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--output_dir {out} exists and is not a directory; choose another --output_dir")
+    if any((out / name).exists() for name in _DEMO_MARKERS):
+        if not overwrite:
+            raise FileExistsError(
+                f"{out} holds a previous demo run; pass --overwrite true (overwrite=True in Python) to replace it, "
+                "or choose another --output_dir"
+            )
+        for path in (out / name for name in _DEMO_OUTPUTS):
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
 def _write_configs(
-    out: Path, demo: Demo, budget: Budget, hparams: dict[str, Any], data_args: dict[str, Any], seed: int
+    out: Path,
+    demo: Demo,
+    budget: Budget,
+    hparams: dict[str, Any],
+    data_args: dict[str, Any],
+    seed: int,
+    logger_cfg: Any,
 ) -> Path:
     """Write ``fit_config.yaml`` (what was trained) and ``evaluate.yaml`` (what is evaluated); return the latter."""
     import yaml
@@ -125,7 +200,7 @@ def _write_configs(
         "seed_everything": seed,
         "model": model_cfg,
         "data": data_cfg,
-        "trainer": {"accelerator": "cpu", "devices": 1, "logger": _evaluate_logger_cfg(out)},
+        "trainer": {"accelerator": "cpu", "devices": 1, "logger": logger_cfg},
         "methods": list(demo.methods),
         "method_kwargs": _plain(budget.method_kwargs),
         "metrics": list(demo.metrics),
@@ -137,7 +212,7 @@ def _write_configs(
         "heatmap_samples": 8,
         "batch_size": budget.batch_size,
         "output_dir": str(out / "evaluation"),
-        "overwrite": True,  # the demo's own directory: a second `lit_attr demo` replaces the first evaluation
+        "overwrite": True,  # the demo's own directory, which _claim_output_dir has already cleared or refused
     }
     path = out / "evaluate.yaml"
     path.write_text(yaml.safe_dump(evaluate_cfg, sort_keys=False))
@@ -180,35 +255,41 @@ def _demo_callbacks(demo: Demo, budget: Budget) -> list[Any]:
     return callbacks
 
 
-def _wandb_enabled() -> bool:
-    if os.environ.get("WANDB_MODE", "offline") == "disabled":
-        return False
+def _wandb_mode() -> str | None:
+    """The W&B mode the demo's runs will have: ``"offline"``, ``"online"``, or None when W&B is off or missing.
+
+    Lightning's ``WandbLogger(offline=True)`` sets ``WANDB_MODE=dryrun``, W&B's older name for offline.
+    """
+    mode = os.environ.get("WANDB_MODE", "offline")
+    if mode == "disabled":
+        return None
     try:
         import wandb  # noqa: F401
     except ImportError:
-        return False
-    return True
+        return None
+    return "offline" if mode == "dryrun" else mode
 
 
-def _demo_logger(out: Path) -> tuple[Any, str | None]:
-    if not _wandb_enabled():
+def _demo_logger(out: Path, mode: str | None, name: str) -> tuple[Any, str | None]:
+    if mode is None:
         from lightning.pytorch.loggers import CSVLogger
 
         return CSVLogger(str(out), name="logs"), f"logs:        {out / 'logs'} (W&B disabled)"
     from lightning.pytorch.loggers import WandbLogger
 
-    mode = os.environ.get("WANDB_MODE", "offline")
-    logger = WandbLogger(project="lit_attr_demo", name="demo-fit", save_dir=str(out), offline=mode == "offline")
+    logger = WandbLogger(project="lit_attr_demo", name=name, save_dir=str(out), offline=mode == "offline")
     runs = out / "wandb"
-    hint = f"W&B runs:    {runs} ({mode}); upload with `wandb sync {runs}/offline-run-*`"
+    hint = f"W&B runs:    {runs} ({mode})"
+    if mode == "offline":
+        hint += f"; upload with `wandb sync {runs}/offline-run-*`"
     return logger, hint
 
 
-def _evaluate_logger_cfg(out: Path) -> Any:
-    if not _wandb_enabled():
+def _evaluate_logger_cfg(out: Path, mode: str | None, name: str) -> Any:
+    """The evaluation's logger as config: ``offline`` says what the run is, not what WANDB_MODE happens to say."""
+    if mode is None:
         return False
-    offline = os.environ.get("WANDB_MODE", "offline") == "offline"
     return {
         "class_path": "lightning.pytorch.loggers.WandbLogger",
-        "init_args": {"project": "lit_attr_demo", "name": "demo-evaluate", "save_dir": str(out), "offline": offline},
+        "init_args": {"project": "lit_attr_demo", "name": name, "save_dir": str(out), "offline": mode == "offline"},
     }

@@ -23,7 +23,9 @@ __all__ = ["DEMO_VIT_EPOCHS", "DEMO_VIT_TRAIN_SIZE", "DemoViT", "train_demo_vit"
 DEMO_VIT_EPOCHS: int = 5
 """Recommended number of epochs on ``ShapesDataModule(num_train=DEMO_VIT_TRAIN_SIZE)``.
 
-With this budget the model reaches about 96% validation accuracy (seed 0) in about a minute on two CPU cores.
+With this budget :func:`train_demo_vit` reaches 0.959 validation accuracy (seed 0, 512 images) in 38 s of CPU time
+with one thread (``OMP_NUM_THREADS=1``), measured on a 2-core CPU VM by timing ``train_demo_vit()`` with
+``time.process_time``.
 """
 
 DEMO_VIT_TRAIN_SIZE: int = 8000
