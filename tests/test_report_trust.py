@@ -268,3 +268,22 @@ def test_the_console_table_prints_method_names_in_full():
     console.print(summary_table(result, "demo"))
     text = console.export_text()
     assert all(method in text for method in methods) and "…" not in text.split("\n", 3)[3]
+
+
+def test_the_report_underlines_a_texts_rationale_beside_its_scores():
+    samples = {
+        i: {"x": torch.tensor(ids), "target": 1, "label": 1, "prediction": 1, "confidence": 0.9,
+            "target_probability": 0.9, "kind": "tokens", "truth": torch.tensor(truth),
+            "maps": {"saliency": torch.tensor(scores)}}
+        for i, (ids, truth, scores) in enumerate([([5, 6, 7], [0.0, 1.0, 0.0], [0.1, 2.0, -0.5]),
+                                                  ([8, 9], [1.0, 1.0], [1.0, 0.5])])
+    }  # fmt: skip
+    words = {5: "the", 6: "great", 7: "plot", 8: "loved", 9: "it"}
+    content = report_content(
+        {"methods": {"saliency": {}}}, samples, ["neg", "pos"], lambda ids: [words[int(i)] for i in ids]
+    )
+    page = content.html["tokens_saliency"]
+    assert re.findall(r'<span class="lit-attr-rationale"[^>]*>([^<]*)</span>', page) == ["great", "loved", "it"]
+    assert content.titles == {"tokens_saliency": "saliency (tokens, beside the ground truth)"}
+    assert "-2 to +2" in content.legends["tokens_saliency"] and "Underlined" in content.legends["tokens_saliency"]
+    assert "<td>pos</td><td>0.900</td>" in content.samples
