@@ -351,10 +351,17 @@ def render_html(
             sections.append(f'<section class="tokens"><h2>{title}</h2>{html_sections[stem]}{legend}</section>')
             continue
         uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-        kind = ' class="maps"' if stem in legends else ""
-        sections.append(f'<section{kind}><h2>{title}</h2><img alt="{title}" src="{uri}">{legend}</section>')
+        css = ' class="maps"' if stem in legends else ""
+        sections.append(f'<section{css}><h2>{title}</h2><img alt="{title}" src="{uri}">{legend}</section>')
     meta = {k: result.get(k) for k in ("split", "num_samples", "world_size")}
     checked = result.get("randomization_samples", result.get("num_samples", "?"))
+    rerun = f" The sanity checks score the first {checked} samples." if _score_columns(result["methods"])[1] else ""
+    scales = (
+        "<p>Each map row has one colour scale for its samples, said in its legend; the rows' scales differ, so "
+        "compare colours within a row, not between methods.</p>"
+        if legends
+        else ""
+    )
     versions = ", ".join(f"{k} {v}" for k, v in (result.get("versions") or {}).items())
     config = json.dumps(result.get("config"), indent=2, default=str)
     return f"""<!DOCTYPE html>
@@ -376,9 +383,8 @@ tr.wrong td {{ color: #b91c1c; }} .legend {{ color: #555; font-size: 0.9em; }}
 <p>↑ higher is better, ↓ lower is better. Localisation needs ground-truth masks. The sanity checks pass when the
 maps of a randomised model are dissimilar to the trained model's: MPRT and sMPRT (noise-averaged maps, bottom-up)
 when the final Spearman similarity is below their threshold, eMPRT when the maps' entropy rises by more than its
-threshold. The checks that re-run the method score the first {html.escape(str(checked))} samples.</p>
-<p>Each map row has one colour scale for its samples, said in its legend; the rows' scales differ, so compare
-colours within a row, not between methods.</p>
+threshold.{html.escape(rerun)}</p>
+{scales}
 {"".join(sections)}
 <h2>Configuration</h2><pre>{html.escape(config)}</pre>
 <p><small>{html.escape(versions)}</small></p>

@@ -178,7 +178,7 @@ def test_the_randomisation_figure_counts_the_samples_the_check_saw(reports):
     assert figures["insertion_deletion_curves"]._suptitle.get_text().endswith(f"({N} samples)")
     ticks = [label.get_text() for label in figures["randomization_curves"].axes[0].get_xticklabels()]
     assert ticks == ["original", "fully randomised"]
-    assert f"the first {CHECKED} samples" in (directory / "report.html").read_text(encoding="utf-8")
+    assert f"The sanity checks score the first {CHECKED} samples." in (directory / "report.html").read_text()
 
 
 @pytest.mark.parametrize(
