@@ -10,7 +10,7 @@ import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
 from torch import Tensor
@@ -18,7 +18,11 @@ from torch import Tensor
 from lit_attr.methods.base import AttributionMethod
 from lit_attr.methods.registry import available_methods
 
-__all__ = ["MethodSpec", "MethodsArg", "SampleRecord", "gather_records", "normalize_methods"]
+if TYPE_CHECKING:
+    from lit_attr.batch import Batch
+    from lit_attr.inputs import InputKind
+
+__all__ = ["MethodSpec", "MethodsArg", "SampleRecord", "gather_records", "keep_truths", "normalize_methods"]
 
 MethodSpec = str | Callable[..., AttributionMethod] | AttributionMethod
 # The containers first: jsonargparse (LightningCLI) can then write a parsed list or dict back into a config.
@@ -44,6 +48,8 @@ class SampleRecord:
             the real token ids), else None.
         attributions: ``{method: map}`` (CPU, float32, aligned with ``x``) for kept samples, else empty.
         kind: the name of the sample's input kind (:func:`lit_attr.inputs.get_input_kind` renders its ``x`` and maps).
+        truth: the ground truth of kept samples whose batch has one (an image's mask, a text's rationale), aligned
+            with ``x`` as their maps are (the report draws it beside them), else None.
     """
 
     index: int
@@ -57,6 +63,7 @@ class SampleRecord:
     x: Tensor | None = None
     attributions: dict[str, Tensor] = field(default_factory=dict)
     kind: str = ""
+    truth: Tensor | None = None
 
 
 def normalize_methods(methods: MethodsArg) -> dict[str, MethodSpec]:
@@ -126,3 +133,31 @@ def gather_records(records: list[SampleRecord]) -> list[SampleRecord]:
         dist.all_gather_object(parts, records)
         records = [record for part in parts for record in part]
     return sorted(records, key=lambda record: record.index)
+
+
+def keep_truths(kind: InputKind, batch: Batch, records: Sequence[SampleRecord]) -> None:
+    """Set the ground truth (masks, rationales) of the kept samples among ``records``, aligned with their ``x``.
+
+    Nothing is kept without masks, or for masks that the kind cannot read (the metrics that need masks refuse those
+    with the reason; the report's figures do without).
+
+    Example:
+        >>> import torch
+        >>> from lit_attr.batch import Batch
+        >>> from lit_attr.inputs import get_input_kind
+        >>> x, mask = torch.rand(1, 3, 2, 2), torch.tensor([[[True, False], [False, False]]])
+        >>> kept = SampleRecord(0, 0, 0, 0, 1.0, 1.0, x=x[0])
+        >>> keep_truths(get_input_kind("images"), Batch(x=x, mask=mask), [kept])
+        >>> kept.truth.tolist()
+        [[1.0, 0.0], [0.0, 0.0]]
+    """
+    if batch.mask is None or all(record.x is None for record in records):
+        return
+    try:
+        truths = kind.ground_truth(batch.mask, batch.x)
+    except ValueError:
+        return
+    for row, record in enumerate(records):
+        if record.x is not None:
+            fields = {key: value[row] for key, value in batch.fields().items()}
+            record.truth = kind.kept_map(truths[row].float(), fields)

@@ -11,25 +11,29 @@ from __future__ import annotations
 
 import base64
 import html
+import inspect
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from matplotlib.figure import Figure
 from torch import Tensor
 
 import lit_attr.presenting as presenting
+import lit_attr.report_trust as trust
 import lit_attr.viz as viz
 from lit_attr.inputs import Rendering, get_input_kind, input_kind
 from lit_attr.metrics.presentation import DEFAULT, Score
 
 __all__ = [
+    "ReportContent",
     "build_figures",
     "curve_figures",
     "map_renderings",
     "render_html",
+    "report_content",
     "report_figures",
     "summary_table",
     "token_highlights",
@@ -43,9 +47,15 @@ def map_renderings(
 ) -> dict[str, Rendering]:
     """Each method's maps of the kept samples, drawn by their input kind: ``{"<media name>_<method>": rendering}``.
 
+    Every sample's caption gives its label, the explained class, and the model's prediction with its probability;
+    the samples' ground truth (``"truth"``: an image's mask, a text's rationale) is drawn beside the maps where
+    every sample has one and the kind draws it.
+
     Args:
         samples: ``{index: {"x": kept input, "target": int, "label": int | None, "maps": {method: map}, "kind":
-            input kind name}}`` (without ``"kind"``, the kind of the kept input, see ``lit_attr.inputs.input_kind``).
+            input kind name, "truth": ground truth or None, "prediction": int, "confidence": float}}`` (without
+            ``"kind"``, the kind of the kept input, see ``lit_attr.inputs.input_kind``; ``"truth"``,
+            ``"prediction"`` and ``"confidence"`` may be left out).
         decode: token ids -> token strings, for kinds that show words (:func:`lit_attr.viz.token_decoder`).
         class_names: names for the captions.
 
@@ -63,24 +73,93 @@ def map_renderings(
     order = sorted(samples)
     if not order:
         return {}
-    first = samples[order[0]]
-    kind = get_input_kind(first["kind"]) if first.get("kind") else input_kind(first["x"][None])
+    kind = _kind_of(samples[order[0]])
     inputs = [samples[i]["x"] for i in order]
-    captions = [
-        f"#{i} label {viz.class_label(samples[i]['label'], class_names)}, "
-        f"target {viz.class_label(samples[i]['target'], class_names)}"
-        for i in order
-    ]
+    captions = [_caption(i, samples[i], class_names) for i in order]
+    extra = {"truths": [samples[i]["truth"] for i in order]} if _draws_truths(kind, samples) else {}
     renderings = {}
     for method in dict.fromkeys(method for i in order for method in samples[i].get("maps", {})):
         if not all(method in samples[i].get("maps", {}) for i in order):
             continue
         maps = [samples[i]["maps"][method] for i in order]
         title = f"{method}: attributions of the target class"
-        rendering = kind.render(inputs, maps, captions=captions, title=title, decode=decode)
+        rendering = kind.render(inputs, maps, captions=captions, title=title, decode=decode, **extra)
         if rendering is not None:
             renderings[f"{kind.media_name}_{method}"] = rendering
     return renderings
+
+
+def _kind_of(sample: Mapping[str, Any]) -> Any:
+    return get_input_kind(sample["kind"]) if sample.get("kind") else input_kind(sample["x"][None])
+
+
+def _draws_truths(kind: Any, samples: Mapping[int, Mapping[str, Any]]) -> bool:
+    """Every sample has a ground truth and the kind draws it (kinds written before ``truths`` existed get none)."""
+    has_all = all(sample.get("truth") is not None for sample in samples.values())
+    return has_all and "truths" in inspect.signature(kind.render).parameters
+
+
+def _caption(index: int, sample: Mapping[str, Any], class_names: Sequence[str] | None) -> str:
+    """``#i label L, target T`` and, where known, the prediction with its probability on a second line."""
+    text = (
+        f"#{index} label {viz.class_label(sample['label'], class_names)}, "
+        f"target {viz.class_label(sample['target'], class_names)}"
+    )
+    if sample.get("prediction") is not None and sample.get("confidence") is not None:
+        text += f"\npred {viz.class_label(sample['prediction'], class_names)} ({float(sample['confidence']):.2f})"
+    return text
+
+
+class ReportContent(NamedTuple):
+    """Everything a report shows besides ``metrics.json``'s numbers.
+
+    Attributes:
+        figures: ``{file stem: figure}`` in display order.
+        html: ``{file stem: HTML}`` shown instead of that figure (per-token highlighting).
+        legends: ``{file stem: sentence}``: how the colours of a map row read (its scale).
+        titles: ``{file stem: method}`` of the map rows, for their headings.
+        samples: the HTML table of the samples in the map rows (prediction and probabilities), or ``""``.
+    """
+
+    figures: dict[str, Figure]
+    html: dict[str, str]
+    legends: dict[str, str]
+    titles: dict[str, str]
+    samples: str
+
+
+def report_content(
+    result: Mapping[str, Any],
+    samples: Mapping[int, Mapping[str, Any]],
+    class_names: Sequence[str] | None = None,
+    decode: Callable[[Tensor], list[str]] | None = None,
+) -> ReportContent:
+    """The figures of a report in display order, with the HTML, legends and samples table that go with them.
+
+    The metrics' curves come first, then each method's maps (:func:`map_renderings`), then the sanity checks'
+    curves, titled with the number of samples those checks saw (``metrics.json``'s ``randomization_samples``).
+
+    Example:
+        >>> report_content({"methods": {"saliency": {}}}, {})
+        ReportContent(figures={}, html={}, legends={}, titles={}, samples='')
+    """
+    methods = result["methods"]
+    figures = presenting.curve_figures(methods, f"{result.get('num_samples', '?')} samples", sanity=False)
+    renderings = map_renderings(samples, decode, class_names)
+    figures.update({stem: rendering.figure for stem, rendering in renderings.items()})
+    checked = result.get("randomization_samples", result.get("num_samples", "?"))
+    figures.update(presenting.curve_figures(methods, f"{checked} samples", sanity=True))
+    kind = _kind_of(next(iter(samples.values()))) if samples else None
+    drawn = kind is not None and _draws_truths(kind, samples)
+    media = kind.media_name if kind is not None else ""
+    beside = ", beside the ground truth" if drawn else ""
+    return ReportContent(
+        figures,
+        {stem: rendering.html for stem, rendering in renderings.items() if rendering.html is not None},
+        {stem: rendering.legend for stem, rendering in renderings.items() if rendering.legend},
+        {stem: f"{stem.removeprefix(media + '_')} ({media}{beside})" for stem in renderings},
+        trust.samples_table_html(samples, class_names, with_truth=drawn),
+    )
 
 
 def report_figures(
@@ -101,14 +180,8 @@ def report_figures(
         >>> report_figures({"methods": {"saliency": {}}}, {})
         ({}, {})
     """
-    methods = result["methods"]
-    when = f"{result.get('num_samples', '?')} samples"
-    figures = presenting.curve_figures(methods, when, sanity=False)
-    renderings = map_renderings(samples, decode, class_names)
-    figures.update({stem: rendering.figure for stem, rendering in renderings.items()})
-    figures.update(presenting.curve_figures(methods, when, sanity=True))
-    html_sections = {stem: rendering.html for stem, rendering in renderings.items() if rendering.html is not None}
-    return figures, html_sections
+    content = report_content(result, samples, class_names, decode)
+    return content.figures, content.html
 
 
 def build_figures(
@@ -237,14 +310,24 @@ def score_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
 
 
 def render_html(
-    result: Mapping[str, Any], images: Mapping[str, bytes], html_sections: Mapping[str, str] | None = None
+    result: Mapping[str, Any],
+    images: Mapping[str, bytes],
+    html_sections: Mapping[str, str] | None = None,
+    *,
+    legends: Mapping[str, str] | None = None,
+    titles: Mapping[str, str] | None = None,
+    samples_table: str = "",
 ) -> str:
-    """A self-contained HTML page: the score table, then every image embedded as a base64 PNG.
+    """A self-contained HTML page: the model's accuracy, the score table, then every image embedded as a base64 PNG.
 
     Args:
         result: the content of ``metrics.json``.
         images: ``{file stem: PNG bytes}`` in display order.
         html_sections: ``{file stem: HTML}`` shown instead of the image of that stem (per-token highlighting).
+        legends: ``{file stem: sentence}`` shown under a map row: how its colours read.
+        titles: ``{file stem: heading}`` (the method of a map row); other stems are headed by their words.
+        samples_table: the HTML of the samples in the map rows (:func:`lit_attr.report_trust.samples_table_html`),
+            shown before the first map row.
 
     Returns:
         The HTML text.
@@ -257,15 +340,28 @@ def render_html(
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in row) + "</tr>" for row in rows)
     sections = []
-    html_sections = html_sections or {}
+    html_sections, legends, titles = html_sections or {}, legends or {}, titles or {}
     for stem, data in images.items():
-        title = html.escape(stem.replace("_", " "))
+        if stem in legends and samples_table:
+            sections.append(samples_table)
+            samples_table = ""  # once, before the first map row
+        title = html.escape(titles.get(stem, stem.replace("_", " ")))
+        legend = f'<p class="legend">{html.escape(legends[stem])}</p>' if stem in legends else ""
         if stem in html_sections:
-            sections.append(f'<section class="tokens"><h2>{title}</h2>{html_sections[stem]}</section>')
+            sections.append(f'<section class="tokens"><h2>{title}</h2>{html_sections[stem]}{legend}</section>')
             continue
         uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-        sections.append(f'<section><h2>{title}</h2><img alt="{title}" src="{uri}"></section>')
+        css = ' class="maps"' if stem in legends else ""
+        sections.append(f'<section{css}><h2>{title}</h2><img alt="{title}" src="{uri}">{legend}</section>')
     meta = {k: result.get(k) for k in ("split", "num_samples", "world_size")}
+    checked = result.get("randomization_samples", result.get("num_samples", "?"))
+    rerun = f" The sanity checks score the first {checked} samples." if _score_columns(result["methods"])[1] else ""
+    scales = (
+        "<p>Each map row has one colour scale for its samples, said in its legend; the rows' scales differ, so "
+        "compare colours within a row, not between methods.</p>"
+        if legends
+        else ""
+    )
     versions = ", ".join(f"{k} {v}" for k, v in (result.get("versions") or {}).items())
     config = json.dumps(result.get("config"), indent=2, default=str)
     return f"""<!DOCTYPE html>
@@ -276,15 +372,19 @@ table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ccc; padding
 th {{ background: #f3f3f3; }} td:first-child {{ text-align: left; font-weight: bold; }}
 img {{ max-width: 100%; }} .scroll {{ overflow-x: auto; }}
 pre {{ background: #f7f7f7; padding: 1em; overflow-x: auto; }}
+.warning {{ background: #fff3cd; border-left: 4px solid #d97706; padding: 0.5em 1em; }}
+tr.wrong td {{ color: #b91c1c; }} .legend {{ color: #555; font-size: 0.9em; }}
 </style></head><body>
 <h1>lit-attr evaluation report</h1>
 <p>{html.escape(", ".join(f"{k}: {v}" for k, v in meta.items()))}</p>
+{trust.accuracy_html(result)}
 <h2>Scores</h2>
 <div class="scroll"><table id="scores"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>
 <p>↑ higher is better, ↓ lower is better. Localisation needs ground-truth masks. The sanity checks pass when the
 maps of a randomised model are dissimilar to the trained model's: MPRT and sMPRT (noise-averaged maps, bottom-up)
 when the final Spearman similarity is below their threshold, eMPRT when the maps' entropy rises by more than its
-threshold.</p>
+threshold.{html.escape(rerun)}</p>
+{scales}
 {"".join(sections)}
 <h2>Configuration</h2><pre>{html.escape(config)}</pre>
 <p><small>{html.escape(versions)}</small></p>
@@ -297,11 +397,13 @@ def write_outputs(
     result: Mapping[str, Any],
     figures: Mapping[str, Figure],
     html_sections: Mapping[str, str] | None = None,
+    content: ReportContent | None = None,
 ) -> None:
     """Write ``metrics.json``, one PNG per figure and ``report.html`` into ``directory``.
 
     ``html_sections`` (``{figure stem: HTML}``) are shown in the report in place of their figures' images; the PNGs
-    are written all the same.
+    are written all the same. ``content`` (:func:`report_content`) adds the map rows' legends and headings and the
+    table of their samples.
 
     Example:
         >>> import tempfile
@@ -320,7 +422,8 @@ def write_outputs(
     for stem, data in images.items():
         (directory / f"{stem}.png").write_bytes(data)
     (directory / "metrics.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (directory / "report.html").write_text(render_html(result, images, html_sections), encoding="utf-8")
+    extra = {"legends": content.legends, "titles": content.titles, "samples_table": content.samples} if content else {}
+    (directory / "report.html").write_text(render_html(result, images, html_sections, **extra), encoding="utf-8")
 
 
 def summary_table(result: Mapping[str, Any], title: str) -> Any:
@@ -339,7 +442,8 @@ def summary_table(result: Mapping[str, Any], title: str) -> Any:
     # The headline numbers only (the scores with a console header), so the table fits an 80-column terminal.
     columns = [(metric, score) for metric, score, _ in scored if score.console_header is not None]
     table = Table(title=title)
-    table.add_column("method")
+    # Method names in full, however narrow the terminal: the numbers' columns wrap instead.
+    table.add_column("method", no_wrap=True, min_width=max((len(method) for method in methods), default=6))
     for _, score in columns:
         table.add_column(score.console_header, justify="right")
     if checks:

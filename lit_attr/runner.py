@@ -46,7 +46,7 @@ from lit_attr.keys import VERDICT, scalar_key
 from lit_attr.methods.base import AttributionMethod, attributions_of
 from lit_attr.methods.registry import get_method
 from lit_attr.metrics.registry import MetricSpec, available_metrics, check_metric_names, get_metric_spec
-from lit_attr.records import MethodsArg, MethodSpec, SampleRecord, gather_records, normalize_methods
+from lit_attr.records import MethodsArg, MethodSpec, SampleRecord, gather_records, keep_truths, normalize_methods
 
 __all__ = [
     "AttributionRunner",
@@ -326,6 +326,7 @@ class AttributionRunner:
                     )
                 )
             ]
+            keep_truths(kind, batch, records)
             attributions: dict[str, Tensor] = {}
             for name, method in self.methods.items():
                 if self.progress is not None:
@@ -493,4 +494,3 @@ def _model_inputs(batch: Batch, model: nn.Module) -> dict[str, Tensor] | None:
     names = batch.method_inputs(model)
     inputs = {key: value for key, value in (batch.model_inputs or {}).items() if key in names}
     return inputs or None
-

@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "attribution_quality": 6,
     "models": 6,
     "report": 5,  # outputs: report.html, loggers; resuming an evaluation
+    "report_trust": 5,
     "delivery": 5,
     "_resume": 5,
     "runner": 4,  # the one loop: methods -> metrics -> records; results shown as their metrics declare

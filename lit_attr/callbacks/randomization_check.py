@@ -276,7 +276,8 @@ class RandomizationCheck(AttributionCallback):
             images = probe.x[: self.log_heatmaps]
             for name, maps in stage_maps.items():
                 verdict = "passed" if self.results[name]["passed"] else "FAILED"
-                grid = viz.randomization_grid(images, maps, title=f"{name}: {verdict} (epoch {epoch})")
+                title = f"{name}: {verdict} (epoch {epoch})"
+                grid = viz.randomization_grid(images, maps, title=title, order=self.order)
                 delivery.log_image(trainer, f"randomization/{name}/stages", grid, caption=f"{name}: {verdict}")
 
 

@@ -20,7 +20,7 @@ from lit_attr.evaluate.storage import storage_error
 from lit_attr.keys import scalar_key
 from lit_attr.runner import SampleRecord
 
-__all__ = ["flat_scalars", "package_versions", "to_plain", "write_and_log"]
+__all__ = ["flat_scalars", "model_accuracy", "package_versions", "to_plain", "write_and_log"]
 
 
 def to_plain(value: Any) -> Any:
@@ -74,6 +74,23 @@ def flat_scalars(result: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def model_accuracy(records: Sequence[SampleRecord]) -> dict[str, Any]:
+    """How often the model's top-1 class is the label, over the evaluated samples that have one (``metrics.json``).
+
+    Returns:
+        ``{"accuracy": correct / labelled (None without labels), "correct": int, "labelled": int}``.
+
+    Example:
+        >>> records = [SampleRecord(i, label, 0, prediction, 0.9, 0.9) for i, (label, prediction) in
+        ...            enumerate([(0, 0), (1, 0), (None, 1)])]
+        >>> model_accuracy(records)
+        {'accuracy': 0.5, 'correct': 1, 'labelled': 2}
+    """
+    labelled = [record for record in records if record.label is not None]
+    correct = sum(record.prediction == record.label for record in labelled)
+    return {"accuracy": correct / len(labelled) if labelled else None, "correct": correct, "labelled": len(labelled)}
+
+
 def write_and_log(
     trainer: Trainer,
     output: Path,
@@ -100,14 +117,19 @@ def write_and_log(
             "label": record.label,
             "maps": record.attributions,
             "kind": record.kind,
+            "truth": record.truth,
+            "prediction": record.prediction,
+            "confidence": record.confidence,
+            "target_probability": record.target_probability,
         }
         for record in records
         if record.x is not None
     }
-    figures, html_sections = report.report_figures(result, samples, class_names, decode)
+    content = report.report_content(result, samples, class_names, decode)
+    figures, html_sections = content.figures, content.html
     _log_to_loggers(trainer, scalars, figures, html_sections)
     try:
-        write_result(output, lambda tmp: report.write_outputs(tmp, result, figures, html_sections))
+        write_result(output, lambda tmp: report.write_outputs(tmp, result, figures, html_sections, content))
     except OSError as error:
         raise EvaluationError(
             f"{storage_error(error, 'write the result', output)}; every sample is scored and saved in "

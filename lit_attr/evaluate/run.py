@@ -47,7 +47,7 @@ from lit_attr.evaluate.preemption import (
     requeue_slurm_job,
     signal_name,
 )
-from lit_attr.evaluate.results import package_versions, to_plain, write_and_log
+from lit_attr.evaluate.results import model_accuracy, package_versions, to_plain, write_and_log
 from lit_attr.evaluate.storage import OutputLock, check_storage, expected_bytes
 from lit_attr.methods import available_methods
 from lit_attr.metrics import available_metrics, get_metric_spec
@@ -287,6 +287,9 @@ def _finish(
         },
         "config": to_plain(dict(config)) if config is not None else None,
         "versions": package_versions(),
+        "model_accuracy": model_accuracy(wrapper.records),
+        # The checks that re-run the method saw only the first samples: their figures say how many.
+        "randomization_samples": min(wrapper.settings["randomization_samples"], scored),
     }
     if trainer.is_global_zero:
         decode = viz.token_decoder(tokenizer or datamodule)

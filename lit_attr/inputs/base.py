@@ -250,8 +250,14 @@ class InputKind(abc.ABC):
         titles: Sequence[str] | None = None,
         title: str = "",
         decode: Callable[[Tensor], list[str]] | None = None,
+        truths: Sequence[Tensor] | None = None,
     ) -> Rendering | None:
-        """Draw kept samples (:meth:`kept_sample`) with their maps; ``None`` when this kind draws nothing."""
+        """Draw kept samples (:meth:`kept_sample`) with their maps; ``None`` when this kind draws nothing.
+
+        ``truths`` (the records' ``truth``: one ground truth per sample, aligned with its map) are drawn beside the
+        maps where the kind can; kinds written before it existed may leave the keyword out (the report then
+        passes none).
+        """
         return None
 
     def render_cell(

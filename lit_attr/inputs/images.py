@@ -169,11 +169,25 @@ class Images(ContinuousKind):
         titles: Sequence[str] | None = None,
         title: str = "",
         decode: Callable[[Tensor], list[str]] | None = None,
+        truths: Sequence[Tensor] | None = None,
     ) -> Rendering | None:
-        """A grid of the images above their maps (:func:`lit_attr.viz.attribution_grid`)."""
+        """A grid of the images, their ground-truth masks (if any) and their maps on one colour scale.
+
+        See :func:`lit_attr.viz.attribution_grid` (``scale="row"``).
+        """
         if not samples:
             return None
+        stacked = torch.stack(list(maps))
+        masks = torch.stack(list(truths)) if truths is not None else None
         figure = viz.attribution_grid(
-            torch.stack(list(samples)), torch.stack(list(maps)), captions=captions, titles=titles, title=title
+            torch.stack(list(samples)), stacked, captions=captions, titles=titles, title=title, masks=masks,
+            scale="row",
+        )  # fmt: skip
+        bound = viz.row_scale(viz.heatmaps(stacked))
+        signed = bool((viz.heatmaps(stacked) < 0).any())
+        legend = (
+            f"One colour scale for the row: {f'-{bound:.3g} to +{bound:.3g}' if signed else f'0 to {bound:.3g}'} "
+            f"(channel sums; the 99.5th percentile of |attribution| over its {len(samples)} maps, values beyond it "
+            "at the end colours). Each row has its own scale: compare colours within a row, not between rows."
         )
-        return Rendering(figure)
+        return Rendering(figure, legend=legend)

@@ -27,10 +27,12 @@ class Rendering(NamedTuple):
     Attributes:
         figure: a matplotlib figure (written as PNG to files, TensorBoard and the report).
         html: a richer form where the kind has one (per-token highlighting), shown by W&B and the report instead.
+        legend: one sentence on how colours map to values (the scale, shared or not), shown beside it in the report.
     """
 
     figure: Figure
     html: str | None = None
+    legend: str | None = None
 
 
 class Space:

@@ -220,15 +220,27 @@ class Tokens(InputKind):
         titles: Sequence[str] | None = None,
         title: str = "",
         decode: Callable[[Tensor], list[str]] | None = None,
+        truths: Sequence[Tensor] | None = None,
     ) -> Rendering | None:
-        """Per-token highlighting, as HTML and as a figure (:func:`lit_attr.viz.token_highlights_html`)."""
+        """Per-token highlighting on one scale, the rationale underlined (:func:`lit_attr.viz.token_highlights_html`).
+
+        The row's scale is its largest ``|score|``.
+        """
         if not samples:
             return None
         decode = decode or viz.token_decoder(None)
         words = [decode(sample) for sample in samples]
-        html = viz.token_highlights_html(words, list(maps), captions=captions, title=title)
-        figure = viz.token_highlights_figure(words, list(maps), captions=captions, title=title)
-        return Rendering(figure, html)
+        scale = max(float(m.abs().max()) if m.numel() else 0.0 for m in maps)
+        options = {"captions": captions, "title": title, "rationales": truths, "scale": scale}
+        html = viz.token_highlights_html(words, list(maps), **options)
+        figure = viz.token_highlights_figure(words, list(maps), **options)
+        legend = (
+            f"One colour scale for the row: -{scale:.3g} to +{scale:.3g} (its largest |score|). Each row has its own "
+            "scale: compare colours within a row, not between rows."
+        )
+        if truths is not None:
+            legend += " Underlined tokens are the rationale (the ground truth)."
+        return Rendering(figure, html, legend)
 
     def render_cell(
         self, sample: Tensor, attributions: Tensor, decode: Callable[[Tensor], list[str]] | None = None

@@ -329,7 +329,7 @@ class ParameterRandomization(Metric):
         return {name: curves[row, -1] for row, name in enumerate(self.similarity)}
 
     def report(self) -> dict[str, Any]:
-        """Per similarity ``{"stages", "curve", "final", "passed"}``, plus ``"threshold"`` and the verdict ``"passed"``.
+        """Per similarity ``{"stages", "curve", "final", "passed"}``, plus ``"threshold"``, ``"order"``, ``"passed"``.
 
         Synchronised across processes like :meth:`compute` (every process must call it).
         """
@@ -341,6 +341,7 @@ class ParameterRandomization(Metric):
             final = curves[row, -1]
             result[name] = {"stages": names, "curve": curves[row], "final": final, "passed": final < self.threshold}
         result["threshold"] = self.threshold
+        result["order"] = self.order  # what the stages are: the figures name the fully randomised one
         deciding = ["spearman_abs"] if "spearman_abs" in self.similarity else list(self.similarity)
         result["passed"] = all(bool(result[name]["passed"]) for name in deciding)
         return result
@@ -362,8 +363,8 @@ class ParameterRandomization(Metric):
             >>> check = ParameterRandomization("saliency", net, similarity="spearman_abs")
             >>> check.update(torch.rand(2, 3, 8, 8))
             >>> fig, ax = check.plot()
-            >>> [label.get_text() for label in ax.get_xticklabels()]  # the stages: one randomised layer
-            ['original', '1']
+            >>> [label.get_text() for label in ax.get_xticklabels()]  # the stages: one randomised layer, so all
+            ['original', 'fully randomised']
             >>> curve = torch.as_tensor(ax.get_lines()[0].get_ydata())  # 1 before any layer is randomised
             >>> round(float(curve[0]), 4), torch.allclose(curve, check.report()["spearman_abs"]["curve"])
             (1.0, True)
@@ -378,7 +379,7 @@ class ParameterRandomization(Metric):
             ax.plot(positions, curve, marker="o", label=f"{name} (final {float(val[name]['final']):.2f})")
         ax.axhline(val["threshold"], color="grey", linestyle="--", linewidth=1, label=f"threshold {val['threshold']}")
         ax.axhline(0.0, color="black", linewidth=0.5)
-        ax.set_xticks(positions, stages, rotation=60, ha="right", fontsize="small")
+        viz.label_stage_axis(ax, stages, self.order, fontsize="small")
         ax.set_ylim(self.plot_lower_bound - 0.05, self.plot_upper_bound + 0.05)
         ax.set_xlabel(f"randomised up to ({self.order.replace('_', '-')})")
         ax.set_ylabel("similarity to original")

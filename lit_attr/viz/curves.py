@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
+from lit_attr.viz.stages import label_stage_axis
+
 __all__ = ["insertion_deletion_figure", "similarity_figure"]
 
 
@@ -76,7 +78,8 @@ def similarity_figure(
     Args:
         results: method name -> a result of
             :class:`~lit_attr.metrics.parameter_randomization.ParameterRandomization`'s ``compute()``
-            (``{similarity: {"stages": [...], "curve": (S,), ...}, "threshold": t}``).
+            (``{similarity: {"stages": [...], "curve": (S,), ...}, "threshold": t, "order": o}``). The stages are
+            labelled by :func:`~lit_attr.viz.stages.stage_labels` ("fully randomised", layer names by block).
         threshold: the pass threshold to draw; defaults to the first result's ``"threshold"``.
         title: the figure's title.
 
@@ -105,7 +108,7 @@ def similarity_figure(
         if threshold is not None:
             ax.axhline(threshold, color="grey", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
         ax.axhline(0.0, color="black", linewidth=0.5)
-        ax.set_xticks(range(len(stages)), stages, rotation=60, ha="right", fontsize=6)
+        label_stage_axis(ax, stages, first.get("order"))
         ax.set_ylim(-1.05, 1.05)
         ax.set_title(measure, fontsize=9)
         ax.set_xlabel("randomised up to", fontsize=8)

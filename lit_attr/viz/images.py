@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -13,12 +13,14 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from lit_attr.viz.common import DIVERGING_CMAP, SEQUENTIAL_CMAP
+from lit_attr.viz.stages import stage_labels
 
 __all__ = [
     "attribution_grid",
     "heatmaps",
     "normalize_heatmaps",
     "randomization_grid",
+    "row_scale",
     "to_display_images",
 ]
 
@@ -114,11 +116,15 @@ def attribution_grid(
     cmap: str | None = None,
     alpha: float = 0.6,
     percentile: float = 99.5,
+    masks: Tensor | None = None,
+    scale: Literal["sample", "row"] = "sample",
 ) -> Figure:
-    """A two-row grid: the inputs on top, their attribution maps overlaid on a grey copy below, and a colour bar.
+    """A grid: the inputs on top, their ground truth below (if given), then their maps over a grey copy, a colour bar.
 
-    Maps are channel sums (:func:`heatmaps`), each scaled by its own robust maximum
-    (:func:`normalize_heatmaps`): colours compare pixels within a sample, not across samples.
+    Maps are channel sums (:func:`heatmaps`). With ``scale="sample"`` each is scaled by its own robust maximum
+    (:func:`normalize_heatmaps`): colours compare pixels within a sample, not across samples. With ``scale="row"``
+    the row shares one scale (the ``percentile``-th percentile of ``|A|`` over all its maps), and the colour bar is
+    in attribution units: colours then compare samples too.
 
     Args:
         images: ``(N, C, H, W)`` inputs.
@@ -130,6 +136,9 @@ def attribution_grid(
         cmap: a matplotlib colour map name; defaults to :data:`DIVERGING_CMAP` or :data:`SEQUENTIAL_CMAP`.
         alpha: opacity of the heatmap over the grey image.
         percentile: see :func:`normalize_heatmaps`.
+        masks: ``(N, H, W)`` ground truth (a mask per sample, values in [0, 1]), drawn in a row of its own between
+            the inputs and the maps: the object over a dimmed input.
+        scale: ``"sample"`` (each map its own scale) or ``"row"`` (one scale for all the maps).
 
     Returns:
         The figure (no pyplot state; render it with :func:`~lit_attr.viz.common.figure_to_array` or ``fig.savefig``).
@@ -150,29 +159,74 @@ def attribution_grid(
     for name, texts in (("captions", captions), ("titles", titles)):
         if texts is not None and len(texts) != n:
             raise ValueError(f"`{name}` must have one entry per image ({n}), got {len(texts)}.")
+    if scale not in ("sample", "row"):
+        raise ValueError(f"`scale` must be 'sample' or 'row', got {scale!r}.")
+    if masks is not None:
+        masks = torch.as_tensor(masks).detach().float().cpu()
+        if tuple(masks.shape) != (n, *display.shape[1:3]):
+            raise ValueError(f"`masks` must be (N, H, W) = {(n, *display.shape[1:3])}, got {tuple(masks.shape)}.")
     signed = bool((maps < 0).any()) if signed is None else bool(signed)
     cmap = cmap or (DIVERGING_CMAP if signed else SEQUENTIAL_CMAP)
-    norm = Normalize(-1.0, 1.0) if signed else Normalize(0.0, 1.0)
-    scaled = normalize_heatmaps(maps, signed, percentile)
+    if scale == "row":
+        bound = row_scale(maps, percentile)
+        norm = Normalize(-bound, bound) if signed else Normalize(0.0, bound)
+        scaled = (maps if signed else maps.abs()).numpy()
+        bar_label = "attribution (one scale for the row)"
+    else:
+        norm = Normalize(-1.0, 1.0) if signed else Normalize(0.0, 1.0)
+        scaled = normalize_heatmaps(maps, signed, percentile)
+        bar_label = "attribution (per-sample scale)"
 
     # Axes placed by hand (in inches) rather than by constrained layout, which costs more than the drawing itself
     # and would be paid at every validation epoch.
-    fig, axes, bar_ax = _image_grid(rows=2, cols=n, cell=1.5, top=0.6 if title else 0.3, bottom=0.5, hgap=0.1, wgap=0.3)
+    rows = 2 if masks is None else 3
+    fig, axes, bar_ax = _image_grid(
+        rows=rows, cols=n, cell=1.5, top=0.6 if title else 0.3, bottom=0.5, hgap=0.1, wgap=0.3, left=0.3
+    )
+    for row, name in enumerate(["input", *(["ground truth"] if masks is not None else []), "attribution"]):
+        axes[row, 0].set_ylabel(name, fontsize=7)
     for i in range(n):
-        top, bottom = axes[0, i], axes[1, i]
+        top, bottom = axes[0, i], axes[rows - 1, i]
         top.imshow(display[i], interpolation="nearest")
         bottom.imshow(_gray(display[i]), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
         bottom.imshow(scaled[i], cmap=cmap, norm=norm, alpha=alpha, interpolation="nearest")
+        if masks is not None:
+            truth = masks[i].clamp(0.0, 1.0).numpy()
+            axes[1, i].imshow(display[i] * (0.25 + 0.75 * truth[..., None]), interpolation="nearest")
+            axes[1, i].contour(truth, levels=[0.5], colors="lime", linewidths=0.8)
         if titles is not None:
             top.set_title(titles[i], fontsize=7)
         if captions is not None:
             bottom.set_xlabel(captions[i], fontsize=7)
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=bar_ax)
-    bar.set_label("attribution (per-sample scale)", fontsize=7)
+    bar.set_label(bar_label, fontsize=7)
     bar.ax.tick_params(labelsize=6)
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
+
+
+def row_scale(maps: Tensor, percentile: float = 99.5) -> float:
+    """The scale that a row of maps shares: the ``percentile``-th percentile of ``|A|`` over all of them.
+
+    Like :func:`normalize_heatmaps`, a few extreme pixels do not wash out the rest; an all-zero row has scale
+    ``1e-12`` (its maps stay neutral).
+
+    Args:
+        maps: ``(N, H, W)`` (or any shape: every value counts).
+        percentile: in (0, 100].
+
+    Example:
+        >>> row_scale(torch.tensor([[[-2.0, 1.0]], [[0.5, 0.0]]]), percentile=100)
+        2.0
+    """
+    if not 0 < percentile <= 100:
+        raise ValueError(f"`percentile` must be in (0, 100], got {percentile!r}.")
+    values = maps.detach().float().cpu().abs().flatten()
+    if not values.numel():
+        return 1e-12
+    bound = float(np.percentile(values.numpy(), percentile))  # numpy: torch.quantile refuses over 2**24 values
+    return max(bound if bound > 0 else float(values.max()), 1e-12)
 
 
 def randomization_grid(
@@ -181,6 +235,7 @@ def randomization_grid(
     title: str | None = None,
     cmap: str = SEQUENTIAL_CMAP,
     percentile: float = 99.5,
+    order: str | None = None,
 ) -> Figure:
     """Rows of samples, columns of randomisation stages: the input, then ``|A|`` at every stage.
 
@@ -193,6 +248,7 @@ def randomization_grid(
         title: the figure's title.
         cmap: colour map of the magnitudes.
         percentile: see :func:`normalize_heatmaps`.
+        order: the check's order, which tells the fully randomised stage (:func:`lit_attr.viz.stage_labels`).
 
     Returns:
         The figure.
@@ -217,7 +273,10 @@ def randomization_grid(
         axes[i, 0].imshow(display[i], interpolation="nearest")
         for j, maps in enumerate(scaled.values(), start=1):
             axes[i, j].imshow(maps[i], cmap=cmap, norm=norm, interpolation="nearest")
-    for j, stage in enumerate(["input", *scaled]):
+    labels = stage_labels(list(scaled), order)
+    blocks = {position: block for block, first, last in labels.blocks for position in range(first, last + 1)}
+    names = [f"{blocks[j]}.{tick}" if j in blocks else tick for j, tick in enumerate(labels.ticks)]
+    for j, stage in enumerate(["input", *names]):
         axes[0, j].set_title(stage, fontsize=7, rotation=30 if len(stage) > 8 else 0)
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=bar_ax)
     bar.set_label("|attribution| (per-map scale)", fontsize=7)
@@ -228,14 +287,14 @@ def randomization_grid(
 
 
 def _image_grid(
-    rows: int, cols: int, cell: float, top: float, bottom: float, hgap: float, wgap: float = 0.15
+    rows: int, cols: int, cell: float, top: float, bottom: float, hgap: float, wgap: float = 0.15, left: float = 0.1
 ) -> tuple[Figure, np.ndarray, Any]:
     """A figure of ``rows x cols`` square image axes of ``cell`` inches, plus a colour-bar axis on the right.
 
     ``top`` and ``bottom`` reserve inches for the titles above the first row and the captions under the last,
-    ``hgap`` and ``wgap`` separate the rows and the columns.
+    ``left`` for the rows' labels, ``hgap`` and ``wgap`` separate the rows and the columns.
     """
-    left, bar_space = 0.1, 0.9
+    bar_space = 0.9
     width = left + cols * cell + (cols - 1) * wgap + bar_space
     height = top + rows * cell + (rows - 1) * hgap + bottom
     fig = Figure(figsize=(width, height), dpi=100)

@@ -202,7 +202,8 @@ def test_plot_uses_the_object_oriented_api(tiny):
     figures = plt.get_fignums()
     fig, ax = metric.plot()
     assert isinstance(fig, Figure) and len(ax.get_lines()) == 5  # 3 curves + threshold + zero line
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["original", "fc", "conv2", "bn", "conv1"]
+    # Top-down: the last stage (named after conv1, the layer randomised last) is the fully randomised network.
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["original", "fc", "conv2", "bn", "fully randomised"]
     assert plt.get_fignums() == figures
 
 
