@@ -13,6 +13,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from lit_attr.evaluate.command import (
     CLIError,
@@ -110,12 +111,39 @@ def _evaluate_command(argv: Sequence[str]) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- LightningCLI
+def _gradients_for_callbacks(trainer: Any, command: str) -> None:
+    """Run ``validate``/``test`` without ``torch.inference_mode`` when a callback declares ``needs_gradients``.
+
+    Lightning runs these loops under inference mode by default, where no gradient can be taken; a user who attaches
+    an attribution callback to them wants it to run, so the command switches the mode off and says so in one line.
+    """
+    loop = trainer.validate_loop if command == "validate" else trainer.test_loop
+    needing = sorted({type(cb).__name__ for cb in trainer.callbacks if getattr(cb, "needs_gradients", False)})
+    if not needing or not loop.inference_mode:
+        return
+    loop.inference_mode = False
+    if _is_rank_zero():
+        sys.stderr.write(
+            f"lit_attr {command}: running with --trainer.inference_mode false, since {', '.join(needing)} "
+            f"{'needs' if len(needing) == 1 else 'need'} gradients\n"
+        )
+
+
 def _lightning_command(argv: Sequence[str] | None) -> int:
     from lightning import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
 
+    class AttributionCLI(LightningCLI):
+        """LightningCLI whose ``validate``/``test`` keep gradients for the callbacks that attribute."""
+
+        def before_validate(self) -> None:
+            _gradients_for_callbacks(self.trainer, "validate")
+
+        def before_test(self) -> None:
+            _gradients_for_callbacks(self.trainer, "test")
+
     default_wandb_offline()
-    LightningCLI(
+    AttributionCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
