@@ -270,8 +270,12 @@ def test_vit_demo_fast_end_to_end(tmp_path: Path):
     assert list(logs.rglob("media/randomization/generic_attention/stages/*.png"))
 
 
-# A browser decodes and lays out the page: the check a person's eyes would make. `make test` installs chromium.
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs chromium (make test installs it)")
+# A browser decodes and lays out the page: the check a person's eyes would make. `make browser` installs chromium
+# (`.ci/run` does, before `make test`); `make test` installs nothing system-wide.
+NO_CHROMIUM = "chromium is not on PATH: `make browser` installs it (as root, with apt-get)"
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason=NO_CHROMIUM)
 def test_report_renders_in_headless_chromium(demo_run: tuple[Path, subprocess.CompletedProcess], tmp_path: Path):
     report = demo_run[0] / "demo" / "evaluation" / "report.html"
     page = report.read_text(encoding="utf-8")
