@@ -134,6 +134,8 @@ def test_help_lists_every_command_with_examples():
     for command, sub in zip(("evaluate", "demo", "fit"), subs, strict=True):
         assert sub.returncode == 0, sub.stderr
         assert "examples:" in sub.stdout, command
+        # Docstrings feed the help: their Sphinx roles and inline literals are shown as plain text.
+        assert not re.search(r":[a-z]+:`|``", sub.stdout), (command, re.search(r".*(:[a-z]+:`|``).*", sub.stdout))
     assert "--ckpt_path" in subs[0].stdout
 
 
