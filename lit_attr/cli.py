@@ -73,6 +73,9 @@ examples:
   lit_attr fit --config configs/demo.yaml --trainer.max_epochs 2 --trainer.default_root_dir runs/demo
   lit_attr validate --config configs/demo.yaml --ckpt_path runs/demo/checkpoints/last.ckpt
   lit_attr fit --config configs/imagenet_resnet50.yaml --trainer.devices 8 --trainer.num_nodes 2
+
+validate and test run without torch.inference_mode when a callback needs gradients (AttributionMonitor), and say so
+in one line.
 """
 
 
