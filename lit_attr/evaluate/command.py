@@ -153,7 +153,7 @@ def run_evaluate(argv: Sequence[str], progress: bool = True) -> tuple[dict[str, 
 
     Args:
         argv: the arguments after ``evaluate``.
-        progress: show progress bars.
+        progress: show progress (a bar on a terminal, plain lines on stderr elsewhere).
 
     Returns:
         The evaluation result and the output directory.
