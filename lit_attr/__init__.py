@@ -13,11 +13,47 @@ The callbacks (``AttributionMonitor``, ``RandomizationCheck``), ``lit_attr evalu
 thin users of :class:`~lit_attr.runner.AttributionRunner`.
 """
 
-from lit_attr.callbacks import AttributionMonitor, RandomizationCheck
-from lit_attr.methods import AttributionMethod, available_methods, get_method
-from lit_attr.runner import AttributionRunner
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lit_attr.callbacks import AttributionMonitor, RandomizationCheck
+    from lit_attr.methods import AttributionMethod, available_methods, get_method
+    from lit_attr.runner import AttributionRunner
 
 __version__ = "0.1.0"
+
+# Imported on first use (PEP 562): `import lit_attr` must not import torch, so that the console script answers
+# `lit_attr evaluate --help` at once.
+_EXPORTS = {
+    "AttributionMethod": "lit_attr.methods",
+    "AttributionMonitor": "lit_attr.callbacks",
+    "AttributionRunner": "lit_attr.runner",
+    "RandomizationCheck": "lit_attr.callbacks",
+    "available_methods": "lit_attr.methods",
+    "get_method": "lit_attr.methods",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The public names above, and the subpackages (``lit_attr.metrics`` after ``import lit_attr``), on first use."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("__"):
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}":  # the module exists but one of its imports is missing
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
 
 __all__ = [
     "AttributionMethod",

@@ -134,6 +134,8 @@ def test_help_lists_every_command_with_examples():
     for command, sub in zip(("evaluate", "demo", "fit"), subs, strict=True):
         assert sub.returncode == 0, sub.stderr
         assert "examples:" in sub.stdout, command
+        # Docstrings feed the help: their Sphinx roles and inline literals are shown as plain text.
+        assert not re.search(r":[a-z]+:`|``", sub.stdout), (command, re.search(r".*(:[a-z]+:`|``).*", sub.stdout))
     assert "--ckpt_path" in subs[0].stdout
 
 
@@ -289,8 +291,12 @@ def test_vit_demo_fast_end_to_end(tmp_path: Path):
     assert list(logs.rglob("media/randomization/generic_attention/stages/*.png"))
 
 
-# A browser decodes and lays out the page: the check a person's eyes would make. `make test` installs chromium.
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs chromium (make test installs it)")
+# A browser decodes and lays out the page: the check a person's eyes would make. `make browser` installs chromium
+# (`.ci/run` does, before `make test`); `make test` installs nothing system-wide.
+NO_CHROMIUM = "chromium is not on PATH: `make browser` installs it (as root, with apt-get)"
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason=NO_CHROMIUM)
 def test_report_renders_in_headless_chromium(demo_run: tuple[Path, subprocess.CompletedProcess], tmp_path: Path):
     report = demo_run[0] / "demo" / "evaluation" / "report.html"
     page = report.read_text(encoding="utf-8")

@@ -129,6 +129,9 @@ class AttributionMonitor(AttributionCallback):
 
     runs_after_validation = True
 
+    #: It attributes in validate/test too, so `lit_attr validate`/`test` switch their inference_mode off for it.
+    needs_gradients = True
+
     def __init__(
         self,
         methods: MethodsArg,
@@ -223,16 +226,14 @@ class AttributionMonitor(AttributionCallback):
     # ------------------------------------------------------------------ hooks
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Refuse, before anything runs, what cannot work: inference mode outside ``fit``, unknown metric names."""
-        if stage == "predict":
-            return
-        if stage in ("validate", "test"):
-            loop = trainer.validate_loop if stage == "validate" else trainer.test_loop
-            if loop.inference_mode:
-                raise ValueError(
-                    f"AttributionMonitor needs gradients, but `trainer.{stage}()` runs under torch.inference_mode. "
-                    "Pass `Trainer(inference_mode=False)` to use the monitor outside of `fit`."
-                )
+        """Refuse, before anything runs, ``validate``/``test`` under inference mode (no gradients)."""
+        loop = trainer.validate_loop if stage == "validate" else trainer.test_loop if stage == "test" else None
+        if loop is not None and loop.inference_mode:
+            name = getattr(stage, "value", stage)  # a TrainerFn: its str() is "TrainerFn.VALIDATING"
+            raise ValueError(
+                f"AttributionMonitor needs gradients, but this Trainer runs `{name}` under torch.inference_mode: "
+                f"build it with `Trainer(inference_mode=False)` (`lit_attr {name}` does this itself)."
+            )
 
     # Methods, metrics and the probe set are prepared in the *_start hooks, not in setup: Lightning calls callback
     # setup before LightningModule.setup and configure_model, where modules may create their data and layers.

@@ -10,6 +10,7 @@ PNG figures and a self-contained ``report.html`` into ``output_dir``. One concer
 * :mod:`~lit_attr.evaluate.storage`: where it writes: checks before the work, the output's lock, storage errors;
 * :mod:`~lit_attr.evaluate.preemption`: SIGTERM, SIGINT and SLURM's requeue signal stop it with its state saved;
 * :mod:`~lit_attr.evaluate.driver`: the Lightning driver, sharding and resuming;
+* :mod:`~lit_attr.evaluate.progress`: progress as a bar on a terminal, as plain lines in logs;
 * :mod:`~lit_attr.evaluate.results`: the results and their output (files, loggers);
 * :mod:`~lit_attr.evaluate.run`: :func:`evaluate` itself, tying them together;
 * :mod:`~lit_attr.evaluate.command`: the ``lit_attr evaluate`` command (parser, checkpoint, run).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,29 +25,15 @@ __all__ = [
     "default_wandb_offline",
     "finish_wandb",
     "help_formatter",
+    "plain_help_parser",
+    "plain_text",
     "run_evaluate",
 ]
 
-_EVALUATE_EPILOG = """\
-examples:
-  lit_attr evaluate --config configs/evaluate_demo.yaml --ckpt_path model.ckpt
-  lit_attr evaluate --config configs/evaluate_demo.yaml --ckpt_path model.ckpt --output_dir out \\
-      --split test --limit_samples 32 --methods '[saliency, mfaba]' --method_kwargs '{mfaba: {max_steps: 20}}'
-  lit_attr evaluate --config cfg.yaml --ckpt_path model.ckpt --trainer.accelerator cpu \\
-      --trainer.devices 2 --trainer.strategy ddp    # each sample is counted once; same numbers as 1 process
-  lit_attr evaluate --config cfg.yaml --ckpt_path model.ckpt --resume true    # continue a killed run
-
-The config uses LightningCLI's layout (model: {class_path, init_args}, data: {...}, trainer: {...}); a fit config
-can be combined with an evaluation config: --config fit.yaml --config evaluate.yaml.
-Results are written to a hidden work directory next to --output_dir and moved there when complete; a finished
---output_dir is only replaced with --overwrite true. Every --checkpoint_every batches each process saves its
-partial state in the work directory: --resume true continues a killed run (same configuration and number of
-processes) where it stopped. SIGTERM or SIGINT (and SLURM's requeue signal) stop a run at once with its state saved
-and exit code 128 + the signal (143, 130); one run at a time works on an --output_dir (a lock next to it).
-Checkpoints are loaded with torch.load(weights_only=True): tensors and plain values only. A checkpoint that needs
-other Python objects, or a URL, is refused unless you pass --trust_checkpoint true (only for files you trust: it
-unpickles with weights_only=False, which can run code).
-"""
+_EVALUATE_EPILOG = (
+    "lit_attr evaluate --help shows lit-attr's options by group, with examples and notes; lit_attr evaluate "
+    "--help-trainer the Trainer's."
+)
 
 
 class CLIError(Exception):
@@ -57,13 +44,35 @@ class CLIError(Exception):
         self.exit_code = exit_code
 
 
+#: Sphinx roles (:class:`~a.B`, :func:`f`) and inline literals (``x``) of docstrings, shown in help as plain text.
+_ROLE = re.compile(r":[a-z]+:`~?([^`<]*?)(?:\s*<[^`]*>)?`")
+_LITERAL = re.compile(r"``([^`]*)``")
+
+
+def plain_text(text: str) -> str:
+    """``text`` without the reST markup of docstrings: a role becomes its target's name, an inline literal its text.
+
+    Example:
+        >>> plain_text("a :class:`~lit_attr.batch.Batch`, :func:`f <mod.f>` or ``None``")
+        'a Batch, f or None'
+    """
+    text = _ROLE.sub(lambda match: match[1] if "~" not in match[0] else match[1].rsplit(".", 1)[-1], text)
+    return _LITERAL.sub(r"\1", text)
+
+
 def help_formatter() -> type:
-    """Return jsonargparse's help formatter, keeping description and epilog line breaks (the examples) as written."""
+    """Return jsonargparse's help formatter: plain text (no reST markup), description and epilog lines as written."""
     from jsonargparse import DefaultHelpFormatter
 
     class RawTextFormatter(DefaultHelpFormatter):
         def _fill_text(self, text: str, width: int, indent: str) -> str:
-            return "".join(indent + line for line in text.splitlines(keepends=True))
+            return "".join(indent + line for line in plain_text(text).splitlines(keepends=True))
+
+        def _expand_help(self, action: Any) -> str:
+            return plain_text(super()._expand_help(action))
+
+        def start_section(self, heading: str | None) -> None:  # a group's heading: its class docstring's first line
+            super().start_section(heading and plain_text(heading))
 
     return RawTextFormatter
 
@@ -84,16 +93,35 @@ def finish_wandb(trainer: Any) -> None:
         wandb.finish()  # a no-op when the logger never started a run
 
 
+def plain_help_parser() -> type:
+    """Return jsonargparse's ArgumentParser with :func:`help_formatter` as default, for plain sub-helps too.
+
+    jsonargparse builds the help of ``--model.help CLASS`` with a new parser of the same type and no formatter.
+
+    Example::
+
+        plain_help_parser()(prog="lit_attr evaluate").print_help()
+    """
+    from jsonargparse import ArgumentParser
+
+    formatter = help_formatter()
+
+    class PlainHelpParser(ArgumentParser):
+        def __init__(self, *args: Any, formatter_class: type = formatter, **kwargs: Any) -> None:
+            super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+    return PlainHelpParser
+
+
 def build_evaluate_parser() -> Any:
     """The jsonargparse parser of ``lit_attr evaluate`` (LightningCLI-style ``model``/``data``/``trainer``)."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from jsonargparse import ActionConfigFile
     from lightning import LightningDataModule, LightningModule, Trainer
 
-    parser = ArgumentParser(
+    parser = plain_help_parser()(
         prog="lit_attr evaluate",
         description="Run attribution methods and faithfulness metrics on a trained checkpoint.",
         epilog=_EVALUATE_EPILOG,
-        formatter_class=help_formatter(),
         exit_on_error=False,  # run_evaluate reports parse errors in one line, like every other error
     )
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML config (LightningCLI layout)")
@@ -125,7 +153,7 @@ def run_evaluate(argv: Sequence[str], progress: bool = True) -> tuple[dict[str, 
 
     Args:
         argv: the arguments after ``evaluate``.
-        progress: show progress bars.
+        progress: show progress (a bar on a terminal, plain lines on stderr elsewhere).
 
     Returns:
         The evaluation result and the output directory.

@@ -27,6 +27,7 @@ from lit_attr._resume import WorkDirectory, agree
 from lit_attr.batch import BatchAdapter, adapt_batch
 from lit_attr.evaluate.checks import EvaluationError
 from lit_attr.evaluate.preemption import Preemption
+from lit_attr.evaluate.progress import ProgressBar  # here before it had its module: the name keeps working
 from lit_attr.evaluate.results import to_plain
 from lit_attr.evaluate.storage import storage_error
 from lit_attr.metrics import get_metric_spec
@@ -283,40 +284,3 @@ class EvaluationModule(LightningModule):
         self.scalars = {key: float(value) for key, value in self._runner.scalars(results).items()}
         self.records = gather_records(self.records)
 
-
-class ProgressBar:
-    """A rich progress bar over attributed samples, or nothing (other ranks, ``progress=False``)."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled = enabled
-        self.total = total
-        self._progress: Any = None
-        self._task: Any = None
-
-    def __enter__(self) -> ProgressBar:
-        if self.enabled:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._progress = Progress(
-                TextColumn("[bold]evaluating[/bold] {task.description}"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total} samples"),
-                TimeElapsedColumn(),
-                transient=True,
-            )
-            self._progress.start()
-            self._task = self._progress.add_task("", total=self.total)
-        return self
-
-    def update(self, description: str, samples: int) -> None:
-        """Show ``description`` (if any) and advance by ``samples`` attributed samples."""
-        if self._progress is None:
-            return
-        if description:
-            self._progress.update(self._task, description=description)
-        if samples:
-            self._progress.advance(self._task, samples)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()

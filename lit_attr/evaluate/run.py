@@ -107,7 +107,8 @@ def evaluate(
             ``fast_dev_run``) cuts the evaluated samples to a prefix of the split, with a warning; the limit is
             recorded under ``trainer_limits`` and ``num_samples`` counts the samples actually scored.
         config: the resolved configuration, stored in ``metrics.json``.
-        progress: show rich progress bars on rank 0.
+        progress: show progress on rank 0: a rich bar on a terminal, plain lines on stderr elsewhere
+            (:mod:`lit_attr.evaluate.progress`).
         tokenizer: turns token ids into the words of the report's highlighting (see
             :func:`lit_attr.viz.token_decoder`); defaults to the datamodule (its ``decode`` or ``tokenizer``).
         resume: continue the unfinished evaluation in the work directory (a killed run): every rank reloads its

@@ -37,8 +37,13 @@ def test_validation_set_smaller_than_num_samples_warns_and_uses_all(tmp_path):
 @pytest.mark.parametrize("stage", ["validate", "test"])
 def test_evaluation_under_inference_mode_is_refused(tmp_path, stage):
     trainer = L.Trainer(default_root_dir=tmp_path, logger=False, callbacks=[_monitor()], **TRAINER_DEFAULTS)
-    with pytest.raises(ValueError, match=r"runs under torch.inference_mode\. Pass `Trainer\(inference_mode=False\)`"):
+    with pytest.raises(ValueError) as refused:
         getattr(trainer, stage)(model(), datamodule=datamodule(), verbose=False)
+    # One sentence naming the stage by its value (not Lightning's enum) and the fix.
+    assert str(refused.value) == (
+        f"AttributionMonitor needs gradients, but this Trainer runs `{stage}` under torch.inference_mode: build it "
+        f"with `Trainer(inference_mode=False)` (`lit_attr {stage}` does this itself)."
+    )
 
 
 @pytest.mark.parametrize("stage", ["validate", "test"])

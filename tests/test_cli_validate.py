@@ -1,0 +1,74 @@
+"""`lit_attr validate`/`test` with an attribution callback: the command keeps gradients, and says so in one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lit_attr.callbacks import AttributionMonitor, RandomizationCheck
+from lit_attr.cli import _gradients_for_callbacks
+from lit_attr.data import ShapesDataModule
+from lit_attr.models import DemoClassifier
+
+REPO = Path(__file__).resolve().parents[1]
+NOTE = "running with --trainer.inference_mode false, since AttributionMonitor needs gradients"
+
+
+@pytest.fixture(scope="module")
+def demo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint of configs/demo.yaml's model after one step, its hyperparameters as `lit_attr fit` saves them."""
+    L.seed_everything(0, verbose=False)
+    model = DemoClassifier(num_classes=4, width=16)
+    trainer = L.Trainer(max_steps=1, limit_val_batches=0, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, datamodule=ShapesDataModule(num_train=8, num_val=8, batch_size=8))
+    path = tmp_path_factory.mktemp("validate") / "demo.ckpt"
+    trainer.save_checkpoint(path)
+    # LightningCLI names the class in the hyperparameters it saves, and reads it back from --ckpt_path.
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["hyper_parameters"]["_class_path"] = "lit_attr.models.DemoClassifier"
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.mark.parametrize("command", ["validate", "test"])
+def test_validate_and_test_with_the_demo_config_run_the_monitor(command: str, demo_checkpoint: Path, tmp_path: Path):
+    split = "val" if command == "validate" else "test"
+    args = ["--config", str(REPO / "configs" / "demo.yaml"), "--ckpt_path", str(demo_checkpoint),
+            "--trainer.logger", "false", f"--data.num_{split}", "16", "--data.batch_size", "16",
+            f"--trainer.limit_{split}_batches", "1"]  # fmt: skip
+    # Wide enough for rich to print the metric names whole.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    out = subprocess.run([sys.executable, "-m", "lit_attr.cli", command, *args], capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [line for line in out.stderr.splitlines() if "inference_mode" in line] == [f"lit_attr {command}: {NOTE}"]
+    # The monitor ran on the split: its scores are in Lightning's table of the logged metrics, for every method.
+    for method in ("saliency", "integrated_gradients", "mfaba"):
+        assert f"attr/{method}/insertion_deletion/insertion " in out.stdout, out.stdout
+
+
+def _trainer(callbacks: list, inference_mode: bool = True) -> L.Trainer:
+    return L.Trainer(callbacks=callbacks, inference_mode=inference_mode, logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
+
+
+def test_only_callbacks_that_need_gradients_switch_inference_mode_off(capsys: pytest.CaptureFixture):
+    monitor = AttributionMonitor(["saliency"], num_samples=4)
+    trainer = _trainer([monitor])
+    _gradients_for_callbacks(trainer, "test")
+    assert (trainer.test_loop.inference_mode, trainer.validate_loop.inference_mode) == (False, True)
+    assert capsys.readouterr().err == f"lit_attr test: {NOTE}\n"
+
+    # Already off: nothing to say. RandomizationCheck runs in fit only, where Lightning keeps gradients.
+    for trainer in (_trainer([monitor], inference_mode=False), _trainer([RandomizationCheck(["saliency"])])):
+        before = trainer.validate_loop.inference_mode
+        _gradients_for_callbacks(trainer, "validate")
+        assert trainer.validate_loop.inference_mode is before
+    assert capsys.readouterr().err == ""
