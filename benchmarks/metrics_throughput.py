@@ -85,7 +85,7 @@ def inputs(name: str, model: torch.nn.Module, side: int, n: int, device: torch.d
     masks[:, side // 4 : 3 * side // 4, side // 4 : 3 * side // 4] = True
     attributions = get_method("saliency", model).attribute(x, target, logits=logits)
     given = {"x": x, "attributions": attributions, "target": target, "masks": masks, "logits": logits}
-    return {**given, "attention_mask": None, "special_tokens_mask": None}
+    return {**given, "attention_mask": None, "special_tokens_mask": None, "model_inputs": None}
 
 
 def per_sample(values: dict[str, torch.Tensor]) -> torch.Tensor:

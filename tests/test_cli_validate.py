@@ -9,11 +9,11 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-import torch
 
 from lit_attr.callbacks import AttributionMonitor, RandomizationCheck
 from lit_attr.cli import _gradients_for_callbacks
 from lit_attr.data import ShapesDataModule
+from lit_attr.demo import save_cli_checkpoint
 from lit_attr.models import DemoClassifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,18 +22,15 @@ NOTE = "running with --trainer.inference_mode false, since AttributionMonitor ne
 
 @pytest.fixture(scope="module")
 def demo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A checkpoint of configs/demo.yaml's model after one step, its hyperparameters as `lit_attr fit` saves them."""
+    """A checkpoint of configs/demo.yaml's model after one step, saved as `lit_attr demo` saves its own."""
     L.seed_everything(0, verbose=False)
     model = DemoClassifier(num_classes=4, width=16)
     trainer = L.Trainer(max_steps=1, limit_val_batches=0, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
     trainer.fit(model, datamodule=ShapesDataModule(num_train=8, num_val=8, batch_size=8))
     path = tmp_path_factory.mktemp("validate") / "demo.ckpt"
-    trainer.save_checkpoint(path)
-    # LightningCLI names the class in the hyperparameters it saves, and reads it back from --ckpt_path.
-    checkpoint = torch.load(path, weights_only=True)
-    checkpoint["hyper_parameters"]["_class_path"] = "lit_attr.models.DemoClassifier"
-    torch.save(checkpoint, path)
+    save_cli_checkpoint(trainer, model, path)  # as `lit_attr demo` saves its checkpoint
+    assert "_class_path" not in model.hparams  # the model's own hyperparameters are left alone
     return path
 
 

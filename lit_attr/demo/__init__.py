@@ -6,7 +6,7 @@ trains and evaluates and its budgets (data only), :mod:`~lit_attr.demo.driver` r
 """
 
 from lit_attr.demo.command import demo_command, demo_help
-from lit_attr.demo.driver import MIN_ACCURACY, accuracy_warning, run_demo
+from lit_attr.demo.driver import MIN_ACCURACY, accuracy_warning, run_demo, save_cli_checkpoint
 from lit_attr.demo.table import DEMO_BUDGETS, DEMO_TABLE, DEMOS, Budget, Demo
 
 __all__ = [
@@ -20,4 +20,5 @@ __all__ = [
     "demo_command",
     "demo_help",
     "run_demo",
+    "save_cli_checkpoint",
 ]

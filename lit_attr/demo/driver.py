@@ -13,13 +13,16 @@ import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lit_attr.demo.table import DEMO_TABLE, Budget, Demo
 from lit_attr.evaluate.command import default_wandb_offline, finish_wandb, run_evaluate
+
+if TYPE_CHECKING:
+    import lightning as L
 from lit_attr.report import summary_table
 
-__all__ = ["MIN_ACCURACY", "accuracy_warning", "run_demo"]
+__all__ = ["MIN_ACCURACY", "accuracy_warning", "run_demo", "save_cli_checkpoint"]
 
 #: Validation accuracy under which a demo warns that the model it explains barely works.
 MIN_ACCURACY: float = 0.8
@@ -102,7 +105,7 @@ def run_demo(
     accuracy = float(trainer.callback_metrics.get("val_acc", float("nan")))
     console.print(f"validation accuracy after {budget.epochs} epochs: [bold]{accuracy:.3f}[/bold]")
     ckpt = out / "checkpoints" / "demo.ckpt"
-    trainer.save_checkpoint(ckpt)
+    save_cli_checkpoint(trainer, net, ckpt)
     finish_wandb(trainer)
 
     logger_cfg = _evaluate_logger_cfg(out, wandb_mode, f"{run_name}-evaluate")
@@ -293,3 +296,20 @@ def _evaluate_logger_cfg(out: Path, mode: str | None, name: str) -> Any:
         "class_path": "lightning.pytorch.loggers.WandbLogger",
         "init_args": {"project": "lit_attr_demo", "name": name, "save_dir": str(out), "offline": mode == "offline"},
     }
+
+
+def save_cli_checkpoint(trainer: L.Trainer, model: L.LightningModule, path: Path | str) -> None:
+    """Save ``model``'s checkpoint as ``lit_attr fit`` does, so that ``lit_attr validate/test --ckpt_path`` read it.
+
+    LightningCLI rebuilds the model from the class the checkpoint's hyperparameters name (``_class_path``), which
+    only checkpoints written under LightningCLI carry; the model's own ``hparams`` are left as they were.
+
+    Example::
+
+        save_cli_checkpoint(trainer, model, "lit_attr_demo/cnn/checkpoints/demo.ckpt")
+    """
+    model.hparams["_class_path"] = f"{type(model).__module__}.{type(model).__qualname__}"
+    try:
+        trainer.save_checkpoint(path)
+    finally:
+        del model.hparams["_class_path"]
