@@ -30,8 +30,10 @@ lint: install
 test: install lint
 	WANDB_MODE=disabled OMP_NUM_THREADS=1 $(BIN)/python -m pytest
 
+# `make demo DEMO_ARGS="--overwrite true"` replaces an earlier run; any `lit_attr demo` option goes there.
+DEMO_ARGS ?=
 demo: install
-	WANDB_MODE=offline $(BIN)/lit_attr demo
+	WANDB_MODE=offline $(BIN)/lit_attr demo $(DEMO_ARGS)
 
 bench: install
 	set -e; for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script; done
