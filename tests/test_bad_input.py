@@ -33,6 +33,12 @@ from lit_attr.metrics import available_metrics, get_metric_spec
 from lit_attr.models import DemoClassifier
 from lit_attr.runner import AttributionRunner
 
+# Lightning's note on a missing loader, and the probe's on a small set: the cases build them on purpose.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`"),
+    pytest.mark.filterwarnings("ignore:.*the validation set has .* fewer than"),
+]
+
 VIT_ONLY = set(available_methods()) - set(available_methods(nn.Identity()))
 FAST = {
     "fei": {"iterations": 2, "levels": (0.5,)},

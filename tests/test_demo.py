@@ -17,6 +17,9 @@ import lit_attr.demo.driver as driver
 from lit_attr.cli import main
 from lit_attr.demo import DEMO_TABLE, MIN_ACCURACY, accuracy_warning, run_demo
 
+# The demo shrunk to one step logs less often than Lightning's interval: its note is noise here.
+pytestmark = pytest.mark.filterwarnings("ignore:The number of training batches")
+
 _TINY_BUDGET = driver.Budget(
     epochs=1, num_train=64, num_val=32, limit_samples=2, batch_size=2, randomization_samples=0,
     method_kwargs={"saliency": {}}, monitor_samples=2, model_kwargs={"width": 4},

@@ -102,6 +102,7 @@ def _crashed_at_the_third_batch(out: Path) -> None:
     [({"limit_test_batches": 3}, "`num_samples`"), ({"precision": "64-true"}, "`precision`")],
     ids=["trainer_limit", "precision"],
 )
+@pytest.mark.filterwarnings("ignore:.*limits the evaluation to")  # the limit's warning is tested on its own
 def test_a_resume_under_other_trainer_limits_or_precision_is_refused(tmp_path: Path, trainer_options, named):
     out = tmp_path / "out"
     _crashed_at_the_third_batch(out)

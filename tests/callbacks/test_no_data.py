@@ -13,6 +13,9 @@ from torch.utils.data import DataLoader, IterableDataset
 from callbacks._helpers import METRIC_KWARGS, SEED, TRAINER_DEFAULTS, datamodule, model
 from lit_attr.callbacks import AttributionMonitor, RandomizationCheck
 
+# Lightning's own note on the missing loader these tests build on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
+
 
 def _monitor(**kwargs) -> AttributionMonitor:
     return AttributionMonitor(["saliency"], num_samples=4, metric_kwargs=METRIC_KWARGS, **kwargs)
