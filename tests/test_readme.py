@@ -101,8 +101,12 @@ def run_blocks(text: str, sizes: str) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("readme") / "results.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(README.parent), os.environ.get("PYTHONPATH", "")])}
+    # Not the W&B state of this process: an earlier test's wandb service (WANDB_SERVICE) would take the blocks' runs
+    # and write their console logs into its own working directory, the repository.
+    env = {key: value for key, value in os.environ.items() if key == "WANDB_MODE" or not key.startswith("WANDB_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(README.parent), os.environ.get("PYTHONPATH", "")])
     env.setdefault("WANDB_MODE", "disabled")
+    env["WANDB_DIR"] = str(out.parent)
     env.setdefault(SIZES_VARIABLE, "small")
     env.setdefault("MPLBACKEND", "Agg")
     done = subprocess.run(
