@@ -45,6 +45,7 @@ __all__ = [
     "agree",
     "check_output_dir",
     "model_digest",
+    "pid_alive",
     "recover_interrupted_swap",
     "work_dir",
     "write_result",
@@ -317,7 +318,7 @@ def recover_interrupted_swap(output_dir: Path) -> str | None:
     olds = []
     for old in output_dir.parent.glob(f".{output_dir.name}.old-*"):
         pid = old.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             olds.append(old)
     if not olds:
         return None
@@ -337,7 +338,8 @@ def recover_interrupted_swap(output_dir: Path) -> str | None:
     return f"lit_attr evaluate: {note}"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID runs (another user's counts; a number no process can have does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

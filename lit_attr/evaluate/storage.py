@@ -18,7 +18,7 @@ import os
 import shutil
 from pathlib import Path
 
-from lit_attr._resume import work_dir
+from lit_attr._resume import pid_alive, work_dir
 from lit_attr.evaluate.checks import EvaluationError
 
 __all__ = ["OutputLock", "check_storage", "expected_bytes", "storage_error"]
@@ -172,7 +172,7 @@ class OutputLock:
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
         self._descriptor = descriptor
-        if previous is not None and previous != os.getpid() and not _alive(previous):
+        if previous is not None and previous != os.getpid() and not pid_alive(previous):
             return (
                 f"lit_attr evaluate: took over the lock {str(self.path)!r} left by PID {previous}, which is no longer "
                 "running"
@@ -194,13 +194,3 @@ def _read_pid(descriptor: int) -> int | None:
         return int(os.pread(descriptor, 32, 0).decode().strip())
     except (OSError, ValueError):
         return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
