@@ -14,7 +14,37 @@ from lit_attr.metrics._scores import MeanScores
 if TYPE_CHECKING:
     from lit_attr.batch import Batch
 
-__all__ = ["MethodScores"]
+__all__ = ["MethodScores", "resolve_method"]
+
+
+def resolve_method(
+    method: str | AttributionMethod, model: nn.Module | None, method_kwargs: dict[str, Any] | None
+) -> AttributionMethod:
+    """The method a metric runs: built from a registered name and ``model``, or the instance given (of ``model``).
+
+    Raises:
+        TypeError: for a name without a model, options that are not a dict, or a method of another type.
+        ValueError: for options with an instance, or an instance of another model than ``model``.
+    """
+    if isinstance(method, str):
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"`model` must be a torch.nn.Module when `method` is a name ({method!r}), got "
+                f"{type(model).__name__}."
+            )
+        if method_kwargs is not None and not isinstance(method_kwargs, dict):
+            raise TypeError(f"`method_kwargs` must be a dict or None, got {type(method_kwargs).__name__}.")
+        return get_method(method, model, **(method_kwargs or {}))
+    if isinstance(method, AttributionMethod):
+        if method_kwargs:
+            raise ValueError("`method_kwargs` only apply when `method` is a name; configure the instance instead.")
+        if model is not None and model is not method.model:
+            raise ValueError("`model` must be omitted or be `method.model` when `method` is an instance.")
+    else:
+        raise TypeError(
+            f"`method` must be a registered method name or an AttributionMethod, got {type(method).__name__}."
+        )
+    return method
 
 
 class MethodScores(MeanScores):
@@ -36,24 +66,7 @@ class MethodScores(MeanScores):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if isinstance(method, str):
-            if not isinstance(model, nn.Module):
-                raise TypeError(
-                    f"`model` must be a torch.nn.Module when `method` is a name ({method!r}), got "
-                    f"{type(model).__name__}."
-                )
-            if method_kwargs is not None and not isinstance(method_kwargs, dict):
-                raise TypeError(f"`method_kwargs` must be a dict or None, got {type(method_kwargs).__name__}.")
-            method = get_method(method, model, **(method_kwargs or {}))
-        elif isinstance(method, AttributionMethod):
-            if method_kwargs:
-                raise ValueError("`method_kwargs` only apply when `method` is a name; configure the instance instead.")
-            if model is not None and model is not method.model:
-                raise ValueError("`model` must be omitted or be `method.model` when `method` is an instance.")
-        else:
-            raise TypeError(
-                f"`method` must be a registered method name or an AttributionMethod, got {type(method).__name__}."
-            )
+        method = resolve_method(method, model, method_kwargs)
         # By reference, as the model of the other metrics: the method holds the user's model, which stays out of this
         # metric's modules and state, and a clone explains with the same method.
         self._method_ref = ModelRef(method)

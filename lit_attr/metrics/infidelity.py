@@ -24,7 +24,7 @@ from lit_attr.functional.infidelity import (
     sensitivity,
 )
 from lit_attr.methods.base import AttributionMethod, TargetType
-from lit_attr.methods.registry import get_method
+from lit_attr.metrics._method_scores import resolve_method
 from lit_attr.metrics._model_ref import ModelRef
 from lit_attr.metrics.presentation import Presentation, Score
 from lit_attr.metrics.registry import register_metric
@@ -196,22 +196,7 @@ class Sensitivity(_MeanOfScores):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if isinstance(method, str):
-            if not isinstance(model, nn.Module):
-                raise TypeError(
-                    f"`model` must be a torch.nn.Module when `method` is a name ({method!r}), got "
-                    f"{type(model).__name__}."
-                )
-            method = get_method(method, model, **(method_kwargs or {}))
-        elif isinstance(method, AttributionMethod):
-            if method_kwargs:
-                raise ValueError("`method_kwargs` only apply when `method` is a name; configure the instance instead.")
-            if model is not None and model is not method.model:
-                raise ValueError("`model` must be omitted or be `method.model` when `method` is an instance.")
-        else:
-            raise TypeError(
-                f"`method` must be a registered method name or an AttributionMethod, got {type(method).__name__}."
-            )
+        method = resolve_method(method, model, method_kwargs)
         # Held by reference like the model of the other metrics: the method holds the user's model, which must stay
         # out of this metric's modules and state, and a clone must explain with the same model.
         self._method_ref = ModelRef(method)
