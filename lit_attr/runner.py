@@ -281,6 +281,8 @@ class AttributionRunner:
             )
         check_device("x", batch.x, self.model)
         n = len(batch)
+        if n == 0:  # before the model sees it
+            raise ValueError(f"`x` must be a non-empty batch (N, ...) with N >= 1, got shape {tuple(batch.x.shape)}.")
         kind = batch.kind
         indices = list(range(n)) if indices is None else [int(i) for i in indices]
         if len(indices) != n:
