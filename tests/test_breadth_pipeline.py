@@ -56,7 +56,15 @@ def test_every_new_metric_in_the_monitor_evaluate_quality_and_the_report(tmp_pat
             torch.testing.assert_close(source[key].float().cpu(), value.float(), rtol=1e-4, atol=1e-5, msg=key,
                                        equal_nan=True)  # fmt: skip
     page = (tmp_path / "out" / "report.html").read_text()
-    written = json.loads((tmp_path / "out" / "metrics.json").read_text())["methods"]["saliency"]
+    document = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    written = document["methods"]["saliency"]
+    # Per-sample values: one entry per sample, whose NaN-aware mean is the score metrics.json and evaluate report.
+    assert [entry["index"] for entry in document["samples"]] == list(range(n))
+    for key in sorted(expected):
+        _, _, name, score = key.split("/")
+        values = torch.tensor([sample["scores"]["saliency"][score] for sample in document["samples"]]).double()
+        torch.testing.assert_close(values.nanmean(), torch.tensor(float(evaluated[name][score]), dtype=torch.float64),
+                                   rtol=1e-4, atol=1e-5, msg=key, equal_nan=True)  # fmt: skip
     for name in METRICS:
         presentation = get_metric_spec(name).presentation
         assert presentation.scores is not DEFAULT and name in written

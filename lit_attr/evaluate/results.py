@@ -20,7 +20,7 @@ from lit_attr.evaluate.storage import storage_error
 from lit_attr.keys import scalar_key
 from lit_attr.runner import SampleRecord
 
-__all__ = ["flat_scalars", "model_accuracy", "package_versions", "to_plain", "write_and_log"]
+__all__ = ["flat_scalars", "model_accuracy", "package_versions", "per_sample_scores", "to_plain", "write_and_log"]
 
 
 def to_plain(value: Any) -> Any:
@@ -89,6 +89,24 @@ def model_accuracy(records: Sequence[SampleRecord]) -> dict[str, Any]:
     labelled = [record for record in records if record.label is not None]
     correct = sum(record.prediction == record.label for record in labelled)
     return {"accuracy": correct / len(labelled) if labelled else None, "correct": correct, "labelled": len(labelled)}
+
+
+def per_sample_scores(records: Sequence[SampleRecord]) -> list[dict[str, Any]]:
+    """Every scored sample by index, for ``metrics.json``: its classes, probability and per-method metric scores.
+
+    The scores are each metric's per-sample headline numbers (``{method: {score: value}}``, NaN where a sample has
+    none), the numbers whose means the ``methods`` section holds.
+
+    Example:
+        >>> [entry] = per_sample_scores([SampleRecord(3, 1, 1, 1, 0.9, 0.9, scores={"saliency": {"insertion": 0.5}})])
+        >>> entry["index"], entry["scores"]
+        (3, {'saliency': {'insertion': 0.5}})
+    """
+    return [
+        {"index": record.index, "label": record.label, "target": record.target, "prediction": record.prediction,
+         "target_probability": record.target_probability, "scores": record.scores}
+        for record in sorted(records, key=lambda record: record.index)
+    ]  # fmt: skip
 
 
 def write_and_log(

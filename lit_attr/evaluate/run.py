@@ -47,7 +47,7 @@ from lit_attr.evaluate.preemption import (
     requeue_slurm_job,
     signal_name,
 )
-from lit_attr.evaluate.results import model_accuracy, package_versions, to_plain, write_and_log
+from lit_attr.evaluate.results import model_accuracy, package_versions, per_sample_scores, to_plain, write_and_log
 from lit_attr.evaluate.storage import OutputLock, check_storage, expected_bytes
 from lit_attr.methods import available_methods
 from lit_attr.metrics import available_metrics, get_metric_spec
@@ -289,6 +289,7 @@ def _finish(
         "config": to_plain(dict(config)) if config is not None else None,
         "versions": package_versions(),
         "model_accuracy": model_accuracy(wrapper.records),
+        "samples": per_sample_scores(wrapper.records),
         # The checks that re-run the method saw only the first samples: their figures say how many.
         "randomization_samples": min(wrapper.settings["randomization_samples"], scored),
     }
