@@ -159,3 +159,24 @@ if __name__ == "__main__":
     # The child process of the `results` fixture: run the blocks of README argv[1], write the results to argv[2].
     outcome = run_blocks(Path(sys.argv[1]).read_text(encoding="utf-8"), os.environ.get(SIZES_VARIABLE, "small"))
     Path(sys.argv[2]).write_text(json.dumps(outcome))
+
+
+def test_the_validation_step_example_scores_a_model_once_its_net_is_filled_in():
+    # The block leaves `self.net = ...` to the reader: with a classifier there, the pasted class must score it (a
+    # LightningModule without `forward` raises NotImplementedError when the metric calls the module).
+    import torch
+    from torch import nn
+
+    [block] = [b for b in BLOCKS if b["section"] == "Scoring explanations from your own `validation_step`"]
+    namespace: dict[str, Any] = {}
+    exec(compile(block["code"], "README.md", "exec"), namespace)  # noqa: S102
+    model = namespace["MyModel"]()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model.net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3))
+        x, masks = torch.rand(4, 3, 8, 8), torch.zeros(4, 8, 8, dtype=torch.bool)
+    masks[:, 2:6, 2:6] = True
+    model.quality.update(x, masks=masks)
+    scores = model.quality.compute()
+    assert 0.0 <= float(scores["attr/mfaba/insertion_deletion/insertion"]) <= 1.0
+    assert 0.0 <= float(scores["attr/mfaba/localization/relevance_mass"]) <= 1.0
