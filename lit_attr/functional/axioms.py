@@ -39,14 +39,14 @@ from lit_attr.functional.similarity import spearman, ssim_maps
 from lit_attr.functional.unit_games import (
     batch_fields,
     draw_outputs,
-    fill_of,
+    game_fill,
     index_groups,
     kind_substrate,
+    masked_outputs,
     prepare_game,
-    target_scores,
 )
 from lit_attr.functional.units import map_units, valid_units
-from lit_attr.inputs import CONTINUOUS, input_kind
+from lit_attr.inputs import input_kind
 
 __all__ = [
     "MAP_SIMILARITIES",
@@ -197,29 +197,37 @@ def completeness(
     attributions: Tensor,
     target: TargetType = None,
     *,
-    substrate: SubstrateType = "zero",
+    substrate: SubstrateType | None = None,
     substrate_value: object = None,
     seed: int = 0,
     logits: Tensor | None = None,
+    attention_mask: Tensor | None = None,
+    special_tokens_mask: Tensor | None = None,
+    model_inputs: Mapping[str, Tensor] | None = None,
 ) -> Tensor:
     """Relative completeness error per sample, ``|sum(A) - (f(x) - f(x'))| / |f(x) - f(x')|``: lower is better.
 
-    ``f`` is the target's logit and ``x'`` the baseline, the kind's substrate (zeros by default: the baseline of
-    integrated gradients, for which the error is 0 up to the integral's approximation). The error is undefined
-    where ``f(x) = f(x')`` (NaN there). Quantus reports whether the two are close (a bool); the relative error says
-    how far. See :func:`~lit_attr.functional.completeness.completeness_error`. Continuous kinds only: the
-    definition integrates along a path from the baseline to ``x``, which token ids do not have (methods attribute
-    them in the embedding space).
+    ``f`` is the target's logit and ``x'`` the baseline: every unit of ``x`` taken from the kind's substrate (zeros
+    by default, the baseline of integrated gradients, for which the error is 0 up to the integral's approximation;
+    the [MASK] id on token ids, the baseline the methods integrate from in the embedding space, so the per-token
+    sums of integrated gradients complete too). ``sum(A)`` runs over the units that count (not padding or special
+    tokens, which keep their ids in ``x'``). The error is undefined where ``f(x) = f(x')`` (NaN there). Quantus
+    reports whether the two are close (a bool); the relative error says how far. See
+    :func:`~lit_attr.functional.completeness.completeness_error`. Cost: one forward per sample.
 
     Args:
         model: classifier returning logits ``(N, K)``.
-        x: ``(N, ...)`` inputs of a continuous kind on the model's device.
-        attributions: maps of ``x``'s shape.
+        x: ``(N, ...)`` inputs on the model's device (any kind: images, features, token ids ``(N, L)``).
+        attributions: maps of ``x``'s shape (token ids: ``(N, L)`` per token, summed over the embedding).
         target: ``None`` (clean top-1 prediction), an int, or ``N`` class indices.
-        substrate: the baseline (see :func:`~lit_attr.functional.perturbation.make_substrate`).
+        substrate: the baseline: ``None`` (zeros, or the [MASK] id of token ids), or a substrate of the kind (see
+            :func:`~lit_attr.functional.perturbation.make_substrate`).
         substrate_value: the fill of ``"constant"``.
         seed: seed of a ``"noise"`` baseline.
         logits: the model's logits for ``x`` if already computed.
+        attention_mask: token ids: ``(N, L)`` 1 on real tokens (padding stays in the baseline).
+        special_tokens_mask: token ids: ``(N, L)`` 1 on special tokens (they stay in the baseline).
+        model_inputs: token ids: the batch's other inputs of the model by name (``token_type_ids``, ...).
 
     Returns:
         ``(N,)`` relative errors, NaN where the output does not change.
@@ -235,15 +243,19 @@ def completeness(
         raise ValueError(f"`attributions` must have the shape of x {tuple(getattr(x, 'shape', ()))}, got {shape}.")
     game = prepare_game(
         model, x, attributions, target, logits, reduce="none", output="logit", internal_batch_size=None,
-        kinds=(CONTINUOUS,),
+        fields=batch_fields(attention_mask, special_tokens_mask, model_inputs),
     )  # fmt: skip
-    baseline = fill_of(substrate, x, value=substrate_value, seed=seed, name="substrate")
-    with torch.no_grad(), preserved_model_state(model):
-        delta = game.clean - target_scores(model(baseline), game.target, "logit")
+    fill = game_fill(model, game, substrate, x, value=substrate_value, seed=seed)
+    everything = masked_outputs(
+        model, game, x, fill, lambda samples, rows: torch.ones_like(game.units[samples], dtype=torch.bool), 1,
+        output="logit", internal_batch_size=None, who="completeness",
+    )  # fmt: skip
+    delta = game.clean - everything[:, 0]
+    units = game.units if game.valid is None else game.units * game.valid
     defined = delta != 0
     errors = torch.full_like(game.clean, float("nan"))
     if bool(defined.any()):
-        errors[defined] = completeness_error(attributions[defined].to(errors), delta[defined]).to(errors)
+        errors[defined] = completeness_error(units[defined].to(errors), delta[defined]).to(errors)
     return errors
 
 
@@ -285,7 +297,7 @@ def non_sensitivity(
         eps: relative threshold of a zero attribution, in ``[0, 1)``.
         tolerance: the largest change of the score that counts as none, ``>= 0``.
         n_samples: random draws per group.
-        substrate: the draws (``None``: ``"noise"``, or the [MASK] id of token ids: every draw the same).
+        substrate: the draws (``None``: ``"noise"``: seeded N(0, 1) values, or random words of token ids).
         substrate_value: the fill of ``"constant"``.
         output: ``"prob"`` (default) or ``"logit"``.
         seed: seed of the draws.

@@ -6,8 +6,8 @@
   attributions and how much the score moves when each is replaced by random values.
 
 Units are the input kind's, taken ``features_per_step`` at a time (one by default, as in both papers).
-:func:`monotonicity` plays on every kind (a sentence's real tokens that are not special, replaced by the [MASK] id);
-:func:`monotonicity_correlation` needs inputs that take random values, so continuous kinds only.
+Both play on every kind: on token ids the units are a sentence's real tokens that are not special, replaced by the
+[MASK] id (:func:`monotonicity`) or by random words (:func:`monotonicity_correlation`, the kind's ``"noise"``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from lit_attr.functional.unit_games import (
     prepare_game,
     rank_groups,
 )
-from lit_attr.inputs import CONTINUOUS
 
 __all__ = ["monotonicity", "monotonicity_correlation", "monotonicity_curves"]
 
@@ -189,20 +188,23 @@ def monotonicity_correlation(
     seed: int = 0,
     internal_batch_size: int | None = DEFAULT_INTERNAL_BATCH_SIZE,
     logits: Tensor | None = None,
+    attention_mask: Tensor | None = None,
+    special_tokens_mask: Tensor | None = None,
+    model_inputs: Mapping[str, Tensor] | None = None,
 ) -> Tensor:
     """Monotonicity correlation of Nguyen & Martinez (2020) per sample: higher is better, 1 at best.
 
     For every group of ``features_per_step`` units, the expected squared change of the target's score when it alone
     takes random values, ``E_j[(f(x) - f(x_[group = draw j]))^2]`` over ``n_samples`` draws; the score is the Spearman
-    correlation between the groups' absolute attributions and these expectations. The draws are the kind's
-    ``"noise"`` substrate (seeded N(0, 1), one seed per draw; Quantus draws uniform values, 100 of them). Cost:
-    ``G x n_samples`` forwards for ``G`` groups. Continuous kinds only: the definition takes random input values,
-    which token ids do not have (a token is there or masked; :func:`monotonicity` plays on them).
+    correlation between the groups' absolute attributions and these expectations, over the sample's own groups. The
+    draws are the kind's ``"noise"`` substrate, one seed per draw: seeded N(0, 1) values of continuous inputs
+    (Quantus draws uniform values, 100 of them), random words of token ids (a table per draw that gives every id a
+    word). Cost: ``G x n_samples`` forwards for ``G`` groups.
 
     Args:
         model: classifier returning logits ``(N, K)``.
-        x: ``(N, ...)`` inputs of a continuous kind on the model's device.
-        attributions: maps of ``x``'s shape (images also ``(N, H, W)``).
+        x: ``(N, ...)`` inputs on the model's device (any kind: images, features, token ids ``(N, L)``).
+        attributions: maps of ``x``'s shape (images also ``(N, H, W)``; token ids ``(N, L)`` per token).
         target: ``None`` (clean top-1 prediction), an int, or ``N`` class indices.
         features_per_step: units per group.
         n_samples: random draws per group.
@@ -214,6 +216,10 @@ def monotonicity_correlation(
         seed: seed of the draws.
         internal_batch_size: most rows per forward pass; ``None``: all at once.
         logits: the model's logits for ``x`` if already computed.
+        attention_mask: token ids: ``(N, L)`` 1 on real tokens (padding is never a unit; the rows keep the mask).
+        special_tokens_mask: token ids: ``(N, L)`` 1 on special tokens (never units; nor the model's special ids).
+        model_inputs: token ids: the batch's other inputs of the model by name (``token_type_ids``, ...), kept with
+            every row.
 
     Returns:
         ``(N,)`` correlations in [-1, 1].
@@ -228,14 +234,24 @@ def monotonicity_correlation(
     check_seed(seed)
     game = prepare_game(
         model, x, attributions, target, logits, reduce=reduce, output=output, internal_batch_size=internal_batch_size,
-        kinds=(CONTINUOUS,),
+        fields=batch_fields(attention_mask, special_tokens_mask, model_inputs),
     )  # fmt: skip
-    groups, count = rank_groups(game.units, features_per_step)
+    groups, count = rank_groups(game.units, features_per_step, valid=game.valid)
     scores = draw_outputs(
         model, game, x, groups, count, substrate=kind_substrate(game.kind, substrate, "noise"),
         substrate_value=substrate_value, n_draws=n_samples, seed=seed, output=output,
         internal_batch_size=internal_batch_size, who="monotonicity_correlation",
     )  # fmt: skip
     effects = (game.clean[:, None, None].double() - scores.double()).square().mean(dim=2)
-    return spearman(group_sums(game.units.abs(), groups, count), effects).to(game.clean.dtype)
+    sums = group_sums(game.units.abs(), groups, count)
+    if game.valid is None:
+        return spearman(sums, effects).to(game.clean.dtype)
+    # A sample's own groups only, which come first (group 0 holds its highest scores): a shorter sentence has fewer.
+    own = -(-game.valid.reshape(x.shape[0], -1).sum(dim=1) // features_per_step)
+    result = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    for size in own.unique().tolist():
+        rows = own == size
+        if size > 1:
+            result[rows] = spearman(sums[rows, :size], effects[rows, :size]).double()
+    return result.to(game.clean.dtype)
 

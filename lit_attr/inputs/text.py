@@ -5,8 +5,9 @@ called with the attention mask where its forward takes one (a Hugging Face ``Seq
 to its logits); records keep a sample's real tokens only; maps are drawn as per-token highlighting. The token games
 (:mod:`lit_attr.functional.token_games`) remove tokens by id rather than by blending, so this kind is not
 ``"continuous"``. The unit games (:mod:`lit_attr.functional.unit_games`) replace tokens by an id: a sample's real
-tokens that are not special are its units, the substrate is the model's [MASK] id (else its [PAD] id: ``"mask"``) or
-a given id (``"constant"``), and every row keeps its sample's attention mask and other model inputs.
+tokens that are not special are its units, the substrate is the model's [MASK] id (else its [PAD] id: ``"mask"``), a
+given id (``"constant"``) or random words (``"noise"``), and every row keeps its sample's attention mask and other
+model inputs.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 import lit_attr.viz as viz
-from lit_attr._checks import check_choice, check_device
+from lit_attr._checks import check_choice, check_device, check_seed
 from lit_attr.inputs.base import GameInputs, InputKind, SubstrateType
 from lit_attr.inputs.embedding import TokenCall
 from lit_attr.inputs.space import MethodCall, Rendering
@@ -68,8 +69,9 @@ class Tokens(InputKind):
     space_name = "the embedding space of the model's input embedding layer"
     keywords: ClassVar[tuple[str, ...]] = TOKEN_KEYWORDS
     media_name = "tokens"
-    #: ``"mask"``: the model's [MASK] id, else its [PAD] id; ``"constant"``: the id given as ``substrate_value``.
-    substrates: ClassVar[tuple[str, ...]] = ("mask", "constant")
+    #: ``"mask"``: the model's [MASK] id, else its [PAD] id; ``"constant"``: the id given as ``substrate_value``;
+    #: ``"noise"``: random words (the random values of a token, for the games that draw them).
+    substrates: ClassVar[tuple[str, ...]] = ("mask", "constant", "noise")
     default_substrate: ClassVar[str] = "mask"
 
     @classmethod
@@ -133,13 +135,21 @@ class Tokens(InputKind):
         seed: int = 0,
         argument: str = "substrate",
     ) -> Tensor:
-        """Every token replaced by one id: the model's [MASK] (else [PAD]) id, or ``value`` for ``"constant"``."""
+        """The ids that replace tokens: the model's [MASK] (else [PAD]) id, ``value`` for ``"constant"``, or words.
+
+        ``"noise"`` replaces every id by a word drawn for that id from a table seeded by ``seed`` (uniform over the
+        vocabulary without the model's special, pad and mask ids): a token's random value depends on the token and
+        the seed alone, not on its position, its padding or its batch, and another seed draws other words.
+        """
         if callable(substrate) or substrate not in self.substrates:
             return self.substrate(substrate, x, value=value, seed=seed, argument=argument)
+        options = resolve_token_options(model)
         try:
-            vocab = vocabulary_size(model, find_embedding_layer(model, resolve_token_options(model).embedding_layer))
+            vocab = vocabulary_size(model, find_embedding_layer(model, options.embedding_layer))
         except ValueError:
             vocab = vocabulary_size(model)
+        if substrate == "noise":
+            return _random_words(x, vocab, options, seed, argument)
         if substrate == "constant":
             if value is None:
                 raise ValueError(f'`substrate_value` (a token id) must be given when `{argument}` is "constant".')
@@ -248,6 +258,23 @@ class Tokens(InputKind):
         """One sample's highlighting, for a table cell."""
         decode = decode or viz.token_decoder(None)
         return viz.token_highlights_html([decode(sample)], [attributions])
+
+
+def _random_words(x: Tensor, vocab: int | None, options: Any, seed: int, argument: str) -> Tensor:
+    """Every id of ``x`` replaced by its word in a random table seeded by ``seed`` (drawn on the CPU)."""
+    check_seed(seed)
+    if vocab is None:
+        raise ValueError(
+            f"`{argument}` 'noise' draws words from the vocabulary and the model's is unknown; declare its "
+            "`token_options.embedding_layer` (an nn.Embedding) or pass another substrate."
+        )
+    reserved = {*options.special_token_ids, options.pad_token_id, options.mask_token_id}
+    words = torch.tensor([i for i in range(vocab) if i not in reserved], dtype=torch.long)
+    if words.numel() == 0:
+        raise ValueError(f"`{argument}` 'noise' found no word in the vocabulary of {vocab} ids beside special ones.")
+    generator = torch.Generator().manual_seed(seed)
+    table = words[torch.randint(words.numel(), (vocab,), generator=generator)]
+    return table.to(x.device)[x.clamp(0, vocab - 1)].to(x.dtype)
 
 
 def _real(x: Tensor, fields: Mapping[str, Tensor | None]) -> Tensor:

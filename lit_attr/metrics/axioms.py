@@ -165,8 +165,9 @@ class InputInvariance(MethodScores):
 class Completeness(GameMetric):
     """Mean relative completeness error ``|sum(A) - (f(x) - f(x'))| / |f(x) - f(x')|``; lower is better.
 
-    ``f`` is the target's logit and ``x'`` the kind's substrate (zeros by default); samples whose output does not
-    change are left out. See :func:`~lit_attr.functional.axioms.completeness`.
+    ``f`` is the target's logit and ``x'`` the kind's substrate (zeros by default; the [MASK] id on token ids, with
+    padding and special tokens kept); samples whose output does not change are left out. See
+    :func:`~lit_attr.functional.axioms.completeness`. Cost: one forward per sample.
 
     Example:
         >>> import torch
@@ -181,13 +182,12 @@ class Completeness(GameMetric):
     higher_is_better = False
     keys = ("completeness",)
     function = completeness
-    takes_fields = False
 
     def __init__(
         self,
         model: nn.Module,
         *,
-        substrate: SubstrateType = "zero",
+        substrate: SubstrateType | None = None,
         substrate_value: object = None,
         seed: int = 0,
         **kwargs: Any,
@@ -241,7 +241,6 @@ class NonSensitivity(GameMetric):
         super().__init__(model, options, **kwargs)
 
 
-_GAME_INPUTS = ("model", "x", "attributions", "target", "logits")
 _METHOD_INPUTS = ("method", "x", "attributions", "target", "logits")
 register_metric(
     "random_logit",
@@ -266,9 +265,9 @@ register_metric(
 register_metric(
     "completeness",
     Completeness,
-    consumes=_GAME_INPUTS,
+    consumes=GAME_INPUTS,
     per_sample=True,
-    modalities={"continuous"},
+    modalities=GAME_MODALITIES,
     presentation=Presentation(scores=(Score("completeness", "completeness error"),), curves=None),
 )
 register_metric(

@@ -10,7 +10,7 @@ call, except monotonicity correlation, whose random values need a continuous kin
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -46,8 +46,6 @@ class GameMetric(MeanScores):
     """
 
     function: Callable[..., Any]
-    #: Whether the functional takes the batch's token fields (``attention_mask``, ...): it plays on token ids.
-    takes_fields: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, options: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
@@ -72,7 +70,7 @@ class GameMetric(MeanScores):
         """Play the game on a batch; its per-sample values, the states left as they are.
 
         Args:
-            x: ``(N, ...)`` inputs on the model's device (token ids ``(N, L)`` where :attr:`takes_fields`).
+            x: ``(N, ...)`` inputs on the model's device (or token ids ``(N, L)``).
             attributions: maps of ``x``'s shape (images also ``(N, H, W)``; token ids ``(N, L)`` per token).
             target: ``None`` (clean top-1 prediction), an int, or ``N`` class indices.
             logits: the model's logits for ``x`` if already computed (saves one forward pass).
@@ -81,14 +79,7 @@ class GameMetric(MeanScores):
             model_inputs: token ids: the batch's other inputs of the model by name (``token_type_ids``, ...).
         """
         function = type(self).function
-        fields = batch_fields(attention_mask, special_tokens_mask, model_inputs)
-        if self.takes_fields:
-            options = {**self._options, **fields}
-        elif any(value is not None for value in fields.values()):
-            given = sorted(key for key, value in fields.items() if value is not None)
-            raise ValueError(f"{type(self).__name__} takes inputs of a continuous kind only, without {given}.")
-        else:
-            options = self._options
+        options = {**self._options, **batch_fields(attention_mask, special_tokens_mask, model_inputs)}
         return self.values(function(self.model, x, attributions, target, logits=logits, **options))
 
 
@@ -286,7 +277,6 @@ class MonotonicityCorrelation(GameMetric):
     higher_is_better = True
     keys = ("monotonicity_correlation",)
     function = monotonicity_correlation
-    takes_fields = False
 
     def __init__(
         self,
@@ -314,7 +304,6 @@ class MonotonicityCorrelation(GameMetric):
 GAME_INPUTS = TOKEN_GAME_INPUTS
 #: The kinds the unit games replacing units by a substrate play on (the kind says what a unit and a substrate are).
 GAME_MODALITIES = frozenset({"continuous", "tokens"})
-_CONTINUOUS_INPUTS = ("model", "x", "attributions", "target", "logits")
 for _name, _factory, _label in (
     ("faithfulness_correlation", FaithfulnessCorrelation, "faithfulness correlation"),
     ("faithfulness_estimate", FaithfulnessEstimate, "faithfulness estimate"),
@@ -327,8 +316,8 @@ for _name, _factory, _label in (
     register_metric(
         _name,
         _factory,
-        consumes=GAME_INPUTS if _factory.takes_fields else _CONTINUOUS_INPUTS,
+        consumes=GAME_INPUTS,
         per_sample=True,
-        modalities=GAME_MODALITIES if _factory.takes_fields else {"continuous"},
+        modalities=GAME_MODALITIES,
         presentation=Presentation(scores=(Score(_name, _label),), **_curves),
     )

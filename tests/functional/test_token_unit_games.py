@@ -223,12 +223,57 @@ def test_random_logit_compares_the_maps_of_a_sentence_own_tokens():
         random_logit(method, ids, **fields)
 
 
-def test_games_that_need_continuous_values_refuse_token_ids(model):
+def random_word_table(seed):
+    """The documented "noise" of token ids: a table seeded by ``seed`` giving every id a word that is not special."""
+    words = torch.tensor([i for i in range(VOCAB) if i not in (CLS, SEP, PAD, MASK)])
+    return words[torch.randint(len(words), (VOCAB,), generator=torch.Generator().manual_seed(seed))]
+
+
+def test_monotonicity_correlation_replaces_each_token_by_random_words():
+    from scipy.stats import spearmanr
+
+    declared = PairClassifier().double().eval()
+    declared.token_options = TokenOptions((CLS, SEP), MASK, PAD, embedding_layer="embed")
     ids, mask, special, types, scores = pair_batch()
-    with pytest.raises(TypeError, match="`x` must be a floating-point tensor.*continuous"):
-        monotonicity_correlation(model, ids, scores)
-    with pytest.raises(TypeError, match="`x` must be a floating-point tensor.*continuous"):
-        completeness(model, ids, scores)
+    fields = {"attention_mask": mask, "special_tokens_mask": special, "model_inputs": {"token_type_ids": types}}
+    got = monotonicity_correlation(declared, ids, scores, n_samples=3, seed=5, **fields)
+    tables = [random_word_table(5 + j) for j in range(3)]
+    for i in range(ids.shape[0]):
+        s = Sentence(declared, ids, mask, types, i)
+        effects = []
+        for p in s.units:
+            changes = []
+            for table in tables:
+                moved = ids[i].clone()
+                moved[p] = table[ids[i, p]]
+                with torch.no_grad():
+                    logits = declared(moved[None], attention_mask=mask[i : i + 1], token_type_ids=types[i : i + 1])
+                changes.append((s.clean - float(logits[0].softmax(dim=0)[s.target])) ** 2)
+            effects.append(sum(changes) / len(changes))
+        expected = spearmanr([abs(scores[i, p].item()) for p in s.units], effects).statistic
+        assert got[i].item() == pytest.approx(expected, abs=1e-9)
+    assert 0.2 < float(got.abs().mean())  # the draws change the scores: the correlations are not all 0
+
+
+def test_completeness_masks_every_token_and_integrated_gradients_complete():
+    declared = PairClassifier().double().eval()
+    declared.token_options = TokenOptions((CLS, SEP), MASK, PAD, embedding_layer="embed")
+    ids, mask, special, types, _ = pair_batch()
+    fields = {"attention_mask": mask, "special_tokens_mask": special, "token_type_ids": types}
+    target = declared(ids, attention_mask=mask, token_type_ids=types).argmax(dim=1)
+    ig = get_method("integrated_gradients", declared, n_steps=256).attribute(ids, target, **fields)
+    saliency = get_method("saliency", declared).attribute(ids, target, **fields)
+    game_fields = {"attention_mask": mask, "special_tokens_mask": special, "model_inputs": {"token_type_ids": types}}
+    for maps in (ig, saliency):
+        got = completeness(declared, ids, maps, target, **game_fields)
+        for i in range(ids.shape[0]):
+            s = Sentence(declared, ids, mask, types, i, output="logit")
+            delta = s.score([]) - s.score(s.units)  # every real word masked; [CLS], [SEP] and padding kept
+            expected = abs(sum(maps[i, p].item() for p in s.units) - delta) / abs(delta)
+            assert got[i].item() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    # Integrated gradients from the [MASK] embeddings sum to the change of the logit (a 256-step Riemann sum).
+    assert float(completeness(declared, ids, ig, target, **game_fields).max()) < 1e-3
+    assert float(completeness(declared, ids, saliency, target, **game_fields).min()) > 0.05
 
 
 def test_bad_token_inputs_name_the_argument(model):

@@ -17,10 +17,10 @@ import lit_attr.metrics as metrics
 from lit_attr.attribution_quality import AttributionQuality
 from lit_attr.batch import Batch
 from lit_attr.data.text import TextDataset, collate_tokens
-from lit_attr.functional.axioms import non_sensitivity, random_logit
+from lit_attr.functional.axioms import completeness, non_sensitivity, random_logit
 from lit_attr.functional.dasgupta import consistency, sufficiency_dasgupta
 from lit_attr.functional.faithfulness import faithfulness_correlation, faithfulness_estimate, sensitivity_n
-from lit_attr.functional.monotonicity import monotonicity
+from lit_attr.functional.monotonicity import monotonicity, monotonicity_correlation
 from lit_attr.functional.regions import irof, region_perturbation, selectivity
 from lit_attr.inputs import TokenOptions
 from lit_attr.methods import get_method
@@ -33,6 +33,8 @@ OPTIONS = {
     "faithfulness_estimate": {},
     "sensitivity_n": {"sizes": (1, 0.5), "n_subsets": 4},
     "monotonicity": {},
+    "monotonicity_correlation": {"n_samples": 2},
+    "completeness": {},
     "region_perturbation": {"patch_size": 2, "regions": 3},
     "selectivity": {"patch_size": 2},
     "irof": {"patch_size": 2},
@@ -46,6 +48,8 @@ GAMES = {
     "faithfulness_estimate": lambda *a, **k: {"faithfulness_estimate": faithfulness_estimate(*a, **k)},
     "sensitivity_n": lambda *a, **k: {"sensitivity_n": sensitivity_n(*a, **k).mean(dim=1)},
     "monotonicity": lambda *a, **k: {"monotonicity": monotonicity(*a, **k)},
+    "monotonicity_correlation": lambda *a, **k: {"monotonicity_correlation": monotonicity_correlation(*a, **k)},
+    "completeness": lambda *a, **k: {"completeness": completeness(*a, **k)},
     "region_perturbation": lambda *a, **k: {"region_perturbation": region_perturbation(*a, **k)["morf"]},
     "selectivity": lambda *a, **k: {"selectivity": selectivity(*a, **k)},
     "irof": lambda *a, **k: {"irof": irof(*a, **k)},
@@ -138,6 +142,7 @@ CLASSES = {
     "sensitivity_n": "SensitivityN", "monotonicity": "Monotonicity", "region_perturbation": "RegionPerturbation",
     "selectivity": "Selectivity", "irof": "IROF", "non_sensitivity": "NonSensitivity",
     "sufficiency_dasgupta": "SufficiencyDasgupta", "consistency": "Consistency",
+    "monotonicity_correlation": "MonotonicityCorrelation", "completeness": "Completeness",
 }  # fmt: skip
 
 
