@@ -36,8 +36,9 @@ from lit_attr.functional.randomization import (
 )
 from lit_attr.functional.regions import irof, region_perturbation, selectivity
 from lit_attr.functional.road import ROADResult, noisy_linear_imputation, road
-from lit_attr.functional.robustness import avg_sensitivity, continuity, local_lipschitz, relative_stability
+from lit_attr.functional.robustness import avg_sensitivity, continuity, local_lipschitz
 from lit_attr.functional.similarity import spearman, ssim_maps
+from lit_attr.functional.stability import relative_stability
 from lit_attr.functional.token_activation_deviation import token_activation_deviation
 from lit_attr.functional.token_games import token_insertion_deletion
 from lit_attr.functional.token_localization import token_auprc, token_f1, token_iou

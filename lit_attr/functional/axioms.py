@@ -14,8 +14,7 @@ the unit games (:mod:`lit_attr.functional.unit_games`).
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -47,6 +46,7 @@ from lit_attr.functional.unit_games import (
 )
 from lit_attr.functional.units import map_units, valid_units
 from lit_attr.inputs import input_kind
+from lit_attr.inputs.neighbourhood import shifted_method
 
 __all__ = [
     "MAP_SIMILARITIES",
@@ -350,40 +350,6 @@ def non_sensitivity(
     return ((zero == moved) & present).sum(dim=1).to(game.clean.dtype)
 
 
-class _Shifted:
-    """``forward(z - shift)``: a model that undoes a constant shift of its inputs (picklable)."""
-
-    def __init__(self, forward: Callable[[Tensor], Tensor], shift: float) -> None:
-        self.forward = forward
-        self.shift = shift
-
-    def __call__(self, z: Tensor) -> Tensor:
-        return self.forward(z - self.shift)
-
-
-def shifted_method(method: Any, shift: float) -> Any:
-    """A copy of ``method`` whose model sees inputs shifted by ``shift`` and undoes the shift first.
-
-    Kindermans et al. absorb the shift into the first layer's bias; undoing it before the model is the same function
-    for any architecture. The copy shares the method's model (read, never changed: its forward is wrapped, so the
-    copy follows the model's current weights) and its ``input_bounds`` move with the inputs.
-
-    Example:
-        >>> from lit_attr.methods import get_method
-        >>> net = nn.Linear(3, 2)
-        >>> shifted = shifted_method(get_method("saliency", net, input_bounds=(0.0, 1.0)), -1.0)
-        >>> shifted.input_bounds, torch.allclose(shifted.forward_fn(torch.zeros(1, 3) - 1), net(torch.zeros(1, 3)))
-        ((-1.0, 0.0), True)
-    """
-    shift = check_number("shift", shift)
-    # Everything the method holds is copied (Captum's objects are bound to the copy) except the model itself.
-    copied = copy.deepcopy(method, memo={id(method.model): method.model})
-    copied.forward_fn = _Shifted(copied.forward_fn, shift)
-    if copied.input_bounds is not None:
-        copied.input_bounds = tuple(bound + shift for bound in copied.input_bounds)
-    return copied
-
-
 def input_invariance(
     method: Explainer,
     x: Tensor,
@@ -392,6 +358,9 @@ def input_invariance(
     attributions: Tensor | None = None,
     shift: float = -1.0,
     logits: Tensor | None = None,
+    attention_mask: Tensor | None = None,
+    special_tokens_mask: Tensor | None = None,
+    model_inputs: Mapping[str, Tensor] | None = None,
     **attribute_kwargs: Any,
 ) -> Tensor:
     """Input invariance of Kindermans et al. (2017) per sample: the relative change of the map under a constant shift.
@@ -400,15 +369,20 @@ def input_invariance(
     computes ``f(x)`` (:func:`shifted_method`): 0 for an input-invariant method (gradients), positive for methods
     whose reference point does not move with the inputs (input x gradient, integrated gradients from zero); 0 too
     when both maps are 0. Quantus's default shift is -1, as here (Kindermans et al. shift [0, 1] MNIST images to
-    [-1, 0]). Cost: one attribution per sample. Continuous kinds only: token ids cannot be shifted by a constant.
+    [-1, 0]). Token ids shift in the embedding space the methods attribute them in: the embedding layer's output
+    moves by ``c`` (the [MASK] baseline's too, so integrated gradients stay invariant there) and the model takes it
+    off again (:mod:`lit_attr.inputs.token_neighbourhood`). Cost: one attribution per sample.
 
     Args:
         method: the attribution method.
-        x: ``(N, ...)`` inputs on the model's device.
+        x: ``(N, ...)`` inputs on the model's device (or token ids ``(N, L)``).
         target: ``None`` (clean top-1 prediction), an int, or ``N`` class indices.
         attributions: ``method``'s maps of ``x`` for ``target`` if already computed.
-        shift: the constant ``c`` added to every input value.
+        shift: the constant ``c`` added to every input value (token ids: to every embedding value).
         logits: the model's logits for ``x`` if already computed.
+        attention_mask: token ids: ``(N, L)`` 1 on real tokens.
+        special_tokens_mask: token ids: ``(N, L)`` 1 on special tokens.
+        model_inputs: token ids: the batch's other inputs of the model by name (``token_type_ids``, ...).
         **attribute_kwargs: per-call options of ``method.attribute``.
 
     Returns:
@@ -422,14 +396,24 @@ def input_invariance(
         (tensor([0., 0.]), tensor([1., 1.]))
     """
     method = _check_method(method)
-    check_batch("x", x, method.model)
+    kind = input_kind(x) if isinstance(x, Tensor) else None
+    if kind is None or kind.continuous:
+        check_batch("x", x, method.model)
+    else:
+        check_device("x", x, method.model)
     _check_given(x, attributions, logits)
     shift = check_number("shift", shift)
+    hood = kind.neighbourhood(method, x, batch_fields(attention_mask, special_tokens_mask, model_inputs))
+    if logits is None and not kind.continuous:  # the method's own check runs the model on float inputs only
+        logits = hood.clean_logits()
     target = method.resolve_target(x, target, logits)
-    own = _maps(method.attribute(x, target, **attribute_kwargs)) if attributions is None else attributions.to(x)
-    moved = _maps(shifted_method(method, shift).attribute(x + shift, target, **attribute_kwargs))
+    fields = hood.fields(torch.arange(x.shape[0], device=x.device))
+    own = _maps(method.attribute(x, target, **fields, **attribute_kwargs)) if attributions is None else attributions
+    shifted, inputs, kwargs = hood.shifted(shift)
+    moved = _maps(shifted.attribute(inputs, target, **kwargs, **attribute_kwargs))
+    own = own.to(moved)
     n = x.shape[0]
     change = (moved - own).abs().reshape(n, -1).double().sum(dim=1)
     scale = own.abs().reshape(n, -1).double().sum(dim=1) + moved.abs().reshape(n, -1).double().sum(dim=1)
     result = torch.where(scale > 0, change / scale.clamp(min=torch.finfo(scale.dtype).tiny), 0.0)
-    return result.to(torch.promote_types(x.dtype, torch.float32))
+    return result.to(torch.promote_types(moved.dtype, torch.float32))

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_attr._checks import check_device, check_seed
+from lit_attr.inputs.neighbourhood import Neighbourhood
 from lit_attr.inputs.space import MethodCall, Rendering
 
 if TYPE_CHECKING:
@@ -130,6 +131,20 @@ class InputKind(abc.ABC):
     @abc.abstractmethod
     def method_call(self, method: Any, x: Tensor, kwargs: dict[str, Any]) -> MethodCall:
         """Check ``x`` for ``method`` and prepare the call: take this kind's keywords out of ``kwargs``."""
+
+    def neighbourhood(self, method: Any, x: Tensor, fields: Mapping[str, Any]) -> Neighbourhood:
+        """The batch as points of a continuous space, where the robustness metrics move and shift samples.
+
+        A continuous kind's points are its inputs (:class:`~lit_attr.inputs.neighbourhood.Neighbourhood`); a kind
+        without a continuous change of its own overrides this (token ids: their embeddings). ``fields`` holds the
+        batch's other inputs (``attention_mask``, ``special_tokens_mask``, ``model_inputs``; ``None`` where absent).
+        """
+        if not self.continuous:
+            raise ValueError(
+                f"{self.name} inputs have no continuous neighbourhood: override {type(self).__name__}.neighbourhood "
+                "to say what a small change of them is."
+            )
+        return Neighbourhood(method, x)
 
     def feature_shape(self, x: Tensor) -> tuple[int, ...]:
         """The shape of one sample's per-feature mask (FEI's), broadcastable to a sample: one value per element."""
@@ -351,7 +366,7 @@ def available_substrates() -> tuple[str, ...]:
 
     Example:
         >>> available_substrates()
-        ('mask', 'constant', 'zero', 'noise', 'blur', 'mean')
+        ('mask', 'constant', 'noise', 'zero', 'blur', 'mean')
     """
     names = (name for kind in (*_KINDS, *_BUILT_IN) for name in kind.substrates)
     return tuple(dict.fromkeys(names))

@@ -124,7 +124,10 @@ class TokenSpace(Space):
     """The embedding space of a chunk of one segment (see the module docstring); built by :class:`TokenCall`.
 
     ``attended`` is ``(n, l)``: all ones for a length group, the attention mask in a padded segment; ``fields`` are
-    the rows' other model inputs (``token_type_ids`` cut to the same positions, ...), kept with every row.
+    the rows' other model inputs (``token_type_ids`` cut to the same positions, ...), kept with every row. The
+    samples' points are their clean embeddings moved by ``offset`` ``(n, l, E)`` (the model sees the moved ones) and
+    by ``shift`` (a constant on every embedding, the baseline's too, that the model takes off again), at perturbable
+    positions.
     """
 
     def __init__(
@@ -138,6 +141,8 @@ class TokenSpace(Space):
         clean: Tensor,
         logits: Tensor,
         scaled: bool,
+        offset: Tensor | None = None,
+        shift: float = 0.0,
     ) -> None:
         self.call = call
         self.ids = ids
@@ -148,8 +153,10 @@ class TokenSpace(Space):
         self.dtype = call.dtype
         self.scale = self._scale() if scaled else torch.ones(ids.shape[0], dtype=self.dtype, device=ids.device)
         self._baseline: Tensor | None = None
+        self.shift = shift
+        moved = self.clean + shift + (0.0 if offset is None else offset.to(self.dtype))
         super().__init__(
-            self.to_z(self.clean),
+            self.to_z(torch.where(perturbable[..., None], moved, self.clean)),
             samples,
             self.logits_of,
             raw=False,
@@ -163,7 +170,7 @@ class TokenSpace(Space):
         """The baseline token's embedding ([MASK], else [PAD]) at perturbable positions, the clean one elsewhere."""
         if self._baseline is None:
             ids = torch.where(self.perturbable, torch.full_like(self.ids, self.call.baseline_id), self.ids)
-            embedded = self.call.swap.embed(self.call.caller, ids, self.attended, self.fields)
+            embedded = self.call.swap.embed(self.call.caller, ids, self.attended, self.fields) + self.shift
             self._baseline = self.to_z(torch.where(self.perturbable[..., None], embedded, self.clean))
         return self._baseline
 
@@ -188,7 +195,7 @@ class TokenSpace(Space):
     def embeddings_of(self, z: Tensor) -> Tensor:
         """The embeddings the model sees for points ``z`` (the clean ones at padding and special positions)."""
         rows = self.rows_of(z)
-        moved = z[..., :-1] * self.scale[rows].view(-1, 1, 1)
+        moved = z[..., :-1] * self.scale[rows].view(-1, 1, 1) - self.shift
         return torch.where(self.perturbable[rows][..., None], moved, self.clean[rows])
 
     def logits_of(self, z: Tensor) -> Tensor:
@@ -272,8 +279,11 @@ class TokenCall(MethodCall):
         limit: int | None,
         token_reduction: str,
         model_inputs: Fields | None = None,
+        offset: Tensor | None = None,
+        shift: float = 0.0,
     ) -> None:
         super().__init__(method, batch.input_ids, kwargs)
+        self.offset, self.shift = offset, shift
         self.model_inputs = dict(model_inputs or {})
         self.batch = batch
         self.options = options
@@ -333,7 +343,11 @@ class TokenCall(MethodCall):
             parts: list[tuple[Tensor, Tensor]] = []
             backoff.chunks(group.ids.shape[0], functools.partial(self._capture_rows, group, parts))
             found, clean = (torch.cat(part) for part in zip(*parts, strict=True))
-            self.groups[number] = group._replace(clean=clean)
+            self.groups[number] = group = group._replace(clean=clean)
+            if self.offset is not None:  # the method explains the moved point: its clean logits are there
+                parts = []
+                backoff.chunks(group.ids.shape[0], functools.partial(self._moved_rows, group, parts))
+                found = torch.cat(parts)
             if logits is None:
                 logits = found.new_empty(self.n, found.shape[1])
             logits[group.samples] = found
@@ -343,6 +357,18 @@ class TokenCall(MethodCall):
     def _capture_rows(self, group: _Group, parts: list[tuple[Tensor, Tensor]], start: int, stop: int) -> None:
         fields = {key: value[start:stop] for key, value in group.fields.items()}
         parts.append(self.swap.capture(self.caller, group.ids[start:stop], group.attended[start:stop], fields))
+
+    def _moved_rows(self, group: _Group, parts: list[Tensor], start: int, stop: int) -> None:
+        assert self.offset is not None and group.clean is not None  # called for an offset, after the capture
+        samples, positions = group.samples[start:stop, None], group.positions[start:stop]
+        offset = self.offset[samples, positions].to(group.clean) * self.batch.perturbable[samples, positions][..., None]
+        self.swap.replacement = group.clean[start:stop] + offset
+        try:
+            fields = {key: value[start:stop] for key, value in group.fields.items()}
+            with torch.no_grad():
+                parts.append(self.caller(group.ids[start:stop], group.attended[start:stop], fields).detach())
+        finally:
+            self.swap.replacement = None
 
     def segments(self) -> list[Tensor]:
         """The samples of each segment (one padded batch, or the length groups)."""
@@ -361,7 +387,17 @@ class TokenCall(MethodCall):
         scaled = bool(getattr(self.method, "relative_steps", False))
         fields = {key: value[rows] for key, value in group.fields.items()}
         ids, attended, clean = group.ids[rows], group.attended[rows], group.clean[rows]
-        return TokenSpace(self, samples, ids, attended, fields, perturbable, clean, logits, scaled)
+        offset = None
+        if self.offset is not None:
+            if self.offset.shape[-1] != clean.shape[-1]:
+                raise ValueError(
+                    f"`embedding_offset` must be (N, L, E) with the embedding width E = {clean.shape[-1]}, got "
+                    f"{tuple(self.offset.shape)}."
+                )
+            offset = self.offset[samples[:, None], group.positions[rows]]
+        return TokenSpace(
+            self, samples, ids, attended, fields, perturbable, clean, logits, scaled, offset=offset, shift=self.shift
+        )
 
     def _rows(self, samples: Tensor) -> Tensor:
         """The rows of ``samples`` in their length group."""

@@ -19,10 +19,11 @@ import torch
 from torch import Tensor, nn
 
 import lit_attr.viz as viz
-from lit_attr._checks import check_choice, check_device, check_seed
+from lit_attr._checks import check_choice, check_device, check_number, check_seed
 from lit_attr.inputs.base import GameInputs, InputKind, SubstrateType
 from lit_attr.inputs.embedding import TokenCall
 from lit_attr.inputs.space import MethodCall, Rendering
+from lit_attr.inputs.token_neighbourhood import TokenNeighbourhood
 from lit_attr.inputs.tokens import (
     METHOD_TOKEN_DEFAULTS,
     TOKEN_KEYWORDS,
@@ -52,6 +53,8 @@ _OWN_KEYWORDS = (
     "baseline_token_id",
     "embedding_layer",
     "token_reduction",
+    "embedding_offset",
+    "embedding_shift",
 )
 
 
@@ -168,6 +171,10 @@ class Tokens(InputKind):
         """Refused: the ``"mask"`` id is the model's (:meth:`game_substrate` knows the model)."""
         raise ValueError(f"The {substrate!r} substrate of token ids is the model's id: build it with game_substrate().")
 
+    def neighbourhood(self, method: Any, x: Tensor, fields: Mapping[str, Any]) -> TokenNeighbourhood:
+        """The token embeddings, moved at a sentence's real tokens that are not special (the embedding space)."""
+        return TokenNeighbourhood(method, x, fields)
+
     def kept_sample(self, x: Tensor, fields: Mapping[str, Tensor | None]) -> Tensor:
         """The sample's real token ids (padding dropped)."""
         return x[_real(x, fields)].detach().cpu()
@@ -208,6 +215,15 @@ class Tokens(InputKind):
         check_token_id("baseline_token_id", baseline_id, vocab)
         limit = position_limit(model)
         check_length("input_ids", batch.input_ids, batch.attended, limit)
+        offset = own.get("embedding_offset")
+        if offset is not None and (
+            not isinstance(offset, Tensor) or offset.ndim != 3 or offset.shape[:2] != x.shape
+            or not offset.is_floating_point() or not bool(torch.isfinite(offset).all())
+        ):  # fmt: skip
+            shape = tuple(offset.shape) if isinstance(offset, Tensor) else type(offset).__name__
+            raise ValueError(
+                f"`embedding_offset` must be finite floats (N, L, E) with (N, L) = {tuple(x.shape)}, got {shape}."
+            )
         return TokenCall(
             method,
             batch,
@@ -219,6 +235,8 @@ class Tokens(InputKind):
             limit=limit,
             token_reduction=reduction,
             model_inputs=model_inputs,
+            offset=None if offset is None else offset.to(x.device),
+            shift=check_number("embedding_shift", own.get("embedding_shift", 0.0)),
         )
 
     def render(

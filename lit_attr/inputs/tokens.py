@@ -59,6 +59,8 @@ TOKEN_KEYWORDS = (
     "embedding_layer",
     "token_reduction",
     "reference_attention_mask",
+    "embedding_offset",
+    "embedding_shift",
 )
 
 

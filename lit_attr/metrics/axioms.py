@@ -149,16 +149,25 @@ class InputInvariance(MethodScores):
         target: TargetType = None,
         *,
         logits: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        special_tokens_mask: Tensor | None = None,
+        model_inputs: Mapping[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """``{"input_invariance": (N,) 1/0, "input_invariance_change": (N,)}`` of a batch.
 
         Args:
-            x: ``(N, ...)`` inputs on the model's device.
+            x: ``(N, ...)`` inputs on the model's device (or token ids ``(N, L)``: their embeddings shift).
             attributions: the method's maps of ``x`` for ``target`` if already computed.
             target: ``None`` (clean top-1 prediction), an int, or ``N`` class indices.
             logits: the model's logits for ``x`` if already computed.
+            attention_mask: token ids: ``(N, L)`` 1 on real tokens.
+            special_tokens_mask: token ids: ``(N, L)`` 1 on special tokens.
+            model_inputs: token ids: the batch's other inputs of the model by name (``token_type_ids``, ...).
         """
-        change = input_invariance(self.method, x, target, attributions=attributions, shift=self.shift, logits=logits)
+        change = input_invariance(
+            self.method, x, target, attributions=attributions, shift=self.shift, logits=logits,
+            attention_mask=attention_mask, special_tokens_mask=special_tokens_mask, model_inputs=model_inputs,
+        )  # fmt: skip
         return {"input_invariance": (change <= self.tolerance).to(change.dtype), "input_invariance_change": change}
 
 
@@ -252,8 +261,8 @@ register_metric(
 register_metric(
     "input_invariance",
     InputInvariance,
-    consumes=_METHOD_INPUTS,
-    modalities={"continuous"},
+    consumes=(*_METHOD_INPUTS, "attention_mask", "special_tokens_mask", "model_inputs"),
+    modalities={"continuous", "tokens"},
     presentation=Presentation(
         scores=(
             Score("input_invariance", "input invariance (share)"),

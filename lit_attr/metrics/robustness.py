@@ -8,7 +8,7 @@ copies, and the clean input when the caller gave no maps), the cost that dominat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -28,12 +28,11 @@ from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE
 from lit_attr.functional.robustness import (
     NOISES,
     SENSITIVITY_NORMALIZATIONS,
-    STABILITIES,
     avg_sensitivity,
     continuity,
     local_lipschitz,
-    relative_stability,
 )
+from lit_attr.functional.stability import STABILITIES, relative_stability
 from lit_attr.methods.base import AttributionMethod
 from lit_attr.metrics._method_scores import MethodScores
 from lit_attr.metrics.presentation import Presentation, Score
@@ -77,17 +76,27 @@ class _Robustness(MethodScores):
         attributions: Tensor | None = None,
         *,
         logits: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        special_tokens_mask: Tensor | None = None,
+        model_inputs: Mapping[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """One batch's per-sample scores and attributions computed per sample; the states are left as they are.
 
         Args:
-            x: ``(N, ...)`` inputs on the model's device.
+            x: ``(N, ...)`` inputs on the model's device (or token ids ``(N, L)``: their embeddings move).
             target: ``None`` (clean top-1 prediction), an int, or ``N`` class indices.
             attributions: the method's maps of ``x`` for ``target`` if already computed (saves one attribution).
             logits: the model's logits for ``x`` if already computed.
+            attention_mask: token ids: ``(N, L)`` 1 on real tokens.
+            special_tokens_mask: token ids: ``(N, L)`` 1 on special tokens.
+            model_inputs: token ids: the batch's other inputs of the model by name (``token_type_ids``, ...).
         """
         function = type(self).function
-        values = function(self.method, x, target, attributions=attributions, logits=logits, **self._options)
+        fields = {"attention_mask": attention_mask, "special_tokens_mask": special_tokens_mask,
+                  "model_inputs": model_inputs}  # fmt: skip
+        values = function(
+            self.method, x, target, attributions=attributions, logits=logits, **self._options, **fields
+        )
         result = self.values(values)
         calls = self._options["n_perturb_samples"] + (attributions is None)
         result[f"{self.name}_method_calls"] = torch.full((x.shape[0],), float(calls), device=x.device)
@@ -217,7 +226,7 @@ class RelativeStability(_Robustness):
 
     ``"relative_input_stability"``, ``"relative_output_stability"``, ``"relative_representation_stability"`` for
     the ``variants`` asked (all three by default, from one set of perturbed explanations); samples without a copy
-    that keeps their prediction are left out. See :func:`~lit_attr.functional.robustness.relative_stability`.
+    that keeps their prediction are left out. See :func:`~lit_attr.functional.stability.relative_stability`.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
@@ -264,7 +273,9 @@ class RelativeStability(_Robustness):
         return {_STABILITY_KEYS[variant]: result[variant] for variant in self.variants}
 
 
-_METHOD_INPUTS = ("method", "x", "target", "attributions", "logits")
+#: Token ids move their embeddings (lit_attr.inputs.token_neighbourhood): the batch's masks and model inputs come too.
+_METHOD_INPUTS = ("method", "x", "target", "attributions", "logits", "attention_mask", "special_tokens_mask",
+                  "model_inputs")  # fmt: skip
 for _name, _factory, _label in (
     ("local_lipschitz", LocalLipschitz, "local Lipschitz estimate"),
     ("avg_sensitivity", AvgSensitivity, "avg-sensitivity"),
@@ -274,14 +285,14 @@ for _name, _factory, _label in (
         _name,
         _factory,
         consumes=_METHOD_INPUTS,
-        modalities={"continuous"},
+        modalities={"continuous", "tokens"},
         presentation=Presentation(scores=(Score(_name, _label),), curves=None),
     )
 register_metric(
     "relative_stability",
     RelativeStability,
     consumes=_METHOD_INPUTS,
-    modalities={"continuous"},
+    modalities={"continuous", "tokens"},
     presentation=Presentation(
         display_name="relative stability",
         scores=(
