@@ -10,7 +10,8 @@
 All of them explain ``n_perturb`` perturbed copies of every sample with the method (drawn per sample from a CPU
 generator seeded by ``seed`` and the sample's values: the same copies in any batch, on any process and device;
 clipped to the method's ``input_bounds``), ``internal_batch_size`` copies per ``attribute`` call, whose own chunks
-back off when the device runs out of memory (:class:`~lit_attr._memory.MemoryBackoff`). Lower is better.
+back off when the device runs out of memory (:class:`~lit_attr._memory.MemoryBackoff`), as do relative stability's
+forward passes. Lower is better.
 
 Continuous kinds only: every definition divides by (or draws) a small continuous change of the input, and token ids
 have none (a token is there or replaced; the methods attribute them in the embedding space).
@@ -36,6 +37,7 @@ from lit_attr._checks import (
     check_seed,
 )
 from lit_attr._hygiene import preserved_model_state
+from lit_attr._memory import MemoryBackoff
 from lit_attr.functional.infidelity import Explainer, _per_sample_draws, check_noise_std
 from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE, check_clean_logits
 
@@ -345,6 +347,30 @@ class _Capture:
         self.value = args[0].detach()
 
 
+class _Outputs:
+    """The method's forward of rows in chunks that back off, with the ``capture``d representation of every row."""
+
+    def __init__(self, method: Explainer, capture: _Capture | None) -> None:
+        self.method = method
+        self.capture = capture
+
+    def __call__(self, rows: Tensor, backoff: MemoryBackoff) -> tuple[Tensor, Tensor | None]:
+        model = self.method.model
+        forward = getattr(self.method, "forward_fn", model)
+        logits: list[Tensor] = []
+        representations: list[Tensor] = []
+
+        def body(start: int, stop: int) -> None:
+            out = forward(rows[start:stop])  # a chunk that runs out of memory appends nothing: it is run again
+            if self.capture is not None:
+                representations.append(self.capture.value)
+            logits.append(out)
+
+        with torch.no_grad(), preserved_model_state(model):
+            backoff.chunks(rows.shape[0], body)
+        return torch.cat(logits), torch.cat(representations) if self.capture is not None else None
+
+
 def _default_layer(model: nn.Module) -> nn.Module:
     linear = [module for module in model.modules() if isinstance(module, nn.Linear)]
     if not linear:
@@ -422,16 +448,15 @@ def relative_stability(
     handle = module.register_forward_pre_hook(capture) if module is not None else None
     n = x.shape[0]
     values = {name: x.new_full((n, n_perturb_samples), -torch.inf, dtype=torch.float64) for name in asked}
+    # One bound for every forward of the call: the clean rows and each block's copies, chunked to fit.
+    backoff = MemoryBackoff("relative_stability", internal_batch_size)
+    outputs = _Outputs(method, capture if module is not None else None)
     try:
-        with torch.no_grad(), preserved_model_state(model):
-            clean_logits = getattr(method, "forward_fn", model)(x)
-            clean_repr = capture.value
+        clean_logits, clean_repr = outputs(x, backoff)
         for block in _neighbours(method, x, target, options):
             b = block.rows.numel()
-            flat = block.x.flatten(0, 1)
-            with torch.no_grad(), preserved_model_state(model):
-                moved_logits = getattr(method, "forward_fn", model)(flat).view(b, n_perturb_samples, -1)
-                moved_repr = capture.value
+            moved_logits, moved_repr = outputs(block.x.flatten(0, 1), backoff)
+            moved_logits = moved_logits.view(b, n_perturb_samples, -1)
             same = moved_logits.argmax(dim=2) == clean_logits[block.rows].argmax(dim=1, keepdim=True)
             own_b = own[block.rows].unsqueeze(1)
             explained = _norm((own_b - block.maps) / _nonzero(own_b, eps_min), order)
@@ -450,6 +475,7 @@ def relative_stability(
     finally:
         if handle is not None:
             handle.remove()
+    backoff.finish()  # warns once if the bound shrank
     result = {}
     for name, value in values.items():
         best = value.amax(dim=1)

@@ -16,6 +16,7 @@ sample's own values and the seed only, so a sample scores the same in any batch,
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Collection, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -255,6 +256,7 @@ def masked_outputs(
     output: str,
     internal_batch_size: int | None,
     who: str,
+    backoff: MemoryBackoff | None = None,
 ) -> Tensor:
     """The target scores of every row ``(sample, r)``: ``x[sample]`` with the units ``masks`` marks taken from ``fill``.
 
@@ -269,6 +271,8 @@ def masked_outputs(
         output: ``"logit"`` or ``"prob"``.
         internal_batch_size: most rows per forward pass; ``None``: all at once.
         who: the game's name, for the out-of-memory warning.
+        backoff: the bound of a game that plays several passes (its caller's block warns once); ``None``: this
+            pass's own, from ``internal_batch_size``.
 
     Returns:
         ``(N, rows_per_sample)`` scores in at least float32.
@@ -286,8 +290,10 @@ def masked_outputs(
         logits = kind_logits(game.kind, model, inputs, {key: value[samples] for key, value in game.fields.items()})
         out[start:stop] = target_scores(logits, game.target[samples], output).to(out.dtype)
 
-    with torch.no_grad(), preserved_model_state(model), MemoryBackoff(who, internal_batch_size) as backoff:
-        backoff.chunks(n * rows_per_sample, body)
+    # A shared bound keeps what an earlier pass learned: the next pass does not fail at the first size again.
+    shared = contextlib.nullcontext(backoff) if backoff is not None else MemoryBackoff(who, internal_batch_size)
+    with torch.no_grad(), preserved_model_state(model), shared as bound:
+        bound.chunks(n * rows_per_sample, body)
     return out.view(n, rows_per_sample)
 
 
@@ -419,14 +425,15 @@ def draw_outputs(
     repeats).
     """
     scores = []
-    for draw in range(n_draws):
-        fill = game_fill(model, game, substrate, x, value=substrate_value, seed=seed + draw)
-        scores.append(
-            masked_outputs(
-                model, game, x, fill, lambda samples, rows: groups[samples] == _view(rows, groups), count,
-                output=output, internal_batch_size=internal_batch_size, who=who,
-            )  # fmt: skip
-        )
+    with MemoryBackoff(who, internal_batch_size) as backoff:
+        for draw in range(n_draws):
+            fill = game_fill(model, game, substrate, x, value=substrate_value, seed=seed + draw)
+            scores.append(
+                masked_outputs(
+                    model, game, x, fill, lambda samples, rows: groups[samples] == _view(rows, groups), count,
+                    output=output, internal_batch_size=internal_batch_size, who=who, backoff=backoff,
+                )  # fmt: skip
+            )
     return torch.stack(scores, dim=2)
 
 
