@@ -22,6 +22,7 @@ from vit_helpers import torchvision_vit
 
 from lit_attr._memory import OutOfMemoryWarning
 from lit_attr.functional import (
+    completeness,
     faithfulness_correlation,
     faithfulness_estimate,
     irof,
@@ -319,6 +320,20 @@ def test_every_new_unit_game_backs_off_to_the_values_of_an_unlimited_model(name)
     from_start, again = _run(lambda: game(model, x, a, internal_batch_size=size))
     assert again == []
     _assert_same(from_start, backed_off)
+
+
+@pytest.mark.parametrize("name", [*UNIT_GAMES, "completeness"])
+def test_the_clean_pass_of_a_new_game_backs_off_on_a_batch_larger_than_the_limit(name):
+    # Without logits the game runs the model on the batch first: 6 rows, then the baseline (completeness) or the game.
+    game = functools.partial({**UNIT_GAMES, "completeness": completeness}[name], **BREADTH_FAST[name])
+    inner = small_cnn().double()
+    model = RowLimited(inner, LIMIT)
+    x = torch.rand(N, 3, 8, 8, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    a = torch.randn(N, 3, 8, 8, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    backed_off, messages = _run(lambda: game(model, x, a))
+    assert messages and all(message.startswith(f"{name}: out of memory") for message in messages)
+    assert model.largest <= LIMIT
+    _assert_same(backed_off, game(RowLimited(inner, None), x, a))
 
 
 def _counting(method):

@@ -38,6 +38,7 @@ from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE, Substr
 from lit_attr.functional.similarity import spearman, ssim_maps
 from lit_attr.functional.unit_games import (
     batch_fields,
+    chunked_logits,
     draw_outputs,
     fill_of,
     index_groups,
@@ -235,11 +236,12 @@ def completeness(
         raise ValueError(f"`attributions` must have the shape of x {tuple(getattr(x, 'shape', ()))}, got {shape}.")
     game = prepare_game(
         model, x, attributions, target, logits, reduce="none", output="logit", internal_batch_size=None,
-        kinds=(CONTINUOUS,),
+        kinds=(CONTINUOUS,), who="completeness",
     )  # fmt: skip
     baseline = fill_of(substrate, x, value=substrate_value, seed=seed, name="substrate")
-    with torch.no_grad(), preserved_model_state(model):
-        delta = game.clean - target_scores(model(baseline), game.target, "logit")
+    delta = game.clean - target_scores(
+        chunked_logits(game.kind, model, baseline, game.fields, None, "completeness"), game.target, "logit"
+    )
     defined = delta != 0
     errors = torch.full_like(game.clean, float("nan"))
     if bool(defined.any()):
@@ -318,6 +320,7 @@ def non_sensitivity(
     game = prepare_game(
         model, x, attributions, target, logits, reduce="abs_sum", output=output,
         internal_batch_size=internal_batch_size, fields=batch_fields(attention_mask, special_tokens_mask, model_inputs),
+        who="non_sensitivity",
     )  # fmt: skip
     n = x.shape[0]
     groups, count, own = index_groups(game, features_per_step)

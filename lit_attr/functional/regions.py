@@ -225,7 +225,7 @@ def region_perturbation(
     check_seed(seed)
     game = prepare_game(
         model, x, attributions, target, logits, reduce=reduce, output=output, internal_batch_size=internal_batch_size,
-        fields=batch_fields(attention_mask, special_tokens_mask, model_inputs),
+        fields=batch_fields(attention_mask, special_tokens_mask, model_inputs), who="region_perturbation",
     )  # fmt: skip
     labels = _game_labels("grid", x, game, patch_size)
     fill = game_fill(model, game, substrate, x, value=substrate_value, seed=seed, preferred="noise")
@@ -312,7 +312,7 @@ def selectivity(
     check_seed(seed)
     game = prepare_game(
         model, x, attributions, target, logits, reduce=reduce, output=output, internal_batch_size=internal_batch_size,
-        fields=batch_fields(attention_mask, special_tokens_mask, model_inputs),
+        fields=batch_fields(attention_mask, special_tokens_mask, model_inputs), who="selectivity",
     )  # fmt: skip
     labels = _game_labels("grid", x, game, patch_size)
     fill = game_fill(model, game, substrate, x, value=substrate_value, seed=seed)
@@ -384,7 +384,7 @@ def irof(
         raise TypeError(f"`segmentation` must be 'grid', 'slic' or a callable, got {type(segmentation).__name__}.")
     game = prepare_game(
         model, x, attributions, target, logits, reduce=reduce, output="prob", internal_batch_size=internal_batch_size,
-        fields=batch_fields(attention_mask, special_tokens_mask, model_inputs),
+        fields=batch_fields(attention_mask, special_tokens_mask, model_inputs), who="irof",
     )  # fmt: skip
     labels = _game_labels(segmentation, x, game, patch_size)
     fill = game_fill(model, game, substrate, x, value=substrate_value, seed=seed, preferred="mean")

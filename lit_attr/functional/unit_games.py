@@ -44,6 +44,7 @@ __all__ = [
     "batch_fields",
     "check_game_options",
     "check_size",
+    "chunked_logits",
     "counted_units",
     "draw_outputs",
     "fill_of",
@@ -92,6 +93,7 @@ def prepare_game(
     internal_batch_size: int | None,
     fields: Mapping[str, Any] | None = None,
     kinds: Collection[str] | None = None,
+    who: str = "game",
 ) -> Game:
     """Check a game's inputs, resolve the targets and read the clean scores (from ``logits`` when given).
 
@@ -106,6 +108,7 @@ def prepare_game(
         internal_batch_size: checked here for the game.
         fields: the batch's other inputs by name (``attention_mask``, ``special_tokens_mask``, ``model_inputs``).
         kinds: the kind tags a game accepts (``{"continuous"}`` for a game that needs a continuous perturbation).
+        who: the game's name, for the out-of-memory warning of the clean pass (chunked like the game's rows).
 
     Raises:
         TypeError: for a model that is not a module, or inputs or maps of the wrong type.
@@ -126,8 +129,7 @@ def prepare_game(
         raise ValueError("`attributions` contains NaN or infinite values; it must be finite.")
     given = kind.game_inputs(model, x, fields or {})
     if logits is None:
-        with torch.no_grad(), preserved_model_state(model):
-            logits = kind_logits(kind, model, x, given.fields)
+        logits = chunked_logits(kind, model, x, given.fields, internal_batch_size, who)
     else:
         check_clean_logits(logits, x)
     logits = logits.detach()
@@ -136,6 +138,34 @@ def prepare_game(
     valid = None if given.valid is None else given.valid.to(device=x.device, dtype=torch.bool).view(units.shape)
     clean = target_scores(logits, target, output)
     return Game(kind, units, target, clean, valid, MappingProxyType(dict(given.fields)))
+
+
+def chunked_logits(
+    kind: InputKind, model: nn.Module, x: Tensor, fields: Mapping[str, Tensor], size: int | None, who: str
+) -> Tensor:
+    """``kind``'s model call on ``x`` in chunks of at most ``size`` rows, halved when the device runs out of memory.
+
+    Args:
+        kind: the inputs' kind.
+        model: the classifier (eval mode, no gradients; its state restored).
+        x: ``(N, ...)`` rows.
+        fields: their other inputs by name (``(N, ...)`` each), sliced with the rows.
+        size: the most rows per forward pass; ``None``: all at once.
+        who: the caller's name, for the out-of-memory warning.
+
+    Example:
+        >>> chunked_logits(input_kind(torch.ones(3, 2)), nn.Linear(2, 4), torch.ones(3, 2), {}, 2, "demo").shape
+        torch.Size([3, 4])
+    """
+    parts: list[Tensor] = []
+
+    def body(start: int, stop: int) -> None:
+        rows = {key: value[start:stop] for key, value in fields.items()}
+        parts.append(kind_logits(kind, model, x[start:stop], rows))
+
+    with torch.no_grad(), preserved_model_state(model), MemoryBackoff(who, size) as backoff:
+        backoff.chunks(x.shape[0], body)
+    return torch.cat(parts)
 
 
 def batch_fields(
