@@ -1,8 +1,9 @@
 """Out-of-memory back-off: the one place where a chunked loop halves its chunk and retries.
 
 Attribution methods (through :meth:`~lit_attr.methods.AttributionMethod.attribute`, on float inputs and on token
-ids) and the perturbation games (insertion/deletion, activation deviation, ROAD, infidelity, and the token games:
-insertion/deletion, comprehensiveness, sufficiency, activation deviation) run their rows in chunks bounded by
+ids) and the perturbation games (insertion/deletion, activation deviation, ROAD, infidelity, the unit games of
+:mod:`lit_attr.functional.unit_games`, relative stability's forwards, and the token games: insertion/deletion,
+comprehensiveness, sufficiency, activation deviation) run their rows in chunks bounded by
 ``internal_batch_size``. When a chunk raises ``torch.OutOfMemoryError``, :class:`MemoryBackoff` halves it (the rows
 it had, at most the bound) and runs it again, down to one row; the rest of the loop keeps the smaller bound, so
 the results equal those of a run started with it. The random state is rewound before every retry, so a chunk that

@@ -9,16 +9,30 @@ fails. Token ids take the same paths: every token-capable method and every token
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 
 import pytest
 import torch
+from breadth_helpers import FAST as BREADTH_FAST
 from text_helpers import MASK, SPECIALS, TOKEN_METHODS, plain_transformer, token_batch
 from torch import Tensor, nn
 from vit_helpers import torchvision_vit
 
 from lit_attr._memory import OutOfMemoryWarning
+from lit_attr.functional import (
+    completeness,
+    faithfulness_correlation,
+    faithfulness_estimate,
+    irof,
+    monotonicity,
+    monotonicity_correlation,
+    non_sensitivity,
+    region_perturbation,
+    selectivity,
+    sensitivity_n,
+)
 from lit_attr.functional.activation_deviation import activation_deviation
 from lit_attr.functional.eraser import comprehensiveness, sufficiency
 from lit_attr.functional.infidelity import infidelity
@@ -28,6 +42,7 @@ from lit_attr.functional.token_activation_deviation import token_activation_devi
 from lit_attr.functional.token_games import token_insertion_deletion
 from lit_attr.inputs.tokens import TokenOptions
 from lit_attr.methods import available_methods, get_method
+from lit_attr.metrics import get_metric_spec
 
 LIMIT = 4  # rows per forward pass
 N = 6  # samples per batch: the whole batch does not fit
@@ -261,3 +276,100 @@ def test_every_token_game_backs_off_to_a_size_that_fits(game):
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
     _, twice = _run(lambda: TOKEN_GAMES[game](model, ids, mask, scores, 2 * size))
     assert len(twice) == 1
+
+
+# ------------------------------------------------------------------------------------- the metrics of issue #26
+#: The unit games of issue #26 with small budgets (breadth_helpers.FAST): each plays several rows per sample.
+UNIT_GAMES = {
+    "faithfulness_correlation": faithfulness_correlation,
+    "faithfulness_estimate": faithfulness_estimate,
+    "sensitivity_n": sensitivity_n,
+    "monotonicity": monotonicity,
+    "monotonicity_correlation": monotonicity_correlation,
+    "region_perturbation": region_perturbation,
+    "selectivity": selectivity,
+    "irof": irof,
+    "non_sensitivity": non_sensitivity,
+}
+
+
+def _values(result) -> list[Tensor]:
+    """Every tensor of a game's result (a tensor, a tuple or a dict of them), in a fixed order."""
+    if isinstance(result, dict):
+        return [result[key] for key in sorted(result)]
+    return _tensors(result)
+
+
+def _assert_same(got, expected) -> None:
+    for a, b in zip(_values(got), _values(expected), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("name", list(UNIT_GAMES))
+def test_every_new_unit_game_backs_off_to_the_values_of_an_unlimited_model(name):
+    # 3 samples fit the clean pass; the perturbed rows (12 to 24) do not fit 4 rows at the default size of 128.
+    game = functools.partial(UNIT_GAMES[name], **BREADTH_FAST[name])
+    inner = small_cnn().double()  # float64: a chunk's size changes a float32 conv's last bits, and so the scores
+    model = RowLimited(inner, LIMIT)
+    x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    a = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    backed_off, messages = _run(lambda: game(model, x, a))
+    size = _reported(messages, name)
+    assert model.largest <= LIMIT
+    _assert_same(backed_off, game(RowLimited(inner, None), x, a))
+    from_start, again = _run(lambda: game(model, x, a, internal_batch_size=size))
+    assert again == []
+    _assert_same(from_start, backed_off)
+
+
+@pytest.mark.parametrize("name", [*UNIT_GAMES, "completeness"])
+def test_the_clean_pass_of_a_new_game_backs_off_on_a_batch_larger_than_the_limit(name):
+    # Without logits the game runs the model on the batch first: 6 rows, then the baseline (completeness) or the game.
+    game = functools.partial({**UNIT_GAMES, "completeness": completeness}[name], **BREADTH_FAST[name])
+    inner = small_cnn().double()
+    model = RowLimited(inner, LIMIT)
+    x = torch.rand(N, 3, 8, 8, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    a = torch.randn(N, 3, 8, 8, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    backed_off, messages = _run(lambda: game(model, x, a))
+    assert messages and all(message.startswith(f"{name}: out of memory") for message in messages)
+    assert model.largest <= LIMIT
+    _assert_same(backed_off, game(RowLimited(inner, None), x, a))
+
+
+def _counting(method):
+    """``method`` that counts the rows it is asked to explain (``method.explained``), however it chunks them."""
+    attribute = method.attribute
+    method.explained = 0
+
+    def counted(x: Tensor, *args, **kwargs):
+        method.explained += x.shape[0]
+        return attribute(x, *args, **kwargs)
+
+    method.attribute = counted
+    return method
+
+
+@pytest.mark.parametrize("name", ["local_lipschitz", "avg_sensitivity", "continuity", "relative_stability"])
+def test_every_robustness_metric_backs_off_with_the_values_and_method_calls_of_an_unlimited_model(name):
+    # 3 samples x 3 copies: 9 rows per call of the method (and forward, for relative stability) at the default size.
+    inner = small_cnn().double()
+    x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    target = torch.tensor([0, 1, 2])
+
+    def score(limit: int | None):
+        model = RowLimited(inner, limit)
+        method = _counting(get_method("saliency", model))
+        metric = get_metric_spec(name).build({**BREADTH_FAST[name], "n_perturb_samples": 3}, model=model, method=method)
+        result, messages = _run(lambda: metric.score(x, target))
+        return result, messages, method.explained, model.largest
+
+    backed_off, messages, explained, largest = score(LIMIT)
+    assert messages and largest <= LIMIT
+    expected, none, unlimited_explained, unlimited_largest = score(None)
+    assert none == [] and unlimited_largest > LIMIT  # the unlimited run does put more rows in one call
+    assert sorted(backed_off) == sorted(expected)
+    for key in expected:
+        torch.testing.assert_close(backed_off[key], expected[key], rtol=1e-6, atol=1e-6, equal_nan=True)
+    # The reported attributions per sample are the rows the method explained, with or without the back-off.
+    calls = backed_off[f"{name}_method_calls"]
+    assert explained == unlimited_explained == int(calls.sum()) == 3 * 4

@@ -234,8 +234,9 @@ def completeness(
 
     Example:
         >>> net = nn.Linear(4, 2)
-        >>> x = torch.rand(3, 4)
-        >>> completeness(net, x, x * net.weight[net(x).argmax(dim=1)].detach()).abs().max() < 1e-5
+        >>> _ = net.weight.data.copy_(torch.tensor([[1.0, -2.0, 0.5, 3.0], [0.5, 1.0, -1.0, 2.0]]))
+        >>> x = torch.tensor([[0.2, 0.4, 0.6, 0.8], [0.9, 0.1, 0.3, 0.5]])
+        >>> completeness(net, x, x * net.weight[net(x).argmax(dim=1)].detach()).abs().max() < 1e-5  # IG from zero
         tensor(True)
     """
     if not isinstance(attributions, Tensor) or attributions.shape != getattr(x, "shape", None):
@@ -243,7 +244,7 @@ def completeness(
         raise ValueError(f"`attributions` must have the shape of x {tuple(getattr(x, 'shape', ()))}, got {shape}.")
     game = prepare_game(
         model, x, attributions, target, logits, reduce="none", output="logit", internal_batch_size=None,
-        fields=batch_fields(attention_mask, special_tokens_mask, model_inputs),
+        fields=batch_fields(attention_mask, special_tokens_mask, model_inputs), who="completeness",
     )  # fmt: skip
     fill = game_fill(model, game, substrate, x, value=substrate_value, seed=seed)
     everything = masked_outputs(
@@ -330,6 +331,7 @@ def non_sensitivity(
     game = prepare_game(
         model, x, attributions, target, logits, reduce="abs_sum", output=output,
         internal_batch_size=internal_batch_size, fields=batch_fields(attention_mask, special_tokens_mask, model_inputs),
+        who="non_sensitivity",
     )  # fmt: skip
     n = x.shape[0]
     groups, count, own = index_groups(game, features_per_step)

@@ -113,7 +113,7 @@ def _subset_correlations(
         check_size(name, size)
     game = prepare_game(
         model, x, attributions, target, logits, reduce=reduce, output=output, internal_batch_size=internal_batch_size,
-        fields=fields,
+        fields=fields, who=who,
     )  # fmt: skip
     shape = tuple(game.units.shape[1:])
     valid = counted_units(game)
@@ -323,7 +323,7 @@ def faithfulness_estimate(
     check_seed(seed)
     game = prepare_game(
         model, x, attributions, target, logits, reduce=reduce, output=output, internal_batch_size=internal_batch_size,
-        fields=batch_fields(attention_mask, special_tokens_mask, model_inputs),
+        fields=batch_fields(attention_mask, special_tokens_mask, model_inputs), who="faithfulness_estimate",
     )  # fmt: skip
     groups, count = rank_groups(game.units, features_per_step, valid=game.valid)
     fill = game_fill(model, game, substrate, x, value=substrate_value, seed=seed)

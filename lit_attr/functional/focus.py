@@ -47,6 +47,11 @@ class Mosaics(NamedTuple):
 def focus_mosaics(x: Tensor, target: Tensor, *, tile: str = "full", seed: int = 0) -> Mosaics:
     """One mosaic per sample that has images of another class in its batch (the others get none).
 
+    A sample's generator (``seed`` and the sample's values) draws, in this order: its partner, uniformly among the
+    other images of its class (itself if there is none); two images of other classes, the first two of a random
+    permutation of them (the one there is, twice, if only one); the tiles of the sample, the partner and the two
+    others, a random permutation of the four (top-left, top-right, bottom-left, bottom-right).
+
     Args:
         x: ``(N, C, H, W)`` images.
         target: ``(N,)`` their classes.

@@ -94,7 +94,7 @@ def _curves(
     check_seed(seed)
     game = prepare_game(
         model, x, attributions, target, logits, reduce=reduce, output=output, internal_batch_size=internal_batch_size,
-        fields=fields,
+        fields=fields, who="monotonicity",
     )  # fmt: skip
     groups, count = rank_groups(game.units, features_per_step, ascending=True, valid=game.valid)
     fill = game_fill(model, game, substrate, x, value=substrate_value, seed=seed)
@@ -234,7 +234,7 @@ def monotonicity_correlation(
     check_seed(seed)
     game = prepare_game(
         model, x, attributions, target, logits, reduce=reduce, output=output, internal_batch_size=internal_batch_size,
-        fields=batch_fields(attention_mask, special_tokens_mask, model_inputs),
+        fields=batch_fields(attention_mask, special_tokens_mask, model_inputs), who="monotonicity_correlation",
     )  # fmt: skip
     groups, count = rank_groups(game.units, features_per_step, valid=game.valid)
     scores = draw_outputs(

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_attr._checks import TargetType, check_choice, check_int, check_names, check_seed
+from lit_attr._memory import MemoryBackoff
 from lit_attr._optional import import_optional
 from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE, SubstrateType, auc
 from lit_attr.functional.unit_games import Game, batch_fields, game_fill, masked_outputs, prepare_game
@@ -120,6 +121,7 @@ def _region_curves(
     output: str,
     internal_batch_size: int | None,
     who: str,
+    backoff: MemoryBackoff | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``(curves (N, steps + 1), segments (N,))``: the score after removing the first ``t`` regions in order."""
     n = x.shape[0]
@@ -146,7 +148,7 @@ def _region_curves(
     rank = place.gather(1, flat).view_as(labels)
     curves = masked_outputs(
         model, game, x, fill, lambda samples, rows: rank[samples] < rows.view(-1, *([1] * (rank.ndim - 1))),
-        steps + 1, output=output, internal_batch_size=internal_batch_size, who=who,
+        steps + 1, output=output, internal_batch_size=internal_batch_size, who=who, backoff=backoff,
     )  # fmt: skip
     return curves, segments
 
@@ -223,24 +225,26 @@ def region_perturbation(
     check_seed(seed)
     game = prepare_game(
         model, x, attributions, target, logits, reduce=reduce, output=output, internal_batch_size=internal_batch_size,
-        fields=batch_fields(attention_mask, special_tokens_mask, model_inputs),
+        fields=batch_fields(attention_mask, special_tokens_mask, model_inputs), who="region_perturbation",
     )  # fmt: skip
     labels = _game_labels("grid", x, game, patch_size)
     fill = game_fill(model, game, substrate, x, value=substrate_value, seed=seed, preferred="noise")
     result: dict[str, Tensor] = {}
     steps = min(regions, int(_segments(labels, game).max()))
-    for order in ORDERS:
-        if order in played:
-            curves, segments = _region_curves(
-                model, game, x, fill, labels, steps=steps, statistic="sum", descending=order == "morf",
-                output=output, internal_batch_size=internal_batch_size, who="region_perturbation",
-            )  # fmt: skip
-            # A sample's own L_i + 1 points: a sentence with fewer regions ends its curve (NaN after).
-            last = segments.clamp(max=regions)
-            reached = torch.arange(steps + 1, device=curves.device)[None] <= last[:, None]
-            drops = torch.where(reached, curves[:, :1] - curves, 0.0)
-            result[order] = drops.sum(dim=1) / (last + 1).to(drops.dtype)
-            result[f"{order}_curve"] = torch.where(reached, curves, torch.nan)
+    with MemoryBackoff("region_perturbation", internal_batch_size) as backoff:  # one bound for both orders
+        for order in ORDERS:
+            if order in played:
+                curves, segments = _region_curves(
+                    model, game, x, fill, labels, steps=steps, statistic="sum", descending=order == "morf",
+                    output=output, internal_batch_size=internal_batch_size, who="region_perturbation",
+                    backoff=backoff,
+                )  # fmt: skip
+                # A sample's own L_i + 1 points: a sentence with fewer regions ends its curve (NaN after).
+                last = segments.clamp(max=regions)
+                reached = torch.arange(steps + 1, device=curves.device)[None] <= last[:, None]
+                drops = torch.where(reached, curves[:, :1] - curves, 0.0)
+                result[order] = drops.sum(dim=1) / (last + 1).to(drops.dtype)
+                result[f"{order}_curve"] = torch.where(reached, curves, torch.nan)
     return result
 
 
@@ -308,7 +312,7 @@ def selectivity(
     check_seed(seed)
     game = prepare_game(
         model, x, attributions, target, logits, reduce=reduce, output=output, internal_batch_size=internal_batch_size,
-        fields=batch_fields(attention_mask, special_tokens_mask, model_inputs),
+        fields=batch_fields(attention_mask, special_tokens_mask, model_inputs), who="selectivity",
     )  # fmt: skip
     labels = _game_labels("grid", x, game, patch_size)
     fill = game_fill(model, game, substrate, x, value=substrate_value, seed=seed)
@@ -380,7 +384,7 @@ def irof(
         raise TypeError(f"`segmentation` must be 'grid', 'slic' or a callable, got {type(segmentation).__name__}.")
     game = prepare_game(
         model, x, attributions, target, logits, reduce=reduce, output="prob", internal_batch_size=internal_batch_size,
-        fields=batch_fields(attention_mask, special_tokens_mask, model_inputs),
+        fields=batch_fields(attention_mask, special_tokens_mask, model_inputs), who="irof",
     )  # fmt: skip
     labels = _game_labels(segmentation, x, game, patch_size)
     fill = game_fill(model, game, substrate, x, value=substrate_value, seed=seed, preferred="mean")

@@ -10,7 +10,8 @@
 All of them explain ``n_perturb`` perturbed copies of every sample with the method (drawn per sample from a CPU
 generator seeded by ``seed`` and the sample's values: the same copies in any batch, on any process and device;
 clipped to the method's ``input_bounds``), ``internal_batch_size`` copies per ``attribute`` call, whose own chunks
-back off when the device runs out of memory (:class:`~lit_attr._memory.MemoryBackoff`). Lower is better.
+back off when the device runs out of memory (:class:`~lit_attr._memory.MemoryBackoff`), as do relative stability's
+forward passes (:mod:`lit_attr.functional.stability`). Lower is better.
 
 The copies are moves in the input kind's neighbourhood (:meth:`~lit_attr.inputs.InputKind.neighbourhood`): the
 inputs themselves for continuous kinds; for token ids, the embeddings of a sentence's real tokens that are not special

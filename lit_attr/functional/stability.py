@@ -3,7 +3,7 @@
 RIS divides by the relative change of the input (of its points: token ids move their embeddings), ROS by the change
 of the logits, RRS by the relative change of an internal representation, each over the perturbed copies that keep the
 sample's prediction. The copies are those of :mod:`lit_attr.functional.robustness` (the same draws, neighbourhood,
-chunks and back-off).
+chunks and back-off); its forwards of the clean and moved rows run in chunks that back off too.
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ import torch
 from torch import Tensor, nn
 
 from lit_attr._checks import TargetType, check_names, check_number
+from lit_attr._memory import MemoryBackoff
 from lit_attr.functional.infidelity import Explainer
 from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE
 from lit_attr.functional.robustness import _neighbours, _norm, _prepare
 from lit_attr.functional.unit_games import batch_fields
+from lit_attr.inputs.neighbourhood import Moved, Neighbourhood
 
 __all__ = ["STABILITIES", "relative_stability"]
 
@@ -34,6 +36,28 @@ class _Capture:
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         self.value = args[0].detach()
+
+
+class _Outputs:
+    """The model's logits at moved rows in chunks that back off, with the ``capture``d representation of every row."""
+
+    def __init__(self, hood: Neighbourhood, capture: _Capture | None) -> None:
+        self.hood = hood
+        self.capture = capture
+
+    def __call__(self, moved: Moved, backoff: MemoryBackoff) -> tuple[Tensor, Tensor | None]:
+        logits: list[Tensor] = []
+        representations: list[Tensor] = []
+
+        def body(start: int, stop: int) -> None:
+            kwargs = {key: value[start:stop] for key, value in moved.kwargs.items()}
+            out = self.hood.logits(Moved(moved.inputs[start:stop], kwargs, moved.points[start:stop]))
+            if self.capture is not None:  # a chunk that runs out of memory appends nothing: it is run again
+                representations.append(self.capture.value)
+            logits.append(out)
+
+        backoff.chunks(moved.inputs.shape[0], body)
+        return torch.cat(logits), torch.cat(representations) if self.capture is not None else None
 
 
 def _default_layer(model: nn.Module) -> nn.Module:
@@ -119,14 +143,17 @@ def relative_stability(
     handle = module.register_forward_pre_hook(capture) if module is not None else None
     n = x.shape[0]
     values = {name: x.new_full((n, n_perturb_samples), -torch.inf, dtype=torch.float64) for name in asked}
+    # One bound for every forward of the call: the clean rows and each block's copies, chunked to fit.
+    backoff = MemoryBackoff("relative_stability", internal_batch_size)
+    outputs = _Outputs(hood, capture if module is not None else None)
     try:
-        clean_logits = hood.clean_logits()
-        clean_repr = capture.value
+        everything = torch.arange(n, device=x.device)
+        clean_logits, clean_repr = outputs(Moved(x, hood.fields(everything), hood.points), backoff)
         for block in _neighbours(ready, x, options):
             b = block.rows.numel()
             assert block.moved is not None  # neighbour_maps keeps them
-            moved_logits = hood.logits(block.moved).view(b, n_perturb_samples, -1)
-            moved_repr = capture.value
+            moved_logits, moved_repr = outputs(block.moved, backoff)
+            moved_logits = moved_logits.view(b, n_perturb_samples, -1)
             same = moved_logits.argmax(dim=2) == clean_logits[block.rows].argmax(dim=1, keepdim=True)
             own_b = own[block.rows].unsqueeze(1)
             explained = _norm((own_b - block.maps) / _nonzero(own_b, eps_min), order)
@@ -145,6 +172,7 @@ def relative_stability(
     finally:
         if handle is not None:
             handle.remove()
+    backoff.finish()  # warns once if the bound shrank
     result = {}
     for name, value in values.items():
         best = value.amax(dim=1)

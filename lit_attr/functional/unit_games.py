@@ -16,6 +16,7 @@ sample's own values and the seed only, so a sample scores the same in any batch,
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Collection, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -43,6 +44,7 @@ __all__ = [
     "batch_fields",
     "check_game_options",
     "check_size",
+    "chunked_logits",
     "counted_units",
     "draw_outputs",
     "fill_of",
@@ -91,6 +93,7 @@ def prepare_game(
     internal_batch_size: int | None,
     fields: Mapping[str, Any] | None = None,
     kinds: Collection[str] | None = None,
+    who: str = "game",
 ) -> Game:
     """Check a game's inputs, resolve the targets and read the clean scores (from ``logits`` when given).
 
@@ -105,6 +108,7 @@ def prepare_game(
         internal_batch_size: checked here for the game.
         fields: the batch's other inputs by name (``attention_mask``, ``special_tokens_mask``, ``model_inputs``).
         kinds: the kind tags a game accepts (``{"continuous"}`` for a game that needs a continuous perturbation).
+        who: the game's name, for the out-of-memory warning of the clean pass (chunked like the game's rows).
 
     Raises:
         TypeError: for a model that is not a module, or inputs or maps of the wrong type.
@@ -125,8 +129,7 @@ def prepare_game(
         raise ValueError("`attributions` contains NaN or infinite values; it must be finite.")
     given = kind.game_inputs(model, x, fields or {})
     if logits is None:
-        with torch.no_grad(), preserved_model_state(model):
-            logits = kind_logits(kind, model, x, given.fields)
+        logits = chunked_logits(kind, model, x, given.fields, internal_batch_size, who)
     else:
         check_clean_logits(logits, x)
     logits = logits.detach()
@@ -135,6 +138,34 @@ def prepare_game(
     valid = None if given.valid is None else given.valid.to(device=x.device, dtype=torch.bool).view(units.shape)
     clean = target_scores(logits, target, output)
     return Game(kind, units, target, clean, valid, MappingProxyType(dict(given.fields)))
+
+
+def chunked_logits(
+    kind: InputKind, model: nn.Module, x: Tensor, fields: Mapping[str, Tensor], size: int | None, who: str
+) -> Tensor:
+    """``kind``'s model call on ``x`` in chunks of at most ``size`` rows, halved when the device runs out of memory.
+
+    Args:
+        kind: the inputs' kind.
+        model: the classifier (eval mode, no gradients; its state restored).
+        x: ``(N, ...)`` rows.
+        fields: their other inputs by name (``(N, ...)`` each), sliced with the rows.
+        size: the most rows per forward pass; ``None``: all at once.
+        who: the caller's name, for the out-of-memory warning.
+
+    Example:
+        >>> chunked_logits(input_kind(torch.ones(3, 2)), nn.Linear(2, 4), torch.ones(3, 2), {}, 2, "demo").shape
+        torch.Size([3, 4])
+    """
+    parts: list[Tensor] = []
+
+    def body(start: int, stop: int) -> None:
+        rows = {key: value[start:stop] for key, value in fields.items()}
+        parts.append(kind_logits(kind, model, x[start:stop], rows))
+
+    with torch.no_grad(), preserved_model_state(model), MemoryBackoff(who, size) as backoff:
+        backoff.chunks(x.shape[0], body)
+    return torch.cat(parts)
 
 
 def batch_fields(
@@ -255,6 +286,7 @@ def masked_outputs(
     output: str,
     internal_batch_size: int | None,
     who: str,
+    backoff: MemoryBackoff | None = None,
 ) -> Tensor:
     """The target scores of every row ``(sample, r)``: ``x[sample]`` with the units ``masks`` marks taken from ``fill``.
 
@@ -269,6 +301,8 @@ def masked_outputs(
         output: ``"logit"`` or ``"prob"``.
         internal_batch_size: most rows per forward pass; ``None``: all at once.
         who: the game's name, for the out-of-memory warning.
+        backoff: the bound of a game that plays several passes (its caller's block warns once); ``None``: this
+            pass's own, from ``internal_batch_size``.
 
     Returns:
         ``(N, rows_per_sample)`` scores in at least float32.
@@ -286,8 +320,10 @@ def masked_outputs(
         logits = kind_logits(game.kind, model, inputs, {key: value[samples] for key, value in game.fields.items()})
         out[start:stop] = target_scores(logits, game.target[samples], output).to(out.dtype)
 
-    with torch.no_grad(), preserved_model_state(model), MemoryBackoff(who, internal_batch_size) as backoff:
-        backoff.chunks(n * rows_per_sample, body)
+    # A shared bound keeps what an earlier pass learned: the next pass does not fail at the first size again.
+    shared = contextlib.nullcontext(backoff) if backoff is not None else MemoryBackoff(who, internal_batch_size)
+    with torch.no_grad(), preserved_model_state(model), shared as bound:
+        bound.chunks(n * rows_per_sample, body)
     return out.view(n, rows_per_sample)
 
 
@@ -419,14 +455,15 @@ def draw_outputs(
     repeats).
     """
     scores = []
-    for draw in range(n_draws):
-        fill = game_fill(model, game, substrate, x, value=substrate_value, seed=seed + draw)
-        scores.append(
-            masked_outputs(
-                model, game, x, fill, lambda samples, rows: groups[samples] == _view(rows, groups), count,
-                output=output, internal_batch_size=internal_batch_size, who=who,
-            )  # fmt: skip
-        )
+    with MemoryBackoff(who, internal_batch_size) as backoff:
+        for draw in range(n_draws):
+            fill = game_fill(model, game, substrate, x, value=substrate_value, seed=seed + draw)
+            scores.append(
+                masked_outputs(
+                    model, game, x, fill, lambda samples, rows: groups[samples] == _view(rows, groups), count,
+                    output=output, internal_batch_size=internal_batch_size, who=who, backoff=backoff,
+                )  # fmt: skip
+            )
     return torch.stack(scores, dim=2)
 
 

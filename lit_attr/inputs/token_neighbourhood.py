@@ -79,14 +79,16 @@ class TokenNeighbourhood(Neighbourhood):
 
     def logits(self, moved: Moved) -> Tensor:
         """The model's logits with the moved embeddings (a hook adds the offsets to the layer's output)."""
-        offsets = moved.kwargs.get("embedding_offset", torch.zeros_like(self.points))
-        handle = self.layer.register_forward_hook(lambda module, args, output: output + offsets.to(output.dtype))
+        offsets = moved.kwargs.get("embedding_offset")
+        fields = {key: value for key, value in moved.kwargs.items() if key in self.model_inputs}
+        hook = None if offsets is None else (lambda module, args, output: output + offsets.to(output.dtype))
+        handle = None if hook is None else self.layer.register_forward_hook(hook)
         try:
             with torch.no_grad(), preserved_model_state(self.method.model):
-                fields = {key: value for key, value in moved.kwargs.items() if key in self.model_inputs}
                 return call_model(self.method.forward_fn, moved.inputs, moved.kwargs.get("attention_mask"), **fields)
         finally:
-            handle.remove()
+            if handle is not None:
+                handle.remove()
 
     def shifted(self, shift: float) -> tuple[Any, Tensor, dict[str, Any]]:
         """The method itself on the same ids, with every embedding shifted by ``shift`` (taken off by the model)."""

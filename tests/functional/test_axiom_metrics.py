@@ -14,7 +14,7 @@ from lit_attr._hygiene import row_seed
 from lit_attr.functional import completeness, input_invariance, non_sensitivity, random_logit, spearman
 from lit_attr.functional.axioms import map_similarity, shifted_method
 from lit_attr.methods import get_method
-from lit_attr.metrics import Completeness, InputInvariance, RandomLogit
+from lit_attr.metrics import Completeness, InputInvariance, NonSensitivity, RandomLogit
 
 
 def test_random_logit_equals_a_loop_over_the_drawn_classes():
@@ -126,3 +126,123 @@ def test_bad_input_names_the_argument():
         completeness(model, x, torch.rand(2, 5))
     with pytest.raises(TypeError, match="`method`"):
         random_logit(model, x)
+
+
+# ----------------------------------------------------------------------- per-sample references, one call at a time
+def _mlp(features: int, classes: int = 3, seed: int = 0) -> nn.Module:
+    """A float64 non-linear classifier (tanh, ReLU)."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(features, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, classes))
+    return model.double().eval()
+
+
+@torch.no_grad()
+def _logit(model: nn.Module, row: torch.Tensor, label: int) -> float:
+    return float(model(row[None])[0, label])
+
+
+def _uneven_mean(metric, key: str, batches: list[dict]) -> torch.Tensor:
+    for batch in batches:
+        metric.update(**batch)
+    return metric.compute()[key].double()
+
+
+def test_completeness_equals_a_per_sample_loop_for_integrated_gradients_with_few_steps():
+    model = _mlp(6, seed=1)
+    x = torch.rand(5, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 2
+    maps = get_method("integrated_gradients", model, n_steps=3).attribute(x)  # a coarse integral: errors > 0
+    for substrate, value in (("zero", 0.0), ("constant", 0.5)):
+        expected = []
+        for row, attribution in zip(x, maps.detach(), strict=True):
+            label = int(model(row[None]).argmax())
+            delta = _logit(model, row, label) - _logit(model, torch.full_like(row, value), label)
+            expected.append(abs(float(attribution.sum()) - delta) / abs(delta))
+        expected = torch.tensor(expected, dtype=torch.float64)
+        assert float(expected.min()) > 1e-4  # not the exact IG of a linear model: the error means something
+        got = completeness(model, x, maps, substrate=substrate, substrate_value=value)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-12)
+    metric = Completeness(model)
+    expected = completeness(model, x, maps)
+    torch.testing.assert_close(metric.score(x, maps)["completeness"], expected)
+    batches = [{"x": x[rows], "attributions": maps[rows]} for rows in (slice(0, 3), slice(3, 5))]
+    torch.testing.assert_close(_uneven_mean(metric, "completeness", batches), expected.mean(), rtol=1e-5, atol=0)
+
+
+def _non_sensitivity_reference(model, x, maps, *, per_step, n_samples, eps, tolerance, seed) -> list[float]:
+    """Groups where zero attribution and the model's insensitivity disagree, by loops over samples, groups, draws."""
+    draws = [torch.randn((1, x.shape[1]), generator=torch.Generator().manual_seed(seed + j), dtype=x.dtype)[0]
+             for j in range(n_samples)]  # fmt: skip
+    counts = []
+    for row, attribution in zip(x, maps, strict=True):
+        probs = model(row[None]).softmax(dim=1)[0]
+        label = int(probs.argmax())
+        largest = float(attribution.abs().max())
+        count = 0
+        for start in range(0, x.shape[1], per_step):
+            columns = list(range(start, min(start + per_step, x.shape[1])))
+            zero = all(abs(float(attribution[c])) <= eps * largest for c in columns)
+            moved = False
+            for draw in draws:
+                perturbed = row.clone()
+                perturbed[columns] = draw[columns]
+                moved |= abs(float(model(perturbed[None]).softmax(dim=1)[0, label] - probs[label])) > tolerance
+            count += zero == moved
+        counts.append(float(count))
+    return counts
+
+
+@torch.no_grad()
+def test_non_sensitivity_equals_a_per_sample_loop_on_a_model_that_ignores_three_features():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.ReLU(), nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3)).double().eval()
+    model[1].weight[:, [4, 6, 7]] = 0.0  # of the groups (0, 1), (2, 3), (4, 5), (6, 7), the last moves nothing
+    x = torch.rand(4, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    x[3, 5] = -0.5  # behind the ReLU: only a positive draw of feature 5 moves sample 3's group (4, 5)
+    maps = torch.randn(4, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    maps[0, 0:2] = 0.0  # zero attribution on features the model uses
+    maps[1, 6:8] = 1e-7  # (near) zero attribution on the ignored ones
+    maps[2, 3] = 0.0  # one zero unit in a group whose other unit has attribution
+    maps[3, 4:6] = 0.0  # zero attribution where one draw of three (seed 7: the last) moves the output
+    options = {"per_step": 2, "n_samples": 3, "eps": 1e-5, "tolerance": 1e-5, "seed": 7}
+    expected = torch.tensor(_non_sensitivity_reference(model, x, maps, **options), dtype=torch.float64)
+    assert expected.tolist() == [2.0, 0.0, 1.0, 2.0]  # between the extremes 0 and 4
+    kwargs = {"features_per_step": 2, "n_samples": 3, "eps": 1e-5, "tolerance": 1e-5, "seed": 7}
+    torch.testing.assert_close(non_sensitivity(model, x, maps, **kwargs), expected)
+    metric = NonSensitivity(model, **kwargs)
+    torch.testing.assert_close(metric.score(x, maps)["non_sensitivity"], expected)
+    batches = [{"x": x[rows], "attributions": maps[rows]} for rows in (slice(0, 3), slice(3, 4))]
+    torch.testing.assert_close(_uneven_mean(metric, "non_sensitivity", batches), expected.mean())
+
+
+def _input_x_gradient(forward, row: torch.Tensor, label: int) -> torch.Tensor:
+    point = row.clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(forward(point[None])[0, label], point)
+    return point.detach() * gradient
+
+
+def test_input_invariance_equals_a_per_sample_loop_on_a_non_linear_model():
+    # Inputs of both signs: |x| + |x + c| is not |c| everywhere, so input x gradient's change is not 1 as on [0, 1].
+    model = _mlp(5, seed=7)
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    shift = -1.0
+    expected = []
+    for row in x:
+        label = int(model(row[None]).argmax())
+        own = _input_x_gradient(model, row, label)
+        moved = _input_x_gradient(lambda z: model(z - shift), row + shift, label)  # g(z) = f(z - c) at x + c
+        expected.append(float((moved - own).abs().sum() / (moved.abs().sum() + own.abs().sum())))
+    expected = torch.tensor(expected, dtype=torch.float64)
+    assert 0.1 < float(expected.min()) and float(expected.max()) < 0.9
+    got = input_invariance(get_method("input_x_gradient", model), x, shift=shift)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-12)
+    tolerance = float(expected.median())
+    metric = InputInvariance("input_x_gradient", model, shift=shift, tolerance=tolerance)
+    scores = metric.score(x)
+    torch.testing.assert_close(scores["input_invariance_change"], expected, rtol=1e-5, atol=1e-12)
+    assert scores["input_invariance"].tolist() == [float(value <= tolerance) for value in expected.tolist()]
+    batches = [{"x": x[rows]} for rows in (slice(0, 4), slice(4, 6))]
+    for batch in batches:
+        metric.update(**batch)
+    result = metric.compute()
+    torch.testing.assert_close(result["input_invariance_change"].double(), expected.mean(), rtol=1e-5, atol=0)
+    assert float(result["input_invariance"]) == pytest.approx(float((expected <= tolerance).double().mean()))

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from lit_attr._hygiene import row_seed
 from lit_attr.functional import attribution_localisation, focus, relevance_mass, relevance_rank, top_k_intersection
 from lit_attr.functional.focus import focus_mosaics
 from lit_attr.methods import get_method
@@ -137,3 +138,54 @@ def test_bad_input_names_the_argument():
         focus(get_method("saliency", nn.Linear(4, 2)), torch.rand(3, 4), torch.tensor([0, 1, 0]))
     with pytest.raises(TypeError, match="`model`"):
         Focus("saliency")
+
+
+def _focus_reference(method, x: torch.Tensor, labels: list[int], seed: int) -> list[float]:
+    """Focus of every sample, one mosaic and one attribution at a time (the draws of ``focus_mosaics``' docstring)."""
+    n, (_, h, w) = len(labels), x.shape[1:]
+    values = []
+    for i in range(n):
+        others = [j for j in range(n) if labels[j] != labels[i]]
+        if not others:
+            values.append(math.nan)
+            continue
+        same = [j for j in range(n) if labels[j] == labels[i] and j != i] or [i]
+        generator = torch.Generator().manual_seed(row_seed(seed, x[i]))
+        partner = same[int(torch.randint(len(same), (1,), generator=generator))]
+        picked = [others[k] for k in torch.randperm(len(others), generator=generator)[:2].tolist()]
+        picked = (picked * 2)[:2]  # one image of another class fills both of their tiles
+        places = torch.randperm(4, generator=generator).tolist()  # the tiles of the sample, partner and the others
+        mosaic = torch.zeros(x.shape[1], 2 * h, 2 * w, dtype=x.dtype)
+        for place, image in zip(places, [i, partner, *picked], strict=True):
+            row, column = divmod(place, 2)
+            mosaic[:, row * h : (row + 1) * h, column * w : (column + 1) * w] = x[image]
+        relevance = method.attribute(mosaic[None], torch.tensor([labels[i]]))[0].detach().sum(dim=0)
+        positive = [0.0] * 4
+        for r in range(2 * h):
+            for c in range(2 * w):
+                positive[(r // h) * 2 + c // w] += max(float(relevance[r, c]), 0.0)
+        values.append((positive[places[0]] + positive[places[1]]) / sum(positive))
+    return values
+
+
+def test_focus_equals_a_per_mosaic_loop_and_the_metric_averages_it_per_batch():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    ).double().eval()
+    x = torch.rand(6, 3, 4, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    labels = [0, 0, 1, 2, 1, 0]
+    target = torch.tensor(labels)
+    method = get_method("input_x_gradient", model)
+    expected = torch.tensor(_focus_reference(method, x, labels, seed=5), dtype=torch.float64)
+    assert 0.02 < float(expected.std()) and 0 < float(expected.min()) and float(expected.max()) < 1  # tiles differ
+    torch.testing.assert_close(focus(method, x, target, seed=5), expected, rtol=1e-5, atol=1e-8)
+    metric = Focus(method, seed=5)
+    torch.testing.assert_close(metric.score(x, target)["focus"], expected, rtol=1e-5, atol=1e-8)
+    # A mosaic is built from its own batch: the second batch (classes 1 and 0) pairs a sample with itself and fills
+    # both other tiles with the one image of the other class.
+    shards = [_focus_reference(method, x[rows], labels[rows], seed=5) for rows in (slice(0, 4), slice(4, 6))]
+    for rows in (slice(0, 4), slice(4, 6)):
+        metric.update(x[rows], target[rows])
+    mean = torch.tensor(shards[0] + shards[1], dtype=torch.float64).mean()
+    torch.testing.assert_close(metric.compute()["focus"].double(), mean, rtol=1e-5, atol=1e-8)
