@@ -204,7 +204,7 @@ def log_table(
     rows: Sequence[Sequence[Any]],
     step: int | None = None,
 ) -> list[Path]:
-    """Log a table: a ``wandb.Table`` for W&B, a Markdown text for TensorBoard, a CSV file otherwise.
+    """Log a table: a ``wandb.Table`` for W&B, a Markdown text for TensorBoard, a UTF-8 CSV file otherwise.
 
     Args:
         trainer: the trainer whose loggers receive the table.
@@ -234,7 +234,8 @@ def log_table(
             logger.experiment.add_text(key, _markdown(columns, _cells(data, html=False)), global_step=step)
         else:
             path = media_dir(trainer, logger, key) / _file_name(trainer, step, "csv")
-            with path.open("w", newline="") as handle:
+            # UTF-8 whatever the locale: headers carry arrows (``deletion ↓``), cells may hold any token text.
+            with path.open("w", newline="", encoding="utf-8") as handle:
                 writer = csv.writer(handle)
                 writer.writerow(columns)
                 writer.writerows(_cells(data, html=False))

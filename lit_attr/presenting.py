@@ -8,7 +8,7 @@ console table and the monitor's delivery read it through the functions here and 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from matplotlib.figure import Figure
@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from lit_attr.metrics.presentation import Presentation
 from lit_attr.metrics.registry import available_metrics, get_metric_spec
 
-__all__ = ["caption_parts", "curve_figures", "metrics_in", "of_metric", "presentation_of"]
+__all__ = ["caption_parts", "curve_figures", "metrics_in", "of_metric", "presentation_of", "score_headers"]
 
 AllResults = Mapping[str, Mapping[str, Mapping[str, Any]]]
 
@@ -81,3 +81,27 @@ def caption_parts(metrics: Mapping[str, Any], sample_scores: Mapping[str, Any]) 
         ['point 1', 'mass 0.25']
     """
     return [part for metric in metrics for part in presentation_of(metric).captions(sample_scores)]
+
+
+def score_headers(results: AllResults, keys: Sequence[str]) -> list[str]:
+    """Column headers of per-sample scores: each key with the arrow its metric's presentation gives that score.
+
+    ``deletion ↓``, ``pointing_game ↑``: the key is the ``<score>`` of the logged scalar
+    ``attr/<method>/<metric>/<score>`` the column averages to, the arrow its direction (↑ higher is better, ↓ lower
+    is better), read from the score the metric shows (:meth:`~lit_attr.metrics.presentation.Presentation.scores_in`).
+    A key that is no declared score (a count such as ``local_lipschitz_method_calls``, a sanity check's similarity)
+    has no direction and stays as it is. Headers are as unique as the keys.
+
+    Args:
+        results: ``{method: {metric: details}}`` of the run the scores come from.
+        keys: the per-sample score keys, in column order.
+
+    Example:
+        >>> score_headers({"m": {"insertion_deletion": {"insertion": 0.6, "deletion": 0.1}}}, ["deletion", "calls"])
+        ['deletion ↓', 'calls']
+    """
+    arrows: dict[str, str] = {}
+    for metric in metrics_in(results):
+        for score in presentation_of(metric).scores_in(of_metric(results, metric)):
+            arrows.setdefault(score.key, score.arrow)
+    return [f"{key} {arrows.get(key, '')}".rstrip() for key in keys]

@@ -69,6 +69,8 @@ def test_tables_as_csv_and_row_checks(tmp_path):
     trainer = _trainer(tmp_path, [_BareLogger()], step=3)
     (path,) = delivery.log_table(trainer, "attr/samples", ["a", "b"], [[1, 0.5], ["x", np.float32(2.0)]])
     assert path.read_text().splitlines() == ["a,b", "1,0.5", "x,2.0"]
+    (path,) = delivery.log_table(trainer, "directions", ["deletion ↓"], [[0.25]])  # UTF-8, whatever the locale
+    assert path.read_bytes().decode("utf-8").splitlines() == ["deletion ↓", "0.25"]
     with pytest.raises(ValueError, match=r"needs 2 values, got 1"):
         delivery.log_table(trainer, "t", ["a", "b"], [[1]])
 

@@ -124,7 +124,10 @@ def _text(html_text: str) -> str:
 
 
 def _deliver_table(target: delivery.Destination, run: RunMedia, label: Label, cells: tuple[str, Cells] | None) -> None:
-    """The ``attr/samples`` table: one row per probe sample and method, with every per-sample score."""
+    """The ``attr/samples`` table: one row per probe sample and method, with every per-sample score.
+
+    Score columns are headed by their key and direction (``deletion ↓``, :func:`~lit_attr.presenting.score_headers`).
+    """
     records = run.records
     score_names = list(dict.fromkeys(key for r in records for s in r.scores.values() for key in s))
     columns = ["epoch", "dataset_index", "label", "prediction", "confidence", "method", "target", "p_target"]
@@ -146,7 +149,7 @@ def _deliver_table(target: delivery.Destination, run: RunMedia, label: Label, ce
         for record in records
         for method in run.methods
     ]
-    delivery.log_table(target, "attr/samples", columns + score_names, rows)
+    delivery.log_table(target, "attr/samples", columns + presenting.score_headers(run.results, score_names), rows)
 
 
 def caption(record: SampleRecord, method: str, label: Label, metrics: Mapping[str, Any]) -> str:

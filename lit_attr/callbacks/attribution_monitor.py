@@ -48,8 +48,8 @@ class AttributionMonitor(AttributionCallback):
       ``trainer.callback_metrics`` and can drive checkpointing), verdicts as ``attr/<method>/<metric>/passed``;
     * rank 0 logs, through :mod:`lit_attr.delivery`, a heatmap grid per method (``attr/<method>/heatmaps``: the
       first ``log_heatmaps`` probe samples, always the same ones), the mean insertion/deletion curves
-      (``attr/insertion_deletion_curves``) and a table of every probe sample's scores per method
-      (``attr/samples``; its per-method means are the logged scalars).
+      (``attr/insertion_deletion_curves``) and a table of every probe sample's scores per method (``attr/samples``;
+      a score's column is headed by its key and direction, ``deletion ↓``, and its per-method mean is the scalar).
 
     **Time budget.** With ``max_overhead=0.1`` the monitor keeps its own time within 10 % of the fit's: it times
     itself (its runs and their deliveries, background ones counted as if they held up training) and the fit's

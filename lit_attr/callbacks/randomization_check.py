@@ -18,6 +18,7 @@ from lit_attr.callbacks._base import AttributionCallback
 from lit_attr.functional.randomization import ORDERS, STAGE_MODES
 from lit_attr.keys import VERDICT, scalar_key
 from lit_attr.metrics.parameter_randomization import SIMILARITIES
+from lit_attr.metrics.stage_maps import map_metrics_of
 from lit_attr.runner import AttributionRunner, MethodsArg
 
 __all__ = ["RandomizationCheck"]
@@ -46,7 +47,14 @@ class RandomizationCheck(AttributionCallback):
       (``randomization/curves``);
     * a grid of the first ``log_heatmaps`` probe samples' ``|A|`` at every stage (``randomization/<method>/stages``):
       the very maps the metric scores (:meth:`ParameterRandomization.stage_attributions`);
-    * a pass/fail table (``randomization/summary``).
+    * a pass/fail table (``randomization/summary``);
+    * with ``map_metrics`` (registered metrics of the maps alone: ``sparseness``, ``complexity``,
+      ``effective_complexity``), each of their scores on the maps of every stage, averaged over the probe samples:
+      the last stage's as ``attr/<method>/randomization/<score>``, the curves in a figure with a panel per score,
+      titled with its direction (``randomization/map_metric_curves``), and a table (``randomization/map_metrics``).
+      A method that explains the model loses sparseness and gains entropy as its layers are randomised (the idea
+      of eMPRT). Their per-sample values are reduced over ranks as the similarities are, in the metric's ``sum``
+      states.
 
     The last results are also kept in :attr:`results`. Like :class:`~lit_attr.callbacks.AttributionMonitor`, the
     check leaves training untouched (no global random draws, model state and data loaders as they were).
@@ -59,6 +67,9 @@ class RandomizationCheck(AttributionCallback):
         every_n_epochs: ``None`` runs once at the end of ``fit``; N runs after every N-th training epoch.
         similarity: names from :data:`~lit_attr.metrics.parameter_randomization.SIMILARITIES`.
         threshold: a method passes when its final ``spearman_abs`` similarity (else every similarity) is below it.
+        map_metrics: names of registered metrics of the maps alone
+            (:func:`~lit_attr.metrics.stage_maps.map_metric_names`) that score every stage's maps, with their default
+            options; a metric that needs the model, the inputs or masks is refused. They do not decide the verdict.
         layers: ``"auto"`` or module names to randomise (see ``ParameterRandomization``).
         seed: seed of the probe-set draw and of the re-initialisation.
         log_heatmaps: probe samples in the stage grids (0: none).
@@ -90,6 +101,7 @@ class RandomizationCheck(AttributionCallback):
         similarity: str | Sequence[str] = ("spearman_abs", "ssim"),
         *,
         threshold: float = 0.5,
+        map_metrics: str | Sequence[str] = (),
         layers: Literal["auto"] | Sequence[str] = "auto",
         seed: int = 0,
         log_heatmaps: int = 4,
@@ -120,6 +132,9 @@ class RandomizationCheck(AttributionCallback):
         self.every_n_epochs = None if every_n_epochs is None else check_int("every_n_epochs", every_n_epochs, 1)
         self.similarity = check_names("similarity", similarity, SIMILARITIES, what="similarity measure")
         self.threshold = check_number("threshold", threshold)
+        built = map_metrics_of(map_metrics, reserved=self.similarity)
+        self.map_metrics = tuple(metric.name for metric in built)
+        self._map_scores = {score.key: score for metric in built for score in metric.scores}
         if layers != "auto":
             check_names("layers", layers, what="layer")
         self.layers = layers
@@ -137,7 +152,8 @@ class RandomizationCheck(AttributionCallback):
     @override
     def state_key(self) -> str:
         """Unique per method set and randomisation plan, so that several checks can share a checkpoint."""
-        return self._generate_state_key(methods=self.method_names, order=self.order, stages=self.stages)
+        plan = {"map_metrics": list(self.map_metrics)} if self.map_metrics else {}
+        return self._generate_state_key(methods=self.method_names, order=self.order, stages=self.stages, **plan)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -190,6 +206,7 @@ class RandomizationCheck(AttributionCallback):
             "similarity": self.similarity,
             "seed": self.seed,
             "threshold": self.threshold,
+            "map_metrics": self.map_metrics,
         }
         return {"metrics": (METRIC,), "metric_kwargs": {METRIC: options}}
 
@@ -220,6 +237,8 @@ class RandomizationCheck(AttributionCallback):
             for measure in self.similarity:
                 summary[scalar_key(name, METRIC, measure)] = float(result[measure]["final"])
             summary[scalar_key(name, METRIC, VERDICT)] = bool(result["passed"])
+            for key, entry in result.get("map_metrics", {}).items():
+                summary[scalar_key(name, METRIC, key)] = float(entry["final"])
         self._history[epoch] = summary
         if trainer.is_global_zero and trainer.loggers:
             try:
@@ -271,6 +290,8 @@ class RandomizationCheck(AttributionCallback):
         )
         figure = viz.similarity_figure(self.results, self.threshold, title=f"parameter randomisation, epoch {epoch}")
         delivery.log_figure(trainer, "randomization/similarity_curves", figure)
+        if self._map_scores:
+            self._deliver_map_metrics(trainer, epoch)
         probe = self._probes["val"].batch
         if stage_maps and probe is not None:
             images = probe.x[: self.log_heatmaps]
@@ -279,6 +300,25 @@ class RandomizationCheck(AttributionCallback):
                 title = f"{name}: {verdict} (epoch {epoch})"
                 grid = viz.randomization_grid(images, maps, title=title, order=self.order)
                 delivery.log_image(trainer, f"randomization/{name}/stages", grid, caption=f"{name}: {verdict}")
+
+    def _deliver_map_metrics(self, trainer: Trainer, epoch: int) -> None:
+        """The map metrics' curves: a panel per score titled with its direction, and a table of every point."""
+        curves = {name: result["map_metrics"] for name, result in self.results.items()}
+        rows = [
+            [epoch, name, key, self._map_scores[key].arrow, position, stage, float(value)]
+            for name, entries in curves.items()
+            for key, entry in entries.items()
+            for position, (stage, value) in enumerate(zip(entry["stages"], entry["curve"], strict=True))
+        ]
+        columns = ["epoch", "method", "score", "direction", "stage_index", "stage", "value"]
+        delivery.log_table(trainer, "randomization/map_metrics", columns, rows)
+        panels = {
+            score.title: {name: entries[key] for name, entries in curves.items()}
+            for key, score in self._map_scores.items()
+        }
+        title = f"map metrics under parameter randomisation, epoch {epoch}"
+        figure = viz.stage_values_figure(panels, self.order, title=title)
+        delivery.log_figure(trainer, "randomization/map_metric_curves", figure)
 
 
 def _to_cpu(value: Any) -> Any:

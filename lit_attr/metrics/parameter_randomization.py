@@ -32,6 +32,7 @@ from lit_attr.metrics._model_ref import ModelRef
 from lit_attr.metrics._plotting import figure_and_axes
 from lit_attr.metrics.presentation import CurveDrawer, Presentation, Results, SanityCheck
 from lit_attr.metrics.registry import register_metric, scalar_entries
+from lit_attr.metrics.stage_maps import map_metrics_of
 from lit_attr.metrics.stagewise import (
     SIMILARITIES,
     bind_to_copy,
@@ -106,6 +107,13 @@ class ParameterRandomization(Metric):
     check when its final ``spearman_abs`` (or, without it, every selected similarity) is below the threshold
     (default 0.5). :meth:`stage_attributions` yields the very maps that :meth:`update` scores, stage by stage.
 
+    ``map_metrics`` names registered metrics of the maps alone (:func:`~lit_attr.metrics.stage_maps.map_metric_names`:
+    ``sparseness``, ``complexity``, ``effective_complexity``), which score the maps of every stage as well (on the
+    attributions themselves, with the metric's defaults): :meth:`report` adds ``"map_metrics": {score: {"stages",
+    "curve", "final"}}``, the mean per stage over the samples where the score is defined, kept in ``sum``-reduced
+    states beside the similarities'. A method that explains the model should lose sparseness and gain entropy as
+    layers are randomised. They stay out of :meth:`compute` and the registry summary (no scalars by name).
+
     Args:
         method: a registered method name or an :class:`~lit_attr.methods.AttributionMethod` instance.
         model: the classifier (logits); required with a name, optional (must be ``method.model``) with an instance.
@@ -119,12 +127,13 @@ class ParameterRandomization(Metric):
         method_kwargs: options for :func:`~lit_attr.methods.get_method` (name only).
         reset_running_stats: reset BatchNorm running statistics of randomised layers (PyTorch's
             ``reset_parameters`` behaviour); ``False`` keeps the trained statistics.
+        map_metrics: registered metrics of the maps alone to score every stage's maps with (none by default).
         **kwargs: options of :class:`torchmetrics.Metric` (``sync_on_compute``, ``dist_sync_fn``, ...).
 
     Raises:
         TypeError: for a ``method``/``model`` of the wrong type.
         ValueError: for an unknown option, a missing or conflicting ``model``, ``method_kwargs`` with an instance,
-            or layers that cannot be resolved.
+            layers that cannot be resolved, or ``map_metrics`` that are unknown or need more than the maps.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
@@ -159,6 +168,7 @@ class ParameterRandomization(Metric):
         granularity: Literal["leaf", "block"] = "leaf",
         method_kwargs: dict[str, Any] | None = None,
         reset_running_stats: bool = True,
+        map_metrics: str | Sequence[str] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -172,6 +182,9 @@ class ParameterRandomization(Metric):
         check_seed(seed)
         check_number("threshold", threshold)
         self.similarity = check_similarity(similarity)
+        # A tuple, not module attributes: the scorers' states would otherwise join this metric's.
+        self._map_metrics = map_metrics_of(map_metrics, reserved=self.similarity)
+        self.map_keys = tuple(score.key for metric in self._map_metrics for score in metric.scores)
         self.order = order
         self.stages = stages
         self.seed = seed
@@ -187,6 +200,9 @@ class ParameterRandomization(Metric):
         num_stages = len(self._layers) + 1 if stages == "all" else 2
         self.add_state("similarity_sum", torch.zeros(len(self.similarity), num_stages), dist_reduce_fx="sum")
         self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+        if self.map_keys:  # per score and stage: the sum over the samples where it is defined, and their count
+            self.add_state("map_sum", torch.zeros(len(self.map_keys), num_stages), dist_reduce_fx="sum")
+            self.add_state("map_count", torch.zeros(len(self.map_keys), num_stages), dist_reduce_fx="sum")
 
     @property
     def method(self) -> AttributionMethod:
@@ -272,7 +288,7 @@ class ParameterRandomization(Metric):
 
         Returns:
             For every similarity ``name``: ``name`` ``(N,)`` (the final stage) and ``name + "_curve"`` ``(N, S)``
-            (every stage, ``"original"`` first).
+            (every stage, ``"original"`` first); for every score of ``map_metrics``, ``key + "_curve"`` ``(N, S)``.
 
         Raises:
             TypeError: if ``x`` or ``attributions`` is not a tensor.
@@ -285,7 +301,7 @@ class ParameterRandomization(Metric):
                 f"similarity 'ssim' needs image inputs (N, C, H, W) of at least 6x6 pixels (its window is 11x11), "
                 f"got shape {tuple(x.shape)}; drop it from `similarity`."
             )
-        rows = []
+        rows, map_rows = [], []
         reference = None
         if attributions is not None:
             reference = heatmaps(attributions.to(x))
@@ -294,11 +310,15 @@ class ParameterRandomization(Metric):
                 reference = heatmaps(maps)
             else:
                 rows.append(stage_similarities(self.similarity, reference, heatmaps(maps), self.similarity_sum))
+                if self.map_keys:
+                    map_rows.append(torch.stack([v.to(maps) for metric in self._map_metrics for v in metric(maps)]))
         values = torch.stack(rows, dim=2)  # (similarities, N, stages)
         scores: dict[str, Tensor] = {}
         for row, name in enumerate(self.similarity):
             scores[name] = values[row, :, -1]
             scores[f"{name}_curve"] = values[row]
+        for row, key in enumerate(self.map_keys):
+            scores[f"{key}_curve"] = torch.stack([stage[row] for stage in map_rows], dim=1)
         return scores
 
     def update(
@@ -322,6 +342,11 @@ class ParameterRandomization(Metric):
         curves = torch.stack([scores[f"{name}_curve"] for name in self.similarity])  # (similarities, N, stages)
         self.similarity_sum += curves.sum(dim=1).to(self.similarity_sum)
         self.total += curves.shape[1]
+        if self.map_keys:
+            values = torch.stack([scores[f"{key}_curve"] for key in self.map_keys]).double()  # (keys, N, stages)
+            defined = torch.isfinite(values)
+            self.map_sum += torch.where(defined, values, 0.0).sum(dim=1).to(self.map_sum)
+            self.map_count += defined.sum(dim=1).to(self.map_count)
 
     def compute(self) -> dict[str, Tensor]:
         """The final-stage mean of every similarity, as 0-d tensors keyed by similarity name."""
@@ -331,10 +356,12 @@ class ParameterRandomization(Metric):
     def report(self) -> dict[str, Any]:
         """Per similarity ``{"stages", "curve", "final", "passed"}``, plus ``"threshold"``, ``"order"``, ``"passed"``.
 
-        Synchronised across processes like :meth:`compute` (every process must call it).
+        With ``map_metrics``, also ``"map_metrics": {score key: {"stages", "curve", "final"}}``. Synchronised across
+        processes like :meth:`compute` (every process must call it).
         """
         with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self.sync_on_compute):
             curves = (self.similarity_sum / self.total).clone()
+            map_curves = (self.map_sum / self.map_count).clone() if self.map_keys else None
         names = self.stage_names
         result: dict[str, Any] = {}
         for row, name in enumerate(self.similarity):
@@ -344,6 +371,11 @@ class ParameterRandomization(Metric):
         result["order"] = self.order  # what the stages are: the figures name the fully randomised one
         deciding = ["spearman_abs"] if "spearman_abs" in self.similarity else list(self.similarity)
         result["passed"] = all(bool(result[name]["passed"]) for name in deciding)
+        if map_curves is not None:
+            result["map_metrics"] = {
+                key: {"stages": names, "curve": map_curves[row], "final": map_curves[row, -1]}
+                for row, key in enumerate(self.map_keys)
+            }
         return result
 
     def plot(self, val: dict[str, Any] | None = None, ax: Any | None = None) -> tuple[Any, Any]:
@@ -408,7 +440,7 @@ def similarity_summary(values: Mapping[str, Any], per_sample: bool) -> dict[str,
     """The registry summary of a stage-wise check: each similarity at the final stage (per sample, or the mean)."""
     if per_sample:
         return scalar_entries(values, per_sample)
-    return {name: entry["final"] for name, entry in values.items() if isinstance(entry, Mapping)}
+    return {name: entry["final"] for name, entry in values.items() if isinstance(entry, Mapping) and "final" in entry}
 
 
 def similarity_headline(details: Mapping[str, Any]) -> tuple[float, bool | None]:

@@ -39,6 +39,7 @@ from lit_attr.metrics.presentation import Presentation
 __all__ = [
     "BUILD_INPUTS",
     "CONTINUOUS",
+    "MAP_INPUTS",
     "MODALITY_TAGS",
     "UPDATE_INPUTS",
     "MetricSpec",
@@ -62,6 +63,10 @@ UPDATE_INPUTS: tuple[str, ...] = (
     "special_tokens_mask",
     "model_inputs",
 )
+
+#: What a map carries by itself: the maps and, for token maps, which tokens count. A metric that consumes nothing
+#: else needs no model and no data (:attr:`MetricSpec.maps_only`): it scores maps computed anywhere.
+MAP_INPUTS: tuple[str, ...] = ("attributions", "attention_mask", "special_tokens_mask")
 
 #: The tag every float input kind carries besides its name (images, tabular, a user's float kind).
 CONTINUOUS = "continuous"
@@ -159,6 +164,19 @@ class MetricSpec:
     def needs_masks(self) -> bool:
         """Whether the metric needs ground-truth masks (and is skipped for data without them)."""
         return "masks" in self.consumes
+
+    @property
+    def maps_only(self) -> bool:
+        """Whether the metric scores the maps alone: it consumes the attributions and nothing beyond :data:`MAP_INPUTS`.
+
+        Such a metric needs no model, method, input or label, so it also scores maps of other networks (the stages of
+        a randomisation check).
+
+        Example:
+            >>> get_metric_spec("sparseness").maps_only, get_metric_spec("local_lipschitz").maps_only
+            (True, False)
+        """
+        return "attributions" in self.consumes and set(self.consumes) <= set(MAP_INPUTS)
 
     @property
     def update_inputs(self) -> tuple[str, ...]:

@@ -9,7 +9,7 @@ training loop, in threads and on headless machines, and leaves no global figure 
 """
 
 from lit_attr.viz.common import DIVERGING_CMAP, SEQUENTIAL_CMAP, class_label, figure_to_array
-from lit_attr.viz.curves import insertion_deletion_figure, similarity_figure
+from lit_attr.viz.curves import insertion_deletion_figure, similarity_figure, stage_values_figure
 from lit_attr.viz.images import (
     attribution_grid,
     heatmaps,
@@ -35,6 +35,7 @@ __all__ = [
     "row_scale",
     "similarity_figure",
     "stage_labels",
+    "stage_values_figure",
     "to_display_images",
     "token_colors",
     "token_decoder",

@@ -1,4 +1,4 @@
-"""Curves of the metrics: perturbation games (insertion/deletion, ROAD) and randomisation-stage similarities."""
+"""Curves of the metrics: perturbation games (insertion/deletion, ROAD), randomisation-stage similarities and values."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from lit_attr.viz.stages import label_stage_axis
 
-__all__ = ["insertion_deletion_figure", "similarity_figure"]
+__all__ = ["insertion_deletion_figure", "similarity_figure", "stage_values_figure"]
 
 
 def insertion_deletion_figure(
@@ -116,6 +116,46 @@ def similarity_figure(
         ax.legend(fontsize=7, loc="best")
         ax.tick_params(axis="y", labelsize=7)
     axes[0].set_ylabel("similarity to original", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def stage_values_figure(
+    panels: Mapping[str, Mapping[str, Mapping[str, Any]]], order: str | None = None, title: str | None = None
+) -> Figure:
+    """Mean values per randomisation stage, one panel per quantity (a map metric's score), one line per method.
+
+    Args:
+        panels: ``{panel title: {method: {"stages": [...], "curve": (S,)}}}``; the title says what the panel shows
+            and its direction (``"complexity (entropy) ↓"``).
+        order: the randomisation order, for the stage labels (:func:`~lit_attr.viz.stages.stage_labels`).
+        title: the figure's title.
+
+    Returns:
+        The figure.
+
+    Example:
+        >>> entry = {"stages": ["original", "fc"], "curve": torch.tensor([2.0, 3.5])}
+        >>> [ax.get_title() for ax in stage_values_figure({"entropy ↓": {"saliency": entry}}).axes]
+        ['entropy ↓']
+    """
+    if not panels:
+        raise ValueError("`panels` must hold at least one quantity.")
+    fig = Figure(figsize=(4.6 * len(panels) + 0.4, 3.8), dpi=100, layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (name, results) in zip(axes, panels.items(), strict=True):
+        stages: list[str] = []
+        for method, entry in results.items():
+            stages = list(entry["stages"])
+            curve = torch.as_tensor(entry["curve"]).detach().float().cpu().numpy()
+            ax.plot(range(len(curve)), curve, marker="o", markersize=3, label=method)
+        label_stage_axis(ax, stages, order)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("randomised up to", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        ax.tick_params(axis="y", labelsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
     return fig

@@ -93,7 +93,7 @@ def fit(
 
 
 def read_metrics_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 

@@ -25,6 +25,8 @@ from callbacks._helpers import (
     wandb_history,
 )
 from lit_attr.callbacks import AttributionMonitor
+from lit_attr.metrics import AvgSensitivity, Complexity, Sparseness
+from lit_attr.presenting import presentation_of
 
 METHODS = ("saliency", "mfaba")
 # The keys' scheme written out by hand: attr/<method>/<metric>/<score>.
@@ -36,6 +38,18 @@ SCALARS = {
     "relevance_mass": "localization",
     "relevance_rank": "localization",
     "auroc": "localization",
+}
+
+
+# The table heads a score's column with its key and direction, written out by hand: ↑ higher is better, ↓ lower.
+COLUMNS = {
+    "insertion": "insertion ↑",
+    "deletion": "deletion ↓",
+    "difference": "difference ↑",
+    "pointing_game": "pointing_game ↑",
+    "relevance_mass": "relevance_mass ↑",
+    "relevance_rank": "relevance_rank ↑",
+    "auroc": "auroc ↑",
 }
 
 
@@ -74,7 +88,7 @@ def test_wandb_offline_run_has_media_tables_and_history(tmp_path, monkeypatch):
     tables = sorted((run_dir / "files" / "media" / "table" / "attr").glob("samples_*.table.json"))
     assert len(tables) == 2
     table = json.loads(tables[-1].read_text())
-    assert {"method", "target", "insertion", "deletion", "pointing_game"} <= set(table["columns"])
+    assert {"method", "target", "insertion ↑", "deletion ↓", "pointing_game ↑"} <= set(table["columns"])
     assert len(table["data"]) == 8 * len(METHODS)  # every probe sample x methods (3 of them in the grids)
 
     (run_file,) = run_dir.glob("run-*.wandb")
@@ -116,7 +130,7 @@ def test_csv_logger_gets_scalars_and_pngs(tmp_path):
         method_rows = [row for row in table if row["method"] == method]
         assert sorted(int(row["dataset_index"]) for row in method_rows) == sorted(monitor.probe_indices)
         for name, metric in SCALARS.items():
-            mean = sum(float(row[name]) for row in method_rows) / len(method_rows)
+            mean = sum(float(row[COLUMNS[name]]) for row in method_rows) / len(method_rows)
             logged = monitor.history[1][f"attr/{method}/{metric}/{name}"]
             assert mean == pytest.approx(logged, rel=1e-5, abs=1e-6), name
     # Scalars also reach callback_metrics, and the history keeps them per epoch.
@@ -124,6 +138,29 @@ def test_csv_logger_gets_scalars_and_pngs(tmp_path):
     assert sorted(monitor.history) == [0, 1]
     key = "attr/saliency/insertion_deletion/insertion"
     assert monitor.history[1][key] == pytest.approx(float(rows[-1][key]))
+
+
+def test_table_heads_scores_of_new_metrics_with_their_metric_classes_directions(tmp_path):
+    # Metrics of #26 with opposite directions (sparser is better, simpler is better, steadier is better), and a
+    # count that is no score (avg-sensitivity's method calls per sample): it keeps its bare key.
+    directed = {"sparseness": Sparseness, "complexity": Complexity, "avg_sensitivity": AvgSensitivity}
+    arrow = {True: "↑", False: "↓"}
+    monitor = AttributionMonitor(["saliency"], metrics=list(directed), num_samples=4, log_heatmaps=0,
+                                 metric_kwargs={"avg_sensitivity": {"n_perturb_samples": 2}})  # fmt: skip
+    _, trainer, _ = fit(tmp_path, [monitor], max_epochs=1)
+    (path,) = (Path(trainer.logger.log_dir) / "media" / "attr" / "samples").glob("*.csv")
+    table = read_metrics_csv(path)
+    header = list(table[0])
+    expected = {key: f"{key} {arrow[metric.higher_is_better]}" for key, metric in directed.items()}
+    assert {"sparseness ↑", "complexity ↓"} <= set(expected.values())  # both directions are shown
+    assert set(expected.values()) <= set(header) and "avg_sensitivity_method_calls" in header
+    assert not set(directed) & set(header), "no score column without its arrow"
+    assert len(set(header)) == len(header)
+    for key, metric in directed.items():  # the presentation the monitor reads agrees with the Metric class
+        assert presentation_of(key).scores[0].arrow == arrow[metric.higher_is_better], key
+        mean = sum(float(row[expected[key]]) for row in table) / len(table)  # the column is the score's
+        assert mean == pytest.approx(monitor.history[0][f"attr/saliency/{key}/{key}"], rel=1e-5), key
+    assert [float(row["avg_sensitivity_method_calls"]) for row in table] == [2.0] * len(table)
 
 
 def test_validate_and_test_after_fit_keep_fit_files(tmp_path):

@@ -9,7 +9,9 @@ from torch import Tensor
 
 from callbacks._helpers import fit, read_metrics_csv
 from lit_attr.callbacks import RandomizationCheck
+from lit_attr.functional.complexity import complexity, sparseness
 from lit_attr.methods import AttributionMethod
+from lit_attr.metrics import Complexity, ParameterRandomization, Sparseness
 
 
 class _InputOnly(AttributionMethod):
@@ -64,6 +66,48 @@ def test_runs_at_fit_end_and_logs_everything(tmp_path):
     assert len(list((media / "similarity_curves").glob("*.png"))) == 1
     for name in ("saliency", "input_only"):
         assert len(list((media / name / "stages").glob("*.png"))) == 1
+
+
+def test_map_metrics_score_every_stage_and_are_logged(tmp_path):
+    scores = {"sparseness": Sparseness, "complexity": Complexity}
+    check = RandomizationCheck(["saliency"], num_samples=5, log_heatmaps=0, similarity="spearman_abs",
+                               map_metrics=list(scores))  # fmt: skip
+    net, trainer, _ = fit(tmp_path, [check], max_epochs=1)
+    entries = check.results["saliency"]["map_metrics"]
+    assert set(entries) == set(scores)
+
+    # The probe samples read from the dataset, their maps at every stage of the trained network, scored by the
+    # functionals: the per-stage means the check reports.
+    samples = [trainer.datamodule.val_set[index] for index in check.probe_indices]
+    x, y = torch.stack([sample[0] for sample in samples]), torch.stack([sample[1] for sample in samples])
+    stage_maps = dict(ParameterRandomization("saliency", net, similarity="spearman_abs").stage_attributions(x, y))
+    expected = {"sparseness": sparseness, "complexity": complexity}
+    for key, functional in expected.items():
+        assert entries[key]["stages"] == list(stage_maps)
+        reference = torch.stack([functional(maps).mean() for maps in stage_maps.values()])
+        torch.testing.assert_close(entries[key]["curve"], reference, rtol=1e-5, atol=1e-6, msg=key)
+
+    log_dir = Path(trainer.logger.log_dir)
+    logged = {k: float(v) for row in read_metrics_csv(log_dir / "metrics.csv") for k, v in row.items() if v}
+    for key in scores:
+        assert logged[f"attr/saliency/randomization/{key}"] == pytest.approx(float(entries[key]["final"])), key
+    (table,) = (log_dir / "media" / "randomization" / "map_metrics").glob("*.csv")
+    rows = read_metrics_csv(table)
+    assert len(rows) == len(scores) * len(stage_maps)
+    arrow = {True: "↑", False: "↓"}
+    for row in rows:  # each score with the direction its Metric class declares
+        assert row["direction"] == arrow[scores[row["score"]].higher_is_better]
+        assert float(row["value"]) == pytest.approx(float(entries[row["score"]]["curve"][int(row["stage_index"])]))
+    assert len(list((log_dir / "media" / "randomization" / "map_metric_curves").glob("*.png"))) == 1
+
+
+def test_map_metrics_must_be_metrics_of_the_maps_alone():
+    with pytest.raises(ValueError, match=r"`map_metrics` takes metrics of the maps alone .*'local_lipschitz' also"):
+        RandomizationCheck(["saliency"], map_metrics=["sparseness", "local_lipschitz"])
+    with pytest.raises(ValueError, match=r"`map_metrics`: unknown metric 'entropy'"):
+        RandomizationCheck(["saliency"], map_metrics="entropy")
+    with pytest.raises(TypeError, match=r"`map_metrics` must be a metric or a sequence of metrics"):
+        RandomizationCheck(["saliency"], map_metrics=3)
 
 
 def test_every_n_epochs_and_last_stage_only(tmp_path):

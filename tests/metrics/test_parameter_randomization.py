@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from lit_attr.functional.complexity import complexity, sparseness
 from lit_attr.functional.randomization import randomize_
 from lit_attr.functional.similarity import spearman, ssim_maps
 from lit_attr.methods import get_method
@@ -76,6 +77,39 @@ def test_top_down_cascade_matches_an_independent_reference(tiny):
         assert entry["final"] == entry["curve"][-1]
         assert entry["passed"].dtype == torch.bool and bool(entry["passed"]) == bool(entry["final"] < 0.5)
     assert result["threshold"] == 0.5
+
+
+def test_map_metrics_score_every_stage_as_their_functionals_do(tiny):
+    model, x = tiny
+    metric = ParameterRandomization("saliency", model, similarity="spearman_abs",
+                                    map_metrics=("sparseness", "complexity"))  # fmt: skip
+    metric.update(x[:3])  # shards of 3 and 1: the mean over all samples, not of the batch means
+    metric.update(x[3:])
+    result = metric.report()
+    # The maps of every stage made independently (layers randomised by hand), scored by the functionals.
+    sets = [[], ["fc"], ["fc", "conv2"], ["fc", "conv2", "bn"], FORWARD]
+    index = {name: i for i, name in enumerate(FORWARD)}
+    target = model(x).argmax(dim=1)
+    expected = {"sparseness": [], "complexity": []}
+    for names in sets:
+        clone = copy.deepcopy(model)
+        for name in names:
+            randomize_(getattr(clone, name), index[name])
+        maps = get_method("saliency", clone).attribute(x, target)
+        expected["sparseness"].append(sparseness(maps).mean())
+        expected["complexity"].append(complexity(maps).mean())
+    assert set(result["map_metrics"]) == {"sparseness", "complexity"}
+    for key, values in expected.items():
+        entry = result["map_metrics"][key]
+        assert entry["stages"] == ["original", "fc", "conv2", "bn", "conv1"]
+        torch.testing.assert_close(entry["curve"], torch.stack(values), msg=key)
+        assert entry["final"] == entry["curve"][-1]
+    assert set(metric.compute()) == {"spearman_abs"}, "the map metrics are not similarities"
+    # Names are checked when the metric is built: unknown ones and ones that need more than the maps.
+    with pytest.raises(ValueError, match=r"`map_metrics`: unknown metric 'nope'; the metrics of the maps alone: "):
+        ParameterRandomization("saliency", model, map_metrics=["nope"])
+    with pytest.raises(ValueError, match=r"`map_metrics` takes metrics of the maps alone .*'insertion_deletion' also"):
+        ParameterRandomization("saliency", model, map_metrics="insertion_deletion")
 
 
 def test_bottom_up_independent_and_last(tiny):
