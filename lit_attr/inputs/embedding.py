@@ -361,8 +361,8 @@ class TokenCall(MethodCall):
     def _moved_rows(self, group: _Group, parts: list[Tensor], start: int, stop: int) -> None:
         assert self.offset is not None and group.clean is not None  # called for an offset, after the capture
         samples, positions = group.samples[start:stop, None], group.positions[start:stop]
-        offset = self.offset[samples, positions].to(group.clean) * self.batch.perturbable[samples, positions][..., None]
-        self.swap.replacement = group.clean[start:stop] + offset
+        offset = self._offset(samples, positions, group.clean.shape[-1]).to(group.clean)
+        self.swap.replacement = group.clean[start:stop] + offset * self.batch.perturbable[samples, positions][..., None]
         try:
             fields = {key: value[start:stop] for key, value in group.fields.items()}
             with torch.no_grad():
@@ -387,17 +387,20 @@ class TokenCall(MethodCall):
         scaled = bool(getattr(self.method, "relative_steps", False))
         fields = {key: value[rows] for key, value in group.fields.items()}
         ids, attended, clean = group.ids[rows], group.attended[rows], group.clean[rows]
-        offset = None
-        if self.offset is not None:
-            if self.offset.shape[-1] != clean.shape[-1]:
-                raise ValueError(
-                    f"`embedding_offset` must be (N, L, E) with the embedding width E = {clean.shape[-1]}, got "
-                    f"{tuple(self.offset.shape)}."
-                )
-            offset = self.offset[samples[:, None], group.positions[rows]]
+        offset = None if self.offset is None else self._offset(samples[:, None], group.positions[rows], clean.shape[-1])
         return TokenSpace(
             self, samples, ids, attended, fields, perturbable, clean, logits, scaled, offset=offset, shift=self.shift
         )
+
+    def _offset(self, samples: Tensor, positions: Tensor, width: int) -> Tensor:
+        """The ``embedding_offset`` of these samples at these positions, refused unless its width is the layer's."""
+        assert self.offset is not None  # asked for an offset only
+        if self.offset.shape[-1] != width:
+            raise ValueError(
+                f"`embedding_offset` must be (N, L, E) with the embedding width E = {width}, got "
+                f"{tuple(self.offset.shape)}."
+            )
+        return self.offset[samples, positions]
 
     def _rows(self, samples: Tensor) -> Tensor:
         """The rows of ``samples`` in their length group."""

@@ -168,3 +168,18 @@ def test_token_metrics_accept_token_ids_only():
     assert all(get_metric_spec(name).tokens is None for name in both)
     assert {"sparseness", "complexity", "effective_complexity"} <= both
     TokenLocalization().update(scores, rationale, attention_mask=mask)
+
+
+def test_the_readme_table_names_every_metric_with_the_kinds_it_declares():
+    """README's "every metric" table: one row per registered metric, its kinds column equal to the declaration."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in readme.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+        if len(cells) == 7 and cells[0].startswith("`") and cells[1] != "group":
+            rows[cells[0].strip("`")] = set(cells[5].split(", "))
+    assert set(rows) == set(available_metrics())
+    for name, kinds in rows.items():
+        assert kinds == set(get_metric_spec(name).modalities), name

@@ -17,11 +17,13 @@ import lit_attr.metrics as metrics
 from lit_attr.attribution_quality import AttributionQuality
 from lit_attr.batch import Batch
 from lit_attr.data.text import TextDataset, collate_tokens
-from lit_attr.functional.axioms import completeness, non_sensitivity, random_logit
+from lit_attr.functional.axioms import completeness, input_invariance, non_sensitivity, random_logit
 from lit_attr.functional.dasgupta import consistency, sufficiency_dasgupta
 from lit_attr.functional.faithfulness import faithfulness_correlation, faithfulness_estimate, sensitivity_n
 from lit_attr.functional.monotonicity import monotonicity, monotonicity_correlation
 from lit_attr.functional.regions import irof, region_perturbation, selectivity
+from lit_attr.functional.robustness import avg_sensitivity, continuity, local_lipschitz
+from lit_attr.functional.stability import relative_stability
 from lit_attr.inputs import TokenOptions
 from lit_attr.methods import get_method
 from lit_attr.metrics import get_metric_spec
@@ -42,6 +44,21 @@ OPTIONS = {
     "sufficiency_dasgupta": {"threshold": 1.0},
     "consistency": {"top_k": 1},
     "random_logit": {"similarity": "spearman_abs"},
+    "local_lipschitz": {"n_perturb_samples": 2},
+    "avg_sensitivity": {"n_perturb_samples": 2},
+    "continuity": {"n_perturb_samples": 2},
+    "relative_stability": {"n_perturb_samples": 2, "noise": 0.01},
+    "input_invariance": {},
+}
+#: The metrics that re-run the method (on moved or shifted embeddings), with the functional's keys of their values.
+METHODS = {
+    "local_lipschitz": lambda *a, **k: {"local_lipschitz": local_lipschitz(*a, **k)},
+    "avg_sensitivity": lambda *a, **k: {"avg_sensitivity": avg_sensitivity(*a, **k)},
+    "continuity": lambda *a, **k: {"continuity": continuity(*a, **k)},
+    "relative_stability": lambda *a, **k: {
+        f"relative_{variant}_stability": values for variant, values in relative_stability(*a, **k).items()
+    },
+    "input_invariance": lambda *a, **k: {"input_invariance_change": input_invariance(*a, **k)},
 }
 GAMES = {
     "faithfulness_correlation": lambda *a, **k: {"faithfulness_correlation": faithfulness_correlation(*a, **k)},
@@ -78,6 +95,9 @@ def test_the_runner_scores_every_token_metric_by_name_as_the_functionals_do():
         assert get_metric_spec(name).accepts({"tokens"}), name
         if name in GAMES:
             expected = GAMES[name](model, ids, maps, labels, **OPTIONS[name], **tokens)
+        elif name in METHODS:
+            method = get_method("saliency", model)
+            expected = METHODS[name](method, ids, labels, attributions=maps, **OPTIONS[name], **tokens)
         elif name == "random_logit":
             method = get_method("saliency", model)
             fields = {"attention_mask": mask, "special_tokens_mask": special, "token_type_ids": types}
