@@ -3,7 +3,9 @@
 Local Lipschitz, average sensitivity, continuity and relative stability (math in
 :mod:`lit_attr.functional.robustness`). Each explains ``n_perturb_samples`` perturbed copies of every sample with
 the method and reports, beside its score, ``<name>_method_calls``: the attributions it computed per sample (the
-copies, and the clean input when the caller gave no maps), the cost that dominates these metrics.
+copies, and the clean input when the caller gave no maps), the cost that dominates these metrics. On token ids the
+copies move the embeddings of a sentence's words (:mod:`lit_attr.inputs.token_neighbourhood`); ``update`` takes the
+batch's ``attention_mask``, ``special_tokens_mask`` and ``model_inputs`` as the runner passes them.
 """
 
 from __future__ import annotations

@@ -77,11 +77,11 @@ def map_metrics_of(
     Example:
         >>> [metric.name for metric in map_metrics_of(("complexity", "sparseness"))]
         ['complexity', 'sparseness']
-        >>> map_metrics_of("local_lipschitz")
+        >>> map_metrics_of("top_k_intersection")
         Traceback (most recent call last):
         ...
         ValueError: `map_metrics` takes metrics of the maps alone (complexity, effective_complexity, sparseness); \
-'local_lipschitz' also needs ['method', 'x', 'target', 'logits'].
+'top_k_intersection' also needs ['masks'].
     """
     if not isinstance(names, str) and isinstance(names, Sequence) and not names:
         return ()
