@@ -1,8 +1,9 @@
 """Samples per second of every metric of issue #26, batched against a per-sample loop of the same code.
 
 Run ``python benchmarks/metrics_throughput.py --help`` for options. For each model (the demo CNN at 32 x 32, an
-untrained torchvision resnet18 at 224 x 224) and each metric, the metric scores a batch of images with saliency maps
-in one ``score()`` call (its rows go through the model ``internal_batch_size`` at a time, its copies through the
+untrained torchvision resnet18 at 224 x 224, and with ``--models text`` the demo text classifier on padded synthetic
+sentences, for the metrics that take token ids) and each metric, the metric scores a batch of inputs with saliency
+maps in one ``score()`` call (its rows go through the model ``internal_batch_size`` at a time, its copies through the
 method in blocks), then once per image; the table reports both times, samples per second, the speed-up and the
 largest relative difference between the two results' per-sample values, with 1e-4 as the smallest scale (values
 that are float noise around 0, such as input invariance's change for a gradient method, do not count). It is float
@@ -56,7 +57,20 @@ BUDGETS: dict[str, dict[str, Any]] = {
     "continuity": {"n_perturb_samples": 4},
     "relative_stability": {"n_perturb_samples": 4, "noise": 0.01},
 }
-DEFAULT_IMAGES = {"demo": 16, "resnet18": 4}
+#: The sentences' budgets where the images' do not fit about ten tokens: a unit or two per step, runs of two tokens.
+TEXT_BUDGETS: dict[str, dict[str, Any]] = {
+    "faithfulness_correlation": {"subset_size": 0.25, "n_subsets": 20},
+    "faithfulness_estimate": {},
+    "sensitivity_n": {"sizes": (0.1, 0.25, 0.5), "n_subsets": 10},
+    "monotonicity": {},
+    "monotonicity_correlation": {"n_samples": 2},
+    "region_perturbation": {"patch_size": 2, "regions": 4},
+    "selectivity": {"patch_size": 2},
+    "irof": {"patch_size": 2},
+    "non_sensitivity": {"n_samples": 2},
+    "top_k_intersection": {"k": 0.25},
+}
+DEFAULT_IMAGES = {"demo": 16, "resnet18": 4, "text": 16}
 #: The metrics that compare the samples of a batch: a sample's value depends on its batch.
 BATCH_DEPENDENT = {"focus", "sufficiency_dasgupta", "consistency"}
 
@@ -71,11 +85,19 @@ def build_model(name: str, device: torch.device) -> tuple[torch.nn.Module, int]:
         from torchvision.models import resnet18
 
         return resnet18(weights=None).to(device).eval(), 224
-    raise ValueError(f"--models accepts demo and resnet18, got {name!r}")
+    if name == "text":
+        from lit_attr.models import DemoTextClassifier
+
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return DemoTextClassifier().to(device).eval(), 0
+    raise ValueError(f"--models accepts demo, resnet18 and text, got {name!r}")
 
 
 def inputs(name: str, model: torch.nn.Module, side: int, n: int, device: torch.device) -> dict[str, Any]:
-    """Images, their saliency maps, targets, logits and a central square as the ground-truth mask."""
+    """Inputs, saliency maps, targets, logits and a ground-truth mask (a central square; a sentence's rationale)."""
+    if name == "text":
+        return sentences(model, n, device)
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(n, 3, side, side, generator=gen).to(device)
     with torch.no_grad():
@@ -86,6 +108,22 @@ def inputs(name: str, model: torch.nn.Module, side: int, n: int, device: torch.d
     attributions = get_method("saliency", model).attribute(x, target, logits=logits)
     given = {"x": x, "attributions": attributions, "target": target, "masks": masks, "logits": logits}
     return {**given, "attention_mask": None, "special_tokens_mask": None, "model_inputs": None}
+
+
+def sentences(model: torch.nn.Module, n: int, device: torch.device) -> dict[str, Any]:
+    """``n`` synthetic sentences of several lengths, padded to the longest, with their masks and saliency maps."""
+    from lit_attr.data.text import TextDataset, collate_tokens
+
+    data = TextDataset(n, seed=0)
+    batch = {key: value.to(device) for key, value in collate_tokens([data[i] for i in range(n)]).items()}
+    x = batch["input_ids"]
+    fields = {"attention_mask": batch["attention_mask"], "special_tokens_mask": batch["special_tokens_mask"]}
+    with torch.no_grad():
+        logits = model(x, attention_mask=fields["attention_mask"])
+    target = logits.argmax(dim=1)
+    attributions = get_method("saliency", model).attribute(x, target, logits=logits, **fields)
+    given = {"x": x, "attributions": attributions, "target": target, "masks": batch["rationale_mask"].bool()}
+    return {**given, "logits": logits, **fields, "model_inputs": None}
 
 
 def per_sample(values: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -105,7 +143,7 @@ def timed(call: Any, device: torch.device) -> tuple[Any, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["demo", "resnet18"], choices=["demo", "resnet18"])
+    parser.add_argument("--models", nargs="+", default=["demo", "resnet18"], choices=["demo", "resnet18", "text"])
     parser.add_argument("--metrics", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
     parser.add_argument("--images", type=int, default=None, help="images per model (default: 16 demo, 4 resnet18)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -122,8 +160,13 @@ def main() -> None:
         n = args.images or DEFAULT_IMAGES[model_name]
         for metric_name in args.metrics:
             spec = get_metric_spec(metric_name)
+            if model_name == "text" and not spec.accepts({"tokens"}):
+                continue
             given = inputs(metric_name, model, side, n, device)
-            metric = spec.build(BUDGETS[metric_name], model=model, method=get_method("saliency", model))
+            budget = BUDGETS[metric_name]
+            if model_name == "text":
+                budget = TEXT_BUDGETS.get(metric_name, budget)
+            metric = spec.build(budget, model=model, method=get_method("saliency", model))
             batch = {key: given[key] for key in spec.update_inputs}
             singles = [{k: v if v is None else v[i : i + 1] for k, v in batch.items()} for i in range(n)]
             whole, batched = timed(lambda metric=metric, batch=batch: metric.score(**batch), device)
