@@ -69,6 +69,7 @@ TEXT_BUDGETS: dict[str, dict[str, Any]] = {
     "irof": {"patch_size": 2},
     "non_sensitivity": {"n_samples": 2},
     "top_k_intersection": {"k": 0.25},
+    "consistency": {"top_k": 0.25},  # its default (5 units) exceeds the shortest sentences
 }
 DEFAULT_IMAGES = {"demo": 16, "resnet18": 4, "text": 16}
 #: The metrics that compare the samples of a batch: a sample's value depends on its batch.
@@ -95,9 +96,7 @@ def build_model(name: str, device: torch.device) -> tuple[torch.nn.Module, int]:
 
 
 def inputs(name: str, model: torch.nn.Module, side: int, n: int, device: torch.device) -> dict[str, Any]:
-    """Inputs, saliency maps, targets, logits and a ground-truth mask (a central square; a sentence's rationale)."""
-    if name == "text":
-        return sentences(model, n, device)
+    """Images, their saliency maps, targets, logits and a central square as the ground-truth mask."""
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(n, 3, side, side, generator=gen).to(device)
     with torch.no_grad():
@@ -162,7 +161,7 @@ def main() -> None:
             spec = get_metric_spec(metric_name)
             if model_name == "text" and not spec.accepts({"tokens"}):
                 continue
-            given = inputs(metric_name, model, side, n, device)
+            given = sentences(model, n, device) if model_name == "text" else inputs(metric_name, model, side, n, device)
             budget = BUDGETS[metric_name]
             if model_name == "text":
                 budget = TEXT_BUDGETS.get(metric_name, budget)

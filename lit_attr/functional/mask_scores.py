@@ -111,7 +111,7 @@ def top_k_intersection(
     Args:
         attributions: ``(N, ...)`` maps.
         masks: one boolean entry per unit of the maps, none empty.
-        k: units taken: an int (at most the units that count) or a float fraction of them.
+        k: units taken: an int (at most the units that count in every map) or a float fraction of each map's own.
         concept_influence: weight by the inverse share of the mask.
         valid: ``(N, *units)`` units that count (token maps); ``None``: all.
 
@@ -125,14 +125,19 @@ def top_k_intersection(
     """
     check_size("k", k)
     units, inside = _with_masks(attributions, masks, valid)
-    fewest = int(units.valid.sum(dim=1).min())
-    taken = resolve_size("k", k, fewest) if isinstance(k, float) else k
-    if taken > fewest:
+    counts = units.valid.sum(dim=1)
+    fewest = int(counts.min())
+    if isinstance(k, float):  # a fraction of each sample's own units: its value does not depend on its batch
+        taken = torch.tensor([resolve_size("k", k, max(count, 1)) for count in counts.tolist()], device=counts.device)
+    elif k > fewest:
         raise ValueError(f"`k` must be at most the {fewest} units that count in every map, got {k}.")
+    else:
+        taken = torch.full_like(counts, k)
     # Units that do not count rank last; a stable sort keeps ties in index order.
     scores = torch.where(units.valid, units.scores.double(), -torch.inf)
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :taken]
-    hits = inside.gather(1, order).sum(dim=1).double() / taken
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    ranked = inside.gather(1, order).double().cumsum(dim=1)
+    hits = ranked.gather(1, (taken - 1)[:, None]).squeeze(1) / taken
     if concept_influence:
         hits = hits * units.valid.sum(dim=1) / inside.sum(dim=1)
     return hits.to(torch.promote_types(attributions.dtype, torch.float32))

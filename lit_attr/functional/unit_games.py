@@ -341,7 +341,10 @@ def resolve_size(name: str, size: object, units: int) -> int:
             raise ValueError(f"`{name}` as a fraction must lie in (0, 1], got {size!r}.")
         return max(1, round(size * units))
     if not 1 <= size <= units:
-        raise ValueError(f"`{name}` must be between 1 and the {units} units of a sample, got {size}.")
+        raise ValueError(
+            f"`{name}` must be between 1 and the {units} units of a sample, got {size} (a float in (0, 1] takes that "
+            "share of every sample's own units: short sentences included)."
+        )
     return size
 
 

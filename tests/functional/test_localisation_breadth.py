@@ -83,6 +83,20 @@ def test_token_maps_score_their_valid_tokens_only():
     torch.testing.assert_close(metric.compute()["attribution_localisation"], torch.tensor((2 / 3 + 0.75) / 2))
 
 
+def test_a_fraction_k_takes_a_share_of_each_sentence_own_tokens():
+    """k = 0.5 of a sentence of 3 words is 2 of them, of one of 6 words 3: alone or together, the same values."""
+    scores = torch.tensor([[9.0, 3.0, 2.0, 1.0, 0.0, 0.0, 0.0, 9.0], [9.0, 1.0, 5.0, 4.0, 3.0, 2.0, 6.0, 9.0]])
+    rationale = torch.tensor([[0, 1, 0, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 1, 0, 0]], dtype=torch.bool)
+    valid = torch.tensor([[0, 1, 1, 1, 0, 0, 0, 0], [0, 1, 1, 1, 1, 1, 1, 0]], dtype=torch.bool)
+    # Sentence 0: words 3, 2, 1 -> the top 2 are positions 1, 2: one in the rationale. Sentence 1: top 3 are
+    # positions 6, 2, 3 (scores 6, 5, 4): one in the rationale.
+    expected = torch.tensor([1 / 2, 1 / 3])
+    torch.testing.assert_close(top_k_intersection(scores, rationale, k=0.5, valid=valid), expected)
+    for i in range(2):
+        alone = top_k_intersection(scores[i : i + 1], rationale[i : i + 1], k=0.5, valid=valid[i : i + 1])
+        torch.testing.assert_close(alone, expected[i : i + 1])
+
+
 def _class_images(labels: list[int]) -> torch.Tensor:
     """Images whose class is the channel that is on: channel ``c`` is 1 for class ``c``, the others 0."""
     x = torch.zeros(len(labels), 3, 4, 4)
