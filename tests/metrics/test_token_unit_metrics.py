@@ -166,6 +166,12 @@ CLASSES = {
 }  # fmt: skip
 
 
+METHOD_CLASSES = {
+    "local_lipschitz": "LocalLipschitz", "avg_sensitivity": "AvgSensitivity", "continuity": "Continuity",
+    "relative_stability": "RelativeStability", "input_invariance": "InputInvariance",
+}  # fmt: skip
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 def test_token_metrics_on_two_processes_equal_one_process():
     model = declared_pair_classifier()
@@ -175,11 +181,15 @@ def test_token_metrics_on_two_processes_equal_one_process():
                                                          else {"model": model}), **OPTIONS[name])
         for name, cls in CLASSES.items()
     }  # fmt: skip
+    factories.update({  # the metrics that re-run the method move (or shift) each sentence's embeddings
+        name: functools.partial(getattr(metrics, cls), "saliency", model, **OPTIONS[name])
+        for name, cls in METHOD_CLASSES.items()
+    })  # fmt: skip
     given = {"x": ids, "attributions": scores, "attention_mask": mask, "special_tokens_mask": special,
              "model_inputs": {"token_type_ids": types}}  # fmt: skip
     logits = model(ids, attention_mask=mask, token_type_ids=types).detach()
     batches = {}
-    for name in CLASSES:
+    for name in factories:
         wanted = get_metric_spec(name).update_inputs
         shards = []
         for rows in (slice(0, 4), slice(4, 6)):  # uneven shards
