@@ -373,7 +373,9 @@ def input_invariance(
     when both maps are 0. Quantus's default shift is -1, as here (Kindermans et al. shift [0, 1] MNIST images to
     [-1, 0]). Token ids shift in the embedding space the methods attribute them in: the embedding layer's output
     moves by ``c`` (the [MASK] baseline's too, so integrated gradients stay invariant there) and the model takes it
-    off again (:mod:`lit_attr.inputs.token_neighbourhood`). Cost: one attribution per sample.
+    off again (:mod:`lit_attr.inputs.token_neighbourhood`); a model that normalises its embeddings (BERT's LayerNorm
+    after the embedding sum) cannot see a constant shift, and every method scores 0 there. Cost: one attribution per
+    sample.
 
     Args:
         method: the attribution method.

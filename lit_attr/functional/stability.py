@@ -39,25 +39,53 @@ class _Capture:
 
 
 class _Outputs:
-    """The model's logits at moved rows in chunks that back off, with the ``capture``d representation of every row."""
+    """The model's logits at moved rows in chunks that back off, with the ``capture``d representation of every row.
+
+    A neighbourhood may run a chunk's rows in several forwards (token ids: one per sentence length); the
+    representation each forward captured is kept per row, and rows of different shapes (a per-token layer's input
+    for sentences of other lengths) are padded with zeros, which add nothing to a relative change.
+    """
 
     def __init__(self, hood: Neighbourhood, capture: _Capture | None) -> None:
         self.hood = hood
         self.capture = capture
 
-    def __call__(self, moved: Moved, backoff: MemoryBackoff) -> tuple[Tensor, Tensor | None]:
+    def __call__(
+        self, moved: Moved, backoff: MemoryBackoff, shape: tuple[int, ...] | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         logits: list[Tensor] = []
-        representations: list[Tensor] = []
+        rows: list[Tensor | None] = [None] * moved.inputs.shape[0]
 
         def body(start: int, stop: int) -> None:
-            kwargs = {key: value[start:stop] for key, value in moved.kwargs.items()}
-            out = self.hood.logits(Moved(moved.inputs[start:stop], kwargs, moved.points[start:stop]))
-            if self.capture is not None:  # a chunk that runs out of memory appends nothing: it is run again
-                representations.append(self.capture.value)
-            logits.append(out)
+            found: list[tuple[Tensor, Tensor]] = []
+
+            def record(group: Tensor) -> None:
+                if self.capture is not None:
+                    assert self.capture.value is not None  # the layer ran in that forward
+                    found.append((group, self.capture.value))
+
+            out = self.hood.logits(moved.part(start, stop), record)
+            logits.append(out)  # a chunk that runs out of memory keeps nothing: it is run again
+            for group, value in found:
+                for row, entry in zip(group.tolist(), value, strict=True):
+                    rows[start + row] = entry
 
         backoff.chunks(moved.inputs.shape[0], body)
-        return torch.cat(logits), torch.cat(representations) if self.capture is not None else None
+        if self.capture is None:
+            return torch.cat(logits), None
+        return torch.cat(logits), _padded([row for row in rows if row is not None], shape)
+
+
+def _padded(rows: list[Tensor], shape: tuple[int, ...] | None) -> Tensor:
+    """``rows`` stacked, each padded with zeros at the end of every dimension to ``shape`` (default: the largest)."""
+    if shape is None:
+        shape = tuple(max(sizes) for sizes in zip(*(row.shape for row in rows), strict=True))
+    if all(tuple(row.shape) == shape for row in rows):
+        return torch.stack(rows)
+    out = rows[0].new_zeros(len(rows), *shape)
+    for k, row in enumerate(rows):
+        out[(k, *(slice(0, size) for size in row.shape))] = row
+    return out
 
 
 def _default_layer(model: nn.Module) -> nn.Module:
@@ -140,19 +168,20 @@ def relative_stability(
     if "representation" in asked:
         module = _default_layer(model) if layer is None else _named(model, layer)
     capture = _Capture()
-    handle = module.register_forward_pre_hook(capture) if module is not None else None
     n = x.shape[0]
     values = {name: x.new_full((n, n_perturb_samples), -torch.inf, dtype=torch.float64) for name in asked}
     # One bound for every forward of the call: the clean rows and each block's copies, chunked to fit.
     backoff = MemoryBackoff("relative_stability", internal_batch_size)
     outputs = _Outputs(hood, capture if module is not None else None)
+    handle = None
     try:
-        everything = torch.arange(n, device=x.device)
-        clean_logits, clean_repr = outputs(Moved(x, hood.fields(everything), hood.points), backoff)
+        handle = module.register_forward_pre_hook(capture) if module is not None else None
+        clean_logits, clean_repr = outputs(hood.unmoved(), backoff)
+        shape = None if clean_repr is None else tuple(clean_repr.shape[1:])
         for block in _neighbours(ready, x, options):
             b = block.rows.numel()
             assert block.moved is not None  # neighbour_maps keeps them
-            moved_logits, moved_repr = outputs(block.moved, backoff)
+            moved_logits, moved_repr = outputs(block.moved, backoff, shape)
             moved_logits = moved_logits.view(b, n_perturb_samples, -1)
             same = moved_logits.argmax(dim=2) == clean_logits[block.rows].argmax(dim=1, keepdim=True)
             own_b = own[block.rows].unsqueeze(1)
@@ -162,7 +191,7 @@ def relative_stability(
                 "input": _norm((clean - block.x) / _nonzero(clean, eps_min), order),
                 "output": _norm(clean_logits[block.rows].unsqueeze(1) - moved_logits, order),
             }
-            if module is not None:
+            if clean_repr is not None and moved_repr is not None:
                 before = clean_repr[block.rows].unsqueeze(1)
                 after = moved_repr.view(b, n_perturb_samples, *moved_repr.shape[1:])
                 denominators["representation"] = _norm((before - after) / _nonzero(before, eps_min), order)

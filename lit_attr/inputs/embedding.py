@@ -462,8 +462,9 @@ class TokenCall(MethodCall):
         return (scores, self._info) if self._info else scores
 
 
-#: Whether a model's output for a sentence ignores right padding (under its attention mask), found once per model.
-_INVARIANT: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+#: Whether a model's output for a sentence ignores its padding (under its attention mask), found once per model and
+#: side of the padding (right, left or mixed: a model with absolute positions may ignore right padding only).
+_INVARIANT: weakref.WeakKeyDictionary[nn.Module, dict[str, bool]] = weakref.WeakKeyDictionary()
 
 
 def pads_invariantly(
@@ -471,15 +472,18 @@ def pads_invariantly(
 ) -> bool:
     """Whether the model's logits for a sentence do not depend on the padding after it, under its attention mask.
 
-    Checked once per model (when the method runs the model itself) on the most padded sentence of the first batch
-    with padding: its logits alone, cut to its real tokens, against its logits in the padded layout. Models that
-    ignore the attention mask (a mean over every position, say) fail the check, and their sentences then run in
-    groups of one length, where no forward sees padding.
+    Checked once per model and side of the padding (when the method runs the model itself) on the most padded
+    sentence of the first batch with padding on that side: its logits alone, cut to its real tokens, against its
+    logits in the padded layout. Models that ignore the attention mask (a mean over every position, say) fail the
+    check, as do models with absolute positions on left padding, and their sentences then run in groups of one
+    length, where no forward sees padding.
     """
     model = method.model
     cached = method.forward_fn is model
-    if cached and model in _INVARIANT:
-        return _INVARIANT[model]
+    steps = attended.long().diff(dim=1)
+    side = "right" if bool((steps <= 0).all()) else "left" if bool((steps >= 0).all()) else "mixed"
+    if cached and side in _INVARIANT.get(model, {}):
+        return _INVARIANT[model][side]
     sample = int(attended.sum(dim=1).argmin())
     real = attended[sample]
     with torch.no_grad():
@@ -492,5 +496,5 @@ def pads_invariantly(
     scale = float(alone.abs().max().clamp_min(1.0))
     invariant = bool(torch.allclose(alone.float(), padded.float(), rtol=0.0, atol=1e-4 * scale))
     if cached:
-        _INVARIANT[model] = invariant
+        _INVARIANT.setdefault(model, {})[side] = invariant
     return invariant

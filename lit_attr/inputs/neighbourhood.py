@@ -37,11 +37,18 @@ class Moved(NamedTuple):
         inputs: what ``attribute`` and the model take for them (the moved inputs, or the same token ids).
         kwargs: ``attribute``'s keywords for them (token ids: the offset and the rows' masks and model inputs).
         points: ``(rows, *P)`` the moved points (clipped), in the space of :attr:`Neighbourhood.points`.
+        rows: ``(rows,)`` the samples (positions in the batch) they are moves of.
     """
 
     inputs: Tensor
     kwargs: dict[str, Any]
     points: Tensor
+    rows: Tensor
+
+    def part(self, start: int, stop: int) -> Moved:
+        """Rows ``start:stop`` of these moves (every keyword holds one entry per row)."""
+        kwargs = {key: value[start:stop] for key, value in self.kwargs.items()}
+        return Moved(self.inputs[start:stop], kwargs, self.points[start:stop], self.rows[start:stop])
 
 
 class _Shifted:
@@ -117,17 +124,28 @@ class Neighbourhood:
     def move(self, rows: Tensor, offsets: Tensor) -> Moved:
         """Rows ``rows`` (repeats allowed) moved by ``offsets`` ``(rows, *P)``, clipped to the method's bounds."""
         moved = self.method.clip(self.points[rows] + offsets)
-        return Moved(moved, {}, moved)
+        return Moved(moved, {}, moved, rows)
 
-    def logits(self, moved: Moved) -> Tensor:
-        """The model's logits at moved rows (no gradient; the model's state restored)."""
+    def logits(self, moved: Moved, record: Callable[[Tensor], None] | None = None) -> Tensor:
+        """The model's logits at moved rows (no gradient; the model's state restored).
+
+        ``record(rows)`` is called after every forward with the rows (of ``moved``) it ran, so that a hook installed
+        by the caller reads what that forward computed; here one forward runs them all.
+        """
         with torch.no_grad(), preserved_model_state(self.method.model):
-            return getattr(self.method, "forward_fn", self.method.model)(moved.inputs)
+            out = getattr(self.method, "forward_fn", self.method.model)(moved.inputs)
+        if record is not None:
+            record(torch.arange(moved.inputs.shape[0], device=out.device))
+        return out
+
+    def unmoved(self) -> Moved:
+        """The batch as it is, as moves."""
+        rows = torch.arange(self.x.shape[0], device=self.x.device)
+        return Moved(self.x, self.fields(rows), self.points, rows)
 
     def clean_logits(self) -> Tensor:
         """The model's logits of the batch as it is."""
-        rows = torch.arange(self.x.shape[0], device=self.x.device)
-        return self.logits(Moved(self.x, self.fields(rows), self.points))
+        return self.logits(self.unmoved())
 
     def shifted(self, shift: float) -> tuple[Any, Tensor, dict[str, Any]]:
         """``(method, inputs, keywords)`` that explain every input shifted by ``shift`` for a model undoing it."""

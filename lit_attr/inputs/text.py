@@ -28,6 +28,7 @@ from lit_attr.inputs.tokens import (
     METHOD_TOKEN_DEFAULTS,
     TOKEN_KEYWORDS,
     TOKEN_REDUCTIONS,
+    _config_value,
     call_model,
     check_ids_in_vocabulary,
     check_length,
@@ -152,7 +153,7 @@ class Tokens(InputKind):
         except ValueError:
             vocab = vocabulary_size(model)
         if substrate == "noise":
-            return _random_words(x, vocab, options, seed, argument)
+            return _random_words(model, x, vocab, options, seed, argument)
         if substrate == "constant":
             if value is None:
                 raise ValueError(f'`substrate_value` (a token id) must be given when `{argument}` is "constant".')
@@ -278,8 +279,17 @@ class Tokens(InputKind):
         return viz.token_highlights_html([decode(sample)], [attributions])
 
 
-def _random_words(x: Tensor, vocab: int | None, options: Any, seed: int, argument: str) -> Tensor:
-    """Every id of ``x`` replaced by its word in a random table seeded by ``seed`` (drawn on the CPU)."""
+#: Ids a Hugging Face config may name that are no words: never drawn as a random token.
+_CONFIG_SPECIALS = ("pad_token_id", "mask_token_id", "cls_token_id", "sep_token_id", "bos_token_id", "eos_token_id",
+                    "unk_token_id")  # fmt: skip
+
+
+def _random_words(model: nn.Module, x: Tensor, vocab: int | None, options: Any, seed: int, argument: str) -> Tensor:
+    """Every id of ``x`` replaced by its word in a random table seeded by ``seed`` (drawn on the CPU).
+
+    The words are the vocabulary without the special, pad and mask ids the model declares (its ``token_options``,
+    and the special ids its Hugging Face config names).
+    """
     check_seed(seed)
     if vocab is None:
         raise ValueError(
@@ -287,7 +297,10 @@ def _random_words(x: Tensor, vocab: int | None, options: Any, seed: int, argumen
             "`token_options.embedding_layer` (an nn.Embedding) or pass another substrate."
         )
     reserved = {*options.special_token_ids, options.pad_token_id, options.mask_token_id}
-    words = torch.tensor([i for i in range(vocab) if i not in reserved], dtype=torch.long)
+    reserved |= {_config_value(model, key) for key in _CONFIG_SPECIALS}
+    keep = torch.ones(vocab, dtype=torch.bool)
+    keep[[token for token in reserved if token is not None and 0 <= token < vocab]] = False
+    words = keep.nonzero().flatten()
     if words.numel() == 0:
         raise ValueError(f"`{argument}` 'noise' found no word in the vocabulary of {vocab} ids beside special ones.")
     generator = torch.Generator().manual_seed(seed)

@@ -11,7 +11,7 @@ keyed by their ids, so they do not depend on its batch or its padding.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -21,7 +21,7 @@ from lit_attr._checks import check_number
 from lit_attr._hygiene import preserved_model_state, row_seed
 from lit_attr.inputs.embedding import EmbeddingSwap
 from lit_attr.inputs.neighbourhood import Moved, Neighbourhood, Sampler
-from lit_attr.inputs.token_calls import call_model
+from lit_attr.inputs.token_calls import call_model, length_groups, real_positions, split_model_inputs
 from lit_attr.inputs.tokens import check_token_batch, find_embedding_layer, resolve_token_options
 
 __all__ = ["TokenNeighbourhood"]
@@ -46,8 +46,17 @@ class TokenNeighbourhood(Neighbourhood):
         )
         self.model_inputs = dict(fields.get("model_inputs") or {})
         self.layer = find_embedding_layer(method.model, options.embedding_layer)
-        with preserved_model_state(method.model):
-            embeddings = EmbeddingSwap(self.layer).embed(self._caller, x, self.batch.attended, self.model_inputs)
+        self.swap = EmbeddingSwap(self.layer)
+        rows = torch.arange(x.shape[0], device=x.device)
+        embeddings: Tensor | None = None
+        with preserved_model_state(method.model), self.swap.installed():
+            for group, positions, ids, fields_of in self._groups(x, rows):
+                found = self.swap.embed(self._caller, ids, torch.ones_like(ids), fields_of)
+                if embeddings is None:
+                    embeddings = found.new_zeros(*x.shape, found.shape[-1])
+                embeddings[group[:, None], positions] = found
+        assert embeddings is not None  # a batch has a group
+        self.embeddings = embeddings
         self.support = self.batch.perturbable[..., None].to(embeddings.dtype)
         self.points = embeddings * self.support
         count = (self.support.sum(dim=(1, 2)) * embeddings.shape[-1]).clamp(min=1)
@@ -56,6 +65,22 @@ class TokenNeighbourhood(Neighbourhood):
 
     def _caller(self, ids: Tensor, attended: Tensor | None, fields: Mapping[str, Tensor] | None) -> Tensor:
         return call_model(self.method.forward_fn, ids, attended, **(fields or {}))
+
+    def _groups(self, ids: Tensor, rows: Tensor) -> Iterator[tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]]:
+        """``(group, positions, ids, model inputs)`` of ``ids`` (the batch's ``rows``) cut to their real tokens.
+
+        The layout the methods run sentences in (:class:`~lit_attr.inputs.embedding.TokenCall`): one group per
+        number of real tokens, each sentence's real tokens in order from position 0, no padding, so no forward sees
+        padding and a sentence's logits do not depend on its batch.
+        """
+        attended = self.batch.attended[rows]
+        given = {key: value[rows] for key, value in self.model_inputs.items()}
+        per_token, per_sample = split_model_inputs(given, *ids.shape)
+        for length, group in length_groups(attended):
+            positions = real_positions(attended, group, length)
+            fields = {key: value[group[:, None], positions] for key, value in per_token.items()}
+            fields.update({key: value[group] for key, value in per_sample.items()})
+            yield group, positions, ids[group[:, None], positions], fields
 
     def fields(self, rows: Tensor) -> dict[str, Any]:
         """The rows' ``attention_mask``, ``special_tokens_mask`` and other model inputs, by ``attribute``'s names."""
@@ -67,7 +92,7 @@ class TokenNeighbourhood(Neighbourhood):
         out = torch.zeros(rows.numel() * n, *self.points.shape[1:], dtype=torch.float64)
         for k, row in enumerate(rows.tolist()):
             real = self.batch.attended[row].bool().cpu()
-            generator = torch.Generator().manual_seed(row_seed(seed, self.x[row].cpu()[real]))
+            generator = torch.Generator().manual_seed(row_seed(seed, self.batch.input_ids[row].cpu()[real]))
             out[k * n : (k + 1) * n, real] = sampler((n, int(real.sum()), self.points.shape[-1]), generator)
         return out.to(self.points.device)
 
@@ -75,20 +100,31 @@ class TokenNeighbourhood(Neighbourhood):
         """The same ids, with their perturbable tokens' embeddings moved by ``offsets`` ``(rows, L, E)``."""
         offsets = offsets.to(self.points) * self.support[rows]
         kwargs = {"embedding_offset": offsets, **self.fields(rows)}
-        return Moved(self.x[rows], kwargs, self.points[rows] + offsets)
+        return Moved(self.x[rows], kwargs, self.points[rows] + offsets, rows)
 
-    def logits(self, moved: Moved) -> Tensor:
-        """The model's logits with the moved embeddings (a hook adds the offsets to the layer's output)."""
+    def logits(self, moved: Moved, record: Callable[[Tensor], None] | None = None) -> Tensor:
+        """The model's logits with the moved embeddings, sentence by sentence's real tokens (one forward per length).
+
+        The moved embeddings replace the layer's output (the clean ones elsewhere), as the methods see them.
+        """
         offsets = moved.kwargs.get("embedding_offset")
-        fields = {key: value for key, value in moved.kwargs.items() if key in self.model_inputs}
-        hook = None if offsets is None else (lambda module, args, output: output + offsets.to(output.dtype))
-        handle = None if hook is None else self.layer.register_forward_hook(hook)
-        try:
-            with torch.no_grad(), preserved_model_state(self.method.model):
-                return call_model(self.method.forward_fn, moved.inputs, moved.kwargs.get("attention_mask"), **fields)
-        finally:
-            if handle is not None:
-                handle.remove()
+        out: Tensor | None = None
+        with torch.no_grad(), preserved_model_state(self.method.model), self.swap.installed():
+            for group, positions, ids, fields in self._groups(moved.inputs, moved.rows):
+                if offsets is not None:
+                    clean = self.embeddings[moved.rows[group][:, None], positions]
+                    self.swap.replacement = clean + offsets[group[:, None], positions]
+                try:
+                    logits = self._caller(ids, torch.ones_like(ids), fields)
+                finally:
+                    self.swap.replacement = None
+                if record is not None:
+                    record(group)
+                if out is None:
+                    out = logits.new_empty(moved.inputs.shape[0], logits.shape[1])
+                out[group] = logits
+        assert out is not None  # moves have a group
+        return out
 
     def shifted(self, shift: float) -> tuple[Any, Tensor, dict[str, Any]]:
         """The method itself on the same ids, with every embedding shifted by ``shift`` (taken off by the model)."""

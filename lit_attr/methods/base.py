@@ -138,8 +138,8 @@ class AttributionMethod(abc.ABC):
         ``(N, L)`` float per-token scores, exactly 0 on padding and special tokens. The constructor's
         ``token_options`` give defaults for these keywords. ``embedding_offset=`` ``(N, L, E)`` explains the
         sentences with their word embeddings moved by it (the model sees the moved ones; the robustness metrics'
-        neighbours), ``embedding_shift=c`` a model whose embedding layer adds ``c`` to every embedding and takes it off
-        again (input invariance).
+        neighbours; ``logits=`` given with it must be those of the moved sentences), ``embedding_shift=c`` a model
+        whose embedding layer adds ``c`` to every embedding and takes it off again (input invariance).
         """
         chosen = self.internal_batch_size
         backoff = MemoryBackoff(self.name or type(self).__name__, chosen)

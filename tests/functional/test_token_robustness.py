@@ -162,3 +162,54 @@ def test_token_offsets_are_checked(model, batch):
         method.attribute(ids, 0, attention_mask=mask, embedding_offset=torch.zeros(ids.shape[0], 3, 8))
     with pytest.raises(ValueError, match="`embedding_offset`.*width E = 8"):
         method.attribute(ids, 0, attention_mask=mask, embedding_offset=torch.zeros(*ids.shape, 5))
+
+
+def left_padded(batch):
+    """The same sentences with their padding on the left (a model with absolute positions sees other inputs)."""
+    ids, mask, special, types = batch
+    out = [torch.zeros_like(t) for t in (ids, mask, special, types)]
+    for i, length in enumerate(mask.sum(dim=1).tolist()):
+        for new, old in zip(out, (ids, mask, special, types), strict=True):
+            new[i, ids.shape[1] - length :] = old[i, :length]
+    return tuple(out)
+
+
+def test_left_padding_after_right_padding_changes_no_sentence_score(batch):
+    """Logits, targets and the same-prediction filter come from each sentence's own tokens, whatever the padding."""
+    model = PairClassifier(seed=3).double().eval()  # absolute positions: left padding moves them
+    model.token_options = TokenOptions((CLS, SEP), MASK, PAD, embedding_layer="embed")
+    method = get_method("saliency", model)
+    options = {"n_perturb_samples": 3, "noise": 0.3, "seed": 1}
+    right = relative_stability(method, batch[0], **options, **fields(batch))  # the right padding is seen first
+    left = left_padded(batch)
+    got = relative_stability(method, left[0], **options, **fields(left))
+    lipschitz = local_lipschitz(method, left[0], **options, **fields(left))
+    for i, length in enumerate(batch[1].sum(dim=1).tolist()):
+        alone = tuple(t[i : i + 1, :length] for t in batch)
+        expected = relative_stability(method, alone[0], **options, **fields(alone))
+        for variant, values in got.items():
+            assert values[i].item() == pytest.approx(expected[variant].item(), rel=1e-9, nan_ok=True), variant
+            assert right[variant][i].item() == pytest.approx(expected[variant].item(), rel=1e-9, nan_ok=True)
+        single = local_lipschitz(method, alone[0], **options, **fields(alone))
+        assert lipschitz[i].item() == pytest.approx(single.item(), rel=1e-9)
+
+
+def test_ids_of_any_integer_dtype_and_a_composite_embedding_layer():
+    from lit_attr.models import DemoTextClassifier
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = DemoTextClassifier(vocab_size=100, num_classes=3, hidden_size=16, intermediate_size=32).eval()
+    ids, mask, special, _, _ = pair_batch()
+    tokens = {"attention_mask": mask, "special_tokens_mask": special}
+    method = get_method("saliency", model)
+    longs = local_lipschitz(method, ids, n_perturb_samples=2, **tokens)
+    torch.testing.assert_close(local_lipschitz(method, ids.int(), n_perturb_samples=2, **tokens), longs)
+    # The whole BERT embedding module (words, positions, types, LayerNorm) as the layer the points live in.
+    composite = get_method("saliency", model, token_options={"embedding_layer": "bert.bert.embeddings"})
+    moved = local_lipschitz(composite, ids, n_perturb_samples=2, **tokens)
+    for i, length in enumerate(mask.sum(dim=1).tolist()):
+        alone = {"attention_mask": mask[i : i + 1, :length], "special_tokens_mask": special[i : i + 1, :length]}
+        single = local_lipschitz(composite, ids[i : i + 1, :length], n_perturb_samples=2, **alone)
+        assert moved[i].item() == pytest.approx(single.item(), rel=1e-4)
+    assert float(moved.min()) > 0
