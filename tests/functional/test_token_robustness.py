@@ -77,8 +77,10 @@ class Sentence:
 )
 def test_robustness_moves_each_sentence_words_in_the_embedding_space(model, batch, functional, distribution, reduce):
     method = get_method("saliency", model)
+    state = torch.get_rng_state()
     got = functional(method, batch[0], n_perturb_samples=3, noise=0.2, distribution=distribution, seed=7,
                      **fields(batch))  # fmt: skip
+    assert torch.equal(torch.get_rng_state(), state)  # seeded generators only: the global random state untouched
     for i in range(batch[0].shape[0]):
         s = Sentence(model, batch, i)
         clean = s.saliency(torch.zeros_like(s.embeddings))
