@@ -12,13 +12,15 @@ draws random numbers draws the same ones. One warning names the bound that worke
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from types import TracebackType
 
 import torch
 
-__all__ = ["MemoryBackoff", "OutOfMemoryWarning"]
+__all__ = ["MemoryBackoff", "OutOfMemoryWarning", "shared_backoff"]
 
 
 class OutOfMemoryWarning(UserWarning):
@@ -120,6 +122,19 @@ class MemoryBackoff:
     ) -> None:
         if kind is None:
             self.finish()
+
+
+def shared_backoff(backoff: MemoryBackoff | None, who: str, size: int | None) -> AbstractContextManager[MemoryBackoff]:
+    """The caller's back-off (shared by the passes of one game, which warns once at the caller's end), or a new one.
+
+    A shared bound keeps what an earlier pass learned: the next pass does not fail at the first size again.
+
+    Example:
+        >>> with MemoryBackoff("game", 8) as outer, shared_backoff(outer, "pass", 8) as inner:
+        ...     inner is outer
+        True
+    """
+    return contextlib.nullcontext(backoff) if backoff is not None else MemoryBackoff(who, size)
 
 
 def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor] | None]:

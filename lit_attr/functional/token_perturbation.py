@@ -8,7 +8,6 @@ deviation perturb token ids with these; see :mod:`lit_attr.functional.token_game
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -17,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_attr._checks import check_choice, check_device, check_finite, check_optional_int
-from lit_attr._memory import MemoryBackoff
+from lit_attr._memory import MemoryBackoff, shared_backoff
 from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE
 from lit_attr.inputs.tokens import (
     TokenBatch,
@@ -295,7 +294,7 @@ def clean_logits(
     if logits is None:
         ids, mask = game.batch.input_ids, game.batch.attended.long()
         parts: list[Tensor] = []
-        with _backoff(backoff, "token game", game.chunk) as chunks:
+        with shared_backoff(backoff, "token game", game.chunk) as chunks:
             chunks.chunks(
                 n,
                 lambda start, stop: parts.append(
@@ -409,18 +408,13 @@ def score_rows(
             score = score / clean_probability[rows]
         out.append(score)
 
-    with _backoff(backoff, "token game", game.chunk) as chunks:
+    with shared_backoff(backoff, "token game", game.chunk) as chunks:
         chunks.chunks(samples.numel(), score)
     return torch.cat(out)
 
 
 def _rows_of(inputs: Mapping[str, Tensor], start: int, stop: int) -> dict[str, Tensor]:
     return {key: value[start:stop] for key, value in inputs.items()}
-
-
-def _backoff(backoff: MemoryBackoff | None, who: str, size: int) -> Any:
-    """The caller's back-off (shared by a game's passes, it warns once at the caller's end), or a local one."""
-    return contextlib.nullcontext(backoff) if backoff is not None else MemoryBackoff(who, size)
 
 
 # ------------------------------------------------------------------------------------------------------ metric

@@ -16,7 +16,6 @@ sample's own values and the seed only, so a sample scores the same in any batch,
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Collection, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -26,7 +25,7 @@ from torch import Tensor, nn
 
 from lit_attr._checks import TargetType, check_choice, check_device, check_optional_int, check_seed, resolve_target
 from lit_attr._hygiene import preserved_model_state, row_seed
-from lit_attr._memory import MemoryBackoff
+from lit_attr._memory import MemoryBackoff, shared_backoff
 from lit_attr.functional.perturbation import (
     REDUCTIONS,
     SubstrateType,
@@ -320,9 +319,7 @@ def masked_outputs(
         logits = kind_logits(game.kind, model, inputs, {key: value[samples] for key, value in game.fields.items()})
         out[start:stop] = target_scores(logits, game.target[samples], output).to(out.dtype)
 
-    # A shared bound keeps what an earlier pass learned: the next pass does not fail at the first size again.
-    shared = contextlib.nullcontext(backoff) if backoff is not None else MemoryBackoff(who, internal_batch_size)
-    with torch.no_grad(), preserved_model_state(model), shared as bound:
+    with torch.no_grad(), preserved_model_state(model), shared_backoff(backoff, who, internal_batch_size) as bound:
         bound.chunks(n * rows_per_sample, body)
     return out.view(n, rows_per_sample)
 
