@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from lit_attr._memory import MemoryBackoff
 from lit_attr.inputs.space import MethodCall, Space
-from lit_attr.inputs.token_calls import call_model, length_groups, real_positions, split_model_inputs
+from lit_attr.inputs.token_calls import call_model, sentence_groups, split_model_inputs
 from lit_attr.inputs.tokens import (
     TokenBatch,
     TokenOptions,
@@ -243,8 +243,7 @@ class TokenSpace(Space):
         refs = check_token_batch(samples, attention_mask.to(samples.device), name=name)
         check_ids_in_vocabulary(name, refs.input_ids, self.call.vocab)
         check_length(name, refs.input_ids, refs.attended, self.call.limit)
-        for length, rows in length_groups(refs.attended):
-            ids = refs.input_ids[rows[:, None], real_positions(refs.attended, rows, length)]
+        for rows, _, ids, _ in sentence_groups(refs.input_ids, refs.attended, {}):
             step = chunk or rows.numel()
             for start in range(0, rows.numel(), step):
                 yield rows[start : start + step], self.call.caller(ids[start : start + step], None, None)
@@ -313,22 +312,17 @@ class TokenCall(MethodCall):
         self.batch = TokenBatch(*(t.clone() for t in self.batch))
         self.x = ids = self.batch.input_ids
         attended = self.batch.attended
-        lengths = list(length_groups(attended))
         self.model_inputs = {key: value.clone() for key, value in self.model_inputs.items()}
-        per_token, per_sample = split_model_inputs(self.model_inputs, *ids.shape)
-        if len(lengths) > 1 and pads_invariantly(self.method, self.caller, ids, attended, self.model_inputs):
+        lengths = torch.unique(attended.sum(dim=1)).numel()
+        if lengths > 1 and pads_invariantly(self.method, self.caller, ids, attended, self.model_inputs):
             positions = torch.arange(ids.shape[1], device=ids.device).expand(self.n, -1)
             samples = torch.arange(self.n, device=ids.device)
             self.groups = [_Group(samples, positions, ids, attended, dict(self.model_inputs), None)]
         else:
-            self.groups = []
-            for length, samples in lengths:
-                positions = real_positions(attended, samples, length)
-                real = ids[samples[:, None], positions]
-                fields = {key: value[samples[:, None], positions] for key, value in per_token.items()}
-                fields.update({key: value[samples] for key, value in per_sample.items()})
-                ones = torch.ones_like(real, dtype=torch.bool)
-                self.groups.append(_Group(samples, positions, real, ones, fields, None))
+            self.groups = [
+                _Group(samples, positions, real, torch.ones_like(real, dtype=torch.bool), fields, None)
+                for samples, positions, real, fields in sentence_groups(ids, attended, self.model_inputs)
+            ]
         self._group_of = torch.empty(self.n, dtype=torch.long, device=ids.device)
         self._row_of = torch.empty_like(self._group_of)
         for number, group in enumerate(self.groups):

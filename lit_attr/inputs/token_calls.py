@@ -94,3 +94,24 @@ def length_groups(attended: Tensor) -> Iterator[tuple[int, Tensor]]:
 def real_positions(attended: Tensor, samples: Tensor, length: int) -> Tensor:
     """``(n, length)`` positions of the real tokens of ``samples``, which all have ``length`` of them, in order."""
     return attended[samples].nonzero()[:, 1].view(samples.numel(), length)
+
+
+def sentence_groups(
+    ids: Tensor, attended: Tensor, model_inputs: Mapping[str, Tensor]
+) -> Iterator[tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]]:
+    """``(samples, positions, ids, model inputs)`` of every length group, each sentence cut to its real tokens.
+
+    The sentences of a group keep their real tokens in order from position 0 (as right padding does), so no forward
+    of a group sees padding; per-token model inputs are cut to the same positions, per-sample ones follow the rows.
+
+    Example:
+        >>> ids, attended = torch.tensor([[5, 6, 0], [7, 8, 9]]), torch.tensor([[1, 1, 0], [1, 1, 1]])
+        >>> [(samples.tolist(), cut.tolist()) for samples, _, cut, _ in sentence_groups(ids, attended, {})]
+        [([0], [[5, 6]]), ([1], [[7, 8, 9]])]
+    """
+    per_token, per_sample = split_model_inputs(model_inputs, *ids.shape)
+    for length, samples in length_groups(attended):
+        positions = real_positions(attended, samples, length)
+        fields = {key: value[samples[:, None], positions] for key, value in per_token.items()}
+        fields.update({key: value[samples] for key, value in per_sample.items()})
+        yield samples, positions, ids[samples[:, None], positions], fields

@@ -21,7 +21,7 @@ from lit_attr._checks import check_number
 from lit_attr._hygiene import preserved_model_state, row_seed
 from lit_attr.inputs.embedding import EmbeddingSwap
 from lit_attr.inputs.neighbourhood import Moved, Neighbourhood, Sampler
-from lit_attr.inputs.token_calls import call_model, length_groups, real_positions, split_model_inputs
+from lit_attr.inputs.token_calls import call_model, sentence_groups
 from lit_attr.inputs.tokens import check_token_batch, find_embedding_layer, resolve_token_options
 
 __all__ = ["TokenNeighbourhood"]
@@ -67,20 +67,9 @@ class TokenNeighbourhood(Neighbourhood):
         return call_model(self.method.forward_fn, ids, attended, **(fields or {}))
 
     def _groups(self, ids: Tensor, rows: Tensor) -> Iterator[tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]]:
-        """``(group, positions, ids, model inputs)`` of ``ids`` (the batch's ``rows``) cut to their real tokens.
-
-        The layout the methods run sentences in (:class:`~lit_attr.inputs.embedding.TokenCall`): one group per
-        number of real tokens, each sentence's real tokens in order from position 0, no padding, so no forward sees
-        padding and a sentence's logits do not depend on its batch.
-        """
-        attended = self.batch.attended[rows]
+        """``ids`` (the batch's ``rows``) in the layout the methods run sentences in: cut to their real tokens."""
         given = {key: value[rows] for key, value in self.model_inputs.items()}
-        per_token, per_sample = split_model_inputs(given, *ids.shape)
-        for length, group in length_groups(attended):
-            positions = real_positions(attended, group, length)
-            fields = {key: value[group[:, None], positions] for key, value in per_token.items()}
-            fields.update({key: value[group] for key, value in per_sample.items()})
-            yield group, positions, ids[group[:, None], positions], fields
+        return sentence_groups(ids, self.batch.attended[rows], given)
 
     def fields(self, rows: Tensor) -> dict[str, Any]:
         """The rows' ``attention_mask``, ``special_tokens_mask`` and other model inputs, by ``attribute``'s names."""
