@@ -22,9 +22,6 @@ from torch import Tensor, nn
 
 from lit_attr._checks import (
     TargetType,
-    check_batch,
-    check_device,
-    check_finite,
     check_int,
     check_names,
     check_number,
@@ -33,7 +30,8 @@ from lit_attr._checks import (
 from lit_attr._hygiene import preserved_model_state, row_seed
 from lit_attr.functional.completeness import completeness_error
 from lit_attr.functional.infidelity import Explainer
-from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE, SubstrateType, check_clean_logits
+from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE, SubstrateType
+from lit_attr.functional.robustness import _maps, check_given, check_method, checked_kind, explain_batch
 from lit_attr.functional.similarity import spearman, ssim_maps
 from lit_attr.functional.unit_games import (
     batch_fields,
@@ -45,7 +43,6 @@ from lit_attr.functional.unit_games import (
     prepare_game,
 )
 from lit_attr.functional.units import map_units, valid_units
-from lit_attr.inputs import input_kind
 from lit_attr.inputs.neighbourhood import shifted_method
 
 __all__ = [
@@ -88,33 +85,6 @@ def map_similarity(a: Tensor, b: Tensor, similarity: str = "ssim") -> Tensor:
     return spearman(ua.scores, ub.scores)
 
 
-def _check_method(method: object) -> Explainer:
-    if not all(callable(getattr(method, name, None)) for name in ("attribute", "resolve_target")):
-        raise TypeError(
-            f"`method` must be an attribution method (lit_attr.methods.get_method(...)), got {type(method).__name__}."
-        )
-    return method  # type: ignore[return-value]
-
-
-def _maps(result: Any) -> Tensor:
-    return result[0] if isinstance(result, tuple) else result
-
-
-def _check_given(x: Tensor, attributions: object, logits: object) -> None:
-    """Refuse maps (when given) that are not finite floats of ``x``'s shape, and logits that are not ``x``'s."""
-    if attributions is not None:
-        if not isinstance(attributions, Tensor):
-            raise TypeError(f"`attributions` must be a tensor or None, got {type(attributions).__name__}.")
-        if attributions.shape != x.shape:
-            shapes = f"{tuple(x.shape)}, got {tuple(attributions.shape)}"
-            raise ValueError(f"`attributions` must have the shape of x {shapes}.")
-        if not attributions.is_floating_point():
-            raise TypeError(f"`attributions` must be a floating-point tensor, got dtype {attributions.dtype}.")
-        check_finite("attributions", attributions)
-    if logits is not None:
-        check_clean_logits(logits, x)
-
-
 def random_logit(
     method: Explainer,
     x: Tensor,
@@ -154,13 +124,9 @@ def random_logit(
         >>> random_logit(get_method("saliency", net), torch.rand(2, 3, 8, 8)).shape
         torch.Size([2])
     """
-    method = _check_method(method)
-    kind = input_kind(x, attribute_kwargs) if isinstance(x, Tensor) else None
-    if kind is None or kind.continuous:
-        check_batch("x", x, method.model)
-    else:
-        check_device("x", x, method.model)
-    _check_given(x, attributions, logits)
+    method = check_method(method)
+    kind = checked_kind(method, x, attribute_kwargs)
+    check_given(x, attributions, logits)
     check_names("similarity", similarity, MAP_SIMILARITIES, what="similarity measure")
     check_seed(seed)
     if logits is None:
@@ -399,23 +365,12 @@ def input_invariance(
         >>> input_invariance(get_method("saliency", net), x), input_invariance(get_method("input_x_gradient", net), x)
         (tensor([0., 0.]), tensor([1., 1.]))
     """
-    method = _check_method(method)
-    kind = input_kind(x) if isinstance(x, Tensor) else None
-    if kind is None or kind.continuous:
-        check_batch("x", x, method.model)
-    else:
-        check_device("x", x, method.model)
-    _check_given(x, attributions, logits)
     shift = check_number("shift", shift)
-    hood = kind.neighbourhood(method, x, batch_fields(attention_mask, special_tokens_mask, model_inputs))
-    if logits is None and not kind.continuous:  # the method's own check runs the model on float inputs only
-        logits = hood.clean_logits()
-    target = method.resolve_target(x, target, logits)
-    fields = hood.fields(torch.arange(x.shape[0], device=x.device))
-    own = _maps(method.attribute(x, target, **fields, **attribute_kwargs)) if attributions is None else attributions
-    shifted, inputs, kwargs = hood.shifted(shift)
-    moved = _maps(shifted.attribute(inputs, target, **kwargs, **attribute_kwargs))
-    own = own.to(moved)
+    fields = batch_fields(attention_mask, special_tokens_mask, model_inputs)
+    ready = explain_batch(method, x, target, attributions, logits, fields, **attribute_kwargs)
+    shifted, inputs, kwargs = ready.hood.shifted(shift)
+    moved = _maps(shifted.attribute(inputs, ready.target, **kwargs, **attribute_kwargs))
+    own = ready.maps.to(moved)
     n = x.shape[0]
     change = (moved - own).abs().reshape(n, -1).double().sum(dim=1)
     scale = own.abs().reshape(n, -1).double().sum(dim=1) + moved.abs().reshape(n, -1).double().sum(dim=1)

@@ -40,7 +40,7 @@ from lit_attr._checks import (
 from lit_attr.functional.infidelity import Explainer, check_noise_std
 from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE, check_clean_logits
 from lit_attr.functional.unit_games import batch_fields
-from lit_attr.inputs import input_kind
+from lit_attr.inputs import InputKind, input_kind
 from lit_attr.inputs.neighbourhood import Moved, Neighbourhood
 
 __all__ = [
@@ -129,12 +129,85 @@ def neighbour_maps(
         yield Neighbours(rows, points, maps.to(hood.points).view(b, n_perturb, *maps.shape[1:]), moved)
 
 
-class _Prepared(NamedTuple):
+class Explained(NamedTuple):
+    """A checked batch of a metric that re-runs the method: the method, the targets, the clean maps, the neighbourhood.
+
+    Attributes:
+        method: the attribution method.
+        target: ``(N,)`` the classes explained.
+        maps: ``(N, ...)`` the method's maps of the batch (given or computed), in the neighbourhood's dtype.
+        hood: the batch as points of its kind's neighbourhood.
+    """
+
     method: Explainer
     target: Tensor
     maps: Tensor
     hood: Neighbourhood
-    logits: Tensor | None
+
+
+def check_given(x: Tensor, attributions: object, logits: object) -> None:
+    """Refuse maps (when given) that are not finite floats of ``x``'s shape, and logits that are not ``x``'s."""
+    if attributions is not None:
+        if not isinstance(attributions, Tensor):
+            raise TypeError(f"`attributions` must be a tensor or None, got {type(attributions).__name__}.")
+        if attributions.shape != x.shape:
+            shapes = f"{tuple(x.shape)}, got {tuple(attributions.shape)}"
+            raise ValueError(f"`attributions` must have the shape of x {shapes}.")
+        if not attributions.is_floating_point():
+            raise TypeError(f"`attributions` must be a floating-point tensor, got dtype {attributions.dtype}.")
+        check_finite("attributions", attributions)
+    if logits is not None:
+        check_clean_logits(logits, x)
+
+
+def checked_kind(method: Explainer, x: object, keywords: Mapping[str, Any] | None = None) -> InputKind:
+    """The kind of ``x`` (``keywords``: ``attribute``'s, which may name it), refused off the model's device.
+
+    Float inputs must also be finite; token ids are checked by the method.
+    """
+    kind = input_kind(x, keywords) if isinstance(x, Tensor) else None
+    if kind is None or kind.continuous:
+        check_batch("x", x, method.model)
+    else:
+        check_device("x", x, method.model)
+    assert kind is not None  # check_batch refuses what is not a tensor
+    return kind
+
+
+def explain_batch(
+    method: object,
+    x: Tensor,
+    target: TargetType,
+    attributions: Tensor | None,
+    logits: Tensor | None,
+    fields: Mapping[str, Any],
+    **attribute_kwargs: Any,
+) -> Explained:
+    """Check a batch, find its neighbourhood, resolve the targets and explain it (unless ``attributions`` is given).
+
+    ``fields`` holds the batch's ``attention_mask``, ``special_tokens_mask`` and ``model_inputs`` (``None`` where
+    absent); ``attribute_kwargs`` are the method's per-call options.
+    """
+    method = check_method(method)
+    kind = checked_kind(method, x)
+    check_given(x, attributions, logits)
+    hood = kind.neighbourhood(method, x, fields)
+    if logits is None and not kind.continuous:  # the method's own check runs the model on float inputs only
+        logits = hood.clean_logits()
+    target = method.resolve_target(x, target, logits)
+    if attributions is None:
+        rows = torch.arange(x.shape[0], device=x.device)
+        attributions = _maps(method.attribute(x, target, **hood.fields(rows), **attribute_kwargs))
+    return Explained(method, target, attributions.to(hood.points), hood)
+
+
+def _check_options(options: Mapping[str, Any]) -> None:
+    """Refuse the copies' options, naming the one that is wrong."""
+    check_int("n_perturb_samples", options["n_perturb_samples"], 1)
+    check_noise_std(options["noise"], "noise")
+    check_choice("distribution", options["distribution"], NOISES)
+    check_seed(options["seed"])
+    check_optional_int("internal_batch_size", options["internal_batch_size"])
 
 
 def _prepare(
@@ -145,37 +218,13 @@ def _prepare(
     logits: Tensor | None,
     fields: Mapping[str, Any],
     **options: Any,
-) -> _Prepared:
-    """Check the common inputs and options; the method, targets, clean maps, neighbourhood and logits (if computed)."""
-    method = check_method(method)
-    kind = input_kind(x) if isinstance(x, Tensor) else None
-    if kind is None or kind.continuous:
-        check_batch("x", x, method.model)
-    else:
-        check_device("x", x, method.model)
-    check_int("n_perturb_samples", options["n_perturb_samples"], 1)
-    check_noise_std(options["noise"], "noise")
-    check_choice("distribution", options["distribution"], NOISES)
-    check_seed(options["seed"])
-    check_optional_int("internal_batch_size", options["internal_batch_size"])
-    if logits is not None:
-        check_clean_logits(logits, x)
-    hood = kind.neighbourhood(method, x, fields)
-    if logits is None and not kind.continuous:  # the method's own check runs the model on float inputs only
-        logits = hood.clean_logits()
-    target = method.resolve_target(x, target, logits)
-    if attributions is None:
-        attributions = _maps(method.attribute(x, target, **hood.fields(torch.arange(x.shape[0], device=x.device))))
-    elif not isinstance(attributions, Tensor) or attributions.shape != x.shape:
-        shape = tuple(attributions.shape) if isinstance(attributions, Tensor) else type(attributions).__name__
-        raise ValueError(f"`attributions` must have the shape of x {tuple(x.shape)}, got {shape}.")
-    elif not attributions.is_floating_point():
-        raise TypeError(f"`attributions` must be a floating-point tensor, got dtype {attributions.dtype}.")
-    check_finite("attributions", attributions)
-    return _Prepared(method, target, attributions.to(hood.points), hood, logits)
+) -> Explained:
+    """Check the copies' options and the batch; the method, targets, clean maps and neighbourhood."""
+    _check_options(options)
+    return explain_batch(method, x, target, attributions, logits, fields)
 
 
-def _neighbours(ready: _Prepared, x: Tensor, options: dict[str, Any]) -> Iterator[Neighbours]:
+def _neighbours(ready: Explained, x: Tensor, options: dict[str, Any]) -> Iterator[Neighbours]:
     return neighbour_maps(
         ready.method, x, ready.target, n_perturb=options["n_perturb_samples"], noise=options["noise"],
         distribution=options["distribution"], seed=options["seed"], internal_batch_size=options["internal_batch_size"],
