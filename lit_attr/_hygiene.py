@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -113,3 +113,17 @@ def seed_everything_locally(seed: int) -> None:
 def row_seed(seed: int, row: Tensor) -> int:
     """A seed derived from ``seed`` and a sample's values, so a sample's random draws do not depend on its batch."""
     return seed + zlib.crc32(row.detach().cpu().contiguous().numpy().tobytes())
+
+
+def keyed_draws(keys: Iterable[Tensor], n: int, seed: int, draw: Callable[..., Tensor]) -> Tensor:
+    """``draw((n, *key.shape), generator)`` for every key, from a CPU generator seeded by ``row_seed(seed, key)``.
+
+    The draws of every key, concatenated: a sample's draws depend on its values (the key) and the seed alone.
+
+    Example:
+        >>> keys = torch.zeros(2, 3)
+        >>> draws = keyed_draws(keys, 4, 0, lambda shape, g: torch.rand(shape, generator=g))
+        >>> draws.shape, torch.equal(draws[:4], draws[4:])
+        (torch.Size([8, 3]), True)
+    """
+    return torch.cat([draw((n, *key.shape), torch.Generator().manual_seed(row_seed(seed, key))) for key in keys])

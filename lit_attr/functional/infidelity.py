@@ -33,7 +33,7 @@ from lit_attr._checks import (
     check_seed,
     resolve_target,
 )
-from lit_attr._hygiene import preserved_model_state, row_seed
+from lit_attr._hygiene import keyed_draws, preserved_model_state
 from lit_attr._memory import MemoryBackoff
 from lit_attr.functional.perturbation import check_clean_logits, model_logits
 
@@ -71,12 +71,7 @@ DEFAULT_SENSITIVITY_SAMPLES = 10
 
 def _per_sample_draws(rows: Tensor, n_perturb: int, seed: int, draw: Callable[..., Tensor]) -> Tensor:
     """``draw(shape, generator)`` for every sample of Captum's expanded batch (each sample repeated n_perturb times)."""
-    samples = rows.shape[0] // n_perturb
-    out = [
-        draw((n_perturb, *rows.shape[1:]), torch.Generator().manual_seed(row_seed(seed, rows[i * n_perturb])))
-        for i in range(samples)
-    ]
-    return torch.cat(out).to(device=rows.device, dtype=rows.dtype)
+    return keyed_draws(rows[::n_perturb], n_perturb, seed, draw).to(device=rows.device, dtype=rows.dtype)
 
 
 def infidelity_perturbation(

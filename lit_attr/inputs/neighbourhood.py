@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from lit_attr._checks import check_number
-from lit_attr._hygiene import preserved_model_state, row_seed
+from lit_attr._hygiene import keyed_draws, preserved_model_state
 
 __all__ = ["Moved", "Neighbourhood", "Sampler", "shifted_method"]
 
@@ -115,11 +115,7 @@ class Neighbourhood:
 
     def draws(self, rows: Tensor, n: int, seed: int, sampler: Sampler) -> Tensor:
         """``(rows * n, *P)`` float64 draws, ``n`` per row in place, from a generator keyed by the sample's values."""
-        parts = [sampler((n, *self.points.shape[1:]), self._generator(seed, int(row))) for row in rows.tolist()]
-        return torch.cat(parts).to(self.points.device)
-
-    def _generator(self, seed: int, row: int) -> torch.Generator:
-        return torch.Generator().manual_seed(row_seed(seed, self.x[row]))
+        return keyed_draws(self.x[rows], n, seed, sampler).to(self.points.device)
 
     def move(self, rows: Tensor, offsets: Tensor) -> Moved:
         """Rows ``rows`` (repeats allowed) moved by ``offsets`` ``(rows, *P)``, clipped to the method's bounds."""
