@@ -97,27 +97,15 @@ def similarity_figure(
     measures = [key for key, value in first.items() if isinstance(value, Mapping) and "curve" in value]
     if threshold is None and "threshold" in first:
         threshold = float(first["threshold"])
-    fig = Figure(figsize=(4.6 * len(measures) + 0.4, 3.8), dpi=100, layout="constrained")
-    axes = fig.subplots(1, len(measures), squeeze=False)[0]
-    for ax, measure in zip(axes, measures, strict=True):
-        stages: list[str] = []
-        for method, result in results.items():
-            stages = list(result[measure]["stages"])
-            curve = torch.as_tensor(result[measure]["curve"]).detach().float().cpu().numpy()
-            ax.plot(range(len(curve)), curve, marker="o", markersize=3, label=method)
+    panels = {measure: {method: result[measure] for method, result in results.items()} for measure in measures}
+    fig = stage_values_figure(panels, first.get("order"), title)
+    for ax in fig.axes:
         if threshold is not None:
             ax.axhline(threshold, color="grey", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
         ax.axhline(0.0, color="black", linewidth=0.5)
-        label_stage_axis(ax, stages, first.get("order"))
         ax.set_ylim(-1.05, 1.05)
-        ax.set_title(measure, fontsize=9)
-        ax.set_xlabel("randomised up to", fontsize=8)
-        ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-        ax.tick_params(axis="y", labelsize=7)
-    axes[0].set_ylabel("similarity to original", fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=9)
+    fig.axes[0].set_ylabel("similarity to original", fontsize=8)
     return fig
 
 
