@@ -21,11 +21,12 @@ from lit_attr.evaluate.command import default_wandb_offline, finish_wandb, run_e
 if TYPE_CHECKING:
     import lightning as L
 from lit_attr.report import summary_table
+from lit_attr.report_trust import ACCURACY_WARNING
 
 __all__ = ["MIN_ACCURACY", "accuracy_warning", "run_demo", "save_cli_checkpoint"]
 
 #: Validation accuracy under which a demo warns that the model it explains barely works.
-MIN_ACCURACY: float = 0.8
+MIN_ACCURACY: float = ACCURACY_WARNING  # the report warns below the same accuracy
 
 #: What a demo writes in its directory, which ``overwrite`` removes before a rerun; the markers tell a demo's
 #: directory from one that merely holds a ``wandb/`` or ``logs/`` of its own (never removed then).

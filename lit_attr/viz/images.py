@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from lit_attr.viz.common import DIVERGING_CMAP, SEQUENTIAL_CMAP
-from lit_attr.viz.stages import stage_labels
+from lit_attr.viz.stages import FULLY_RANDOMISED, stage_labels
 
 __all__ = [
     "attribution_grid",
@@ -273,9 +273,9 @@ def randomization_grid(
         axes[i, 0].imshow(display[i], interpolation="nearest")
         for j, maps in enumerate(scaled.values(), start=1):
             axes[i, j].imshow(maps[i], cmap=cmap, norm=norm, interpolation="nearest")
-    labels = stage_labels(list(scaled), order)
-    blocks = {position: block for block, first, last in labels.blocks for position in range(first, last + 1)}
-    names = [f"{blocks[j]}.{tick}" if j in blocks else tick for j, tick in enumerate(labels.ticks)]
+    names = [str(stage) for stage in scaled]  # full names: a grid column has room for them
+    if stage_labels(names, order).ticks[-1] == FULLY_RANDOMISED:
+        names[-1] = FULLY_RANDOMISED
     for j, stage in enumerate(["input", *names]):
         axes[0, j].set_title(stage, fontsize=7, rotation=30 if len(stage) > 8 else 0)
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=bar_ax)
