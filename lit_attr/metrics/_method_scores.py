@@ -14,28 +14,31 @@ from lit_attr.metrics._scores import MeanScores
 if TYPE_CHECKING:
     from lit_attr.batch import Batch
 
-__all__ = ["MethodScores", "resolve_method"]
+__all__ = ["MethodScores", "check_method_arguments", "resolve_method"]
 
 
-def resolve_method(
+class MissingModelError(ValueError, TypeError):
+    """A method name without a model: a missing value of the wrong type (both, as callers have caught either)."""
+
+
+def check_method_arguments(
     method: str | AttributionMethod, model: nn.Module | None, method_kwargs: dict[str, Any] | None
-) -> AttributionMethod:
-    """The method a metric runs: built from a registered name and ``model``, or the instance given (of ``model``).
+) -> None:
+    """Refuse a metric's ``method`` / ``model`` / ``method_kwargs`` that do not go together.
 
     Raises:
-        TypeError: for a name without a model, options that are not a dict, or a method of another type.
-        ValueError: for options with an instance, or an instance of another model than ``model``.
+        MissingModelError: (a ValueError and a TypeError) for a name without a model.
+        ValueError: for options with an instance, or an instance of another model.
+        TypeError: for a model that is not a module, options that are not a dict, or a method of another type.
     """
     if isinstance(method, str):
+        if model is None:
+            raise MissingModelError(f"`model` is required when `method` is a name ({method!r}).")
         if not isinstance(model, nn.Module):
-            raise TypeError(
-                f"`model` must be a torch.nn.Module when `method` is a name ({method!r}), got "
-                f"{type(model).__name__}."
-            )
+            raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
         if method_kwargs is not None and not isinstance(method_kwargs, dict):
             raise TypeError(f"`method_kwargs` must be a dict or None, got {type(method_kwargs).__name__}.")
-        return get_method(method, model, **(method_kwargs or {}))
-    if isinstance(method, AttributionMethod):
+    elif isinstance(method, AttributionMethod):
         if method_kwargs:
             raise ValueError("`method_kwargs` only apply when `method` is a name; configure the instance instead.")
         if model is not None and model is not method.model:
@@ -44,6 +47,20 @@ def resolve_method(
         raise TypeError(
             f"`method` must be a registered method name or an AttributionMethod, got {type(method).__name__}."
         )
+
+
+def resolve_method(
+    method: str | AttributionMethod, model: nn.Module | None, method_kwargs: dict[str, Any] | None
+) -> AttributionMethod:
+    """The method a metric runs: built from a registered name and ``model``, or the instance given (of ``model``).
+
+    Raises:
+        ValueError, TypeError: as :func:`check_method_arguments`.
+    """
+    check_method_arguments(method, model, method_kwargs)
+    if isinstance(method, str):
+        assert model is not None  # checked
+        return get_method(method, model, **(method_kwargs or {}))
     return method
 
 

@@ -21,7 +21,7 @@ from lit_attr._checks import check_int, check_seed
 from lit_attr.functional.mprt import DEFAULT_N_BINS, discrete_entropy, entropy_rise, noisy_copies
 from lit_attr.functional.randomization import iter_randomized
 from lit_attr.methods.base import AttributionMethod, TargetType, attributions_of
-from lit_attr.methods.registry import get_method
+from lit_attr.metrics._method_scores import resolve_method
 from lit_attr.metrics._plotting import figure_and_axes
 from lit_attr.metrics.parameter_randomization import (
     ParameterRandomization,
@@ -395,25 +395,8 @@ class SmoothMPRT(ParameterRandomization):
         reset_running_stats: bool = True,
         **kwargs: Any,
     ) -> None:
-        if isinstance(method, str):
-            if model is None:
-                raise ValueError(f"`model` is required when `method` is a name ({method!r}).")
-            if not isinstance(model, nn.Module):
-                raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
-            if method_kwargs is not None and not isinstance(method_kwargs, dict):
-                raise TypeError(f"`method_kwargs` must be a dict or None, got {type(method_kwargs).__name__}.")
-            # Built on the user's model only to be deep-copied with it by ParameterRandomization; never run here.
-            inner = get_method(method, model, **(method_kwargs or {}))
-        elif isinstance(method, AttributionMethod):
-            if method_kwargs:
-                raise ValueError("`method_kwargs` only apply when `method` is a name; configure the instance instead.")
-            if model is not None and model is not method.model:
-                raise ValueError("`model` must be omitted or be `method.model` when `method` is an instance.")
-            inner = method
-        else:
-            raise TypeError(
-                f"`method` must be a registered method name or an AttributionMethod, got {type(method).__name__}."
-            )
+        # A name builds the method on the user's model only to be deep-copied with it by ParameterRandomization.
+        inner = resolve_method(method, model, method_kwargs)
         smoothed = NoiseAveraged(inner, n_noise=n_noise, noise_level=noise_level, seed=check_seed(seed))
         super().__init__(
             smoothed,

@@ -22,6 +22,7 @@ from lit_attr.functional.randomization import Layer, sort_in_forward_order
 from lit_attr.functional.similarity import spearman, ssim_maps
 from lit_attr.methods.base import AttributionMethod
 from lit_attr.methods.registry import get_method
+from lit_attr.metrics._method_scores import check_method_arguments
 
 __all__ = [
     "SIMILARITIES",
@@ -93,24 +94,13 @@ def bind_to_copy(
         >>> source is net, method.model is net, isinstance(method.model, nn.Linear)
         (True, False, True)
     """
+    check_method_arguments(method, model, method_kwargs)
     if isinstance(method, str):
-        if model is None:
-            raise ValueError(f"`model` is required when `method` is a name ({method!r}).")
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
-        if method_kwargs is not None and not isinstance(method_kwargs, dict):
-            raise TypeError(f"`method_kwargs` must be a dict or None, got {type(method_kwargs).__name__}.")
+        assert model is not None  # checked
         return model, get_method(method, copy.deepcopy(model), **(method_kwargs or {}))
-    if isinstance(method, AttributionMethod):
-        if method_kwargs:
-            raise ValueError("`method_kwargs` only apply when `method` is a name; configure the instance instead.")
-        if model is not None and model is not method.model:
-            raise ValueError("`model` must be omitted or be `method.model` when `method` is an instance.")
-        # One deepcopy of the instance copies its model with it; the memo maps every reference the instance holds
-        # to the model (its forward_fn when that is the model or a bound method of it, Captum's wrappers) onto
-        # the same copy.
-        return method.model, copy.deepcopy(method)
-    raise TypeError(f"`method` must be a registered method name or an AttributionMethod, got {type(method).__name__}.")
+    # One deepcopy of the instance copies its model with it; the memo maps every reference the instance holds to
+    # the model (its forward_fn when that is the model or a bound method of it, Captum's wrappers) onto the same copy.
+    return method.model, copy.deepcopy(method)
 
 
 def load_weights_into(source: nn.Module, work: nn.Module) -> None:
