@@ -317,8 +317,10 @@ class ParameterRandomization(Metric):
         for row, name in enumerate(self.similarity):
             scores[name] = values[row, :, -1]
             scores[f"{name}_curve"] = values[row]
-        for row, key in enumerate(self.map_keys):
-            scores[f"{key}_curve"] = torch.stack([stage[row] for stage in map_rows], dim=1)
+        if map_rows:
+            mapped = torch.stack(map_rows, dim=2)  # (map scores, N, stages)
+            for row, key in enumerate(self.map_keys):
+                scores[f"{key}_curve"] = mapped[row]
         return scores
 
     def update(
