@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import lightning as L
@@ -61,6 +62,16 @@ def _evaluate(config: Path, ckpt: Path, output: Path, seconds: str) -> subproces
                           timeout=300)  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def runs(setup: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.CompletedProcess]:
+    """Both runs at once, by their seconds between time-due lines: each spends most of its time importing Lightning."""
+    root = tmp_path_factory.mktemp("progress_runs")
+    seconds = ("3600", "0.05")  # no line due to time; lines due to time between the lines due to samples
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = pool.map(lambda value: _evaluate(*setup, root / value, seconds=value), seconds)
+        return dict(zip(seconds, done, strict=True))
+
+
 def _lines(stderr: str) -> list[re.Match]:
     lines = [line for line in stderr.splitlines() if line.startswith("evaluating:")]
     matches = [LINE.fullmatch(line) for line in lines]
@@ -68,8 +79,8 @@ def _lines(stderr: str) -> list[re.Match]:
     return matches  # type: ignore[return-value]
 
 
-def test_non_terminal_progress_is_a_line_per_tenth_of_the_samples(setup: tuple[Path, Path], tmp_path: Path):
-    out = _evaluate(*setup, tmp_path / "out", seconds="3600")  # no line is due to time in this run
+def test_non_terminal_progress_is_a_line_per_tenth_of_the_samples(runs: dict[str, subprocess.CompletedProcess]):
+    out = runs["3600"]  # no line is due to time in this run
     assert out.returncode == 0, out.stderr[-3000:]
     lines = _lines(out.stderr)
     # 7 samples in batches of 3: a tenth of them is one sample, so every batch ends with a line.
@@ -81,8 +92,8 @@ def test_non_terminal_progress_is_a_line_per_tenth_of_the_samples(setup: tuple[P
     assert "evaluating:" not in out.stdout  # stdout keeps the results table alone
 
 
-def test_non_terminal_progress_also_prints_a_line_when_time_passes(setup: tuple[Path, Path], tmp_path: Path):
-    out = _evaluate(*setup, tmp_path / "out", seconds="0.05")
+def test_non_terminal_progress_also_prints_a_line_when_time_passes(runs: dict[str, subprocess.CompletedProcess]):
+    out = runs["0.05"]
     assert out.returncode == 0, out.stderr[-3000:]
     done = [int(m[1]) for m in _lines(out.stderr)]
     # The three lines due to samples, and lines due to time between them (the run lasts far longer than 0.05 s).

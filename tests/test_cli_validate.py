@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import lightning as L
@@ -34,16 +35,29 @@ def demo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("command", ["validate", "test"])
-def test_validate_and_test_with_the_demo_config_run_the_monitor(command: str, demo_checkpoint: Path, tmp_path: Path):
+def _run(command: str, checkpoint: Path, cwd: Path) -> subprocess.CompletedProcess:
     split = "val" if command == "validate" else "test"
-    args = ["--config", str(REPO / "configs" / "demo.yaml"), "--ckpt_path", str(demo_checkpoint),
+    args = ["--config", str(REPO / "configs" / "demo.yaml"), "--ckpt_path", str(checkpoint),
             "--trainer.logger", "false", f"--data.num_{split}", "16", "--data.batch_size", "16",
             f"--trainer.limit_{split}_batches", "1"]  # fmt: skip
     # Wide enough for rich to print the metric names whole.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO), "COLUMNS": "200"}
-    out = subprocess.run([sys.executable, "-m", "lit_attr.cli", command, *args], capture_output=True, text=True,
-                         cwd=tmp_path, env=env, timeout=300)  # fmt: skip
+    return subprocess.run([sys.executable, "-m", "lit_attr.cli", command, *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runs(demo_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.CompletedProcess]:
+    """`lit_attr validate` and `lit_attr test` at once: each spends most of its time importing Lightning."""
+    commands = ("validate", "test")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = pool.map(lambda command: _run(command, demo_checkpoint, tmp_path_factory.mktemp(command)), commands)
+        return dict(zip(commands, done, strict=True))
+
+
+@pytest.mark.parametrize("command", ["validate", "test"])
+def test_validate_and_test_with_the_demo_config_run_the_monitor(command: str, runs: dict):
+    out = runs[command]
     assert out.returncode == 0, out.stderr[-3000:]
     assert [line for line in out.stderr.splitlines() if "inference_mode" in line] == [f"lit_attr {command}: {NOTE}"]
     # The monitor ran on the split: its scores are in Lightning's table of the logged metrics, for every method.
