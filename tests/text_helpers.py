@@ -150,6 +150,15 @@ class PairClassifier(nn.Module):
         return self.head((torch.tanh(h) * weights).sum(dim=1) / weights.sum(dim=1))
 
 
+def declared_pair_classifier(seed: int = 0) -> PairClassifier:
+    """A float64 :class:`PairClassifier` declaring its conventions: [CLS]/[SEP] special, [MASK], [PAD], ``embed``."""
+    from lit_attr.inputs import TokenOptions
+
+    model = PairClassifier(seed=seed).double().eval()
+    model.token_options = TokenOptions(SPECIALS, MASK, PAD, embedding_layer="embed")
+    return model
+
+
 def pair_batch(lengths=(9, 6, 7, 5), seed=1):
     """Padded sentences, their special-token mask, token types (the second half of a sentence is type 1), a map."""
     ids, mask = token_batch(lengths, seed=seed)

@@ -9,19 +9,16 @@ the library but ``row_seed`` and the model's weights.
 
 import pytest
 import torch
-from text_helpers import CLS, MASK, PAD, SEP, PairClassifier, pair_batch
+from text_helpers import CLS, SEP, declared_pair_classifier, pair_batch
 
 from lit_attr._hygiene import row_seed
 from lit_attr.functional import avg_sensitivity, continuity, input_invariance, local_lipschitz, relative_stability
-from lit_attr.inputs import TokenOptions
 from lit_attr.methods import get_method
 
 
 @pytest.fixture(scope="module")
 def model():
-    net = PairClassifier().double().eval()
-    net.token_options = TokenOptions((CLS, SEP), MASK, PAD, embedding_layer="embed")
-    return net
+    return declared_pair_classifier()
 
 
 @pytest.fixture(scope="module")
@@ -178,8 +175,7 @@ def left_padded(batch):
 
 def test_left_padding_after_right_padding_changes_no_sentence_score(batch):
     """Logits, targets and the same-prediction filter come from each sentence's own tokens, whatever the padding."""
-    model = PairClassifier(seed=3).double().eval()  # absolute positions: left padding moves them
-    model.token_options = TokenOptions((CLS, SEP), MASK, PAD, embedding_layer="embed")
+    model = declared_pair_classifier(seed=3)  # absolute positions: left padding moves them
     method = get_method("saliency", model)
     options = {"n_perturb_samples": 3, "noise": 0.3, "seed": 1}
     right = relative_stability(method, batch[0], **options, **fields(batch))  # the right padding is seen first

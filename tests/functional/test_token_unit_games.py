@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from text_helpers import CLS, MASK, PAD, SEP, VOCAB, PairClassifier, pair_batch
+from text_helpers import CLS, MASK, PAD, SEP, VOCAB, PairClassifier, declared_pair_classifier, pair_batch
 from torch import nn
 
 from lit_attr._hygiene import row_seed
@@ -163,8 +163,7 @@ def test_non_sensitivity_counts_the_tokens_where_zero_attribution_and_no_effect_
 
 def test_the_mask_substrate_is_the_models_declared_mask_id(model):
     ids, mask, special, types, scores = pair_batch()
-    declared = PairClassifier().double().eval()
-    declared.token_options = TokenOptions((CLS, SEP), MASK, PAD, embedding_layer="embed")
+    declared = declared_pair_classifier()
     given = faithfulness_estimate(model, ids, scores, **options(mask, special, types))
     # No substrate and no special_tokens_mask: the model's declared [MASK] id and special ids.
     found = faithfulness_estimate(declared, ids, scores, attention_mask=mask, model_inputs={"token_type_ids": types})
@@ -204,8 +203,7 @@ def test_moving_the_padding_changes_no_score():
 def test_random_logit_compares_the_maps_of_a_sentence_own_tokens():
     from scipy.stats import spearmanr
 
-    model = PairClassifier().double().eval()
-    model.token_options = TokenOptions((CLS, SEP), MASK, PAD, embedding_layer="embed")
+    model = declared_pair_classifier()
     method = get_method("saliency", model)
     ids, mask, special, types, _ = pair_batch()
     fields = {"attention_mask": mask, "special_tokens_mask": special, "token_type_ids": types}
@@ -232,8 +230,7 @@ def random_word_table(seed):
 def test_monotonicity_correlation_replaces_each_token_by_random_words():
     from scipy.stats import spearmanr
 
-    declared = PairClassifier().double().eval()
-    declared.token_options = TokenOptions((CLS, SEP), MASK, PAD, embedding_layer="embed")
+    declared = declared_pair_classifier()
     ids, mask, special, types, scores = pair_batch()
     fields = {"attention_mask": mask, "special_tokens_mask": special, "model_inputs": {"token_type_ids": types}}
     got = monotonicity_correlation(declared, ids, scores, n_samples=3, seed=5, **fields)
@@ -256,8 +253,7 @@ def test_monotonicity_correlation_replaces_each_token_by_random_words():
 
 
 def test_completeness_masks_every_token_and_integrated_gradients_complete():
-    declared = PairClassifier().double().eval()
-    declared.token_options = TokenOptions((CLS, SEP), MASK, PAD, embedding_layer="embed")
+    declared = declared_pair_classifier()
     ids, mask, special, types, _ = pair_batch()
     fields = {"attention_mask": mask, "special_tokens_mask": special, "token_type_ids": types}
     target = declared(ids, attention_mask=mask, token_type_ids=types).argmax(dim=1)

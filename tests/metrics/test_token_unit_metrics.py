@@ -11,9 +11,8 @@ import math
 import pytest
 import torch
 from ddp_helpers import assert_nested_close, compute_many_on_shards, compute_on_all, run_ddp
-from text_helpers import CLS, MASK, PAD, SEP, PairClassifier, pair_batch
+from text_helpers import declared_pair_classifier, pair_batch
 
-import lit_attr.metrics as metrics
 from lit_attr.attribution_quality import AttributionQuality
 from lit_attr.batch import Batch
 from lit_attr.data.text import TextDataset, collate_tokens
@@ -24,7 +23,6 @@ from lit_attr.functional.monotonicity import monotonicity, monotonicity_correlat
 from lit_attr.functional.regions import irof, region_perturbation, selectivity
 from lit_attr.functional.robustness import avg_sensitivity, continuity, local_lipschitz
 from lit_attr.functional.stability import relative_stability
-from lit_attr.inputs import TokenOptions
 from lit_attr.methods import get_method
 from lit_attr.metrics import get_metric_spec
 from lit_attr.runner import AttributionRunner
@@ -72,12 +70,6 @@ GAMES = {
     "irof": lambda *a, **k: {"irof": irof(*a, **k)},
     "non_sensitivity": lambda *a, **k: {"non_sensitivity": non_sensitivity(*a, **k)},
 }
-
-
-def declared_pair_classifier():
-    model = PairClassifier().double().eval()
-    model.token_options = TokenOptions((CLS, SEP), MASK, PAD, embedding_layer="embed")
-    return model
 
 
 def test_the_runner_scores_every_token_metric_by_name_as_the_functionals_do():
@@ -156,35 +148,16 @@ def test_sufficiency_and_consistency_of_token_maps_use_each_sentence_own_tokens(
     assert not math.isnan(got_consistency[1].item())  # sentences 1 and 3 share their explanation
 
 
-#: The Metric class of every token-capable #26 metric that needs no method (random_logit re-runs one).
-CLASSES = {
-    "faithfulness_correlation": "FaithfulnessCorrelation", "faithfulness_estimate": "FaithfulnessEstimate",
-    "sensitivity_n": "SensitivityN", "monotonicity": "Monotonicity", "region_perturbation": "RegionPerturbation",
-    "selectivity": "Selectivity", "irof": "IROF", "non_sensitivity": "NonSensitivity",
-    "sufficiency_dasgupta": "SufficiencyDasgupta", "consistency": "Consistency",
-    "monotonicity_correlation": "MonotonicityCorrelation", "completeness": "Completeness",
-}  # fmt: skip
-
-
-METHOD_CLASSES = {
-    "local_lipschitz": "LocalLipschitz", "avg_sensitivity": "AvgSensitivity", "continuity": "Continuity",
-    "relative_stability": "RelativeStability", "input_invariance": "InputInvariance",
-}  # fmt: skip
-
-
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 def test_token_metrics_on_two_processes_equal_one_process():
     model = declared_pair_classifier()
     ids, mask, special, types, scores = pair_batch(lengths=(9, 6, 7, 5, 8, 6))
-    factories = {
-        name: functools.partial(getattr(metrics, cls), **({} if "dasgupta" in name or name == "consistency"
-                                                         else {"model": model}), **OPTIONS[name])
-        for name, cls in CLASSES.items()
-    }  # fmt: skip
-    factories.update({  # the metrics that re-run the method move (or shift) each sentence's embeddings
-        name: functools.partial(getattr(metrics, cls), "saliency", model, **OPTIONS[name])
-        for name, cls in METHOD_CLASSES.items()
-    })  # fmt: skip
+    # Every token metric but random_logit, each built as its consumes say: with the method, the model, or maps alone.
+    factories = {}
+    for name in (name for name in OPTIONS if name != "random_logit"):
+        spec = get_metric_spec(name)
+        needs = ("saliency", model) if "method" in spec.consumes else (model,) if "model" in spec.consumes else ()
+        factories[name] = functools.partial(spec.factory, *needs, **OPTIONS[name])
     given = {"x": ids, "attributions": scores, "attention_mask": mask, "special_tokens_mask": special,
              "model_inputs": {"token_type_ids": types}}  # fmt: skip
     logits = model(ids, attention_mask=mask, token_type_ids=types).detach()
