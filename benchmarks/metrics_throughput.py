@@ -95,34 +95,32 @@ def build_model(name: str, device: torch.device) -> tuple[torch.nn.Module, int]:
     raise ValueError(f"--models accepts demo, resnet18 and text, got {name!r}")
 
 
-def inputs(name: str, model: torch.nn.Module, side: int, n: int, device: torch.device) -> dict[str, Any]:
-    """Images, their saliency maps, targets, logits and a central square as the ground-truth mask."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(n, 3, side, side, generator=gen).to(device)
-    with torch.no_grad():
-        logits = model(x)
-    target = logits.argmax(dim=1)
+def inputs(model: torch.nn.Module, side: int, n: int, device: torch.device) -> dict[str, Any]:
+    """Images and a central square as the ground-truth mask, with their saliency maps (:func:`explained`)."""
+    x = torch.rand(n, 3, side, side, generator=torch.Generator().manual_seed(0)).to(device)
     masks = torch.zeros(n, side, side, dtype=torch.bool, device=device)
     masks[:, side // 4 : 3 * side // 4, side // 4 : 3 * side // 4] = True
-    attributions = get_method("saliency", model).attribute(x, target, logits=logits)
-    given = {"x": x, "attributions": attributions, "target": target, "masks": masks, "logits": logits}
-    return {**given, "attention_mask": None, "special_tokens_mask": None, "model_inputs": None}
+    return explained(model, x, masks, {})
 
 
 def sentences(model: torch.nn.Module, n: int, device: torch.device) -> dict[str, Any]:
-    """``n`` synthetic sentences of several lengths, padded to the longest, with their masks and saliency maps."""
+    """``n`` synthetic sentences of several lengths, padded to the longest, with their rationales as masks."""
     from lit_attr.data.text import TextDataset, collate_tokens
 
     data = TextDataset(n, seed=0)
     batch = {key: value.to(device) for key, value in collate_tokens([data[i] for i in range(n)]).items()}
-    x = batch["input_ids"]
     fields = {"attention_mask": batch["attention_mask"], "special_tokens_mask": batch["special_tokens_mask"]}
+    return explained(model, batch["input_ids"], batch["rationale_mask"].bool(), fields)
+
+
+def explained(model: torch.nn.Module, x: torch.Tensor, masks: torch.Tensor, fields: dict[str, Any]) -> dict[str, Any]:
+    """Everything a metric may consume of the batch: its saliency maps of the predicted classes, logits, masks."""
     with torch.no_grad():
-        logits = model(x, attention_mask=fields["attention_mask"])
+        logits = model(x, attention_mask=fields["attention_mask"]) if fields else model(x)
     target = logits.argmax(dim=1)
     attributions = get_method("saliency", model).attribute(x, target, logits=logits, **fields)
-    given = {"x": x, "attributions": attributions, "target": target, "masks": batch["rationale_mask"].bool()}
-    return {**given, "logits": logits, **fields, "model_inputs": None}
+    given = {"x": x, "attributions": attributions, "target": target, "masks": masks, "logits": logits}
+    return {**given, "attention_mask": None, "special_tokens_mask": None, "model_inputs": None, **fields}
 
 
 def per_sample(values: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -144,7 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["demo", "resnet18"], choices=["demo", "resnet18", "text"])
     parser.add_argument("--metrics", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
-    parser.add_argument("--images", type=int, default=None, help="images per model (default: 16 demo, 4 resnet18)")
+    parser.add_argument("--images", type=int, default=None, help="per model (default: 16 demo, 4 resnet18, 16 text)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     args = parser.parse_args()
@@ -157,14 +155,13 @@ def main() -> None:
     for model_name in args.models:
         model, side = build_model(model_name, device)
         n = args.images or DEFAULT_IMAGES[model_name]
+        text = model_name == "text"
+        given = sentences(model, n, device) if text else inputs(model, side, n, device)  # every metric scores them
         for metric_name in args.metrics:
             spec = get_metric_spec(metric_name)
-            if model_name == "text" and not spec.accepts({"tokens"}):
+            if text and not spec.accepts({"tokens"}):
                 continue
-            given = sentences(model, n, device) if model_name == "text" else inputs(metric_name, model, side, n, device)
-            budget = BUDGETS[metric_name]
-            if model_name == "text":
-                budget = TEXT_BUDGETS.get(metric_name, budget)
+            budget = (TEXT_BUDGETS if text else {}).get(metric_name, BUDGETS[metric_name])
             metric = spec.build(budget, model=model, method=get_method("saliency", model))
             batch = {key: given[key] for key in spec.update_inputs}
             singles = [{k: v if v is None else v[i : i + 1] for k, v in batch.items()} for i in range(n)]
