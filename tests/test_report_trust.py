@@ -18,7 +18,6 @@ from matplotlib import colormaps
 from matplotlib import image as mpimg
 from matplotlib.colors import to_hex
 from rich.console import Console
-from torch.utils.data import Dataset
 
 import lit_attr.viz as viz
 from lit_attr.batch import Batch
@@ -94,25 +93,6 @@ def _png(src: str) -> np.ndarray:
     return mpimg.imread(io.BytesIO(base64.b64decode(src.split(",", 1)[1])), format="png")
 
 
-class _Unmasked(Dataset):
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple:
-        return self.dataset[index][:2]
-
-
-class _NoMasks(ShapesDataModule):
-    """The same shapes without their masks."""
-
-    def setup(self, stage: str | None = None) -> None:
-        super().setup(stage)
-        self.val_set = _Unmasked(self.val_set)
-
-
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("report")
@@ -120,7 +100,8 @@ def reports(tmp_path_factory: pytest.TempPathFactory):
     net = DemoClassifier(num_classes=4, width=8).eval()
     data = {"num_train": 8, "num_val": 12, "seed": 0}
     with_masks = evaluate(net, ShapesDataModule(**data), out / "masks", **OPTIONS)
-    without = evaluate(net, _NoMasks(**data), out / "plain", **OPTIONS)
+    unmasked = {"batch_adapter": lambda batch: Batch(batch[0], batch[1])}  # the same shapes without their masks
+    without = evaluate(net, ShapesDataModule(**data), out / "plain", **unmasked, **OPTIONS)
     reference = ShapesDataModule(**data)
     reference.setup("validate")
     return net, reference, (out / "masks", with_masks), (out / "plain", without)
