@@ -72,7 +72,7 @@ class Neighbours(NamedTuple):
     rows: Tensor
     x: Tensor
     maps: Tensor
-    moved: Moved | None = None
+    moved: Moved
 
 
 def _maps(result: Any) -> Tensor:

@@ -180,7 +180,6 @@ def relative_stability(
         shape = None if clean_repr is None else tuple(clean_repr.shape[1:])
         for block in _neighbours(ready, x, options):
             b = block.rows.numel()
-            assert block.moved is not None  # neighbour_maps keeps them
             moved_logits, moved_repr = outputs(block.moved, backoff, shape)
             moved_logits = moved_logits.view(b, n_perturb_samples, -1)
             same = moved_logits.argmax(dim=2) == clean_logits[block.rows].argmax(dim=1, keepdim=True)
