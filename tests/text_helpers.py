@@ -169,3 +169,52 @@ def pair_batch(lengths=(9, 6, 7, 5), seed=1):
     scores = torch.randn(ids.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     scores[~mask.bool() | special] = 50.0  # large scores on padding and special tokens: they must not count
     return ids, mask, special, types, scores
+
+
+#: Every metric of issue #26 that takes token ids, with small options.
+TOKEN_METRIC_OPTIONS = {
+    "faithfulness_correlation": {"subset_size": 0.5, "n_subsets": 4},
+    "faithfulness_estimate": {},
+    "sensitivity_n": {"sizes": (1, 0.5), "n_subsets": 4},
+    "monotonicity": {},
+    "monotonicity_correlation": {"n_samples": 2},
+    "completeness": {},
+    "region_perturbation": {"patch_size": 2, "regions": 3},
+    "selectivity": {"patch_size": 2},
+    "irof": {"patch_size": 2},
+    "non_sensitivity": {"n_samples": 1, "tolerance": 1e-4},
+    "sufficiency_dasgupta": {"threshold": 1.0},
+    "consistency": {"top_k": 1},
+    "random_logit": {"similarity": "spearman_abs"},
+    "local_lipschitz": {"n_perturb_samples": 2},
+    "avg_sensitivity": {"n_perturb_samples": 2},
+    "continuity": {"n_perturb_samples": 2},
+    "relative_stability": {"n_perturb_samples": 2, "noise": 0.01},
+    "input_invariance": {},
+}
+
+
+def token_metric_shards() -> tuple[dict, dict]:
+    """``(factories, uneven shards)`` of every token metric but random_logit on six padded sentence pairs.
+
+    Each metric is built as its registry spec's ``consumes`` say: with the method, the model, or the maps alone; a
+    shard holds what its ``update`` takes (ids, a map, masks, ``token_type_ids``, logits), sentences 0-3 and 4-5.
+    """
+    from lit_attr.metrics import get_metric_spec
+
+    model = declared_pair_classifier()
+    ids, mask, special, types, scores = pair_batch(lengths=(9, 6, 7, 5, 8, 6))
+    logits = model(ids, attention_mask=mask, token_type_ids=types).detach()
+    given = {"x": ids, "attributions": scores, "attention_mask": mask, "special_tokens_mask": special,
+             "model_inputs": {"token_type_ids": types}, "logits": logits}  # fmt: skip
+    factories, batches = {}, {}
+    for name in (name for name in TOKEN_METRIC_OPTIONS if name != "random_logit"):
+        spec = get_metric_spec(name)
+        needs = ("saliency", model) if "method" in spec.consumes else (model,) if "model" in spec.consumes else ()
+        factories[name] = functools.partial(spec.factory, *needs, **TOKEN_METRIC_OPTIONS[name])
+        batches[name] = [
+            {key: {k: v[rows] for k, v in value.items()} if isinstance(value, dict) else value[rows]
+             for key, value in given.items() if key in spec.update_inputs}
+            for rows in (slice(0, 4), slice(4, 6))
+        ]  # fmt: skip
+    return factories, batches

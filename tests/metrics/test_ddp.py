@@ -5,7 +5,7 @@ import functools
 import pytest
 import torch
 from ddp_helpers import assert_nested_close, compute_many_on_shards, compute_on_all, run_ddp
-from text_helpers import game_metrics, plain_transformer, token_metric_inputs
+from text_helpers import game_metrics, plain_transformer, token_metric_inputs, token_metric_shards
 from torch import nn
 
 from lit_attr.attribution_quality import AttributionQuality
@@ -75,10 +75,14 @@ def test_metrics_are_equal_on_two_processes_and_one():
     batches["token_localization"] = [
         {"attributions": token_scores[s], "masks": rationale[s], "attention_mask": attention[s]} for s in shards
     ]
+    # Issue #26's token metrics on padded sentence pairs (a sample without a value is NaN on every process).
+    breadth, breadth_batches = token_metric_shards()
+    factories.update(breadth)
+    batches.update(breadth_batches)
     # One spawn for every metric: starting the interpreters is the expensive part.
     calls = {"parameter_randomization_report": "report"}  # the curves and verdict, synced like compute()
     per_rank = run_ddp(compute_many_on_shards, 2, factories, batches, calls)
     for name, factory in factories.items():
         expected = compute_on_all(factory, batches[name], calls.get(name, "compute"))
         for rank, results in enumerate(per_rank):
-            assert_nested_close(results[name], expected, f"{name} on rank {rank}")
+            assert_nested_close(results[name], expected, f"{name} on rank {rank}", equal_nan=name in breadth)

@@ -5,13 +5,11 @@ every row); the text demo model scores them all by name; sufficiency (Dasgupta) 
 per-sentence loop over the sentences' own tokens.
 """
 
-import functools
 import math
 
 import pytest
 import torch
-from ddp_helpers import assert_nested_close, compute_many_on_shards, compute_on_all, run_ddp
-from text_helpers import declared_pair_classifier, pair_batch
+from text_helpers import TOKEN_METRIC_OPTIONS, declared_pair_classifier, pair_batch
 
 from lit_attr.attribution_quality import AttributionQuality
 from lit_attr.batch import Batch
@@ -28,26 +26,7 @@ from lit_attr.metrics import get_metric_spec
 from lit_attr.runner import AttributionRunner
 
 #: Every metric that takes token ids now, with small options, and its functional with the same options.
-OPTIONS = {
-    "faithfulness_correlation": {"subset_size": 0.5, "n_subsets": 4},
-    "faithfulness_estimate": {},
-    "sensitivity_n": {"sizes": (1, 0.5), "n_subsets": 4},
-    "monotonicity": {},
-    "monotonicity_correlation": {"n_samples": 2},
-    "completeness": {},
-    "region_perturbation": {"patch_size": 2, "regions": 3},
-    "selectivity": {"patch_size": 2},
-    "irof": {"patch_size": 2},
-    "non_sensitivity": {"n_samples": 1, "tolerance": 1e-4},
-    "sufficiency_dasgupta": {"threshold": 1.0},
-    "consistency": {"top_k": 1},
-    "random_logit": {"similarity": "spearman_abs"},
-    "local_lipschitz": {"n_perturb_samples": 2},
-    "avg_sensitivity": {"n_perturb_samples": 2},
-    "continuity": {"n_perturb_samples": 2},
-    "relative_stability": {"n_perturb_samples": 2, "noise": 0.01},
-    "input_invariance": {},
-}
+OPTIONS = TOKEN_METRIC_OPTIONS
 #: The metrics that re-run the method (on moved or shifted embeddings), with the functional's keys of their values.
 METHODS = {
     "local_lipschitz": lambda *a, **k: {"local_lipschitz": local_lipschitz(*a, **k)},
@@ -146,32 +125,3 @@ def test_sufficiency_and_consistency_of_token_maps_use_each_sentence_own_tokens(
             expected = sum(int(predictions[j] == predictions[i]) for j in alike) / len(alike) if alike else math.nan
             assert (math.isnan(expected) and math.isnan(got.item())) or got.item() == pytest.approx(expected)
     assert not math.isnan(got_consistency[1].item())  # sentences 1 and 3 share their explanation
-
-
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
-def test_token_metrics_on_two_processes_equal_one_process():
-    model = declared_pair_classifier()
-    ids, mask, special, types, scores = pair_batch(lengths=(9, 6, 7, 5, 8, 6))
-    # Every token metric but random_logit, each built as its consumes say: with the method, the model, or maps alone.
-    factories = {}
-    for name in (name for name in OPTIONS if name != "random_logit"):
-        spec = get_metric_spec(name)
-        needs = ("saliency", model) if "method" in spec.consumes else (model,) if "model" in spec.consumes else ()
-        factories[name] = functools.partial(spec.factory, *needs, **OPTIONS[name])
-    given = {"x": ids, "attributions": scores, "attention_mask": mask, "special_tokens_mask": special,
-             "model_inputs": {"token_type_ids": types}}  # fmt: skip
-    logits = model(ids, attention_mask=mask, token_type_ids=types).detach()
-    batches = {}
-    for name in factories:
-        wanted = get_metric_spec(name).update_inputs
-        shards = []
-        for rows in (slice(0, 4), slice(4, 6)):  # uneven shards
-            shard = {key: {k: v[rows] for k, v in value.items()} if isinstance(value, dict) else value[rows]
-                     for key, value in {**given, "logits": logits}.items() if key in wanted}  # fmt: skip
-            shards.append(shard)
-        batches[name] = shards
-    per_rank = run_ddp(compute_many_on_shards, 2, factories, batches)
-    for name, factory in factories.items():
-        expected = compute_on_all(factory, batches[name])
-        for rank, results in enumerate(per_rank):
-            assert_nested_close(results[name], expected, f"{name} on rank {rank}", equal_nan=True)
