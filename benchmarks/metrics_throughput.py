@@ -9,8 +9,8 @@ largest relative difference between the two results' per-sample values, with 1e-
 that are float noise around 0, such as input invariance's change for a gradient method, do not count). It is float
 rounding only: a sample's value does not depend on its batch; relative stability divides by near-zero map entries and
 magnifies the rounding of a float32 model's batched convolutions. "batch" marks the metrics that compare the samples
-of a batch, focus and Dasgupta's, whose values do depend on it (focus builds no mosaic for a batch of one image: its
-loop computes nothing).
+of a batch, focus and Dasgupta's, whose values do depend on it: a batch of one sample has no counterpart, so they
+have no loop to compare with (``-``); focus explains the classes in turn, so that a batch holds several.
 
 The budgets below are smaller than the papers' defaults (noted per metric in the README's table of metrics) so that
 a CPU run takes minutes: the cost of a metric scales with them (forwards or attributions per sample).
@@ -119,7 +119,9 @@ def explained(model: torch.nn.Module, x: torch.Tensor, masks: torch.Tensor, fiel
         logits = model(x, attention_mask=fields["attention_mask"]) if fields else model(x)
     target = logits.argmax(dim=1)
     attributions = get_method("saliency", model).attribute(x, target, logits=logits, **fields)
-    given = {"x": x, "attributions": attributions, "target": target, "masks": masks, "logits": logits}
+    classes = torch.arange(x.shape[0], device=x.device) % logits.shape[1]  # the classes in turn, for focus
+    given = {"x": x, "attributions": attributions, "target": target, "classes": classes, "masks": masks}
+    given["logits"] = logits
     return {**given, "attention_mask": None, "special_tokens_mask": None, "model_inputs": None, **fields}
 
 
@@ -163,19 +165,22 @@ def main() -> None:
                 continue
             budget = (TEXT_BUDGETS if text else {}).get(metric_name, BUDGETS[metric_name])
             metric = spec.build(budget, model=model, method=get_method("saliency", model))
-            batch = {key: given[key] for key in spec.update_inputs}
-            singles = [{k: v if v is None else v[i : i + 1] for k, v in batch.items()} for i in range(n)]
+            # Focus needs samples of several classes in a batch: the untrained models predict one class for most.
+            target = "classes" if metric_name == "focus" else "target"
+            batch = {key: given[target if key == "target" else key] for key in spec.update_inputs}
             whole, batched = timed(lambda metric=metric, batch=batch: metric.score(**batch), device)
-            rows, looped = timed(lambda metric=metric, singles=singles: [metric.score(**s) for s in singles], device)
-            if metric_name not in BATCH_DEPENDENT:
+            if metric_name in BATCH_DEPENDENT:  # a batch of one sample has no counterpart: its loop scores nothing
+                row = (model_name, metric_name, str(n), f"{batched:.2f}", "-", f"{n / batched:.1f}", "-", "batch")
+            else:
+                singles = [{k: v if v is None else v[i : i + 1] for k, v in batch.items()} for i in range(n)]
+                rows, looped = timed(
+                    lambda metric=metric, singles=singles: [metric.score(**s) for s in singles], device
+                )
                 together, alone = per_sample(whole), torch.cat([per_sample(row) for row in rows])
                 scale = torch.maximum(together.abs(), alone.abs()).clamp(min=1e-4)  # below: float32 noise
                 diff = ((together - alone).abs() / scale).nan_to_num(0.0).max()
-                difference = f"{float(diff):.1e}"
-            else:
-                difference = "batch"
-            row = (model_name, metric_name, str(n), f"{batched:.2f}", f"{looped:.2f}", f"{n / batched:.1f}",
-                   f"{looped / batched:.2f}x", difference)  # fmt: skip
+                row = (model_name, metric_name, str(n), f"{batched:.2f}", f"{looped:.2f}", f"{n / batched:.1f}",
+                       f"{looped / batched:.2f}x", f"{float(diff):.1e}")  # fmt: skip
             table.add_row(*row)
             print(" | ".join(row), file=sys.stderr, flush=True)  # long runs: each row as soon as it is measured
     Console(width=130).print(table)

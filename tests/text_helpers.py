@@ -137,7 +137,7 @@ class PairClassifier(nn.Module):
         torch.manual_seed(seed)
         self.embed = nn.Embedding(VOCAB, 8, padding_idx=PAD)
         self.types = nn.Embedding(2, 8)
-        self.pos = nn.Parameter(torch.randn(16, 8)) if positions else None
+        self.pos = nn.Parameter(torch.randn(32, 8)) if positions else None
         self.head = nn.Linear(8, 3)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
@@ -191,6 +191,7 @@ TOKEN_METRIC_OPTIONS = {
     "continuity": {"n_perturb_samples": 2},
     "relative_stability": {"n_perturb_samples": 2, "noise": 0.01},
     "input_invariance": {},
+    "focus": {},
 }
 
 
@@ -198,15 +199,17 @@ def token_metric_shards() -> tuple[dict, dict]:
     """``(factories, uneven shards)`` of every token metric but random_logit on six padded sentence pairs.
 
     Each metric is built as its registry spec's ``consumes`` say: with the method, the model, or the maps alone; a
-    shard holds what its ``update`` takes (ids, a map, masks, ``token_type_ids``, logits), sentences 0-3 and 4-5.
+    shard holds what its ``update`` takes (ids, the classes explained, a map, masks, ``token_type_ids``, logits),
+    sentences 0-3 and 4-5.
     """
     from lit_attr.metrics import get_metric_spec
 
     model = declared_pair_classifier()
     ids, mask, special, types, scores = pair_batch(lengths=(9, 6, 7, 5, 8, 6))
     logits = model(ids, attention_mask=mask, token_type_ids=types).detach()
-    given = {"x": ids, "attributions": scores, "attention_mask": mask, "special_tokens_mask": special,
-             "model_inputs": {"token_type_ids": types}, "logits": logits}  # fmt: skip
+    classes = torch.tensor([0, 1, 2, 0, 1, 2])  # every shard holds several: focus builds mosaics from a shard
+    given = {"x": ids, "target": classes, "attributions": scores, "attention_mask": mask,
+             "special_tokens_mask": special, "model_inputs": {"token_type_ids": types}, "logits": logits}  # fmt: skip
     factories, batches = {}, {}
     for name in (name for name in TOKEN_METRIC_OPTIONS if name != "random_logit"):
         spec = get_metric_spec(name)

@@ -9,6 +9,8 @@ An :class:`InputKind` owns everything that depends on the kind of input and noth
   what a perturbed row carries into the model call (:meth:`InputKind.game_inputs`: a sentence's real tokens that are
   not special, its attention mask and ``token_type_ids``) and *substrates* (:meth:`InputKind.substrate`, or
   :meth:`InputKind.game_substrate` where the substrate is the model's, as the [MASK] id of token ids);
+* where robustness metrics move a sample (:meth:`InputKind.neighbourhood`) and how four samples tile one input of
+  focus's mosaics (:meth:`InputKind.mosaic_tiles`);
 * how a sample and its map are kept and rendered (:meth:`InputKind.render`).
 
 Methods see only a continuous tensor and a ``forward`` on it; metrics declare the kinds' tags they accept (every
@@ -21,17 +23,15 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from lit_attr._checks import check_device, check_seed
+from lit_attr.inputs.mosaics import Tiles
 from lit_attr.inputs.neighbourhood import Neighbourhood
 from lit_attr.inputs.space import MethodCall, Rendering
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "CONTINUOUS",
@@ -145,6 +145,18 @@ class InputKind(abc.ABC):
                 "to say what a small change of them is."
             )
         return Neighbourhood(method, x)
+
+    def mosaic_tiles(self, method: Any, x: Tensor, fields: Mapping[str, Any], tile: str) -> Tiles:
+        """The batch's samples as tiles of focus's mosaics (:mod:`lit_attr.inputs.mosaics`); refused by default.
+
+        A kind has mosaics where four of its samples tiled together make one input its models take (images in a
+        2x2 grid, sentences one after another). ``fields`` as in :meth:`neighbourhood`; ``tile`` is focus's option.
+        """
+        raise ValueError(
+            f"`x` must be of an input kind with mosaics, four samples tiled into one input of the model (images in a "
+            f"2x2 grid, sentences one after another); {self.name} inputs have none (their model takes no input made "
+            f"of four samples): override {type(self).__name__}.mosaic_tiles to tile them."
+        )
 
     def feature_shape(self, x: Tensor) -> tuple[int, ...]:
         """The shape of one sample's per-feature mask (FEI's), broadcastable to a sample: one value per element."""

@@ -7,15 +7,17 @@ and the per-image channel mean.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 import lit_attr.viz as viz
+from lit_attr._checks import check_choice
 from lit_attr.inputs.base import GENERIC_SUBSTRATES, ContinuousKind
+from lit_attr.inputs.mosaics import TILES, ImageTiles
 from lit_attr.inputs.space import Rendering
 
 __all__ = ["Images", "blur", "rise_blur_kernel"]
@@ -107,6 +109,11 @@ class Images(ContinuousKind):
     def feature_shape(self, x: Tensor) -> tuple[int, ...]:
         """One mask value per pixel: ``(1, H, W)``."""
         return (1, *x.shape[2:])
+
+    def mosaic_tiles(self, method: Any, x: Tensor, fields: Mapping[str, Any], tile: str) -> ImageTiles:
+        """The images as tiles of 2x2 mosaics: as they are (``"full"``) or halved (``"half"``)."""
+        check_images("x", x)
+        return ImageTiles(x, check_choice("tile", tile, TILES))
 
     def ground_truth(self, mask: Tensor, x: Tensor) -> Tensor:
         """Masks ``(N, H, W)``, ``(N, 1, H, W)`` or per channel ``(N, C, H, W)`` as one ``(H, W)`` plane per sample.

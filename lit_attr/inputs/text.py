@@ -23,6 +23,7 @@ from lit_attr._checks import check_choice, check_device, check_number, check_see
 from lit_attr.inputs.base import GameInputs, InputKind, SubstrateType
 from lit_attr.inputs.embedding import TokenCall
 from lit_attr.inputs.space import MethodCall, Rendering
+from lit_attr.inputs.token_mosaics import SentenceTiles
 from lit_attr.inputs.token_neighbourhood import TokenNeighbourhood
 from lit_attr.inputs.tokens import (
     METHOD_TOKEN_DEFAULTS,
@@ -175,6 +176,13 @@ class Tokens(InputKind):
     def neighbourhood(self, method: Any, x: Tensor, fields: Mapping[str, Any]) -> TokenNeighbourhood:
         """The token embeddings, moved at a sentence's real tokens that are not special (the embedding space)."""
         return TokenNeighbourhood(method, x, fields)
+
+    def mosaic_tiles(self, method: Any, x: Tensor, fields: Mapping[str, Any], tile: str) -> SentenceTiles:
+        """Sentences as tiles: a mosaic is four sentences' words between the explained sample's special tokens."""
+        if tile != "full":
+            raise ValueError(f'`tile` {tile!r} does not apply to token ids: a sentence tile is all its words ("full").')
+        check_device("x", x, method.model)
+        return SentenceTiles(method, x, fields)
 
     def kept_sample(self, x: Tensor, fields: Mapping[str, Tensor | None]) -> Tensor:
         """The sample's real token ids (padding dropped)."""

@@ -110,14 +110,17 @@ def test_mosaics_hold_two_target_tiles_and_two_others():
     x = _class_images(labels)
     mosaics = focus_mosaics(x, torch.tensor(labels), seed=3)
     assert mosaics.samples.tolist() == list(range(6))
-    for mosaic, target, quadrants, sample in zip(*mosaics, strict=True):
+    assert mosaics.kwargs == {} and mosaics.slots.shape == (6, 8, 8)
+    for mosaic, target, quadrants, sample in zip(
+        mosaics.inputs, mosaics.target, mosaics.quadrants, mosaics.samples, strict=True
+    ):
         tiles = [mosaic[:, :4, :4], mosaic[:, :4, 4:], mosaic[:, 4:, :4], mosaic[:, 4:, 4:]]
         classes = [int(tile.sum(dim=(1, 2)).argmax()) for tile in tiles]
         assert int(target) == labels[sample] and int(quadrants.sum()) == 2
         assert [c == labels[sample] for c in classes] == quadrants.tolist()
     # A batch of one class builds no mosaic; half tiles keep the images' size.
     assert focus_mosaics(x[:2], torch.tensor([0, 0])).samples.numel() == 0
-    assert focus_mosaics(x, torch.tensor(labels), tile="half").images.shape == (6, 3, 4, 4)
+    assert focus_mosaics(x, torch.tensor(labels), tile="half").inputs.shape == (6, 3, 4, 4)
 
 
 def test_focus_is_one_for_a_map_on_the_class_and_one_half_for_a_blind_one():

@@ -17,6 +17,7 @@ from lit_attr.data.text import TextDataset, collate_tokens
 from lit_attr.functional.axioms import completeness, input_invariance, non_sensitivity, random_logit
 from lit_attr.functional.dasgupta import consistency, sufficiency_dasgupta
 from lit_attr.functional.faithfulness import faithfulness_correlation, faithfulness_estimate, sensitivity_n
+from lit_attr.functional.focus import focus
 from lit_attr.functional.monotonicity import monotonicity, monotonicity_correlation
 from lit_attr.functional.regions import irof, region_perturbation, selectivity
 from lit_attr.functional.robustness import avg_sensitivity, continuity, local_lipschitz
@@ -69,6 +70,8 @@ def test_the_runner_scores_every_token_metric_by_name_as_the_functionals_do():
         elif name in METHODS:
             method = get_method("saliency", model)
             expected = METHODS[name](method, ids, labels, attributions=maps, **OPTIONS[name], **tokens)
+        elif name == "focus":  # the method explains the sentence mosaics of the batch itself
+            expected = {name: focus(get_method("saliency", model), ids, labels, **tokens)}
         elif name == "random_logit":
             method = get_method("saliency", model)
             fields = {"attention_mask": mask, "special_tokens_mask": special, "token_type_ids": types}
