@@ -21,11 +21,12 @@ import torch
 from torch import Tensor
 
 from lit_attr._checks import TargetType, check_choice, check_seed
-from lit_attr._hygiene import row_seed
+from lit_attr._hygiene import preserved_model_state, row_seed
 from lit_attr.functional.infidelity import Explainer
-from lit_attr.functional.robustness import check_given, check_method, checked_kind
-from lit_attr.inputs import input_kind
-from lit_attr.inputs.mosaics import SLOTS, TILES, quadrant_slots
+from lit_attr.functional.robustness import _maps, check_given, check_method, checked_kind
+from lit_attr.functional.unit_games import batch_fields
+from lit_attr.inputs import InputKind, input_kind
+from lit_attr.inputs.mosaics import SLOTS, TILES, Tiles, quadrant_slots
 
 __all__ = ["TILES", "Mosaics", "focus", "focus_mosaics", "focus_of_maps", "tile_shares"]
 
@@ -89,14 +90,22 @@ def focus_mosaics(
         >>> mosaics.inputs.shape, mosaics.quadrants.sum(dim=1).tolist()
         (torch.Size([3, 1, 8, 8]), [2, 2, 2])
     """
-    check_choice("tile", tile, TILES)
-    check_seed(seed)
     kind = input_kind(x)
     if method is None and not kind.continuous:
         raise ValueError(f"`method` is needed for {kind.name} inputs: their mosaics follow its model's conventions.")
-    fields = {"attention_mask": attention_mask, "special_tokens_mask": special_tokens_mask,
-              "model_inputs": model_inputs}  # fmt: skip
-    tiles = kind.mosaic_tiles(method, x, fields, tile)
+    fields = batch_fields(attention_mask, special_tokens_mask, model_inputs)
+    return _mosaics(_tiles(kind, method, x, fields, tile, seed), target, seed, x.device)
+
+
+def _tiles(kind: InputKind, method: Any, x: Tensor, fields: Mapping[str, Any], tile: str, seed: int) -> Tiles:
+    """The batch's tiles, its options and inputs checked (before the model runs on them)."""
+    check_choice("tile", tile, TILES)
+    check_seed(seed)
+    return kind.mosaic_tiles(method, x, fields, tile)
+
+
+def _mosaics(tiles: Tiles, target: Tensor, seed: int, device: torch.device) -> Mosaics:
+    """The draws of :func:`focus_mosaics` and the mosaics they make."""
     labels = target.tolist()
     owners, grids, quadrants, misfits = [], [], [], {}
     for i in range(len(labels)):
@@ -122,9 +131,8 @@ def focus_mosaics(
         warnings.warn(
             f"focus: the mosaics of samples {rows} are {reason}; those samples have no value (NaN) and the metric's "
             "mean leaves them out.",
-            stacklevel=2,
+            stacklevel=3,  # the caller of focus() or focus_mosaics()
         )
-    device = x.device
     samples = torch.tensor(owners, dtype=torch.long, device=device)
     mosaic = tiles.assemble(samples, torch.tensor(grids, dtype=torch.long, device=device).view(-1, SLOTS))
     return Mosaics(
@@ -225,19 +233,19 @@ def focus(
         torch.Size([4])
     """
     method = check_method(method)
-    fields = {"attention_mask": attention_mask, "special_tokens_mask": special_tokens_mask,
-              "model_inputs": model_inputs}  # fmt: skip
     kind = checked_kind(method, x)
     check_given(x, None, logits)
-    if logits is None and not kind.continuous:  # the model of token ids runs with the batch's masks and inputs
-        logits = kind.neighbourhood(method, x, fields).clean_logits()
+    tiles = _tiles(kind, method, x, batch_fields(attention_mask, special_tokens_mask, model_inputs), tile, seed)
+    if logits is None and not kind.continuous:  # the method's own check runs the model on float inputs only
+        with torch.no_grad(), preserved_model_state(method.model):
+            forward = getattr(method, "forward_fn", method.model)
+            logits = kind.model_logits(forward, x, {"attention_mask": attention_mask, **(model_inputs or {})})
     target = method.resolve_target(x, target, logits)
-    mosaics = focus_mosaics(x, target, tile=tile, seed=seed, method=method, **fields)
+    mosaics = _mosaics(tiles, target, seed, x.device)
     dtype = x.dtype if kind.continuous or logits is None else logits.dtype  # token ids: the model's float dtype
     out = torch.full((x.shape[0],), float("nan"), dtype=torch.promote_types(dtype, torch.float32), device=x.device)
     if mosaics.samples.numel():
-        result = method.attribute(mosaics.inputs, mosaics.target, **mosaics.kwargs, **attribute_kwargs)
-        maps = result[0] if isinstance(result, tuple) else result
+        maps = _maps(method.attribute(mosaics.inputs, mosaics.target, **mosaics.kwargs, **attribute_kwargs))
         heat = kind.unit_scores(maps, "sum")
         out[mosaics.samples] = tile_shares(heat, mosaics.slots, mosaics.quadrants).to(out.dtype)
     return out

@@ -58,23 +58,22 @@ class SentenceTiles(Tiles):
         self.limit = position_limit(method.model)
         self.model_inputs = _per_token_inputs(fields.get("model_inputs"), x.shape)
         self.dtype = x.dtype
-        self.words, self.lead, self.trail = [], [], []
-        for row in range(x.shape[0]):
-            attended = self.batch.attended[row].nonzero().flatten()
-            words = self.batch.perturbable[row].nonzero().flatten()
-            if words.numel() == 0:
-                raise ValueError(
-                    f"`x`: sample {row} has no real token that is not special; a sentence's tile is its words."
-                )
-            first, last = int(words[0]), int(words[-1])
-            if bool(self.batch.special[row, first : last + 1].any()):
-                raise ValueError(
-                    f"`x`: sample {row} has a special token between its words (a sentence pair); focus tiles single "
-                    "sentences, and the segments of a pair make no one tile."
-                )
-            self.words.append(words)
-            self.lead.append(attended[attended < first])
-            self.trail.append(attended[attended > last])
+        perturbable, attended = self.batch.perturbable, self.batch.attended
+        empty = (~perturbable.any(dim=1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"`x`: samples {empty} have no word (a real token that is not special) to make a tile of.")
+        positions = torch.arange(x.shape[1], device=x.device).expand_as(perturbable)
+        first = torch.where(perturbable, positions, x.shape[1]).amin(dim=1, keepdim=True)
+        last = torch.where(perturbable, positions, -1).amax(dim=1, keepdim=True)
+        pairs = (self.batch.special & (positions > first) & (positions < last)).any(dim=1).nonzero().flatten().tolist()
+        if pairs:
+            raise ValueError(
+                f"`x`: samples {pairs} have a special token between their words (sentence pairs); focus tiles single "
+                "sentences, and the segments of a pair make no one tile."
+            )
+        self.words = [row.nonzero().flatten() for row in perturbable]
+        self.lead = [row.nonzero().flatten() for row in attended & (positions < first)]
+        self.trail = [row.nonzero().flatten() for row in attended & (positions > last)]
 
     def key(self, row: int) -> Tensor:
         """The sentence's real token ids (its padding left out)."""

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from lit_attr._checks import TargetType, check_choice, check_seed
 from lit_attr.functional.focus import TILES, focus
+from lit_attr.functional.unit_games import batch_fields
 from lit_attr.methods.base import AttributionMethod
 from lit_attr.metrics._method_scores import MethodScores
 from lit_attr.metrics.presentation import Presentation, Score
@@ -85,8 +86,7 @@ class Focus(MethodScores):
             special_tokens_mask: token ids: ``(N, L)`` 1 on special tokens.
             model_inputs: token ids: the model's other inputs per token (``token_type_ids``), by name.
         """
-        fields = {"attention_mask": attention_mask, "special_tokens_mask": special_tokens_mask,
-                  "model_inputs": model_inputs}  # fmt: skip
+        fields = batch_fields(attention_mask, special_tokens_mask, model_inputs)
         return {"focus": focus(self.method, x, target, logits=logits, **fields, **self._options)}
 
 
