@@ -331,14 +331,17 @@ class TokenCall(MethodCall):
         self._groups_of_cpu = self._group_of.tolist()
 
     def clean_logits(self, run: Callable[[int, int], Tensor], backoff: MemoryBackoff) -> Tensor:
-        """One clean forward per length group (chunked by ``backoff``), keeping the clean embeddings it sees."""
+        """One forward per length group (chunked by ``backoff``), with the clean embeddings; moved with an offset."""
         logits = None
         for number, group in enumerate(self.groups):
-            parts: list[tuple[Tensor, Tensor]] = []
-            backoff.chunks(group.ids.shape[0], functools.partial(self._capture_rows, group, parts))
-            found, clean = (torch.cat(part) for part in zip(*parts, strict=True))
-            self.groups[number] = group = group._replace(clean=clean)
-            if self.offset is not None:  # the method explains the moved point: its clean logits are there
+            parts: list[Any] = []
+            if self.offset is None:
+                backoff.chunks(group.ids.shape[0], functools.partial(self._layer_rows, self.swap.capture, group, parts))
+                found, clean = (torch.cat(part) for part in zip(*parts, strict=True))
+                self.groups[number] = group._replace(clean=clean)
+            else:  # the method explains the moved point; the clean embeddings are the layer's output alone
+                backoff.chunks(group.ids.shape[0], functools.partial(self._layer_rows, self.swap.embed, group, parts))
+                self.groups[number] = group = group._replace(clean=torch.cat(parts))
                 parts = []
                 backoff.chunks(group.ids.shape[0], functools.partial(self._moved_rows, group, parts))
                 found = torch.cat(parts)
@@ -348,12 +351,13 @@ class TokenCall(MethodCall):
         assert logits is not None  # a batch has a group
         return logits
 
-    def _capture_rows(self, group: _Group, parts: list[tuple[Tensor, Tensor]], start: int, stop: int) -> None:
+    def _layer_rows(self, call: Callable[..., Any], group: _Group, parts: list[Any], start: int, stop: int) -> None:
+        """``call`` (the swap's ``capture`` or ``embed``) on rows ``start:stop`` of ``group``, kept in ``parts``."""
         fields = {key: value[start:stop] for key, value in group.fields.items()}
-        parts.append(self.swap.capture(self.caller, group.ids[start:stop], group.attended[start:stop], fields))
+        parts.append(call(self.caller, group.ids[start:stop], group.attended[start:stop], fields))
 
     def _moved_rows(self, group: _Group, parts: list[Tensor], start: int, stop: int) -> None:
-        assert self.offset is not None and group.clean is not None  # called for an offset, after the capture
+        assert self.offset is not None and group.clean is not None  # called for an offset, after the embeddings
         samples, positions = group.samples[start:stop, None], group.positions[start:stop]
         offset = self._offset(samples, positions, group.clean.shape[-1]).to(group.clean)
         self.swap.replacement = group.clean[start:stop] + offset * self.batch.perturbable[samples, positions][..., None]
