@@ -54,7 +54,7 @@ class _Outputs:
         self, moved: Moved, backoff: MemoryBackoff, shape: tuple[int, ...] | None = None
     ) -> tuple[Tensor, Tensor | None]:
         logits: list[Tensor] = []
-        rows: list[Tensor | None] = [None] * moved.inputs.shape[0]
+        captured: list[tuple[Tensor, Tensor]] = []  # (rows of ``moved``, their representations) per forward
 
         def body(start: int, stop: int) -> None:
             found: list[tuple[Tensor, Tensor]] = []
@@ -62,29 +62,24 @@ class _Outputs:
             def record(group: Tensor) -> None:
                 if self.capture is not None:
                     assert self.capture.value is not None  # the layer ran in that forward
-                    found.append((group, self.capture.value))
+                    found.append((start + group, self.capture.value))
 
-            out = self.hood.logits(moved.part(start, stop), record)
-            logits.append(out)  # a chunk that runs out of memory keeps nothing: it is run again
-            for group, value in found:
-                for row, entry in zip(group.tolist(), value, strict=True):
-                    rows[start + row] = entry
+            logits.append(self.hood.logits(moved.part(start, stop), record))
+            captured.extend(found)  # a chunk that runs out of memory keeps nothing: it is run again
 
         backoff.chunks(moved.inputs.shape[0], body)
         if self.capture is None:
             return torch.cat(logits), None
-        return torch.cat(logits), _padded([row for row in rows if row is not None], shape)
+        return torch.cat(logits), _padded(moved.inputs.shape[0], captured, shape)
 
 
-def _padded(rows: list[Tensor], shape: tuple[int, ...] | None) -> Tensor:
-    """``rows`` stacked, each padded with zeros at the end of every dimension to ``shape`` (default: the largest)."""
+def _padded(n: int, captured: list[tuple[Tensor, Tensor]], shape: tuple[int, ...] | None) -> Tensor:
+    """``(n, *shape)``: each forward's rows in place, zero-padded at the end of each dimension (default: largest)."""
     if shape is None:
-        shape = tuple(max(sizes) for sizes in zip(*(row.shape for row in rows), strict=True))
-    if all(tuple(row.shape) == shape for row in rows):
-        return torch.stack(rows)
-    out = rows[0].new_zeros(len(rows), *shape)
-    for k, row in enumerate(rows):
-        out[(k, *(slice(0, size) for size in row.shape))] = row
+        shape = tuple(max(sizes) for sizes in zip(*(value.shape[1:] for _, value in captured), strict=True))
+    out = captured[0][1].new_zeros(n, *shape)
+    for rows, value in captured:
+        out[(rows.to(out.device), *(slice(0, size) for size in value.shape[1:]))] = value
     return out
 
 
