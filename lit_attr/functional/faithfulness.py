@@ -32,6 +32,7 @@ from lit_attr.functional.unit_games import (
     game_fill,
     group_sums,
     masked_outputs,
+    own_groups,
     prepare_game,
     rank_groups,
     sample_seeds,
@@ -336,7 +337,7 @@ def faithfulness_estimate(
     if game.valid is None:
         return pearson_rows(sums, drops).to(game.clean.dtype)
     # A sample's own groups only: a shorter sentence has fewer (its other rows removed nothing).
-    own = -(-game.valid.reshape(x.shape[0], -1).sum(dim=1) // features_per_step)
+    own = own_groups(game, features_per_step)
     present = torch.arange(count, device=own.device)[None] < own[:, None]
     return pearson_rows(sums, drops, present).to(game.clean.dtype)
 

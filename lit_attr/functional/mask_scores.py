@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from lit_attr._checks import check_choice, check_number
-from lit_attr.functional.unit_games import check_size, resolve_size
+from lit_attr.functional.unit_games import check_size, sample_sizes
 from lit_attr.functional.units import UnitMap, map_units
 
 __all__ = ["RELEVANCES", "attribution_localisation", "top_k_intersection"]
@@ -128,7 +128,7 @@ def top_k_intersection(
     counts = units.valid.sum(dim=1)
     fewest = int(counts.min())
     if isinstance(k, float):  # a fraction of each sample's own units: its value does not depend on its batch
-        taken = torch.tensor([resolve_size("k", k, max(count, 1)) for count in counts.tolist()], device=counts.device)
+        taken = sample_sizes("k", k, counts).to(counts.device)
     elif k > fewest:
         raise ValueError(f"`k` must be at most the {fewest} units that count in every map, got {k}.")
     else:

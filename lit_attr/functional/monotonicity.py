@@ -27,6 +27,7 @@ from lit_attr.functional.unit_games import (
     group_sums,
     kind_substrate,
     masked_outputs,
+    own_groups,
     prepare_game,
     rank_groups,
 )
@@ -102,10 +103,7 @@ def _curves(
         model, game, x, fill, lambda samples, rows: groups[samples] >= rows.view(-1, *([1] * (groups.ndim - 1))),
         count + 1, output=output, internal_batch_size=internal_batch_size, who="monotonicity",
     )  # fmt: skip
-    own = torch.full((x.shape[0],), count, device=curves.device)
-    if game.valid is not None:
-        own = -(-game.valid.reshape(x.shape[0], -1).sum(dim=1) // features_per_step)
-    return curves, own
+    return curves, own_groups(game, features_per_step)
 
 
 def monotonicity(
@@ -247,7 +245,7 @@ def monotonicity_correlation(
     if game.valid is None:
         return spearman(sums, effects).to(game.clean.dtype)
     # A sample's own groups only, which come first (group 0 holds its highest scores): a shorter sentence has fewer.
-    own = -(-game.valid.reshape(x.shape[0], -1).sum(dim=1) // features_per_step)
+    own = own_groups(game, features_per_step)
     result = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     for size in own.unique().tolist():
         rows = own == size

@@ -392,9 +392,20 @@ def index_groups(game: Game, per_group: int) -> tuple[Tensor, int, Tensor]:
     """
     valid = counted_units(game).reshape(game.units.shape[0], -1)
     position = valid.long().cumsum(dim=1) - 1
-    counts = -(-valid.sum(dim=1) // per_group)
+    counts = own_groups(game, per_group)
     count = int(counts.max())
     return torch.where(valid, position // per_group, count).view(game.units.shape), count, counts
+
+
+def own_groups(game: Game, per_group: int) -> Tensor:
+    """``(N,)`` the groups of ``per_group`` units that every sample's own counted units make (the last may be short).
+
+    Example:
+        >>> valid = torch.tensor([[True] * 5, [True] * 2 + [False] * 3])
+        >>> own_groups(Game(None, torch.zeros(2, 5), None, None, valid), 2)
+        tensor([3, 1])
+    """
+    return -(-counted_units(game).reshape(game.units.shape[0], -1).sum(dim=1) // per_group)
 
 
 def counted_units(game: Game) -> Tensor:
