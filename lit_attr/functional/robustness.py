@@ -45,6 +45,7 @@ from lit_attr.inputs.neighbourhood import Moved, Neighbourhood
 
 __all__ = [
     "NOISES",
+    "check_copy_options",
     "Neighbours",
     "avg_sensitivity",
     "continuity",
@@ -201,8 +202,11 @@ def explain_batch(
     return Explained(method, target, attributions.to(hood.points), hood)
 
 
-def _check_options(options: Mapping[str, Any]) -> None:
-    """Refuse the copies' options, naming the one that is wrong."""
+def check_copy_options(options: Mapping[str, Any]) -> None:
+    """Refuse the copies' options, naming the one that is wrong.
+
+    ``options`` holds ``n_perturb_samples``, ``noise``, ``distribution``, ``seed`` and ``internal_batch_size``.
+    """
     check_int("n_perturb_samples", options["n_perturb_samples"], 1)
     check_noise_std(options["noise"], "noise")
     check_choice("distribution", options["distribution"], NOISES)
@@ -220,7 +224,7 @@ def _prepare(
     **options: Any,
 ) -> Explained:
     """Check the copies' options and the batch; the method, targets, clean maps and neighbourhood."""
-    _check_options(options)
+    check_copy_options(options)
     return explain_batch(method, x, target, attributions, logits, fields)
 
 

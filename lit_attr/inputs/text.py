@@ -26,6 +26,7 @@ from lit_attr.inputs.space import MethodCall, Rendering
 from lit_attr.inputs.token_mosaics import SentenceTiles
 from lit_attr.inputs.token_neighbourhood import TokenNeighbourhood
 from lit_attr.inputs.tokens import (
+    CONFIG_SPECIALS,
     METHOD_TOKEN_DEFAULTS,
     TOKEN_KEYWORDS,
     TOKEN_REDUCTIONS,
@@ -287,16 +288,11 @@ class Tokens(InputKind):
         return viz.token_highlights_html([decode(sample)], [attributions])
 
 
-#: Ids a Hugging Face config may name that are no words: never drawn as a random token.
-_CONFIG_SPECIALS = ("pad_token_id", "mask_token_id", "cls_token_id", "sep_token_id", "bos_token_id", "eos_token_id",
-                    "unk_token_id")  # fmt: skip
-
-
 def _random_words(model: nn.Module, x: Tensor, vocab: int | None, options: Any, seed: int, argument: str) -> Tensor:
     """Every id of ``x`` replaced by its word in a random table seeded by ``seed`` (drawn on the CPU).
 
     The words are the vocabulary without the special, pad and mask ids the model declares (its ``token_options``,
-    and the special ids its Hugging Face config names).
+    and the special and unknown-token ids its Hugging Face config names).
     """
     check_seed(seed)
     if vocab is None:
@@ -305,7 +301,7 @@ def _random_words(model: nn.Module, x: Tensor, vocab: int | None, options: Any, 
             "`token_options.embedding_layer` (an nn.Embedding) or pass another substrate."
         )
     reserved = {*options.special_token_ids, options.pad_token_id, options.mask_token_id}
-    reserved |= {_config_value(model, key) for key in _CONFIG_SPECIALS}
+    reserved |= {_config_value(model, f"{name}_token_id") for name in (*CONFIG_SPECIALS, "unk")}  # no words either
     keep = torch.ones(vocab, dtype=torch.bool)
     keep[[token for token in reserved if token is not None and 0 <= token < vocab]] = False
     words = keep.nonzero().flatten()

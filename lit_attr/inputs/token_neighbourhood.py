@@ -79,9 +79,9 @@ class TokenNeighbourhood(Neighbourhood):
     def draws(self, rows: Tensor, n: int, seed: int, sampler: Sampler) -> Tensor:
         """Draws for a sample's real tokens alone (placed at their positions), keyed by its real token ids."""
         out = torch.zeros(rows.numel() * n, *self.points.shape[1:], dtype=torch.float64)
-        for k, row in enumerate(rows.tolist()):
-            real = self.batch.attended[row].bool().cpu()
-            generator = torch.Generator().manual_seed(row_seed(seed, self.batch.input_ids[row].cpu()[real]))
+        attended, ids = self.batch.attended[rows].cpu(), self.batch.input_ids[rows].cpu()  # one copy, not one a row
+        for k, (real, row_ids) in enumerate(zip(attended, ids, strict=True)):
+            generator = torch.Generator().manual_seed(row_seed(seed, row_ids[real]))
             out[k * n : (k + 1) * n, real] = sampler((n, int(real.sum()), self.points.shape[-1]), generator)
         return out.to(self.points.device)
 

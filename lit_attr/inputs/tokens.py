@@ -29,6 +29,7 @@ from lit_attr.inputs.token_calls import (  # re-exported: their home before the 
 )
 
 __all__ = [
+    "CONFIG_SPECIALS",
     "METHOD_TOKEN_DEFAULTS",
     "TOKEN_KEYWORDS",
     "TOKEN_REDUCTIONS",
@@ -62,6 +63,10 @@ TOKEN_KEYWORDS = (
     "embedding_offset",
     "embedding_shift",
 )
+
+
+#: The special tokens a Hugging Face config may name (``<name>_token_id``), in the order they are read.
+CONFIG_SPECIALS = ("cls", "sep", "bos", "eos", "pad", "mask")
 
 
 @dataclass(frozen=True)
@@ -435,7 +440,7 @@ def resolve_token_options(model: nn.Module, *layers: TokenOptions | None, **over
             options = replace(options, **{k: v for k, v in vars(layer).items() if v not in (None, ())})
     options = replace(options, **{k: v for k, v in overrides.items() if v is not None})
     if not options.special_token_ids:  # nothing declared: the ids the model's config names are special
-        found = (_config_value(model, f"{name}_token_id") for name in ("cls", "sep", "bos", "eos", "pad", "mask"))
+        found = (_config_value(model, f"{name}_token_id") for name in CONFIG_SPECIALS)
         options = replace(options, special_token_ids=tuple(dict.fromkeys(i for i in found if i is not None)))
     if options.mask_token_id is None:
         options = replace(options, mask_token_id=_config_value(model, "mask_token_id"))

@@ -19,22 +19,19 @@ from torch import Tensor, nn
 from lit_attr._checks import (
     TargetType,
     check_choice,
-    check_int,
     check_names,
     check_number,
-    check_optional_int,
-    check_seed,
 )
-from lit_attr.functional.infidelity import check_noise_std
 from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE
 from lit_attr.functional.robustness import (
-    NOISES,
     SENSITIVITY_NORMALIZATIONS,
     avg_sensitivity,
+    check_copy_options,
     continuity,
     local_lipschitz,
 )
 from lit_attr.functional.stability import STABILITIES, relative_stability
+from lit_attr.functional.unit_games import batch_fields
 from lit_attr.methods.base import AttributionMethod
 from lit_attr.metrics._method_scores import MethodScores
 from lit_attr.metrics.presentation import Presentation, Score
@@ -60,11 +57,7 @@ class _Robustness(MethodScores):
         **kwargs: Any,
     ) -> None:
         super().__init__(method, model, method_kwargs=method_kwargs, **kwargs)
-        check_int("n_perturb_samples", options["n_perturb_samples"], 1)
-        check_noise_std(options["noise"], "noise")
-        check_choice("distribution", options["distribution"], NOISES)
-        check_seed(options["seed"])
-        check_optional_int("internal_batch_size", options["internal_batch_size"])
+        check_copy_options(options)
         self._options = options
 
     def values(self, result: Tensor) -> dict[str, Tensor]:
@@ -94,8 +87,7 @@ class _Robustness(MethodScores):
             model_inputs: token ids: the batch's other inputs of the model by name (``token_type_ids``, ...).
         """
         function = type(self).function
-        fields = {"attention_mask": attention_mask, "special_tokens_mask": special_tokens_mask,
-                  "model_inputs": model_inputs}  # fmt: skip
+        fields = batch_fields(attention_mask, special_tokens_mask, model_inputs)
         values = function(
             self.method, x, target, attributions=attributions, logits=logits, **self._options, **fields
         )
