@@ -27,6 +27,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from lit_attr.inputs import input_kind
 from lit_attr.methods import get_method
 from lit_attr.metrics import get_metric_spec
 
@@ -116,13 +117,13 @@ def sentences(model: torch.nn.Module, n: int, device: torch.device) -> dict[str,
 def explained(model: torch.nn.Module, x: torch.Tensor, masks: torch.Tensor, fields: dict[str, Any]) -> dict[str, Any]:
     """Everything a metric may consume of the batch: its saliency maps of the predicted classes, logits, masks."""
     with torch.no_grad():
-        logits = model(x, attention_mask=fields["attention_mask"]) if fields else model(x)
+        logits = input_kind(x).model_logits(model, x, fields)
     target = logits.argmax(dim=1)
     attributions = get_method("saliency", model).attribute(x, target, logits=logits, **fields)
     classes = torch.arange(x.shape[0], device=x.device) % logits.shape[1]  # the classes in turn, for focus
-    given = {"x": x, "attributions": attributions, "target": target, "classes": classes, "masks": masks}
-    given["logits"] = logits
-    return {**given, "attention_mask": None, "special_tokens_mask": None, "model_inputs": None, **fields}
+    given = {"x": x, "attributions": attributions, "target": target, "classes": classes, "masks": masks,
+             "logits": logits, "attention_mask": None, "special_tokens_mask": None, "model_inputs": None}  # fmt: skip
+    return {**given, **fields}
 
 
 def per_sample(values: dict[str, torch.Tensor]) -> torch.Tensor:

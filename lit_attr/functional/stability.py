@@ -146,7 +146,7 @@ def relative_stability(
 
     Example:
         >>> from lit_attr.methods import get_method
-        >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+        >>> net = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
         >>> sorted(relative_stability(get_method("saliency", net), torch.rand(2, 4), n_perturb_samples=2))
         ['input', 'output', 'representation']
     """

@@ -15,9 +15,8 @@ from torch import Tensor
 from torch.nn import functional as F
 
 import lit_attr.viz as viz
-from lit_attr._checks import check_choice
 from lit_attr.inputs.base import GENERIC_SUBSTRATES, ContinuousKind
-from lit_attr.inputs.mosaics import TILES, ImageTiles
+from lit_attr.inputs.mosaics import ImageTiles
 from lit_attr.inputs.space import Rendering
 
 __all__ = ["Images", "blur", "rise_blur_kernel"]
@@ -113,7 +112,7 @@ class Images(ContinuousKind):
     def mosaic_tiles(self, method: Any, x: Tensor, fields: Mapping[str, Any], tile: str) -> ImageTiles:
         """The images as tiles of 2x2 mosaics: as they are (``"full"``) or halved (``"half"``)."""
         check_images("x", x)
-        return ImageTiles(x, check_choice("tile", tile, TILES))
+        return ImageTiles(x, tile)
 
     def ground_truth(self, mask: Tensor, x: Tensor) -> Tensor:
         """Masks ``(N, H, W)``, ``(N, 1, H, W)`` or per channel ``(N, C, H, W)`` as one ``(H, W)`` plane per sample.

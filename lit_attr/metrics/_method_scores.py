@@ -14,7 +14,12 @@ from lit_attr.metrics._scores import MeanScores
 if TYPE_CHECKING:
     from lit_attr.batch import Batch
 
-__all__ = ["MethodScores", "check_method_arguments", "resolve_method"]
+__all__ = ["METHOD_INPUTS", "MethodScores", "check_method_arguments", "resolve_method"]
+
+#: What the metrics that re-run the method on a batch consume (their registry entries): any input kind's.
+METHOD_INPUTS = (
+    "method", "x", "attributions", "target", "logits", "attention_mask", "special_tokens_mask", "model_inputs",
+)  # fmt: skip
 
 
 class MissingModelError(ValueError, TypeError):

@@ -21,7 +21,7 @@ from lit_attr.functional.axioms import (
 from lit_attr.functional.perturbation import DEFAULT_INTERNAL_BATCH_SIZE, SubstrateType
 from lit_attr.functional.unit_games import check_game_options
 from lit_attr.methods.base import AttributionMethod
-from lit_attr.metrics._method_scores import MethodScores
+from lit_attr.metrics._method_scores import METHOD_INPUTS, MethodScores
 from lit_attr.metrics.faithfulness import GAME_INPUTS, GAME_MODALITIES, GameMetric
 from lit_attr.metrics.presentation import Presentation, Score
 from lit_attr.metrics.registry import register_metric
@@ -250,18 +250,17 @@ class NonSensitivity(GameMetric):
         super().__init__(model, options, **kwargs)
 
 
-_METHOD_INPUTS = ("method", "x", "attributions", "target", "logits")
 register_metric(
     "random_logit",
     RandomLogit,
-    consumes=(*_METHOD_INPUTS, "attention_mask", "special_tokens_mask", "model_inputs"),
+    consumes=METHOD_INPUTS,
     modalities={"continuous", "tokens"},  # similarity="ssim" (the default) needs images: it says so on other inputs
     presentation=Presentation(scores=(Score("random_logit", "random logit (similarity)"),), curves=None),
 )
 register_metric(
     "input_invariance",
     InputInvariance,
-    consumes=(*_METHOD_INPUTS, "attention_mask", "special_tokens_mask", "model_inputs"),
+    consumes=METHOD_INPUTS,
     modalities={"continuous", "tokens"},
     presentation=Presentation(
         scores=(

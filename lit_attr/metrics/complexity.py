@@ -15,7 +15,7 @@ from lit_attr.functional.complexity import complexity, effective_complexity, spa
 from lit_attr.functional.units import MAP_REDUCTIONS, valid_units
 from lit_attr.metrics._scores import MeanScores
 from lit_attr.metrics.presentation import Presentation, Score
-from lit_attr.metrics.registry import register_metric
+from lit_attr.metrics.registry import MAP_INPUTS, register_metric
 
 __all__ = ["Complexity", "EffectiveComplexity", "Sparseness"]
 
@@ -129,7 +129,6 @@ class EffectiveComplexity(_MapMetric):
         return effective_complexity(attributions, eps=self.eps, reduce=self.reduce, valid=valid)
 
 
-_MAPS = ("attributions", "attention_mask", "special_tokens_mask")
 for _name, _factory, _label in (
     ("sparseness", Sparseness, "sparseness (Gini)"),
     ("complexity", Complexity, "complexity (entropy)"),
@@ -138,7 +137,7 @@ for _name, _factory, _label in (
     register_metric(
         _name,
         _factory,
-        consumes=_MAPS,
+        consumes=MAP_INPUTS,
         per_sample=True,
         modalities={"continuous", "tokens"},
         presentation=Presentation(scores=(Score(_name, _label),), curves=None),

@@ -33,7 +33,7 @@ from lit_attr.functional.robustness import (
 from lit_attr.functional.stability import STABILITIES, relative_stability
 from lit_attr.functional.unit_games import batch_fields
 from lit_attr.methods.base import AttributionMethod
-from lit_attr.metrics._method_scores import MethodScores
+from lit_attr.metrics._method_scores import METHOD_INPUTS, MethodScores
 from lit_attr.metrics.presentation import Presentation, Score
 from lit_attr.metrics.registry import register_metric
 
@@ -223,7 +223,7 @@ class RelativeStability(_Robustness):
     that keeps their prediction are left out. See :func:`~lit_attr.functional.stability.relative_stability`.
 
     Example:
-        >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+        >>> net = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
         >>> metric = RelativeStability("saliency", net, n_perturb_samples=2, variants=("input", "output"))
         >>> metric.update(torch.rand(2, 4))
         >>> sorted(metric.compute())
@@ -268,8 +268,6 @@ class RelativeStability(_Robustness):
 
 
 #: Token ids move their embeddings (lit_attr.inputs.token_neighbourhood): the batch's masks and model inputs come too.
-_METHOD_INPUTS = ("method", "x", "target", "attributions", "logits", "attention_mask", "special_tokens_mask",
-                  "model_inputs")  # fmt: skip
 for _name, _factory, _label in (
     ("local_lipschitz", LocalLipschitz, "local Lipschitz estimate"),
     ("avg_sensitivity", AvgSensitivity, "avg-sensitivity"),
@@ -278,14 +276,14 @@ for _name, _factory, _label in (
     register_metric(
         _name,
         _factory,
-        consumes=_METHOD_INPUTS,
+        consumes=METHOD_INPUTS,
         modalities={"continuous", "tokens"},
         presentation=Presentation(scores=(Score(_name, _label),), curves=None),
     )
 register_metric(
     "relative_stability",
     RelativeStability,
-    consumes=_METHOD_INPUTS,
+    consumes=METHOD_INPUTS,
     modalities={"continuous", "tokens"},
     presentation=Presentation(
         display_name="relative stability",
